@@ -1,0 +1,7 @@
+"""
+C{python -m gateway ...}: the same as the C{tlsgateway} console script.
+"""
+
+from gateway.cli import main
+
+raise SystemExit(main())

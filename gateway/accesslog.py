@@ -1,0 +1,182 @@
+"""
+The access log: one line per connection, written when the connection ends.
+
+A connection's facts are gathered in a L{ConnectionRecord} as it moves along
+the data path (accept, pre-read, route, relay) and formatted once, at the end,
+because only then are the byte counts, the duration and the final status
+known.  The field names are the public contract (C{CONTRACT.md}): operators
+parse these lines, so they are snake_case and never renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import attrs
+
+#: Every status a connection can end with, in the contract's words.
+STATUSES = (
+    "ok",
+    "no_route",
+    "denied",
+    "limited",
+    "preread_timeout",
+    "bad_client_hello",
+    "bad_proxy_header",
+    "handshake_failed",
+    "plaintext_refused",
+    "upstream_unavailable",
+    "idle_timeout",
+    "shutdown",
+)
+
+
+@attrs.define(slots=True, eq=False)
+class ConnectionRecord:
+    """
+    What the gateway learnt about one client connection.
+
+    Mutable on purpose: each stage of the data path fills in what it knows,
+    and the hot relay loop adds to C{bytesIn}/C{bytesOut} in place.
+
+    @ivar accepted: wall-clock time of accept, for the C{time} field.
+    @ivar started: the reactor clock at accept, for C{duration_ms}; a
+        monotonic-ish clock that tests can drive.
+    @ivar status: the first cause of the end that was recorded; later
+        causes (a reset that follows an idle timeout, say) do not overwrite
+        it, because the first one is what the operator needs to know.
+    """
+
+    listener: str
+    client: str
+    accepted: float
+    started: float
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    ja4: str | None = None
+    action: str | None = None
+    upstream: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    bytesIn: int = 0
+    bytesOut: int = 0
+    ended: float | None = None
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def fail(self, status: str, reason: str | None = None) -> None:
+        """
+        Record why the connection ends, unless a cause is already known.
+        """
+        if self.status is None:
+            self.status = status
+            self.reason = reason
+
+    def fields(self) -> dict[str, Any]:
+        """
+        The contract's access-log fields, in the contract's order.
+        """
+        duration = 0.0 if self.ended is None else self.ended - self.started
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(self.accepted, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "listener": self.listener,
+            "client": self.client,
+            "sni": self.sni,
+            "alpn": list(self.alpn),
+            "ja4": self.ja4,
+            "action": self.action,
+            "upstream": self.upstream,
+            "status": self.status or "ok",
+            "bytes_in": self.bytesIn,
+            "bytes_out": self.bytesOut,
+            "duration_ms": round(duration * 1000),
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        out.update(self.extra)
+        return out
+
+
+def formatJSON(record: ConnectionRecord) -> str:
+    """
+    One JSON object, no newlines inside: C{jq} and log shippers read it as is.
+    """
+    return json.dumps(record.fields(), separators=(",", ":"))
+
+
+def _textValue(value: object) -> str:
+    if value is None or value == []:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    text = str(value)
+    if not text or any(c.isspace() or c in '"\\' for c in text):
+        return json.dumps(text)
+    return text
+
+
+def formatText(record: ConnectionRecord) -> str:
+    """
+    C{key=value} pairs separated by spaces, C{-} for an absent value.
+
+    Key/value rather than NGINX's positional fields so that a field added
+    later (termination adds several) does not shift the ones a parser already
+    reads; values with spaces or quotes are JSON-quoted so a line always
+    splits unambiguously.
+    """
+    return " ".join(f"{k}={_textValue(v)}" for k, v in record.fields().items())
+
+
+FORMATS: dict[str, Callable[[ConnectionRecord], str]] = {
+    "text": formatText,
+    "json": formatJSON,
+}
+
+
+class AccessLog:
+    """
+    Writes finished records to a file, standard output, or nowhere.
+
+    Lines are flushed as they are written: an access log that lags behind by
+    a buffer is useless to an operator tailing it during an incident, and the
+    cost is one C{write} per connection, not per chunk relayed.
+    """
+
+    def __init__(self, destination: str, format: str = "text") -> None:
+        self._destination = destination
+        self._format = FORMATS[format]
+        self._file: IO[str] | None = None
+        self._owned = False
+        self.reopen()
+
+    def reopen(self) -> None:
+        """
+        Close and open the destination again, so that logrotate can move it.
+        """
+        self.close()
+        if self._destination == "off":
+            self._file = None
+        elif self._destination == "-":
+            # sys.__stdout__, not sys.stdout: twistd may have redirected
+            # sys.stdout into its own log, which would prefix every line.
+            self._file = sys.__stdout__
+        else:
+            self._file = open(self._destination, "a", encoding="utf-8")  # noqa: SIM115
+            self._owned = True
+
+    def write(self, record: ConnectionRecord) -> None:
+        if self._file is None:
+            return
+        self._file.write(self._format(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None and self._owned:
+            self._file.close()
+        self._file = None
+        self._owned = False

@@ -1,0 +1,626 @@
+"""
+Read the TLS ClientHello that opens a connection, without doing any I/O.
+
+The gateway must route a connection (and, for passthrough, forward it
+unchanged) before any TLS library sees it, so it reads the first handshake
+message itself.  This module only turns bytes into a L{ClientHello}, a
+L{NEED_MORE} answer or a L{ClientHelloError}; reading sockets, timing out and
+logging belong to the caller (C{gateway.preread}).  It must not import Twisted
+or OpenSSL: C{tests/test_layering.py} checks that.
+
+Two layers are reassembled separately, as RFC 8446 section 5.1 allows clients
+to split them independently: TLS records (each a 5-byte header and at most
+2^14 bytes of fragment) and, inside the concatenated fragments of the
+handshake records, the 4-byte-header ClientHello message.  TCP may cut either
+layer anywhere, so a short read is never an error here; an inconsistent
+length always is.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Literal
+
+import attrs
+
+__all__ = [
+    "NEED_MORE",
+    "BadLength",
+    "ClientHello",
+    "ClientHelloError",
+    "ClientHelloReader",
+    "ClientHelloTooLarge",
+    "NotTLS",
+    "isGrease",
+]
+
+_HANDSHAKE: Final = 22
+_CLIENT_HELLO: Final = 1
+_RECORD_HEADER: Final = 5
+_HANDSHAKE_HEADER: Final = 4
+# RFC 8446 5.1 and RFC 5246 6.2.1: a plaintext fragment is at most 2^14 bytes.
+# (The 2^14 + 256 and + 2048 allowances are for protected records only.)
+_MAX_FRAGMENT: Final = 2**14
+
+_EXT_SERVER_NAME: Final = 0
+_EXT_SUPPORTED_GROUPS: Final = 10
+_EXT_SIGNATURE_ALGORITHMS: Final = 13
+_EXT_ALPN: Final = 16
+_EXT_SUPPORTED_VERSIONS: Final = 43
+_EXTENSION_NAMES: Final = {
+    _EXT_SERVER_NAME: "server_name",
+    _EXT_SUPPORTED_GROUPS: "supported_groups",
+    _EXT_SIGNATURE_ALGORITHMS: "signature_algorithms",
+    _EXT_ALPN: "application_layer_protocol_negotiation",
+    _EXT_SUPPORTED_VERSIONS: "supported_versions",
+}
+_HOST_NAME: Final = 0
+_HOST_NAME_BYTES: Final = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+)
+
+
+class ClientHelloError(Exception):
+    """
+    The first bytes of a connection are not a ClientHello the gateway can route.
+
+    Every failure of L{ClientHelloReader.feed} is one of these, never an
+    C{IndexError} or C{UnicodeDecodeError}, so the caller needs a single
+    C{except} to refuse the connection.  The message says what was wrong, for
+    the operator reading the log; the slug is for machines.
+
+    @cvar reason: stable slug for access-log fields and metric labels.
+    """
+
+    reason = "malformed"
+
+
+class NotTLS(ClientHelloError):
+    """
+    The peer does not speak TLS at all: plaintext such as HTTP, or an SSLv2
+    hello.  Kept apart because it usually means a misdirected client or a
+    port scan rather than a broken TLS stack.
+    """
+
+    reason = "not_tls"
+
+
+class ClientHelloTooLarge(ClientHelloError):
+    """
+    No complete ClientHello within the reader's size bound.  Kept apart
+    because it is the answer to a client that tries to pin memory, and
+    because an operator may raise C{preread_buffer_size} in reply.
+    """
+
+    reason = "too_large"
+
+
+class BadLength(ClientHelloError):
+    """
+    A length field disagrees with the bytes it describes (a vector runs past
+    its parent, leaves bytes over, or is out of its RFC range).  Peers with
+    truncated or hand-crafted hellos show up here, so it gets its own slug.
+    """
+
+    reason = "bad_length"
+
+
+class _NeedMore(enum.Enum):
+    NEED_MORE = "need-more"
+
+
+NEED_MORE: Final = _NeedMore.NEED_MORE
+"""
+Answer of L{ClientHelloReader.feed} while the ClientHello is incomplete: an
+enum member rather than L{None} so that C{result is NEED_MORE} narrows the
+type for mypy, and so that it cannot be confused with "no hello".
+"""
+
+
+def isGrease(value: int) -> bool:
+    """
+    Tell whether a 16-bit code point is a GREASE value (RFC 8701).
+
+    Clients offer these at random to keep servers tolerant of unknown
+    values; fingerprints and version choices must skip them.
+    """
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@attrs.frozen
+class ClientHello:
+    """
+    What the gateway learnt from a ClientHello: enough to route the
+    connection and to compute a JA4 fingerprint from it later.
+
+    Everything is kept in the order the client sent it, GREASE values
+    included, because JA4 sorts some lists and keeps the order of others, and
+    because dropping GREASE is the fingerprint's business, not the parser's.
+
+    @ivar serverName: the C{host_name} of the server_name extension, validated
+        as a DNS name, lower-cased and without a trailing dot (routing
+        compares names case-insensitively, RFC 6066 section 3), or L{None}
+        when the client sent no SNI.
+    @ivar alpn: offered ALPN protocol names, decoded as Latin-1 so that any
+        byte string survives (C{.encode("latin-1")} gives the wire bytes back).
+    @ivar legacyVersion: the C{legacy_version} field (0x0303 for TLS 1.2 and
+        1.3 clients).
+    @ivar supportedVersions: the supported_versions extension (empty when
+        absent).
+    @ivar ciphers: cipher suite code points.
+    @ivar extensions: extension types.
+    @ivar signatureAlgorithms: the signature_algorithms extension.
+    @ivar supportedGroups: the supported_groups extension.
+    """
+
+    serverName: str | None
+    alpn: tuple[str, ...] = ()
+    legacyVersion: int = 0x0303
+    supportedVersions: tuple[int, ...] = ()
+    ciphers: tuple[int, ...] = ()
+    extensions: tuple[int, ...] = ()
+    signatureAlgorithms: tuple[int, ...] = ()
+    supportedGroups: tuple[int, ...] = ()
+
+    @property
+    def highestVersion(self) -> int:
+        """
+        The highest protocol version the client offers, e.g. 0x0304 for
+        TLS 1.3: from supported_versions when the client sent it (TLS 1.3
+        clients freeze C{legacy_version} at 0x0303, RFC 8446 4.1.2), else
+        C{legacy_version}.  GREASE values are skipped.
+        """
+        versions = [v for v in self.supportedVersions if not isGrease(v)]
+        return max(versions) if versions else self.legacyVersion
+
+
+class ClientHelloReader:
+    """
+    Reassemble TLS handshake records until one whole ClientHello is buffered.
+
+    Records are reassembled, not read one at a time, because a client may
+    split its ClientHello across records and TCP may split records anywhere;
+    with a post-quantum key share, a default ClientHello from the OpenSSL that
+    today's cryptography wheels bundle is about 1,570 bytes: over one Ethernet
+    MTU, and a client with several key shares can exceed one record.
+
+    The ClientHello must be the only handshake message in its records: a
+    client sends nothing else before the server answers, and refusing bytes
+    after it inside the last record means that C{buffered} up to the end of
+    that record is exactly the ClientHello, with no message the gateway did
+    not look at smuggled in behind it.  Bytes I{after} that record (a client
+    that speaks early) are left alone, unparsed, in C{buffered}.
+
+    Checks fire as soon as the bytes they look at arrive, and only the first
+    C{maxSize} bytes are ever looked at, so the answer for a given byte
+    stream does not depend on how it was cut into C{feed} calls.
+
+    Once a L{ClientHello} has been returned, C{feed} appends to C{buffered}
+    and returns the same hello again: the caller has handed off by then and
+    the size bound no longer applies.  Once a L{ClientHelloError} has been
+    raised, C{feed} raises the same error again and buffers nothing more.
+
+    @ivar buffered: every byte fed so far, unmodified.  Kept because
+        passthrough must send the upstream the exact ClientHello (it is in
+        the handshake transcript) and termination must give the same bytes
+        to OpenSSL; neither can read the socket again.
+    @ivar _maxSize: bound on buffered bytes.  Without it a client that never
+        finishes its hello pins memory (h11 bounds its buffer for the same
+        reason).  It counts record headers too, as it bounds memory, not the
+        message.
+    @ivar _recordStart: offset in C{_buffer} of the header of the record being
+        read; it is the next record's header once C{_recordEnd} is reached.
+    @ivar _recordEnd: offset just past the current record's fragment, or
+        L{None} while its header is incomplete.
+    @ivar _position: offset of the next fragment byte not yet moved into
+        C{_handshake}.
+    @ivar _handshake: the handshake layer: fragments of the records so far,
+        concatenated.
+    @ivar _declared: sum of the fragment lengths of the record headers seen,
+        to notice records that promise more than the ClientHello.
+    @ivar _helloLength: length of the ClientHello body from its handshake
+        header, once known.
+    """
+
+    def __init__(self, maxSize: int = 16384) -> None:
+        if maxSize < 1:
+            raise ValueError(f"maxSize must be positive, not {maxSize}")
+        self._maxSize = maxSize
+        self._buffer = bytearray()
+        self._recordStart = 0
+        self._recordEnd: int | None = None
+        self._position = 0
+        self._handshake = bytearray()
+        self._declared = 0
+        self._helloLength: int | None = None
+        self._hello: ClientHello | None = None
+        self._error: ClientHelloError | None = None
+
+    @property
+    def buffered(self) -> bytes:
+        return bytes(self._buffer)
+
+    def feed(self, data: bytes) -> ClientHello | Literal[_NeedMore.NEED_MORE]:
+        """
+        Take the next bytes the client sent.
+
+        @return: the L{ClientHello} once it is complete, L{NEED_MORE} before.
+            A connection that stops sending stays at L{NEED_MORE}: only the
+            caller's timeout can tell a slow client from a dead one.
+        @raise NotTLS: the bytes are not a TLS handshake record.
+        @raise ClientHelloTooLarge: more than C{maxSize} bytes would be needed.
+        @raise ClientHelloError: anything else malformed (L{BadLength} for
+            inconsistent length fields).
+        """
+        if self._hello is not None:
+            self._buffer += data
+            return self._hello
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        try:
+            hello = self._advance()
+        except ClientHelloError as e:
+            self._error = e
+            raise
+        if hello is None:
+            return NEED_MORE
+        self._hello = hello
+        return hello
+
+    def _advance(self) -> ClientHello | None:
+        """
+        Walk the records as far as the bytes (up to C{maxSize}) allow.
+
+        @return: the hello when its last record is complete, else L{None}.
+        """
+        limit = min(len(self._buffer), self._maxSize)
+        while True:
+            if self._recordEnd is None:
+                header = bytes(
+                    self._buffer[self._recordStart : self._recordStart + _RECORD_HEADER]
+                )
+                header = header[: max(0, limit - self._recordStart)]
+                self._checkRecordHeader(header)
+                if len(header) < _RECORD_HEADER:
+                    break
+                self._recordEnd = (
+                    self._recordStart
+                    + _RECORD_HEADER
+                    + (int.from_bytes(header[3:5], "big"))
+                )
+                self._declared += self._recordEnd - self._recordStart - _RECORD_HEADER
+                self._position = self._recordStart + _RECORD_HEADER
+                if self._recordEnd > self._maxSize:
+                    raise ClientHelloTooLarge(
+                        f"ClientHello record ends at byte {self._recordEnd}, past "
+                        f"the {self._maxSize}-byte pre-read limit"
+                    )
+                self._checkDeclared()
+            take = min(limit, self._recordEnd) - self._position
+            if take <= 0:
+                break
+            self._handshake += self._buffer[self._position : self._position + take]
+            self._position += take
+            self._checkHandshake()
+            if self._position == self._recordEnd:
+                self._recordStart, self._recordEnd = self._recordEnd, None
+            if (
+                self._helloLength is not None
+                and len(self._handshake) == _HANDSHAKE_HEADER + self._helloLength
+            ):
+                # _checkDeclared has made sure that no record goes on past
+                # the hello, so this byte also ended its record.
+                return _parseClientHello(bytes(self._handshake[_HANDSHAKE_HEADER:]))
+        if len(self._buffer) > self._maxSize:
+            raise ClientHelloTooLarge(
+                f"no complete ClientHello in the first {self._maxSize} bytes"
+            )
+        return None
+
+    def _checkRecordHeader(self, header: bytes) -> None:
+        """
+        Check as much of a record header as has arrived.
+
+        The first record gets L{NotTLS} and a hint, since a wrong first byte
+        means a different protocol; a later one gets a plain
+        L{ClientHelloError}, since the peer did start a TLS handshake.
+        """
+        first = self._recordStart == 0
+        if header[:1]:
+            contentType = header[0]
+            if contentType != _HANDSHAKE:
+                if first:
+                    raise NotTLS(_describeNotTLS(contentType))
+                raise ClientHelloError(
+                    f"record of content type {contentType} at byte "
+                    f"{self._recordStart} interleaved with the ClientHello's "
+                    f"handshake records (RFC 8446 5.1)"
+                )
+        if header[1:2] and header[1] != 3:
+            message = (
+                f"record version 0x{header[1]:02x}xx at byte "
+                f"{self._recordStart} is not TLS (0x03xx)"
+            )
+            raise NotTLS(message) if first else ClientHelloError(message)
+        if len(header) == _RECORD_HEADER:
+            length = int.from_bytes(header[3:5], "big")
+            if length == 0:
+                raise BadLength(
+                    f"zero-length handshake record at byte {self._recordStart} "
+                    f"(RFC 8446 5.1 forbids them)"
+                )
+            if length > _MAX_FRAGMENT:
+                raise BadLength(
+                    f"handshake record at byte {self._recordStart} is {length} "
+                    f"bytes long; plaintext records hold at most {_MAX_FRAGMENT}"
+                )
+
+    def _checkHandshake(self) -> None:
+        """
+        Check the handshake header as soon as its bytes are in.
+        """
+        if self._helloLength is not None:
+            return
+        if self._handshake[0] != _CLIENT_HELLO:
+            raise ClientHelloError(
+                f"first handshake message has type {self._handshake[0]}, "
+                f"not client_hello ({_CLIENT_HELLO})"
+            )
+        if len(self._handshake) < _HANDSHAKE_HEADER:
+            return
+        length = int.from_bytes(self._handshake[1:4], "big")
+        self._helloLength = length
+        message = _HANDSHAKE_HEADER + length
+        records = -(-message // _MAX_FRAGMENT)
+        if message + records * _RECORD_HEADER > self._maxSize:
+            raise ClientHelloTooLarge(
+                f"ClientHello of {length} bytes cannot fit in the "
+                f"{self._maxSize}-byte pre-read limit"
+            )
+        self._checkDeclared()
+
+    def _checkDeclared(self) -> None:
+        """
+        Refuse records that carry more than the ClientHello message.
+
+        Checked when a record header or the hello length arrives, whichever
+        is later, so it does not wait for bytes it will refuse.
+        """
+        if self._helloLength is None:
+            return
+        message = _HANDSHAKE_HEADER + self._helloLength
+        if self._declared > message:
+            raise BadLength(
+                f"handshake records carry {self._declared} bytes but the "
+                f"ClientHello message is {message}: a ClientHello must be "
+                f"the only handshake message in its records"
+            )
+
+
+def _describeNotTLS(first: int) -> str:
+    """
+    Say what the first byte suggests, for the operator's log.
+
+    Only the first byte is used, so that the message is the same however
+    the connection's bytes were split.
+    """
+    if first & 0x80:
+        return (
+            f"first byte 0x{first:02x} has its high bit set: an SSLv2-style "
+            f"ClientHello, which is not supported"
+        )
+    where = f"first byte 0x{first:02x} is not a TLS handshake record (type 22)"
+    if 0x20 < first < 0x7F:
+        return f"{where}: plaintext starting with {chr(first)!r}, such as HTTP?"
+    return where
+
+
+class _Cursor:
+    """
+    Read fields off a byte string, raising L{BadLength} instead of
+    C{IndexError}: the only code that knows TLS field layout reads through
+    this, so no other exception can leave the parser.
+
+    @ivar _what: what the bytes are, for error messages.
+    """
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._offset = 0
+        self._what = what
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._offset
+
+    def take(self, size: int, field: str) -> bytes:
+        if size > self.remaining:
+            raise BadLength(
+                f"{field} needs {size} bytes but {self._what} has only "
+                f"{self.remaining} left"
+            )
+        start = self._offset
+        self._offset += size
+        return self._data[start : self._offset]
+
+    def integer(self, size: int, field: str) -> int:
+        return int.from_bytes(self.take(size, field), "big")
+
+    def vector(
+        self, lengthSize: int, field: str, minimum: int, maximum: int
+    ) -> _Cursor:
+        """
+        Read a length-prefixed vector and return a cursor over its contents.
+        """
+        length = self.integer(lengthSize, f"length of {field}")
+        if not minimum <= length <= maximum:
+            raise BadLength(
+                f"{field} is {length} bytes long; it must be {minimum} to "
+                f"{maximum} bytes"
+            )
+        return _Cursor(self.take(length, field), field)
+
+    def uint16s(self) -> tuple[int, ...]:
+        """
+        Read the rest as a list of 16-bit code points.
+        """
+        if self.remaining % 2:
+            raise BadLength(f"{self._what} has an odd length ({self.remaining})")
+        data = self.take(self.remaining, self._what)
+        return tuple(
+            int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)
+        )
+
+    def expectEnd(self) -> None:
+        if self.remaining:
+            raise BadLength(
+                f"{self.remaining} byte{'s' if self.remaining > 1 else ''} left "
+                f"over at the end of {self._what}"
+            )
+
+
+def _parseClientHello(body: bytes) -> ClientHello:
+    """
+    Parse a ClientHello body (after its handshake header), RFC 8446 4.1.2.
+
+    Only the extensions the gateway reads are parsed; the others are checked
+    for length alone, so a new extension never breaks routing.
+    """
+    hello = _Cursor(body, "the ClientHello")
+    legacyVersion = hello.integer(2, "legacy_version")
+    if legacyVersion >> 8 != 3:
+        raise ClientHelloError(
+            f"ClientHello legacy_version 0x{legacyVersion:04x} is not TLS"
+        )
+    hello.take(32, "random")
+    hello.vector(1, "legacy_session_id", 0, 32)
+    ciphers = hello.vector(2, "cipher_suites", 2, 2**16 - 2).uint16s()
+    hello.vector(1, "legacy_compression_methods", 1, 2**8 - 1)
+    serverName: str | None = None
+    alpn: tuple[str, ...] = ()
+    supportedVersions: tuple[int, ...] = ()
+    signatureAlgorithms: tuple[int, ...] = ()
+    supportedGroups: tuple[int, ...] = ()
+    extensionTypes: list[int] = []
+    seen: set[int] = set()
+    if hello.remaining:
+        # Absent extensions are legal for TLS 1.2 (RFC 5246 7.4.1.2).
+        extensions = hello.vector(2, "extensions", 0, 2**16 - 1)
+        hello.expectEnd()
+        while extensions.remaining:
+            extensionType = extensions.integer(2, "extension type")
+            name = _EXTENSION_NAMES.get(extensionType)
+            label = f"the {name} extension" if name else f"extension {extensionType}"
+            data = extensions.vector(2, label, 0, 2**16 - 1)
+            if extensionType in seen:
+                raise ClientHelloError(
+                    f"ClientHello has {label} more than once (RFC 8446 4.2)"
+                )
+            seen.add(extensionType)
+            extensionTypes.append(extensionType)
+            if extensionType == _EXT_SERVER_NAME:
+                serverName = _parseServerName(data)
+            elif extensionType == _EXT_ALPN:
+                alpn = _parseALPN(data)
+            elif extensionType == _EXT_SUPPORTED_VERSIONS:
+                supportedVersions = data.vector(
+                    1, "supported_versions list", 2, 254
+                ).uint16s()
+            elif extensionType == _EXT_SIGNATURE_ALGORITHMS:
+                signatureAlgorithms = data.vector(
+                    2, "signature_algorithms list", 2, 2**16 - 2
+                ).uint16s()
+            elif extensionType == _EXT_SUPPORTED_GROUPS:
+                supportedGroups = data.vector(
+                    2, "supported_groups list", 2, 2**16 - 1
+                ).uint16s()
+            else:
+                continue
+            data.expectEnd()
+    return ClientHello(
+        serverName=serverName,
+        alpn=alpn,
+        legacyVersion=legacyVersion,
+        supportedVersions=supportedVersions,
+        ciphers=ciphers,
+        extensions=tuple(extensionTypes),
+        signatureAlgorithms=signatureAlgorithms,
+        supportedGroups=supportedGroups,
+    )
+
+
+def _parseServerName(data: _Cursor) -> str:
+    """
+    Read the C{host_name} of a server_name extension (RFC 6066 section 3).
+
+    The name is validated here rather than by the router because it ends up
+    in access-log lines and is matched by regex routes: a NUL, a space or a
+    non-ASCII byte has no business in either, and a name that could never
+    resolve in DNS cannot name a real upstream.
+    """
+    names = data.vector(2, "server_name list", 1, 2**16 - 1)
+    hostName: bytes | None = None
+    while names.remaining:
+        nameType = names.integer(1, "server_name name_type")
+        name = names.vector(2, "server_name host_name", 1, 2**16 - 1)
+        if nameType != _HOST_NAME:
+            # host_name is the only type ever defined; RFC 6066 lets servers
+            # skip others, read here with host_name's layout.
+            continue
+        if hostName is not None:
+            raise ClientHelloError(
+                "server_name extension has more than one host_name (RFC 6066 3)"
+            )
+        hostName = name.take(name.remaining, "server_name host_name")
+    if hostName is None:
+        raise ClientHelloError("server_name extension has no host_name")
+    return _checkHostName(hostName)
+
+
+def _checkHostName(raw: bytes) -> str:
+    """
+    Validate an SNI host name and bring it to the form routes compare with:
+    lower case, no trailing dot (RFC 6066: names compare case-insensitively;
+    a trailing dot names the same host).
+    """
+    bad = next((b for b in raw if b not in _HOST_NAME_BYTES), None)
+    if bad is not None:
+        raise ClientHelloError(
+            f"server name {raw[:255]!r} contains byte 0x{bad:02x}; only ASCII "
+            f"letters, digits, '-', '_' and '.' are allowed (IDNs arrive as A-labels)"
+        )
+    name = raw.decode("ascii").lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise ClientHelloError("server name is empty")
+    if len(name) > 253:
+        raise ClientHelloError(
+            f"server name is {len(name)} characters long; DNS allows 253"
+        )
+    for label in name.split("."):
+        if not label:
+            raise ClientHelloError(f"server name {name!r} has an empty label")
+        if len(label) > 63:
+            raise ClientHelloError(
+                f"server name {name!r} has a label of {len(label)} characters; DNS allows 63"
+            )
+    return name
+
+
+def _parseALPN(data: _Cursor) -> tuple[str, ...]:
+    """
+    Read the offered protocols of an ALPN extension (RFC 7301 3.1).
+
+    Latin-1 maps every byte to one character, so any protocol name decodes
+    and the bytes can be recovered; ALPN names are byte strings, not text.
+    """
+    names = data.vector(2, "ALPN protocol_name_list", 2, 2**16 - 1)
+    protocols: list[str] = []
+    while names.remaining:
+        protocol = names.vector(1, "ALPN protocol name", 1, 2**8 - 1)
+        protocols.append(
+            protocol.take(protocol.remaining, "ALPN protocol name").decode("latin-1")
+        )
+    return tuple(protocols)

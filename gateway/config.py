@@ -1,0 +1,1360 @@
+"""
+The INI file, read into an immutable model, with every problem at once.
+
+L{load_config} turns the operator's file into a L{GatewayConfig} of frozen
+attrs classes, or raises L{ConfigError} listing I{every} problem as
+C{FILE:LINE: [section] key: message}, the way C{nginx -t} and compilers
+do: an operator fixes a file in one edit, not one error per reload.
+
+How it reads the file:
+
+  - C{configparser} does the syntax (so the file is "standard
+    configparser", as the contract promises): C{;} and C{#} comments, also
+    inline after whitespace (so a regex route C{~^a#b} is fine, but
+    C{~^a #b} loses its end: write C{[#]} there), no interpolation
+    (regexes contain C{$} and C{%}), indented continuation lines for
+    C{routes}, C{servers} and long lists.
+  - C{configparser} keeps no line numbers, so L{_scan} walks the text once
+    with configparser's own line rules to find the line of every section,
+    key and continuation line; a route or server problem points at that
+    route's or server's own line.  The scan also finds every duplicate
+    section and key (configparser in strict mode would stop at the first).
+  - Each section is converted key by key, from the C{ini} metadata on the
+    model's fields, so each problem names its key; cross-key and
+    cross-section checks (references, listen addresses) come after.
+
+Features whose runtime is not built yet are refused in one place,
+L{NOT_YET_SUPPORTED}, after their values were checked like any other.
+
+C{listen} and C{metrics} endpoint strings are checked with Twisted's own
+C{serverFromString} against a C{MemoryReactor}; that import happens only
+when a file is loaded, so importing this module stays Twisted-free.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import io
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from gateway.routing import normalizeName, normalizePattern
+from gateway.units import parseBool, parseDuration, parseList, parseSize
+
+__all__ = [
+    "NOT_YET_SUPPORTED",
+    "CertificateConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "GatewaySettings",
+    "ListenerConfig",
+    "Location",
+    "Problem",
+    "RouteConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "load_config",
+    "load_config_text",
+]
+
+# Features that parse and validate but have no runtime yet: (section kind,
+# what) -> the feature's name, reported as "<name> is not supported by
+# this version yet".  `what` is
+#   "key"        the key set to anything but its default;
+#   "key=value"  the key set to that value;
+#   "key:flag"   a line of `routes` or `servers` using that column or flag
+#                ("servers:multiple": a second server line);
+#   "*"          any section of that kind.
+# Enable a feature by deleting its entries.
+NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
+    ("gateway", "workers"): "more than one worker",
+    ("gateway", "metrics"): "the metrics endpoint",
+    ("listener", "mode=terminate"): "TLS termination (mode = terminate)",
+    ("listener", "mode=tcp"): "plain TCP relay (mode = tcp)",
+    ("listener", "protocol=postgres"): "protocol = postgres",
+    ("listener", "routes:terminate"): "TLS termination (a terminate route)",
+    ("listener", "certificate"): "TLS termination (certificate)",
+    ("listener", "private_key"): "TLS termination (private_key)",
+    ("listener", "certificates"): "TLS termination (certificates)",
+    ("listener", "protocols"): "TLS termination (protocols)",
+    ("listener", "ciphers"): "TLS termination (ciphers)",
+    ("listener", "ciphersuites"): "TLS termination (ciphersuites)",
+    ("listener", "prefer_server_ciphers"): "TLS termination (prefer_server_ciphers)",
+    ("listener", "alpn"): "TLS termination (alpn)",
+    ("listener", "client_ca"): "client certificate verification (client_ca)",
+    ("listener", "verify_client"): "client certificate verification (verify_client)",
+    ("listener", "session_tickets"): "TLS termination (session_tickets)",
+    ("listener", "session_cache"): "TLS termination (session_cache)",
+    ("listener", "proxy_protocol"): "sending the PROXY protocol",
+    ("listener", "accept_proxy_protocol"): "accepting the PROXY protocol",
+    ("listener", "allow"): "address filtering (allow)",
+    ("listener", "deny"): "address filtering (deny)",
+    ("listener", "deny_ja4"): "JA4 filtering (deny_ja4)",
+    ("listener", "max_connections"): "limiting connections (max_connections)",
+    ("listener", "max_connections_per_client"): (
+        "limiting connections (max_connections_per_client)"
+    ),
+    ("listener", "allow_plaintext"): "allow_plaintext",
+    ("upstream", "servers:multiple"): "more than one server per upstream",
+    ("upstream", "servers:weight"): "the weight flag of servers",
+    ("upstream", "servers:max_fails"): "the max_fails flag of servers",
+    ("upstream", "servers:fail_timeout"): "the fail_timeout flag of servers",
+    ("upstream", "servers:backup"): "the backup flag of servers",
+    ("upstream", "balance"): "load balancing (balance)",
+    ("upstream", "health_check"): "health checking",
+    ("upstream", "health_interval"): "health checking (health_interval)",
+    ("upstream", "tls"): "TLS to upstreams (tls)",
+    ("upstream", "tls_verify"): "TLS to upstreams (tls_verify)",
+    ("upstream", "tls_ca"): "TLS to upstreams (tls_ca)",
+    ("upstream", "tls_server_name"): "TLS to upstreams (tls_server_name)",
+    ("upstream", "next_upstream_tries"): "retrying upstreams (next_upstream_tries)",
+    ("certificate", "*"): "the [certificate:NAME] section",
+}
+
+_SECTION_KINDS = ("listener", "upstream", "certificate")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_OLD_PROTOCOLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1"}
+_PROTOCOLS = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3"}
+_JA4 = re.compile(r"[A-Za-z0-9]{10}_[0-9A-Fa-f]{12}_[0-9A-Fa-f]{12}")
+_PORT = re.compile(r"[0-9]{1,5}")
+_UNIX_ENDPOINT = re.compile(r"unix:(address=)?((?:\\.|[^:\\])*)(.*)", re.DOTALL)
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- problems ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Problem:
+    """
+    One thing wrong with a configuration file, and where.
+
+    @ivar section: the section header without brackets (C{listener:web}),
+        or L{None} for a problem with the file itself.
+    @ivar key: the key, or L{None} for a problem with a whole section.
+    """
+
+    path: str
+    line: int | None
+    section: str | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        section = f"[{self.section}]" if self.section is not None else None
+        label = " ".join(part for part in (section, self.key) if part)
+        return (
+            f"{where}: {label}: {self.message}" if label else f"{where}: {self.message}"
+        )
+
+
+class ConfigError(Exception):
+    """
+    A configuration file cannot be used; C{str()} lists every problem.
+
+    @ivar problems: in file order.
+    @cvar reason: stable slug for logs and metrics.
+    """
+
+    reason = "invalid_config"
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: p.line or 0)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+# --- value parsers: text in, value out, ValueError with an operator message --
+
+
+def _choice(text: str, *allowed: str) -> str:
+    value = text.strip().lower()
+    if value not in allowed:
+        raise ValueError(f"{text.strip()!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _integer(text: str, minimum: int) -> int:
+    stripped = text.strip()
+    if not re.fullmatch(r"[0-9]+", stripped):
+        raise ValueError(f"{stripped!r} is not a whole number")
+    value = int(stripped)
+    if value < minimum:
+        raise ValueError(f"{value} is too small: use {minimum} or more")
+    return value
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return _integer(text, 1)
+    except ValueError:
+        raise ValueError(
+            f"{text.strip()!r} is not a number of workers (use 1 or more, or auto)"
+        ) from None
+
+
+def _positiveDuration(text: str) -> float:
+    seconds = parseDuration(text)
+    if seconds <= 0:
+        raise ValueError(f"{text.strip()!r} is too short: use more than 0")
+    return seconds
+
+
+def _positiveSize(text: str) -> int:
+    size = parseSize(text)
+    if size <= 0:
+        raise ValueError(f"{text.strip()!r} is too small: use more than 0")
+    return size
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("is empty")
+    return text.strip()
+
+
+def _path(text: str, folder: str) -> str:
+    """
+    An absolute path; a relative one is relative to the INI file's folder,
+    so a configuration directory can be moved as a whole.
+    """
+    return os.path.normpath(os.path.join(folder, _text(text)))
+
+
+def _accessLog(text: str, folder: str) -> str:
+    value = _text(text)
+    if value in ("-", "off"):
+        return value
+    return _path(value, folder)
+
+
+def _sectionName(text: str) -> str:
+    name = _text(text)
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a section name: use letters, digits, '_', '-' and '.'"
+        )
+    return name
+
+
+def _sectionNames(text: str) -> tuple[str, ...]:
+    names = parseList(text)
+    if not names:
+        raise ValueError("is empty")
+    return tuple(_sectionName(name) for name in names)
+
+
+def _protocols(text: str) -> tuple[str, ...]:
+    chosen = set()
+    for item in re.split(r"[\s,]+", text.strip()):
+        if not item:
+            continue
+        if item.lower() in _OLD_PROTOCOLS:
+            raise ValueError(f"{item} is not allowed: only TLSv1.2 and TLSv1.3")
+        if item.lower() not in _PROTOCOLS:
+            raise ValueError(f"{item!r} is not a TLS version (use TLSv1.2, TLSv1.3)")
+        chosen.add(_PROTOCOLS[item.lower()])
+    if not chosen:
+        raise ValueError("is empty (use TLSv1.2, TLSv1.3)")
+    return tuple(sorted(chosen))
+
+
+def _alpnList(text: str) -> tuple[str, ...]:
+    protocols = parseList(text)
+    for protocol in protocols:
+        if not all("!" <= c <= "~" for c in protocol) or len(protocol) > 255:
+            raise ValueError(
+                f"{protocol!r} is not an ALPN protocol: printable ASCII, at most 255 bytes"
+            )
+    return protocols
+
+
+def _networks(text: str) -> tuple[_Network, ...]:
+    """
+    Addresses and CIDR networks, or C{all} as NGINX spells everything.
+
+    Host bits are an error, not silently cleared: C{10.0.0.1/8} is more
+    likely a typo for C{10.0.0.1/32} than a way to write C{10.0.0.0/8}.
+    """
+    networks: list[_Network] = []
+    for item in parseList(text):
+        if item.lower() == "all":
+            networks += [
+                ipaddress.IPv4Network("0.0.0.0/0"),
+                ipaddress.IPv6Network("::/0"),
+            ]
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or CIDR network"
+                ) from None
+            raise ValueError(
+                f"{item!r} has host bits set (did you mean {loose}?)"
+            ) from None
+    return tuple(networks)
+
+
+def _ja4List(text: str) -> tuple[str, ...]:
+    fingerprints = []
+    for item in parseList(text):
+        if not _JA4.fullmatch(item):
+            raise ValueError(
+                f"{item!r} is not a JA4 fingerprint"
+                " (like t13d1516h2_8daaf6152771_02713d6af862)"
+            )
+        head, _, hashes = item.partition("_")
+        fingerprints.append(f"{head}_{hashes.lower()}")
+    return tuple(fingerprints)
+
+
+def _absoluteUnixEndpoint(description: str, folder: str) -> str:
+    """
+    Make the path of a C{unix:} endpoint string absolute.
+
+    Other endpoint types are returned unchanged.
+    """
+    match = _UNIX_ENDPOINT.fullmatch(description)
+    if match is None:
+        return description
+    keyword, escaped, rest = match.groups()
+    path = re.sub(r"\\(.)", r"\1", escaped)
+    if not path or os.path.isabs(path):
+        return description
+    absolute = os.path.normpath(os.path.join(folder, path))
+    reescaped = re.sub(r"([\\:=])", r"\\\1", absolute)
+    return f"unix:{keyword or ''}{reescaped}{rest}"
+
+
+def _makeEndpoint(description: str) -> object:
+    """
+    Build the endpoint a description stands for, on a reactor that
+    listens on nothing, to learn whether Twisted can read it.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    if description.split(":", 1)[0].lower() in ("ssl", "tls"):
+        raise ValueError(
+            f"{description!r} would decrypt TLS before the gateway reads the"
+            " ClientHello: use tcp: (and mode = terminate to terminate TLS)"
+        )
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception as e:  # noqa: BLE001 - endpoint parsers raise anything
+        raise ValueError(
+            f"{description!r} is not a Twisted server endpoint: {e}"
+        ) from None
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"{description!r}: port {port} is not in 0..65535")
+    interface = getattr(endpoint, "_interface", "")
+    if interface:
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            raise ValueError(
+                f"{description!r}: interface {interface!r} is not an IP address"
+            ) from None
+    return endpoint
+
+
+def _endpoint(text: str, folder: str) -> str:
+    description = _absoluteUnixEndpoint(_text(text), folder)
+    _makeEndpoint(description)
+    return description
+
+
+def _endpoints(text: str, folder: str) -> tuple[str, ...]:
+    descriptions = parseList(text)
+    if not descriptions:
+        raise ValueError("is empty")
+    return tuple(_endpoint(description, folder) for description in descriptions)
+
+
+def _bindingOf(description: str) -> tuple[object, ...] | None:
+    """
+    What a valid endpoint description binds, for finding two listeners on
+    one address: C{tcp:443} and C{tcp:443:interface=0.0.0.0} are the same.
+
+    @return: L{None} for what cannot clash (port 0 is a fresh port each
+        time) or what this function does not know.
+    """
+    endpoint = _makeEndpoint(description)
+    kind = type(endpoint).__name__
+    if kind in ("TCP4ServerEndpoint", "TCP6ServerEndpoint"):
+        port = getattr(endpoint, "_port", 0)
+        if port == 0:
+            return None
+        # Twisted listens with IPv6 when a tcp: interface is an IPv6
+        # address, so the address decides, not the endpoint type.
+        wildcard = "::" if kind == "TCP6ServerEndpoint" else "0.0.0.0"  # noqa: S104 - compared, never bound
+        interface = getattr(endpoint, "_interface", "") or wildcard
+        return ("tcp", port, ipaddress.ip_address(interface))
+    if kind == "UNIXServerEndpoint":
+        return (kind, os.path.normpath(str(getattr(endpoint, "_address", ""))))
+    return None
+
+
+def _serverAddress(text: str, folder: str) -> tuple[str | None, int | None, str | None]:
+    """
+    Read C{HOST:PORT}, C{[IPv6]:PORT} or C{unix:PATH}.
+    """
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("'unix:' names no socket path")
+        return None, None, _path(text[5:], folder)
+    if text.startswith("["):
+        host, closing, port = text[1:].partition("]:")
+        if not closing:
+            raise ValueError(f"{text!r} is not [IPv6]:PORT")
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r} has no port (use HOST:PORT or unix:/path)")
+        if ":" in host:
+            raise ValueError(
+                f"{text!r}: an IPv6 address needs brackets, as in [::1]:443"
+            )
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IPv4 address") from None
+        else:
+            host = normalizeName(host)
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: {port!r} is not a port (use 1..65535)")
+    return host, int(port), None
+
+
+# --- the model --------------------------------------------------------------
+
+
+@attrs.frozen
+class Location:
+    """
+    Where a section or line is, so runtime messages can point into the file.
+    """
+
+    path: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+_NOWHERE = Location("<config>")
+
+# The `ini` metadata of a field: how to convert its text.  Parsers get the
+# INI file's folder too, because relative paths are relative to it.
+_Parse = Callable[[str, str], Any]
+
+
+def _ini(parse: Callable[[str], Any]) -> dict[str, _Parse]:
+    """
+    Field metadata for a key whose value does not depend on the folder.
+    """
+    return {"ini": lambda text, folder: parse(text)}
+
+
+def _iniFolder(parse: _Parse) -> dict[str, _Parse]:
+    """
+    Field metadata for a key whose value may be a path, relative to the
+    INI file's folder.
+    """
+    return {"ini": parse}
+
+
+def _choiceField(default: str, *allowed: str) -> Any:
+    """
+    A key with a fixed set of values: checked when read, and by the
+    validator when a model object is built in code.
+    """
+    return attrs.field(
+        default=default,
+        metadata=_ini(lambda text: _choice(text, *allowed)),
+        validator=v.in_(allowed),
+    )
+
+
+# Keys whose value is a list of lines, each converted with its own line
+# number (`routes`, `servers`): known keys, converted by their section.
+_LINES = {"lines": True}
+
+
+@attrs.frozen
+class GatewaySettings:
+    """
+    The C{[gateway]} section: settings of the process, not of a listener.
+    """
+
+    access_log: str = attrs.field(default="-", metadata=_iniFolder(_accessLog))
+    access_log_format: str = _choiceField("text", "text", "json")
+    workers: int = attrs.field(default=1, metadata=_ini(_workers), validator=v.ge(1))
+    metrics: str | None = attrs.field(default=None, metadata=_iniFolder(_endpoint))
+    drain_timeout: float = attrs.field(default=30.0, metadata=_ini(parseDuration))
+
+
+def _formatAddress(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    One line of C{servers}: a TCP C{host:port} or a C{unix:/path}.
+
+    @ivar host: a host name or IP address (IPv6 without brackets), or
+        L{None} for a UNIX socket.
+    @ivar path: the absolute socket path of a C{unix:} server.
+    """
+
+    host: str | None
+    port: int | None
+    path: str | None = None
+    weight: int = attrs.field(default=1, validator=v.ge(1))
+    max_fails: int = attrs.field(default=1, validator=v.ge(0))
+    fail_timeout: float = attrs.field(default=10.0, validator=v.ge(0))
+    backup: bool = False
+
+    @property
+    def address(self) -> str:
+        """
+        The server as logs show it: C{host:port}, C{[v6]:port} or
+        C{unix:/path}.
+        """
+        if self.path is not None:
+            return f"unix:{self.path}"
+        assert self.host is not None
+        assert self.port is not None
+        return _formatAddress(self.host, self.port)
+
+
+@attrs.frozen
+class UpstreamConfig:
+    """
+    One C{[upstream:NAME]} section: servers a route may send a connection to.
+    """
+
+    name: str
+    servers: tuple[ServerConfig, ...] = attrs.field(
+        metadata=_LINES, validator=v.min_len(1)
+    )
+    balance: str = _choiceField(
+        "round_robin", "round_robin", "least_conn", "random", "hash"
+    )
+    next_upstream_tries: int = attrs.field(
+        default=3, metadata=_ini(lambda t: _integer(t, 1)), validator=v.ge(1)
+    )
+    health_check: str = _choiceField("off", "off", "tcp", "tls")
+    health_interval: float = attrs.field(default=5.0, metadata=_ini(_positiveDuration))
+    tls: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    tls_verify: bool = attrs.field(default=True, metadata=_ini(parseBool))
+    tls_ca: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    tls_server_name: str | None = attrs.field(
+        default=None, metadata=_ini(normalizeName)
+    )
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    One line of C{routes}: C{PATTERN UPSTREAM [passthrough|terminate]}.
+
+    @ivar pattern: normalised by L{gateway.routing.normalizePattern}.
+    @ivar action: the third column, or L{None} to follow the listener's
+        C{mode}.
+    @ivar line: the route's own line, for runtime messages.
+    """
+
+    pattern: str
+    upstream: str
+    action: str | None = attrs.field(
+        default=None, validator=v.optional(v.in_(("passthrough", "terminate")))
+    )
+    line: int | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class CertificateConfig:
+    """
+    One C{[certificate:NAME]} section: a PEM chain, its key, maybe OCSP.
+    """
+
+    name: str
+    certificate: str = attrs.field(metadata=_iniFolder(_path))
+    private_key: str = attrs.field(metadata=_iniFolder(_path))
+    ocsp_response: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
+@attrs.frozen
+class ListenerConfig:
+    """
+    One C{[listener:NAME]} section: where to accept, and where to send.
+    """
+
+    name: str
+    listen: tuple[str, ...] = attrs.field(metadata=_iniFolder(_endpoints))
+    mode: str = _choiceField("passthrough", "passthrough", "terminate", "tcp")
+    protocol: str = _choiceField("tls", "tls", "postgres")
+    allow_plaintext: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    upstream: str | None = attrs.field(default=None, metadata=_ini(_sectionName))
+    routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
+    preread_timeout: float = attrs.field(default=5.0, metadata=_ini(_positiveDuration))
+    preread_buffer_size: int = attrs.field(
+        default=16384, metadata=_ini(_positiveSize), validator=v.ge(1)
+    )
+    connect_timeout: float = attrs.field(default=10.0, metadata=_ini(_positiveDuration))
+    idle_timeout: float = attrs.field(default=600.0, metadata=_ini(_positiveDuration))
+    proxy_protocol: str = _choiceField("off", "off", "v1", "v2")
+    accept_proxy_protocol: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    allow: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
+    deny: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
+    deny_ja4: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_ja4List))
+    max_connections: int | None = attrs.field(
+        default=None, metadata=_ini(lambda t: _integer(t, 1))
+    )
+    max_connections_per_client: int | None = attrs.field(
+        default=None, metadata=_ini(lambda t: _integer(t, 1))
+    )
+    relay: str = _choiceField("auto", "auto", "splice", "portable")
+    certificate: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    private_key: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    certificates: tuple[str, ...] = attrs.field(
+        default=(), metadata=_ini(_sectionNames)
+    )
+    protocols: tuple[str, ...] = attrs.field(
+        default=("TLSv1.2", "TLSv1.3"), metadata=_ini(_protocols)
+    )
+    ciphers: str | None = attrs.field(default=None, metadata=_ini(_text))
+    ciphersuites: str | None = attrs.field(default=None, metadata=_ini(_text))
+    prefer_server_ciphers: bool = attrs.field(default=True, metadata=_ini(parseBool))
+    alpn: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_alpnList))
+    client_ca: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    verify_client: str = _choiceField("off", "off", "on", "optional")
+    session_tickets: bool = attrs.field(default=True, metadata=_ini(parseBool))
+    session_cache: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
+def _frozenMapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class GatewayConfig:
+    """
+    A whole configuration file: what one generation of the gateway runs.
+
+    @ivar path: the absolute path of the INI file.
+    """
+
+    path: str
+    gateway: GatewaySettings = GatewaySettings()
+    listeners: tuple[ListenerConfig, ...] = ()
+    upstreams: Mapping[str, UpstreamConfig] = attrs.field(
+        factory=dict, converter=_frozenMapping
+    )
+    certificates: Mapping[str, CertificateConfig] = attrs.field(
+        factory=dict, converter=_frozenMapping
+    )
+
+
+# --- the line scan ------------------------------------------------------------
+
+
+@attrs.define
+class _Scan:
+    """
+    Where things are in the text, found with configparser's own rules.
+
+    @ivar sections: section name -> line of its first header.
+    @ivar keys: (section, key) -> line of the key's last assignment (the
+        one configparser keeps).
+    @ivar values: (section, key) -> the non-empty lines of that value, as
+        (line number, text without comment).
+    @ivar sectionAt: line number -> the section the line belongs to.
+    @ivar duplicates: (line, section, key, message) for each repeat.
+    """
+
+    lines: list[str]
+    sections: dict[str, int] = attrs.Factory(dict)
+    keys: dict[tuple[str, str], int] = attrs.Factory(dict)
+    values: dict[tuple[str, str], list[tuple[int, str]]] = attrs.Factory(dict)
+    sectionAt: dict[int, str] = attrs.Factory(dict)
+    duplicates: list[tuple[int, str, str | None, str]] = attrs.Factory(list)
+
+
+_COMMENTS = ("#", ";")
+
+
+def _withoutComment(line: str) -> str:
+    """
+    Strip comments from a line exactly as C{RawConfigParser._read} does with
+    C{comment_prefixes} and C{inline_comment_prefixes} both C{("#", ";")}.
+    """
+    commentStart = sys.maxsize
+    inline = dict.fromkeys(_COMMENTS, -1)
+    while commentStart == sys.maxsize and inline:
+        following = {}
+        for prefix, index in inline.items():
+            index = line.find(prefix, index + 1)
+            if index == -1:
+                continue
+            following[prefix] = index
+            if index == 0 or (index > 0 and line[index - 1].isspace()):
+                commentStart = min(commentStart, index)
+        inline = following
+    if line.strip().startswith(_COMMENTS):
+        commentStart = 0
+    return line[: None if commentStart == sys.maxsize else commentStart].strip()
+
+
+def _scan(text: str) -> _Scan:
+    """
+    Walk the text once, mirroring configparser's continuation rules (with
+    C{empty_lines_in_values} on, its default), to number what it parses.
+    """
+    parser = configparser.RawConfigParser
+    scan = _Scan(lines=list(io.StringIO(text)))
+    section: str | None = None
+    option: str | None = None
+    indent = 0
+    firstSeen: dict[tuple[str, str], int] = {}
+    for number, line in enumerate(scan.lines, start=1):
+        value = _withoutComment(line)
+        if section is not None:
+            scan.sectionAt[number] = section
+        if not value:
+            continue
+        nonSpace = parser.NONSPACECRE.search(line)
+        lineIndent = nonSpace.start() if nonSpace else 0
+        if section is not None and option and lineIndent > indent:
+            scan.values[(section, option)].append((number, value))
+            continue
+        indent = lineIndent
+        header = parser.SECTCRE.match(value)
+        if header:
+            section = header["header"]
+            scan.sectionAt[number] = section
+            option = None
+            if section in scan.sections:
+                scan.duplicates.append(
+                    (
+                        number,
+                        section,
+                        None,
+                        f"duplicate section (first on line {scan.sections[section]})",
+                    )
+                )
+            else:
+                scan.sections[section] = number
+            continue
+        if section is None:
+            break  # configparser raises MissingSectionHeaderError here
+        assignment = parser.OPTCRE.match(value)
+        if assignment is None:
+            continue  # configparser reports the line; the option continues
+        option = assignment["option"].rstrip().lower()
+        if not option:
+            continue  # configparser reports "= value" as a bad line
+        key = (section, option)
+        if key in firstSeen:
+            scan.duplicates.append(
+                (
+                    number,
+                    section,
+                    option,
+                    f"duplicate key (first on line {firstSeen[key]})",
+                )
+            )
+        else:
+            firstSeen[key] = number
+        scan.keys[key] = number  # configparser keeps the last value
+        first = assignment["value"].strip()
+        scan.values[key] = [(number, first)] if first else []
+    return scan
+
+
+# --- the loader ---------------------------------------------------------------
+
+
+@attrs.define
+class _Section:
+    """
+    One section as configparser read it.
+
+    @ivar name: the header without brackets, as problems show it.
+    @ivar kind: C{gateway}, C{listener}, C{upstream} or C{certificate}.
+    @ivar sub: the part after the colon: the listener's, upstream's or
+        certificate's name.
+    """
+
+    name: str
+    kind: str
+    sub: str
+    items: dict[str, str]
+    line: int | None
+
+
+@attrs.define
+class _Loader:
+    """
+    One conversion of one text: collects problems instead of stopping.
+
+    @ivar path: the file name as the operator gave it, for messages.
+    @ivar folder: what relative paths are relative to.
+    @ivar gates: the L{NOT_YET_SUPPORTED} table in force.
+    """
+
+    path: str
+    folder: str
+    text: str
+    gates: Mapping[tuple[str, str], str]
+    problems: list[Problem] = attrs.Factory(list)
+    scan: _Scan = attrs.field(init=False)
+    upstreamNames: set[str] = attrs.Factory(set)
+    certificateNames: set[str] = attrs.Factory(set)
+
+    def problem(
+        self, line: int | None, section: str | None, key: str | None, message: str
+    ) -> None:
+        self.problems.append(Problem(self.path, line, section, key, message))
+
+    def load(self) -> GatewayConfig:
+        self.scan = _scan(self.text)
+        for line, sectionName, key, message in self.scan.duplicates:
+            self.problem(line, sectionName, key, message)
+        sections = self._read()
+        self.upstreamNames = {s.sub for s in sections if s.kind == "upstream"}
+        self.certificateNames = {s.sub for s in sections if s.kind == "certificate"}
+        settings = GatewaySettings()
+        listeners: list[ListenerConfig] = []
+        upstreams: dict[str, UpstreamConfig] = {}
+        certificates: dict[str, CertificateConfig] = {}
+        bindings: list[tuple[_Section, str, Sequence[str]]] = []
+        for section in sections:
+            if section.kind == "gateway":
+                before = len(self.problems)
+                kwargs = self._convert(section, GatewaySettings)
+                if len(self.problems) == before:
+                    settings = GatewaySettings(**kwargs)
+                metrics = section.items.get("metrics")
+                if metrics is not None:
+                    bindings.append(
+                        (section, "metrics", [_endpointText(metrics, self.folder)])
+                    )
+            elif section.kind == "listener":
+                listener = self._listener(section)
+                if listener is not None:
+                    listeners.append(listener)
+                if "listen" in section.items:
+                    bindings.append(
+                        (
+                            section,
+                            "listen",
+                            _endpointTexts(section.items["listen"], self.folder),
+                        )
+                    )
+            elif section.kind == "upstream":
+                upstream = self._upstream(section)
+                if upstream is not None:
+                    upstreams[upstream.name] = upstream
+            else:
+                certificate = self._certificate(section)
+                if certificate is not None:
+                    certificates[certificate.name] = certificate
+        self._checkBindings(bindings)
+        if not any(s.kind == "listener" for s in sections):
+            self.problem(
+                None, None, None, "no [listener:NAME] section: nothing would listen"
+            )
+        if self.problems:
+            raise ConfigError(self.problems)
+        return GatewayConfig(
+            path=os.path.abspath(self.path),
+            gateway=settings,
+            listeners=tuple(listeners),
+            upstreams=upstreams,
+            certificates=certificates,
+        )
+
+    def _read(self) -> list[_Section]:
+        """
+        Parse the syntax with configparser and sort out the sections.
+
+        @raise ConfigError: when nothing more can be read (no first
+            section header).
+        """
+        parser = configparser.ConfigParser(
+            interpolation=None,
+            comment_prefixes=_COMMENTS,
+            inline_comment_prefixes=_COMMENTS,
+            # Duplicates are all reported by _scan; strict mode would stop
+            # at the first one.
+            strict=False,
+            # [DEFAULT] would silently add keys to every section: here it is
+            # an unknown section like any other.
+            default_section="\0",
+        )
+        try:
+            parser.read_string(self.text, source=self.path)
+        except configparser.MissingSectionHeaderError as e:
+            self.problem(
+                e.lineno, None, None, "expected a [section] header before this line"
+            )
+            raise ConfigError(self.problems) from None
+        except configparser.ParsingError as e:
+            for lineno, _ in e.errors:
+                self.problem(
+                    lineno,
+                    self.scan.sectionAt.get(lineno),
+                    None,
+                    f"cannot read {self.scan.lines[lineno - 1].strip()!r}: expected"
+                    " KEY = VALUE, a [SECTION] header or an indented continuation line",
+                )
+        sections: list[_Section] = []
+        for name in parser.sections():
+            line = self.scan.sections.get(name)
+            kind, colon, sub = name.partition(":")
+            items = {k: val for k, val in parser.items(name, raw=True) if k}
+            if name == "gateway" or (colon and kind in _SECTION_KINDS):
+                if colon and not _NAME.fullmatch(sub):
+                    self.problem(
+                        line,
+                        name,
+                        None,
+                        f"{sub!r} is not a {kind} name: use letters, digits,"
+                        " '_', '-' and '.'",
+                    )
+                sections.append(_Section(name, kind, sub, items, line))
+            elif kind in _SECTION_KINDS:
+                self.problem(line, name, None, f"unknown section (use [{kind}:NAME])")
+            else:
+                self.problem(
+                    line,
+                    name,
+                    None,
+                    "unknown section (use [gateway], [listener:NAME],"
+                    " [upstream:NAME] or [certificate:NAME])",
+                )
+        return sections
+
+    def _keyLine(self, section: _Section, key: str) -> int | None:
+        return self.scan.keys.get((section.name, key), section.line)
+
+    def _valueLines(self, section: _Section, key: str) -> list[tuple[int | None, str]]:
+        """
+        The non-empty lines of a multi-line value, each with its number.
+
+        The numbers come from L{_scan}; should it ever disagree with
+        configparser about the lines, every line gets the key's line
+        rather than a wrong one.
+        """
+        expected = [
+            t.strip() for t in section.items.get(key, "").splitlines() if t.strip()
+        ]
+        scanned = self.scan.values.get((section.name, key), [])
+        if [text for _, text in scanned] == expected:
+            return [(line, text) for line, text in scanned]
+        return [(self._keyLine(section, key), text) for text in expected]
+
+    def _gate(
+        self,
+        section: _Section,
+        what: str,
+        value: object,
+        default: object,
+        line: int | None,
+    ) -> None:
+        """
+        Refuse a valid value whose feature is in L{NOT_YET_SUPPORTED}.
+        """
+        feature = None
+        if isinstance(value, str):
+            feature = self.gates.get((section.kind, f"{what}={value}"))
+        if feature is None and value != default:
+            feature = self.gates.get((section.kind, what))
+        if feature is not None:
+            key = None if what == "*" else what.partition(":")[0]
+            self.problem(
+                line,
+                section.name,
+                key,
+                f"{feature} is not supported by this version yet",
+            )
+
+    def _convert(self, section: _Section, cls: type[Any]) -> dict[str, Any]:
+        """
+        Convert a section's keys to constructor arguments, key by key.
+
+        Fields with C{ini} metadata are converted here; fields with
+        C{lines} metadata are known keys that the caller converts.
+
+        @return: the arguments from the keys that had no problem, so that
+            cross-key checks can still run on those.
+        """
+        fields = attrs.fields_dict(cls)
+        kwargs: dict[str, Any] = {}
+        for field in fields.values():
+            parse: _Parse | None = field.metadata.get("ini")
+            if parse is None:
+                continue
+            if field.name not in section.items:
+                if field.default is attrs.NOTHING:
+                    self.problem(
+                        section.line,
+                        section.name,
+                        field.name,
+                        "required key is missing",
+                    )
+                continue
+            line = self._keyLine(section, field.name)
+            try:
+                value = parse(section.items[field.name], self.folder)
+                if field.validator is not None:
+                    field.validator(None, field, value)
+            except (ValueError, TypeError) as e:
+                self.problem(
+                    line, section.name, field.name, str(e.args[0] if e.args else e)
+                )
+            else:
+                kwargs[field.name] = value
+                self._gate(section, field.name, value, field.default, line)
+        known = {
+            name
+            for name, field in fields.items()
+            if "ini" in field.metadata or "lines" in field.metadata
+        }
+        for key in section.items:
+            if key not in known:
+                guess = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean {guess[0]}?)" if guess else ""
+                self.problem(
+                    self._keyLine(section, key), section.name, key, f"unknown key{hint}"
+                )
+        return kwargs
+
+    def _certificate(self, section: _Section) -> CertificateConfig | None:
+        before = len(self.problems)
+        kwargs = self._convert(section, CertificateConfig)
+        self._gate(section, "*", True, False, section.line)
+        if len(self.problems) != before:
+            return None
+        return CertificateConfig(
+            name=section.sub, location=Location(self.path, section.line), **kwargs
+        )
+
+    def _upstream(self, section: _Section) -> UpstreamConfig | None:
+        before = len(self.problems)
+        kwargs = self._convert(section, UpstreamConfig)
+        servers: list[ServerConfig] = []
+        defaults = attrs.fields_dict(ServerConfig)
+        lines = self._valueLines(section, "servers")
+        if not lines:
+            message = (
+                "required key is missing"
+                if "servers" not in section.items
+                else "is empty"
+            )
+            self.problem(
+                self._keyLine(section, "servers"), section.name, "servers", message
+            )
+        for index, (line, text) in enumerate(lines):
+            try:
+                server = self._server(text)
+            except ValueError as e:
+                self.problem(line, section.name, "servers", e.args[0])
+                continue
+            servers.append(server)
+            if index == 1:
+                self._gate(section, "servers:multiple", True, False, line)
+            for flag in ("weight", "max_fails", "fail_timeout", "backup"):
+                self._gate(
+                    section,
+                    f"servers:{flag}",
+                    getattr(server, flag),
+                    defaults[flag].default,
+                    line,
+                )
+        if len(self.problems) != before:
+            return None
+        return UpstreamConfig(
+            name=section.sub,
+            servers=tuple(servers),
+            location=Location(self.path, section.line),
+            **kwargs,
+        )
+
+    def _server(self, text: str) -> ServerConfig:
+        """
+        Read one line of C{servers}: an address, then NGINX-style flags.
+        """
+        address, *flags = text.split()
+        host, port, path = _serverAddress(address, self.folder)
+        options: dict[str, Any] = {}
+        for token in flags:
+            name, equals, value = token.partition("=")
+            name = name.lower()
+            if name in options:
+                raise ValueError(f"{name} is given twice")
+            try:
+                if name == "backup" and not equals:
+                    options[name] = True
+                elif name == "weight" and equals:
+                    options[name] = _integer(value, 1)
+                elif name == "max_fails" and equals:
+                    options[name] = _integer(value, 0)
+                elif name == "fail_timeout" and equals:
+                    options[name] = parseDuration(value)
+                else:
+                    raise LookupError(token)
+            except ValueError as e:
+                raise ValueError(f"{token}: {e.args[0]}") from None
+            except LookupError:
+                raise ValueError(
+                    f"unknown server flag {token!r} (use weight=N, max_fails=N,"
+                    " fail_timeout=DURATION or backup)"
+                ) from None
+        return ServerConfig(host=host, port=port, path=path, **options)
+
+    def _routes(self, section: _Section) -> list[RouteConfig]:
+        """
+        Read C{routes}, one C{PATTERN UPSTREAM [passthrough|terminate]} per
+        line, reporting each problem at its route's own line.
+        """
+        routes: list[RouteConfig] = []
+        seen: dict[str, int | None] = {}
+        for line, text in self._valueLines(section, "routes"):
+            before = len(self.problems)
+
+            def problem(message: str, line: int | None = line) -> None:
+                self.problem(line, section.name, "routes", message)
+
+            parts = text.split()
+            if len(parts) not in (2, 3):
+                problem(f"{text!r} is not PATTERN UPSTREAM [passthrough|terminate]")
+                continue
+            pattern = parts[0]
+            try:
+                pattern = normalizePattern(parts[0])
+            except ValueError as e:
+                problem(e.args[0])
+            upstream = parts[1]
+            if upstream not in self.upstreamNames:
+                problem(
+                    f"upstream {upstream!r} is not defined (no [upstream:{upstream}] section)"
+                )
+            action = None
+            if len(parts) == 3:
+                try:
+                    action = _choice(parts[2], "passthrough", "terminate")
+                except ValueError as e:
+                    problem(e.args[0])
+            if pattern in seen:
+                problem(
+                    f"duplicate route pattern {parts[0]!r} (first on line {seen[pattern]})"
+                )
+            seen.setdefault(pattern, line)
+            if action == "terminate":
+                self._gate(section, "routes:terminate", True, False, line)
+            if len(self.problems) == before:
+                routes.append(RouteConfig(pattern, upstream, action, line))
+        return routes
+
+    def _listener(self, section: _Section) -> ListenerConfig | None:
+        before = len(self.problems)
+        settings = self._convert(section, ListenerConfig)
+        items = section.items
+        mode = settings.get("mode", "passthrough" if "mode" not in items else None)
+        routes = self._routes(section)
+        hasRoutes = bool(self._valueLines(section, "routes"))
+        hasUpstream = "upstream" in items
+
+        def problem(key: str | None, message: str) -> None:
+            line = self._keyLine(section, key) if key else section.line
+            self.problem(line, section.name, key, message)
+
+        if mode == "tcp":
+            if hasRoutes:
+                problem(
+                    "routes",
+                    "mode = tcp reads no ClientHello, so it cannot route: use upstream",
+                )
+            elif not hasUpstream:
+                problem("mode", "mode = tcp needs upstream")
+        elif hasUpstream and hasRoutes:
+            problem("routes", "use upstream or routes, not both")
+        elif not hasUpstream and not hasRoutes:
+            problem(None, "needs upstream or routes")
+        upstream = settings.get("upstream")
+        if upstream is not None and upstream not in self.upstreamNames:
+            problem(
+                "upstream",
+                f"upstream {upstream!r} is not defined (no [upstream:{upstream}] section)",
+            )
+
+        for key, other in (
+            ("certificate", "private_key"),
+            ("private_key", "certificate"),
+        ):
+            if key in items and other not in items:
+                problem(key, f"{key} needs {other}")
+        hasPair = "certificate" in items or "private_key" in items
+        if "certificates" in items and hasPair:
+            problem(
+                "certificates",
+                "use certificate and private_key, or certificates, not both",
+            )
+        for name in settings.get("certificates", ()):
+            if name not in self.certificateNames:
+                problem(
+                    "certificates",
+                    f"certificate {name!r} is not defined (no [certificate:{name}] section)",
+                )
+        if not hasPair and "certificates" not in items:
+            needs = "certificate and private_key, or certificates"
+            if mode == "terminate" and (
+                hasUpstream or any(r.action is None for r in routes)
+            ):
+                problem("mode", f"mode = terminate needs {needs}")
+            for route in routes:
+                if route.action == "terminate":
+                    self.problem(
+                        route.line,
+                        section.name,
+                        "routes",
+                        f"route {route.pattern!r} terminates TLS, so the listener needs {needs}",
+                    )
+        verify = settings.get("verify_client", "off")
+        if verify != "off" and "client_ca" not in items:
+            problem("verify_client", f"verify_client = {verify} needs client_ca")
+        if (
+            settings.get("allow_plaintext")
+            and settings.get("protocol", "tls") != "postgres"
+        ):
+            problem(
+                "allow_plaintext", "allow_plaintext only applies to protocol = postgres"
+            )
+
+        if len(self.problems) != before:
+            return None
+        return ListenerConfig(
+            name=section.sub,
+            routes=tuple(routes),
+            location=Location(self.path, section.line),
+            **settings,
+        )
+
+    def _checkBindings(
+        self, bindings: Sequence[tuple[_Section, str, Sequence[str]]]
+    ) -> None:
+        """
+        Report two endpoints that would listen on the same address.
+        """
+        owners: dict[tuple[object, ...], tuple[str, str]] = {}
+        for section, key, descriptions in bindings:
+            for description in descriptions:
+                try:
+                    binding = _bindingOf(description)
+                except ValueError:
+                    continue  # reported by the key's own conversion
+                if binding is None:
+                    continue
+                if binding in owners:
+                    otherSection, other = owners[binding]
+                    self.problem(
+                        self._keyLine(section, key),
+                        section.name,
+                        key,
+                        f"{description!r} listens on the same address as {other!r}"
+                        f" in [{otherSection}]",
+                    )
+                else:
+                    owners[binding] = (section.name, description)
+
+
+def _endpointText(text: str, folder: str) -> str:
+    return _absoluteUnixEndpoint(text.strip(), folder)
+
+
+def _endpointTexts(text: str, folder: str) -> list[str]:
+    return [_absoluteUnixEndpoint(item, folder) for item in parseList(text)]
+
+
+def load_config_text(
+    text: str,
+    path: str = "<string>",
+    *,
+    notYetSupported: Mapping[tuple[str, str], str] | None = None,
+) -> GatewayConfig:
+    """
+    Read a configuration from text, as if it were the file at C{path}.
+
+    @param path: named in problems; relative paths in the text are relative
+        to its folder.
+    @param notYetSupported: the table of refused features; L{None} means
+        L{NOT_YET_SUPPORTED}.  Tests pass C{{}} to check the conversion of
+        features that are refused by default.
+    @raise ConfigError: listing every problem.
+    """
+    loader = _Loader(
+        path=path,
+        folder=os.path.dirname(os.path.abspath(path)),
+        text=text,
+        gates=NOT_YET_SUPPORTED if notYetSupported is None else notYetSupported,
+    )
+    return loader.load()
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    notYetSupported: Mapping[tuple[str, str], str] | None = None,
+) -> GatewayConfig:
+    """
+    Read the INI file at C{path} into a L{GatewayConfig}.
+
+    Reads only that file: certificate and key files are checked by
+    whoever loads them (C{tlsgateway check} does).
+
+    @raise ConfigError: listing every problem, the file's own included
+        (missing, unreadable, not UTF-8).
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as e:
+        problem = f"cannot read the configuration: {e.strerror or e}"
+        raise ConfigError([Problem(name, None, None, None, problem)]) from None
+    except UnicodeDecodeError as e:
+        problem = f"is not UTF-8 text ({e.reason} at byte {e.start})"
+        raise ConfigError([Problem(name, None, None, None, problem)]) from None
+    return load_config_text(text, name, notYetSupported=notYetSupported)

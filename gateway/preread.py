@@ -1,0 +1,172 @@
+"""
+The client-side protocol: pre-read the ClientHello, then hand off.
+
+This protocol stays the client transport's protocol for the whole life of
+the connection.  Until a complete ClientHello is buffered it feeds
+L{ClientHelloReader}; then it asks its listener for the next stage (a
+passthrough session, later a termination session) and forwards every
+further transport event to it.  Parsing lives in L{gateway.clienthello},
+routing in L{gateway.routing}: this class only wires bytes and time to them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.accesslog import ConnectionRecord
+from gateway.clienthello import (
+    NEED_MORE,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloReader,
+)
+
+
+class Stage(TypingProtocol):
+    """
+    What the pre-read hands the connection to: it receives the client
+    transport's events from then on.
+    """
+
+    def dataReceived(self, data: bytes) -> None: ...
+
+    def readConnectionLost(self) -> None: ...
+
+    def connectionLost(self, reason: Failure) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Handoff(TypingProtocol):
+    """
+    The listener side of the pre-read: decide what happens to a connection.
+    """
+
+    def handoff(
+        self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
+    ) -> Stage | None: ...
+
+    def ended(self, protocol: PrereadProtocol) -> None: ...
+
+
+@implementer(IHalfCloseableProtocol)
+class PrereadProtocol(Protocol):
+    """
+    @ivar record: the connection's access-log record; every later stage
+        writes into the same one.
+    @ivar _next: the stage the connection was handed to, or L{None} while
+        still pre-reading (or after a refusal).
+    @ivar _handedOff: the pre-read is over, whether or not a stage took it;
+        bytes that still arrive are not parsed again.
+    """
+
+    def __init__(
+        self,
+        listener: Handoff,
+        record: ConnectionRecord,
+        clock: IReactorTime,
+        timeout: float,
+        maxSize: int,
+    ) -> None:
+        self.record = record
+        self._listener = listener
+        self._clock = clock
+        self._timeout = timeout
+        self._reader = ClientHelloReader(maxSize)
+        self._timer: IDelayedCall | None = None
+        self._next: Stage | None = None
+        self._handedOff = False
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._next is not None:
+            self._next.dataReceived(data)
+            return
+        if self._handedOff:
+            return
+        self.record.bytesIn += len(data)
+        try:
+            hello = self._reader.feed(data)
+        except ClientHelloError as e:
+            self.refuse("bad_client_hello", f"{e.reason}: {e}")
+            return
+        if hello is NEED_MORE:
+            return
+        self._stopTimer()
+        self._handedOff = True
+        self.record.sni = hello.serverName
+        self.record.alpn = hello.alpn
+        self._next = self._listener.handoff(self, hello, self._reader.buffered)
+
+    def readConnectionLost(self) -> None:
+        if self._next is not None:
+            self._next.readConnectionLost()
+        elif not self._handedOff:
+            got = len(self._reader.buffered)
+            self.refuse(
+                "bad_client_hello",
+                f"client closed after {got} bytes, before a complete ClientHello"
+                if got
+                else "client closed before sending anything",
+            )
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopTimer()
+        if self._next is not None:
+            self._next.connectionLost(reason)
+            return
+        if not self._handedOff:
+            self.record.fail("bad_client_hello", "connection lost during pre-read")
+        self.record.ended = self._clock.seconds()
+        self._listener.ended(self)
+
+    def refuse(self, status: str, reason: str) -> None:
+        """
+        End the connection before it reaches any upstream.
+        """
+        self._stopTimer()
+        self._handedOff = True
+        self.record.fail(status, reason)
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def shutdown(self) -> None:
+        """
+        The gateway is stopping and the drain deadline has passed.
+        """
+        if self._next is not None:
+            self._next.shutdown()
+            return
+        self._stopTimer()
+        self._handedOff = True
+        self.record.fail("shutdown", "gateway stopped")
+        assert self.transport is not None
+        self.transport.abortConnection()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        got = len(self._reader.buffered)
+        self.refuse(
+            "preread_timeout",
+            f"no complete ClientHello after {self._timeout:g}s ({got} bytes)",
+        )
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,217 @@
+"""
+Moving bytes between a client and its upstream once both are connected.
+
+The relay is the only code that touches every relayed byte, so it is kept
+small and self-contained: the pre-read, routing and upstream connect happen
+before it starts, and the access log is written from what it counts.
+L{IRelay} is the seam where a zero-copy (C{splice}) relay sits beside the
+portable one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from gateway.accesslog import ConnectionRecord
+
+#: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
+_RESET = struct.pack("ii", 1, 0)
+
+
+class IRelay(Interface):
+    """
+    Relays one client connection and one upstream connection both ways.
+
+    A provider is created once both transports are connected and the
+    pre-read bytes have been written upstream.  It owns both transports from
+    then on: it closes them, and it calls its C{done} callback exactly once,
+    after both are closed, so the access log sees final byte counts.
+    """
+
+    def clientData(data: bytes) -> None:
+        """
+        Bytes arrived from the client.
+        """
+
+    def upstreamData(data: bytes) -> None:
+        """
+        Bytes arrived from the upstream.
+        """
+
+    def clientReadClosed() -> None:
+        """
+        The client half-closed (FIN): no more bytes will come from it.
+        """
+
+    def upstreamReadClosed() -> None:
+        """
+        The upstream half-closed (FIN).
+        """
+
+    def clientLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
+
+    def upstreamLost(reason: Failure) -> None:
+        """
+        The upstream connection is gone.
+        """
+
+    def abort(status: str, reason: str) -> None:
+        """
+        End both connections now (drain deadline, for example), recording
+        C{status} unless an earlier cause is already recorded.
+        """
+
+
+def reset(transport: ITCPTransport) -> None:
+    """
+    Close a TCP transport with RST, so a reset on one side of the relay
+    reaches the other side as a reset and not as a clean end of stream
+    (which a peer could take for a complete response).
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    transport.abortConnection()
+
+
+@implementer(IRelay)
+class PortableRelay:
+    """
+    A relay through Twisted transports: works on any reactor and transport.
+
+    Backpressure comes from Twisted's producer/consumer API: each transport
+    is registered as the streaming producer of the other, so when one side's
+    write buffer fills (a slow reader), reading from the other side stops
+    until it drains.  Memory per connection is then bounded by two write
+    buffers plus one read each way, whatever the peers do.
+
+    Half-close: a FIN from one side becomes C{loseWriteConnection} on the
+    other; once both sides have sent FIN, both sockets are closed.
+
+    @ivar _open: how many of the two transports are not yet lost; C{done}
+        runs when it reaches zero.
+    @ivar _closing: we initiated the close, so a C{connectionLost} that
+        follows is expected, not a peer's reset to propagate.
+    @ivar _lastActivity: reactor time of the last relayed chunk.  Checked by
+        a timer that re-arms itself instead of resetting a delayed call per
+        chunk, which would cost a heap operation per read on the hot path.
+    """
+
+    def __init__(
+        self,
+        client: ITCPTransport,
+        upstream: ITCPTransport,
+        record: ConnectionRecord,
+        clock: IReactorTime,
+        idleTimeout: float,
+        done: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._upstream = upstream
+        self._record = record
+        self._clock = clock
+        self._idleTimeout = idleTimeout
+        self._done: Callable[[], None] | None = done
+        self._open = 2
+        self._clientEOF = False
+        self._upstreamEOF = False
+        self._closing = False
+        self._lastActivity = clock.seconds()
+        self._timer: IDelayedCall | None = clock.callLater(idleTimeout, self._checkIdle)
+        client.registerProducer(upstream, True)
+        upstream.registerProducer(client, True)
+
+    # data
+
+    def clientData(self, data: bytes) -> None:
+        self._record.bytesIn += len(data)
+        self._lastActivity = self._clock.seconds()
+        self._upstream.write(data)
+
+    def upstreamData(self, data: bytes) -> None:
+        self._record.bytesOut += len(data)
+        self._lastActivity = self._clock.seconds()
+        self._client.write(data)
+
+    # half-close
+
+    def clientReadClosed(self) -> None:
+        self._clientEOF = True
+        self._halfClose(self._upstream)
+
+    def upstreamReadClosed(self) -> None:
+        self._upstreamEOF = True
+        self._halfClose(self._client)
+
+    def _halfClose(self, writer: ITCPTransport) -> None:
+        # The side that hit EOF produces nothing more, so it no longer
+        # needs to be paused by `writer`; and a transport with a paused
+        # producer registered would resume it instead of ever half-closing.
+        # (The other transport lost its producer at the first EOF.)
+        writer.unregisterProducer()
+        if self._clientEOF and self._upstreamEOF:
+            self._closing = True
+            self._stopTimer()
+            self._client.loseConnection()
+            self._upstream.loseConnection()
+        else:
+            writer.loseWriteConnection()
+
+    # end
+
+    def clientLost(self, reason: Failure) -> None:
+        self._lost(self._upstream, "client")
+
+    def upstreamLost(self, reason: Failure) -> None:
+        self._lost(self._client, "upstream")
+
+    def _lost(self, other: ITCPTransport, side: str) -> None:
+        self._open -= 1
+        if not self._closing:
+            # Not a close we started: the peer reset or the socket failed.
+            # Pass it on as a reset rather than pretending the stream ended.
+            self._closing = True
+            self._stopTimer()
+            self._record.extra.setdefault("closed_by", f"{side}_reset")
+            reset(other)
+        if self._open == 0 and self._done is not None:
+            done, self._done = self._done, None
+            done()
+
+    def abort(self, status: str, reason: str) -> None:
+        if self._closing:
+            return
+        self._record.fail(status, reason)
+        self._closing = True
+        self._stopTimer()
+        for transport in (self._client, self._upstream):
+            transport.abortConnection()
+
+    # idle
+
+    def _checkIdle(self) -> None:
+        self._timer = None
+        idle = self._clock.seconds() - self._lastActivity
+        if idle >= self._idleTimeout:
+            self.abort("idle_timeout", f"no bytes for {idle:.1f}s")
+        else:
+            self._timer = self._clock.callLater(
+                self._idleTimeout - idle, self._checkIdle
+            )
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
