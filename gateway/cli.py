@@ -52,6 +52,7 @@ def serve(config: GatewayConfig) -> int:
     from twisted.internet import reactor
 
     from gateway.service import GatewayService, StartupError
+    from gateway.signals import SignalHandling
 
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(sys.stderr)], redirectStandardIO=False
@@ -63,6 +64,7 @@ def serve(config: GatewayConfig) -> int:
         _log.critical("{error}", error=str(e))
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    SignalHandling(reactor).startService()
     reactor.run()  # type: ignore[attr-defined]
     return 0
 

@@ -10,10 +10,11 @@ How it reads the file:
 
   - C{configparser} does the syntax (so the file is "standard
     configparser", as the contract promises): C{;} and C{#} comments, also
-    inline after whitespace (so a regex route C{~^a#b} is fine, but
-    C{~^a #b} loses its end: write C{[#]} there), no interpolation
-    (regexes contain C{$} and C{%}), indented continuation lines for
-    C{routes}, C{servers} and long lists.
+    inline after whitespace (a C{#} or C{;} inside a route pattern such as
+    C{~^a#b} stays: patterns have no spaces, and a pattern that needs one
+    writes C{\\s} or C{\\x20}), no interpolation (regexes contain C{$} and
+    C{%}), indented continuation lines for C{routes}, C{servers} and long
+    lists.
   - C{configparser} keeps no line numbers, so L{_scan} walks the text once
     with configparser's own line rules to find the line of every section,
     key and continuation line; a route or server problem points at that
@@ -1182,10 +1183,10 @@ class _Loader:
                     f"duplicate route pattern {parts[0]!r} (first on line {seen[pattern]})"
                 )
             seen.setdefault(pattern, line)
-            if action == "terminate":
-                self._gate(section, "routes:terminate", True, False, line)
             if len(self.problems) == before:
                 routes.append(RouteConfig(pattern, upstream, action, line))
+            if action == "terminate":
+                self._gate(section, "routes:terminate", True, False, line)
         return routes
 
     def _listener(self, section: _Section) -> ListenerConfig | None:

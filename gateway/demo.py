@@ -416,22 +416,21 @@ def runDemo(port: int = 8443, reactor: Any = None) -> int:
         _say(f"tlsgateway demo stopped; {directory} removed")
 
 
-def _run(reactor: Any, port: int, directory: Path) -> int:
+def _startBackends(
+    reactor: Any, directory: Path
+) -> tuple[dict[str, int], list[IListeningPort]]:
     """
-    Build everything in C{directory}, serve until stopped, stop everything.
+    Make the CA (its certificate goes to C{directory/ca.pem}, for curl) and
+    start one HTTPS backend per L{_BACKENDS} entry on an ephemeral port.
+
+    @return: each backend's port by upstream name, and the listening ports
+        to stop at the end.
     """
-    from gateway.config import ConfigError, load_config
-    from gateway.service import GatewayService, StartupError
-
-    globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
-    )
-
     caKey, caCertificate = _makeCA()
-    caPath = directory / "ca.pem"
-    caPath.write_bytes(caCertificate.public_bytes(serialization.Encoding.PEM))
-
-    backendPorts: dict[str, int] = {}
+    (directory / "ca.pem").write_bytes(
+        caCertificate.public_bytes(serialization.Encoding.PEM)
+    )
+    ports: dict[str, int] = {}
     listening: list[IListeningPort] = []
     for backend in _BACKENDS:
         leaf = _issue(caKey, caCertificate, (backend.name, *backend.extraNames))
@@ -449,12 +448,26 @@ def _run(reactor: Any, port: int, directory: Path) -> int:
             0, _HelloFactory(backend.name), options, interface="127.0.0.1"
         )
         listening.append(listeningPort)
-        backendPorts[backend.app] = listeningPort.getHost().port
+        ports[backend.app] = listeningPort.getHost().port
         _log.info(
             "demo backend {name} on 127.0.0.1:{port}",
             name=backend.name,
-            port=backendPorts[backend.app],
+            port=ports[backend.app],
         )
+    return ports, listening
+
+
+def _run(reactor: Any, port: int, directory: Path) -> int:
+    """
+    Build everything in C{directory}, serve until stopped, stop everything.
+    """
+    from gateway.config import ConfigError, load_config
+    from gateway.service import GatewayService, StartupError
+
+    globalLogBeginner.beginLoggingTo(
+        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+    )
+    backendPorts, listening = _startBackends(reactor, directory)
 
     def stopBackends() -> Deferred[Any]:
         return DeferredList([maybeDeferred(p.stopListening) for p in listening])
@@ -474,11 +487,12 @@ def _run(reactor: Any, port: int, directory: Path) -> int:
     try:
         service.startService()
     except StartupError as e:
+        other = port + 1 if port < 65535 else 8443
         sys.stderr.write(
             f"tlsgateway demo: cannot start the gateway on 127.0.0.1:{port}:\n"
             f"  {e}\n"
             f"Is another program (or another demo) using port {port}?  "
-            f"Pick another one: tlsgateway demo --port {port + 1 if port < 65535 else 9443}\n"
+            f"Pick another one: tlsgateway demo --port {other}\n"
         )
         stopBackends()
         return 1

@@ -9,7 +9,10 @@ one finish on the configuration they started with.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
+from typing import Protocol as TypingProtocol
 
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -18,10 +21,11 @@ from twisted.logger import Logger
 from gateway.accesslog import AccessLog, ConnectionRecord
 from gateway.clienthello import ClientHello
 from gateway.config import ListenerConfig, RouteConfig
-from gateway.passthrough import PassthroughSession
+from gateway.passthrough import PassthroughStage
 from gateway.preread import PrereadProtocol, Stage
 from gateway.routing import Router
-from gateway.upstream import IServerChooser
+from gateway.session import Session, Timeouts, UpstreamRuntime
+from gateway.terminate import TerminationStage
 
 
 def formatAddress(address: IAddress) -> tuple[str, str]:
@@ -41,12 +45,25 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
     return str(address), str(address)
 
 
+class ServerTLSPolicy(TypingProtocol):
+    """
+    What termination needs from L{gateway.tlspolicy}: a context per server
+    name, and the facts of a finished handshake for the access log.
+    """
+
+    def contextFor(self, serverName: str | None) -> SSL.Context: ...
+
+    def describe(self, connection: SSL.Connection) -> dict[str, Any]: ...
+
+
 class ListenerFactory(ServerFactory):
     """
     @ivar active: connections accepted and not yet logged; the drain waits
         for this to empty, and cuts what is left at its deadline.
     @ivar _router: the compiled routes, or L{None} for a listener with a
         single C{upstream}.
+    @ivar _tls: the termination policy, or L{None} when nothing on this
+        listener terminates.
     """
 
     noisy = False
@@ -55,21 +72,24 @@ class ListenerFactory(ServerFactory):
     def __init__(
         self,
         config: ListenerConfig,
-        choosers: Mapping[str, IServerChooser],
+        upstreams: Mapping[str, UpstreamRuntime],
         reactor: IReactorTCP,
         clock: IReactorTime,
         accessLog: AccessLog,
-        tries: Mapping[str, int],
+        tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.active: set[PrereadProtocol] = set()
-        self._choosers = choosers
-        self._tries = tries
+        self._upstreams = upstreams
         self._reactor = reactor
         self._clock = clock
         self._accessLog = accessLog
+        self._tls = tls
         self._idle = idle
+        self._timeouts = Timeouts(
+            connect=config.connect_timeout, idle=config.idle_timeout
+        )
         self._router: Router[RouteConfig] | None = (
             Router(config.routes) if config.routes else None
         )
@@ -94,11 +114,12 @@ class ListenerFactory(ServerFactory):
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
     ) -> Stage | None:
         """
-        Route a connection whose ClientHello is complete.
+        Route a connection whose ClientHello is complete, and start the
+        stage its route's action calls for.
         """
-        upstreamName: str | None
+        config = self.config
         if self._router is None:
-            upstreamName = self.config.upstream
+            upstreamName, action = config.upstream, config.mode
         else:
             route = self._router.match(hello.serverName, hello.alpn)
             if route is None:
@@ -106,25 +127,56 @@ class ListenerFactory(ServerFactory):
                     "no_route", f"no route for server name {hello.serverName!r}"
                 )
                 return None
-            upstreamName = route.upstream
+            upstreamName, action = route.upstream, route.action or config.mode
         assert upstreamName is not None
-        assert protocol.transport is not None
-        _, clientKey = formatAddress(protocol.transport.getPeer())
-        session = PassthroughSession(
-            self._reactor,
-            self._clock,
-            protocol.transport,  # type: ignore[arg-type]
-            protocol.record,
-            self._choosers[upstreamName],
-            buffered,
-            clientKey=clientKey,
-            connectTimeout=self.config.connect_timeout,
-            idleTimeout=self.config.idle_timeout,
-            tries=self._tries[upstreamName],
-            ended=lambda: self.ended(protocol),
-        )
-        session.start()
-        return session
+        transport = protocol.transport
+        assert transport is not None
+        _, clientKey = formatAddress(transport.getPeer())
+        record = protocol.record
+        record.action = action
+        upstream = self._upstreams[upstreamName]
+
+        def ended() -> None:
+            self.ended(protocol)
+
+        stage: PassthroughStage | TerminationStage
+        if action == "terminate":
+            assert self._tls is not None
+            stage = TerminationStage(
+                self._clock,
+                transport,  # type: ignore[arg-type]
+                record,
+                self._tls.contextFor(hello.serverName),
+                lambda tls: Session(
+                    self._reactor,
+                    self._clock,
+                    tls,  # type: ignore[arg-type]
+                    record,
+                    upstream,
+                    clientKey,
+                    self._timeouts,
+                    ended,
+                    countBytes=False,
+                ),
+                config.preread_timeout,
+                self._tls.describe,
+            )
+        else:
+            stage = PassthroughStage(
+                Session(
+                    self._reactor,
+                    self._clock,
+                    transport,  # type: ignore[arg-type]
+                    record,
+                    upstream,
+                    clientKey,
+                    self._timeouts,
+                    ended,
+                    countBytes=True,
+                )
+            )
+        stage.start(buffered)
+        return stage
 
     def ended(self, protocol: PrereadProtocol) -> None:
         """

@@ -29,6 +29,7 @@ from gateway.clienthello import (
     ClientHelloError,
     ClientHelloReader,
 )
+from gateway.ja4 import ja4
 
 
 class Stage(TypingProtocol):
@@ -107,6 +108,7 @@ class PrereadProtocol(Protocol):
         self._handedOff = True
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
+        self.record.ja4 = ja4(hello)
         self._next = self._listener.handoff(self, hello, self._reader.buffered)
 
     def readConnectionLost(self) -> None:

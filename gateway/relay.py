@@ -103,6 +103,9 @@ class PortableRelay:
         runs when it reaches zero.
     @ivar _closing: we initiated the close, so a C{connectionLost} that
         follows is expected, not a peer's reset to propagate.
+    @ivar _countBytes: count relayed bytes into the record.  Off for a
+        terminated connection, whose record counts TLS records on the wire
+        (at the TLS layer), not the plaintext relayed here.
     @ivar _lastActivity: reactor time of the last relayed chunk.  Checked by
         a timer that re-arms itself instead of resetting a delayed call per
         chunk, which would cost a heap operation per read on the hot path.
@@ -116,12 +119,15 @@ class PortableRelay:
         clock: IReactorTime,
         idleTimeout: float,
         done: Callable[[], None],
+        *,
+        countBytes: bool = True,
     ) -> None:
         self._client = client
         self._upstream = upstream
         self._record = record
         self._clock = clock
         self._idleTimeout = idleTimeout
+        self._countBytes = countBytes
         self._done: Callable[[], None] | None = done
         self._open = 2
         self._clientEOF = False
@@ -135,12 +141,14 @@ class PortableRelay:
     # data
 
     def clientData(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
+        if self._countBytes:
+            self._record.bytesIn += len(data)
         self._lastActivity = self._clock.seconds()
         self._upstream.write(data)
 
     def upstreamData(self, data: bytes) -> None:
-        self._record.bytesOut += len(data)
+        if self._countBytes:
+            self._record.bytesOut += len(data)
         self._lastActivity = self._clock.seconds()
         self._client.write(data)
 

@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from gateway.accesslog import AccessLog
 from gateway.config import GatewayConfig
 from gateway.listener import ListenerFactory
-from gateway.upstream import FirstServer, IServerChooser
+from gateway.session import UpstreamRuntime
+from gateway.upstream import FirstServer
 
 
 class StartupError(Exception):
@@ -68,23 +69,20 @@ class GatewayService(Service):
         reactor = self._getReactor()
         settings = self.config.gateway
         self._accessLog = AccessLog(settings.access_log, settings.access_log_format)
-        choosers: dict[str, IServerChooser] = {
-            name: FirstServer(upstream)
-            for name, upstream in self.config.upstreams.items()
-        }
-        tries = {
-            name: upstream.next_upstream_tries
+        upstreams = {
+            name: UpstreamRuntime(
+                name, FirstServer(upstream), upstream.next_upstream_tries
+            )
             for name, upstream in self.config.upstreams.items()
         }
         errors: list[str] = []
         for listener in self.config.listeners:
             factory = ListenerFactory(
                 listener,
-                choosers,
+                upstreams,
                 reactor,
                 reactor,
                 self._accessLog,
-                tries,
                 idle=self._maybeDrained,
             )
             self.factories[listener.name] = factory

@@ -7,11 +7,12 @@ from __future__ import annotations
 import sys
 from typing import ClassVar
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from gateway.config import ConfigError, load_config
 from gateway.service import GatewayService
+from gateway.signals import SignalHandling
 
 
 class Options(usage.Options):
@@ -38,4 +39,9 @@ def makeService(options: Options) -> IService:
     except OSError as e:
         sys.stderr.write(f"{options['config']}: {e.strerror}\n")
         raise SystemExit(1) from None
-    return GatewayService(config)
+    from twisted.internet import reactor
+
+    top = MultiService()
+    GatewayService(config, reactor).setServiceParent(top)
+    SignalHandling(reactor).setServiceParent(top)
+    return top

@@ -238,7 +238,13 @@ class TLSStream:
         self.sock.close()
 
 
-def readUntilEof(stream: Stream, digest: hashlib._Hash | None = None) -> int:
+class Digest(Protocol):
+    """What L{readUntilEof} needs of a C{hashlib} object."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
+def readUntilEof(stream: Stream, digest: Digest | None = None) -> int:
     """Read to EOF, feeding C{digest}; return the number of bytes read."""
     total = 0
     while data := stream.recv(256 * 1024):
@@ -565,10 +571,16 @@ def tlsConnect(
     serverName: str | None,
     *,
     handshake: bool = True,
-    **connectOptions: int | bool | None,
+    receiveBuffer: int | None = None,
+    noDelay: bool = False,
 ) -> TLSStream:
-    """A L{TLSStream} client to 127.0.0.1:C{port}, sending C{serverName} as SNI."""
-    sock = connect(port, **connectOptions)  # type: ignore[arg-type]
+    """
+    A L{TLSStream} client to 127.0.0.1:C{port}, sending C{serverName} as SNI.
+
+    @param handshake: complete the handshake before returning; C{False}
+        leaves it to the caller (see L{TLSStream.takeClientHello}).
+    """
+    sock = connect(port, receiveBuffer=receiveBuffer, noDelay=noDelay)
     stream = TLSStream(sock, context, serverHostname=serverName)
     if handshake:
         try:

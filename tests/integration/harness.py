@@ -242,7 +242,7 @@ class Gateway:
         self.returncode = self.process.returncode
         return self.returncode
 
-    def signal(self, number: int = signal.SIGTERM) -> None:
+    def sendSignal(self, number: int = signal.SIGTERM) -> None:
         """Send a signal by PID (the default: SIGTERM) without waiting."""
         os.kill(self.pid, number)
 
@@ -253,7 +253,9 @@ class Gateway:
             self.returncode = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise GatewayFailed(f"still running after {timeout}s\n{self.explain()}") from None
+            raise GatewayFailed(
+                f"still running after {timeout}s\n{self.explain()}"
+            ) from None
         return self.returncode
 
     def kill(self) -> None:

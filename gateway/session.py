@@ -1,0 +1,336 @@
+"""
+After the route is chosen: reach an upstream, then relay.
+
+A L{Session} connects to a server of the chosen upstream (retrying the next
+one when a connect fails, while no upstream has sent a byte), optionally
+does a verified TLS handshake with it, replays what the client already sent,
+and starts the relay.  The client side is given to it as a transport: the
+raw TCP transport in passthrough, the L{TLSTransport} of a terminated
+connection otherwise; so the same code serves both modes.
+
+The client stays paused while the upstream is being reached, so the gateway
+buffers nothing but what it already had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IConnector,
+    IHalfCloseableProtocol,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.accesslog import ConnectionRecord
+from gateway.config import ServerConfig
+from gateway.relay import IRelay, PortableRelay
+from gateway.tlstransport import TLSTransport
+from gateway.upstream import IServerChooser, connectServer
+
+
+class IUpstreamTLS:
+    """
+    What a session needs to re-encrypt to an upstream (provided by
+    L{gateway.tlspolicy.UpstreamTLS}).
+    """
+
+    def connectionFor(self, server: ServerConfig) -> SSL.Connection:  # pragma: no cover
+        raise NotImplementedError
+
+    def verify(
+        self, connection: SSL.Connection, server: ServerConfig
+    ) -> str | None:  # pragma: no cover
+        raise NotImplementedError
+
+
+@attrs.frozen
+class UpstreamRuntime:
+    """
+    One C{[upstream:NAME]} of one configuration generation, as sessions use it.
+
+    @ivar tries: C{next_upstream_tries}.
+    @ivar tls: how to re-encrypt to its servers, or L{None} for plaintext.
+    """
+
+    name: str
+    chooser: IServerChooser
+    tries: int
+    tls: IUpstreamTLS | None = None
+
+
+@attrs.frozen
+class Timeouts:
+    connect: float
+    idle: float
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(Protocol):
+    """
+    The upstream side of a session.  With re-encryption it owns the TLS
+    layer and reports the upstream as ready only once the handshake is done
+    and the certificate verified: not one byte of the client's plaintext
+    goes out before that.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        server: ServerConfig,
+        tls: IUpstreamTLS | None,
+    ) -> None:
+        self._session = session
+        self.server = server
+        self._tlsPolicy = tls
+        self._tls: TLSTransport | None = None
+        self._relay: IRelay | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        if self._tlsPolicy is None:
+            self._relay = self._session.upstreamReady(self, self.transport, self.server)
+            return
+        self._tls = TLSTransport(
+            self._tlsPolicy.connectionFor(self.server),
+            self.transport,  # type: ignore[arg-type]
+            self,
+        )
+        self._tls.startHandshake()
+
+    # TLSEvents, with re-encryption
+
+    def tlsHandshakeDone(self) -> None:
+        assert self._tls is not None
+        assert self._tlsPolicy is not None
+        problem = self._tlsPolicy.verify(self._tls.connection, self.server)
+        if problem is not None:
+            self.tlsHandshakeFailed(problem)
+            return
+        self._relay = self._session.upstreamReady(self, self._tls, self.server)
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        assert self.transport is not None
+        self._session.upstreamRefused(self, f"TLS: {reason}")
+        self.transport.abortConnection()
+
+    def tlsData(self, data: bytes) -> None:
+        assert self._relay is not None
+        self._relay.upstreamData(data)
+
+    def tlsReadClosed(self) -> None:
+        if self._relay is not None:
+            self._relay.upstreamReadClosed()
+
+    # transport events
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.ciphertextReceived(data)
+        elif self._relay is not None:
+            self._relay.upstreamData(data)
+
+    def readConnectionLost(self) -> None:
+        if self._tls is not None:
+            self._tls.ciphertextEnded()
+        elif self._relay is not None:
+            self._relay.upstreamReadClosed()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._relay is not None:
+            self._relay.upstreamLost(reason)
+        else:
+            # Closed before it became ready (during the TLS handshake, or
+            # after a failed one, which the session then ignores).
+            self._session.upstreamRefused(self, reason.getErrorMessage())
+
+
+class Session:
+    """
+    @ivar relay: the relay, once the upstream is ready.
+    @ivar _client: the client's plaintext transport (raw TCP in
+        passthrough, TLS in termination).
+    @ivar _pending: client bytes to replay to the upstream before relaying
+        (the ClientHello in passthrough; early plaintext in termination).
+    @ivar _tried: servers that failed for this connection.
+    @ivar _attempt: the upstream connection being made (connecting or in
+        its TLS handshake), so a client that leaves can cancel it and late
+        reports from abandoned attempts can be told apart.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        client: ITCPTransport,
+        record: ConnectionRecord,
+        upstream: UpstreamRuntime,
+        clientKey: str,
+        timeouts: Timeouts,
+        ended: Callable[[], None],
+        *,
+        countBytes: bool,
+    ) -> None:
+        self.relay: IRelay | None = None
+        self._reactor = reactor
+        self._clock = clock
+        self._client = client
+        self._record = record
+        self._upstream = upstream
+        self._clientKey = clientKey
+        self._timeouts = timeouts
+        self._ended: Callable[[], None] | None = ended
+        self._countBytes = countBytes
+        self._pending: list[bytes] = []
+        self._triesLeft = upstream.tries
+        self._tried: frozenset[ServerConfig] = frozenset()
+        self._connector: IConnector | None = None
+        self._attempt: UpstreamProtocol | None = None
+        self._clientEOF = False
+        self._clientGone = False
+        self._lastError = "no server available"
+
+    def connect(self, pending: bytes = b"") -> None:
+        if pending:
+            self._pending.append(pending)
+        self._client.pauseProducing()  # type: ignore[attr-defined]
+        self._connectNext()
+
+    def _connectNext(self) -> None:
+        server = (
+            self._upstream.chooser.pick(self._clientKey, self._tried)
+            if self._triesLeft > 0
+            else None
+        )
+        if server is None:
+            self._record.fail("upstream_unavailable", self._lastError)
+            self._client.loseConnection()
+            return
+        self._triesLeft -= 1
+        self._tried |= {server}
+        self._record.upstream = server.address
+        attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
+        self._connector = connectServer(
+            self._reactor,
+            server,
+            attempt,
+            self._timeouts.connect,
+            lambda reason: self.upstreamRefused(attempt, reason.getErrorMessage()),
+        )
+
+    def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
+        """
+        The server of C{attempt} cannot take this connection (refused,
+        timed out, closed or failed TLS verification before it was ready):
+        try the next one.  Reports about an attempt already given up on are
+        ignored.
+        """
+        if attempt is not self._attempt:
+            return
+        self._attempt = self._connector = None
+        if self._clientGone:
+            self._finish()
+            return
+        self._upstream.chooser.connectFailed(attempt.server)
+        self._lastError = f"{attempt.server.address}: {reason}"
+        self._connectNext()
+
+    def upstreamReady(
+        self, protocol: UpstreamProtocol, upstream: ITCPTransport, server: ServerConfig
+    ) -> IRelay:
+        self._attempt = self._connector = None
+        self._upstream.chooser.connectSucceeded(server)
+        if self._clientGone:
+            upstream.loseConnection()
+            self.relay = _Discard(self._finish)
+            return self.relay
+        if self._pending:
+            upstream.writeSequence(self._pending)
+            self._pending = []
+        self.relay = PortableRelay(
+            self._client,
+            upstream,
+            self._record,
+            self._clock,
+            self._timeouts.idle,
+            self._finish,
+            countBytes=self._countBytes,
+        )
+        self._client.resumeProducing()  # type: ignore[attr-defined]
+        if self._clientEOF:
+            self.relay.clientReadClosed()
+        return self.relay
+
+    # client events (plaintext level)
+
+    def clientData(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.clientData(data)
+        else:
+            if self._countBytes:
+                self._record.bytesIn += len(data)
+            self._pending.append(data)
+
+    def clientReadClosed(self) -> None:
+        if self.relay is not None:
+            self.relay.clientReadClosed()
+        else:
+            self._clientEOF = True
+
+    def clientLost(self, reason: Failure) -> None:
+        if self.relay is not None:
+            self.relay.clientLost(reason)
+            return
+        self._clientGone = True
+        attempt = self._attempt
+        if attempt is None:
+            self._finish()
+        elif attempt.transport is None:
+            # Still connecting: stop; the failed connect then finishes.
+            assert self._connector is not None
+            self._connector.stopConnecting()
+        else:
+            # Connected, TLS handshake in progress: its close finishes.
+            attempt.transport.abortConnection()
+
+    def shutdown(self) -> None:
+        if self.relay is not None:
+            self.relay.abort("shutdown", "gateway stopped")
+        else:
+            self._record.fail("shutdown", "gateway stopped")
+            self._client.abortConnection()
+
+    def _finish(self) -> None:
+        if self._ended is not None:
+            ended, self._ended = self._ended, None
+            self._record.ended = self._clock.seconds()
+            ended()
+
+
+class _Discard:
+    """
+    Stands in for the relay when the client left before the upstream
+    became ready: the upstream connection is closed unused.
+    """
+
+    def __init__(self, finish: Callable[[], None]) -> None:
+        self._finish = finish
+
+    def upstreamData(self, data: bytes) -> None:
+        pass
+
+    def upstreamReadClosed(self) -> None:
+        pass
+
+    def upstreamLost(self, reason: Failure) -> None:
+        self._finish()

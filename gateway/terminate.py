@@ -1,0 +1,112 @@
+"""
+The termination stage: the gateway does the TLS handshake itself.
+
+The pre-read ClientHello goes into OpenSSL as the first bytes of the
+connection (nothing is lost and nothing is read twice), with the context
+that was chosen for the server name already known from the pre-read: no
+servername callback, so no code runs inside the handshake that could fail
+open to a default certificate.  Once the handshake is done the session
+connects upstream and relays plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.python.failure import Failure
+
+from gateway.accesslog import ConnectionRecord
+from gateway.session import Session
+from gateway.tlstransport import TLSTransport
+
+
+class TerminationStage:
+    """
+    @ivar _tls: the client's TLS layer: ciphertext from the socket in,
+        plaintext to the session out.
+    @ivar _timer: the handshake deadline (the listener's
+        C{preread_timeout}, which bounds everything a client must send
+        before it is served).
+    @ivar _handshakeStarted: reactor time the handshake began, for the
+        handshake-duration histogram.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        transport: ITCPTransport,
+        record: ConnectionRecord,
+        context: SSL.Context,
+        makeSession: Callable[[TLSTransport], Session],
+        handshakeTimeout: float,
+        describe: Callable[[SSL.Connection], dict[str, Any]],
+        handshakeTimed: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._clock = clock
+        self._transport = transport
+        self._record = record
+        self._describe = describe
+        self._handshakeTimed = handshakeTimed
+        connection = SSL.Connection(context, None)
+        connection.set_accept_state()
+        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._session = makeSession(self._tls)
+        self._handshakeTimeout = handshakeTimeout
+        self._handshakeStarted = clock.seconds()
+        self._timer: IDelayedCall | None = None
+
+    def start(self, buffered: bytes) -> None:
+        self._timer = self._clock.callLater(self._handshakeTimeout, self._timedOut)
+        self._tls.ciphertextReceived(buffered)
+
+    # client transport events
+
+    def dataReceived(self, data: bytes) -> None:
+        self._record.bytesIn += len(data)
+        self._tls.ciphertextReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._tls.ciphertextEnded()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopTimer()
+        self._session.clientLost(reason)
+
+    def shutdown(self) -> None:
+        self._stopTimer()
+        self._session.shutdown()
+
+    # TLS events
+
+    def tlsHandshakeDone(self) -> None:
+        self._stopTimer()
+        self._handshakeTimed(self._clock.seconds() - self._handshakeStarted)
+        self._record.extra.update(self._describe(self._tls.connection))
+        self._session.connect()
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        self._stopTimer()
+        self._record.fail("handshake_failed", reason)
+        self._transport.loseConnection()
+
+    def tlsData(self, data: bytes) -> None:
+        self._session.clientData(data)
+
+    def tlsReadClosed(self) -> None:
+        self._session.clientReadClosed()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._record.fail(
+            "handshake_failed", f"handshake not done after {self._handshakeTimeout:g}s"
+        )
+        self._transport.abortConnection()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None

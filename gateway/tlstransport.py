@@ -1,0 +1,238 @@
+"""
+TLS over a TCP transport, through pyOpenSSL memory BIOs.
+
+Why not Twisted's C{TLSMemoryBIOProtocol}: it cannot half-close (a
+C{close_notify} from the peer closes both directions at once), it hands the
+ClientHello to OpenSSL only through its own protocol events, and it counts
+nothing.  The gateway needs all three: the pre-read ClientHello fed in as is,
+a C{close_notify} relayed as a half-close exactly as a FIN is in
+passthrough, and the bytes on the wire for the access log.  What remains is
+small: feed ciphertext in, take plaintext and ciphertext out.
+
+L{TLSTransport} is the plaintext side's transport: the relay writes to it,
+registers producers on it and half-closes it exactly as it does a TCP
+transport, so one relay serves passthrough and termination.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from zope.interface import implementer
+
+from gateway.accesslog import ConnectionRecord
+
+#: Read size for the memory BIOs: large enough that one 64 KiB socket read
+#: is usually one call, small enough that pyOpenSSL's per-call buffer
+#: allocation stays cheap.
+_CHUNK = 2**17
+
+
+class TLSEvents(Protocol):
+    """
+    What a L{TLSTransport} reports to the session that owns it.
+    """
+
+    def tlsHandshakeDone(self) -> None: ...
+
+    def tlsHandshakeFailed(self, reason: str) -> None: ...
+
+    def tlsData(self, data: bytes) -> None: ...
+
+    def tlsReadClosed(self) -> None: ...
+
+
+def describeError(error: BaseException) -> str:
+    """
+    A one-line reason from an OpenSSL error, for the access log.
+
+    pyOpenSSL errors carry a list of C{(library, function, reason)} tuples;
+    the reasons (C{no shared cipher}, C{unsupported protocol}, C{peer did
+    not return a certificate}) are what an operator needs.  They never
+    contain key material.
+    """
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [str(item[-1]) for item in error.args[0] if item]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+    if isinstance(error, SSL.SysCallError):
+        return "connection closed during the handshake"
+    return str(error) or type(error).__name__
+
+
+@implementer(IPushProducer)
+class TLSTransport:
+    """
+    @ivar connection: the OpenSSL connection, for the access log (version,
+        cipher, group, peer certificate) and for upstream verification.
+    @ivar handshakeDone: the handshake completed; plaintext flows from now.
+    @ivar _transport: the TCP transport carrying the ciphertext.
+    @ivar _countOut: the record whose C{bytesOut} counts ciphertext written
+        to the client, or L{None} on the upstream side.
+    @ivar _readClosed: the peer's C{close_notify} (or its FIN) was reported.
+    @ivar _writeClosed: we sent C{close_notify}; nothing may be written.
+    """
+
+    def __init__(
+        self,
+        connection: SSL.Connection,
+        transport: ITCPTransport,
+        events: TLSEvents,
+        countOut: ConnectionRecord | None = None,
+    ) -> None:
+        self.connection = connection
+        self.handshakeDone = False
+        self._transport = transport
+        self._events = events
+        self._countOut = countOut
+        self._readClosed = False
+        self._writeClosed = False
+        self._failed = False
+
+    # ciphertext in
+
+    def startHandshake(self) -> None:
+        """
+        Client side: send the ClientHello.
+        """
+        self._handshake()
+
+    def ciphertextReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self.connection.bio_write(data)
+        if not self.handshakeDone:
+            self._handshake()
+            if not self.handshakeDone:
+                return
+        self._readPlaintext()
+
+    def ciphertextEnded(self) -> None:
+        """
+        The TCP peer sent FIN.  Without a C{close_notify} first this is a
+        truncation in TLS terms, but clients do it all the time; the relay
+        treats it as the end of the stream, as NGINX does.
+        """
+        if self.handshakeDone:
+            self._reportReadClosed()
+        elif not self._failed:
+            self._fail("connection closed during the handshake")
+
+    def _handshake(self) -> None:
+        try:
+            self.connection.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return
+        except SSL.Error as e:
+            self._flush()  # the alert tells the peer why
+            self._fail(describeError(e))
+            return
+        self.handshakeDone = True
+        self._flush()
+        self._events.tlsHandshakeDone()
+
+    def _fail(self, reason: str) -> None:
+        self._failed = True
+        self._events.tlsHandshakeFailed(reason)
+
+    def _readPlaintext(self) -> None:
+        recv = self.connection.recv
+        deliver = self._events.tlsData
+        while not self._readClosed:
+            try:
+                data = recv(_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._reportReadClosed()
+                break
+            except SSL.Error:
+                # A corrupt record or a fatal alert after the handshake:
+                # the stream cannot go on, and must not be taken for a
+                # clean end.
+                self._failed = True
+                self._transport.abortConnection()
+                return
+            deliver(data)
+        self._flush()
+
+    def _reportReadClosed(self) -> None:
+        if not self._readClosed:
+            self._readClosed = True
+            self._events.tlsReadClosed()
+
+    # ciphertext out
+
+    def _flush(self) -> None:
+        read = self.connection.bio_read
+        chunks = []
+        while True:
+            try:
+                chunks.append(read(_CHUNK))
+            except SSL.WantReadError:
+                break
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self._countOut is not None:
+                self._countOut.bytesOut += len(data)
+            self._transport.write(data)
+
+    # the plaintext side's transport (what the relay calls)
+
+    def write(self, data: bytes) -> None:
+        if self._writeClosed or self._failed or not data:
+            return
+        self.connection.sendall(data)
+        self._flush()
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: C{close_notify}, then FIN.  The peer may go on sending.
+        """
+        self._shutdownTLS()
+        self._transport.loseWriteConnection()
+
+    def loseConnection(self) -> None:
+        self._shutdownTLS()
+        self._transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self._writeClosed = True
+        self._transport.abortConnection()
+
+    def _shutdownTLS(self) -> None:
+        if self._writeClosed or self._failed or not self.handshakeDone:
+            return
+        self._writeClosed = True
+        try:
+            self.connection.shutdown()
+        except SSL.Error:
+            return
+        self._flush()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()  # type: ignore[attr-defined]
+
+    def getPeer(self) -> Any:
+        return self._transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self._transport.getHost()
