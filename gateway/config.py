@@ -105,6 +105,7 @@ NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
         "limiting connections (max_connections_per_client)"
     ),
     ("listener", "allow_plaintext"): "allow_plaintext",
+    ("listener", "relay=splice"): "the splice relay (relay = splice)",
     ("upstream", "servers:multiple"): "more than one server per upstream",
     ("upstream", "servers:weight"): "the weight flag of servers",
     ("upstream", "servers:max_fails"): "the max_fails flag of servers",

@@ -179,6 +179,7 @@ mode = terminate
 listen = tcp:3306
 mode = tcp
 upstream = db
+relay = splice
 
 [upstream:app]
 servers =
@@ -321,10 +322,10 @@ def test_everyGatedFeatureIsRefusedByDefault(tmp_path: Path) -> None:
         in found
     )
     assert (
-        "gw.ini:58: [upstream:app] servers: more than one server per upstream" in found
+        "gw.ini:59: [upstream:app] servers: more than one server per upstream" in found
     )
     assert (
-        "gw.ini:75: [certificate:rsa]: the [certificate:NAME] section is not" in found
+        "gw.ini:76: [certificate:rsa]: the [certificate:NAME] section is not" in found
     )
 
 
