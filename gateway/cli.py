@@ -29,8 +29,11 @@ def check(args: argparse.Namespace) -> int:
     """
     Like C{nginx -t}: everything that can be known without listening.
     """
-    if _load(args.config) is None:
+    config = _load(args.config)
+    if config is None:
         return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
     print("configuration OK")  # noqa: T201
     return 0
 

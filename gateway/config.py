@@ -79,22 +79,8 @@ __all__ = [
 NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
     ("gateway", "workers"): "more than one worker",
     ("gateway", "metrics"): "the metrics endpoint",
-    ("listener", "mode=terminate"): "TLS termination (mode = terminate)",
     ("listener", "mode=tcp"): "plain TCP relay (mode = tcp)",
     ("listener", "protocol=postgres"): "protocol = postgres",
-    ("listener", "routes:terminate"): "TLS termination (a terminate route)",
-    ("listener", "certificate"): "TLS termination (certificate)",
-    ("listener", "private_key"): "TLS termination (private_key)",
-    ("listener", "certificates"): "TLS termination (certificates)",
-    ("listener", "protocols"): "TLS termination (protocols)",
-    ("listener", "ciphers"): "TLS termination (ciphers)",
-    ("listener", "ciphersuites"): "TLS termination (ciphersuites)",
-    ("listener", "prefer_server_ciphers"): "TLS termination (prefer_server_ciphers)",
-    ("listener", "alpn"): "TLS termination (alpn)",
-    ("listener", "client_ca"): "client certificate verification (client_ca)",
-    ("listener", "verify_client"): "client certificate verification (verify_client)",
-    ("listener", "session_tickets"): "TLS termination (session_tickets)",
-    ("listener", "session_cache"): "TLS termination (session_cache)",
     ("listener", "proxy_protocol"): "sending the PROXY protocol",
     ("listener", "accept_proxy_protocol"): "accepting the PROXY protocol",
     ("listener", "allow"): "address filtering (allow)",
@@ -114,12 +100,7 @@ NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
     ("upstream", "balance"): "load balancing (balance)",
     ("upstream", "health_check"): "health checking",
     ("upstream", "health_interval"): "health checking (health_interval)",
-    ("upstream", "tls"): "TLS to upstreams (tls)",
-    ("upstream", "tls_verify"): "TLS to upstreams (tls_verify)",
-    ("upstream", "tls_ca"): "TLS to upstreams (tls_ca)",
-    ("upstream", "tls_server_name"): "TLS to upstreams (tls_server_name)",
     ("upstream", "next_upstream_tries"): "retrying upstreams (next_upstream_tries)",
-    ("certificate", "*"): "the [certificate:NAME] section",
 }
 
 _SECTION_KINDS = ("listener", "upstream", "certificate")
@@ -464,9 +445,18 @@ class Location:
 
     path: str
     line: int | None = None
+    keys: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}" if self.line else self.path
+
+    def lineOf(self, key: str | None) -> int | None:
+        """
+        The line of C{key} in this section, or the section's own line: so
+        problems found after loading (a certificate file that does not
+        load) point at the key that named it.
+        """
+        return self.line if key is None else self.keys.get(key, self.line)
 
 
 _NOWHERE = Location("<config>")
@@ -675,6 +665,9 @@ class GatewayConfig:
     A whole configuration file: what one generation of the gateway runs.
 
     @ivar path: the absolute path of the INI file.
+    @ivar warnings: what loading found worth fixing but not fatal (an
+        expired certificate, a key others can read), each formatted as a
+        problem is.
     """
 
     path: str
@@ -686,6 +679,7 @@ class GatewayConfig:
     certificates: Mapping[str, CertificateConfig] = attrs.field(
         factory=dict, converter=_frozenMapping
     )
+    warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
 
 # --- the line scan ------------------------------------------------------------
@@ -968,6 +962,14 @@ class _Loader:
                 )
         return sections
 
+    def _location(self, section: _Section) -> Location:
+        keys = {
+            key: line
+            for (name, key), line in self.scan.keys.items()
+            if name == section.name and line is not None
+        }
+        return Location(self.path, section.line, keys)
+
     def _keyLine(self, section: _Section, key: str) -> int | None:
         return self.scan.keys.get((section.name, key), section.line)
 
@@ -1070,7 +1072,7 @@ class _Loader:
         if len(self.problems) != before:
             return None
         return CertificateConfig(
-            name=section.sub, location=Location(self.path, section.line), **kwargs
+            name=section.sub, location=self._location(section), **kwargs
         )
 
     def _upstream(self, section: _Section) -> UpstreamConfig | None:
@@ -1110,7 +1112,7 @@ class _Loader:
         return UpstreamConfig(
             name=section.sub,
             servers=tuple(servers),
-            location=Location(self.path, section.line),
+            location=self._location(section),
             **kwargs,
         )
 
@@ -1270,7 +1272,7 @@ class _Loader:
         return ListenerConfig(
             name=section.sub,
             routes=tuple(routes),
-            location=Location(self.path, section.line),
+            location=self._location(section),
             **settings,
         )
 
@@ -1315,6 +1317,7 @@ def load_config_text(
     path: str = "<string>",
     *,
     notYetSupported: Mapping[tuple[str, str], str] | None = None,
+    checkFiles: bool = True,
 ) -> GatewayConfig:
     """
     Read a configuration from text, as if it were the file at C{path}.
@@ -1324,6 +1327,9 @@ def load_config_text(
     @param notYetSupported: the table of refused features; L{None} means
         L{NOT_YET_SUPPORTED}.  Tests pass C{{}} to check the conversion of
         features that are refused by default.
+    @param checkFiles: also load every certificate, key and CA file and
+        build the TLS contexts, as C{tlsgateway check} and a start do.
+        Off only for tests of the INI syntax itself.
     @raise ConfigError: listing every problem.
     """
     loader = _Loader(
@@ -1332,19 +1338,26 @@ def load_config_text(
         text=text,
         gates=NOT_YET_SUPPORTED if notYetSupported is None else notYetSupported,
     )
-    return loader.load()
+    config = loader.load()
+    if not checkFiles:
+        return config
+    from gateway.contexts import buildContexts
+
+    contexts = buildContexts(config)
+    if contexts.problems:
+        raise ConfigError(contexts.problems)
+    return attrs.evolve(config, warnings=tuple(contexts.warnings))
 
 
 def load_config(
     path: str | os.PathLike[str],
     *,
     notYetSupported: Mapping[tuple[str, str], str] | None = None,
+    checkFiles: bool = True,
 ) -> GatewayConfig:
     """
-    Read the INI file at C{path} into a L{GatewayConfig}.
-
-    Reads only that file: certificate and key files are checked by
-    whoever loads them (C{tlsgateway check} does).
+    Read the INI file at C{path} into a L{GatewayConfig}, and check every
+    certificate, key and CA file it names.
 
     @raise ConfigError: listing every problem, the file's own included
         (missing, unreadable, not UTF-8).
@@ -1359,4 +1372,6 @@ def load_config(
     except UnicodeDecodeError as e:
         problem = f"is not UTF-8 text ({e.reason} at byte {e.start})"
         raise ConfigError([Problem(name, None, None, None, problem)]) from None
-    return load_config_text(text, name, notYetSupported=notYetSupported)
+    return load_config_text(
+        text, name, notYetSupported=notYetSupported, checkFiles=checkFiles
+    )

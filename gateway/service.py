@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.accesslog import AccessLog
 from gateway.config import GatewayConfig
+from gateway.contexts import buildContexts
 from gateway.listener import ListenerFactory
 from gateway.session import UpstreamRuntime
 from gateway.upstream import FirstServer
@@ -69,9 +70,18 @@ class GatewayService(Service):
         reactor = self._getReactor()
         settings = self.config.gateway
         self._accessLog = AccessLog(settings.access_log, settings.access_log_format)
+        contexts = buildContexts(self.config)
+        if contexts.problems:
+            # The files changed since the configuration was checked.
+            raise StartupError("\n".join(str(p) for p in contexts.problems))
+        for warning in contexts.warnings:
+            self._log.warn("{warning}", warning=warning)
         upstreams = {
             name: UpstreamRuntime(
-                name, FirstServer(upstream), upstream.next_upstream_tries
+                name,
+                FirstServer(upstream),
+                upstream.next_upstream_tries,
+                contexts.upstreams.get(name),
             )
             for name, upstream in self.config.upstreams.items()
         }
@@ -83,6 +93,7 @@ class GatewayService(Service):
                 reactor,
                 reactor,
                 self._accessLog,
+                tls=contexts.servers.get(listener.name),
                 idle=self._maybeDrained,
             )
             self.factories[listener.name] = factory

@@ -1,0 +1,82 @@
+"""
+Every TLS context of one configuration generation, built in one go.
+
+Loading a configuration (C{tlsgateway check}, start, reload) builds them to
+report every certificate problem with the rest of the file's problems; the
+service builds them again when it starts serving that configuration, so a
+reload always gets new contexts and never mutates live ones.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from gateway.config import GatewayConfig, ListenerConfig, Problem
+from gateway.tlspolicy import ServerTLS, UpstreamTLS
+
+
+def terminates(listener: ListenerConfig) -> bool:
+    """
+    Whether a listener needs server contexts: it terminates, one of its
+    routes does, or it names certificates (which are then checked even if
+    no route uses them yet).
+    """
+    return (
+        listener.mode == "terminate"
+        or any(route.action == "terminate" for route in listener.routes)
+        or listener.certificate is not None
+        or bool(listener.certificates)
+    )
+
+
+@attrs.frozen
+class Contexts:
+    """
+    @ivar servers: the termination policy of each listener that needs one.
+    @ivar upstreams: the re-encryption policy of each upstream with
+        C{tls = on}.
+    @ivar problems: every problem; when there are any, the policies are
+        incomplete and must not be served.
+    @ivar warnings: things an operator should fix, formatted as problems
+        are (an expiring certificate, a readable key, C{tls_verify = off}).
+    """
+
+    servers: dict[str, ServerTLS]
+    upstreams: dict[str, UpstreamTLS]
+    problems: list[Problem]
+    warnings: list[str]
+
+
+def buildContexts(config: GatewayConfig) -> Contexts:
+    servers: dict[str, ServerTLS] = {}
+    upstreams: dict[str, UpstreamTLS] = {}
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    for listener in config.listeners:
+        if not terminates(listener):
+            continue
+        server, found, warned = ServerTLS.fromConfig(listener, config.certificates)
+        problems += found
+        warnings += warned
+        if server is not None:
+            servers[listener.name] = server
+    for name, upstream in config.upstreams.items():
+        client, found, warned = UpstreamTLS.fromConfig(upstream)
+        problems += found
+        warnings += warned
+        if client is not None:
+            upstreams[name] = client
+        if upstream.tls and not upstream.tls_verify:
+            location = upstream.location
+            warnings.append(
+                str(
+                    Problem(
+                        location.path,
+                        location.lineOf("tls_verify"),
+                        f"upstream:{name}",
+                        "tls_verify",
+                        "off: upstream certificates and names are not verified",
+                    )
+                )
+            )
+    return Contexts(servers, upstreams, problems, warnings)
