@@ -79,4 +79,8 @@ def buildContexts(config: GatewayConfig) -> Contexts:
                     )
                 )
             )
-    return Contexts(servers, upstreams, problems, warnings)
+    # A [certificate:NAME] shared by listeners is loaded once per listener:
+    # report what is wrong with it once.
+    return Contexts(
+        servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
+    )

@@ -769,6 +769,28 @@ class _Settings:
 
 def _settings(listener: ListenerConfig) -> _Settings:
     """
+    Translate a listener's termination keys to OpenSSL settings.
+
+    Session resumption: C{session_tickets} is stateless resumption
+    (C{OP_NO_TICKET} turns it off), C{session_cache} OpenSSL's server-side
+    cache of each context (so per worker).  With both off no session is
+    resumed, in TLS 1.2 and 1.3 alike.  One wart remains: in TLS 1.3 with
+    C{OP_NO_TICKET}, OpenSSL still sends NewSessionTicket messages, as
+    "stateful tickets" that are nothing but a session ID to look up in the
+    cache; with the cache off there is nothing to find, so they never
+    resume anything, but they cost a few dozen bytes per handshake.
+    Stopping them takes C{SSL_CTX_set_num_tickets(ctx, 0)}, which neither
+    pyOpenSSL nor cryptography's cffi bindings expose (and the bundled
+    OpenSSL exports no symbols to reach it otherwise).  Ticket keys are
+    random per context, so a reload, or another worker, cannot decrypt an
+    earlier ticket: the client then does a full handshake.
+
+    Client certificates: C{optional} requests one and verifies it if it
+    is sent, so an untrusted certificate still fails the handshake (as
+    with NGINX's stream module); C{on} also fails a client that sends none.
+    The CA subjects are sent to clients, so they know which certificate
+    to present.
+
     @raise TLSConfigError: a C{protocols} value other than TLSv1.2/1.3, or an
         unreadable C{client_ca}.
     """
@@ -886,7 +908,8 @@ class ServerTLS:
     can fail open to the wrong certificate.
 
     @ivar listenerName: the C{[listener:NAME]} it was built for.
-    @ivar certificates: every certificate, in configuration order.
+    @ivar certificates: every certificate served, grouped by context (an
+        ECDSA certificate follows the RSA one it shares a context with).
     """
 
     def __init__(
@@ -1240,6 +1263,22 @@ class UpstreamTLS:
         error that says what is wrong with which certificate, and the
         leaf's name is checked here too, so the handshake itself fails.
         """
+        try:
+            self._checkCertificate(connection, certificate, errorNumber, depth, ok)
+        except UpstreamVerificationError:
+            raise
+        except Exception as e:
+            raise _guard("upstream certificate verification", e) from e
+        return True
+
+    def _checkCertificate(
+        self,
+        connection: SSL.Connection,
+        certificate: crypto.X509,
+        errorNumber: int,
+        depth: int,
+        ok: int,
+    ) -> None:
         subject = certificate.to_cryptography().subject.rfc4514_string()
         if not ok:
             raise UpstreamVerificationError(
@@ -1259,4 +1298,3 @@ class UpstreamTLS:
                 service_identity.CertificateError,
             ):
                 raise self._mismatch(leaf, name) from None
-        return True
