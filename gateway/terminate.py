@@ -101,7 +101,8 @@ class TerminationStage:
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(
-            "handshake_failed", f"handshake not done after {self._handshakeTimeout:g}s"
+            "handshake_failed",
+            f"handshake timeout: not done after {self._handshakeTimeout:g}s",
         )
         self._transport.abortConnection()
 
