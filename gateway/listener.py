@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+import attrs
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
@@ -82,6 +83,12 @@ class ListenerFactory(ServerFactory):
         self.config = config
         self.active: set[PrereadProtocol] = set()
         self._upstreams = upstreams
+        # Passthrough relays the client's own TLS: an upstream's `tls = on`
+        # (re-encryption) applies to terminated connections only.
+        self._passthroughUpstreams = {
+            name: attrs.evolve(upstream, tls=None)
+            for name, upstream in upstreams.items()
+        }
         self._reactor = reactor
         self._clock = clock
         self._accessLog = accessLog
@@ -134,7 +141,9 @@ class ListenerFactory(ServerFactory):
         _, clientKey = formatAddress(transport.getPeer())
         record = protocol.record
         record.action = action
-        upstream = self._upstreams[upstreamName]
+        upstream = (
+            self._upstreams if action == "terminate" else self._passthroughUpstreams
+        )[upstreamName]
 
         def ended() -> None:
             self.ended(protocol)

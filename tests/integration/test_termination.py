@@ -1346,3 +1346,46 @@ def test_checkAcceptsGoodTerminationFiles(
     code, output = runCheck(path)
     assert code == 0, output
     assert "configuration OK" in output, output
+
+
+def test_passthroughRouteToATlsUpstreamIsNotReencrypted(
+    gateway: Any,
+    backend: Any,
+    ca: CertificateAuthority,
+    gwCert: ServerCertificate,
+    client: ssl.SSLContext,
+) -> None:
+    """
+    C{tls = on} re-encrypts terminated connections only: a passthrough route
+    to the same upstream carries the client's own TLS, so the client sees
+    the backend's certificate and the backend the client's server name.
+    """
+    secure = backend("secure", names=[BACKEND_NAME])
+    gw = gateway(
+        terminatingIni(
+            freePort(),
+            certificate=gwCert,
+            mode="passthrough",
+            routes=[
+                (BACKEND_NAME, "secure passthrough"),
+                (GW_NAME, "secure terminate"),
+            ],
+            upstreams={
+                "secure": {
+                    "servers": secure.address,
+                    "tls": "on",
+                    "tls_ca": str(ca.pemPath),
+                    "tls_server_name": BACKEND_NAME,
+                }
+            },
+        )
+    )
+    response, peer, _ = httpsGet(gw.port, client, BACKEND_NAME)
+    assert body(response) == "secure", gw.explain()
+    assert dnsNames(peer) == {BACKEND_NAME}
+    response, peer, _ = httpsGet(gw.port, client, GW_NAME)
+    assert body(response) == "secure", gw.explain()
+    assert dnsNames(peer) == {GW_NAME}
+    assert [r.sni for r in secure.waitForRecords(2)] == [BACKEND_NAME, BACKEND_NAME]
+    actions = sorted(e["action"] for e in entriesOf(gw, 2))
+    assert actions == ["passthrough", "terminate"]
