@@ -81,26 +81,7 @@ NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
     ("gateway", "metrics"): "the metrics endpoint",
     ("listener", "mode=tcp"): "plain TCP relay (mode = tcp)",
     ("listener", "protocol=postgres"): "protocol = postgres",
-    ("listener", "proxy_protocol"): "sending the PROXY protocol",
-    ("listener", "accept_proxy_protocol"): "accepting the PROXY protocol",
-    ("listener", "allow"): "address filtering (allow)",
-    ("listener", "deny"): "address filtering (deny)",
-    ("listener", "deny_ja4"): "JA4 filtering (deny_ja4)",
-    ("listener", "max_connections"): "limiting connections (max_connections)",
-    ("listener", "max_connections_per_client"): (
-        "limiting connections (max_connections_per_client)"
-    ),
     ("listener", "allow_plaintext"): "allow_plaintext",
-    ("listener", "relay=splice"): "the splice relay (relay = splice)",
-    ("upstream", "servers:multiple"): "more than one server per upstream",
-    ("upstream", "servers:weight"): "the weight flag of servers",
-    ("upstream", "servers:max_fails"): "the max_fails flag of servers",
-    ("upstream", "servers:fail_timeout"): "the fail_timeout flag of servers",
-    ("upstream", "servers:backup"): "the backup flag of servers",
-    ("upstream", "balance"): "load balancing (balance)",
-    ("upstream", "health_check"): "health checking",
-    ("upstream", "health_interval"): "health checking (health_interval)",
-    ("upstream", "next_upstream_tries"): "retrying upstreams (next_upstream_tries)",
 }
 
 _SECTION_KINDS = ("listener", "upstream", "certificate")
@@ -564,6 +545,15 @@ class UpstreamConfig:
     )
     health_check: str = _choiceField("off", "off", "tcp", "tls")
     health_interval: float = attrs.field(default=5.0, metadata=_ini(_positiveDuration))
+    # Extensions (NGINX Plus has `passes`/`fails` on `health_check`):
+    # consecutive passes that bring a server back, failures that take it
+    # down; defaults as HAProxy's `rise`/`fall`.
+    health_rise: int = attrs.field(
+        default=2, metadata=_ini(lambda t: _integer(t, 1)), validator=v.ge(1)
+    )
+    health_fall: int = attrs.field(
+        default=3, metadata=_ini(lambda t: _integer(t, 1)), validator=v.ge(1)
+    )
     tls: bool = attrs.field(default=False, metadata=_ini(parseBool))
     tls_verify: bool = attrs.field(default=True, metadata=_ini(parseBool))
     tls_ca: str | None = attrs.field(default=None, metadata=_iniFolder(_path))

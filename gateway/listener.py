@@ -4,15 +4,29 @@ One C{[listener:NAME]} at run time: accept, pre-read, route, hand off.
 A L{ListenerFactory} is built from one configuration generation and never
 changes: a reload builds new factories, and connections accepted by an old
 one finish on the configuration they started with.
+
+Who the client is: the peer of the accepted connection, or, on a listener
+with C{accept_proxy_protocol}, the source address of its PROXY header (the
+peer itself for a header without one: LOCAL health checks, UNKNOWN).  That
+address is the one logged, filtered by C{allow}/C{deny}, counted by
+C{max_connections_per_client} and given to the C{hash} balancer.  The
+balancer's own address is never filtered, as NGINX filters the address
+C{set_real_ip_from} produced: on such a listener C{allow}/C{deny} and the
+per-client limit wait for the header, and keeping untrusted peers from
+sending headers at all is the network's job (firewall, security group).
+C{max_connections} counts connections, so it applies at accept everywhere.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 from typing import Protocol as TypingProtocol
 
 import attrs
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
@@ -24,6 +38,15 @@ from gateway.clienthello import ClientHello
 from gateway.config import ListenerConfig, RouteConfig
 from gateway.passthrough import PassthroughStage
 from gateway.preread import PrereadProtocol, Stage
+from gateway.proxyprotocol import (
+    TLV,
+    ProxyAddress,
+    ProxyHeader,
+    authorityTLV,
+    connectionHeader,
+    encode,
+    sslTLV,
+)
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminationStage
@@ -46,6 +69,47 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
     return str(address), str(address)
 
 
+def proxyAddress(address: IAddress) -> ProxyAddress | None:
+    """
+    @return: an IP address as a PROXY header carries it, or L{None} for
+        anything else (a UNIX socket).
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return ProxyAddress(address.host.partition("%")[0], address.port)
+    return None
+
+
+def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
+    """
+    C{PP2_TYPE_SSL} for a terminated connection.
+
+    A client certificate the gateway has was verified: C{verify_client}
+    makes OpenSSL fail the handshake otherwise.  On a resumed session the
+    certificate comes from the session, not this handshake.
+    """
+    certificate = connection.get_peer_certificate(as_cryptography=True)
+    commonName = None
+    if certificate is not None:
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if names:
+            value = names[0].value
+            commonName = value if isinstance(value, str) else value.decode()
+    try:
+        from OpenSSL._util import lib
+
+        resumed = bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        resumed = False
+    return sslTLV(
+        facts.get("tls_version"),
+        facts.get("cipher"),
+        certificateOnConnection=certificate is not None and not resumed,
+        certificateOnSession=certificate is not None,
+        verified=certificate is not None,
+        commonName=commonName,
+    )
+
+
 class ServerTLSPolicy(TypingProtocol):
     """
     What termination needs from L{gateway.tlspolicy}: a context per server
@@ -65,6 +129,13 @@ class ListenerFactory(ServerFactory):
         single C{upstream}.
     @ivar _tls: the termination policy, or L{None} when nothing on this
         listener terminates.
+    @ivar _admitted: connections that count against C{max_connections}
+        (accepted and not refused).
+    @ivar _clients: the client key (IP address) of each connection whose
+        client is known and admitted: it counts against
+        C{max_connections_per_client} (in L{_perClient}) and is the
+        C{hash} balancer's key.
+    @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
     """
 
     noisy = False
@@ -100,6 +171,10 @@ class ListenerFactory(ServerFactory):
         self._router: Router[RouteConfig] | None = (
             Router(config.routes) if config.routes else None
         )
+        self._admitted: set[PrereadProtocol] = set()
+        self._clients: dict[PrereadProtocol, str] = {}
+        self._perClient: Counter[str] = Counter()
+        self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
 
     def buildProtocol(self, addr: IAddress) -> PrereadProtocol:
         now = self._clock.seconds()
@@ -113,9 +188,98 @@ class ListenerFactory(ServerFactory):
             self._clock,
             self.config.preread_timeout,
             self.config.preread_buffer_size,
+            acceptProxy=self.config.accept_proxy_protocol,
         )
         self.active.add(protocol)
         return protocol
+
+    def accepted(self, protocol: PrereadProtocol) -> None:
+        """
+        Refuse a new connection the listener's filters or limits exclude,
+        before anything is read from it.
+
+        Address filtering comes first: a refused client is C{denied}
+        whatever the limits say, and takes no place in them.
+        """
+        if self.config.accept_proxy_protocol:
+            # The client is not known until the PROXY header is read.
+            if not self._full(protocol):
+                self._admitted.add(protocol)
+            return
+        transport = protocol.transport
+        assert transport is not None
+        _, clientKey = formatAddress(transport.getPeer())
+        if self._excluded(protocol, clientKey) or self._full(protocol):
+            return
+        self._admitted.add(protocol)
+        self._count(protocol, clientKey)
+
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+        """
+        The connection's PROXY header is read: the client it names (or the
+        balancer itself, for a header without an address) is the client
+        from now on, and is filtered and counted as such.
+        """
+        if header.source is not None:
+            protocol.record.client = str(header.source)
+            clientKey = header.source.host
+        else:
+            transport = protocol.transport
+            assert transport is not None
+            _, clientKey = formatAddress(transport.getPeer())
+        if not self._excluded(protocol, clientKey):
+            self._count(protocol, clientKey)
+
+    def _full(self, protocol: PrereadProtocol) -> bool:
+        limit = self.config.max_connections
+        if limit is not None and len(self._admitted) >= limit:
+            protocol.refuse(
+                "limited", f"max_connections: {limit} connections already open"
+            )
+            return True
+        return False
+
+    def _excluded(self, protocol: PrereadProtocol, clientKey: str) -> bool:
+        """
+        Refuse C{clientKey} if C{allow}/C{deny} or
+        C{max_connections_per_client} exclude it.
+        """
+        if not self._permitted(clientKey):
+            protocol.refuse("denied", f"{clientKey} is refused by allow/deny")
+            return True
+        limit = self.config.max_connections_per_client
+        if limit is not None and self._perClient[clientKey] >= limit:
+            protocol.refuse(
+                "limited",
+                f"max_connections_per_client: {limit} connections already open"
+                f" from {clientKey}",
+            )
+            return True
+        return False
+
+    def _permitted(self, clientKey: str) -> bool:
+        """
+        C{deny} wins; with C{allow} set, only what it lists passes.  An
+        IPv4 client on an IPv6 socket (C{::ffff:192.0.2.1}) is matched as
+        the IPv4 address it is.  A client without an IP address (a UNIX
+        socket) matches no network: it passes unless C{allow} is set.
+        """
+        config = self.config
+        if not (config.allow or config.deny):
+            return True
+        try:
+            ip = ipaddress.ip_address(clientKey.partition("%")[0])
+        except ValueError:
+            return not config.allow
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in config.deny):
+            return False
+        return not config.allow or any(ip in network for network in config.allow)
+
+    def _count(self, protocol: PrereadProtocol, clientKey: str) -> None:
+        self._clients[protocol] = clientKey
+        self._perClient[clientKey] += 1
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
@@ -125,6 +289,10 @@ class ListenerFactory(ServerFactory):
         stage its route's action calls for.
         """
         config = self.config
+        fingerprint = protocol.record.ja4
+        if fingerprint is not None and fingerprint.lower() in self._denyJA4:
+            protocol.refuse("denied", f"JA4 fingerprint {fingerprint} is in deny_ja4")
+            return None
         if self._router is None:
             upstreamName, action = config.upstream, config.mode
         else:
@@ -138,7 +306,7 @@ class ListenerFactory(ServerFactory):
         assert upstreamName is not None
         transport = protocol.transport
         assert transport is not None
-        _, clientKey = formatAddress(transport.getPeer())
+        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
         record = protocol.record
         record.action = action
         upstream = (
@@ -166,6 +334,7 @@ class ListenerFactory(ServerFactory):
                     self._timeouts,
                     ended,
                     countBytes=False,
+                    proxyHeader=self._proxyHeader(protocol, hello, tls.connection),
                 ),
                 config.preread_timeout,
                 self._tls.describe,
@@ -182,10 +351,55 @@ class ListenerFactory(ServerFactory):
                     self._timeouts,
                     ended,
                     countBytes=True,
+                    relay=config.relay,
+                    proxyHeader=self._proxyHeader(protocol, hello, None),
                 )
             )
         stage.start(buffered)
         return stage
+
+    def _proxyHeader(
+        self,
+        protocol: PrereadProtocol,
+        hello: ClientHello,
+        connection: SSL.Connection | None,
+    ) -> Callable[[], bytes] | None:
+        """
+        What builds the C{proxy_protocol} header of a connection's upstream
+        connections, or L{None} without one.
+
+        The addresses are the client's and the one it connected to: from
+        the PROXY header it came with, if that had them (so the original
+        client reaches the backend through any number of proxies), else
+        from the socket.  Version 2 adds the server name
+        (C{PP2_TYPE_AUTHORITY}) and, for a terminated connection
+        (C{connection}), its TLS version, cipher and client certificate
+        (C{PP2_TYPE_SSL}), read when the header is built: after the
+        handshake.
+        """
+        version = {"v1": 1, "v2": 2}.get(self.config.proxy_protocol)
+        if version is None:
+            return None
+        transport = protocol.transport
+        assert transport is not None
+        received = protocol.proxyHeader
+        if received is not None and received.source is not None:
+            source, destination = received.source, received.destination
+        else:
+            source = proxyAddress(transport.getPeer())
+            destination = proxyAddress(transport.getHost())
+        tls = self._tls
+
+        def build() -> bytes:
+            tlvs = []
+            if version == 2:
+                if hello.serverName is not None:
+                    tlvs.append(authorityTLV(hello.serverName))
+                if connection is not None and tls is not None:
+                    tlvs.append(_sslTLV(connection, tls.describe(connection)))
+            return encode(connectionHeader(version, source, destination, tlvs))
+
+        return build
 
     def ended(self, protocol: PrereadProtocol) -> None:
         """
@@ -194,6 +408,12 @@ class ListenerFactory(ServerFactory):
         if protocol not in self.active:
             return
         self.active.discard(protocol)
+        self._admitted.discard(protocol)
+        clientKey = self._clients.pop(protocol, None)
+        if clientKey is not None:
+            self._perClient[clientKey] -= 1
+            if not self._perClient[clientKey]:
+                del self._perClient[clientKey]
         try:
             self._accessLog.write(protocol.record)
         except OSError as e:

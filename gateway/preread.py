@@ -7,6 +7,12 @@ L{ClientHelloReader}; then it asks its listener for the next stage (a
 passthrough session, later a termination session) and forwards every
 further transport event to it.  Parsing lives in L{gateway.clienthello},
 routing in L{gateway.routing}: this class only wires bytes and time to them.
+
+On a listener with C{accept_proxy_protocol}, a L{ProxyHeaderReader} comes
+first: the bytes after the header go on to the ClientHello reader, and the
+listener is told the header (whose address is the client's from then on)
+before any of them is parsed.  One C{preread_timeout} covers both: it
+bounds everything a client must send before it is served.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from gateway.clienthello import (
     ClientHelloReader,
 )
 from gateway.ja4 import ja4
+from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
+from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
 
 class Stage(TypingProtocol):
@@ -52,6 +60,18 @@ class Handoff(TypingProtocol):
     The listener side of the pre-read: decide what happens to a connection.
     """
 
+    def accepted(self, protocol: PrereadProtocol) -> None:
+        """
+        A connection was just accepted; the listener may refuse it at once
+        (C{protocol.refuse}: address filtering, limits).
+        """
+
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+        """
+        The connection's PROXY header was read (C{protocol.proxyHeader});
+        the listener may refuse the client it names.
+        """
+
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
     ) -> Stage | None: ...
@@ -64,6 +84,10 @@ class PrereadProtocol(Protocol):
     """
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
+    @ivar proxyHeader: the PROXY header the connection started with, once
+        read (C{accept_proxy_protocol}).
+    @ivar _proxyReader: reads that header; L{None} when the listener does
+        not expect one, or once it was read.
     @ivar _next: the stage the connection was handed to, or L{None} while
         still pre-reading (or after a refusal).
     @ivar _handedOff: the pre-read is over, whether or not a stage took it;
@@ -77,8 +101,11 @@ class PrereadProtocol(Protocol):
         clock: IReactorTime,
         timeout: float,
         maxSize: int,
+        acceptProxy: bool = False,
     ) -> None:
         self.record = record
+        self.proxyHeader: ProxyHeader | None = None
+        self._proxyReader = ProxyHeaderReader() if acceptProxy else None
         self._listener = listener
         self._clock = clock
         self._timeout = timeout
@@ -89,6 +116,7 @@ class PrereadProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self._listener.accepted(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
@@ -97,6 +125,19 @@ class PrereadProtocol(Protocol):
         if self._handedOff:
             return
         self.record.bytesIn += len(data)
+        if self._proxyReader is not None:
+            try:
+                header = self._proxyReader.feed(data)
+            except ProxyHeaderError as e:
+                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+                return
+            if header is HEADER_NEED_MORE:
+                return
+            self._proxyReader = None
+            self.proxyHeader, data = header
+            self._listener.proxied(self, self.proxyHeader)
+            if self._handedOff:  # refused for the address in the header
+                return
         try:
             hello = self._reader.feed(data)
         except ClientHelloError as e:
@@ -114,7 +155,14 @@ class PrereadProtocol(Protocol):
     def readConnectionLost(self) -> None:
         if self._next is not None:
             self._next.readConnectionLost()
-        elif not self._handedOff:
+        elif self._handedOff:
+            pass
+        elif self._proxyReader is not None:
+            try:
+                self._proxyReader.end()
+            except ProxyHeaderError as e:
+                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+        else:
             got = len(self._reader.buffered)
             self.refuse(
                 "bad_client_hello",
@@ -132,7 +180,10 @@ class PrereadProtocol(Protocol):
             self._next.connectionLost(reason)
             return
         if not self._handedOff:
-            self.record.fail("bad_client_hello", "connection lost during pre-read")
+            self.record.fail(
+                "bad_client_hello" if self._proxyReader is None else "bad_proxy_header",
+                "connection lost during pre-read",
+            )
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
 
@@ -161,6 +212,14 @@ class PrereadProtocol(Protocol):
 
     def _timedOut(self) -> None:
         self._timer = None
+        if self._proxyReader is not None:
+            got = len(self._proxyReader.buffered)
+            self.refuse(
+                "bad_proxy_header",
+                f"timeout: no complete PROXY header after {self._timeout:g}s"
+                f" ({got} bytes)",
+            )
+            return
         got = len(self._reader.buffered)
         self.refuse(
             "preread_timeout",

@@ -13,16 +13,21 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorPluggableNameResolver,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.accesslog import AccessLog
 from gateway.config import GatewayConfig
 from gateway.contexts import buildContexts
+from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.session import UpstreamRuntime
-from gateway.upstream import FirstServer
+from gateway.upstream import ConfiguredNames, Pool
 
 
 class StartupError(Exception):
@@ -37,6 +42,9 @@ class GatewayService(Service):
 
     @ivar factories: the listener factories of the running configuration,
         by listener name.
+    @ivar pools: the upstream pools of the running configuration, by
+        upstream name; C{pools[name].serverStates()} is what the
+        C{tlsgateway_upstream_server_up} metric reads.
     @ivar _ports: the listening ports, closed first when stopping so that
         no connection is accepted during the drain.
     @ivar _reactor: the reactor to listen, connect and time with.  The
@@ -54,6 +62,8 @@ class GatewayService(Service):
         self._ports: list[IListeningPort] = []
         self._accessLog: AccessLog | None = None
         self._drained: Deferred[None] | None = None
+        self.pools: dict[str, Pool] = {}
+        self._checkers: list[HealthChecker] = []
 
     def _getReactor(self) -> Any:
         if self._reactor is None:
@@ -76,15 +86,19 @@ class GatewayService(Service):
             raise StartupError("\n".join(str(p) for p in contexts.problems))
         for warning in contexts.warnings:
             self._log.warn("{warning}", warning=warning)
-        upstreams = {
-            name: UpstreamRuntime(
-                name,
-                FirstServer(upstream),
-                upstream.next_upstream_tries,
-                contexts.upstreams.get(name),
-            )
+        self.pools = {
+            name: Pool(upstream, reactor)
             for name, upstream in self.config.upstreams.items()
         }
+        upstreams = {}
+        for name, pool in self.pools.items():
+            tls = contexts.upstreams.get(name)
+            upstreams[name] = UpstreamRuntime(
+                name,
+                pool,
+                pool.config.next_upstream_tries,
+                None if tls is None else ConfiguredNames(tls, pool),
+            )
         errors: list[str] = []
         for listener in self.config.listeners:
             factory = ListenerFactory(
@@ -105,6 +119,7 @@ class GatewayService(Service):
             self._ports = []
             self._accessLog.close()
             raise StartupError("\n".join(errors))
+        self._startPools(reactor)
         super().startService()
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
@@ -149,6 +164,7 @@ class GatewayService(Service):
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
         super().stopService()
+        self._stopPools()
         for port in self._ports:
             port.stopListening()
         self._ports = []
@@ -169,6 +185,35 @@ class GatewayService(Service):
         )
         self._drained.addBoth(lambda _: self._closeLog())
         return self._drained
+
+    def _startPools(self, reactor: Any) -> None:
+        """
+        Resolve the host names of C{servers} (through the reactor's
+        resolver, when it has one) and start the active health checks.
+        """
+        resolver = (
+            reactor.nameResolver
+            if IReactorPluggableNameResolver.providedBy(reactor)
+            else None
+        )
+        for pool in self.pools.values():
+            if resolver is not None:
+                pool.resolve(resolver)
+            if pool.config.health_check != "off":
+                checker = HealthChecker(pool, reactor)
+                self._checkers.append(checker)
+                checker.start()
+
+    def _stopPools(self) -> None:
+        """
+        Stop every health check (and its timer) and ignore late DNS answers.
+        Connections being drained keep their servers.
+        """
+        checkers, self._checkers = self._checkers, []
+        for checker in checkers:
+            checker.stop()
+        for pool in self.pools.values():
+            pool.stop()
 
     def _cut(self) -> None:
         remaining = [p for f in self.factories.values() for p in list(f.active)]

@@ -31,7 +31,8 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
-from gateway.relay import IRelay, PortableRelay
+from gateway.relay import IRelay
+from gateway.splicerelay import startRelay
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import IServerChooser, connectServer
 
@@ -95,6 +96,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self._session.sendProxyHeader(self.transport, raw=self._tlsPolicy is not None)
         if self._tlsPolicy is None:
             self._relay = self._session.upstreamReady(self, self.transport, self.server)
             return
@@ -158,11 +160,20 @@ class UpstreamProtocol(Protocol):
 class Session:
     """
     @ivar relay: the relay, once the upstream is ready.
+    @ivar _relaySetting: the listener's C{relay} key, for
+        L{gateway.splicerelay.startRelay}.
+    @ivar _proxyHeader: builds the PROXY header for each upstream
+        connection, or L{None} without C{proxy_protocol}.  Built when the
+        connection is made, not before: a terminated connection's TLS
+        facts exist only once its handshake is done.
     @ivar _client: the client's plaintext transport (raw TCP in
         passthrough, TLS in termination).
     @ivar _pending: client bytes to replay to the upstream before relaying
         (the ClientHello in passthrough; early plaintext in termination).
     @ivar _tried: servers that failed for this connection.
+    @ivar _picked: the server of the current attempt or connection, until
+        the chooser is told it is over (C{connectFailed} or C{released}),
+        so its active-connection count is exact.
     @ivar _attempt: the upstream connection being made (connecting or in
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
@@ -180,8 +191,12 @@ class Session:
         ended: Callable[[], None],
         *,
         countBytes: bool,
+        relay: str = "portable",
+        proxyHeader: Callable[[], bytes] | None = None,
     ) -> None:
         self.relay: IRelay | None = None
+        self._relaySetting = relay
+        self._proxyHeader = proxyHeader
         self._reactor = reactor
         self._clock = clock
         self._client = client
@@ -194,11 +209,31 @@ class Session:
         self._pending: list[bytes] = []
         self._triesLeft = upstream.tries
         self._tried: frozenset[ServerConfig] = frozenset()
+        self._picked: ServerConfig | None = None
         self._connector: IConnector | None = None
         self._attempt: UpstreamProtocol | None = None
         self._clientEOF = False
         self._clientGone = False
         self._lastError = "no server available"
+
+    def sendProxyHeader(self, upstream: ITCPTransport, *, raw: bool) -> None:
+        """
+        Start a new upstream connection with the listener's PROXY protocol
+        header (C{proxy_protocol}), if it has one.
+
+        @param raw: the connection is about to start TLS, so the header is
+            written on the raw transport now, before the handshake.
+            Otherwise it goes ahead of the replayed client bytes rather
+            than to the transport, so that a splice relay, which sends
+            those first and itself, keeps it first as well.
+        """
+        if self._proxyHeader is None:
+            return
+        header = self._proxyHeader()
+        if raw:
+            upstream.write(header)
+        else:
+            self._pending.insert(0, header)
 
     def connect(self, pending: bytes = b"") -> None:
         if pending:
@@ -218,6 +253,7 @@ class Session:
             return
         self._triesLeft -= 1
         self._tried |= {server}
+        self._picked = server
         self._record.upstream = server.address
         attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
         self._connector = connectServer(
@@ -241,6 +277,7 @@ class Session:
         if self._clientGone:
             self._finish()
             return
+        self._picked = None
         self._upstream.chooser.connectFailed(attempt.server)
         self._lastError = f"{attempt.server.address}: {reason}"
         self._connectNext()
@@ -254,19 +291,19 @@ class Session:
             upstream.loseConnection()
             self.relay = _Discard(self._finish)
             return self.relay
-        if self._pending:
-            upstream.writeSequence(self._pending)
-            self._pending = []
-        self.relay = PortableRelay(
+        pending, self._pending = self._pending, []
+        self.relay = startRelay(
+            self._relaySetting,
+            self._reactor,
+            self._clock,
             self._client,
             upstream,
             self._record,
-            self._clock,
             self._timeouts.idle,
             self._finish,
+            pending,
             countBytes=self._countBytes,
         )
-        self._client.resumeProducing()  # type: ignore[attr-defined]
         if self._clientEOF:
             self.relay.clientReadClosed()
         return self.relay
@@ -311,6 +348,9 @@ class Session:
             self._client.abortConnection()
 
     def _finish(self) -> None:
+        if self._picked is not None:
+            picked, self._picked = self._picked, None
+            self._upstream.chooser.released(picked)
         if self._ended is not None:
             ended, self._ended = self._ended, None
             self._record.ended = self._clock.seconds()

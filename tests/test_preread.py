@@ -8,6 +8,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import ClientHello
 from gateway.preread import PrereadProtocol
+from gateway.proxyprotocol import (
+    Command,
+    ProxyAddress,
+    ProxyHeader,
+    authorityTLV,
+    encode,
+)
 from gateway.testing import makeClientHello
 from tests.transports import HalfCloseableTransport
 
@@ -37,7 +44,21 @@ class RecordingListener:
     def __init__(self) -> None:
         self.handoffs: list[tuple[ClientHello, bytes]] = []
         self.endings: list[ConnectionRecord] = []
+        self.accepts: list[PrereadProtocol] = []
+        self.headers: list[ProxyHeader] = []
+        self.refuseAtAccept: str | None = None
+        self.refuseProxied: str | None = None
         self.stage = RecordingStage()
+
+    def accepted(self, protocol: PrereadProtocol) -> None:
+        self.accepts.append(protocol)
+        if self.refuseAtAccept is not None:
+            protocol.refuse(self.refuseAtAccept, "refused at accept")
+
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+        self.headers.append(header)
+        if self.refuseProxied is not None:
+            protocol.refuse(self.refuseProxied, "refused for its address")
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
@@ -124,3 +145,124 @@ class PrereadTests(SynchronousTestCase):
         self.protocol.shutdown()
         self.assertTrue(self.transport.aborted)
         self.assertEqual(self.record.status, "shutdown")
+
+
+class AcceptTests(SynchronousTestCase):
+    def test_theListenerHearsOfEveryConnectionBeforeItsBytes(self) -> None:
+        listener = RecordingListener()
+        listener.refuseAtAccept = "limited"
+        clock = MemoryReactorClock()
+        record = ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0)
+        protocol = PrereadProtocol(listener, record, clock, 10, 16384)
+        transport = HalfCloseableTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertEqual(listener.accepts, [protocol])
+        self.assertFalse(transport.connected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        protocol.dataReceived(HELLO)
+        self.assertEqual((record.status, record.bytesIn), ("limited", 0))
+        self.assertEqual(listener.handoffs, [])
+
+
+HEADER = ProxyHeader(
+    2,
+    Command.PROXY,
+    ProxyAddress("203.0.113.7", 50123),
+    ProxyAddress("192.0.2.10", 443),
+    (authorityTLV("db.example.com"),),
+)
+WIRE = encode(HEADER)
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    """
+    A listener with C{accept_proxy_protocol}: the header first, then the
+    ClientHello, with one deadline for both.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.listener = RecordingListener()
+        self.record = ConnectionRecord("l", "10.0.0.1:9", 0.0, 0.0)
+        self.protocol = PrereadProtocol(
+            self.listener, self.record, self.clock, 10, 16384, acceptProxy=True
+        )
+        self.transport = HalfCloseableTransport()
+        self.transport.protocol = self.protocol
+        self.protocol.makeConnection(self.transport)
+
+    def test_headerAndHelloInOneSegment(self) -> None:
+        self.protocol.dataReceived(WIRE + HELLO)
+        self.assertEqual(self.listener.headers, [HEADER])
+        self.assertEqual(self.protocol.proxyHeader, HEADER)
+        [(hello, buffered)] = self.listener.handoffs
+        self.assertEqual(buffered, HELLO)
+        self.assertEqual(hello.serverName, "db.example.com")
+        self.assertEqual(self.record.bytesIn, len(WIRE) + len(HELLO))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_byteByByte(self) -> None:
+        data = (
+            encode(ProxyHeader(1, Command.PROXY, HEADER.source, HEADER.destination))
+            + HELLO
+        )
+        for i in range(len(data)):
+            self.protocol.dataReceived(data[i : i + 1])
+        self.assertEqual(len(self.listener.headers), 1)
+        [(_, buffered)] = self.listener.handoffs
+        self.assertEqual(buffered, HELLO)
+        self.assertEqual(self.record.bytesIn, len(data))
+
+    def test_helloWithoutHeaderIsBadProxyHeader(self) -> None:
+        self.protocol.dataReceived(HELLO)
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertIn("missing", self.record.reason)
+        self.assertEqual(self.listener.handoffs, [])
+
+    def test_garbageHeaderIsBadProxyHeaderWithItsReason(self) -> None:
+        self.protocol.dataReceived(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n")
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertTrue(self.record.reason.startswith("bad_address: "))
+
+    def test_slowHeaderTimesOutAsBadProxyHeader(self) -> None:
+        self.protocol.dataReceived(WIRE[:10])
+        self.clock.advance(10)
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertEqual(
+            self.record.reason,
+            "timeout: no complete PROXY header after 10s (10 bytes)",
+        )
+
+    def test_slowHelloAfterTheHeaderIsPrereadTimeout(self) -> None:
+        self.protocol.dataReceived(WIRE + HELLO[:5])
+        self.clock.advance(10)
+        self.assertEqual(self.record.status, "preread_timeout")
+
+    def test_closeInsideTheHeaderIsTruncated(self) -> None:
+        self.protocol.dataReceived(WIRE[:20])
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertIn("truncated", self.record.reason)
+        self.assertFalse(self.transport.connected)
+
+    def test_closeBeforeAnythingIsMissing(self) -> None:
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertIn("missing", self.record.reason)
+
+    def test_lostDuringTheHeader(self) -> None:
+        self.protocol.dataReceived(WIRE[:3])
+        self.protocol.connectionLost()
+        self.assertEqual(self.record.status, "bad_proxy_header")
+        self.assertEqual(self.listener.endings, [self.record])
+
+    def test_refusedForTheProxiedAddressReadsNoFurther(self) -> None:
+        self.listener.refuseProxied = "denied"
+        self.protocol.dataReceived(WIRE + HELLO)
+        self.assertEqual(self.record.status, "denied")
+        self.assertEqual(self.listener.handoffs, [])
+        self.assertIsNone(self.record.sni)
+        self.assertFalse(self.transport.connected)

@@ -289,7 +289,8 @@ MODES = ("name", "echo", "sink-hash", "source")
 
 class Backend:
     """
-    A threaded test server on 127.0.0.1.
+    A threaded test server on 127.0.0.1 (or C{host}, another loopback
+    address; on C{port} to restart one where it was).
 
     Modes:
       - C{name}: read an HTTP request (or whatever arrives), answer
@@ -316,6 +317,8 @@ class Backend:
         sourceCloseNotify: bool = True,
         sendBufferSize: int | None = None,
         ioTimeout: float = IO_TIMEOUT,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown backend mode {mode!r}")
@@ -341,7 +344,8 @@ class Backend:
         self._threads: list[threading.Thread] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self.host = host
+        self._listener.bind((host, port))
         self._listener.listen(64)
         self._listener.settimeout(0.1)
         self.port: int = self._listener.getsockname()[1]
@@ -357,7 +361,7 @@ class Backend:
     @property
     def address(self) -> str:
         """C{host:port}, as the gateway's access log and C{servers} write it."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def accepted(self) -> int:

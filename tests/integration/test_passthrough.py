@@ -9,11 +9,13 @@ the right place, byte for byte" from "something answered".
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -115,6 +117,15 @@ def failedHandshake(port: int, context: ssl.SSLContext, serverName: str) -> None
 
 def bySni(name: str | None) -> Callable[[dict[str, Any]], bool]:
     return lambda entry: entry.get("sni") == name
+
+
+#: The relays the relay guarantees are checked with (listener key `relay`).
+RELAYS = pytest.mark.parametrize("relay", ["splice", "portable"])
+
+
+def assertRelayed(gw: Gateway, relay: str) -> None:
+    """The gateway's debug log says C{relay} relayed a connection, as asked."""
+    gw.waitForOutput(f": {relay} (relay = {relay})")
 
 
 @attrs.frozen
@@ -321,12 +332,20 @@ def test_clientHelloSentOneByteAtATimeIsRoutedAndCompletes(
 # -- byte-exact bulk transfer and half-close ------------------------------------
 
 
+@RELAYS
 def test_hundredMegabytesFromClientArriveByteExact(
-    gateway: Any, backend: Any, client: ssl.SSLContext
+    gateway: Any, backend: Any, client: ssl.SSLContext, relay: str
 ) -> None:
     total = 100 * MiB
     sink = backend("sink", "sink-hash", names=[EXACT])
-    gw = gateway(gatewayIni(freePort(), upstream="up", upstreams={"up": sink.address}))
+    gw = gateway(
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": sink.address},
+            listenerKeys={"relay": relay},
+        )
+    )
     started = time.monotonic()
     stream = tlsConnect(gw.port, client, EXACT)
     digest = hashlib.sha256()
@@ -345,17 +364,24 @@ def test_hundredMegabytesFromClientArriveByteExact(
     entry = gw.waitForLog(bySni(EXACT))
     assert entry["bytes_in"] == stream.rawSent > total, entry
     assert entry["bytes_out"] == stream.rawReceived, entry
+    assertRelayed(gw, relay)
 
 
+@RELAYS
 def test_hundredMegabytesFromBackendArriveByteExact(
-    gateway: Any, backend: Any, client: ssl.SSLContext
+    gateway: Any, backend: Any, client: ssl.SSLContext, relay: str
 ) -> None:
     total = 100 * MiB
     source = backend(
         "source", "source", names=[EXACT], sourceBytes=total, sourceSeed=12
     )
     gw = gateway(
-        gatewayIni(freePort(), upstream="up", upstreams={"up": source.address})
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": source.address},
+            listenerKeys={"relay": relay},
+        )
     )
     started = time.monotonic()
     stream = tlsConnect(gw.port, client, EXACT)
@@ -373,11 +399,16 @@ def test_hundredMegabytesFromBackendArriveByteExact(
     assert received == record.sent == total, gw.explain()
     assert digest.hexdigest() == record.sentDigest
     assert elapsed < 30, f"100 MB took {elapsed:.1f}s"
+    entry = gw.waitForLog(bySni(EXACT))
+    assert entry["bytes_in"] == stream.rawSent, entry
+    assert entry["bytes_out"] == stream.rawReceived > total, entry
+    assertRelayed(gw, relay)
 
 
+@RELAYS
 @pytest.mark.parametrize("closeNotify", [True, False], ids=["close_notify", "bare-fin"])
 def test_clientHalfCloseReachesBackendWhichStillAnswers(
-    gateway: Any, backend: Any, client: ssl.SSLContext, closeNotify: bool
+    gateway: Any, backend: Any, client: ssl.SSLContext, closeNotify: bool, relay: str
 ) -> None:
     """
     The sink answers only after the client's FIN reached it, so the answer
@@ -385,7 +416,14 @@ def test_clientHalfCloseReachesBackendWhichStillAnswers(
     direction open.
     """
     sink = backend("sink", "sink-hash", names=[EXACT])
-    gw = gateway(gatewayIni(freePort(), upstream="up", upstreams={"up": sink.address}))
+    gw = gateway(
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": sink.address},
+            listenerKeys={"relay": relay},
+        )
+    )
     payload = b"half-close me " * 1000
     stream = tlsConnect(gw.port, client, EXACT)
     stream.sock.settimeout(10)
@@ -405,11 +443,13 @@ def test_clientHalfCloseReachesBackendWhichStillAnswers(
     assert record.tcpEofSeen, record
     assert record.tlsEofSeen == closeNotify, record
     assert gw.waitForLog(bySni(EXACT))["status"] == "ok"
+    assertRelayed(gw, relay)
 
 
+@RELAYS
 @pytest.mark.parametrize("closeNotify", [True, False], ids=["close_notify", "bare-fin"])
 def test_backendHalfCloseReachesClientWhichCanStillSend(
-    gateway: Any, backend: Any, client: ssl.SSLContext, closeNotify: bool
+    gateway: Any, backend: Any, client: ssl.SSLContext, closeNotify: bool, relay: str
 ) -> None:
     total = 1 * MiB
     source = backend(
@@ -421,7 +461,12 @@ def test_backendHalfCloseReachesClientWhichCanStillSend(
         sourceCloseNotify=closeNotify,
     )
     gw = gateway(
-        gatewayIni(freePort(), upstream="up", upstreams={"up": source.address})
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": source.address},
+            listenerKeys={"relay": relay},
+        )
     )
     late = b"sent after the backend's FIN " * 100
     stream = tlsConnect(gw.port, client, EXACT)
@@ -444,10 +489,12 @@ def test_backendHalfCloseReachesClientWhichCanStillSend(
     assert record.error is None, record
     assert record.received == len(late), (record, gw.explain())
     assert record.receivedDigest == hashlib.sha256(late).hexdigest()
+    assertRelayed(gw, relay)
 
 
+@RELAYS
 def test_slowReaderKeepsGatewayMemoryBounded(
-    gateway: Any, backend: Any, client: ssl.SSLContext
+    gateway: Any, backend: Any, client: ssl.SSLContext, relay: str
 ) -> None:
     """
     A client that stops reading while the backend pushes 300 MB: backpressure
@@ -465,6 +512,7 @@ def test_slowReaderKeepsGatewayMemoryBounded(
             freePort(),
             routes=[(EXACT, "up_source"), (DEFAULT, "up_warm")],
             upstreams={"up_source": source.address, "up_warm": warm.address},
+            listenerKeys={"relay": relay},
         )
     )
     # One connection first, so lazily imported code is not counted as growth.
@@ -503,6 +551,7 @@ def test_slowReaderKeepsGatewayMemoryBounded(
     (record,) = source.waitForRecords(1)
     assert received == total, gw.explain()
     assert digest.hexdigest() == record.sentDigest, gw.explain()
+    assertRelayed(gw, relay)
 
 
 # -- refusals --------------------------------------------------------------------
@@ -577,12 +626,18 @@ def test_plainTextIsBadClientHelloAndReachesNoBackend(
 # -- the access log --------------------------------------------------------------
 
 
+@RELAYS
 def test_accessLogLineHasEveryKeyAndExactByteCounts(
-    gateway: Any, backend: Any, ca: CertificateAuthority
+    gateway: Any, backend: Any, ca: CertificateAuthority, relay: str
 ) -> None:
     sink = backend("sink", "sink-hash", names=[EXACT])
     gw = gateway(
-        gatewayIni(freePort(), routes=[(EXACT, "up")], upstreams={"up": sink.address})
+        gatewayIni(
+            freePort(),
+            routes=[(EXACT, "up")],
+            upstreams={"up": sink.address},
+            listenerKeys={"relay": relay},
+        )
     )
     context = ca.clientContext()
     context.set_alpn_protocols(["h2", "http/1.1"])
@@ -616,6 +671,7 @@ def test_accessLogLineHasEveryKeyAndExactByteCounts(
     assert before - 1 <= accepted <= after + 1, (entry["time"], before, after)
     assert isinstance(entry["duration_ms"], int | float)
     assert 0 <= entry["duration_ms"] <= (after - before) * 1000 + 1000, entry
+    assertRelayed(gw, relay)
 
 
 # -- the commands ----------------------------------------------------------------
@@ -793,8 +849,9 @@ def test_drainTimeoutClosesWhatIsLeftAsShutdown(
     assert entry["status"] == "shutdown", entry
 
 
+@RELAYS
 def test_idleRelayedConnectionIsClosedAtIdleTimeout(
-    gateway: Any, backend: Any, client: ssl.SSLContext
+    gateway: Any, backend: Any, client: ssl.SSLContext, relay: str
 ) -> None:
     echo = backend("echo", "echo", names=[EXACT])
     gw = gateway(
@@ -802,7 +859,7 @@ def test_idleRelayedConnectionIsClosedAtIdleTimeout(
             freePort(),
             upstream="up",
             upstreams={"up": echo.address},
-            listenerKeys={"idle_timeout": "1s"},
+            listenerKeys={"idle_timeout": "1s", "relay": relay},
         )
     )
     stream = tlsConnect(gw.port, client, EXACT)
@@ -823,6 +880,85 @@ def test_idleRelayedConnectionIsClosedAtIdleTimeout(
     assert entry["status"] == "idle_timeout", entry
     (record,) = echo.waitForRecords(1)
     assert record.received == 16, record
+    assertRelayed(gw, relay)
+
+
+# -- resets and the choice of relay ----------------------------------------------
+
+
+@RELAYS
+@pytest.mark.parametrize("resetter", ["client", "backend"])
+def test_resetIsPassedOnAsReset(
+    gateway: Any, client: ssl.SSLContext, relay: str, resetter: str
+) -> None:
+    """
+    A peer that resets its connection (RST, not FIN) gets the other side
+    reset too: a FIN could pass for a complete answer.  The backend is a
+    plain socket: passthrough does not care what answers the ClientHello.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        gw = gateway(
+            gatewayIni(
+                freePort(),
+                upstream="up",
+                upstreams={"up": f"127.0.0.1:{server.getsockname()[1]}"},
+                listenerKeys={"relay": relay},
+            )
+        )
+        stream = tlsConnect(gw.port, client, EXACT, handshake=False)
+        hello = stream.takeClientHello()
+        stream.sock.sendall(hello)
+        upstream, _ = server.accept()
+    with upstream, stream.sock:
+        upstream.settimeout(10)
+        got = b""
+        while len(got) < len(hello):
+            got += upstream.recv(65536)
+        assert got == hello
+        upstream.sendall(b"relaying")
+        assert stream.sock.recv(64) == b"relaying"
+        resetting, other = (
+            (stream.sock, upstream) if resetter == "client" else (upstream, stream.sock)
+        )
+        resetting.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        resetting.close()
+        with pytest.raises(ConnectionResetError):
+            other.recv(64)
+    entry = gw.waitForLog(bySni(EXACT))
+    side = "client" if resetter == "client" else "upstream"
+    assert entry["closed_by"] == f"{side}_reset", entry
+    assertRelayed(gw, relay)
+
+
+@pytest.mark.parametrize(
+    ("setting", "used"),
+    [("auto", "splice"), ("splice", "splice"), ("portable", "portable")],
+)
+def test_relayKeyChoosesTheRelayAndTheDebugLogSaysWhich(
+    gateway: Any, backend: Any, client: ssl.SSLContext, setting: str, used: str
+) -> None:
+    """
+    On Linux, C{auto} splices a passthrough connection between TCP sockets;
+    the gateway's log says which relay each connection got, and why.
+    """
+    if used == "splice" and not hasattr(os, "splice"):
+        used = "portable"
+    exact = backend("exact", names=[EXACT])
+    gw = gateway(
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": exact.address},
+            listenerKeys={"relay": setting},
+        )
+    )
+    assert pythonGet(gw.port, client, EXACT, EXACT)[0] == "exact"
+    entry = gw.waitForLog(bySni(EXACT))
+    assert entry["status"] == "ok", entry
+    gw.waitForOutput(f"relay {entry['client']} -> {exact.address}: {used}")
 
 
 # -- JA4 (last: the fingerprint is a later addition to the access log) ---------------

@@ -1,0 +1,110 @@
+"""
+Prometheus metrics: the contract's names, fed from the access-log records.
+
+Every connection already ends in one L{ConnectionRecord}; counting from it
+(rather than from the hot relay path) costs a few increments per connection
+and guarantees that the metrics and the access log agree.
+
+With several workers, each worker writes its values to files in a shared
+folder (prometheus-client's multiprocess mode, chosen by the
+C{PROMETHEUS_MULTIPROC_DIR} environment variable, which the supervisor sets
+before a worker imports anything), and the supervisor serves their sum.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from gateway.accesslog import ConnectionRecord
+
+#: Handshake durations worth telling apart: a resumed TLS 1.3 handshake on
+#: loopback takes well under a millisecond, a full RSA one over a slow
+#: link hundreds.
+_HANDSHAKE_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+class Metrics:
+    """
+    The gateway's metrics, registered in a registry of their own so that
+    several gateways (tests, embedding) can live in one process.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._connections = Counter(
+            "tlsgateway_connections",
+            "Connections ended, by listener and access-log status.",
+            ["listener", "status"],
+            registry=self.registry,
+        )
+        self._active = Gauge(
+            "tlsgateway_active_connections",
+            "Connections accepted and not yet ended.",
+            ["listener"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._bytes = Counter(
+            "tlsgateway_bytes",
+            "Bytes on client sockets: in = from clients, out = to clients.",
+            ["listener", "direction"],
+            registry=self.registry,
+        )
+        self._serverUp = Gauge(
+            "tlsgateway_upstream_server_up",
+            "1 while an upstream server is usable, 0 while it is down.",
+            ["upstream", "server"],
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self._handshake = Histogram(
+            "tlsgateway_handshake_seconds",
+            "Duration of TLS handshakes on terminated connections.",
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def accepted(self, listener: str) -> None:
+        self._active.labels(listener).inc()
+
+    def ended(self, record: ConnectionRecord) -> None:
+        listener = record.listener
+        self._active.labels(listener).dec()
+        self._connections.labels(listener, record.status or "ok").inc()
+        if record.bytesIn:
+            self._bytes.labels(listener, "in").inc(record.bytesIn)
+        if record.bytesOut:
+            self._bytes.labels(listener, "out").inc(record.bytesOut)
+
+    def handshake(self, seconds: float) -> None:
+        self._handshake.observe(seconds)
+
+    def serverUp(self, upstream: str, server: str, up: bool) -> None:
+        self._serverUp.labels(upstream, server).set(1 if up else 0)
+
+
+def metricsSite(registry: CollectorRegistry) -> Site:
+    """
+    A web site serving C{/metrics} (and nothing else) from C{registry}.
+    """
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry))
+    site = Site(root)
+    site.noisy = False
+    return site

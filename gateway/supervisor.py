@@ -1,0 +1,316 @@
+"""
+C{workers = N}: one supervisor process, N worker processes, shared sockets.
+
+The supervisor opens every listening socket itself and hands the same
+sockets to each worker (inherited file descriptors, adopted with
+C{adoptStreamPort}); it never accepts a connection.  Shared sockets rather
+than C{SO_REUSEPORT}, because with C{SO_REUSEPORT} each worker has its own
+accept queue, and the connections queued on a worker that crashes are
+reset; with one shared queue, a connection waits for whichever worker is
+alive to accept it, so a crash and its restart lose nothing.  The kernel
+wakes the workers in turn (C{EPOLLEXCLUSIVE} is not needed at this scale).
+
+The supervisor restarts a worker that dies without being asked to, passes
+C{SIGTERM}/C{SIGINT} on as a drain, and answers C{SIGHUP} the way NGINX
+does: it checks the new configuration, opens the sockets of new listeners,
+starts a new set of workers on it and drains the old set.  Established
+connections finish in the old workers, on the configuration they started
+with.
+
+Each worker keeps its own passive health state (failed connects) and runs
+its own active health checks; metrics from every worker are summed by the
+supervisor (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+#: Environment variable carrying the inherited listening sockets to a
+#: worker: JSON C{{listen description: [fd, address family]}}.
+FDS_ENV = "TLSGATEWAY_LISTEN_FDS"
+
+#: How long after a crash a worker is started again; doubled for each
+#: crash in a row (up to C{_MAX_BACKOFF}) so a worker that cannot start does
+#: not spin.
+_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+
+
+class _NoAccept(Factory):
+    """
+    The supervisor's sockets never accept: workers do.
+    """
+
+    noisy = False
+
+
+class _Worker(ProcessProtocol):
+    """
+    One worker process, as the supervisor sees it.
+
+    @ivar generation: which configuration it runs; a reload starts a new
+        generation and drains the old one.
+    @ivar stopping: the supervisor asked it to stop, so its exit is not a
+        crash.
+    """
+
+    def __init__(self, supervisor: Supervisor, generation: int) -> None:
+        self.supervisor = supervisor
+        self.generation = generation
+        self.stopping = False
+        self.ended: Deferred[None] = Deferred()
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self.transport, "pid", None)
+
+    def signal(self, number: int) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor.workerEnded(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor(Service):
+    """
+    @ivar _ports: listening sockets by C{listen} description.
+    @ivar _workers: every worker process alive, all generations.
+    @ivar _crashes: crashes in a row, for the restart back-off.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._ports: dict[str, IListeningPort] = {}
+        self._workers: set[_Worker] = set()
+        self._generation = 0
+        self._crashes = 0
+        self._stopping = False
+        self._metricsDir = tempfile.mkdtemp(prefix="tlsgateway-metrics-")
+        self._metricsPort: IListeningPort | None = None
+
+    # start
+
+    def startService(self) -> None:
+        super().startService()
+        self._openPorts(self.config)
+        self._startMetrics()
+        self._startGeneration()
+        self._log.info(
+            "tlsgateway ready: supervisor {pid}, {workers} worker(s)",
+            pid=os.getpid(),
+            workers=self.config.gateway.workers,
+        )
+
+    def _openPorts(self, config: GatewayConfig) -> None:
+        wanted = {d for listener in config.listeners for d in listener.listen}
+        for description in sorted(wanted - self._ports.keys()):
+            result: list[Any] = []
+            endpoint = serverFromString(self._reactor, description)
+            endpoint.listen(_NoAccept()).addBoth(result.append)
+            if not result or isinstance(result[0], Failure):
+                error = result[0].getErrorMessage() if result else "did not listen"
+                raise RuntimeError(f"cannot listen on {description}: {error}")
+            port = result[0]
+            port.stopReading()  # type: ignore[attr-defined]
+            self._ports[description] = port
+
+    def _closeUnused(self) -> None:
+        wanted = {d for listener in self.config.listeners for d in listener.listen}
+        for description in list(self._ports):
+            if description not in wanted:
+                self._ports.pop(description).stopListening()
+
+    def _startMetrics(self) -> None:
+        if self.config.gateway.metrics is None or self._metricsPort is not None:
+            return
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        from gateway.metrics import metricsSite
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._metricsDir)
+        result: list[Any] = []
+        serverFromString(self._reactor, self.config.gateway.metrics).listen(
+            metricsSite(registry)
+        ).addBoth(result.append)
+        if result and not isinstance(result[0], Failure):
+            self._metricsPort = result[0]
+        else:
+            self._log.error(
+                "[gateway] metrics: cannot listen on {description}",
+                description=self.config.gateway.metrics,
+            )
+
+    def _startGeneration(self) -> None:
+        self._generation += 1
+        for _ in range(self.config.gateway.workers):
+            self._spawn(self._generation)
+
+    def _spawn(self, generation: int) -> None:
+        fds = {}
+        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        for description, port in self._ports.items():
+            fd = port.fileno()  # type: ignore[attr-defined]
+            family = port.socket.family  # type: ignore[attr-defined]
+            fds[description] = [fd, int(family)]
+            childFDs[fd] = fd
+        env = dict(os.environ)
+        env[FDS_ENV] = json.dumps(fds)
+        env["PROMETHEUS_MULTIPROC_DIR"] = self._metricsDir
+        worker = _Worker(self, generation)
+        self._reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "gateway", "worker", "--config", self.config.path],
+            env=env,
+            childFDs=childFDs,
+        )
+        self._workers.add(worker)
+        self._log.info(
+            "worker {pid} started (generation {generation})",
+            pid=worker.pid,
+            generation=generation,
+        )
+
+    # events
+
+    def workerEnded(self, worker: _Worker, reason: Failure) -> None:
+        self._workers.discard(worker)
+        if worker.pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, self._metricsDir)
+        if worker.stopping or self._stopping:
+            self._log.info("worker {pid} stopped", pid=worker.pid)
+            return
+        if worker.generation != self._generation:
+            return
+        self._crashes += 1
+        delay = min(_BACKOFF * 2 ** (self._crashes - 1), _MAX_BACKOFF)
+        self._log.error(
+            "worker {pid} died ({reason}): starting another in {delay}s",
+            pid=worker.pid,
+            reason=reason.getErrorMessage(),
+            delay=delay,
+        )
+        self._reactor.callLater(delay, self._respawn, worker.generation)
+
+    def _respawn(self, generation: int) -> None:
+        if self._stopping or generation != self._generation:
+            return
+        self._spawn(generation)
+        # A worker that stays up for a while resets the back-off.
+        self._reactor.callLater(10, self._calm)
+
+    def _calm(self) -> None:
+        self._crashes = 0
+
+    # signals
+
+    def reload(self) -> None:
+        """
+        C{SIGHUP}: check the configuration file again; if it is valid,
+        start new workers on it and drain the old ones.
+        """
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as e:
+            self._log.error(
+                "reload refused, the running configuration stays:\n{problems}",
+                problems=str(e),
+            )
+            return
+        if config.gateway.workers != self.config.gateway.workers:
+            self._log.warn(
+                "[gateway] workers: changing the number of workers needs a restart;"
+                " keeping {workers}",
+                workers=self.config.gateway.workers,
+            )
+            config = _withWorkers(config, self.config.gateway.workers)
+        try:
+            self._openPorts(config)
+        except RuntimeError as e:
+            self._log.error("reload refused: {error}", error=str(e))
+            return
+        old = [w for w in self._workers if w.generation == self._generation]
+        self.config = config
+        self._startGeneration()
+        for worker in old:
+            worker.stopping = True
+            worker.signal(signal.SIGTERM)
+        # Removed listeners' sockets close once nothing can still need
+        # them: the old workers hold their own copies until they exit.
+        self._closeUnused()
+        self._log.info("reloaded: generation {generation}", generation=self._generation)
+
+    def reopenLogs(self) -> None:
+        for worker in list(self._workers):
+            worker.signal(signal.SIGUSR1)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        for port in self._ports.values():
+            port.stopListening()
+        self._ports = {}
+        ended = []
+        for worker in list(self._workers):
+            worker.stopping = True
+            worker.signal(signal.SIGTERM)
+            ended.append(worker.ended)
+        from twisted.internet.defer import gatherResults
+
+        done: Deferred[Any] = gatherResults(ended) if ended else succeed(None)
+
+        def cleanUp(_: object) -> None:
+            if self._metricsPort is not None:
+                self._metricsPort.stopListening()
+            shutil.rmtree(self._metricsDir, ignore_errors=True)
+
+        done.addBoth(cleanUp)
+        return done  # type: ignore[return-value]
+
+
+def _withWorkers(config: GatewayConfig, workers: int) -> GatewayConfig:
+    import attrs
+
+    return attrs.evolve(config, gateway=attrs.evolve(config.gateway, workers=workers))
+
+
+def inheritedSockets() -> dict[str, tuple[int, socket.AddressFamily]]:
+    """
+    In a worker: the listening sockets the supervisor handed down.
+    """
+    raw = os.environ.get(FDS_ENV)
+    if not raw:
+        return {}
+    return {
+        description: (fd, socket.AddressFamily(family))
+        for description, (fd, family) in json.loads(raw).items()
+    }
