@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
 
@@ -138,21 +138,63 @@ FORMATS: dict[str, Callable[[ConnectionRecord], str]] = {
 }
 
 
+class ConnectionMetrics(Protocol):
+    """
+    What the access log feeds, connection by connection (L{gateway.metrics}).
+    """
+
+    def accepted(self, listener: str) -> None: ...
+
+    def ended(self, record: ConnectionRecord) -> None: ...
+
+    def handshake(self, seconds: float) -> None: ...
+
+
 class AccessLog:
     """
-    Writes finished records to a file, standard output, or nowhere.
+    Where every connection ends: written to a file, standard output, or
+    nowhere, and counted in the metrics.
 
     Lines are flushed as they are written: an access log that lags behind by
     a buffer is useless to an operator tailing it during an incident, and the
     cost is one C{write} per connection, not per chunk relayed.
+
+    @ivar _extra: fields added to every line (C{worker_pid} with several
+        workers, so an operator can tell which process served what).
     """
 
-    def __init__(self, destination: str, format: str = "text") -> None:
+    def __init__(
+        self,
+        destination: str,
+        format: str = "text",
+        *,
+        metrics: ConnectionMetrics | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self._destination = destination
         self._format = FORMATS[format]
         self._file: IO[str] | None = None
         self._owned = False
+        self._metrics = metrics
+        self._extra = extra or {}
         self.reopen()
+
+    def configure(self, destination: str, format: str) -> None:
+        """
+        A reload changed C{access_log} or C{access_log_format}.
+        """
+        self._format = FORMATS[format]
+        if destination != self._destination:
+            self._destination = destination
+            self.reopen()
+
+    def accepted(self, listener: str) -> None:
+        if self._metrics is not None:
+            self._metrics.accepted(listener)
+
+    def handshake(self, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.handshake(seconds)
 
     def reopen(self) -> None:
         """
@@ -170,8 +212,12 @@ class AccessLog:
             self._owned = True
 
     def write(self, record: ConnectionRecord) -> None:
+        if self._metrics is not None:
+            self._metrics.ended(record)
         if self._file is None:
             return
+        if self._extra:
+            record.extra.update(self._extra)
         self._file.write(self._format(record) + "\n")
         self._file.flush()
 

@@ -77,8 +77,6 @@ __all__ = [
 #   "*"          any section of that kind.
 # Enable a feature by deleting its entries.
 NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
-    ("gateway", "workers"): "more than one worker",
-    ("gateway", "metrics"): "the metrics endpoint",
     ("listener", "mode=tcp"): "plain TCP relay (mode = tcp)",
     ("listener", "protocol=postgres"): "protocol = postgres",
     ("listener", "allow_plaintext"): "allow_plaintext",

@@ -191,6 +191,7 @@ class ListenerFactory(ServerFactory):
             acceptProxy=self.config.accept_proxy_protocol,
         )
         self.active.add(protocol)
+        self._accessLog.accepted(self.config.name)
         return protocol
 
     def accepted(self, protocol: PrereadProtocol) -> None:
@@ -338,6 +339,7 @@ class ListenerFactory(ServerFactory):
                 ),
                 config.preread_timeout,
                 self._tls.describe,
+                self._accessLog.handshake,
             )
         else:
             stage = PassthroughStage(

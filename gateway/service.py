@@ -8,6 +8,9 @@ ports, the access log, connections to drain) hangs off it.
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -18,14 +21,16 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IReactorPluggableNameResolver,
 )
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.accesslog import AccessLog
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.contexts import buildContexts
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
+from gateway.metrics import Metrics
 from gateway.session import UpstreamRuntime
 from gateway.upstream import ConfiguredNames, Pool
 
@@ -36,60 +41,37 @@ class StartupError(Exception):
     """
 
 
-class GatewayService(Service):
+class Generation:
     """
-    Serves every listener of one configuration.
+    Everything built from one configuration: TLS contexts, pools and their
+    health checks, listener factories.
 
-    @ivar factories: the listener factories of the running configuration,
-        by listener name.
-    @ivar pools: the upstream pools of the running configuration, by
-        upstream name; C{pools[name].serverStates()} is what the
-        C{tlsgateway_upstream_server_up} metric reads.
-    @ivar _ports: the listening ports, closed first when stopping so that
-        no connection is accepted during the drain.
-    @ivar _reactor: the reactor to listen, connect and time with.  The
-        contract's embedding API is C{GatewayService(config)}, so it
-        defaults to the global reactor, imported only when the service
-        starts.
+    A reload builds a new generation beside the running one and moves the
+    listening ports over to its factories; the old generation keeps serving
+    the connections it accepted, on the configuration they started with,
+    until the last one ends.
+
+    @ivar factories: by listener name.
+    @ivar pools: by upstream name.
     """
 
-    _log = Logger()
-
-    def __init__(self, config: GatewayConfig, reactor: Any = None) -> None:
-        self.config = config
-        self.factories: dict[str, ListenerFactory] = {}
-        self._reactor = reactor
-        self._ports: list[IListeningPort] = []
-        self._accessLog: AccessLog | None = None
-        self._drained: Deferred[None] | None = None
-        self.pools: dict[str, Pool] = {}
-        self._checkers: list[HealthChecker] = []
-
-    def _getReactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
-
-    def startService(self) -> None:
-        """
-        Open every listener, or raise L{StartupError} naming each that
-        failed (after closing the ones that opened).
-        """
-        reactor = self._getReactor()
-        settings = self.config.gateway
-        self._accessLog = AccessLog(settings.access_log, settings.access_log_format)
-        contexts = buildContexts(self.config)
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        accessLog: AccessLog,
+        idle: Callable[[], None],
+    ) -> None:
+        contexts = buildContexts(config)
         if contexts.problems:
             # The files changed since the configuration was checked.
             raise StartupError("\n".join(str(p) for p in contexts.problems))
-        for warning in contexts.warnings:
-            self._log.warn("{warning}", warning=warning)
+        self.config = config
+        self.warnings = contexts.warnings
         self.pools = {
-            name: Pool(upstream, reactor)
-            for name, upstream in self.config.upstreams.items()
+            name: Pool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
+        self._checkers: list[HealthChecker] = []
         upstreams = {}
         for name, pool in self.pools.items():
             tls = contexts.upstreams.get(name)
@@ -99,94 +81,24 @@ class GatewayService(Service):
                 pool.config.next_upstream_tries,
                 None if tls is None else ConfiguredNames(tls, pool),
             )
-        errors: list[str] = []
-        for listener in self.config.listeners:
-            factory = ListenerFactory(
+        self.factories = {
+            listener.name: ListenerFactory(
                 listener,
                 upstreams,
                 reactor,
                 reactor,
-                self._accessLog,
+                accessLog,
                 tls=contexts.servers.get(listener.name),
-                idle=self._maybeDrained,
+                idle=idle,
             )
-            self.factories[listener.name] = factory
-            for description in listener.listen:
-                self._listen(reactor, listener.name, description, factory, errors)
-        if errors:
-            for port in self._ports:
-                port.stopListening()
-            self._ports = []
-            self._accessLog.close()
-            raise StartupError("\n".join(errors))
-        self._startPools(reactor)
-        super().startService()
-        self._log.info(
-            "tlsgateway ready: {count} listener(s) on {ports}",
-            count=len(self.config.listeners),
-            ports=", ".join(
-                f"{listener.name}={'|'.join(listener.listen)}"
-                for listener in self.config.listeners
-            ),
-        )
+            for listener in config.listeners
+        }
 
-    def _listen(
-        self,
-        reactor: Any,
-        name: str,
-        description: str,
-        factory: ListenerFactory,
-        errors: list[str],
-    ) -> None:
-        # Stream server endpoints for tcp, tcp6 and unix listen synchronously,
-        # so the result is known before startService returns and a port that
-        # cannot be opened fails the start instead of being logged later.
-        result: list[IListeningPort | Failure] = []
-        serverFromString(reactor, description).listen(factory).addBoth(result.append)
-        if not result:
-            errors.append(f"listener {name}: {description}: did not listen at once")
-        elif isinstance(result[0], Failure):
-            errors.append(
-                f"listener {name}: cannot listen on {description}: "
-                f"{result[0].getErrorMessage()}"
-            )
-        else:
-            self._ports.append(result[0])
-            self._log.info(
-                "listener {listener} listening on {description}",
-                listener=name,
-                description=description,
-            )
+    @property
+    def active(self) -> int:
+        return sum(len(f.active) for f in self.factories.values())
 
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop accepting, let established connections finish for up to
-        C{drain_timeout}, then cut the rest (logged C{shutdown}).
-        """
-        super().stopService()
-        self._stopPools()
-        for port in self._ports:
-            port.stopListening()
-        self._ports = []
-        active = sum(len(f.active) for f in self.factories.values())
-        if not active:
-            self._closeLog()
-            return succeed(None)
-        timeout = self.config.gateway.drain_timeout
-        self._log.info(
-            "draining {active} connection(s) for up to {timeout}s",
-            active=active,
-            timeout=timeout,
-        )
-        self._drained = Deferred()
-        deadline: IDelayedCall = self._getReactor().callLater(timeout, self._cut)
-        self._drained.addBoth(
-            lambda r: deadline.cancel() if deadline.active() else None
-        )
-        self._drained.addBoth(lambda _: self._closeLog())
-        return self._drained
-
-    def _startPools(self, reactor: Any) -> None:
+    def startPools(self, reactor: Any) -> None:
         """
         Resolve the host names of C{servers} (through the reactor's
         resolver, when it has one) and start the active health checks.
@@ -204,7 +116,7 @@ class GatewayService(Service):
                 self._checkers.append(checker)
                 checker.start()
 
-    def _stopPools(self) -> None:
+    def stopPools(self) -> None:
         """
         Stop every health check (and its timer) and ignore late DNS answers.
         Connections being drained keep their servers.
@@ -215,25 +127,333 @@ class GatewayService(Service):
         for pool in self.pools.values():
             pool.stop()
 
+    def serverStates(self) -> dict[str, dict[str, bool]]:
+        return {name: pool.serverStates() for name, pool in self.pools.items()}
+
+
+class GatewayService(Service):
+    """
+    Serves every listener of one configuration, and of the next one after
+    a L{reload}.
+
+    @ivar config: the running configuration.
+    @ivar factories: the listener factories of the running configuration,
+        by listener name.
+    @ivar pools: the upstream pools of the running configuration, by
+        upstream name; C{pools[name].serverStates()} is what the
+        C{tlsgateway_upstream_server_up} metric reads.
+    @ivar _ports: the listening ports by C{listen} description, closed
+        first when stopping so that no connection is accepted during the
+        drain.
+    @ivar _retired: older generations still serving connections.
+    @ivar _inherited: listening sockets handed down by a supervisor
+        (C{workers > 1}), by C{listen} description: adopted, not opened.
+    @ivar _reactor: the reactor to listen, connect and time with.  The
+        contract's embedding API is C{GatewayService(config)}, so it
+        defaults to the global reactor, imported only when the service
+        starts.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any = None,
+        *,
+        inherited: Mapping[str, tuple[int, socket.AddressFamily]] | None = None,
+    ) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._inherited = dict(inherited or {})
+        self._ports: dict[str, IListeningPort] = {}
+        self._accessLog: AccessLog | None = None
+        self._metrics: Metrics | None = None
+        self._metricsPort: IListeningPort | None = None
+        self._serverStates: LoopingCall | None = None
+        self._current: Generation | None = None
+        self._retired: list[Generation] = []
+        self._drained: Deferred[None] | None = None
+        self._delayed: list[IDelayedCall] = []
+
+    @property
+    def factories(self) -> dict[str, ListenerFactory]:
+        return {} if self._current is None else self._current.factories
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        return {} if self._current is None else self._current.pools
+
+    def _getReactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # start
+
+    def startService(self) -> None:
+        """
+        Open every listener, or raise L{StartupError} naming each that
+        failed (after closing the ones that opened).
+        """
+        reactor = self._getReactor()
+        settings = self.config.gateway
+        if settings.metrics is not None or self._inherited:
+            self._metrics = Metrics()
+        extra = {"worker_pid": os.getpid()} if self._inherited else None
+        self._accessLog = AccessLog(
+            settings.access_log,
+            settings.access_log_format,
+            metrics=self._metrics,
+            extra=extra,
+        )
+        try:
+            generation = Generation(
+                self.config, reactor, self._accessLog, self._maybeDrained
+            )
+            errors = self._bind(reactor, generation)
+            if errors:
+                raise StartupError("\n".join(errors))
+            self._startMetrics(reactor)
+        except StartupError:
+            self._closePorts(list(self._ports))
+            self._accessLog.close()
+            raise
+        for warning in generation.warnings:
+            self._log.warn("{warning}", warning=warning)
+        self._current = generation
+        generation.startPools(reactor)
+        super().startService()
+        self._log.info(
+            "tlsgateway ready: {count} listener(s) on {ports}",
+            count=len(self.config.listeners),
+            ports=", ".join(
+                f"{listener.name}={'|'.join(listener.listen)}"
+                for listener in self.config.listeners
+            ),
+        )
+
+    def _bind(self, reactor: Any, generation: Generation) -> list[str]:
+        """
+        Point every C{listen} of C{generation} at its factory: ports that
+        are already open change factory (so a reload loses no queued
+        connection), the others are opened.
+
+        @return: a message for each port that could not be opened.
+        """
+        errors: list[str] = []
+        for listener in generation.config.listeners:
+            factory = generation.factories[listener.name]
+            for description in listener.listen:
+                port = self._ports.get(description)
+                if port is not None:
+                    port.factory = factory  # type: ignore[attr-defined]
+                    continue
+                try:
+                    self._ports[description] = self._open(reactor, description, factory)
+                except StartupError as e:
+                    errors.append(f"listener {listener.name}: {e}")
+                    continue
+                self._log.info(
+                    "listener {listener} listening on {description}",
+                    listener=listener.name,
+                    description=description,
+                )
+        return errors
+
+    def _open(
+        self, reactor: Any, description: str, factory: ListenerFactory
+    ) -> IListeningPort:
+        inherited = self._inherited.get(description)
+        if inherited is not None:
+            fd, family = inherited
+            port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
+            return port
+        # Stream server endpoints for tcp, tcp6 and unix listen synchronously,
+        # so the result is known before startService returns and a port that
+        # cannot be opened fails the start instead of being logged later.
+        result: list[IListeningPort | Failure] = []
+        serverFromString(reactor, description).listen(factory).addBoth(result.append)
+        if not result:
+            raise StartupError(f"{description}: did not listen at once")
+        if isinstance(result[0], Failure):
+            raise StartupError(
+                f"cannot listen on {description}: {result[0].getErrorMessage()}"
+            )
+        return result[0]
+
+    def _closePorts(self, descriptions: list[str]) -> None:
+        for description in descriptions:
+            port = self._ports.pop(description, None)
+            if port is not None:
+                port.stopListening()
+
+    def _startMetrics(self, reactor: Any) -> None:
+        """
+        Serve C{/metrics} (one process; with workers the supervisor does)
+        and keep C{tlsgateway_upstream_server_up} current.
+
+        The server states are sampled every second rather than pushed on
+        change: a server that C{max_fails} took out comes back when its
+        C{fail_timeout} runs out, with no event to push.
+        """
+        if self._metrics is None:
+            return
+        if self.config.gateway.metrics is not None and not self._inherited:
+            from gateway.metrics import metricsSite
+
+            try:
+                self._metricsPort = self._open(
+                    reactor,
+                    self.config.gateway.metrics,
+                    metricsSite(self._metrics.registry),  # type: ignore[arg-type]
+                )
+            except StartupError as e:
+                raise StartupError(f"[gateway] metrics: {e}") from None
+        self._serverStates = LoopingCall(self._sampleServers)
+        self._serverStates.clock = reactor
+        self._serverStates.start(1.0, now=False)
+
+    def _sampleServers(self) -> None:
+        if self._metrics is None or self._current is None:
+            return
+        for upstream, states in self._current.serverStates().items():
+            for server, up in states.items():
+                self._metrics.serverUp(upstream, server, up)
+
+    # reload
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and serve it: new connections
+        get the new routes, upstreams, certificates and policies at once;
+        established ones finish on the configuration they started with.
+        An invalid file (or a port that cannot be opened) is logged and the
+        running configuration stays.
+
+        @return: whether the new configuration is now serving.
+        """
+        if self._current is None:
+            return False
+        reactor = self._getReactor()
+        try:
+            config = load_config(self.config.path)
+            generation = Generation(
+                config, reactor, self._accessLog, self._maybeDrained
+            )  # type: ignore[arg-type]
+        except (ConfigError, StartupError) as e:
+            self._log.error(
+                "reload refused, the running configuration stays:\n{problems}",
+                problems=str(e),
+            )
+            return False
+        before = set(self._ports)
+        errors = self._bind(reactor, generation)
+        if errors:
+            # Put the old factories back and close what was opened.
+            self._closePorts(sorted(set(self._ports) - before))
+            self._bind(reactor, self._current)
+            self._log.error(
+                "reload refused, the running configuration stays:\n{problems}",
+                problems="\n".join(errors),
+            )
+            return False
+        wanted = {d for listener in config.listeners for d in listener.listen}
+        self._closePorts(sorted(set(self._ports) - wanted))
+        for warning in generation.warnings:
+            self._log.warn("{warning}", warning=warning)
+        old, self._current, self.config = self._current, generation, config
+        old.stopPools()
+        if old.active:
+            self._retired.append(old)
+        generation.startPools(reactor)
+        assert self._accessLog is not None
+        self._accessLog.configure(
+            config.gateway.access_log, config.gateway.access_log_format
+        )
+        self._log.info(
+            "reloaded {path}: {count} listener(s)",
+            path=config.path,
+            count=len(config.listeners),
+        )
+        return True
+
+    def reopenLogs(self) -> None:
+        """
+        C{SIGUSR1}: reopen the access log, after logrotate moved it.
+        """
+        if self._accessLog is not None:
+            self._accessLog.reopen()
+
+    # stop
+
+    def _generations(self) -> list[Generation]:
+        current = [] if self._current is None else [self._current]
+        return current + self._retired
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, let established connections finish for up to
+        C{drain_timeout}, then cut the rest (logged C{shutdown}).
+        """
+        super().stopService()
+        for generation in self._generations():
+            generation.stopPools()
+        if self._serverStates is not None and self._serverStates.running:
+            self._serverStates.stop()
+        self._closePorts(list(self._ports))
+        if self._metricsPort is not None:
+            self._metricsPort.stopListening()
+            self._metricsPort = None
+        active = sum(g.active for g in self._generations())
+        if not active:
+            self._closeLog()
+            return succeed(None)
+        timeout = self.config.gateway.drain_timeout
+        self._log.info(
+            "draining {active} connection(s) for up to {timeout}s",
+            active=active,
+            timeout=timeout,
+        )
+        self._drained = Deferred()
+        self._delayed.append(self._getReactor().callLater(timeout, self._cut))
+        self._drained.addBoth(self._drainEnded)
+        return self._drained
+
+    def _drainEnded(self, result: object) -> None:
+        for call in self._delayed:
+            if call.active():
+                call.cancel()
+        self._delayed = []
+        self._closeLog()
+
     def _cut(self) -> None:
-        remaining = [p for f in self.factories.values() for p in list(f.active)]
+        remaining = [
+            p
+            for g in self._generations()
+            for f in g.factories.values()
+            for p in list(f.active)
+        ]
         self._log.info(
             "drain timeout: closing {count} connection(s)", count=len(remaining)
         )
-        for protocol in remaining:
-            protocol.shutdown()
         # Aborted transports report connectionLost on the next reactor
         # iterations; should one never do so, do not hang the shutdown.
-        self._getReactor().callLater(2, self._forceDrained)
+        self._delayed.append(self._getReactor().callLater(2, self._forceDrained))
+        for protocol in remaining:
+            protocol.shutdown()
 
     def _forceDrained(self) -> None:
         if self._drained is not None and not self._drained.called:
             self._drained.callback(None)
 
     def _maybeDrained(self) -> None:
+        self._retired = [g for g in self._retired if g.active]
         if self._drained is None or self._drained.called:
             return
-        if not any(f.active for f in self.factories.values()):
+        if not any(g.active for g in self._generations()):
             self._drained.callback(None)
 
     def _closeLog(self) -> None:

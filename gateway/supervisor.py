@@ -78,13 +78,15 @@ class _Worker(ProcessProtocol):
         self.generation = generation
         self.stopping = False
         self.ended: Deferred[None] = Deferred()
+        self.pid: int | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return getattr(self.transport, "pid", None)
+    def connectionMade(self) -> None:
+        # Kept: the transport forgets its pid once the process has ended,
+        # and the supervisor still needs it to report the exit.
+        self.pid = getattr(self.transport, "pid", None)
 
     def signal(self, number: int) -> None:
-        if self.pid is not None:
+        if self.pid is not None and not self.ended.called:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, number)
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 import sys
 from typing import ClassVar
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.python import usage
 
 from gateway.config import ConfigError, load_config
-from gateway.service import GatewayService
-from gateway.signals import SignalHandling
 
 
 class Options(usage.Options):
@@ -41,7 +39,7 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     from twisted.internet import reactor
 
-    top = MultiService()
-    GatewayService(config, reactor).setServiceParent(top)
-    SignalHandling(reactor).setServiceParent(top)
+    from gateway.cli import makeTop
+
+    top: IService = makeTop(config, reactor)
     return top

@@ -323,7 +323,6 @@ def test_everyGatedFeatureIsRefusedByDefault(tmp_path: Path) -> None:
     for feature in NOT_YET_SUPPORTED.values():
         assert f"{feature} is not supported by this version yet" in found
     assert "relay = splice" not in found  # the mysql listener's: not gated
-    assert "gw.ini:4: [gateway] workers: more than one worker is not supported" in found
     assert "[upstream:" not in found  # pools, balancing and health checks work
     for key in (  # PROXY protocol, filters and limits work
         "proxy_protocol",

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
@@ -335,11 +334,6 @@ class EmbeddedServiceTests(SynchronousTestCase):
         [entry] = self.accessLogEntries()
         self.assertEqual(entry["status"], "shutdown")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="GatewayService._cut schedules _forceDrained (2s) and never"
-        " cancels it when the drain completes",
-    )
     def test_stopAtTheDrainDeadlineLeavesNoTimer(self) -> None:
         """
         Once the cut connections are gone and the stop completed, nothing

@@ -61,6 +61,13 @@ class RecordingChooser:
 class RecordingLog:
     def __init__(self) -> None:
         self.records: list[ConnectionRecord] = []
+        self.accepts: list[str] = []
+
+    def accepted(self, listener: str) -> None:
+        self.accepts.append(listener)
+
+    def handshake(self, seconds: float) -> None:
+        pass
 
     def write(self, record: ConnectionRecord) -> None:
         self.records.append(record)
