@@ -19,6 +19,7 @@ length always is.
 from __future__ import annotations
 
 import enum
+import struct
 from typing import Final, Literal
 
 import attrs
@@ -53,6 +54,9 @@ _EXTENSION_NAMES: Final = {
     _EXT_SIGNATURE_ALGORITHMS: "signature_algorithms",
     _EXT_ALPN: "application_layer_protocol_negotiation",
     _EXT_SUPPORTED_VERSIONS: "supported_versions",
+}
+_EXTENSION_LABELS: Final = {
+    code: f"the {name} extension" for code, name in _EXTENSION_NAMES.items()
 }
 _HOST_NAME: Final = 0
 _HOST_NAME_BYTES: Final = frozenset(
@@ -434,43 +438,76 @@ class _Cursor:
     def remaining(self) -> int:
         return len(self._data) - self._offset
 
+    def _short(self, size: int, field: str) -> BadLength:
+        return BadLength(
+            f"{field} needs {size} bytes but {self._what} has only "
+            f"{self.remaining} left"
+        )
+
     def take(self, size: int, field: str) -> bytes:
-        if size > self.remaining:
-            raise BadLength(
-                f"{field} needs {size} bytes but {self._what} has only "
-                f"{self.remaining} left"
-            )
         start = self._offset
-        self._offset += size
-        return self._data[start : self._offset]
+        end = start + size
+        if end > len(self._data):
+            raise self._short(size, field)
+        self._offset = end
+        return self._data[start:end]
 
     def integer(self, size: int, field: str) -> int:
-        return int.from_bytes(self.take(size, field), "big")
+        start = self._offset
+        end = start + size
+        if end > len(self._data):
+            raise self._short(size, field)
+        self._offset = end
+        return int.from_bytes(self._data[start:end], "big")
 
     def vector(
         self, lengthSize: int, field: str, minimum: int, maximum: int
     ) -> _Cursor:
         """
         Read a length-prefixed vector and return a cursor over its contents.
+
+        Error messages are built only when raised: this runs a dozen times
+        per connection.
         """
-        length = self.integer(lengthSize, f"length of {field}")
+        start = self._offset
+        end = start + lengthSize
+        if end > len(self._data):
+            raise self._short(lengthSize, f"length of {field}")
+        length = int.from_bytes(self._data[start:end], "big")
         if not minimum <= length <= maximum:
             raise BadLength(
                 f"{field} is {length} bytes long; it must be {minimum} to "
                 f"{maximum} bytes"
             )
+        self._offset = end
         return _Cursor(self.take(length, field), field)
+
+    def skip(self, lengthSize: int, extensionType: int) -> None:
+        """
+        Step over a length-prefixed extension body nobody reads, with the
+        same checks (and messages) as L{vector}.
+        """
+        start = self._offset
+        end = start + lengthSize
+        data = self._data
+        if end > len(data):
+            raise self._short(lengthSize, f"length of extension {extensionType}")
+        length = int.from_bytes(data[start:end], "big")
+        if end + length > len(data):
+            self._offset = end
+            raise self._short(length, f"extension {extensionType}")
+        self._offset = end + length
 
     def uint16s(self) -> tuple[int, ...]:
         """
         Read the rest as a list of 16-bit code points.
         """
-        if self.remaining % 2:
-            raise BadLength(f"{self._what} has an odd length ({self.remaining})")
-        data = self.take(self.remaining, self._what)
-        return tuple(
-            int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)
-        )
+        remaining = self.remaining
+        if remaining % 2:
+            raise BadLength(f"{self._what} has an odd length ({remaining})")
+        values = struct.unpack_from(f">{remaining // 2}H", self._data, self._offset)
+        self._offset = len(self._data)
+        return values
 
     def expectEnd(self) -> None:
         if self.remaining:
@@ -510,8 +547,19 @@ def _parseClientHello(body: bytes) -> ClientHello:
         hello.expectEnd()
         while extensions.remaining:
             extensionType = extensions.integer(2, "extension type")
-            name = _EXTENSION_NAMES.get(extensionType)
-            label = f"the {name} extension" if name else f"extension {extensionType}"
+            label = _EXTENSION_LABELS.get(extensionType)
+            if label is None:
+                # Not read, only checked and skipped: the hot path, so
+                # no cursor and no message unless one is needed.
+                extensions.skip(2, extensionType)
+                if extensionType in seen:
+                    raise ClientHelloError(
+                        f"ClientHello has extension {extensionType} more than"
+                        f" once (RFC 8446 4.2)"
+                    )
+                seen.add(extensionType)
+                extensionTypes.append(extensionType)
+                continue
             data = extensions.vector(2, label, 0, 2**16 - 1)
             if extensionType in seen:
                 raise ClientHelloError(
