@@ -68,7 +68,9 @@ def worker(args: argparse.Namespace) -> int:
     return serve(config, inherited=inheritedSockets(), logLevel=args.log_level)
 
 
-def makeTop(config: GatewayConfig, reactor: Any, inherited: Any = None) -> Any:
+def makeTop(
+    config: GatewayConfig, reactor: Any, inherited: Any = None, logLevel: str = "info"
+) -> Any:
     """
     The service a gateway process runs: the gateway itself, or with
     C{workers > 1} (and not already a worker) a supervisor of workers;
@@ -83,7 +85,7 @@ def makeTop(config: GatewayConfig, reactor: Any, inherited: Any = None) -> Any:
     top = MultiService()
     main: Any
     if config.gateway.workers > 1 and not inherited:
-        main = Supervisor(config, reactor)
+        main = Supervisor(config, reactor, logLevel)
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
@@ -109,7 +111,7 @@ def serve(config: GatewayConfig, inherited: Any = None, logLevel: str = "info") 
         [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
         redirectStandardIO=False,
     )
-    top = makeTop(config, reactor, inherited)
+    top = makeTop(config, reactor, inherited, logLevel)
     try:
         top.startService()
     except (StartupError, RuntimeError) as e:
@@ -155,6 +157,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.signals import ignoreEarly
+
+    ignoreEarly()
     parser = argparse.ArgumentParser(
         prog="tlsgateway", description="TLS gateway: SNI passthrough and termination"
     )

@@ -76,11 +76,7 @@ __all__ = [
 #                ("servers:multiple": a second server line);
 #   "*"          any section of that kind.
 # Enable a feature by deleting its entries.
-NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {
-    ("listener", "mode=tcp"): "plain TCP relay (mode = tcp)",
-    ("listener", "protocol=postgres"): "protocol = postgres",
-    ("listener", "allow_plaintext"): "allow_plaintext",
-}
+NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {}
 
 _SECTION_KINDS = ("listener", "upstream", "certificate")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -1201,6 +1197,12 @@ class _Loader:
                 )
             elif not hasUpstream:
                 problem("mode", "mode = tcp needs upstream")
+            if settings.get("protocol") == "postgres":
+                problem(
+                    "protocol",
+                    "mode = tcp relays without reading anything, so it cannot speak"
+                    " the PostgreSQL preamble: use mode = passthrough or terminate",
+                )
         elif hasUpstream and hasRoutes:
             problem("routes", "use upstream or routes, not both")
         elif not hasUpstream and not hasRoutes:

@@ -15,6 +15,11 @@ C{set_real_ip_from} produced: on such a listener C{allow}/C{deny} and the
 per-client limit wait for the header, and keeping untrusted peers from
 sending headers at all is the network's job (firewall, security group).
 C{max_connections} counts connections, so it applies at accept everywhere.
+
+A C{protocol = postgres} listener adds the PostgreSQL preamble before the
+ClientHello and the startup message after a terminating handshake
+(L{gateway.pgstage}); a C{mode = tcp} listener reads nothing and connects
+its one C{upstream} at accept (L{handoffTCP}).
 """
 
 from __future__ import annotations
@@ -29,7 +34,12 @@ import attrs
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import IAddress, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
@@ -37,6 +47,17 @@ from gateway.accesslog import AccessLog, ConnectionRecord
 from gateway.clienthello import ClientHello
 from gateway.config import ListenerConfig, RouteConfig
 from gateway.passthrough import PassthroughStage
+from gateway.pgstage import (
+    CANCEL_REASON,
+    NO_ROUTE_MESSAGE,
+    CancelRegistry,
+    PlaintextStart,
+    StartupReader,
+    noteStartup,
+    plaintextRefused,
+    startTerminated,
+)
+from gateway.postgres import StartupMessage, cancelRequest, errorResponse
 from gateway.preread import PrereadProtocol, Stage
 from gateway.proxyprotocol import (
     TLV,
@@ -49,7 +70,8 @@ from gateway.proxyprotocol import (
 )
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
-from gateway.terminate import TerminationStage
+from gateway.terminate import TerminatedSession, TerminationStage
+from gateway.tlstransport import TLSTransport
 
 
 def formatAddress(address: IAddress) -> tuple[str, str]:
@@ -136,6 +158,11 @@ class ListenerFactory(ServerFactory):
         C{max_connections_per_client} (in L{_perClient}) and is the
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
+    @ivar cancelKeys: the cancel keys of this listener's terminated
+        PostgreSQL sessions (C{protocol = postgres}).  Given by the caller
+        to share one registry between the factories that serve a
+        listener's name across reloads: a cancel arrives on whichever is
+        current, for a session of any generation.
     """
 
     noisy = False
@@ -150,8 +177,10 @@ class ListenerFactory(ServerFactory):
         accessLog: AccessLog,
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
+        cancelKeys: CancelRegistry | None = None,
     ) -> None:
         self.config = config
+        self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
         self._upstreams = upstreams
         # Passthrough relays the client's own TLS: an upstream's `tls = on`
@@ -189,6 +218,8 @@ class ListenerFactory(ServerFactory):
             self.config.preread_timeout,
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
+            postgres=self.config.protocol == "postgres",
+            readHello=self.config.mode != "tcp",
         )
         self.active.add(protocol)
         self._accessLog.accepted(self.config.name)
@@ -307,63 +338,214 @@ class ListenerFactory(ServerFactory):
         assert upstreamName is not None
         transport = protocol.transport
         assert transport is not None
-        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
         record = protocol.record
         record.action = action
         upstream = (
             self._upstreams if action == "terminate" else self._passthroughUpstreams
         )[upstreamName]
-
-        def ended() -> None:
-            self.ended(protocol)
+        postgres = config.protocol == "postgres"
 
         stage: PassthroughStage | TerminationStage
         if action == "terminate":
             assert self._tls is not None
+
+            def makeSession(tls: TLSTransport) -> TerminatedSession:
+                if not postgres:
+                    return self._session(
+                        protocol, tls, upstream, hello.serverName, tls.connection
+                    )
+
+                def start(event: PlaintextStart) -> Session:
+                    return startTerminated(
+                        event,
+                        record,
+                        self.cancelKeys,
+                        upstream,
+                        lambda target, onEnd: self._session(
+                            protocol,
+                            tls,
+                            target,
+                            hello.serverName,
+                            tls.connection,
+                            sslRequest=target.tls is not None,
+                            onEnd=onEnd,
+                        ),
+                    )
+
+                return StartupReader(
+                    self._clock,
+                    config.preread_timeout,
+                    record,
+                    tls,
+                    start,
+                    lambda: self.ended(protocol),
+                )
+
             stage = TerminationStage(
                 self._clock,
                 transport,  # type: ignore[arg-type]
                 record,
                 self._tls.contextFor(hello.serverName),
-                lambda tls: Session(
-                    self._reactor,
-                    self._clock,
-                    tls,  # type: ignore[arg-type]
-                    record,
-                    upstream,
-                    clientKey,
-                    self._timeouts,
-                    ended,
-                    countBytes=False,
-                    proxyHeader=self._proxyHeader(protocol, hello, tls.connection),
-                ),
+                makeSession,
                 config.preread_timeout,
                 self._tls.describe,
                 self._accessLog.handshake,
             )
         else:
             stage = PassthroughStage(
-                Session(
-                    self._reactor,
-                    self._clock,
+                self._session(
+                    protocol,
                     transport,  # type: ignore[arg-type]
-                    record,
                     upstream,
-                    clientKey,
-                    self._timeouts,
-                    ended,
-                    countBytes=True,
+                    hello.serverName,
                     relay=config.relay,
-                    proxyHeader=self._proxyHeader(protocol, hello, None),
+                    sslRequest=postgres,
                 )
             )
         stage.start(buffered)
         return stage
 
+    def handoffPostgres(
+        self, protocol: PrereadProtocol, start: PlaintextStart
+    ) -> Stage | None:
+        """
+        A C{protocol = postgres} client that starts without TLS: a startup
+        message (refused unless C{allow_plaintext}) or a C{CancelRequest}.
+
+        Neither carries a server name, so both go to C{upstream} or the
+        C{default} route, except a cancel whose key a terminated session of
+        this listener learnt: that goes to the server that issued it.  The
+        upstream is the one the route's action would use, so a plaintext
+        client on a terminating route to a C{tls = on} upstream is
+        encrypted towards it like a terminated one.  The client side is
+        plain TCP, so the access log says C{tcp}.
+        """
+        config = self.config
+        record = protocol.record
+        if isinstance(start, StartupMessage):
+            noteStartup(record, start)
+            if not config.allow_plaintext:
+                protocol.answer(plaintextRefused())
+                protocol.refuse(
+                    "plaintext_refused",
+                    "client sent a startup message without TLS (allow_plaintext is off)",
+                )
+                return None
+            pending = start.raw + start.rest
+            owner = None
+        else:
+            record.reason = CANCEL_REASON
+            pending = cancelRequest(start.key) + start.rest
+            owner = self.cancelKeys.get(start.key)
+        if owner is not None:
+            upstream = owner.runtime()
+        else:
+            if self._router is None:
+                upstreamName, action = config.upstream, config.mode
+            else:
+                route = self._router.match(None)
+                if route is None:
+                    if isinstance(start, StartupMessage):
+                        protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
+                    protocol.refuse(
+                        "no_route",
+                        f"{record.reason or 'plaintext startup message'}: no"
+                        " default route",
+                    )
+                    return None
+                upstreamName, action = route.upstream, route.action or config.mode
+            assert upstreamName is not None
+            upstream = (
+                self._upstreams if action == "terminate" else self._passthroughUpstreams
+            )[upstreamName]
+        transport = protocol.transport
+        assert transport is not None
+        record.action = "tcp"
+        stage = PassthroughStage(
+            self._session(
+                protocol,
+                transport,  # type: ignore[arg-type]
+                upstream,
+                None,
+                relay=config.relay,
+                sslRequest=upstream.tls is not None,
+            )
+        )
+        stage.start(pending)
+        return stage
+
+    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
+        """
+        A C{mode = tcp} connection: connect its C{upstream} now (the client
+        stays paused meanwhile) and relay, as passthrough does, from the
+        first byte.
+        """
+        upstreamName = self.config.upstream
+        assert upstreamName is not None
+        transport = protocol.transport
+        assert transport is not None
+        protocol.record.action = "tcp"
+        stage = PassthroughStage(
+            self._session(
+                protocol,
+                transport,  # type: ignore[arg-type]
+                self._passthroughUpstreams[upstreamName],
+                None,
+                relay=self.config.relay,
+            )
+        )
+        stage.start(buffered)
+        return stage
+
+    def _session(
+        self,
+        protocol: PrereadProtocol,
+        client: ITCPTransport | TLSTransport,
+        upstream: UpstreamRuntime,
+        serverName: str | None,
+        connection: SSL.Connection | None = None,
+        *,
+        relay: str = "portable",
+        sslRequest: bool = False,
+        onEnd: Callable[[], None] | None = None,
+    ) -> Session:
+        """
+        The session that takes a connection to C{upstream}.
+
+        @param client: the client's plaintext side: its TCP transport, or
+            the TLS layer of a terminated connection (C{connection} is its
+            OpenSSL connection); only on TCP are bytes counted by the relay.
+        @param onEnd: called when the session ends, before the listener
+            logs it.
+        """
+        transport = protocol.transport
+        assert transport is not None
+        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
+
+        def ended() -> None:
+            if onEnd is not None:
+                onEnd()
+            self.ended(protocol)
+
+        return Session(
+            self._reactor,
+            self._clock,
+            client,  # type: ignore[arg-type]
+            protocol.record,
+            upstream,
+            clientKey,
+            self._timeouts,
+            ended,
+            countBytes=not isinstance(client, TLSTransport),
+            relay=relay,
+            proxyHeader=self._proxyHeader(protocol, serverName, connection),
+            sslRequest=sslRequest,
+        )
+
     def _proxyHeader(
         self,
         protocol: PrereadProtocol,
-        hello: ClientHello,
+        serverName: str | None,
         connection: SSL.Connection | None,
     ) -> Callable[[], bytes] | None:
         """
@@ -395,8 +577,8 @@ class ListenerFactory(ServerFactory):
         def build() -> bytes:
             tlvs = []
             if version == 2:
-                if hello.serverName is not None:
-                    tlvs.append(authorityTLV(hello.serverName))
+                if serverName is not None:
+                    tlvs.append(authorityTLV(serverName))
                 if connection is not None and tls is not None:
                     tlvs.append(_sslTLV(connection, tls.describe(connection)))
             return encode(connectionHeader(version, source, destination, tlvs))

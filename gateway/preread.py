@@ -13,6 +13,14 @@ first: the bytes after the header go on to the ClientHello reader, and the
 listener is told the header (whose address is the client's from then on)
 before any of them is parsed.  One C{preread_timeout} covers both: it
 bounds everything a client must send before it is served.
+
+On a C{protocol = postgres} listener, the PostgreSQL preamble comes between
+the two (L{gateway.pgstage.ClientPreamble}): the C{SSLRequest} is answered
+and the TLS bytes after it go on to the ClientHello reader; a client that
+starts without TLS (a startup message, a C{CancelRequest}) is handed to
+the listener's C{handoffPostgres} instead.  On a C{mode = tcp} listener
+nothing is read at all: the connection is handed off (C{handoffTCP}) as
+soon as it is accepted, or once its PROXY header is read.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from gateway.clienthello import (
     ClientHelloReader,
 )
 from gateway.ja4 import ja4
+from gateway.pgstage import ClientPreamble, PlaintextStart
+from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
+from gateway.postgres import PostgresError
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
@@ -76,6 +87,20 @@ class Handoff(TypingProtocol):
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
     ) -> Stage | None: ...
 
+    def handoffPostgres(
+        self, protocol: PrereadProtocol, start: PlaintextStart
+    ) -> Stage | None:
+        """
+        A C{protocol = postgres} client started without TLS: a startup
+        message or a C{CancelRequest}.
+        """
+
+    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
+        """
+        A C{mode = tcp} connection is ready to be relayed: at accept, or
+        once its PROXY header was read (C{buffered}: what followed it).
+        """
+
     def ended(self, protocol: PrereadProtocol) -> None: ...
 
 
@@ -88,6 +113,9 @@ class PrereadProtocol(Protocol):
         read (C{accept_proxy_protocol}).
     @ivar _proxyReader: reads that header; L{None} when the listener does
         not expect one, or once it was read.
+    @ivar _preamble: reads the PostgreSQL preamble (C{protocol =
+        postgres}); L{None} for TLS listeners, or once TLS started.
+    @ivar _readHello: a ClientHello is expected at all (not C{mode = tcp}).
     @ivar _next: the stage the connection was handed to, or L{None} while
         still pre-reading (or after a refusal).
     @ivar _handedOff: the pre-read is over, whether or not a stage took it;
@@ -102,10 +130,15 @@ class PrereadProtocol(Protocol):
         timeout: float,
         maxSize: int,
         acceptProxy: bool = False,
+        *,
+        postgres: bool = False,
+        readHello: bool = True,
     ) -> None:
         self.record = record
         self.proxyHeader: ProxyHeader | None = None
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
+        self._preamble = ClientPreamble() if postgres and readHello else None
+        self._readHello = readHello
         self._listener = listener
         self._clock = clock
         self._timeout = timeout
@@ -117,6 +150,8 @@ class PrereadProtocol(Protocol):
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
         self._listener.accepted(self)
+        if not self._readHello and not self._handedOff and self._proxyReader is None:
+            self._handOffTCP(b"")
 
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
@@ -137,6 +172,13 @@ class PrereadProtocol(Protocol):
             self.proxyHeader, data = header
             self._listener.proxied(self, self.proxyHeader)
             if self._handedOff:  # refused for the address in the header
+                return
+            if not self._readHello:
+                self._handOffTCP(data)
+                return
+        if self._preamble is not None:
+            data = self._readPreamble(data)
+            if not data:
                 return
         try:
             hello = self._reader.feed(data)
@@ -162,6 +204,8 @@ class PrereadProtocol(Protocol):
                 self._proxyReader.end()
             except ProxyHeaderError as e:
                 self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+        elif self._preamble is not None:
+            self.refuse("bad_client_hello", self._preamble.describeEnd())
         else:
             got = len(self._reader.buffered)
             self.refuse(
@@ -220,11 +264,61 @@ class PrereadProtocol(Protocol):
                 f" ({got} bytes)",
             )
             return
+        if self._preamble is not None:
+            self.refuse(
+                "preread_timeout",
+                f"no complete PostgreSQL startup packet after {self._timeout:g}s",
+            )
+            return
         got = len(self._reader.buffered)
         self.refuse(
             "preread_timeout",
             f"no complete ClientHello after {self._timeout:g}s ({got} bytes)",
         )
+
+    def _readPreamble(self, data: bytes) -> bytes:
+        """
+        Feed the PostgreSQL preamble reader, answer what it asks to, and
+        hand a client that starts without TLS to the listener.
+
+        @return: the TLS bytes that followed the preamble, for the
+            ClientHello reader (empty while the preamble is incomplete, or
+            after a hand-off or refusal).
+        """
+        assert self._preamble is not None
+        assert self.transport is not None
+        try:
+            start = self._preamble.feed(data, self.answer)
+        except PostgresError as e:
+            answer = self._preamble.refusal(e)
+            if answer:
+                self.answer(answer)
+            self.refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+            return b""
+        if start is PREAMBLE_NEED_MORE:
+            return b""
+        self._preamble = None
+        if isinstance(start, bytes):
+            return start
+        self._stopTimer()
+        self._handedOff = True
+        self._next = self._listener.handoffPostgres(self, start)
+        return b""
+
+    def answer(self, data: bytes) -> None:
+        """
+        Write a PostgreSQL answer (C{S}, C{N}, an C{ErrorResponse}) to the
+        client, counted as bytes out: the relay, which counts the rest,
+        has not started.
+        """
+        assert self.transport is not None
+        self.record.bytesOut += len(data)
+        self.transport.write(data)
+
+    def _handOffTCP(self, buffered: bytes) -> None:
+        self._stopTimer()
+        self._handedOff = True
+        self._next = self._listener.handoffTCP(self, buffered)
 
     def _stopTimer(self) -> None:
         if self._timer is not None:

@@ -175,6 +175,7 @@ class GatewayService(Service):
         self._retired: list[Generation] = []
         self._drained: Deferred[None] | None = None
         self._delayed: list[IDelayedCall] = []
+        self._retiring = False
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -380,6 +381,25 @@ class GatewayService(Service):
         )
         return True
 
+    def retire(self) -> None:
+        """
+        Stop accepting and stop the reactor once the last established
+        connection has ended, however long that takes: how a worker that a
+        reload replaced bows out (C{SIGQUIT} from the supervisor).
+        """
+        self._closePorts(list(self._ports))
+        for generation in self._generations():
+            generation.stopPools()
+        self._retiring = True
+        self._maybeRetired()
+
+    def _maybeRetired(self) -> None:
+        if self._retiring and not any(g.active for g in self._generations()):
+            self._retiring = False
+            reactor = self._getReactor()
+            if getattr(reactor, "running", False):
+                reactor.stop()
+
     def reopenLogs(self) -> None:
         """
         C{SIGUSR1}: reopen the access log, after logrotate moved it.
@@ -451,6 +471,7 @@ class GatewayService(Service):
 
     def _maybeDrained(self) -> None:
         self._retired = [g for g in self._retired if g.active]
+        self._maybeRetired()
         if self._drained is None or self._drained.called:
             return
         if not any(g.active for g in self._generations()):

@@ -3,8 +3,9 @@ After the route is chosen: reach an upstream, then relay.
 
 A L{Session} connects to a server of the chosen upstream (retrying the next
 one when a connect fails, while no upstream has sent a byte), optionally
-does a verified TLS handshake with it, replays what the client already sent,
-and starts the relay.  The client side is given to it as a transport: the
+asks a PostgreSQL server for TLS (C{sslRequest}) and does a verified TLS
+handshake with it, replays what the client already sent, and starts the
+relay.  The client side is given to it as a transport: the
 raw TCP transport in passthrough, the L{TLSTransport} of a terminated
 connection otherwise; so the same code serves both modes.
 
@@ -20,6 +21,7 @@ import attrs
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IConnector,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
@@ -31,6 +33,13 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
+from gateway.postgres import (
+    NEED_MORE,
+    SSL_REQUEST,
+    PostgresError,
+    SSLAnswerReader,
+    SSLRefused,
+)
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.tlstransport import TLSTransport
@@ -80,6 +89,20 @@ class UpstreamProtocol(Protocol):
     layer and reports the upstream as ready only once the handshake is done
     and the certificate verified: not one byte of the client's plaintext
     goes out before that.
+
+    With C{sslRequest} (a C{protocol = postgres} listener whose upstream
+    connection carries TLS: the client's, in passthrough, or the gateway's
+    own, when re-encrypting), the connection starts as a PostgreSQL client's
+    does: an C{SSLRequest} on the raw socket (after the PROXY header, which
+    must come first), then TLS only once the server answered C{S}.  Any
+    other answer makes the server unusable for this connection, like a
+    refused connect: the session tries the next one.
+
+    @ivar _answer: reads the server's answer to the C{SSLRequest}, while it
+        is awaited.
+    @ivar _answerTimer: bounds that wait by C{connect_timeout}: a server
+        that accepts and says nothing is as unusable as one that does not
+        accept.
     """
 
     def __init__(
@@ -93,12 +116,38 @@ class UpstreamProtocol(Protocol):
         self._tlsPolicy = tls
         self._tls: TLSTransport | None = None
         self._relay: IRelay | None = None
+        self._answer: SSLAnswerReader | None = None
+        self._answerTimer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self._session.sendProxyHeader(self.transport, raw=self._tlsPolicy is not None)
+        sslRequest = self._session.sslRequest
+        self._session.sendProxyHeader(
+            self.transport, raw=self._tlsPolicy is not None or sslRequest
+        )
+        if sslRequest:
+            self._answer = SSLAnswerReader()
+            self._answerTimer = self._session.clock.callLater(
+                self._session.timeouts.connect, self._answerTimedOut
+            )
+            self.transport.write(SSL_REQUEST)
+            return
+        self._secure(b"")
+
+    def _secure(self, rest: bytes) -> None:
+        """
+        The raw connection is ready for what goes first: the relay (when
+        the gateway does no TLS towards this server) or the gateway's TLS
+        handshake.
+
+        @param rest: server bytes that followed its C{S}: TLS records, never
+            read as plaintext.
+        """
+        assert self.transport is not None
         if self._tlsPolicy is None:
             self._relay = self._session.upstreamReady(self, self.transport, self.server)
+            if rest:
+                self._relay.upstreamData(rest)
             return
         self._tls = TLSTransport(
             self._tlsPolicy.connectionFor(self.server),
@@ -106,6 +155,47 @@ class UpstreamProtocol(Protocol):
             self,
         )
         self._tls.startHandshake()
+        if rest:
+            self._tls.ciphertextReceived(rest)
+
+    def _readAnswer(self, data: bytes) -> None:
+        assert self._answer is not None
+        try:
+            answer = self._answer.feed(data)
+        except PostgresError as e:
+            self._unusable(f"SSLRequest answer: {e}")
+            return
+        if answer is NEED_MORE:
+            return
+        self._answer = None
+        self._stopAnswerTimer()
+        if isinstance(answer, SSLRefused):
+            self._unusable(
+                "server refused the SSLRequest (N): is ssl off on it?"
+                if answer.error is None
+                else f"server answered the SSLRequest with an error: {answer.error}"
+            )
+            return
+        self._secure(answer.rest)
+
+    def _answerTimedOut(self) -> None:
+        self._answerTimer = None
+        self._unusable(
+            f"no answer to the SSLRequest within {self._session.timeouts.connect:g}s"
+        )
+
+    def _stopAnswerTimer(self) -> None:
+        if self._answerTimer is not None:
+            if self._answerTimer.active():
+                self._answerTimer.cancel()
+            self._answerTimer = None
+
+    def _unusable(self, reason: str) -> None:
+        assert self.transport is not None
+        self._answer = None
+        self._stopAnswerTimer()
+        self._session.upstreamRefused(self, reason)
+        self.transport.abortConnection()
 
     # TLSEvents, with re-encryption
 
@@ -125,6 +215,9 @@ class UpstreamProtocol(Protocol):
 
     def tlsData(self, data: bytes) -> None:
         assert self._relay is not None
+        watcher = self._session.upstreamWatcher
+        if watcher is not None:
+            watcher(data)
         self._relay.upstreamData(data)
 
     def tlsReadClosed(self) -> None:
@@ -137,7 +230,12 @@ class UpstreamProtocol(Protocol):
         if self._tls is not None:
             self._tls.ciphertextReceived(data)
         elif self._relay is not None:
+            watcher = self._session.upstreamWatcher
+            if watcher is not None:
+                watcher(data)
             self._relay.upstreamData(data)
+        elif self._answer is not None:
+            self._readAnswer(data)
 
     def readConnectionLost(self) -> None:
         if self._tls is not None:
@@ -149,17 +247,29 @@ class UpstreamProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopAnswerTimer()
         if self._relay is not None:
             self._relay.upstreamLost(reason)
         else:
-            # Closed before it became ready (during the TLS handshake, or
-            # after a failed one, which the session then ignores).
+            # Closed before it became ready (awaiting the SSLRequest answer,
+            # during the TLS handshake, or after a failed one, which the
+            # session then ignores).
             self._session.upstreamRefused(self, reason.getErrorMessage())
 
 
 class Session:
     """
     @ivar relay: the relay, once the upstream is ready.
+    @ivar sslRequest: start each upstream connection with a PostgreSQL
+        C{SSLRequest} and wait for the server's C{S} (see
+        L{UpstreamProtocol}).
+    @ivar upstreamWatcher: called with each chunk of what the upstream sends
+        the client, at the plaintext level, before it is relayed; L{None}
+        when nothing watches (the usual case: the hot path pays one
+        attribute read).  It may set this back to L{None} once it has seen
+        what it wanted.  Chunks reach it only through the portable relay,
+        so it is for terminated connections (the splice relay never shows
+        a byte to Python).
     @ivar _relaySetting: the listener's C{relay} key, for
         L{gateway.splicerelay.startRelay}.
     @ivar _proxyHeader: builds the PROXY header for each upstream
@@ -193,8 +303,11 @@ class Session:
         countBytes: bool,
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
+        sslRequest: bool = False,
     ) -> None:
         self.relay: IRelay | None = None
+        self.sslRequest = sslRequest
+        self.upstreamWatcher: Callable[[bytes], None] | None = None
         self._relaySetting = relay
         self._proxyHeader = proxyHeader
         self._reactor = reactor
@@ -215,6 +328,22 @@ class Session:
         self._clientEOF = False
         self._clientGone = False
         self._lastError = "no server available"
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    @property
+    def server(self) -> ServerConfig | None:
+        """
+        The server of the current attempt or connection: once the upstream
+        is ready, the one the relay talks to.
+        """
+        return self._picked
 
     def sendProxyHeader(self, upstream: ITCPTransport, *, raw: bool) -> None:
         """

@@ -22,6 +22,24 @@ class Reloadable(Protocol):
 
     def reopenLogs(self) -> None: ...
 
+    def retire(self) -> None: ...
+
+
+#: Signals the gateway handles that would end the process by default: set
+#: to be ignored as early as possible (see L{ignoreEarly}).
+_LATE = (signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT)
+
+
+def ignoreEarly() -> None:
+    """
+    Ignore C{SIGHUP}, C{SIGUSR1} and C{SIGQUIT} until the reactor runs and
+    the real handlers are installed: a C{systemctl reload} during start-up,
+    or a log rotation reaching a worker the supervisor has just started,
+    must not end the process (the default action of all three).
+    """
+    for number in _LATE:
+        signal.signal(number, signal.SIG_IGN)
+
 
 class SignalHandling(Service):
     """
@@ -41,6 +59,8 @@ class SignalHandling(Service):
     def __init__(self, reactor: Any, target: Reloadable) -> None:
         self._reactor = reactor
         self._target = target
+        self._stopping = False
+        self._previousUSR1: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -50,18 +70,51 @@ class SignalHandling(Service):
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
-        signal.signal(signal.SIGUSR1, self._reopen)
+        signal.signal(signal.SIGQUIT, self._retire)
+        previous = signal.signal(signal.SIGUSR1, self._reopen)
+        # twistd rotates its own --logfile on SIGUSR1: keep doing that too.
+        self._previousUSR1 = previous if callable(previous) else None
 
     def _stop(self, number: int, frame: object) -> None:
-        self._log.info(
-            "received {signal}: stopping", signal=signal.Signals(number).name
-        )
+        """
+        Stop once.  A second stop signal is common, not an error: Ctrl-C
+        reaches every process of the terminal's group, so a worker gets
+        C{SIGINT} from the terminal and C{SIGTERM} from its supervisor, and
+        an impatient operator presses it twice; C{reactor.stop()} a second
+        time would raise C{ReactorNotRunning}, logged as a critical error.
+        The drain already in progress ends by C{drain_timeout} anyway.
+        """
+        name = signal.Signals(number).name
+        if self._stopping:
+            self._log.info("received {signal}: already stopping", signal=name)
+            return
+        self._stopping = True
+        self._log.info("received {signal}: stopping", signal=name)
         self._reactor.callFromThread(self._reactor.stop)
 
     def _reload(self, number: int, frame: object) -> None:
+        if self._stopping:
+            # A reload now would open the listening ports the drain has just
+            # closed (and a supervisor would start workers that nothing
+            # stops): a stopping gateway only stops.
+            self._log.info("received SIGHUP: stopping, not reloading")
+            return
         self._log.info("received SIGHUP: reloading the configuration")
         self._reactor.callFromThread(self._target.reload)
 
     def _reopen(self, number: int, frame: object) -> None:
         self._log.info("received SIGUSR1: reopening the access log")
         self._reactor.callFromThread(self._target.reopenLogs)
+        if self._previousUSR1 is not None:
+            self._previousUSR1(number, frame)
+
+    def _retire(self, number: int, frame: object) -> None:
+        """
+        C{SIGQUIT}, from a supervisor replacing this worker after a reload:
+        stop accepting and exit when the last connection ends, with no
+        deadline (a later C{SIGTERM} still drains with one).
+        """
+        if self._stopping:
+            return
+        self._log.info("received SIGQUIT: retiring after the last connection")
+        self._reactor.callFromThread(self._target.retire)

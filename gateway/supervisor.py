@@ -100,13 +100,19 @@ class Supervisor(Service):
     @ivar _ports: listening sockets by C{listen} description.
     @ivar _workers: every worker process alive, all generations.
     @ivar _crashes: crashes in a row, for the restart back-off.
+    @ivar _logLevel: the C{--log-level} the supervisor was started with,
+        passed on to every worker: they share its standard error, and an
+        operator who asked for warnings only means all of the gateway.
     """
 
     _log = Logger()
 
-    def __init__(self, config: GatewayConfig, reactor: Any) -> None:
+    def __init__(
+        self, config: GatewayConfig, reactor: Any, logLevel: str = "info"
+    ) -> None:
         self.config = config
         self._reactor = reactor
+        self._logLevel = logLevel
         self._ports: dict[str, IListeningPort] = {}
         self._workers: set[_Worker] = set()
         self._generation = 0
@@ -189,7 +195,16 @@ class Supervisor(Service):
         self._reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "gateway", "worker", "--config", self.config.path],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "worker",
+                "--config",
+                self.config.path,
+                "--log-level",
+                self._logLevel,
+            ],
             env=env,
             childFDs=childFDs,
         )
@@ -240,6 +255,11 @@ class Supervisor(Service):
         C{SIGHUP}: check the configuration file again; if it is valid,
         start new workers on it and drain the old ones.
         """
+        if self._stopping:
+            # The new workers would outlive the supervisor: stopService
+            # waits only for the workers it signalled.
+            self._log.warn("not reloading: stopping")
+            return
         try:
             config = load_config(self.config.path)
         except ConfigError as e:
@@ -265,9 +285,13 @@ class Supervisor(Service):
         self._startGeneration()
         for worker in old:
             worker.stopping = True
-            worker.signal(signal.SIGTERM)
-        # Removed listeners' sockets close once nothing can still need
-        # them: the old workers hold their own copies until they exit.
+            # Retire, not drain: no deadline, so established connections
+            # outlive the reload as they do in one process.
+            worker.signal(signal.SIGQUIT)
+        # Removed listeners' sockets stop listening at once, although the
+        # workers hold copies: Twisted shuts a socket it opened itself down
+        # before closing it, and shutdown() acts on the socket every copy
+        # shares, so the port refuses connections from now on.
         self._closeUnused()
         self._log.info("reloaded: generation {generation}", generation=self._generation)
 

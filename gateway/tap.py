@@ -29,6 +29,9 @@ def makeService(options: Options) -> IService:
     bad file is reported on the terminal that started it, with every
     problem, and twistd exits 1.
     """
+    from gateway.signals import ignoreEarly
+
+    ignoreEarly()
     try:
         config = load_config(options["config"])
     except ConfigError as e:

@@ -12,15 +12,33 @@ connects upstream and relays plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
-from gateway.session import Session
 from gateway.tlstransport import TLSTransport
+
+
+class TerminatedSession(Protocol):
+    """
+    What the stage drives once the handshake is done: a
+    L{gateway.session.Session}, or, on a C{protocol = postgres} listener,
+    the L{gateway.pgstage.StartupReader} that reads the startup message
+    before it starts one.
+    """
+
+    def connect(self) -> None: ...
+
+    def clientData(self, data: bytes) -> None: ...
+
+    def clientReadClosed(self) -> None: ...
+
+    def clientLost(self, reason: Failure) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class TerminationStage:
@@ -40,7 +58,7 @@ class TerminationStage:
         transport: ITCPTransport,
         record: ConnectionRecord,
         context: SSL.Context,
-        makeSession: Callable[[TLSTransport], Session],
+        makeSession: Callable[[TLSTransport], TerminatedSession],
         handshakeTimeout: float,
         describe: Callable[[SSL.Connection], dict[str, Any]],
         handshakeTimed: Callable[[float], None] = lambda seconds: None,

@@ -67,6 +67,9 @@ def test_examplesAreFound() -> None:
         "mixed.ini",
         "mtls.ini",
         "reencrypt.ini",
+        "postgres-passthrough.ini",
+        "postgres-termination.ini",
+        "mysql-tcp.ini",
     } <= names
 
 

@@ -1,0 +1,464 @@
+"""
+The PostgreSQL side of a C{protocol = postgres} listener, at run time.
+
+L{gateway.postgres} reads and writes the messages; this module decides what
+the gateway does with them, in the places where the listener and its stages
+need a decision:
+
+  - before the ClientHello (L{ClientPreamble}, driven by
+    L{gateway.preread.PrereadProtocol}): answer C{SSLRequest} with C{S} and
+    C{GSSENCRequest} with C{N}, let direct TLS through, and hand a client
+    that starts without TLS (a startup message, a C{CancelRequest}) to the
+    listener;
+  - after a terminating handshake (L{StartupReader}, the session that
+    L{gateway.terminate.TerminationStage} drives): read the startup message
+    inside TLS (its C{user} and C{database} go to the access log) before
+    the upstream is chosen, so that a C{CancelRequest} sent inside TLS can
+    still reach the server it is for;
+  - while a terminated session runs (L{KeyWatcher}): learn its cancel key
+    from the server's C{BackendKeyData}, so that the C{CancelRequest} a
+    client later sends on a new connection (with no TLS and no server name
+    to route by) reaches the server that issued the key
+    (L{CancelRegistry}).
+
+Only terminated sessions teach the registry: in passthrough the server's
+messages are encrypted end to end, and a plaintext session
+(C{allow_plaintext}) may be relayed by C{splice}, which never shows a byte
+to Python.  Cancels the registry cannot place go where plaintext goes: to
+the listener's C{upstream} or its C{default} route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.accesslog import ConnectionRecord
+from gateway.clienthello import _NeedMore
+from gateway.config import ServerConfig
+from gateway.postgres import (
+    GSS_REFUSED,
+    INVALID_AUTHORIZATION,
+    NEED_MORE,
+    SSL_ACCEPTED,
+    BackendKeyDataScanner,
+    CancelKey,
+    CancelRequest,
+    DirectTLS,
+    GSSENCRequest,
+    NotPostgres,
+    OutOfOrder,
+    PostgresError,
+    PreambleReader,
+    SSLRequest,
+    StartupMessage,
+    cancelRequest,
+    errorResponse,
+)
+from gateway.session import Session, UpstreamRuntime
+from gateway.tlstransport import TLSTransport
+from gateway.upstream import IServerChooser
+
+__all__ = [
+    "CANCEL_REASON",
+    "NO_ROUTE_MESSAGE",
+    "CancelOwner",
+    "CancelRegistry",
+    "ClientPreamble",
+    "KeyWatcher",
+    "OneServer",
+    "PlaintextStart",
+    "StartupReader",
+    "noteStartup",
+    "plaintextRefused",
+    "startTerminated",
+]
+
+PlaintextStart = StartupMessage | CancelRequest
+"""What a client that does not start TLS sends: the listener decides."""
+
+CANCEL_REASON = "cancel request"
+"""
+The access log's C{reason} for a connection that carried a
+C{CancelRequest}: its C{status} is C{ok} when it was forwarded, and nothing
+else tells it from a session that ended at once.
+"""
+
+NO_ROUTE_MESSAGE = (
+    "this gateway routes PostgreSQL connections by the server name of their "
+    "TLS handshake, and has no default route for a client without TLS"
+)
+"""The C{ErrorResponse} text for a plaintext client with nowhere to go."""
+
+_log = Logger()
+
+
+def plaintextRefused() -> bytes:
+    """
+    The C{ErrorResponse} a plaintext client gets without C{allow_plaintext}.
+
+    SQLSTATE 28000 and a FATAL severity, as PostgreSQL answers a connection
+    that C{pg_hba.conf} refuses, so that drivers treat it the same way
+    (libpq with C{sslmode=prefer} never gets here: it asked for TLS).
+    """
+    return errorResponse(
+        "this gateway accepts PostgreSQL connections over TLS only: connect with "
+        "sslmode=require or stronger (allow_plaintext is off)",
+        INVALID_AUTHORIZATION,
+    )
+
+
+def noteStartup(record: ConnectionRecord, startup: StartupMessage) -> None:
+    """
+    Put the database user and database name of a startup message in the
+    access log (C{db_user}, C{db_name}).  Never the password: a startup
+    message holds none, and the gateway reads nothing after it.
+    """
+    record.extra["db_user"] = startup.user
+    record.extra["db_name"] = startup.database
+
+
+class ClientPreamble:
+    """
+    What a C{protocol = postgres} client sends before TLS, answered.
+
+    @ivar _received: bytes fed so far, for the reason of a client that
+        leaves in the middle.
+    """
+
+    def __init__(self) -> None:
+        self._reader = PreambleReader()
+        self._received = 0
+
+    def feed(
+        self, data: bytes, answer: Callable[[bytes], None]
+    ) -> bytes | PlaintextStart | Literal[_NeedMore.NEED_MORE]:
+        """
+        Take the client's next bytes; write to the client, through
+        C{answer}, what the preamble asks for (C{N}, C{S}).
+
+        @return: L{NEED_MORE}; or the TLS bytes received so far (empty
+            after an C{SSLRequest}, as the client waits for the C{S}),
+            which go to the ClientHello reader; or the plaintext start.
+        @raise PostgresError: see L{PreambleReader.feed}.
+        """
+        self._received += len(data)
+        event = self._reader.feed(data)
+        while isinstance(event, GSSENCRequest):
+            answer(GSS_REFUSED)
+            event = self._reader.feed(b"")
+        if event is NEED_MORE:
+            return NEED_MORE
+        if isinstance(event, SSLRequest):
+            answer(SSL_ACCEPTED)
+            return event.rest
+        if isinstance(event, DirectTLS):
+            return event.rest
+        return event
+
+    def refusal(self, error: PostgresError) -> bytes:
+        """
+        What to tell a client whose preamble L{feed} refused: an
+        C{ErrorResponse} when it is a PostgreSQL client talking plaintext,
+        which prints it; nothing to a peer that is not PostgreSQL at all or
+        that already sent TLS, which could not read one.
+        """
+        if isinstance(error, NotPostgres | OutOfOrder):
+            return b""
+        return errorResponse(f"invalid startup packet: {error}")
+
+    def describeEnd(self) -> str:
+        """
+        Why a client that closed during the preamble was refused.
+        """
+        if not self._received:
+            return "client closed before sending anything"
+        return (
+            f"client closed after {self._received} bytes, before the end of its "
+            f"PostgreSQL startup packet"
+        )
+
+
+@attrs.frozen
+class CancelOwner:
+    """
+    Where a cancel key was issued: the server a terminated session was
+    relayed to, and the upstream it belongs to (whose TLS settings a
+    forwarded C{CancelRequest} keeps: a cancel key is a credential, and
+    an operator who re-encrypts does not want it in the clear).
+    """
+
+    server: ServerConfig
+    upstream: UpstreamRuntime = attrs.field(eq=False)
+
+    def runtime(self) -> UpstreamRuntime:
+        """
+        An upstream that reaches exactly this server, once: a cancel for a
+        dead server must fail, not go to another one where it means nothing.
+        """
+        return attrs.evolve(self.upstream, chooser=OneServer(self.server), tries=1)
+
+
+class CancelRegistry:
+    """
+    The cancel keys of the running terminated sessions of a listener, and
+    the server each came from.
+
+    A key is added when its session's server sends C{BackendKeyData} and
+    removed when the session ends, so the registry holds one entry per
+    live terminated session.  Keys of two servers could only collide if
+    both the process ID and the (random, 32 bits or more) secret did; the
+    later one then wins while it lives.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[CancelKey, CancelOwner] = {}
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def add(self, key: CancelKey, owner: CancelOwner) -> None:
+        self._owners[key] = owner
+
+    def discard(self, key: CancelKey, owner: CancelOwner) -> None:
+        """
+        Forget C{key} if it still names C{owner}.
+        """
+        if self._owners.get(key) is owner:
+            del self._owners[key]
+
+    def get(self, key: CancelKey) -> CancelOwner | None:
+        return self._owners.get(key)
+
+
+@implementer(IServerChooser)
+class OneServer:
+    """
+    A chooser with one server and no accounting: the target of a forwarded
+    C{CancelRequest}, a connection that lives for a round trip.
+    """
+
+    def __init__(self, server: ServerConfig) -> None:
+        self._server = server
+
+    def pick(
+        self, clientKey: str, exclude: frozenset[ServerConfig]
+    ) -> ServerConfig | None:
+        return None if self._server in exclude else self._server
+
+    def connectFailed(self, server: ServerConfig) -> None:
+        pass
+
+    def connectSucceeded(self, server: ServerConfig) -> None:
+        pass
+
+    def released(self, server: ServerConfig) -> None:
+        pass
+
+
+class KeyWatcher:
+    """
+    Reads a terminated session's server messages until its
+    C{BackendKeyData} went by, and keeps its key in the registry while the
+    session lives.
+
+    The scanner stops at the first C{ReadyForQuery} (L{BackendKeyDataScanner}),
+    and the watcher then unhooks itself from the session, so a long
+    session costs nothing after its first few messages.
+    """
+
+    def __init__(self, registry: CancelRegistry, upstream: UpstreamRuntime) -> None:
+        self._registry = registry
+        self._upstream = upstream
+        self._scanner = BackendKeyDataScanner()
+        self._session: Session | None = None
+        self._keys: list[tuple[CancelKey, CancelOwner]] = []
+
+    def watch(self, session: Session) -> None:
+        self._session = session
+        session.upstreamWatcher = self
+
+    def __call__(self, data: bytes) -> None:
+        session = self._session
+        assert session is not None
+        try:
+            keys = self._scanner.feed(data)
+        except PostgresError as e:
+            # Not the PostgreSQL framing (a misconfigured upstream): relay
+            # on, learn nothing.
+            _log.debug("not watching for a cancel key: {error}", error=e)
+            session.upstreamWatcher = None
+            return
+        server = session.server
+        if server is not None:
+            for key in keys:
+                owner = CancelOwner(server, self._upstream)
+                self._registry.add(key, owner)
+                self._keys.append((key, owner))
+        if self._scanner.done:
+            session.upstreamWatcher = None
+
+    def release(self) -> None:
+        """
+        The session ended: its keys cancel nothing any more.
+        """
+        keys, self._keys = self._keys, []
+        for key, owner in keys:
+            self._registry.discard(key, owner)
+
+
+MakeSession = Callable[[UpstreamRuntime, Callable[[], None] | None], Session]
+"""
+Builds a session of the connection being served to an upstream; the
+callable is also called when the session ends (or L{None}).
+"""
+
+
+def startTerminated(
+    event: PlaintextStart,
+    record: ConnectionRecord,
+    registry: CancelRegistry,
+    upstream: UpstreamRuntime,
+    makeSession: MakeSession,
+) -> Session:
+    """
+    Start the session of a terminated connection once its first message,
+    read inside TLS, is known.
+
+    A startup message goes to the route's upstream as is, and the session
+    is watched for its cancel key.  A C{CancelRequest} (PostgreSQL 17's
+    libpq encrypts cancels of encrypted connections) goes to the server
+    that issued the key, or to the route's upstream if no session here
+    knows it.
+    """
+    if isinstance(event, StartupMessage):
+        noteStartup(record, event)
+        watcher = KeyWatcher(registry, upstream)
+        session = makeSession(upstream, watcher.release)
+        watcher.watch(session)
+        session.connect(event.raw + event.rest)
+        return session
+    record.reason = CANCEL_REASON
+    owner = registry.get(event.key)
+    session = makeSession(upstream if owner is None else owner.runtime(), None)
+    session.connect(cancelRequest(event.key) + event.rest)
+    return session
+
+
+class StartupReader:
+    """
+    The session a terminated C{protocol = postgres} connection starts with:
+    it reads the client's first message inside TLS and only then starts
+    the real L{Session} (L{startTerminated}), to which it hands every later
+    event.
+
+    A client sends its startup message right after the handshake, so
+    waiting for it costs no round trip; the listener's C{preread_timeout}
+    bounds the wait, as it bounds everything else a client must send
+    before it is served.
+
+    @ivar _client: the client's TLS layer: an C{ErrorResponse} for a
+        malformed startup message goes inside TLS, where the client reads.
+    @ivar _ended: the listener's end of the connection, called here only
+        if no session was ever started (a session calls it otherwise).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        timeout: float,
+        record: ConnectionRecord,
+        client: TLSTransport,
+        start: Callable[[PlaintextStart], Session],
+        ended: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._record = record
+        self._client = client
+        self._start = start
+        self._ended: Callable[[], None] | None = ended
+        self._reader = PreambleReader(encrypted=True)
+        self._session: Session | None = None
+        self._timer: IDelayedCall | None = None
+        self._refused = False
+
+    def connect(self) -> None:
+        """
+        The handshake is done: wait for the startup message.
+        """
+        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+
+    def clientData(self, data: bytes) -> None:
+        if self._session is not None:
+            self._session.clientData(data)
+            return
+        if self._refused:
+            return
+        try:
+            event = self._reader.feed(data)
+        except PostgresError as e:
+            if not isinstance(e, NotPostgres | OutOfOrder):
+                self._client.write(errorResponse(f"invalid startup packet: {e}"))
+            self._refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+            return
+        if event is NEED_MORE:
+            return
+        # Inside TLS the reader only yields these two (see _Stage.ENCRYPTED).
+        assert isinstance(event, StartupMessage | CancelRequest)
+        self._stopTimer()
+        self._session = self._start(event)
+
+    def clientReadClosed(self) -> None:
+        if self._session is not None:
+            self._session.clientReadClosed()
+        elif not self._refused:
+            self._refuse(
+                "bad_client_hello", "client closed before its PostgreSQL startup packet"
+            )
+
+    def clientLost(self, reason: Failure) -> None:
+        self._stopTimer()
+        if self._session is not None:
+            self._session.clientLost(reason)
+            return
+        self._record.fail(
+            "bad_client_hello", "connection lost before the startup packet"
+        )
+        if self._ended is not None:
+            ended, self._ended = self._ended, None
+            self._record.ended = self._clock.seconds()
+            ended()
+
+    def shutdown(self) -> None:
+        if self._session is not None:
+            self._session.shutdown()
+            return
+        self._stopTimer()
+        self._record.fail("shutdown", "gateway stopped")
+        self._client.abortConnection()
+
+    def _refuse(self, status: str, reason: str) -> None:
+        self._refused = True
+        self._stopTimer()
+        self._record.fail(status, reason)
+        self._client.loseConnection()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._refuse(
+            "preread_timeout",
+            f"no PostgreSQL startup packet {self._timeout:g}s after the TLS handshake",
+        )
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,177 @@
+"""
+A throwaway MariaDB server for the C{mode = tcp} end-to-end test: MySQL's
+protocol is the classic server-speaks-first protocol (the server's greeting
+comes before any client byte), which is what C{mode = tcp} exists for.
+
+Debian's C{mariadb-server} package provides C{mariadb-install-db} and
+C{mariadbd}; the server runs on a loopback port with a data directory of its
+own, no option files (C{--no-defaults}), and a root account without a
+password, and is stopped by its PID with bounded waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .harness import freePort
+
+#: Most seconds a MariaDB command or start-up may take.
+COMMAND_TIMEOUT = 60.0
+
+
+class Unavailable(Exception):
+    """MariaDB is not installed; the message says what to install."""
+
+
+def _program(*names: str) -> str:
+    for name in names:
+        for folder in ("/usr/sbin", "/usr/bin"):
+            path = Path(folder) / name
+            if path.is_file():
+                return str(path)
+        found = shutil.which(name)
+        if found:
+            return found
+    raise Unavailable(
+        f"{names[0]} not found: apt-get install mariadb-server mariadb-client"
+    )
+
+
+class MariaDBServer:
+    """
+    One C{mariadbd} on 127.0.0.1, created in C{directory}.
+
+    @ivar port: its TCP port, once started.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.installDb = _program("mariadb-install-db", "mysql_install_db")
+        self.server = _program("mariadbd", "mysqld")
+        self.client = _program("mariadb", "mysql")
+        self.port = 0
+        self.logPath = directory / "mariadb.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _userOptions(self) -> list[str]:
+        # mariadbd refuses to run as root unless told to.
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def start(self, timeout: float = COMMAND_TIMEOUT) -> MariaDBServer:
+        """
+        Create the data directory and start the server; return once it
+        greets a TCP client.
+
+        @raise AssertionError: it did not come up in time (it is stopped).
+        """
+        data = self.directory / "data"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [
+                self.installDb,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *self._userOptions(),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"mariadb-install-db exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        self.port = freePort()
+        with self.logPath.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    self.server,
+                    "--no-defaults",
+                    f"--datadir={data}",
+                    *self._userOptions(),
+                    f"--bind-address={self.host}",
+                    f"--port={self.port}",
+                    f"--socket={self.directory / 'mariadb.sock'}",
+                    f"--pid-file={self.directory / 'mariadb.pid'}",
+                    "--skip-log-bin",
+                    "--innodb-buffer-pool-size=16M",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            if self._greets():
+                return self
+            time.sleep(0.1)
+        explanation = self.explain()
+        self.stop()
+        raise AssertionError(f"MariaDB did not start\n{explanation}")
+
+    def _greets(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((self.host, self.port), timeout=1) as sock,
+        ):
+            return len(sock.recv(1024)) > 4
+        return False
+
+    def query(self, port: int, sql: str) -> subprocess.CompletedProcess[str]:
+        """Run C{sql} with the C{mariadb} client against 127.0.0.1:C{port}."""
+        return subprocess.run(
+            [
+                self.client,
+                "--no-defaults",
+                f"--host={self.host}",
+                f"--port={port}",
+                "--protocol=TCP",
+                "--user=root",
+                "--batch",
+                "--skip-column-names",
+                "--connect-timeout=10",
+                f"--execute={sql}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+
+    def stop(self) -> None:
+        """SIGTERM by PID, then SIGKILL, each with a bounded wait."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for number, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+            if process.poll() is not None:
+                break
+            os.kill(process.pid, number)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(wait)
+
+    def explain(self) -> str:
+        try:
+            log = self.logPath.read_text(errors="replace")
+        except FileNotFoundError:
+            log = ""
+        tail = "\n".join(log.splitlines()[-20:])
+        return f"MariaDB on {self.host}:{self.port}\n--- log tail ---\n{tail}"
