@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway.contexts import buildContexts
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
+from gateway.pgstage import CancelRegistry
 from gateway.session import UpstreamRuntime
 from gateway.upstream import ConfiguredNames, Pool
 
@@ -61,6 +63,7 @@ class Generation:
         reactor: Any,
         accessLog: AccessLog,
         idle: Callable[[], None],
+        cancelKeys: Mapping[str, CancelRegistry] | None = None,
     ) -> None:
         contexts = buildContexts(config)
         if contexts.problems:
@@ -90,6 +93,7 @@ class Generation:
                 accessLog,
                 tls=contexts.servers.get(listener.name),
                 idle=idle,
+                cancelKeys=None if cancelKeys is None else cancelKeys[listener.name],
             )
             for listener in config.listeners
         }
@@ -176,6 +180,10 @@ class GatewayService(Service):
         self._drained: Deferred[None] | None = None
         self._delayed: list[IDelayedCall] = []
         self._retiring = False
+        # PostgreSQL cancel keys by listener name, kept across reloads: a
+        # client cancels a query of a session that a previous configuration
+        # accepted.
+        self._cancelKeys: defaultdict[str, CancelRegistry] = defaultdict(CancelRegistry)
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -212,7 +220,11 @@ class GatewayService(Service):
         )
         try:
             generation = Generation(
-                self.config, reactor, self._accessLog, self._maybeDrained
+                self.config,
+                reactor,
+                self._accessLog,
+                self._maybeDrained,
+                self._cancelKeys,
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -342,8 +354,12 @@ class GatewayService(Service):
         try:
             config = load_config(self.config.path)
             generation = Generation(
-                config, reactor, self._accessLog, self._maybeDrained
-            )  # type: ignore[arg-type]
+                config,
+                reactor,
+                self._accessLog,  # type: ignore[arg-type]
+                self._maybeDrained,
+                self._cancelKeys,
+            )
         except (ConfigError, StartupError) as e:
             self._log.error(
                 "reload refused, the running configuration stays:\n{problems}",
