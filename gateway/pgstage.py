@@ -37,7 +37,6 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import _NeedMore
@@ -63,7 +62,7 @@ from gateway.postgres import (
 )
 from gateway.session import Session, UpstreamRuntime
 from gateway.tlstransport import TLSTransport
-from gateway.upstream import IServerChooser
+from gateway.upstream import FirstServer
 
 __all__ = [
     "CANCEL_REASON",
@@ -237,29 +236,15 @@ class CancelRegistry:
         return self._owners.get(key)
 
 
-@implementer(IServerChooser)
-class OneServer:
+class OneServer(FirstServer):
     """
     A chooser with one server and no accounting: the target of a forwarded
-    C{CancelRequest}, a connection that lives for a round trip.
+    C{CancelRequest}, a connection that lives for a round trip.  It is
+    L{FirstServer} over that one server, so the two cannot drift apart.
     """
 
     def __init__(self, server: ServerConfig) -> None:
-        self._server = server
-
-    def pick(
-        self, clientKey: str, exclude: frozenset[ServerConfig]
-    ) -> ServerConfig | None:
-        return None if self._server in exclude else self._server
-
-    def connectFailed(self, server: ServerConfig) -> None:
-        pass
-
-    def connectSucceeded(self, server: ServerConfig) -> None:
-        pass
-
-    def released(self, server: ServerConfig) -> None:
-        pass
+        self._servers = (server,)
 
 
 class KeyWatcher:

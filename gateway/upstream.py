@@ -98,11 +98,11 @@ class IServerChooser(Interface):
 class FirstServer:
     """
     Always the first configured server not yet tried: no balancing and no
-    accounting.
+    accounting.  (L{gateway.pgstage.OneServer} is this over one server.)
     """
 
     def __init__(self, upstream: UpstreamConfig) -> None:
-        self._servers = upstream.servers
+        self._servers: tuple[ServerConfig, ...] = upstream.servers
 
     def pick(
         self, clientKey: str, exclude: frozenset[ServerConfig]

@@ -5,11 +5,8 @@ The balancing policies, on their own: pure code, plain candidates.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import attrs
 import pytest
@@ -25,6 +22,7 @@ from gateway.balancers import (
     SmoothWeightedRoundRobin,
     TwoRandomChoices,
 )
+from tests.helpers import frameworksImportedBy
 
 
 @attrs.define(eq=False)
@@ -62,20 +60,7 @@ def test_balanceValuesAreTheConfigurationChoices() -> None:
 
 def test_theModuleIsPure() -> None:
     """No Twisted and no OpenSSL: balancing is decided without I/O."""
-    code = (
-        "import sys, gateway.balancers; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('twisted', 'OpenSSL')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=60,
-    )
-    assert result.stdout.strip() == "[]"
+    assert frameworksImportedBy("gateway.balancers") == []
 
 
 # -- round_robin --------------------------------------------------------------

@@ -11,11 +11,11 @@ import ipaddress
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ListenerConfig, ServerConfig
 from gateway.listener import ListenerFactory
+from gateway.pgstage import OneServer
 from gateway.preread import PrereadProtocol
 from gateway.proxyprotocol import (
     NEED_MORE,
@@ -27,7 +27,6 @@ from gateway.proxyprotocol import (
 )
 from gateway.session import UpstreamRuntime
 from gateway.testing import makeClientHello
-from gateway.upstream import IServerChooser
 from tests.transports import HalfCloseableTransport
 
 HELLO = makeClientHello("db.example.com")
@@ -35,27 +34,18 @@ SERVER = ServerConfig("192.0.2.99", 5432)
 LISTENER = IPv4Address("TCP", "192.0.2.1", 443)
 
 
-@implementer(IServerChooser)
-class RecordingChooser:
+class RecordingChooser(OneServer):
     """One server; remembers the client keys it was asked to pick for."""
 
     def __init__(self) -> None:
+        super().__init__(SERVER)
         self.keys: list[str] = []
 
     def pick(
         self, clientKey: str, exclude: frozenset[ServerConfig]
     ) -> ServerConfig | None:
         self.keys.append(clientKey)
-        return None if SERVER in exclude else SERVER
-
-    def connectFailed(self, server: ServerConfig) -> None:
-        pass
-
-    def connectSucceeded(self, server: ServerConfig) -> None:
-        pass
-
-    def released(self, server: ServerConfig) -> None:
-        pass
+        return super().pick(clientKey, exclude)
 
 
 class RecordingLog:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import attrs
+import pytest
 import trustme
 
 #: Every blocking socket call in the backends and clients gives up after
@@ -604,3 +605,63 @@ def waitUntil(
         if time.monotonic() > deadline:
             raise AssertionError(message() if callable(message) else message)
         time.sleep(0.02)
+
+
+def refusedHandshake(port: int, context: ssl.SSLContext, serverName: str) -> None:
+    """A TLS handshake to 127.0.0.1:C{port} the gateway must cut off (bounded)."""
+    stream = tlsConnect(port, context, serverName, handshake=False)
+    stream.sock.settimeout(10)
+    try:
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            stream.handshake()
+    finally:
+        stream.close()
+
+
+def expectClosed(sock: socket.socket, timeout: float) -> bytes:
+    """Read until the peer closes (FIN or RST), waiting up to C{timeout}; what it sent."""
+    sock.settimeout(timeout)
+    received = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+def uploadPattern(stream: TLSStream, total: int, seed: int) -> tuple[str, str]:
+    """
+    Send C{total} pattern bytes (L{patternChunks}) to a C{sink-hash}
+    backend, then close_notify and FIN, and read its answer to EOF; the
+    stream is closed however that ends.
+
+    @return: the backend's answer and the SHA-256 hex digest of what was sent.
+    """
+    digest = hashlib.sha256()
+    try:
+        for chunk in patternChunks(total, seed=seed):
+            stream.send(chunk)
+            digest.update(chunk)
+        stream.closeNotify()
+        stream.shutdownWrite()
+        answer = readUntilTcpEof(stream).decode()
+    finally:
+        stream.close()
+    return answer, digest.hexdigest()
+
+
+def downloadAll(stream: TLSStream) -> tuple[int, str]:
+    """
+    Read a C{source} backend's bytes to its close_notify, then close_notify
+    and FIN back and read to TCP EOF; the stream is closed however that ends.
+
+    @return: how many bytes arrived and their SHA-256 hex digest.
+    """
+    digest = hashlib.sha256()
+    try:
+        received = readUntilEof(stream, digest)
+        stream.closeNotify()
+        stream.shutdownWrite()
+        readUntilTcpEof(stream)
+    finally:
+        stream.close()
+    return received, digest.hexdigest()

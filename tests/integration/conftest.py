@@ -8,6 +8,7 @@ test fails, the log tail of each gateway it started is added to the report.
 from __future__ import annotations
 
 import shutil
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ BackendStarter = Callable[..., Backend]
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     """The session's CA; C{ca.pemPath} is the C{ca.pem} clients trust."""
     return CertificateAuthority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def client(ca: CertificateAuthority) -> ssl.SSLContext:
+    """A verifying client context: the session CA, host names checked."""
+    return ca.clientContext()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trustme
 
 #: The checkout under test: tests find the code relative to this file.
@@ -108,6 +110,22 @@ def listenerPorts(iniText: str) -> dict[str, int]:
         if match:
             ports[section.partition(":")[2]] = int(match.group(1))
     return ports
+
+
+#: The keys of one INI section: a sequence value is written as continuation lines.
+IniKeys = Mapping[str, str | Sequence[str]]
+
+
+def iniSection(name: str, keys: IniKeys) -> str:
+    """An INI section; a sequence value becomes continuation lines."""
+    lines = [f"[{name}]"]
+    for key, value in keys.items():
+        if isinstance(value, str):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f"{key} =")
+            lines += [f"    {line}" for line in value]
+    return "\n".join(lines) + "\n"
 
 
 def upstreamSections(upstreams: Mapping[str, str | Sequence[str]]) -> str:
@@ -322,6 +340,33 @@ class Gateway:
                 )
             time.sleep(0.05)
 
+    def waitForEntries(
+        self,
+        count: int,
+        timeout: float = 10.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """
+        Every access-log entry (matching C{predicate}, when given) once there
+        are at least C{count}, polling up to C{timeout}; in file order, which
+        is the order the connections ended.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [
+                entry
+                for entry in self.accessLog()
+                if predicate is None or predicate(entry)
+            ]
+            if len(entries) >= count:
+                return entries
+            if time.monotonic() > deadline:
+                raise GatewayFailed(
+                    f"{len(entries)} access-log entries after {timeout}s, wanted"
+                    f" {count}\n{self.explain()}"
+                )
+            time.sleep(0.05)
+
     def waitForOutput(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output():
@@ -337,6 +382,111 @@ class Gateway:
         match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
         assert match, status
         return int(match.group(1)) * 1024
+
+
+def bySni(name: str | None) -> Callable[[dict[str, Any]], bool]:
+    """An access-log predicate: the entry of the connection that sent SNI C{name}."""
+    return lambda entry: entry.get("sni") == name
+
+
+def httpRequest(host: str) -> bytes:
+    """A one-shot HTTP/1.1 GET for C{/} on C{host}, asking the server to close."""
+    return f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+def okBody(response: bytes) -> str:
+    """The body of a complete C{200} HTTP/1.1 response (asserting that it is one)."""
+    head, separator, rest = response.partition(b"\r\n\r\n")
+    assert separator, response[:300]
+    assert head.startswith(b"HTTP/1.1 200 "), response[:300]
+    return rest.decode()
+
+
+def httpsFetch(
+    port: int, context: ssl.SSLContext, serverName: str | None, host: str
+) -> tuple[bytes, dict[str, Any], bytes]:
+    """
+    One HTTP request for C{host} over the standard library's C{SSLSocket}
+    to 127.0.0.1:C{port}, sending C{serverName} as SNI, read to EOF.
+
+    @return: the raw response, the peer certificate as C{getpeercert()}
+        gives it and that certificate's DER.
+    """
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=serverName) as tls,
+    ):
+        peer: dict[str, Any] = dict(tls.getpeercert() or {})
+        der = tls.getpeercert(binary_form=True) or b""
+        tls.sendall(httpRequest(host))
+        response = bytearray()
+        while chunk := tls.recv(65536):
+            response += chunk
+    return bytes(response), peer, der
+
+
+def requireTools(*names: str) -> None:
+    """Skip the test unless every one of the command-line tools C{names} is installed."""
+    for name in names:
+        if shutil.which(name) is None:
+            pytest.skip(f"{name} is not installed")
+
+
+def curlGet(
+    port: int, ca: CertificateAuthority, name: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """
+    C{curl https://NAME/} with C{NAME} resolved to 127.0.0.1:C{port},
+    verified against C{ca}, with C{options} of the test's own; failing on
+    an HTTP error, bounded.
+    """
+    return subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            *options,
+            "--max-time",
+            "10",
+            "--resolve",
+            f"{name}:{port}:127.0.0.1",
+            "--cacert",
+            str(ca.pemPath),
+            f"https://{name}:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def opensslGet(
+    port: int, ca: CertificateAuthority, *options: str, host: str
+) -> subprocess.CompletedProcess[bytes]:
+    """
+    C{openssl s_client} to 127.0.0.1:C{port} (C{options} name the server),
+    verifying against C{ca}: sends an HTTP request for C{host} and waits
+    for the server's answer after stdin ends, bounded.
+    """
+    return subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            *options,
+            "-CAfile",
+            str(ca.pemPath),
+            "-verify_return_error",
+            "-ign_eof",  # wait for the server's answer after stdin ends
+        ],
+        input=httpRequest(host),
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
 
 
 def runCommand(
@@ -368,6 +518,27 @@ class ServerCertificate:
     privateKeyPath: Path
 
 
+def writeLeaf(
+    directory: Path, stem: str, leaf: trustme.LeafCert, *names: str
+) -> ServerCertificate:
+    """
+    Write a trustme leaf as C{<stem>-cert.pem} (leaf first) and
+    C{<stem>-key.pem} in C{directory}, over any files of those names.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    certificatePath = directory / f"{stem}-cert.pem"
+    privateKeyPath = directory / f"{stem}-key.pem"
+    certificatePath.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(privateKeyPath))
+    privateKeyPath.chmod(0o600)
+    return ServerCertificate(tuple(names), leaf, certificatePath, privateKeyPath)
+
+
+def dnsNames(peer: Mapping[str, Any]) -> set[str]:
+    """The DNS subject alternative names of a C{getpeercert()} dictionary."""
+    return {value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS"}
+
+
 class CertificateAuthority:
     """
     A throwaway CA (trustme) whose certificate is in C{pemPath}.
@@ -387,15 +558,7 @@ class CertificateAuthority:
         """A server certificate for C{names}, written as C{<n>-cert.pem}/C{<n>-key.pem}."""
         self._serial += 1
         leaf = self.ca.issue_cert(*names)
-        stem = self.directory / f"server{self._serial}"
-        certificatePath = stem.with_name(stem.name + "-cert.pem")
-        privateKeyPath = stem.with_name(stem.name + "-key.pem")
-        certificatePath.write_bytes(
-            b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
-        )
-        leaf.private_key_pem.write_to_path(str(privateKeyPath))
-        privateKeyPath.chmod(0o600)
-        return ServerCertificate(names, leaf, certificatePath, privateKeyPath)
+        return writeLeaf(self.directory, f"server{self._serial}", leaf, *names)
 
     def clientContext(self) -> ssl.SSLContext:
         """A verifying client context (chain and host name) that trusts this CA only."""

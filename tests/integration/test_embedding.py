@@ -30,6 +30,8 @@ from .harness import (
     GatewayFailed,
     freePort,
     gatewayIni,
+    httpsFetch,
+    okBody,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -71,18 +73,8 @@ def httpsGet(port: int, context: ssl.SSLContext, serverName: str) -> str:
     The body of C{GET /} over TLS through the gateway, the backend's
     certificate verified against C{serverName}.
     """
-    request = f"GET / HTTP/1.1\r\nHost: {serverName}\r\nConnection: close\r\n\r\n"
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=serverName) as tls,
-    ):
-        tls.sendall(request.encode())
-        response = bytearray()
-        while chunk := tls.recv(65536):
-            response += chunk
-    head, _, body = bytes(response).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 "), response[:200]
-    return body.decode()
+    response, _, _ = httpsFetch(port, context, serverName, serverName)
+    return okBody(response)
 
 
 def processesRunning(*needles: str) -> list[int]:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,15 +43,22 @@ from .backends import (
     patternChunks,
     patternDigest,
     readUntilTcpEof,
+    refusedHandshake,
     tlsConnect,
     waitUntil,
 )
 from .harness import (
     CertificateAuthority,
     Gateway,
+    IniKeys,
     ServerCertificate,
+    bySni,
     freePort,
+    httpsFetch,
+    iniSection,
+    okBody,
     runCommand,
+    writeLeaf,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -75,13 +82,10 @@ def listen(port: int) -> str:
     return f"tcp:{port}:interface=127.0.0.1"
 
 
-Keys = Mapping[str, str | Sequence[str]]
-
-
 def iniText(
     *,
-    listeners: Mapping[str, Keys],
-    upstreams: Mapping[str, Keys],
+    listeners: Mapping[str, IniKeys],
+    upstreams: Mapping[str, IniKeys],
     gateway: Mapping[str, str] = {},
     extra: str = "",
 ) -> str:
@@ -97,20 +101,14 @@ def iniText(
         "drain_timeout": "2s",
         **gateway,
     }
-    sections: list[tuple[str, Keys]] = [("gateway", settings)]
-    sections += [(f"listener:{name}", keys) for name, keys in listeners.items()]
-    sections += [(f"upstream:{name}", keys) for name, keys in upstreams.items()]
-    lines: list[str] = []
-    for header, keys in sections:
-        lines.append(f"[{header}]")
-        for key, value in keys.items():
-            if isinstance(value, str):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f"{key} =")
-                lines += [f"    {item}" for item in value]
-        lines.append("")
-    return "\n".join(lines) + extra
+    sections = [iniSection("gateway", settings)]
+    sections += [
+        iniSection(f"listener:{name}", keys) for name, keys in listeners.items()
+    ]
+    sections += [
+        iniSection(f"upstream:{name}", keys) for name, keys in upstreams.items()
+    ]
+    return "\n".join(sections) + extra
 
 
 def lineOf(text: str, fragment: str) -> int:
@@ -226,32 +224,13 @@ def supervised(gateway: StartGateway) -> Iterator[StartGateway]:
 # -- clients ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(ca: CertificateAuthority) -> ssl.SSLContext:
-    """A verifying client context: the session CA, host names checked."""
-    return ca.clientContext()
-
-
 def httpsGet(port: int, context: ssl.SSLContext, serverName: str) -> tuple[str, bytes]:
     """
     One HTTPS request: (the answering backend's name, the DER certificate
     the client verified).
     """
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=serverName) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True) or b""
-        tls.sendall(
-            f"GET / HTTP/1.1\r\nHost: {serverName}\r\nConnection: close\r\n\r\n".encode()
-        )
-        response = bytearray()
-        while chunk := tls.recv(65536):
-            response += chunk
-    head, separator, body = bytes(response).partition(b"\r\n\r\n")
-    assert separator, response[:200]
-    assert head.startswith(b"HTTP/1.1 200 "), response[:200]
-    return body.decode(), der
+    response, _, der = httpsFetch(port, context, serverName, serverName)
+    return okBody(response), der
 
 
 def manyGets(
@@ -267,17 +246,6 @@ def manyGets(
             pool.submit(httpsGet, port, context, serverName) for _ in range(count)
         ]
         return [f.result()[0] for f in futures]
-
-
-def refusedHandshake(port: int, context: ssl.SSLContext, serverName: str) -> None:
-    """A TLS client whose connection the gateway closes before the handshake."""
-    stream = tlsConnect(port, context, serverName, handshake=False)
-    stream.sock.settimeout(10)
-    try:
-        with pytest.raises((ConnectionError, ssl.SSLError)):
-            stream.handshake()
-    finally:
-        stream.close()
 
 
 def connectionRefused(port: int) -> bool:
@@ -297,7 +265,7 @@ def leafSerial(certificate: ServerCertificate) -> int:
     return x509.load_pem_x509_certificate(pem).serial_number
 
 
-def writeLeaf(
+def issueGatewayLeaf(
     ca: CertificateAuthority, directory: Path, *names: str
 ) -> ServerCertificate:
     """
@@ -305,13 +273,7 @@ def writeLeaf(
     C{gw-key.pem}: the same paths every time, as certbot's C{live/} links
     stay the same across a renewal.
     """
-    leaf = ca.ca.issue_cert(*names)
-    certificatePath = directory / "gw-cert.pem"
-    privateKeyPath = directory / "gw-key.pem"
-    certificatePath.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
-    privateKeyPath.write_bytes(leaf.private_key_pem.bytes())
-    privateKeyPath.chmod(0o600)
-    return ServerCertificate(names, leaf, certificatePath, privateKeyPath)
+    return writeLeaf(directory, "gw", ca.ca.issue_cert(*names), *names)
 
 
 class EchoPump:
@@ -398,10 +360,6 @@ def assertEchoedExactly(backend: Backend, sent: int, seed: int = 7) -> None:
     assert record.receivedDigest == patternDigest(sent, seed), record
 
 
-def bySni(name: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda entry: entry.get("sni") == name
-
-
 # -- reload (SIGHUP) -------------------------------------------------------------------
 
 
@@ -449,8 +407,7 @@ def test_sighupMovesNewConnectionsWhileAnEstablishedOneStreamsOn(
     assertEchoedExactly(before, sent)
     assert before.accepted == 1
     assert after.accepted == 1
-    waitUntil(lambda: len(gw.accessLog()) >= 2, 5, gw.explain)
-    entries = sorted(gw.accessLog(), key=lambda e: e["time"])
+    entries = sorted(gw.waitForEntries(2, timeout=5), key=lambda e: e["time"])
     assert [(e["upstream"], e["status"]) for e in entries] == [
         (before.address, "ok"),
         (after.address, "ok"),
@@ -472,7 +429,7 @@ def test_renewedCertificateIsServedAfterSighup(
     app = backend("app", "echo", tls=False)
     certificates = tmp_path / "certificates"
     certificates.mkdir()
-    old = writeLeaf(ca, certificates, GW_NAME)
+    old = issueGatewayLeaf(ca, certificates, GW_NAME)
     gw = gateway(
         iniText(
             listeners={
@@ -493,7 +450,7 @@ def test_renewedCertificateIsServedAfterSighup(
     assert seen is not None
     assert serialOf(seen) == leafSerial(old)
 
-    new = writeLeaf(ca, certificates, GW_NAME)
+    new = issueGatewayLeaf(ca, certificates, GW_NAME)
     assert leafSerial(new) != leafSerial(old)
     reloadBySignal(gw)
 
@@ -529,7 +486,7 @@ def test_reloadOpensAnAddedListenerAndClosesARemovedOne(
     """
     web = backend("web", names=[EXACT])
     kept, removed, added = freePort(), freePort(), freePort()
-    upstreams: dict[str, Keys] = {"up": {"servers": web.address}}
+    upstreams: dict[str, IniKeys] = {"up": {"servers": web.address}}
 
     def config(*listeners: tuple[str, int]) -> str:
         return iniText(
@@ -775,8 +732,7 @@ def test_bothWorkersAcceptAndAKilledWorkerIsReplacedWithoutFailures(
 
     # The workers share one accept queue: concurrent connections spread.
     assert manyGets(gw.port, client, EXACT, 200, 20) == ["web"] * 200
-    waitUntil(lambda: len(gw.accessLog()) >= 200, 10, gw.explain)
-    served = {e["worker_pid"] for e in gw.accessLog()}
+    served = {e["worker_pid"] for e in gw.waitForEntries(200, timeout=10)}
     assert served == set(first), (served, first, gw.explain())
 
     # Connections go on, batch after batch, while a worker is killed and
@@ -955,7 +911,7 @@ def test_metricsMatchTheConnectionsMade(
     """
     web = backend("web", names=[EXACT])
     app = backend("app", tls=False)
-    leaf = writeLeaf(ca, tmp_path, GW_NAME)
+    leaf = issueGatewayLeaf(ca, tmp_path, GW_NAME)
     dead = f"127.0.0.1:{freePort()}"
     metricsPort = freePort()
     health = {"health_check": "tcp", "health_interval": "0.5s"}
@@ -1001,8 +957,7 @@ def test_metricsMatchTheConnectionsMade(
         raise AssertionError(f"one worker served everything\n{gw.explain()}")
     for _ in range(3):
         refusedHandshake(passPort, client, UNROUTED)
-    waitUntil(lambda: len(gw.accessLog()) >= passed + terminated + 3, 10, gw.explain)
-    entries = gw.accessLog()
+    entries = gw.waitForEntries(passed + terminated + 3, timeout=10)
 
     def expected(listener: str, status: str) -> int:
         return sum(
@@ -1135,7 +1090,7 @@ def test_sigusr1ReopensTheAccessLogAfterItWasMoved(
     gw = supervised(workersIni(freePort(), web.address, workers=str(workers)))
     waitForWorkers(gw, workers)
     assert manyGets(gw.port, client, EXACT, 10, 5) == ["web"] * 10
-    waitUntil(lambda: len(gw.accessLog()) >= 10, 10, gw.explain)
+    gw.waitForEntries(10, timeout=10)
 
     rotated = gw.accessLogPath.with_name("access.log.1")
     gw.accessLogPath.rename(rotated)
@@ -1146,7 +1101,6 @@ def test_sigusr1ReopensTheAccessLogAfterItWasMoved(
     gw.sendSignal(signal.SIGUSR1)
     waitForCount(gw, "received SIGUSR1", readyLines(workers))  # one per process
     assert manyGets(gw.port, client, EXACT, 20, 10) == ["web"] * 20
-    waitUntil(lambda: len(gw.accessLog()) >= 20, 10, gw.explain)
-    assert len(gw.accessLog()) == 20
+    assert len(gw.waitForEntries(20, timeout=10)) == 20
     assert len(rotated.read_text().splitlines()) == 12
     assert all(e["status"] == "ok" for e in gw.accessLog())

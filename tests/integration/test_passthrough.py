@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
 import struct
-import subprocess
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +26,13 @@ import pytest
 from .backends import (
     Backend,
     connect,
-    patternChunks,
+    downloadAll,
+    expectClosed,
     readUntilEof,
     readUntilTcpEof,
+    refusedHandshake,
     tlsConnect,
+    uploadPattern,
     waitUntil,
 )
 from .harness import (
@@ -40,10 +40,18 @@ from .harness import (
     BIN,
     CertificateAuthority,
     Gateway,
+    bySni,
     commandFor,
+    curlGet,
+    dnsNames,
     freePort,
     gatewayIni,
+    httpRequest,
+    httpsFetch,
     ja4Fingerprint,
+    okBody,
+    opensslGet,
+    requireTools,
     runCommand,
 )
 
@@ -59,64 +67,24 @@ DEFAULT = "default.example.test"
 UNKNOWN = "unknown.example.test"  # routed by `default`; its backend's cert covers it
 
 
-def request(host: str) -> bytes:
-    return f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-
-
-def body(response: bytes) -> str:
-    head, separator, rest = response.partition(b"\r\n\r\n")
-    assert separator, response[:200]
-    assert head.startswith(b"HTTP/1.1 200 "), response[:200]
-    return rest.decode()
-
-
 def pythonGet(
     port: int, context: ssl.SSLContext, serverName: str | None, host: str
 ) -> tuple[str, dict[str, Any]]:
     """An HTTPS request with the standard library's C{SSLSocket}."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=serverName) as tls,
-    ):
-        tls.sendall(request(host))
-        response = bytearray()
-        while chunk := tls.recv(65536):
-            response += chunk
-        certificate: dict[str, Any] = dict(tls.getpeercert() or {})
-    return body(bytes(response)), certificate
+    response, certificate, _ = httpsFetch(port, context, serverName, host)
+    return okBody(response), certificate
 
 
-def subjectAltNames(certificate: dict[str, Any]) -> set[str]:
-    return {
-        value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"
-    }
-
-
-def expectClosed(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """Read until the gateway closes the connection (FIN or RST); what it sent."""
-    sock.settimeout(timeout)
-    received = bytearray()
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return bytes(received)
-
-
-def failedHandshake(port: int, context: ssl.SSLContext, serverName: str) -> None:
-    """Start a TLS handshake that the gateway must cut off (bounded)."""
-    stream = tlsConnect(port, context, serverName, handshake=False)
-    stream.sock.settimeout(10)
-    try:
-        with pytest.raises((ConnectionError, ssl.SSLError)):
-            stream.handshake()
-    finally:
-        stream.close()
-
-
-def bySni(name: str | None) -> Callable[[dict[str, Any]], bool]:
-    return lambda entry: entry.get("sni") == name
+def relayingTo(gateway: Any, address: str, relay: str) -> Gateway:
+    """A gateway whose one listener relays every name to C{address} with C{relay}."""
+    return gateway(
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": address},
+            listenerKeys={"relay": relay},
+        )
+    )
 
 
 #: The relays the relay guarantees are checked with (listener key `relay`).
@@ -171,12 +139,6 @@ def routed(gateway: Any, backend: Any) -> Routed:
     return startRouted(gateway, backend)
 
 
-@pytest.fixture
-def client(ca: CertificateAuthority) -> ssl.SSLContext:
-    """A verifying client context: the backends' CA, host name checked."""
-    return ca.clientContext()
-
-
 # -- routing, seen by three different TLS clients --------------------------------
 
 
@@ -187,9 +149,8 @@ def test_pythonClientReachesTheBackendOfEachNameAndVerifiesIt(
         answer, certificate = pythonGet(routed.port, client, name, name)
         expected = routed.backendFor(name)
         assert answer == expected.name, (name, routed.gateway.explain())
-        assert name in subjectAltNames(certificate) or (
-            name.endswith(".wild.example.test")
-            and WILDCARD in subjectAltNames(certificate)
+        assert name in dnsNames(certificate) or (
+            name.endswith(".wild.example.test") and WILDCARD in dnsNames(certificate)
         )
         entry = routed.gateway.waitForLog(bySni(name))
         assert entry["status"] == "ok", entry
@@ -205,50 +166,15 @@ def test_pythonClientReachesTheBackendOfEachNameAndVerifiesIt(
 def test_curlReachesTheBackendOfEachName(
     routed: Routed, ca: CertificateAuthority
 ) -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
+    requireTools("curl")
     for name in ROUTED_NAMES:
-        result = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--show-error",
-                "--fail",
-                "--max-time",
-                "10",
-                "--resolve",
-                f"{name}:{routed.port}:127.0.0.1",
-                "--cacert",
-                str(ca.pemPath),
-                f"https://{name}:{routed.port}/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        result = curlGet(routed.port, ca, name)
         assert result.returncode == 0, (name, result.stderr, routed.gateway.explain())
         assert result.stdout == routed.backendFor(name).name, (name, result.stdout)
 
 
 def sClient(port: int, ca: CertificateAuthority, *nameOptions: str, host: str) -> str:
-    result = subprocess.run(
-        [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{port}",
-            *nameOptions,
-            "-CAfile",
-            str(ca.pemPath),
-            "-verify_return_error",
-            "-ign_eof",  # wait for the server's answer after stdin ends
-        ],
-        input=request(host),
-        capture_output=True,
-        timeout=20,
-        check=False,
-    )
+    result = opensslGet(port, ca, *nameOptions, host=host)
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, (
         output[-2000:],
@@ -261,8 +187,7 @@ def sClient(port: int, ca: CertificateAuthority, *nameOptions: str, host: str) -
 def test_opensslClientReachesTheBackendOfEachNameAndVerifiesIt(
     routed: Routed, ca: CertificateAuthority
 ) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    requireTools("openssl")
     for name in ROUTED_NAMES:
         output = sClient(
             routed.port, ca, "-servername", name, "-verify_hostname", name, host=name
@@ -279,7 +204,7 @@ def test_clientWithoutSniGoesToDefault(
     noName.check_hostname = False  # no SNI, no name to check; the chain still is
     answer, certificate = pythonGet(routed.port, noName, None, DEFAULT)
     assert answer == "default"
-    assert DEFAULT in subjectAltNames(certificate)
+    assert DEFAULT in dnsNames(certificate)
     entry = routed.gateway.waitForLog(bySni(None))
     assert entry["status"] == "ok", entry
     assert entry["upstream"] == routed.default.address, entry
@@ -301,7 +226,7 @@ def test_noRouteAndNoDefaultClosesTheConnection(
             freePort(), routes=[(EXACT, "up_a")], upstreams={"up_a": exact.address}
         )
     )
-    failedHandshake(gw.port, client, "nowhere.example.test")
+    refusedHandshake(gw.port, client, "nowhere.example.test")
     entry = gw.waitForLog(bySni("nowhere.example.test"))
     assert entry["status"] == "no_route", entry
     assert entry["upstream"] is None, entry
@@ -319,8 +244,8 @@ def test_clientHelloSentOneByteAtATimeIsRoutedAndCompletes(
             stream.sock.sendall(hello[index : index + 1])
             time.sleep(0.001)  # one segment per byte on loopback with TCP_NODELAY
         stream.handshake()  # verifies the wild backend's certificate for WILD_TWO
-        stream.send(request(WILD_TWO))
-        answer = body(readUntilTcpEof(stream))
+        stream.send(httpRequest(WILD_TWO))
+        answer = okBody(readUntilTcpEof(stream))
     finally:
         stream.close()
     assert answer == "wild", routed.gateway.explain()
@@ -338,28 +263,12 @@ def test_hundredMegabytesFromClientArriveByteExact(
 ) -> None:
     total = 100 * MiB
     sink = backend("sink", "sink-hash", names=[EXACT])
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": sink.address},
-            listenerKeys={"relay": relay},
-        )
-    )
+    gw = relayingTo(gateway, sink.address, relay)
     started = time.monotonic()
     stream = tlsConnect(gw.port, client, EXACT)
-    digest = hashlib.sha256()
-    try:
-        for chunk in patternChunks(total, seed=11):
-            stream.send(chunk)
-            digest.update(chunk)
-        stream.closeNotify()
-        stream.shutdownWrite()
-        answer = readUntilTcpEof(stream).decode()
-    finally:
-        stream.close()
+    answer, sentDigest = uploadPattern(stream, total, seed=11)
     elapsed = time.monotonic() - started
-    assert answer == f"{digest.hexdigest()} {total}\n", gw.explain()
+    assert answer == f"{sentDigest} {total}\n", gw.explain()
     assert elapsed < 30, f"100 MB took {elapsed:.1f}s"
     entry = gw.waitForLog(bySni(EXACT))
     assert entry["bytes_in"] == stream.rawSent > total, entry
@@ -375,29 +284,15 @@ def test_hundredMegabytesFromBackendArriveByteExact(
     source = backend(
         "source", "source", names=[EXACT], sourceBytes=total, sourceSeed=12
     )
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": source.address},
-            listenerKeys={"relay": relay},
-        )
-    )
+    gw = relayingTo(gateway, source.address, relay)
     started = time.monotonic()
     stream = tlsConnect(gw.port, client, EXACT)
-    digest = hashlib.sha256()
-    try:
-        received = readUntilEof(stream, digest)
-        stream.closeNotify()
-        stream.shutdownWrite()
-        readUntilTcpEof(stream)
-    finally:
-        stream.close()
+    received, receivedDigest = downloadAll(stream)
     elapsed = time.monotonic() - started
     (record,) = source.waitForRecords(1)
     assert record.error is None, record
     assert received == record.sent == total, gw.explain()
-    assert digest.hexdigest() == record.sentDigest
+    assert receivedDigest == record.sentDigest
     assert elapsed < 30, f"100 MB took {elapsed:.1f}s"
     entry = gw.waitForLog(bySni(EXACT))
     assert entry["bytes_in"] == stream.rawSent, entry
@@ -416,14 +311,7 @@ def test_clientHalfCloseReachesBackendWhichStillAnswers(
     direction open.
     """
     sink = backend("sink", "sink-hash", names=[EXACT])
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": sink.address},
-            listenerKeys={"relay": relay},
-        )
-    )
+    gw = relayingTo(gateway, sink.address, relay)
     payload = b"half-close me " * 1000
     stream = tlsConnect(gw.port, client, EXACT)
     stream.sock.settimeout(10)
@@ -460,14 +348,7 @@ def test_backendHalfCloseReachesClientWhichCanStillSend(
         sourceSeed=13,
         sourceCloseNotify=closeNotify,
     )
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": source.address},
-            listenerKeys={"relay": relay},
-        )
-    )
+    gw = relayingTo(gateway, source.address, relay)
     late = b"sent after the backend's FIN " * 100
     stream = tlsConnect(gw.port, client, EXACT)
     stream.sock.settimeout(10)
@@ -480,7 +361,8 @@ def test_backendHalfCloseReachesClientWhichCanStillSend(
         stream.send(late)
         stream.closeNotify()
         stream.shutdownWrite()
-        assert expectClosed(stream.sock) == b""  # nothing more from a closed backend
+        # Nothing more from a closed backend.
+        assert expectClosed(stream.sock, timeout=5) == b""
     finally:
         stream.close()
     (record,) = source.waitForRecords(1)
@@ -570,7 +452,7 @@ def test_deadUpstreamClosesClientAsUpstreamUnavailable(
         )
     )
     started = time.monotonic()
-    failedHandshake(gw.port, client, EXACT)
+    refusedHandshake(gw.port, client, EXACT)
     assert time.monotonic() - started < 8
     entry = gw.waitForLog(bySni(EXACT))
     assert entry["status"] == "upstream_unavailable", entry
@@ -898,14 +780,7 @@ def test_resetIsPassedOnAsReset(
     """
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(10)
-        gw = gateway(
-            gatewayIni(
-                freePort(),
-                upstream="up",
-                upstreams={"up": f"127.0.0.1:{server.getsockname()[1]}"},
-                listenerKeys={"relay": relay},
-            )
-        )
+        gw = relayingTo(gateway, f"127.0.0.1:{server.getsockname()[1]}", relay)
         stream = tlsConnect(gw.port, client, EXACT, handshake=False)
         hello = stream.takeClientHello()
         stream.sock.sendall(hello)
@@ -994,8 +869,8 @@ def test_accessLogCarriesTheClientJa4Fingerprint(
         hello = stream.takeClientHello()
         stream.sock.sendall(hello)
         stream.handshake()
-        stream.send(request(EXACT))
-        assert body(readUntilTcpEof(stream)) == "up"
+        stream.send(httpRequest(EXACT))
+        assert okBody(readUntilTcpEof(stream)) == "up"
     finally:
         stream.close()
     entry = gw.waitForLog(bySni(serverName))

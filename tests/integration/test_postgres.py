@@ -32,7 +32,13 @@ from pathlib import Path
 
 import pytest
 
-from .harness import CertificateAuthority, Gateway, ServerCertificate, freePort
+from .harness import (
+    CertificateAuthority,
+    Gateway,
+    ServerCertificate,
+    freePort,
+    iniSection,
+)
 from .mariadb import MariaDBServer, Unavailable
 from .postgres import (
     COMMAND_TIMEOUT,
@@ -58,18 +64,6 @@ PGBENCH_SECONDS = 5
 # -- configuration ---------------------------------------------------------------
 
 
-def section(name: str, keys: Mapping[str, str | Sequence[str]]) -> str:
-    """An INI section; a sequence value becomes continuation lines."""
-    lines = [f"[{name}]"]
-    for key, value in keys.items():
-        if isinstance(value, str):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f"{key} =")
-            lines += [f"    {line}" for line in value]
-    return "\n".join(lines) + "\n"
-
-
 def gatewayIni(
     listeners: Mapping[str, Mapping[str, str | Sequence[str]]],
     upstreams: Mapping[str, Mapping[str, str | Sequence[str]]],
@@ -78,12 +72,14 @@ def gatewayIni(
     A gateway with a JSON access log; each listener listens on a fresh
     loopback port (C{listen} is added).
     """
-    text = section("gateway", {"access_log": "access.log", "access_log_format": "json"})
+    text = iniSection(
+        "gateway", {"access_log": "access.log", "access_log_format": "json"}
+    )
     for name, keys in listeners.items():
         listen = {"listen": f"tcp:{freePort()}:interface=127.0.0.1"}
-        text += "\n" + section(f"listener:{name}", {**listen, **keys})
+        text += "\n" + iniSection(f"listener:{name}", {**listen, **keys})
     for name, keys in upstreams.items():
-        text += "\n" + section(f"upstream:{name}", keys)
+        text += "\n" + iniSection(f"upstream:{name}", keys)
     return text
 
 
@@ -108,10 +104,6 @@ def termination(certificate: ServerCertificate) -> dict[str, str]:
     }
 
 
-def entries(gateway: Gateway, listener: str) -> list[dict[str, object]]:
-    return [e for e in gateway.accessLog() if e["listener"] == listener]
-
-
 def waitForEntries(
     gateway: Gateway, listener: str, count: int, timeout: float = 10.0
 ) -> list[dict[str, object]]:
@@ -120,10 +112,9 @@ def waitForEntries(
     order the connections were accepted (lines are written when they end,
     and a client may leave before the gateway is done with its upstream).
     """
-    deadline = time.monotonic() + timeout
-    while len(found := entries(gateway, listener)) < count:
-        assert time.monotonic() < deadline, gateway.explain()
-        time.sleep(0.05)
+    found = gateway.waitForEntries(
+        count, timeout, predicate=lambda entry: entry["listener"] == listener
+    )
     return sorted(found, key=lambda entry: str(entry["time"]))[:count]
 
 

@@ -34,12 +34,12 @@ from gateway.postgres import (
     decodeErrorResponse,
 )
 
+from .backends import IO_TIMEOUT
 from .postgres import Installation, PostgresCluster, conninfo, runPsql
 
 ClusterStarter = Callable[..., PostgresCluster]
 CLUSTER_NAME = "SELECT current_setting('cluster_name')"
 SSL_IN_USE = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-IO_TIMEOUT = 30.0
 
 
 # -- The fixtures --------------------------------------------------------------

@@ -45,8 +45,18 @@ from gateway.proxyprotocol import (
 )
 from gateway.testing import makeClientHello
 
-from .backends import IO_TIMEOUT, TLSStream, readUntilTcpEof, waitUntil
-from .harness import CertificateAuthority, Gateway, freePort, gatewayIni
+from .backends import IO_TIMEOUT, TLSStream, expectClosed, readUntilTcpEof, waitUntil
+from .harness import (
+    CertificateAuthority,
+    Gateway,
+    curlGet,
+    freePort,
+    gatewayIni,
+    httpRequest,
+    okBody,
+    opensslGet,
+    requireTools,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,17 +64,6 @@ NAME = "app.example.test"
 
 
 # -- clients ------------------------------------------------------------------
-
-
-def request(host: str) -> bytes:
-    return f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-
-
-def body(response: bytes) -> str:
-    head, separator, rest = response.partition(b"\r\n\r\n")
-    assert separator, response[:300]
-    assert head.startswith(b"HTTP/1.1 200 "), response[:300]
-    return rest.decode()
 
 
 def connectFrom(source: str, port: int) -> socket.socket:
@@ -102,8 +101,8 @@ def tlsGet(
             sock.sendall(before)
         stream = TLSStream(sock, context, serverHostname=serverName)
         stream.handshake()
-        stream.send(request(serverName))
-        return body(readUntilTcpEof(stream)), client
+        stream.send(httpRequest(serverName))
+        return okBody(readUntilTcpEof(stream)), client
     finally:
         sock.close()
 
@@ -119,16 +118,6 @@ def tlsRefused(port: int, context: ssl.SSLContext, *, source: str = "127.0.0.1")
     finally:
         sock.close()
     return client
-
-
-def expectClosed(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Read until the peer closes (FIN or RST); what it sent."""
-    sock.settimeout(timeout)
-    received = bytearray()
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            received += chunk
-    return bytes(received)
 
 
 def byClient(client: str) -> Callable[[dict[str, Any]], bool]:
@@ -341,7 +330,7 @@ def test_nginxReadsTheClientAddressFromTheGatewaysHeader(
     host, port = sock.getsockname()[:2]
     try:
         sock.sendall(makeClientHello(NAME))
-        answer = expectClosed(sock)
+        answer = expectClosed(sock, timeout=10.0)
     finally:
         sock.close()
     assert answer == f"{host} {port} 127.0.0.1 {gw.port}\n".encode(), (
@@ -537,8 +526,8 @@ def test_headerAddressIsTheClientAndTheBalancerIsNotFiltered(
             time.sleep(0.005)
         stream = TLSStream(sock, ca.clientContext(), serverHostname=NAME)
         stream.handshake()
-        stream.send(request(NAME))
-        assert body(readUntilTcpEof(stream)) == "app"
+        stream.send(httpRequest(NAME))
+        assert okBody(readUntilTcpEof(stream)) == "app"
     finally:
         sock.close()
     entry = gw.waitForLog(byClient("203.0.113.5:41000"))
@@ -549,7 +538,7 @@ def test_headerAddressIsTheClientAndTheBalancerIsNotFiltered(
     sock = connectFrom("127.0.0.1", gw.port)
     try:
         sock.sendall(denied + makeClientHello(NAME))
-        assert expectClosed(sock) == b""
+        assert expectClosed(sock, timeout=10.0) == b""
     finally:
         sock.close()
     entry = gw.waitForLog(byClient("198.51.100.7:41001"))
@@ -580,7 +569,7 @@ def test_badProxyHeadersAreRefused(
         sock.sendall(sent)
         if reason == "truncated":
             sock.shutdown(socket.SHUT_WR)
-        expectClosed(sock)
+        expectClosed(sock, timeout=10.0)
     finally:
         sock.close()
     entry = gw.waitForLog(byClient(client))
@@ -704,68 +693,15 @@ def test_maxConnectionsPerClientCountsEachAddress(
 # -- JA4 ---------------------------------------------------------------------------
 
 
-def curl(
-    port: int, ca: CertificateAuthority, name: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "curl",
-            "--silent",
-            "--show-error",
-            "--fail",
-            "--max-time",
-            "10",
-            "--resolve",
-            f"{name}:{port}:127.0.0.1",
-            "--cacert",
-            str(ca.pemPath),
-            f"https://{name}:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
-
-
-def sClient(
-    port: int, ca: CertificateAuthority, name: str
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{port}",
-            "-servername",
-            name,
-            "-CAfile",
-            str(ca.pemPath),
-            "-verify_return_error",
-            "-ign_eof",
-        ],
-        input=request(name),
-        capture_output=True,
-        timeout=20,
-        check=False,
-    )
-
-
-def needs(*commands: str) -> None:
-    for command in commands:
-        if shutil.which(command) is None:
-            pytest.skip(f"{command} is not installed")
-
-
 def test_denyJa4RefusesCurlWhilePythonPasses(
     gateway: Any, backend: Any, ca: CertificateAuthority
 ) -> None:
-    needs("curl")
+    requireTools("curl")
     upstream = backend("app", names=[NAME])
     probe = gateway(
         gatewayIni(freePort(), upstream="app", upstreams={"app": upstream.address})
     )
-    result = curl(probe.port, ca, NAME)
+    result = curlGet(probe.port, ca, NAME)
     assert result.returncode == 0, result.stderr
     fingerprint = probe.waitForLog(lambda e: e["status"] == "ok")["ja4"]
     assert fingerprint
@@ -778,7 +714,7 @@ def test_denyJa4RefusesCurlWhilePythonPasses(
             listenerKeys={"deny_ja4": f"{head}_{hashes.upper()}"},  # any case
         )
     )
-    result = curl(gw.port, ca, NAME)
+    result = curlGet(gw.port, ca, NAME)
     assert result.returncode != 0, result.stdout
     refused = gw.waitForLog(lambda e: e["status"] == "denied")
     assert (refused["ja4"], refused["sni"], refused["action"]) == (
@@ -804,23 +740,24 @@ def test_clientsGetDistinctStableFingerprints(
     different ones.  Each client asks for a name of its own, so its log
     lines can be told apart.
     """
-    needs("curl", "openssl")
+    requireTools("curl", "openssl")
     names = {c: f"{c}.example.test" for c in ("curl", "openssl", "python")}
     upstream = backend("app", names=list(names.values()))
     gw = gateway(
         gatewayIni(freePort(), upstream="app", upstreams={"app": upstream.address})
     )
     for _ in range(2):
-        result = curl(gw.port, ca, names["curl"])
+        result = curlGet(gw.port, ca, names["curl"])
         assert result.returncode == 0, result.stderr
-        output = sClient(gw.port, ca, names["openssl"])
+        output = opensslGet(
+            gw.port, ca, "-servername", names["openssl"], host=names["openssl"]
+        )
         assert output.returncode == 0, output.stderr
         assert (
             tlsGet(gw.port, ca.clientContext(), serverName=names["python"])[0] == "app"
         )
-    waitUntil(lambda: len(gw.accessLog()) >= 6, 10, gw.explain)
     fingerprints: dict[str, set[str]] = {}
-    for entry in gw.accessLog():
+    for entry in gw.waitForEntries(6, timeout=10):
         assert entry["status"] == "ok", entry
         fingerprints.setdefault(entry["sni"], set()).add(entry["ja4"])
     assert all(len(seen) == 1 for seen in fingerprints.values()), fingerprints

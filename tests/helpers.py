@@ -1,0 +1,38 @@
+"""
+Helpers shared by the unit tests.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+#: The checkout's root: where a fresh interpreter finds the C{gateway} package.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def frameworksImportedBy(module: str) -> list[str]:
+    """
+    The Twisted and OpenSSL modules that importing C{module} loads, in a
+    fresh interpreter (this one has long imported both), sorted.
+
+    The pure sans-IO modules must give C{[]}: they are usable, and
+    testable, without an event loop or a TLS library.
+    """
+    code = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in sys.modules "
+        "if m.partition('.')[0] in ('twisted', 'OpenSSL')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded: list[str] = ast.literal_eval(result.stdout.strip())
+    return loaded
