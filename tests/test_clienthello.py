@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
+from gateway import clienthello
 from gateway.clienthello import (
     NEED_MORE,
     BadLength,
@@ -26,6 +27,8 @@ from gateway.clienthello import (
     ClientHelloReader,
     ClientHelloTooLarge,
     NotTLS,
+    _parseChecked,
+    _parseWellFormed,
     isGrease,
 )
 from gateway.testing import makeClientHello, splitIntoRecords
@@ -866,6 +869,124 @@ def test_randomExtensionDataOnlyRaisesClientHelloError(
     Each extension the reader parses gets arbitrary contents.
     """
     outcome([wrap(helloBody(extension(extensionType, data)))])
+
+
+# The two body parsers: the fast one for well-formed hellos, and the
+# checked one that explains what is wrong.  They must agree on every input.
+
+CAPTURED_BODIES = [path.read_bytes()[9:] for path in sorted(DATA.glob("*.bin"))]
+BODIES = [*CAPTURED_BODIES, HELLO[9:]]
+
+
+def assertParsersAgree(body: bytes) -> None:
+    """
+    The fast parser answers exactly what the checked one does: the same
+    hello, or L{None} where the checked one raises (and nothing else).
+    """
+    try:
+        checked: ClientHello | None = _parseChecked(body)
+    except ClientHelloError:
+        checked = None
+    assert _parseWellFormed(body) == checked
+
+
+def test_fastParserReadsEveryCapturedHello() -> None:
+    for body in BODIES:
+        fast = _parseWellFormed(body)
+        assert fast is not None
+        assert fast == _parseChecked(body)
+
+
+@FAST
+@given(
+    index=st.integers(min_value=0, max_value=len(BODIES) - 1),
+    changes=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2000), st.integers(0, 255)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_parsersAgreeOnMutatedHellos(
+    index: int, changes: list[tuple[int, int]]
+) -> None:
+    """
+    Bytes changed anywhere in real hellos: lengths, counts, names, types.
+    """
+    body = bytearray(BODIES[index])
+    for position, value in changes:
+        body[position % len(body)] = value
+    assertParsersAgree(bytes(body))
+
+
+@FAST
+@given(
+    index=st.integers(min_value=0, max_value=len(BODIES) - 1),
+    cut=st.integers(min_value=0, max_value=2000),
+    junk=st.binary(max_size=8),
+)
+def test_parsersAgreeOnTruncatedHellos(index: int, cut: int, junk: bytes) -> None:
+    body = BODIES[index]
+    assertParsersAgree(body[: cut % (len(body) + 1)] + junk)
+
+
+@FAST
+@given(
+    extensionType=st.sampled_from([0, 10, 13, 16, 43, 0xFF01]),
+    data=st.binary(max_size=40),
+    again=st.booleans(),
+)
+def test_parsersAgreeOnArbitraryExtensionData(
+    extensionType: int, data: bytes, again: bool
+) -> None:
+    extensions = [extension(extensionType, data), extension(0x002D, b"\x01\x01")]
+    if again:
+        extensions.append(extension(extensionType, data))
+    assertParsersAgree(helloBody(*extensions))
+
+
+@FAST
+@given(body=st.binary(max_size=120))
+def test_parsersAgreeOnArbitraryBodies(body: bytes) -> None:
+    assertParsersAgree(body)
+    assertParsersAgree(b"\x03\x03" + bytes(32) + body)
+
+
+@pytest.mark.parametrize(
+    "hostName", [b"ok.example", b"Upper.Example.", b"bad name", b"a..b", b"x" * 64]
+)
+def test_parsersAgreeOnServerNames(hostName: bytes) -> None:
+    assertParsersAgree(helloBody(sni(hostName)))
+    assertParsersAgree(helloBody(sni(hostName, nameType=1)))
+    assertParsersAgree(helloBody(sni(hostName, hostName)))
+
+
+def test_helloesFromOneClientShareTheirLists() -> None:
+    """
+    Two hellos from the same client stack hold the very same tuples, so an
+    idle connection does not keep a private copy of some 70 code points.
+    """
+    first = ClientHelloReader().feed(makeClientHello("a.example", [b"h2"]))
+    second = ClientHelloReader().feed(makeClientHello("b.example", [b"h2"]))
+    assert isinstance(first, ClientHello)
+    assert isinstance(second, ClientHello)
+    assert first.serverName != second.serverName
+    for field in ("ciphers", "extensions", "signatureAlgorithms", "supportedGroups"):
+        assert getattr(first, field) is getattr(second, field)
+
+
+def test_sharedListsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A client that varies its lists on purpose cannot grow the shared copies
+    without bound: past the limit they start over.
+    """
+    monkeypatch.setattr(clienthello, "_MAX_SHARED", 8)
+    monkeypatch.setattr(clienthello, "_SHARED", {})
+    for suite in range(0x1300, 0x1340):
+        body = helloBody(ciphers=vector(2, suite.to_bytes(2, "big")))
+        hello = ClientHelloReader().feed(wrap(body))
+        assert isinstance(hello, ClientHello)
+        assert hello.ciphers == (suite,)
+        assert len(clienthello._SHARED) <= 8
 
 
 # Layering.

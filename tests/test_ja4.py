@@ -2,8 +2,8 @@
 JA4 fingerprints against published values.
 """
 
-from gateway.clienthello import ClientHello, ClientHelloReader
-from gateway.ja4 import ja4
+from gateway.clienthello import ClientHello, ClientHelloReader, isGrease
+from gateway.ja4 import _GREASE, ja4
 from gateway.testing import makeClientHello
 
 
@@ -74,3 +74,70 @@ def test_realClientHelloFingerprintIsStable() -> None:
     assert ja4(first) == ja4(second)
     assert ja4(first).startswith("t13d")
     assert ja4(first)[8:10] == "h2"
+
+
+def test_greaseSetIsExactlyWhatIsGreaseRecognises() -> None:
+    """
+    The fingerprint filters GREASE through a set, for speed: it must be
+    the same values that L{isGrease} names.
+    """
+    assert {value for value in range(1 << 16) if isGrease(value)} == _GREASE
+
+
+def test_cachedFingerprintFollowsEveryField() -> None:
+    """
+    The fingerprint is cached by the fields it reads: a hello that differs
+    in any of them gets its own answer, not a neighbour's.
+    """
+    base = ja4(CHROME)
+    variants = [
+        ClientHello(
+            CHROME.serverName,
+            CHROME.alpn,
+            0x0303,
+            (0x0303,),
+            CHROME.ciphers,
+            CHROME.extensions,
+            CHROME.signatureAlgorithms,
+        ),
+        ClientHello(
+            CHROME.serverName,
+            ("http/1.1",),
+            0x0303,
+            CHROME.supportedVersions,
+            CHROME.ciphers,
+            CHROME.extensions,
+            CHROME.signatureAlgorithms,
+        ),
+        ClientHello(
+            CHROME.serverName,
+            CHROME.alpn,
+            0x0303,
+            CHROME.supportedVersions,
+            CHROME.ciphers[:-1],
+            CHROME.extensions,
+            CHROME.signatureAlgorithms,
+        ),
+        ClientHello(
+            CHROME.serverName,
+            CHROME.alpn,
+            0x0303,
+            CHROME.supportedVersions,
+            CHROME.ciphers,
+            CHROME.extensions[:-2],
+            CHROME.signatureAlgorithms,
+        ),
+        ClientHello(
+            CHROME.serverName,
+            CHROME.alpn,
+            0x0303,
+            CHROME.supportedVersions,
+            CHROME.ciphers,
+            CHROME.extensions,
+            CHROME.signatureAlgorithms[::-1],
+        ),
+    ]
+    fingerprints = [ja4(hello) for hello in variants]
+    assert base not in fingerprints
+    assert len(set(fingerprints)) == len(variants)
+    assert ja4(CHROME) == base

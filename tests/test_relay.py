@@ -2,14 +2,22 @@
 The portable relay, driven through in-memory transports and a fake clock.
 """
 
+import socket
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import PortableRelay
+from gateway.relay import PortableRelay, halfClose, send
 from tests.transports import HalfCloseableTransport
 
 
@@ -106,3 +114,122 @@ class RelayTests(SynchronousTestCase):
         self.relay.abort("idle_timeout", "late")
         self.assertEqual(self.record.status, "shutdown")
         self.assertTrue(self.client.aborted and self.upstream.aborted)
+
+
+# -- writing and half-closing a real TCP transport ----------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloseable(Protocol):
+    writeLost = False
+
+    def readConnectionLost(self) -> None:
+        pass
+
+    def writeConnectionLost(self) -> None:
+        self.writeLost = True
+
+
+@pytest.fixture
+def wire() -> Iterator[tuple[tcp.Connection, socket.socket, EPollReactor]]:
+    """
+    A Twisted TCP transport (not run by its reactor: what is sent at once
+    is sent by the call under test) and the socket at its other end.
+    """
+    reactor = EPollReactor()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname())
+        far, _ = server.accept()
+    near.setblocking(False)
+    far.settimeout(5)
+    transport = tcp.Connection(near, _HalfCloseable(), reactor)
+    transport.protocol.makeConnection(transport)
+    transport.connected = True
+    yield transport, far, reactor
+    near.close()
+    far.close()
+    reactor._poller.close()  # type: ignore[attr-defined]
+
+
+def test_sendGoesOutAtOnceWhenNothingIsQueued(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    No buffering and no registration for writability: the bytes are in
+    the kernel when C{send} returns.
+    """
+    transport, far, reactor = wire
+    send(transport, b"hello")
+    assert far.recv(100) == b"hello"
+    assert transport._tempDataLen == 0
+    assert transport not in reactor.getWriters()
+
+
+def test_sendQueuesBehindQueuedBytes(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    Bytes already in Twisted's buffer go first: C{send} queues behind them.
+    """
+    transport, far, _reactor = wire
+    transport.write(b"first ")
+    send(transport, b"second")
+    assert transport._tempDataBuffer == [b"first ", b"second"]
+    transport.doWrite()
+    assert far.recv(100) == b"first second"
+
+
+def test_whatTheKernelDoesNotTakeIsQueued(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    transport, far, reactor = wire
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 16384  # 4 MiB: more than any socket buffer
+    send(transport, data)
+    queued = transport._tempDataLen
+    assert 0 < queued < len(data)
+    assert transport in reactor.getWriters()
+    received = b""
+    while len(received) < len(data) - queued:
+        received += far.recv(1 << 20)
+    assert received == data[: len(data) - queued]
+
+
+def test_sendAfterAbortSendsNothing(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    transport, far, _reactor = wire
+    transport.abortConnection()
+    send(transport, b"late")
+    far.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        far.recv(100)
+
+
+def test_halfCloseSendsFinAtOnce(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    transport, far, _reactor = wire
+    send(transport, b"last words")
+    halfClose(transport)
+    assert far.recv(100) == b"last words"
+    assert far.recv(100) == b""
+    assert transport._writeDisconnected
+    assert transport.protocol.writeLost
+    far.sendall(b"the other way still works")
+    assert transport.socket.recv(100) == b"the other way still works"
+
+
+def test_halfCloseWaitsForQueuedBytes(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    With bytes queued, the FIN is Twisted's: after them.
+    """
+    transport, far, _reactor = wire
+    transport.write(b"queued")
+    halfClose(transport)
+    assert not transport._writeDisconnected
+    transport.doWrite()
+    assert far.recv(100) == b"queued"
+    assert far.recv(100) == b""

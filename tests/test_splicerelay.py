@@ -125,6 +125,9 @@ class Relayed:
         self._port = self.reactor.listenTCP(
             0, Factory.forProtocol(lambda: Side(self, "client")), interface="127.0.0.1"
         )
+        # The reactor's splice hub lives as long as the reactor: made now,
+        # so that it is not taken for a descriptor a relay leaked.
+        splicerelay.hubFor(self.reactor)
         self.baseline = openFds()
         self.clientPeer = socket.create_connection(
             ("127.0.0.1", self._port.getHost().port)
@@ -247,6 +250,7 @@ class Relayed:
         self._port.stopListening()
         self._listener.close()
         self.pipes.close()
+        splicerelay.hubFor(self.reactor).close()
         self.reactor.removeAll()
         self.reactor._poller.close()  # type: ignore[attr-defined]
 
@@ -422,6 +426,35 @@ def test_resetIsPassedOnAsReset(relayed: Callable[..., Relayed], side: str) -> N
     harness.finish()
 
 
+def test_aRelayBugResetsBothSidesAndIsLogged(
+    relayed: Callable[..., Relayed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    An exception from the relay's code, raised into the hub's dispatch,
+    is handled as the reactor handles one from a descriptor: logged, the
+    socket dropped; the relay then resets both sides rather than leave a
+    connection that nothing reads.
+    """
+    harness = relayed()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+
+    def broken(flow: splicerelay._Flow) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(splicerelay._Flow, "sourceReadable", broken)
+    try:
+        harness.clientPeer.send(b"boom")
+        harness.waitForReset(harness.upstreamPeer)
+        harness.spin(lambda: harness.done, "done")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert harness.record.extra["closed_by"] == "client_reset"
+    failures = [e["log_failure"] for e in events if "log_failure" in e]
+    assert [str(f.value) for f in failures] == ["a bug"]
+    harness.finish()
+
+
 def test_resetWhileTheSinkIsBehindIsPassedOn(relayed: Callable[..., Relayed]) -> None:
     """
     The client resets while the relay holds bytes for it in a pipe: the pipe
@@ -509,6 +542,9 @@ def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
         transport.connected = True
         transports.append(transport)
     yield transports[0], transports[1]
+    hub = splicerelay._HUBS.get(reactor)
+    if hub is not None:
+        hub.close()
     near.close()
     far.close()
     reactor._poller.close()  # type: ignore[attr-defined]
@@ -631,8 +667,13 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert isinstance(relay, SpliceRelay)
-    assert relay._toUpstream.head == b"hello"
-    assert upstream._tempDataLen == 0  # not written through Twisted
+    # Started at once: the pending bytes went straight out on the socket
+    # (whose other end is the client transport's, in this pair), not
+    # through Twisted's buffer.
+    assert relay.relaying
+    assert relay._toUpstream.head == b""
+    assert upstream._tempDataLen == 0
+    assert client.getHandle().recv(100) == b"hello"
     (event,) = [e for e in events if e.get("log_namespace") == "gateway.splicerelay"]
     assert event["log_level"].name == "debug"
     assert event["setting"] == "auto"

@@ -721,6 +721,35 @@ def test_rsaAndEcdsaShareAContextAndKeepTheirOwnChains(pki: PKI, version: int) -
         ]
 
 
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+@pytest.mark.parametrize("rsaFirst", [True, False])
+@pytest.mark.parametrize(
+    "sigalgs", [None, b"rsa_pss_rsae_sha256:ecdsa_secp256r1_sha256:rsa_pkcs1_sha256"]
+)
+def test_ecdsaIsServedToClientsThatAllowBoth(
+    pki: PKI, version: int, rsaFirst: bool, sigalgs: bytes | None
+) -> None:
+    """
+    With RSA and ECDSA certificates for the same names, a client that
+    accepts both gets ECDSA (a P-256 signature costs a fraction of an RSA
+    2048 one), whichever is configured first and even when the client
+    lists RSA first: C{prefer_server_ciphers} (on by default) makes
+    OpenSSL walk its own signature algorithm list, which starts with
+    ECDSA, and its own cipher list, where ECDHE-ECDSA comes first.
+    """
+    sections = [
+        certificateSection("rsa", pki.rsa),
+        certificateSection("ec", pki.ecdsa),
+    ]
+    if not rsaFirst:
+        sections.reverse()
+    policy = serverTLS(sections=sections)
+    context = clientContext(pki.root, maxVersion=version, sigalgs=sigalgs)
+    handshake = connect(policy, "example.com", context)
+    assert handshake.ok, (handshake.clientError, handshake.serverError)
+    assert handshake.peerChain()[0].subject == pki.ecdsa.subject
+
+
 def test_sameNamesAndKeyTypeTwiceIsAWarning(pki: PKI) -> None:
     listener = listenerConfig(certificates=("one", "two"))
     sections = {

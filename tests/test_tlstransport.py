@@ -3,6 +3,7 @@ The memory-BIO TLS layer, against a pyOpenSSL client in memory.
 """
 
 import contextlib
+import socket
 
 import trustme
 from OpenSSL import SSL
@@ -154,3 +155,33 @@ class TLSTransportTests(SynchronousTestCase):
     def test_finDuringHandshakeFails(self) -> None:
         self.tls.ciphertextEnded()
         self.assertEqual(self.events.failed, ["connection closed during the handshake"])
+
+
+class PublicAPITLSTransportTests(TLSTransportTests):
+    """
+    The same, through pyOpenSSL's public API only: what the layer falls
+    back to when the direct OpenSSL calls are not available.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.tls._raw = None
+
+
+def test_directCallsAreUsedOnMemoryBIOs() -> None:
+    """
+    With today's pyOpenSSL the data path calls OpenSSL directly; a
+    connection on a socket (no memory BIOs) cannot.
+    """
+    server = SSL.Connection(serverContext(), None)
+    tls = TLSTransport(server, HalfCloseableTransport(), Events())
+    assert tls._raw is not None
+    a, b = socket.socketpair()
+    try:
+        onSocket = TLSTransport(
+            SSL.Connection(serverContext(), a), HalfCloseableTransport(), Events()
+        )
+        assert onSocket._raw is None
+    finally:
+        a.close()
+        b.close()
