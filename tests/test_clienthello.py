@@ -7,8 +7,6 @@ L{ClientHelloError} and nothing else.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
@@ -32,6 +30,7 @@ from gateway.clienthello import (
     isGrease,
 )
 from gateway.testing import makeClientHello, splitIntoRecords
+from tests.helpers import frameworksImportedBy
 
 DATA = Path(__file__).parent / "data" / "clienthello"
 ROOT = Path(__file__).parent.parent
@@ -997,17 +996,4 @@ def test_readerImportsNeitherTwistedNorOpenSSL() -> None:
     The reader is sans-I/O: importing it must not pull in Twisted or
     OpenSSL (STYLE section 2).
     """
-    code = (
-        "import sys, gateway.clienthello; "
-        "print(sorted(m for m in sys.modules "
-        "if m.partition('.')[0] in ('twisted', 'OpenSSL')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert result.stdout.strip() == "[]"
+    assert frameworksImportedBy("gateway.clienthello") == []
