@@ -604,7 +604,7 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
     preread_timeout: float = attrs.field(default=5.0, metadata=_ini(_positiveDuration))
     preread_buffer_size: int = attrs.field(
-        default=16384, metadata=_ini(_positiveSize), validator=v.ge(1)
+        default=65536, metadata=_ini(_positiveSize), validator=v.ge(1)
     )
     connect_timeout: float = attrs.field(default=10.0, metadata=_ini(_positiveDuration))
     idle_timeout: float = attrs.field(default=600.0, metadata=_ini(_positiveDuration))

@@ -98,7 +98,7 @@ def test_minimalFileGetsEveryDefault(tmp_path: Path) -> None:
     assert web.location == Location(str(path), 1)
     assert loaded.upstreams["app"].location == Location(str(path), 5)
     assert (web.mode, web.protocol, web.relay) == ("passthrough", "tls", "auto")
-    assert (web.preread_timeout, web.preread_buffer_size) == (5.0, 16384)
+    assert (web.preread_timeout, web.preread_buffer_size) == (5.0, 65536)
     assert (web.connect_timeout, web.idle_timeout) == (10.0, 600.0)
     assert web.protocols == ("TLSv1.2", "TLSv1.3")
     assert loaded.gateway == GatewaySettings("-", "text", 1, None, 30.0)
