@@ -28,6 +28,7 @@ STATUSES = (
     "bad_client_hello",
     "bad_proxy_header",
     "handshake_failed",
+    "tls_error",
     "plaintext_refused",
     "upstream_unavailable",
     "idle_timeout",

@@ -222,6 +222,9 @@ class _Probe(Protocol):
     def tlsReadClosed(self) -> None:
         pass
 
+    def tlsError(self, reason: str) -> None:
+        pass
+
 
 class HealthChecker:
     """

@@ -224,6 +224,9 @@ class UpstreamProtocol(Protocol):
         if self._relay is not None:
             self._relay.upstreamReadClosed()
 
+    def tlsError(self, reason: str) -> None:
+        self._session.upstreamTLSError(self.server, reason)
+
     # transport events
 
     def dataReceived(self, data: bytes) -> None:
@@ -410,6 +413,14 @@ class Session:
         self._upstream.chooser.connectFailed(attempt.server)
         self._lastError = f"{attempt.server.address}: {reason}"
         self._connectNext()
+
+    def upstreamTLSError(self, server: ServerConfig, reason: str) -> None:
+        """
+        The upstream broke TLS after the handshake (re-encryption): its
+        connection is closing, and the relay ends both sides.
+        """
+        self._record.fail("tls_error", f"upstream {server.address}: {reason}")
+        self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
         self, protocol: UpstreamProtocol, upstream: ITCPTransport, server: ServerConfig

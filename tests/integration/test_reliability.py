@@ -11,8 +11,10 @@ gateway's own log and its metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
+import ssl
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +22,8 @@ import pytest
 from gateway.testing import makeClientHello
 
 from .backends import Backend
-from .harness import Gateway, freePort, gatewayIni
+from .harness import CertificateAuthority, Gateway, freePort, gatewayIni
+from .test_termination import terminatingIni
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -143,3 +146,140 @@ def test_aServerNameListMixingNameTypesIsRefusedNotRouted(
     assert "not host_name" in refused["reason"], refused
     assert (routed["status"], routed["sni"]) == ("ok", NAME), routed
     assert sink.accepted == 1
+
+
+# -- TLS errors after the handshake ------------------------------------------------
+
+
+class RawTLSClient:
+    """
+    Python's TLS (an C{SSLObject} on memory BIOs) over a socket this test
+    owns, so that it can send records the TLS library would never write
+    and still read what the server answers through a real TLS stack.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        context: ssl.SSLContext,
+        serverName: str,
+        version: ssl.TLSVersion,
+    ) -> None:
+        context.minimum_version = context.maximum_version = version
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(
+            self.incoming, self.outgoing, server_hostname=serverName
+        )
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                assert data, "closed during the handshake"
+                self.incoming.write(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+
+    def record(self, data: bytes) -> bytes:
+        """The encrypted record C{data} becomes, not sent."""
+        self.tls.write(data)
+        return self.outgoing.read()
+
+    def answer(self) -> tuple[bytes, BaseException | None]:
+        """
+        Read the socket until the server closes it: the raw bytes, and what
+        the TLS stack made of them (the alert, as an C{SSLError}), or the
+        socket error (a reset) that ended the read.
+        """
+        received = bytearray()
+        try:
+            while data := self.sock.recv(65536):
+                received += data
+        except OSError as e:
+            return bytes(received), e
+        self.incoming.write(bytes(received))
+        try:
+            while self.tls.read(65536):
+                pass
+        except ssl.SSLError as e:
+            return bytes(received), e
+        return bytes(received), None
+
+
+def corruptMac(client: RawTLSClient) -> bytes:
+    record = bytearray(client.record(b"GET / HTTP/1.1\r\n\r\n"))
+    record[-1] ^= 0x01  # the last byte of the tag
+    return bytes(record)
+
+
+def oversized(client: RawTLSClient) -> bytes:
+    # An application-data record longer than any ciphertext may be
+    # (2^14 + 256), with a body to go with it.
+    length = 2**14 + 512
+    return b"\x17\x03\x03" + length.to_bytes(2, "big") + bytes(length)
+
+
+def heartbeat(client: RawTLSClient) -> bytes:
+    # A heartbeat request record (type 24) in the clear: TLS 1.3 allows
+    # no record type but application data once the handshake is done.
+    return b"\x18\x03\x03\x00\x03\x01\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("version", "corrupt", "words"),
+    [
+        (ssl.TLSVersion.TLSv1_3, corruptMac, "bad record mac"),
+        (ssl.TLSVersion.TLSv1_2, corruptMac, "bad record mac"),
+        (ssl.TLSVersion.TLSv1_3, oversized, "too long"),
+        (ssl.TLSVersion.TLSv1_3, heartbeat, "record type"),
+    ],
+    ids=["bad-mac-1.3", "bad-mac-1.2", "overflow-1.3", "heartbeat-1.3"],
+)
+def test_aCorruptRecordAfterTheHandshakeGetsTheAlertThenAClose(
+    gateway: StartGateway,
+    backend: StartBackend,
+    ca: CertificateAuthority,
+    client: ssl.SSLContext,
+    version: ssl.TLSVersion,
+    corrupt: Callable[[RawTLSClient], bytes],
+    words: str,
+) -> None:
+    """
+    A record that breaks TLS after a completed handshake on a terminated
+    connection: the client's TLS stack receives OpenSSL's alert, then a
+    clean close (no reset), and the access log says C{tls_error} with
+    OpenSSL's reason, never C{ok}.
+    """
+    app = backend("app", "echo", tls=False)
+    certificate = ca.issue(NAME)
+    gw = gateway(
+        terminatingIni(
+            freePort(),
+            certificate=certificate,
+            upstreams={"app": app.address},
+            upstream="app",
+        )
+    )
+    tls = RawTLSClient(gw.port, client, NAME, version)
+    tls.sock.sendall(tls.record(b"ping"))
+    echoed = bytearray()
+    while len(echoed) < 4:
+        tls.incoming.write(tls.sock.recv(65536))
+        with contextlib.suppress(ssl.SSLWantReadError):
+            echoed += tls.tls.read(65536)
+    assert echoed == b"ping"
+    tls.sock.sendall(corrupt(tls))
+    raw, error = tls.answer()
+    tls.sock.close()
+    assert isinstance(error, ssl.SSLError), (error, raw[:40], gw.explain())
+    assert "alert" in str(error).lower(), error
+    entry = gw.waitForLog(lambda e: e["sni"] == NAME)
+    assert entry["status"] == "tls_error", entry
+    assert words in entry["reason"].lower(), entry
