@@ -212,12 +212,15 @@ class GatewayService(Service):
         if settings.metrics is not None or self._inherited:
             self._metrics = Metrics()
         extra = {"worker_pid": os.getpid()} if self._inherited else None
-        self._accessLog = AccessLog(
-            settings.access_log,
-            settings.access_log_format,
-            metrics=self._metrics,
-            extra=extra,
-        )
+        try:
+            self._accessLog = AccessLog(
+                settings.access_log,
+                settings.access_log_format,
+                metrics=self._metrics,
+                extra=extra,
+            )
+        except OSError as e:
+            raise StartupError(_cannotOpenLog(settings.access_log, e)) from None
         try:
             generation = Generation(
                 self.config,
@@ -343,28 +346,45 @@ class GatewayService(Service):
         Read the configuration file again and serve it: new connections
         get the new routes, upstreams, certificates and policies at once;
         established ones finish on the configuration they started with.
-        An invalid file (or a port that cannot be opened) is logged and the
-        running configuration stays.
+
+        All or nothing: the new configuration is checked, its certificates
+        loaded, its access log opened and its new ports opened before
+        anything changes.  If any of it fails, C{reload refused: REASON}
+        is logged, whatever was opened for it is closed again, and the
+        running configuration stays, every listener and log included.
 
         @return: whether the new configuration is now serving.
         """
         if self._current is None:
             return False
         reactor = self._getReactor()
+        assert self._accessLog is not None
+        path = self.config.path
         try:
-            config = load_config(self.config.path)
+            config = load_config(path)
+        except ConfigError as e:
+            self._refused(f"{path} has problems:\n{e}")
+            return False
+        except OSError as e:
+            self._refused(f"cannot read {path}: {e.strerror}")
+            return False
+        try:
+            log = self._accessLog.prepare(config.gateway.access_log)
+        except OSError as e:
+            self._refused(_cannotOpenLog(config.gateway.access_log, e))
+            return False
+        try:
             generation = Generation(
                 config,
                 reactor,
-                self._accessLog,  # type: ignore[arg-type]
+                self._accessLog,
                 self._maybeDrained,
                 self._cancelKeys,
             )
-        except (ConfigError, StartupError) as e:
-            self._log.error(
-                "reload refused, the running configuration stays:\n{problems}",
-                problems=str(e),
-            )
+        except StartupError as e:
+            if log is not None:
+                log.close()
+            self._refused(str(e))
             return False
         before = set(self._ports)
         errors = self._bind(reactor, generation)
@@ -372,10 +392,9 @@ class GatewayService(Service):
             # Put the old factories back and close what was opened.
             self._closePorts(sorted(set(self._ports) - before))
             self._bind(reactor, self._current)
-            self._log.error(
-                "reload refused, the running configuration stays:\n{problems}",
-                problems="\n".join(errors),
-            )
+            if log is not None:
+                log.close()
+            self._refused("\n".join(errors))
             return False
         wanted = {d for listener in config.listeners for d in listener.listen}
         self._closePorts(sorted(set(self._ports) - wanted))
@@ -386,16 +405,19 @@ class GatewayService(Service):
         if old.active:
             self._retired.append(old)
         generation.startPools(reactor)
-        assert self._accessLog is not None
-        self._accessLog.configure(
-            config.gateway.access_log, config.gateway.access_log_format
-        )
+        self._accessLog.use(log, config.gateway.access_log_format)
         self._log.info(
             "reloaded {path}: {count} listener(s)",
             path=config.path,
             count=len(config.listeners),
         )
         return True
+
+    def _refused(self, reason: str) -> None:
+        self._log.error(
+            "reload refused: {reason}\nthe running configuration stays",
+            reason=reason,
+        )
 
     def retire(self) -> None:
         """
@@ -421,7 +443,14 @@ class GatewayService(Service):
         C{SIGUSR1}: reopen the access log, after logrotate moved it.
         """
         if self._accessLog is not None:
-            self._accessLog.reopen()
+            try:
+                self._accessLog.reopen()
+            except OSError as e:
+                self._log.error(
+                    "{problem}: no access-log lines until it can be opened"
+                    " (fix it, then send SIGUSR1 again)",
+                    problem=_cannotOpenLog(self._accessLog.destination, e),
+                )
 
     # stop
 
@@ -496,3 +525,7 @@ class GatewayService(Service):
     def _closeLog(self) -> None:
         if self._accessLog is not None:
             self._accessLog.close()
+
+
+def _cannotOpenLog(destination: str, error: OSError) -> str:
+    return f"[gateway] access_log: cannot open {destination}: {error.strerror}"

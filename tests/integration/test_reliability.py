@@ -15,14 +15,25 @@ import contextlib
 import hashlib
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 
 import pytest
 
 from gateway.testing import makeClientHello
 
-from .backends import Backend
+from .backends import Backend, waitUntil
 from .harness import CertificateAuthority, Gateway, freePort, gatewayIni
+from .test_operations import (
+    connectionRefused,
+    countIn,
+    httpsGet,
+    iniText,
+    listen,
+    reloadBySignal,
+    supervised,  # noqa: F401 - a fixture
+    waitForWorkers,
+)
 from .test_termination import terminatingIni
 
 pytestmark = pytest.mark.timeout(90)
@@ -283,3 +294,128 @@ def test_aCorruptRecordAfterTheHandshakeGetsTheAlertThenAClose(
     entry = gw.waitForLog(lambda e: e["sni"] == NAME)
     assert entry["status"] == "tls_error", entry
     assert words in entry["reason"].lower(), entry
+
+
+# -- reloads: whole or not at all --------------------------------------------------
+
+
+class Load:
+    """
+    Bounded HTTPS load from a few threads: each makes one request after
+    another (through the gateway, a real TLS client verifying the
+    backend) until stopped, at most C{limit} in all.
+
+    @ivar failures: every request that did not get its answer, and why.
+    """
+
+    def __init__(
+        self, port: int, context: ssl.SSLContext, serverName: str, limit: int = 3000
+    ) -> None:
+        self.port = port
+        self.context = context
+        self.serverName = serverName
+        self.limit = limit
+        self.done = 0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(3)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self.done + len(self.failures) >= self.limit:
+                    return
+            try:
+                name = httpsGet(self.port, self.context, self.serverName)[0]
+                problem = None if name == "web" else f"answered by {name}"
+            except (OSError, AssertionError) as e:
+                problem = repr(e)
+            with self._lock:
+                if problem is None:
+                    self.done += 1
+                else:
+                    self.failures.append(problem)
+
+    def advance(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until C{count} more requests have succeeded."""
+        target = self.done + count
+        waitUntil(
+            lambda: self.done >= target or len(self.failures) > 0,
+            timeout,
+            lambda: f"load stuck at {self.done} requests",
+        )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reloadsUnderLoadApplyWholeOrNotAtAllWithNoFailedConnection(
+    supervised: StartGateway,  # noqa: F811 - the fixture imported above
+    backend: StartBackend,
+    client: ssl.SSLContext,
+    workers: int,
+) -> None:
+    """
+    Under a steady load, a good reload (a listener added), then one whose
+    C{access_log} is in a folder that does not exist (with a second
+    listener added in the same edit), then a good one again: no request
+    fails; the bad reload is refused whole (C{reload refused: REASON}, its
+    listener never opens, access-log lines keep coming to the running
+    file) and the old configuration serves on.
+    """
+    web = backend("web", names=[NAME])
+    port, added, alsoAdded = freePort(), freePort(), freePort()
+
+    def config(*extra: int, accessLog: str = "access.log") -> str:
+        listeners = {
+            "web": {"listen": listen(port), "routes": [f"{NAME} up"]},
+            **{
+                f"extra{n}": {"listen": listen(p), "routes": [f"{NAME} up"]}
+                for n, p in enumerate(extra)
+            },
+        }
+        return iniText(
+            gateway={"workers": str(workers), "access_log": accessLog},
+            listeners=listeners,
+            upstreams={"up": {"servers": web.address}},
+        )
+
+    gw = supervised(config(), command="module")
+    waitForWorkers(gw, workers)
+    with Load(gw.port, client, NAME) as load:
+        load.advance(20)
+        gw.configPath.write_text(config(added))
+        reloadBySignal(gw)
+        load.advance(20)
+        assert httpsGet(added, client, NAME)[0] == "web"
+
+        gw.configPath.write_text(
+            config(added, alsoAdded, accessLog="missing/access.log")
+        )
+        reloadBySignal(gw, expect="reload refused: ")
+        lines = len(gw.accessLog())
+        load.advance(40)
+        assert connectionRefused(alsoAdded), gw.explain()
+        assert httpsGet(added, client, NAME)[0] == "web"
+        gw.waitForEntries(lines + 40)
+
+        gw.configPath.write_text(config(alsoAdded))
+        reloadBySignal(gw)
+        load.advance(20)
+        assert httpsGet(alsoAdded, client, NAME)[0] == "web"
+    assert load.failures == [], (load.failures[:5], gw.explain())
+    assert load.done >= 100
+    assert countIn(gw, "reload refused: ") == 1, gw.explain()
+    assert "Traceback" not in gw.output(), gw.explain()
+    assert not (gw.directory / "missing").exists()
