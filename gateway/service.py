@@ -423,8 +423,13 @@ class GatewayService(Service):
         """
         Stop accepting and stop the reactor once the last established
         connection has ended, however long that takes: how a worker that a
-        reload replaced bows out (C{SIGQUIT} from the supervisor).
+        reload replaced bows out (C{SIGQUIT} from the supervisor).  No
+        deadline: a reload does not drop established connections.  A stop
+        (C{SIGTERM}) during the retirement takes over with its own,
+        C{drain_timeout}.
         """
+        if not self.running:
+            return
         self._closePorts(list(self._ports))
         for generation in self._generations():
             generation.stopPools()
@@ -432,7 +437,14 @@ class GatewayService(Service):
         self._maybeRetired()
 
     def _maybeRetired(self) -> None:
-        if self._retiring and not any(g.active for g in self._generations()):
+        # Not once stopping: the drain ends the process, and stopping the
+        # reactor a second time raises ReactorNotRunning (a CRITICAL
+        # traceback in the log).
+        if (
+            self._retiring
+            and self.running
+            and not any(g.active for g in self._generations())
+        ):
             self._retiring = False
             reactor = self._getReactor()
             if getattr(reactor, "running", False):
@@ -464,6 +476,7 @@ class GatewayService(Service):
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
         super().stopService()
+        self._retiring = False
         for generation in self._generations():
             generation.stopPools()
         if self._serverStates is not None and self._serverStates.running:

@@ -387,8 +387,9 @@ class Supervisor(Service):
         self.config = pending.config
         for worker in old:
             worker.stopping = True
-            # Retire: stop accepting, finish established connections for
-            # up to drain_timeout (as a SIGTERM drain), then exit.
+            # Retire, not drain: no deadline, so established connections
+            # outlive the reload as they do in one process (a later
+            # SIGTERM still drains with one).
             worker.signal(signal.SIGQUIT)
         # Removed listeners' sockets stop listening at once, although the
         # workers hold copies: Twisted shuts a socket it opened itself down

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
 from gateway.testing import makeClientHello
 
-from .backends import Backend, waitUntil
+from .backends import Backend, TLSStream, tlsConnect, waitUntil
 from .harness import CertificateAuthority, Gateway, freePort, gatewayIni
 from .test_operations import (
+    alive,
     connectionRefused,
     countIn,
     httpsGet,
@@ -33,6 +36,7 @@ from .test_operations import (
     reloadBySignal,
     supervised,  # noqa: F401 - a fixture
     waitForWorkers,
+    workersStarted,
 )
 from .test_termination import terminatingIni
 
@@ -419,3 +423,48 @@ def test_reloadsUnderLoadApplyWholeOrNotAtAllWithNoFailedConnection(
     assert countIn(gw, "reload refused: ") == 1, gw.explain()
     assert "Traceback" not in gw.output(), gw.explain()
     assert not (gw.directory / "missing").exists()
+
+
+def echoingConnection(port: int, context: ssl.SSLContext) -> TLSStream:
+    """An established TLS connection through the gateway to an echo backend."""
+    stream = tlsConnect(port, context, NAME)
+    stream.send(b"ping")
+    assert stream.recv() == b"ping"
+    return stream
+
+
+def echoIni(port: int, echo: Backend, drainTimeout: str = "2s") -> str:
+    return iniText(
+        gateway={"workers": "2", "drain_timeout": drainTimeout},
+        listeners={"web": {"listen": listen(port), "routes": [f"{NAME} echo"]}},
+        upstreams={"echo": {"servers": echo.address}},
+    )
+
+
+def test_sigtermWhileARetiredWorkerDrainsExitsCleanlyWithinDrainTimeout(
+    supervised: StartGateway,  # noqa: F811 - the fixture imported above
+    backend: StartBackend,
+    client: ssl.SSLContext,
+) -> None:
+    """
+    C{SIGTERM} to the supervisor while a worker a reload retired still
+    holds a connection: the retiring worker drains too, and every process
+    exits within C{drain_timeout} (and a little), status 0, with no
+    traceback (no C{ReactorNotRunning}); the connection is C{shutdown}.
+    """
+    echo = backend("echo", "echo", names=[NAME])
+    gw = supervised(echoIni(freePort(), echo, drainTimeout="3s"), command="module")
+    waitForWorkers(gw, 2)
+    stream = echoingConnection(gw.port, client)
+    reloadBySignal(gw)
+    started = time.monotonic()
+    gw.sendSignal(signal.SIGTERM)
+    code = gw.waitForExit(15)
+    elapsed = time.monotonic() - started
+    stream.close()
+    assert code == 0, gw.explain()
+    assert elapsed < 3 + 3, f"exit {elapsed:.1f}s after SIGTERM\n{gw.explain()}"
+    assert "Traceback" not in gw.output(), gw.explain()
+    assert "ReactorNotRunning" not in gw.output(), gw.explain()
+    assert not any(alive(pid) for pid in workersStarted(gw)), gw.explain()
+    assert gw.waitForLog(lambda e: e["sni"] == NAME, 1)["status"] == "shutdown"
