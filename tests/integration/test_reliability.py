@@ -19,13 +19,21 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from gateway.testing import makeClientHello
 
 from .backends import Backend, TLSStream, tlsConnect, waitUntil
-from .harness import CertificateAuthority, Gateway, freePort, gatewayIni
+from .harness import (
+    CertificateAuthority,
+    Gateway,
+    commandFor,
+    freePort,
+    gatewayIni,
+    runCommand,
+)
 from .test_operations import (
     alive,
     connectionRefused,
@@ -468,3 +476,66 @@ def test_sigtermWhileARetiredWorkerDrainsExitsCleanlyWithinDrainTimeout(
     assert "ReactorNotRunning" not in gw.output(), gw.explain()
     assert not any(alive(pid) for pid in workersStarted(gw)), gw.explain()
     assert gw.waitForLog(lambda e: e["sni"] == NAME, 1)["status"] == "shutdown"
+
+
+# -- check finds what run would trip on ----------------------------------------------
+
+
+def test_checkReportsAnAccessLogFolderAndKeyProblemsWithTheRestAtOnce(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """
+    One run of C{tlsgateway check} on a file with a typo, a private key
+    that is not a key, and an C{access_log} in a folder that does not
+    exist: all three, each at its line, exit 1.  With them fixed, the
+    gateway starts, as C{check} then says it will.
+    """
+    certificate = ca.issue(NAME)
+    badKey = tmp_path / "bad-key.pem"
+    badKey.write_text("not a key\n")
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    text = (
+        "[gateway]\n"
+        f"access_log = {folder / 'logs' / 'access.log'}\n"
+        "drain_timout = 2s\n"
+        "\n"
+        "[listener:web]\n"
+        f"listen = {listen(freePort())}\n"
+        "mode = terminate\n"
+        "upstream = app\n"
+        f"certificate = {certificate.certificatePath}\n"
+        f"private_key = {badKey}\n"
+        "\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:9\n"
+    )
+    config = folder / "gateway.ini"
+    config.write_text(text)
+    result = runCommand(commandFor("module", "check", str(config)), folder)
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert any(
+        line.startswith(f"{config}:2: [gateway] access_log:")
+        and "does not exist" in line
+        for line in lines
+    ), result.stderr
+    assert any(
+        line.startswith(f"{config}:3: [gateway] drain_timout: unknown key")
+        for line in lines
+    ), result.stderr
+    assert any(
+        line.startswith(f"{config}:10: [listener:web] private_key:") for line in lines
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+    (folder / "logs").mkdir()
+    fixed = text.replace("drain_timout", "drain_timeout").replace(
+        str(badKey), str(certificate.privateKeyPath)
+    )
+    config.write_text(fixed)
+    result = runCommand(commandFor("module", "check", str(config)), folder)
+    assert result.returncode == 0, result
+    assert result.stdout.strip().endswith("configuration OK"), result
+    with Gateway(fixed, folder / "run", command="module"):
+        pass
