@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.contexts import buildContexts
@@ -268,10 +269,13 @@ class GatewayService(Service):
                     port.factory = factory  # type: ignore[attr-defined]
                     continue
                 try:
-                    self._ports[description] = self._open(reactor, description, factory)
+                    port = self._ports[description] = self._open(
+                        reactor, description, factory
+                    )
                 except StartupError as e:
                     errors.append(f"listener {listener.name}: {e}")
                     continue
+                watch(port, lambda port=port: getattr(port, "factory", None))
                 self._log.info(
                     "listener {listener} listening on {description}",
                     listener=listener.name,

@@ -43,7 +43,7 @@ from gateway.postgres import (
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.tlstransport import TLSTransport
-from gateway.upstream import IServerChooser, connectServer
+from gateway.upstream import IServerChooser, connectServer, localError
 
 
 class IUpstreamTLS:
@@ -393,8 +393,26 @@ class Session:
             server,
             attempt,
             self._timeouts.connect,
-            lambda reason: self.upstreamRefused(attempt, reason.getErrorMessage()),
+            lambda reason: self._connectFailed(attempt, reason),
         )
+
+    def _connectFailed(self, attempt: UpstreamProtocol, reason: Failure) -> None:
+        local = localError(reason)
+        if local is None:
+            self.upstreamRefused(attempt, reason.getErrorMessage())
+            return
+        if attempt is not self._attempt:
+            return
+        # The gateway's own resources ran out, not the server: it does not
+        # count against the server, and no other server is tried.
+        # The server is released, not failed; the client's close finishes.
+        self._attempt = self._connector = None
+        self._lastError = f"{attempt.server.address}: {local}"
+        if self._clientGone:
+            self._finish()
+            return
+        self._record.fail("upstream_unavailable", self._lastError)
+        self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
         """

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,9 @@ from .test_operations import (
     httpsGet,
     iniText,
     listen,
+    metric,
     reloadBySignal,
+    scrape,
     supervised,  # noqa: F401 - a fixture
     waitForWorkers,
     workersStarted,
@@ -539,3 +543,173 @@ def test_checkReportsAnAccessLogFolderAndKeyProblemsWithTheRestAtOnce(
     assert result.stdout.strip().endswith("configuration OK"), result
     with Gateway(fixed, folder / "run", command="module"):
         pass
+
+
+# -- out of file descriptors ---------------------------------------------------------
+
+#: Runs argv[2:] under a soft and hard RLIMIT_NOFILE of argv[1].
+LIMIT_WRAPPER = (
+    "import os, resource, sys;"
+    " n = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_NOFILE, (n, n));"
+    " os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[Callable[[str, int], Gateway]]:
+    """
+    A starter: C{limited(iniText, limit)} runs C{python -m gateway run}
+    with C{RLIMIT_NOFILE} lowered to C{limit}; stopped at teardown.
+    """
+    started: list[Gateway] = []
+
+    def start(iniText: str, limit: int) -> Gateway:
+        gw = Gateway(iniText, tmp_path / f"limited{len(started) + 1}", command="module")
+        gw.command = [sys.executable, "-c", LIMIT_WRAPPER, str(limit), *gw.command[1:]]
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def openDescriptors(gw: Gateway) -> int:
+    return len(os.listdir(f"/proc/{gw.pid}/fd"))
+
+
+def limitedIni(port: int, metricsPort: int, *servers: Backend) -> str:
+    return iniText(
+        gateway={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
+        listeners={
+            "web": {
+                "listen": listen(port),
+                "routes": [f"{NAME} up"],
+                "preread_timeout": "60s",
+            }
+        },
+        upstreams={
+            "up": {
+                "servers": [
+                    f"{s.address} max_fails=1 fail_timeout=60s" for s in servers
+                ]
+            }
+        },
+    )
+
+
+def echoOnce(port: int, hello: bytes, timeout: float = 5.0) -> bytes:
+    """Send C{hello} through the gateway; what the echo backend sends back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(hello)
+        received = b""
+        with contextlib.suppress(OSError):
+            while len(received) < len(hello):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received += data
+        return received
+
+
+def assertEveryConnectionLogged(gw: Gateway, metricsPort: int, made: int) -> None:
+    """
+    Every connection the clients made has exactly one access-log line and
+    none is left active.
+    """
+    entries = gw.waitForEntries(made, timeout=15)
+    assert len(entries) == made, (len(entries), made, gw.explain())
+    waitUntil(
+        lambda: (
+            scrape(metricsPort)[metric("tlsgateway_active_connections", listener="web")]
+            == 0
+        ),
+        10,
+        lambda: f"connections still active\n{gw.explain()}",
+    )
+
+
+def test_runningOutOfDescriptorsNeverMarksAServerFailed(
+    limited: Callable[[str, int], Gateway], backend: StartBackend
+) -> None:
+    """
+    With C{RLIMIT_NOFILE} lowered, connections held open until the
+    gateway runs out of descriptors: the ones it cannot connect upstream
+    are C{upstream_unavailable} naming EMFILE, both servers stay up, and
+    once the held connections close, new ones are relayed at once (before,
+    both servers were out for C{fail_timeout}: "no server available").
+    """
+    first, second = backend("a", "echo", tls=False), backend("b", "echo", tls=False)
+    metricsPort = freePort()
+    limit = 64
+    gw = limited(limitedIni(freePort(), metricsPort, first, second), limit)
+    hello = makeClientHello(NAME)
+    held: list[socket.socket] = []
+    try:
+        while openDescriptors(gw) < limit - 1 and len(held) < limit:
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            sock.sendall(hello)
+            held.append(sock)
+            time.sleep(0.02)
+        # The last descriptor goes to the next accept: its upstream socket
+        # cannot be made.
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            sock.sendall(hello)
+            held.append(sock)
+        gw.waitForLog(lambda e: "EMFILE" in (e.get("reason") or ""), timeout=10)
+    finally:
+        for sock in held:
+            sock.close()
+    made = len(held)
+    for _ in range(5):
+        assert echoOnce(gw.port, hello) == hello, gw.explain()
+        made += 1
+    assertEveryConnectionLogged(gw, metricsPort, made)
+    refused = [e for e in gw.accessLog() if e["status"] != "ok"]
+    assert refused, gw.explain()
+    for entry in refused:
+        assert entry["status"] == "upstream_unavailable", entry
+        assert "local resource error: EMFILE" in entry["reason"], entry
+    for server in (first, second):
+        up = metric(
+            "tlsgateway_upstream_server_up", upstream="up", server=server.address
+        )
+        # Sampled every second.
+        waitUntil(lambda up=up: up in scrape(metricsPort), 5, gw.explain)
+        assert scrape(metricsPort)[up] == 1, gw.explain()
+    assert "unavailable for" not in gw.output(), gw.explain()
+
+
+def test_theFirstPassthroughConnectionAtEMFILEIsRelayedAndLogged(
+    limited: Callable[[str, int], Gateway], backend: StartBackend
+) -> None:
+    """
+    Descriptors run out just before the first relay of a fresh process,
+    whose splice hub then cannot be made: the connection is relayed all
+    the same (by the reactor) and logged once; nothing stays active.
+    Before, it leaked: an unhandled error, no access-log line, C{active}
+    stuck at 1.
+    """
+    echo = backend("echo", "echo", tls=False)
+    metricsPort = freePort()
+    limit = 48
+    gw = limited(limitedIni(freePort(), metricsPort, echo), limit)
+    held: list[socket.socket] = []
+    try:
+        # Connections in the pre-read (nothing sent) take one each, until
+        # two are left: the next client's socket and its upstream's.
+        while openDescriptors(gw) < limit - 2:
+            target = openDescriptors(gw) + 1
+            held.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
+            waitUntil(lambda n=target: openDescriptors(gw) >= n, 5, gw.explain)
+        hello = makeClientHello(NAME)
+        assert echoOnce(gw.port, hello) == hello, gw.explain()
+    finally:
+        for sock in held:
+            sock.close()
+    assertEveryConnectionLogged(gw, metricsPort, len(held) + 1)
+    relayed = gw.waitForLog(lambda e: e["sni"] == NAME)
+    assert relayed["status"] == "ok", relayed
+    assert "Unhandled" not in gw.output(), gw.explain()
