@@ -11,8 +11,8 @@ tables already knows:
   - C{*.example.com}: any name below C{example.com}, at any depth, but not
     C{example.com} itself;
   - C{.example.com}: C{example.com} and any name below it;
-  - C{~REGEX} (C{~*REGEX} ignores case): a Python regular expression,
-    searched for anywhere in the lower-case name, as NGINX does;
+  - C{~REGEX} (C{~*REGEX} ignores case): a regular expression in RE2
+    syntax, searched for anywhere in the lower-case name, as NGINX does;
   - C{default}: everything nothing else matched, including hellos with no
     SNI at all;
   - C{ALPN:proto}: a hello offering that ALPN protocol, whatever its name.
@@ -24,15 +24,24 @@ wildcard, then the first regex in file order, then C{default}.
 Patterns are normalised once by L{normalizePattern} (so the configuration
 loader can report a bad one at its line) and compiled once by L{Router};
 matching a name costs one dictionary lookup per label plus the regexes.
+
+Regexes run on RE2 (the C{google-re2} binding), not Python's C{re}: RE2
+matches in time linear in the name, whatever the pattern, where C{re}
+backtracks.  With C{re}, C{~^(a+)+$} takes a second for a 24-letter label
+and twice as long per letter more, and every listener of the process
+waits meanwhile: a client could stall the gateway with one SNI name.
+RE2's price is its syntax: no backreferences and no lookarounds.  A
+pattern RE2 cannot compile is refused when the configuration is loaded.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import idna
+import re2  # type: ignore[import-untyped]
 
 __all__ = ["Routable", "Router", "normalizeName", "normalizePattern"]
 
@@ -94,13 +103,39 @@ def normalizeName(name: str) -> str:
     return lowered
 
 
-def _compileRegex(pattern: str) -> re.Pattern[str]:
+def _re2Options() -> Any:
+    options = re2.Options()
+    # Compile errors are raised to the caller, who reports them at their
+    # line; RE2 would also print them to standard error.
+    options.log_errors = False
+    return options
+
+
+_RE2_OPTIONS = _re2Options()
+
+
+def _regexBody(pattern: str) -> str:
     """
-    Compile a normalised C{~REGEX} or C{~*REGEX} pattern.
+    The RE2 source of a normalised C{~REGEX} or C{~*REGEX} pattern.
     """
     if pattern.startswith("~*"):
-        return re.compile(pattern[2:], re.IGNORECASE)
-    return re.compile(pattern[1:])
+        return f"(?i:{pattern[2:]})"
+    return pattern[1:]
+
+
+def _compile(source: str) -> Any:
+    """
+    Compile RE2 source.
+
+    @raise ValueError: with RE2's reason.
+    """
+    try:
+        return re2.compile(source, _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(str(reason)) from None
 
 
 def normalizePattern(raw: str) -> str:
@@ -124,9 +159,14 @@ def normalizePattern(raw: str) -> str:
         if not body:
             raise ValueError(f"{text!r} has an empty regex")
         try:
-            _compileRegex(text)
-        except re.error as e:
-            raise ValueError(f"bad regex {body!r}: {e}") from None
+            _compile(body)  # so that the reason quotes the pattern as typed
+            _compile(_regexBody(text))
+        except ValueError as e:
+            raise ValueError(
+                f"bad regex {body!r}: {e.args[0]} (route regexes use RE2"
+                " syntax, which runs in linear time: no backreferences, no"
+                " lookarounds)"
+            ) from None
         return text
     if text[:5].upper() == ALPN_PREFIX:
         protocol = text[5:]
@@ -174,8 +214,9 @@ class Routable(Protocol):
 T = TypeVar("T", bound=Routable)
 
 # A regex tier: a matcher (a merged expression's match, or one regex's
-# search) and the routes it stands for, in file order.
-_RegexTier = tuple[Callable[[str], "re.Match[str] | None"], tuple[T, ...]]
+# search), the routes it stands for in file order, and for a merged one
+# the number of each route's empty marker group.
+_RegexTier = tuple[Callable[[str], Any], tuple[T, ...], tuple[int, ...]]
 _ANY = r"[\s\S]"
 
 
@@ -196,14 +237,19 @@ class Router(Generic[T]):
         the name itself, and that is the longest suffix a name can have.
     @ivar _below: C{*.example.com} and C{.example.com} routes, keyed by
         C{example.com}, for the names under it.
-    @ivar _regexes: in file order, (compiled, routes) pairs.  A merged
-        expression holds several groupless regexes, each as an alternative
-        C{(?=[\\s\\S]*?(?:REGEX))()}: C{re.match} tries alternatives left
-        to right and each lookahead is exactly C{re.search(REGEX)}, so the
-        first regex in file order that matches anywhere wins, and the
-        empty group's C{lastindex} says which one it was.  A regex with
-        groups (its backreferences would be renumbered) or inline flags
-        (only allowed at the very start) stays on its own.
+    @ivar _regexes: RE2 matchers and the routes they stand for.  All the
+        regexes are merged into one expression whose alternatives are
+        C{(?:[\\s\\S]*?(?:REGEX)())}, matched from the start of the name:
+        each alternative matches exactly when C{REGEX} is found anywhere,
+        RE2 keeps Perl's leftmost-first preference (of the alternatives
+        that match at the same place, the first one written wins), and
+        all of them start at the first character, so the first regex in
+        file order that matches wins; its empty marker group says which
+        it was.  RE2 has no backreferences, so renumbering the regexes'
+        own groups changes nothing, and its inline flags end with their
+        group, so none leaks into the next alternative.  Only if the
+        merged program is too large for RE2 does each regex get a tier
+        of its own, searched in file order.
     """
 
     def __init__(self, routes: Iterable[T]) -> None:
@@ -288,41 +334,39 @@ class Router(Generic[T]):
                 if route is not None:
                     return route
                 dot = name.find(".", dot + 1)
-        for matcher, routes in self._regexes:
+        for matcher, routes, markers in self._regexes:
             found = matcher(name)
             if found is not None:
                 if len(routes) == 1:
                     return routes[0]
-                assert found.lastindex is not None  # one empty group per route
-                return routes[found.lastindex - 1]
+                for route, marker in zip(routes, markers, strict=True):
+                    if found.group(marker) is not None:
+                        return route
         return None
 
 
 def _mergeRegexes(regexes: list[tuple[str, T]]) -> list[_RegexTier[T]]:
     """
-    Merge runs of groupless, flagless regexes into single expressions.
-
-    See L{Router._regexes} for why the merged form keeps first-in-order
-    semantics, and which regexes cannot take part.
+    Merge the regexes into one RE2 expression that reports the first
+    match in file order; see L{Router._regexes}.
     """
-    tiers: list[_RegexTier[T]] = []
-    run: list[tuple[str, T]] = []
-
-    def flush() -> None:
-        if run:
-            source = "|".join(f"(?={_ANY}*?{body})()" for body, _ in run)
-            tiers.append((re.compile(source).match, tuple(r for _, r in run)))
-            run.clear()
-
+    if not regexes:
+        return []
+    alternatives: list[str] = []
+    markers: list[int] = []
+    groups = 0
+    separate: list[_RegexTier[T]] = []
     for pattern, route in regexes:
-        compiled = _compileRegex(pattern)
-        ignoreCase = pattern.startswith("~*")
-        expected = re.UNICODE | (re.IGNORECASE if ignoreCase else 0)
-        if compiled.groups == 0 and compiled.flags == expected:
-            body = pattern[2:] if ignoreCase else pattern[1:]
-            run.append((f"(?i:{body})" if ignoreCase else f"(?:{body})", route))
-        else:
-            flush()
-            tiers.append((compiled.search, (route,)))
-    flush()
-    return tiers
+        body = _regexBody(pattern)
+        compiled = _compile(body)
+        separate.append((compiled.search, (route,), ()))
+        groups += compiled.groups + 1
+        markers.append(groups)
+        alternatives.append(f"(?:{_ANY}*?(?:{body})())")
+    if len(regexes) == 1:
+        return separate
+    try:
+        merged = _compile("|".join(alternatives))
+    except ValueError:
+        return separate  # too large for one program: RE2's max_mem
+    return [(merged.match, tuple(route for _, route in regexes), tuple(markers))]

@@ -1005,8 +1005,9 @@ def test_routeProblemsPointAtTheRoutesOwnLine(tmp_path: Path) -> None:
         """
     )
     assert problems(tmp_path, text) == [
-        "gw.ini:5: [listener:web] routes: bad regex '(unclosed': missing ),"
-        " unterminated subpattern at position 0",
+        "gw.ini:5: [listener:web] routes: bad regex '(unclosed': missing ):"
+        " (unclosed (route regexes use RE2 syntax, which runs in linear time:"
+        " no backreferences, no lookarounds)",
         "gw.ini:6: [listener:web] routes: 'a.*.example.com': '*' is only allowed as"
         " the whole first label, as in '*.example.com'",
         "gw.ini:7: [listener:web] routes: duplicate route pattern 'API.Example.COM.'"
@@ -1022,8 +1023,22 @@ def test_routeProblemsPointAtTheRoutesOwnLine(tmp_path: Path) -> None:
 def test_routeOnTheKeyLine(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nroutes = ~[ app\n")
     assert problems(tmp_path, text) == [
-        "gw.ini:3: [listener:web] routes: bad regex '[': unterminated character set"
-        " at position 0"
+        "gw.ini:3: [listener:web] routes: bad regex '[': missing ]: [ (route"
+        " regexes use RE2 syntax, which runs in linear time: no backreferences,"
+        " no lookarounds)"
+    ]
+
+
+def test_aRegexRE2CannotRunIsAProblemNamingIt(tmp_path: Path) -> None:
+    """
+    A backreference needs backtracking, which RE2 refuses: the pattern is
+    reported at its line rather than run in exponential time.
+    """
+    text = listener("listen = tcp:1\nroutes =\n    ~^(a+)\\1$ app\n    default app\n")
+    assert problems(tmp_path, text) == [
+        "gw.ini:4: [listener:web] routes: bad regex '^(a+)\\\\1$': invalid escape"
+        " sequence: \\1 (route regexes use RE2 syntax, which runs in linear time:"
+        " no backreferences, no lookarounds)"
     ]
 
 
