@@ -37,7 +37,7 @@ pattern RE2 cannot compile is refused when the configuration is loaded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 import idna
@@ -213,10 +213,6 @@ class Routable(Protocol):
 
 T = TypeVar("T", bound=Routable)
 
-# A regex tier: a matcher (a merged expression's match, or one regex's
-# search), the routes it stands for in file order, and for a merged one
-# the number of each route's empty marker group.
-_RegexTier = tuple[Callable[[str], Any], tuple[T, ...], tuple[int, ...]]
 _ANY = r"[\s\S]"
 
 
@@ -237,19 +233,8 @@ class Router(Generic[T]):
         the name itself, and that is the longest suffix a name can have.
     @ivar _below: C{*.example.com} and C{.example.com} routes, keyed by
         C{example.com}, for the names under it.
-    @ivar _regexes: RE2 matchers and the routes they stand for.  All the
-        regexes are merged into one expression whose alternatives are
-        C{(?:[\\s\\S]*?(?:REGEX)())}, matched from the start of the name:
-        each alternative matches exactly when C{REGEX} is found anywhere,
-        RE2 keeps Perl's leftmost-first preference (of the alternatives
-        that match at the same place, the first one written wins), and
-        all of them start at the first character, so the first regex in
-        file order that matches wins; its empty marker group says which
-        it was.  RE2 has no backreferences, so renumbering the regexes'
-        own groups changes nothing, and its inline flags end with their
-        group, so none leaks into the next alternative.  Only if the
-        merged program is too large for RE2 does each regex get a tier
-        of its own, searched in file order.
+    @ivar _regexes: the regexes, in file order, compiled into one RE2 set
+        and one merged RE2 program (L{_RegexTable}).
     """
 
     def __init__(self, routes: Iterable[T]) -> None:
@@ -284,7 +269,7 @@ class Router(Generic[T]):
                 self._below.setdefault(pattern[1:], route)
             else:
                 self._exact.setdefault(pattern, route)
-        self._regexes = _mergeRegexes(regexes)
+        self._regexes = _RegexTable(regexes)
 
     def match(
         self, serverName: str | None, alpn: Iterable[str | bytes] = ()
@@ -334,39 +319,74 @@ class Router(Generic[T]):
                 if route is not None:
                     return route
                 dot = name.find(".", dot + 1)
-        for matcher, routes, markers in self._regexes:
-            found = matcher(name)
-            if found is not None:
-                if len(routes) == 1:
-                    return routes[0]
-                for route, marker in zip(routes, markers, strict=True):
-                    if found.group(marker) is not None:
-                        return route
+        if self._regexes:
+            return self._regexes.match(name)
         return None
 
 
-def _mergeRegexes(regexes: list[tuple[str, T]]) -> list[_RegexTier[T]]:
+class _RegexTable(Generic[T]):
     """
-    Merge the regexes into one RE2 expression that reports the first
-    match in file order; see L{Router._regexes}.
+    The regex tier: which route's regex, first in file order, is found in
+    a name.  See L{Router._regexes}.
+
+    @ivar _set: an RE2 set of every regex: one pass over the name says
+        which of them match, so the first in file order is the smallest
+        index.  RE2 answers a set match with its DFA only, which gives up
+        (and answers "none") when its memory budget runs out; so an empty
+        answer is checked with C{_merged}, which falls back to RE2's NFA.
+    @ivar _merged: every regex as one alternative
+        C{(?:[\\s\\S]*?(?:REGEX)())}, matched from the start of the name:
+        each alternative matches exactly when C{REGEX} is found anywhere,
+        RE2 keeps Perl's leftmost-first preference (of alternatives that
+        match at the same place, the first written wins) and all of them
+        start at the first character, so the first regex in file order
+        that matches wins; its empty marker group says which it was.  RE2
+        has no backreferences, so renumbering the regexes' own groups
+        changes nothing, and its inline flags end with their group, so none
+        leaks into the next alternative.  L{None} if the program is too
+        large for RE2 (then each regex is searched in turn).
     """
-    if not regexes:
-        return []
-    alternatives: list[str] = []
-    markers: list[int] = []
-    groups = 0
-    separate: list[_RegexTier[T]] = []
-    for pattern, route in regexes:
-        body = _regexBody(pattern)
-        compiled = _compile(body)
-        separate.append((compiled.search, (route,), ()))
-        groups += compiled.groups + 1
-        markers.append(groups)
-        alternatives.append(f"(?:{_ANY}*?(?:{body})())")
-    if len(regexes) == 1:
-        return separate
-    try:
-        merged = _compile("|".join(alternatives))
-    except ValueError:
-        return separate  # too large for one program: RE2's max_mem
-    return [(merged.match, tuple(route for _, route in regexes), tuple(markers))]
+
+    def __init__(self, regexes: list[tuple[str, T]]) -> None:
+        self._routes = tuple(route for _, route in regexes)
+        bodies = [_regexBody(pattern) for pattern, _ in regexes]
+        compiled = [_compile(body) for body in bodies]
+        self._searches = [regex.search for regex in compiled]
+        self._set: Any = None
+        self._merged: Any = None
+        self._markers: list[int] = []
+        groups = 0
+        for regex in compiled:
+            groups += regex.groups + 1
+            self._markers.append(groups)
+        try:
+            regexSet = re2.Set.SearchSet(_RE2_OPTIONS)
+            for body in bodies:
+                regexSet.Add(body)
+            regexSet.Compile()
+            self._merged = _compile(
+                "|".join(f"(?:{_ANY}*?(?:{body})())" for body in bodies)
+            )
+        except (re2.error, ValueError):
+            return  # too large for one program (RE2's max_mem): one by one
+        self._set = regexSet
+
+    def __bool__(self) -> bool:
+        return bool(self._routes)
+
+    def match(self, name: str) -> T | None:
+        if self._set is None:
+            for route, search in zip(self._routes, self._searches, strict=True):
+                if search(name) is not None:
+                    return route
+            return None
+        found = self._set.Match(name)
+        if found:
+            return self._routes[min(found)]
+        matched = self._merged.match(name)
+        if matched is None:
+            return None
+        for route, marker in zip(self._routes, self._markers, strict=True):
+            if matched.group(marker) is not None:
+                return route
+        raise AssertionError("a merged match without a marker")  # pragma: no cover

@@ -433,3 +433,17 @@ def test_matchNeverRaises(serverName: str | None, alpn: list[str | bytes]) -> No
         "example.com", "*.example.com", ".example.org", "~^a", "~(x)+", "ALPN:h2"
     )
     r.match(serverName, alpn)
+
+
+def test_aTableTooLargeForOneRE2ProgramIsStillSearchedInOrder() -> None:
+    """
+    Past RE2's memory budget for one program, the regexes are searched one
+    by one: slower, with the same answers.
+    """
+    patterns = [f"~^x{i}[a-z]{{1000}}" for i in range(400)] + ["~example", "~^www"]
+    r = router(*patterns)
+    assert r._regexes._set is None  # the fallback is what this test is about
+    assert chosen(r, "x3" + "a" * 1000) == "~^x3[a-z]{1000}"
+    assert chosen(r, "www.example.com") == "~example"
+    assert chosen(r, "www.other.org") == "~^www"
+    assert chosen(r, "nothing.org") is None
