@@ -380,7 +380,7 @@ class _RegexTable(Generic[T]):
                 if search(name) is not None:
                     return route
             return None
-        found = self._set.Match(name)
+        found: list[int] | None = self._set.Match(name)
         if found:
             return self._routes[min(found)]
         matched = self._merged.match(name)
