@@ -49,6 +49,7 @@ from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
 from gateway.postgres import PostgresError
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
+from gateway.relay import relayTransport
 
 
 class Stage(TypingProtocol):
@@ -252,7 +253,7 @@ class PrereadProtocol(Protocol):
         self._handedOff = True
         self.record.fail("shutdown", "gateway stopped")
         assert self.transport is not None
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     def _timedOut(self) -> None:
         self._timer = None

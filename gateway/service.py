@@ -238,7 +238,7 @@ class GatewayService(Service):
             self._log.warn("{warning}", warning=warning)
         self._current = generation
         generation.startPools(reactor)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
             count=len(self.config.listeners),
@@ -434,7 +434,7 @@ class GatewayService(Service):
         Stop accepting, let established connections finish for up to
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for generation in self._generations():
             generation.stopPools()
         if self._serverStates is not None and self._serverStates.running:

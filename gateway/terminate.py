@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
+from gateway.relay import RelayTransport
 from gateway.tlstransport import TLSTransport
 
 
@@ -55,7 +56,7 @@ class TerminationStage:
     def __init__(
         self,
         clock: IReactorTime,
-        transport: ITCPTransport,
+        transport: RelayTransport,
         record: ConnectionRecord,
         context: SSL.Context,
         makeSession: Callable[[TLSTransport], TerminatedSession],
