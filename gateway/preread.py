@@ -50,6 +50,7 @@ from gateway.postgres import PostgresError
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
+from gateway.timers import cancel
 
 
 class Stage(TypingProtocol):
@@ -322,7 +323,5 @@ class PrereadProtocol(Protocol):
         self._next = self._listener.handoffTCP(self, buffered)
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

@@ -23,6 +23,7 @@ from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.portable import PORTABLE
+from gateway.timers import cancel
 
 #: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
 _RESET = struct.pack("ii", 1, 0)
@@ -385,7 +386,5 @@ class PortableRelay:
             )
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

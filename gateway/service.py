@@ -34,6 +34,7 @@ from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.session import UpstreamRuntime
+from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -460,8 +461,7 @@ class GatewayService(Service):
 
     def _drainEnded(self, result: object) -> None:
         for call in self._delayed:
-            if call.active():
-                call.cancel()
+            cancel(call)
         self._delayed = []
         self._closeLog()
 

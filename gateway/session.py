@@ -42,6 +42,7 @@ from gateway.postgres import (
 )
 from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.splicerelay import startRelay
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import IServerChooser, connectServer
 
@@ -186,10 +187,8 @@ class UpstreamProtocol(Protocol):
         )
 
     def _stopAnswerTimer(self) -> None:
-        if self._answerTimer is not None:
-            if self._answerTimer.active():
-                self._answerTimer.cancel()
-            self._answerTimer = None
+        cancel(self._answerTimer)
+        self._answerTimer = None
 
     def _unusable(self, reason: str) -> None:
         assert self.transport is not None

@@ -53,6 +53,7 @@ from zope.interface import implementer
 from gateway.accesslog import ConnectionRecord
 from gateway.portable import EPOLL, PORTABLE, SPLICE
 from gateway.relay import IRelay, PortableRelay, RelayTransport, reset, send
+from gateway.timers import cancel
 
 #: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist
 #: or the fast paths are off (L{gateway.portable}).
@@ -1023,10 +1024,8 @@ class SpliceRelay:
         the sockets.
         """
         self._state = _State.CLOSING
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
         for end in (self._client, self._upstream):
             end.stopReading()
             end.stopWriting()

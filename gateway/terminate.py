@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
 from gateway.relay import RelayTransport
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 
 
@@ -126,7 +127,5 @@ class TerminationStage:
         self._transport.abortConnection()
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
