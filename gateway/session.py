@@ -15,6 +15,7 @@ buffers nothing but what it already had.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import attrs
@@ -25,7 +26,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
-    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -40,25 +40,24 @@ from gateway.postgres import (
     SSLAnswerReader,
     SSLRefused,
 )
-from gateway.relay import IRelay
+from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.splicerelay import startRelay
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import IServerChooser, connectServer
 
 
-class IUpstreamTLS:
+class IUpstreamTLS(typing.Protocol):
     """
     What a session needs to re-encrypt to an upstream (provided by
-    L{gateway.tlspolicy.UpstreamTLS}).
+    L{gateway.upstream.ConfiguredNames}).
     """
 
-    def connectionFor(self, server: ServerConfig) -> SSL.Connection:  # pragma: no cover
-        raise NotImplementedError
+    def connectionFor(self, server: ServerConfig) -> SSL.Connection: ...
 
     def verify(
         self, connection: SSL.Connection, server: ServerConfig
-    ) -> str | None:  # pragma: no cover
-        raise NotImplementedError
+    ) -> str | None: ...
 
 
 @attrs.frozen
@@ -123,7 +122,8 @@ class UpstreamProtocol(Protocol):
         assert self.transport is not None
         sslRequest = self._session.sslRequest
         self._session.sendProxyHeader(
-            self.transport, raw=self._tlsPolicy is not None or sslRequest
+            relayTransport(self.transport),
+            raw=self._tlsPolicy is not None or sslRequest,
         )
         if sslRequest:
             self._answer = SSLAnswerReader()
@@ -145,7 +145,9 @@ class UpstreamProtocol(Protocol):
         """
         assert self.transport is not None
         if self._tlsPolicy is None:
-            self._relay = self._session.upstreamReady(self, self.transport, self.server)
+            self._relay = self._session.upstreamReady(
+                self, relayTransport(self.transport), self.server
+            )
             if rest:
                 self._relay.upstreamData(rest)
             return
@@ -185,17 +187,15 @@ class UpstreamProtocol(Protocol):
         )
 
     def _stopAnswerTimer(self) -> None:
-        if self._answerTimer is not None:
-            if self._answerTimer.active():
-                self._answerTimer.cancel()
-            self._answerTimer = None
+        cancel(self._answerTimer)
+        self._answerTimer = None
 
     def _unusable(self, reason: str) -> None:
         assert self.transport is not None
         self._answer = None
         self._stopAnswerTimer()
         self._session.upstreamRefused(self, reason)
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     # TLSEvents, with re-encryption
 
@@ -211,7 +211,7 @@ class UpstreamProtocol(Protocol):
     def tlsHandshakeFailed(self, reason: str) -> None:
         assert self.transport is not None
         self._session.upstreamRefused(self, f"TLS: {reason}")
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     def tlsData(self, data: bytes) -> None:
         assert self._relay is not None
@@ -295,7 +295,7 @@ class Session:
         self,
         reactor: IReactorTCP,
         clock: IReactorTime,
-        client: ITCPTransport,
+        client: RelayTransport,
         record: ConnectionRecord,
         upstream: UpstreamRuntime,
         clientKey: str,
@@ -349,7 +349,7 @@ class Session:
         """
         return self._picked
 
-    def sendProxyHeader(self, upstream: ITCPTransport, *, raw: bool) -> None:
+    def sendProxyHeader(self, upstream: RelayTransport, *, raw: bool) -> None:
         """
         Start a new upstream connection with the listener's PROXY protocol
         header (C{proxy_protocol}), if it has one.
@@ -371,7 +371,7 @@ class Session:
     def connect(self, pending: bytes = b"") -> None:
         if pending:
             self._pending.append(pending)
-        self._client.pauseProducing()  # type: ignore[attr-defined]
+        self._client.pauseProducing()
         self._connectNext()
 
     def _connectNext(self) -> None:
@@ -422,14 +422,14 @@ class Session:
         self._connectNext()
 
     def upstreamReady(
-        self, protocol: UpstreamProtocol, upstream: ITCPTransport, server: ServerConfig
+        self, protocol: UpstreamProtocol, upstream: RelayTransport, server: ServerConfig
     ) -> IRelay:
         self._attempt = self._connector = None
         self._upstream.chooser.connectSucceeded(server)
         if self._clientGone:
             upstream.loseConnection()
-            self.relay = _Discard(self._finish)
-            return self.relay
+            self.relay = discard = _Discard(self._finish)
+            return discard
         pending, self._pending = self._pending, []
         self.relay = startRelay(
             self._relaySetting,
@@ -477,7 +477,7 @@ class Session:
             self._connector.stopConnecting()
         else:
             # Connected, TLS handshake in progress: its close finishes.
-            attempt.transport.abortConnection()
+            relayTransport(attempt.transport).abortConnection()
 
     def shutdown(self) -> None:
         if self.relay is not None:
@@ -496,14 +496,28 @@ class Session:
             ended()
 
 
+@implementer(IRelay)
 class _Discard:
     """
     Stands in for the relay when the client left before the upstream
-    became ready: the upstream connection is closed unused.
+    became ready: the upstream connection is closed unused.  The client
+    side is gone already, so its events cannot come.
     """
 
     def __init__(self, finish: Callable[[], None]) -> None:
         self._finish = finish
+
+    def clientData(self, data: bytes) -> None:
+        pass
+
+    def clientReadClosed(self) -> None:
+        pass
+
+    def clientLost(self, reason: Failure) -> None:
+        pass
+
+    def abort(self, status: str, reason: str) -> None:
+        pass
 
     def upstreamData(self, data: bytes) -> None:
         pass

@@ -19,11 +19,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import halfClose, send
+from gateway.portable import PORTABLE
+from gateway.relay import RelayTransport, halfClose, send
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
 #: is usually one call, small enough that pyOpenSSL's per-call buffer
@@ -71,9 +72,9 @@ def _rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
     """
     The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
     calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
-    that is not on memory BIOs).
+    that is not on memory BIOs, or the fast paths off: L{gateway.portable}).
     """
-    if _lib is None:
+    if _lib is None or PORTABLE:
         return None
     ssl = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
@@ -143,7 +144,7 @@ class TLSTransport:
     def __init__(
         self,
         connection: SSL.Connection,
-        transport: ITCPTransport,
+        transport: RelayTransport,
         events: TLSEvents,
         countOut: ConnectionRecord | None = None,
     ) -> None:
@@ -374,16 +375,16 @@ class TLSTransport:
         self._transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
-        self._transport.pauseProducing()  # type: ignore[attr-defined]
+        self._transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._transport.resumeProducing()  # type: ignore[attr-defined]
+        self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._transport.stopProducing()  # type: ignore[attr-defined]
 
     @property
-    def wire(self) -> ITCPTransport:
+    def wire(self) -> RelayTransport:
         """
         The TCP transport that carries the ciphertext.
         """
