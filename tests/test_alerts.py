@@ -15,8 +15,6 @@ from gateway.alerts import STATUS_ALERTS, AlertDescription, alertRecord, recordV
 from gateway.clienthello import ClientHello, ClientHelloReader
 from gateway.testing import makeClientHello
 
-from .helpers import frameworksImportedBy
-
 
 def test_anAlertIsOneFatalRecord() -> None:
     assert alertRecord(AlertDescription.UNRECOGNIZED_NAME, 0x0303) == bytes(
@@ -126,7 +124,3 @@ def test_aClientReadsAnAlertSentBeforeItsHello() -> None:
     client.bio_write(alertRecord(AlertDescription.ACCESS_DENIED, recordVersion(None)))
     with pytest.raises(SSL.Error, match="alert access denied"):
         client.do_handshake()
-
-
-def test_pureModuleImportsNeitherTwistedNorOpenSSL() -> None:
-    assert frameworksImportedBy("gateway.alerts") == []

@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from gateway.ratelimit import ConnectionRate, RateLimiter, parseRate
 
-from .helpers import frameworksImportedBy
-
 
 class Clock:
     def __init__(self) -> None:
@@ -183,7 +181,3 @@ def test_noWindowLetsMoreThanTheBurstPlusTheRate(
         for j in range(i, len(admitted)):
             elapsed = admitted[j] - start
             assert j - i + 1 <= connections + connections * elapsed + 1e-9
-
-
-def test_pureModuleImportsNeitherTwistedNorOpenSSL() -> None:
-    assert frameworksImportedBy("gateway.ratelimit") == []
