@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trustme
 from cryptography import x509
@@ -35,7 +36,6 @@ from .harness import (
     freePort,
     gatewayEnvironment,
     httpRequest,
-    httpsFetch,
     okBody,
     requireTools,
     writeLeaf,
@@ -255,19 +255,48 @@ def clientLeaf(authority: trustme.CA, directory: Path, name: str) -> ServerCerti
     return writeLeaf(directory, name, leaf, f"{name}.clients.test")
 
 
-def mtlsGet(
-    port: int, ca: CertificateAuthority, certificate: ServerCertificate
-) -> str | None:
-    """The response body, or L{None} when the gateway refused the client."""
+def clientContext(
+    ca: CertificateAuthority, certificate: ServerCertificate
+) -> ssl.SSLContext:
     context = ca.clientContext()
     context.load_cert_chain(
         str(certificate.certificatePath), str(certificate.privateKeyPath)
     )
+    return context
+
+
+@attrs.define
+class Fetched:
+    """A request's body (L{None}: refused), and the session, to resume."""
+
+    body: str | None
+    session: ssl.SSLSession | None = None
+    resumed: bool = False
+
+
+def mtlsGet(
+    port: int,
+    ca: CertificateAuthority,
+    certificate: ServerCertificate,
+    *,
+    context: ssl.SSLContext | None = None,
+    session: ssl.SSLSession | None = None,
+) -> Fetched:
+    context = context or clientContext(ca, certificate)
     try:
-        response, _, _ = httpsFetch(port, context, GW_NAME, GW_NAME)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=GW_NAME, session=session) as tls,
+        ):
+            tls.sendall(httpRequest(GW_NAME))
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
+            return Fetched(
+                okBody(response) if response else None, tls.session, tls.session_reused
+            )
     except (ssl.SSLError, ConnectionError):
-        return None
-    return okBody(response) if response else None
+        return Fetched(None)
 
 
 @pytest.fixture
@@ -300,13 +329,22 @@ def test_revokedClientIsRefusedAndANewCRLAppliesOnReload(
             "client_crl": str(crl),
         },
     )
-    assert mtlsGet(gw.port, ca, alice) == "app"
+    aliceContext = clientContext(ca, alice)
+    first = mtlsGet(gw.port, ca, alice, context=aliceContext)
+    assert first.body == "app"
+    assert first.session is not None
     entry = lastEntry(gw, 1)
     assertTerminatedOk(entry, app)
     assert "CN=alice" in entry["client_cert"], entry
 
-    assert mtlsGet(gw.port, ca, mallory) is None
-    entry = lastEntry(gw, 2)
+    # Before the new CRL, her ticket resumes.
+    resumed = mtlsGet(gw.port, ca, alice, context=aliceContext, session=first.session)
+    assert resumed.body == "app"
+    assert resumed.resumed
+    assert resumed.session is not None
+
+    assert mtlsGet(gw.port, ca, mallory).body is None
+    entry = lastEntry(gw, 3)
     assert entry["status"] == "handshake_failed", entry
     assert "revoked" in entry["reason"], entry
     assert "CN=mallory" in entry["reason"], entry
@@ -329,12 +367,18 @@ def test_revokedClientIsRefusedAndANewCRLAppliesOnReload(
     # The CA revokes alice too, as DER this time; a reload reads it.
     writeCRL(crl, authority, [mallory, alice], encoding=serialization.Encoding.DER)
     reloadBySignal(gw)
-    assert mtlsGet(gw.port, ca, alice) is None
-    entry = lastEntry(gw, 4)
-    assert entry["status"] == "handshake_failed", entry
-    assert "revoked" in entry["reason"], entry
-    assert "CN=alice" in entry["reason"], entry
-    assert app.accepted == 1
+    # Her session from before cannot be resumed (new ticket keys): a full
+    # handshake, and the new CRL refuses her.
+    again = mtlsGet(gw.port, ca, alice, context=aliceContext, session=resumed.session)
+    assert again.body is None
+    assert not again.resumed
+    assert mtlsGet(gw.port, ca, alice).body is None
+    for count in (5, 6):
+        entry = lastEntry(gw, count)
+        assert entry["status"] == "handshake_failed", entry
+        assert "revoked" in entry["reason"], entry
+        assert "CN=alice" in entry["reason"], entry
+    assert app.accepted == 2
 
 
 def test_checkWarnsAboutAnExpiredCRL(
