@@ -70,11 +70,13 @@ __all__ = [
     "LoadedCertificate",
     "ServerTLS",
     "TLSConfigError",
+    "TLSConfigErrors",
     "TLSHandshakeError",
     "UpstreamTLS",
     "UpstreamVerificationError",
     "describe",
     "loadCertificate",
+    "unknownGroups",
 ]
 
 #: The TLS 1.2 cipher list when C{ciphers} is not set: ECDHE key exchange
@@ -140,6 +142,17 @@ class TLSConfigError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TLSConfigErrors(TLSConfigError):
+    """
+    Several keys are wrong at once; each is in L{errors}, reported on its
+    own.
+    """
+
+    def __init__(self, errors: Sequence[TLSConfigError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors), key=errors[0].key)
+        self.errors = tuple(errors)
 
 
 class TLSHandshakeError(TLSConfigError, SSL.Error):
@@ -786,7 +799,7 @@ def unknownGroups(names: Sequence[str]) -> list[str]:
 
 def _readCRLs(
     paths: Sequence[str],
-    authorities: Sequence[x509.Certificate],
+    authorities: Sequence[x509.Certificate] | None,
     now: datetime.datetime,
 ) -> tuple[tuple[x509.CertificateRevocationList, ...], list[LoadWarning]]:
     """
@@ -798,6 +811,9 @@ def _readCRLs(
     NGINX does, and the operator must fetch a new one; refusing to start
     would take down the clients it does not cover too.
 
+    @param authorities: the C{client_ca} certificates, or L{None} when
+        they could not be read (then issuers are not checked: that problem
+        is reported at C{client_ca}).
     @raise TLSConfigError: unreadable, not a CRL, or not issued (signed) by
         a C{client_ca} authority, which OpenSSL would never use.
     """
@@ -822,6 +838,9 @@ def _readCRLs(
             raise error("no CRL found: expected PEM (-----BEGIN X509 CRL-----) or DER")
         for crl in found:
             issuer = crl.issuer.rfc4514_string() or "(empty issuer)"
+            if authorities is None:
+                crls.append(crl)
+                continue
             signers = [a for a in authorities if a.subject == crl.issuer]
             if not signers:
                 raise error(
@@ -921,19 +940,36 @@ def _settings(listener: ListenerConfig) -> tuple[_Settings, list[LoadWarning]]:
         "optional": SSL.VERIFY_PEER,
         "on": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
     }[listener.verify_client]
-    clientCAs: tuple[x509.Certificate, ...] = ()
+    # From here on each key is checked on its own, so one load reports
+    # every one of them that is wrong.
+    errors: list[TLSConfigError] = []
+    clientCAs: tuple[x509.Certificate, ...] | None = ()
     if listener.client_ca is not None:
-        clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        try:
+            clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        except TLSConfigError as e:
+            errors.append(e)
+            clientCAs = None
     unknown = unknownGroups(listener.groups)
     if unknown:
-        raise TLSConfigError(
-            f"{', '.join(unknown)}: not a key exchange group this OpenSSL knows"
-            f" ({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()})",
-            key="groups",
+        errors.append(
+            TLSConfigError(
+                f"{', '.join(unknown)}: not a key exchange group this OpenSSL knows"
+                f" ({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()})",
+                key="groups",
+            )
         )
-    crls, warnings = _readCRLs(
-        listener.client_crl, clientCAs, datetime.datetime.now(datetime.UTC)
-    )
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    warnings: list[LoadWarning] = []
+    try:
+        crls, warnings = _readCRLs(
+            listener.client_crl, clientCAs, datetime.datetime.now(datetime.UTC)
+        )
+    except TLSConfigError as e:
+        errors.append(e)
+    if errors:
+        raise TLSConfigErrors(errors)
+    assert clientCAs is not None
     return _Settings(
         minVersion=min(versions),
         maxVersion=max(versions),
@@ -1186,7 +1222,10 @@ class ServerTLS:
         try:
             settings, settingWarnings = _settings(listener)
         except TLSConfigError as e:
-            problems.append(_problem(listener.location, listenerSection, e.key, str(e)))
+            for error in e.errors if isinstance(e, TLSConfigErrors) else (e,):
+                problems.append(
+                    _problem(listener.location, listenerSection, error.key, str(error))
+                )
         else:
             warnings += [
                 str(_problem(listener.location, listenerSection, w.key, w.message))

@@ -474,3 +474,33 @@ def test_clientCRLNeedsVerifyClient() -> None:
         checkFiles=False,
     )
     assert config.listeners[0].client_crl == ("/etc/gw/a.crl", "/etc/gw/sub/b.crl")
+
+
+def test_everyBadKeyIsReportedAtOnce(pki: PKI, tmp_path: Path) -> None:
+    """
+    An unknown group, an unreadable client_ca and a missing CRL: three
+    problems, each at its own key, from one load.
+    """
+    listener = ListenerConfig(
+        name="web",
+        listen=("tcp:0",),
+        mode="terminate",
+        upstream="app",
+        certificate=pki.rsa.certificate,
+        private_key=pki.rsa.key,
+        client_ca=str(tmp_path / "no-ca.pem"),
+        verify_client="on",
+        client_crl=(str(tmp_path / "no.crl"),),
+        groups=("X25519", "bogus"),
+        location=Location(
+            INI, 7, keys={"groups": 12, "client_ca": 13, "client_crl": 14}
+        ),
+    )
+    policy, problems, _ = ServerTLS.fromConfig(listener, {})
+    assert policy is None
+    assert sorted((p.line, p.key) for p in problems) == [
+        (12, "groups"),
+        (13, "client_ca"),
+        (14, "client_crl"),
+    ], problems
+    assert "cannot read" in next(p.message for p in problems if p.key == "client_crl")
