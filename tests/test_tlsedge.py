@@ -26,7 +26,13 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 
-from gateway.config import ConfigError, ListenerConfig, Location, load_config_text
+from gateway.config import (
+    ConfigError,
+    ListenerConfig,
+    Location,
+    load_config,
+    load_config_text,
+)
 from gateway.tlspolicy import ServerTLS, TLSHandshakeError, unknownGroups
 
 from .test_tlspolicy import (
@@ -504,3 +510,16 @@ def test_everyBadKeyIsReportedAtOnce(pki: PKI, tmp_path: Path) -> None:
         (14, "client_crl"),
     ], problems
     assert "cannot read" in next(p.message for p in problems if p.key == "client_crl")
+
+
+def test_groupsOfAPassthroughListenerAreCheckedToo(tmp_path: Path) -> None:
+    path = tmp_path / "gw.ini"
+    path.write_text(
+        "[listener:web]\nlisten = tcp:0\nupstream = app\ngroups = X25519:nope\n"
+        "[upstream:app]\nservers = 127.0.0.1:1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}:4: [listener:web] groups: nope: not a key exchange group" in str(
+        caught.value
+    )
