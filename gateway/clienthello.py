@@ -551,7 +551,6 @@ def _parseClientHello(body: bytes) -> ClientHello:
     return _parseWellFormed(body) or _parseChecked(body)
 
 
-
 #: Canonical copies of the lists hellos carry, see L{_shared}.
 _SHARED: dict[tuple[object, ...], tuple[object, ...]] = {}
 #: Bound on L{_SHARED}: a client that varies its lists on purpose (or

@@ -95,7 +95,13 @@ class UpstreamProtocol(Protocol):
     does: an C{SSLRequest} on the raw socket (after the PROXY header, which
     must come first), then TLS only once the server answered C{S}.  Any
     other answer makes the server unusable for this connection, like a
-    refused connect: the session tries the next one.
+    refused connect: the session tries the next one.  So does an C{S}
+    followed by anything in the same read: the server cannot have seen a
+    ClientHello yet, so those bytes are not its handshake but something
+    that answered in its place, a man in the middle injecting data that
+    would reach the client (passthrough) or the gateway's TLS
+    (re-encryption) as if the server had sent it: the CVE-2021-23222
+    class, which libpq fixed the same way.
 
     @ivar _answer: reads the server's answer to the C{SSLRequest}, while it
         is awaited.
@@ -132,24 +138,19 @@ class UpstreamProtocol(Protocol):
             )
             self.transport.write(SSL_REQUEST)
             return
-        self._secure(b"")
+        self._secure()
 
-    def _secure(self, rest: bytes) -> None:
+    def _secure(self) -> None:
         """
         The raw connection is ready for what goes first: the relay (when
         the gateway does no TLS towards this server) or the gateway's TLS
         handshake.
-
-        @param rest: server bytes that followed its C{S}: TLS records, never
-            read as plaintext.
         """
         assert self.transport is not None
         if self._tlsPolicy is None:
             self._relay = self._session.upstreamReady(
                 self, relayTransport(self.transport), self.server
             )
-            if rest:
-                self._relay.upstreamData(rest)
             return
         self._tls = TLSTransport(
             self._tlsPolicy.connectionFor(self.server),
@@ -157,8 +158,6 @@ class UpstreamProtocol(Protocol):
             self,
         )
         self._tls.startHandshake()
-        if rest:
-            self._tls.ciphertextReceived(rest)
 
     def _readAnswer(self, data: bytes) -> None:
         assert self._answer is not None
@@ -178,7 +177,13 @@ class UpstreamProtocol(Protocol):
                 else f"server answered the SSLRequest with an error: {answer.error}"
             )
             return
-        self._secure(answer.rest)
+        if answer.rest:
+            self._unusable(
+                f"server sent {len(answer.rest)} bytes after its S, before the"
+                " TLS handshake: refused, as injected data (CVE-2021-23222)"
+            )
+            return
+        self._secure()
 
     def _answerTimedOut(self) -> None:
         self._answerTimer = None
