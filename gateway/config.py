@@ -598,7 +598,7 @@ class ListenerConfig:
     name: str
     listen: tuple[str, ...] = attrs.field(metadata=_iniFolder(_endpoints))
     mode: str = _choiceField("passthrough", "passthrough", "terminate", "tcp")
-    protocol: str = _choiceField("tls", "tls", "postgres")
+    protocol: str = _choiceField("tls", "tls", "postgres", "mysql")
     allow_plaintext: bool = attrs.field(default=False, metadata=_ini(parseBool))
     upstream: str | None = attrs.field(default=None, metadata=_ini(_sectionName))
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
@@ -1203,6 +1203,13 @@ class _Loader:
                     "mode = tcp relays without reading anything, so it cannot speak"
                     " the PostgreSQL preamble: use mode = passthrough or terminate",
                 )
+            if settings.get("protocol") == "mysql":
+                problem(
+                    "protocol",
+                    "mode = tcp relays MySQL untouched (its TLS included); protocol"
+                    " = mysql is for termination: use mode = terminate, or drop"
+                    " protocol",
+                )
         elif hasUpstream and hasRoutes:
             problem("routes", "use upstream or routes, not both")
         elif not hasUpstream and not hasRoutes:
@@ -1249,13 +1256,16 @@ class _Loader:
         verify = settings.get("verify_client", "off")
         if verify != "off" and "client_ca" not in items:
             problem("verify_client", f"verify_client = {verify} needs client_ca")
-        if (
-            settings.get("allow_plaintext")
-            and settings.get("protocol", "tls") != "postgres"
+        if settings.get("allow_plaintext") and settings.get("protocol", "tls") not in (
+            "postgres",
+            "mysql",
         ):
             problem(
-                "allow_plaintext", "allow_plaintext only applies to protocol = postgres"
+                "allow_plaintext",
+                "allow_plaintext only applies to protocol = postgres or mysql",
             )
+        if settings.get("protocol") == "mysql" and mode in ("passthrough", "terminate"):
+            self._mysqlPassthrough(section, routes, hasUpstream, mode)
 
         if len(self.problems) != before:
             return None
@@ -1265,6 +1275,40 @@ class _Loader:
             location=self._location(section),
             **settings,
         )
+
+    def _mysqlPassthrough(
+        self,
+        section: _Section,
+        routes: Sequence[RouteConfig],
+        hasUpstream: bool,
+        mode: str,
+    ) -> None:
+        """
+        Report what a C{protocol = mysql} listener would pass through: the
+        gateway answers a MySQL client's greeting and C{SSLRequest} itself,
+        so it can only terminate; relaying MySQL TLS untouched is what
+        C{mode = tcp} does.
+        """
+        advice = (
+            "protocol = mysql terminates TLS (the gateway answers the greeting and"
+            " the SSLRequest itself); to relay MySQL TLS untouched use mode = tcp"
+        )
+        actions = [route.action or mode for route in routes]
+        if (hasUpstream and mode == "passthrough") or (
+            routes and "terminate" not in actions
+        ):
+            self.problem(
+                self._keyLine(section, "protocol"), section.name, "protocol", advice
+            )
+            return
+        for route, action in zip(routes, actions, strict=True):
+            if action != "terminate":
+                self.problem(
+                    route.line,
+                    section.name,
+                    "routes",
+                    f"route {route.pattern!r} passes TLS through: {advice}",
+                )
 
     def _checkBindings(
         self, bindings: Sequence[tuple[_Section, str, Sequence[str]]]
