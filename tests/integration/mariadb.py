@@ -185,11 +185,13 @@ class MariaDBServer:
         privilege, and drop the anonymous users, which would match
         127.0.0.1 first.
         """
-        self.adminQuery(
-            "DELETE FROM mysql.global_priv WHERE User = ''; FLUSH PRIVILEGES;"
+        # The test's own names, not input:
+        sql = (
+            "DELETE FROM mysql.global_priv WHERE User = ''; FLUSH PRIVILEGES;"  # noqa: S608
             f" CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';"
             f" GRANT ALL ON *.* TO '{user}'@'%'; FLUSH PRIVILEGES"
         )
+        self.adminQuery(sql)
 
     @property
     def pid(self) -> int | None:

@@ -62,7 +62,10 @@ def servers(
         certificate = ca.issue("beta.db")
         for name, tls in (
             ("alpha", None),
-            ("beta", (certificate.certificatePath, certificate.privateKeyPath, ca.pemPath)),
+            (
+                "beta",
+                (certificate.certificatePath, certificate.privateKeyPath, ca.pemPath),
+            ),
         ):
             try:
                 server = MariaDBServer(directory / name)
