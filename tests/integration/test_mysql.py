@@ -22,10 +22,16 @@ while the socket goes to the gateway on loopback.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import mysql.connector
 import pymysql
 import pytest
 
@@ -179,6 +185,8 @@ def pymysqlConnect(
         connect_timeout=10,
         read_timeout=30,
         ssl={"ca": str(ca.pemPath), "check_hostname": True} if tls else None,
+        # PyMySQL 1.2+ tries TLS when the server offers it unless told not to.
+        ssl_disabled=not tls,
     )
 
 
@@ -192,7 +200,6 @@ def who(connection: Any) -> tuple[int, str]:
 def mariadbCLI(
     server: MariaDBServer, port: int, sql: str, *options: str, password: str = PASSWORD
 ) -> Any:
-    import subprocess
 
     return subprocess.run(
         [
@@ -269,3 +276,154 @@ def test_mariadbClientWithoutTLSIsAllowedWithAllowPlaintext(
     assert (entry["action"], entry["status"]) == ("tcp", "ok")
     assert entry["bytes_in"] > 0
     assert entry["bytes_out"] > 0
+
+
+# -- PyMySQL and mysql-connector-python: SNI routing and re-encryption -------------
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_pymysqlIsRoutedBySNIAndReauthenticated(
+    gw: Gateway, servers: dict[str, MariaDBServer], ca: CertificateAuthority
+) -> None:
+    # The greeting comes from alpha (the default route); beta.test is beta,
+    # whose own scramble the client must hash its password with.
+    with pymysqlConnect(gw, ca, "beta.test") as connection:
+        port, cipher = who(connection)
+    assert port == servers["beta"].port
+    assert cipher, "beta's side of the session is TLS: re-encrypted"
+    with pymysqlConnect(gw, ca, "alpha.test") as connection:
+        assert who(connection) == (servers["alpha"].port, "")
+    beta, alpha = entries(gw, "mysql", 2)
+    assert (beta["sni"], beta["upstream"], beta["status"]) == (
+        "beta.test",
+        f"127.0.0.1:{servers['beta'].port}",
+        "ok",
+    )
+    assert beta["action"] == "terminate"
+    assert beta["tls_version"]
+    assert (alpha["sni"], alpha["upstream"]) == (
+        "alpha.test",
+        f"127.0.0.1:{servers['alpha'].port}",
+    )
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_connectorIsRoutedBySNIAndReauthenticated(
+    gw: Gateway, servers: dict[str, MariaDBServer], ca: CertificateAuthority
+) -> None:
+    connection = mysql.connector.connect(
+        host="beta.test",
+        port=gw.ports["mysql"],
+        user=USER,
+        password=PASSWORD,
+        ssl_ca=str(ca.pemPath),
+        ssl_verify_cert=True,
+        ssl_verify_identity=True,
+        use_pure=True,
+        connection_timeout=10,
+    )
+    try:
+        port, cipher = who(connection)
+    finally:
+        connection.close()
+    assert port == servers["beta"].port
+    assert cipher
+    [entry] = entries(gw, "mysql", 1)
+    assert (entry["sni"], entry["status"]) == ("beta.test", "ok")
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+@pytest.mark.parametrize("host", ["alpha.test", "beta.test"])
+def test_wrongPasswordGetsTheServersAccessDenied(
+    gw: Gateway, ca: CertificateAuthority, host: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysqlConnect(gw, ca, host, password="wrong")
+    assert caught.value.args[0] == 1045, caught.value.args
+    assert f"Access denied for user '{USER}'" in caught.value.args[1]
+    assert time.monotonic() - started < 10, "refused, not timed out"
+    [entry] = entries(gw, "mysql", 1)
+    assert entry["status"] == "ok"
+    assert "Access denied" in entry["reason"]
+
+
+def test_pymysqlWithoutTLSIsRefused(gw: Gateway, ca: CertificateAuthority) -> None:
+    with pytest.raises(pymysql.err.OperationalError) as caught:
+        pymysqlConnect(gw, ca, "127.0.0.1", tls=False)
+    assert caught.value.args[0] == 3159
+    assert "over TLS only" in caught.value.args[1]
+    [entry] = entries(gw, "mysql", 1)
+    assert (entry["status"], entry["action"]) == ("plaintext_refused", None)
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_tenMegabytesBothWays(gw: Gateway, ca: CertificateAuthority) -> None:
+    blob = hashlib.sha256(b"seed").digest() * (10 * 1024 * 1024 // 32)
+    with pymysqlConnect(gw, ca, "beta.test") as connection:
+        cursor = connection.cursor()
+        cursor.execute("SELECT MD5(%s), %s", (blob, blob))
+        digest, echoed = cursor.fetchone()
+    assert digest == hashlib.md5(blob).hexdigest()  # noqa: S324 - MySQL's MD5()
+    assert echoed == blob
+    [entry] = entries(gw, "mysql", 1)
+    assert entry["bytes_in"] > len(blob)
+    assert entry["bytes_out"] > len(blob)
+
+
+def test_upstreamKilledMidQuery(
+    gateway: GatewayStarter,
+    tmp_path: Path,
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    server = MariaDBServer(tmp_path / "doomed")
+    server.start()
+    try:
+        server.addUser(USER, PASSWORD)
+        gw = gateway(
+            iniSection(
+                "gateway", {"access_log": "access.log", "access_log_format": "json"}
+            )
+            + "\n"
+            + iniSection(
+                "listener:mysql",
+                {
+                    "listen": f"tcp:{freePort()}:interface=127.0.0.1",
+                    "mode": "terminate",
+                    "protocol": "mysql",
+                    "certificate": str(gatewayCertificate.certificatePath),
+                    "private_key": str(gatewayCertificate.privateKeyPath),
+                    "upstream": "doomed",
+                },
+            )
+            + "\n"
+            + iniSection("upstream:doomed", {"servers": f"127.0.0.1:{server.port}"})
+        )
+        connection = pymysqlConnect(gw, ca, "127.0.0.1")
+        failure: list[BaseException] = []
+
+        def sleep() -> None:
+            try:
+                connection.cursor().execute("SELECT SLEEP(30)")
+            except BaseException as e:  # noqa: BLE001 - the test reads it
+                failure.append(e)
+
+        query = threading.Thread(target=sleep)
+        query.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "SLEEP" not in server.adminQuery(
+            "SHOW PROCESSLIST"
+        ):
+            time.sleep(0.05)
+        server.kill()
+        query.join(20)
+        assert not query.is_alive()
+        [error] = failure
+        assert isinstance(error, pymysql.err.OperationalError)
+        assert error.args[0] == 2013, error.args  # lost connection during query
+    finally:
+        server.stop()
+    [entry] = entries(gw, "mysql", 1)
+    assert entry["action"] == "terminate"
+    assert entry["upstream"] == f"127.0.0.1:{server.port}"
