@@ -70,6 +70,7 @@ def test_examplesAreFound() -> None:
         "postgres-passthrough.ini",
         "postgres-termination.ini",
         "mysql-tcp.ini",
+        "mysql-termination.ini",
     } <= names
 
 
