@@ -19,7 +19,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pymysql import _auth
+from pymysql import _auth  # type: ignore[import-untyped]
 
 from gateway.mysql import (
     CLIENT_CONNECT_ATTRS,
