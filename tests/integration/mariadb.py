@@ -71,6 +71,7 @@ class MariaDBServer:
         timeout: float = COMMAND_TIMEOUT,
         *,
         tls: tuple[Path, Path, Path] | None = None,
+        options: tuple[str, ...] = (),
     ) -> MariaDBServer:
         """
         Create the data directory and start the server; return once it
@@ -78,6 +79,7 @@ class MariaDBServer:
 
         @param tls: certificate chain, private key and CA files: the server
             then offers TLS (C{have_ssl}).
+        @param options: more C{mariadbd} options.
 
         @raise AssertionError: it did not come up in time (it is stopped).
         """
@@ -127,6 +129,7 @@ class MariaDBServer:
                         if tls is not None
                         else ["--skip-ssl"]
                     ),
+                    *options,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

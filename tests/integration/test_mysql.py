@@ -23,10 +23,12 @@ while the socket goes to the gateway on loopback.
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -371,41 +373,71 @@ def test_tenMegabytesBothWays(gw: Gateway, ca: CertificateAuthority) -> None:
     assert entry["bytes_out"] > len(blob)
 
 
+def singleListenerIni(
+    certificate: ServerCertificate,
+    server: MariaDBServer,
+    gateway: dict[str, str] | None = None,
+    **listener: str,
+) -> str:
+    """One C{mysql} listener terminating for one server's upstream C{db}."""
+    return (
+        iniSection(
+            "gateway",
+            {
+                "access_log": "access.log",
+                "access_log_format": "json",
+                **(gateway or {}),
+            },
+        )
+        + "\n"
+        + iniSection(
+            "listener:mysql",
+            {
+                "listen": f"tcp:{freePort()}:interface=127.0.0.1",
+                "mode": "terminate",
+                "protocol": "mysql",
+                "certificate": str(certificate.certificatePath),
+                "private_key": str(certificate.privateKeyPath),
+                "upstream": "db",
+                **listener,
+            },
+        )
+        + "\n"
+        + iniSection("upstream:db", {"servers": f"127.0.0.1:{server.port}"})
+    )
+
+
 def test_upstreamKilledMidQuery(
     gateway: GatewayStarter,
     tmp_path: Path,
     ca: CertificateAuthority,
     gatewayCertificate: ServerCertificate,
 ) -> None:
+    """
+    The server reads the gateway's PROXY header (MariaDB's
+    C{proxy_protocol_networks}), so it sees the client's own address and
+    port; then it is killed in the middle of a query.
+    """
     server = MariaDBServer(tmp_path / "doomed")
-    server.start()
+    server.start(options=("--proxy-protocol-networks=127.0.0.1",))
     try:
         server.addUser(USER, PASSWORD)
-        gw = gateway(
-            iniSection(
-                "gateway", {"access_log": "access.log", "access_log_format": "json"}
-            )
-            + "\n"
-            + iniSection(
-                "listener:mysql",
-                {
-                    "listen": f"tcp:{freePort()}:interface=127.0.0.1",
-                    "mode": "terminate",
-                    "protocol": "mysql",
-                    "certificate": str(gatewayCertificate.certificatePath),
-                    "private_key": str(gatewayCertificate.privateKeyPath),
-                    "upstream": "doomed",
-                },
-            )
-            + "\n"
-            + iniSection("upstream:doomed", {"servers": f"127.0.0.1:{server.port}"})
-        )
+        gw = gateway(singleListenerIni(gatewayCertificate, server, proxy_protocol="v1"))
         connection = pymysqlConnect(gw, ca, "127.0.0.1")
+        clientPort = connection._sock.getsockname()[1]
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
+        )
+        # HOST:PORT (the host name-resolved): the client's own port, not
+        # the one the gateway connected from.
+        host = cursor.fetchone()[0]
+        assert host.rpartition(":")[2] == str(clientPort), host
         failure: list[BaseException] = []
 
         def sleep() -> None:
             try:
-                connection.cursor().execute("SELECT SLEEP(30)")
+                cursor.execute("SELECT SLEEP(30)")
             except BaseException as e:  # noqa: BLE001 - the test reads it
                 failure.append(e)
 
@@ -427,3 +459,45 @@ def test_upstreamKilledMidQuery(
     [entry] = entries(gw, "mysql", 1)
     assert entry["action"] == "terminate"
     assert entry["upstream"] == f"127.0.0.1:{server.port}"
+
+
+def test_reloadKeepsSessionsAndDrainCutsThemAtItsDeadline(
+    gateway: GatewayStarter,
+    servers: dict[str, MariaDBServer],
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    alpha = servers["alpha"]
+    metricsPort = freePort()
+    settings = {
+        "drain_timeout": "2s",
+        "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
+    }
+    gw = gateway(singleListenerIni(gatewayCertificate, alpha, settings))
+    before = pymysqlConnect(gw, ca, "127.0.0.1")
+    assert who(before) == (alpha.port, "")
+    # A reload that changes the listener (a new idle_timeout): the session
+    # keeps its connection, and new ones get the new configuration.
+    ini = gw.configPath.read_text()
+    gw.configPath.write_text(
+        ini.replace("upstream = db", "upstream = db\nidle_timeout = 1h")
+    )
+    gw.sendSignal(signal.SIGHUP)
+    gw.waitForOutput("#info] reloaded")
+    assert who(before) == (alpha.port, "")
+    after = pymysqlConnect(gw, ca, "127.0.0.1")
+    assert who(after) == (alpha.port, "")
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{metricsPort}/metrics", timeout=5
+    ) as response:
+        page = response.read().decode()
+    assert 'tlsgateway_active_connections{listener="mysql"} 2.0' in page, page
+    assert "tlsgateway_handshake_seconds_count 2.0" in page, page
+    # SIGTERM: both sessions stay open, so the drain cuts them at 2s.
+    gw.sendSignal(signal.SIGTERM)
+    assert gw.waitForExit(15) == 0
+    logged = entries(gw, "mysql", 2)
+    assert [entry["status"] for entry in logged] == ["shutdown", "shutdown"]
+    for connection in (before, after):
+        with pytest.raises(pymysql.err.OperationalError):
+            who(connection)
