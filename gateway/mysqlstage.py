@@ -357,23 +357,20 @@ class ServerLeg(Protocol):
     def _writer(self) -> Any:
         return self._tls if self._tls is not None else self.transport
 
-    def relayTo(self, relay: IRelay) -> ITCPTransport:
+    def relayTo(self, relay: IRelay) -> None:
         """
         Hand this leg to the relay: what the server sent after the login's
         answer goes to it first.
-
-        @return: the transport the relay writes to (the TLS layer when
-            re-encrypting).
         """
         self._state = _LegState.RELAY
         self._relay = relay
         rest = self._reader.rest()
         if rest:
             relay.upstreamData(rest)
-        return self._writer  # type: ignore[no-any-return]
 
     @property
     def transportForRelay(self) -> ITCPTransport:
+        """The transport the relay writes to: the TLS layer when re-encrypting."""
         return self._writer  # type: ignore[no-any-return]
 
     # TLSEvents, with re-encryption
