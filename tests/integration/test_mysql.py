@@ -501,3 +501,27 @@ def test_reloadKeepsSessionsAndDrainCutsThemAtItsDeadline(
     for connection in (before, after):
         with pytest.raises(pymysql.err.OperationalError):
             who(connection)
+
+
+def test_failoverToTheNextServerAndConnectionLimits(
+    gateway: GatewayStarter,
+    servers: dict[str, MariaDBServer],
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    alpha = servers["alpha"]
+    dead = freePort()  # nothing listens there
+    ini = singleListenerIni(gatewayCertificate, alpha, max_connections="1").replace(
+        f"servers = 127.0.0.1:{alpha.port}",
+        f"servers =\n    127.0.0.1:{dead}\n    127.0.0.1:{alpha.port}",
+    )
+    assert f"127.0.0.1:{dead}" in ini
+    gw = gateway(ini)
+    with pymysqlConnect(gw, ca, "127.0.0.1") as connection:
+        assert who(connection) == (alpha.port, "")
+        with pytest.raises(pymysql.err.OperationalError):
+            pymysqlConnect(gw, ca, "127.0.0.1")
+        refused = gw.waitForEntries(1, 10.0)
+        assert [entry["status"] for entry in refused] == ["limited"]
+    entry = entries(gw, "mysql", 2)[0]
+    assert (entry["status"], entry["upstream"]) == ("ok", f"127.0.0.1:{alpha.port}")
