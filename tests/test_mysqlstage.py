@@ -399,3 +399,27 @@ class MySQLConnectionTests(SynchronousTestCase):
         self.stage.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         self.assertEqual(self.record.status, "bad_client_hello")
         self.assertIn("mysql", self.record.reason or "")
+
+    def test_everyCutOfTheClientStreamGivesTheSameLogin(self) -> None:
+        # The login and a first auth response, cut in two anywhere: TCP may.
+        stream = encodePacket(1, LOGIN)
+        for cut in range(1, len(stream)):
+            self.setUp()
+            self.start()
+            transport = self.greet()
+            self.stage.dataReceived(stream[:cut])
+            self.assertEqual(transport.value(), b"", cut)
+            self.stage.dataReceived(stream[cut:])
+            self.assertEqual(self.serverGot(transport), [Packet(1, LOGIN)], cut)
+
+    def test_everyCutOfTheGreetingGivesTheSameGreeting(self) -> None:
+        stream = encodePacket(0, greeting(SCRAMBLE_A))
+        for cut in range(1, len(stream)):
+            self.setUp()
+            self.start()
+            leg, _transport = self.connectLeg()
+            leg.dataReceived(stream[:cut])
+            self.assertEqual(self.client.value(), b"", cut)
+            leg.dataReceived(stream[cut:])
+            [packet] = self.clientSent()
+            self.assertEqual(parseGreeting(packet.payload).scramble, SCRAMBLE_A, cut)
