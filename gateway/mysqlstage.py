@@ -770,6 +770,7 @@ class MySQLConnection:
                 # An auth response: the server numbers it in its own count.
                 assert self._leg is not None
                 self._nextSequence = packet.sequence + 1
+                self._authActive()
                 self._leg.sendPacket(packet.sequence - self._offset, packet.payload)
                 continue
             try:
@@ -852,6 +853,7 @@ class MySQLConnection:
         upstreamSequence = 2 if leg.encrypted else 1
         self._offset = self._loginSequence - upstreamSequence
         self._state = _State.AUTH
+        self._authActive()
         forwarded = login
 
         def send() -> None:
@@ -874,7 +876,9 @@ class MySQLConnection:
         sequence = packet.sequence + self._offset
         self._nextSequence = sequence + 1
         self._writeClient(encodePacket(sequence, packet.payload))
+        self._authActive()
         if isinstance(reply, OkPacket | ErrPacket):
+            self._stopTimer()
             if isinstance(reply, ErrPacket):
                 self._record.reason = f"server refused the login: {reply.describe()}"
             self._startRelay(leg)
@@ -1002,9 +1006,30 @@ class MySQLConnection:
         self._record.ended = self.wiring.clock.seconds()
         self.wiring.ended()
 
-    def _startTimer(self, expired: Callable[[], None]) -> None:
+    def _startTimer(
+        self, expired: Callable[[], None], delay: float | None = None
+    ) -> None:
         self._stopTimer()
-        self._timer = self.wiring.clock.callLater(self.wiring.prereadTimeout, expired)
+        self._timer = self.wiring.clock.callLater(
+            self.wiring.prereadTimeout if delay is None else delay, expired
+        )
+
+    def _authActive(self) -> None:
+        """
+        A packet of the authentication went by: it may take a person's
+        time (a PAM dialog), so it is bounded by C{idle_timeout}, as the
+        relay after it is, counted from the last packet.
+        """
+        self._startTimer(self._authTimedOut, self.wiring.timeouts.idle)
+
+    def _authTimedOut(self) -> None:
+        self._timer = None
+        self._refuse(
+            "idle_timeout",
+            f"authentication idle for {self.wiring.timeouts.idle:g}s",
+            "tlsgateway: authentication timed out",
+            sequence=self._nextSequence,
+        )
 
     def _stopTimer(self) -> None:
         if self._timer is not None:

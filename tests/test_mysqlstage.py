@@ -313,6 +313,20 @@ class MySQLConnectionTests(SynchronousTestCase):
         leg.dataReceived(encodePacket(4, b"\x01\x03") + encodePacket(5, OK))
         self.assertEqual(self.clientSent(), [Packet(4, b"\x01\x03"), Packet(5, OK)])
 
+    def test_silentServerDuringTheAuthenticationTimesOutAtIdleTimeout(self) -> None:
+        self.start()
+        transport = self.greet()
+        self.clientSent()
+        self.stage.dataReceived(encodePacket(1, LOGIN))
+        self.reactor.advance(599)
+        self.assertIsNone(self.record.status)
+        self.reactor.advance(1)
+        [packet] = self.clientSent()
+        self.assertEqual(packet.sequence, 2)
+        self.assertEqual(self.record.status, "idle_timeout")
+        self.assertTrue(transport.aborted)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_wrongPasswordIsTheServersError(self) -> None:
         self.start()
         transport = self.greet()
