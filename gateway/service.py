@@ -34,6 +34,7 @@ from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.session import UpstreamRuntime
+from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -238,7 +239,7 @@ class GatewayService(Service):
             self._log.warn("{warning}", warning=warning)
         self._current = generation
         generation.startPools(reactor)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
             count=len(self.config.listeners),
@@ -434,7 +435,7 @@ class GatewayService(Service):
         Stop accepting, let established connections finish for up to
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for generation in self._generations():
             generation.stopPools()
         if self._serverStates is not None and self._serverStates.running:
@@ -460,8 +461,7 @@ class GatewayService(Service):
 
     def _drainEnded(self, result: object) -> None:
         for call in self._delayed:
-            if call.active():
-                call.cancel()
+            cancel(call)
         self._delayed = []
         self._closeLog()
 
