@@ -68,7 +68,7 @@ from gateway.proxyprotocol import (
     encode,
     sslTLV,
 )
-from gateway.relay import RelayTransport
+from gateway.relay import RelayTransport, relayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
@@ -565,7 +565,7 @@ class ListenerFactory(ServerFactory):
                 proxyHeader=proxyHeader,
                 ended=lambda: self.ended(protocol),
             ),
-            transport,  # type: ignore[arg-type]
+            relayTransport(transport),
             protocol.record,
         )
         stage.start(buffered)

@@ -51,7 +51,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
-    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -81,7 +80,7 @@ from gateway.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
-from gateway.relay import IRelay
+from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.terminate import TerminationStage
@@ -238,7 +237,7 @@ class _Dialer:
             if self._connector is not None:
                 self._connector.stopConnecting()
         else:
-            attempt.transport.abortConnection()  # type: ignore[attr-defined]
+            relayTransport(attempt.transport).abortConnection()
         self._connector = None
 
     @property
@@ -315,7 +314,7 @@ class ServerLeg(Protocol):
         self._stopTimer()
         state, self._state = self._state, _LegState.CLOSED
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            relayTransport(self.transport).abortConnection()
         if state is _LegState.GREETING:
             self._dialer.legFailed(self, reason)
         elif state is not _LegState.CLOSED and self.owner is not None:
@@ -329,7 +328,7 @@ class ServerLeg(Protocol):
         self._state = _LegState.CLOSED
         self.owner = None
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            relayTransport(self.transport).abortConnection()
 
     def secure(self, sslRequest: bytes, then: Callable[[], None]) -> None:
         """
@@ -345,7 +344,7 @@ class ServerLeg(Protocol):
         self.transport.write(encodePacket(1, sslRequest))
         self._tls = TLSTransport(
             tls.connectionFor(self.server),
-            self.transport,  # type: ignore[arg-type]
+            relayTransport(self.transport),
             self,
         )
         self._tls.startHandshake()
@@ -354,8 +353,8 @@ class ServerLeg(Protocol):
         self._writer.write(encodePacket(sequence, payload))
 
     @property
-    def _writer(self) -> Any:
-        return self._tls if self._tls is not None else self.transport
+    def _writer(self) -> RelayTransport | TLSTransport:
+        return self._tls if self._tls is not None else relayTransport(self.transport)
 
     def relayTo(self, relay: IRelay) -> None:
         """
@@ -369,9 +368,9 @@ class ServerLeg(Protocol):
             relay.upstreamData(rest)
 
     @property
-    def transportForRelay(self) -> ITCPTransport:
+    def transportForRelay(self) -> RelayTransport | TLSTransport:
         """The transport the relay writes to: the TLS layer when re-encrypting."""
-        return self._writer  # type: ignore[no-any-return]
+        return self._writer
 
     # TLSEvents, with re-encryption
 
@@ -528,7 +527,7 @@ class MySQLConnection:
     """
 
     def __init__(
-        self, wiring: Wiring, transport: ITCPTransport, record: ConnectionRecord
+        self, wiring: Wiring, transport: RelayTransport, record: ConnectionRecord
     ) -> None:
         self.wiring = wiring
         self._transport = transport
@@ -543,7 +542,7 @@ class MySQLConnection:
         self._greetingLeg: ServerLeg | None = None
         self._leg: ServerLeg | None = None
         self._termination: TerminationStage | None = None
-        self._client: ITCPTransport | TLSTransport = transport
+        self._client: RelayTransport | TLSTransport = transport
         self._target: UpstreamRuntime | None = None
         self._login: HandshakeResponse | None = None
         self._loginSequence = 0
@@ -892,7 +891,7 @@ class MySQLConnection:
             "portable",
             wiring.reactor,
             wiring.clock,
-            client,  # type: ignore[arg-type]
+            client,
             leg.transportForRelay,
             self._record,
             wiring.timeouts.idle,

@@ -163,7 +163,7 @@ class MySQLConnectionTests(SynchronousTestCase):
         self.client = HalfCloseableTransport()
         self.stage = MySQLConnection(
             wiring,
-            self.client,  # type: ignore[arg-type]
+            self.client,
             self.record,
         )
         self.client.protocol = Forward(self.stage)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import mysql.connector
-import pymysql
+import pymysql  # type: ignore[import-untyped]
 import pytest
 
 from .harness import (
@@ -123,7 +123,7 @@ def mysqlIni(
         "certificate": str(certificate.certificatePath),
         "private_key": str(certificate.privateKeyPath),
     }
-    listeners = {
+    listeners: dict[str, dict[str, str | list[str]]] = {
         "mysql": {
             **tls,
             "routes": ["alpha.test alpha", "beta.test beta", "default alpha"],
