@@ -525,3 +525,39 @@ def test_failoverToTheNextServerAndConnectionLimits(
         assert [entry["status"] for entry in refused] == ["limited"]
     entry = entries(gw, "mysql", 2)[0]
     assert (entry["status"], entry["upstream"]) == ("ok", f"127.0.0.1:{alpha.port}")
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_withoutADefaultTheFirstRouteGreetsAndNoSNIIsNoRoute(
+    gateway: GatewayStarter,
+    servers: dict[str, MariaDBServer],
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    alpha, beta = servers["alpha"], servers["beta"]
+    gw = gateway(
+        mysqlIni(
+            servers,
+            ca,
+            gatewayCertificate,
+            nodefault={
+                "mode": "terminate",
+                "protocol": "mysql",
+                "certificate": str(gatewayCertificate.certificatePath),
+                "private_key": str(gatewayCertificate.privateKeyPath),
+                "routes": ["beta.test beta", "alpha.test alpha"],
+            },
+        )
+    )
+    # beta greets (the first route); alpha.test is re-authenticated on alpha.
+    with pymysqlConnect(gw, ca, "alpha.test", "nodefault") as connection:
+        assert who(connection) == (alpha.port, "")
+    # The mariadb client sends no SNI: no route, once its ClientHello is in.
+    result = mariadbCLI(
+        alpha, gw.ports["nodefault"], "SELECT 1", "--ssl", f"--ssl-ca={ca.pemPath}"
+    )
+    assert result.returncode != 0
+    routed, refused = entries(gw, "nodefault", 2)
+    assert (routed["status"], routed["upstream"]) == ("ok", f"127.0.0.1:{alpha.port}")
+    assert (refused["status"], refused["sni"]) == ("no_route", None)
+    assert refused["upstream"] == f"127.0.0.1:{beta.port}"  # the greeting's
