@@ -13,9 +13,11 @@ number earlier.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
+import trustme
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
@@ -37,7 +39,9 @@ from gateway.mysql import (
     ErrPacket,
     Packet,
     PacketReader,
+    SSLRequest,
     encodePacket,
+    parseClientStart,
     parseGreeting,
     parseHandshakeResponse,
 )
@@ -45,6 +49,9 @@ from gateway.mysqlstage import SWITCH_PLUGIN, MySQLConnection, Refusal, Wiring
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.upstream import IServerChooser
 from tests.transports import HalfCloseableTransport
+
+CA = trustme.CA()
+SERVER_CERTIFICATE = CA.issue_cert("db.example.test")
 
 SCRAMBLE_A = bytes(range(0x41, 0x55))
 SCRAMBLE_B = bytes(range(0x61, 0x75))
@@ -129,7 +136,12 @@ def packets(data: bytes) -> list[Packet]:
     return out
 
 
-class MySQLConnectionTests(SynchronousTestCase):
+class StageTestCase(SynchronousTestCase):
+    """
+    A L{MySQLConnection} with a greeting upstream of two servers and a
+    routed upstream of one, all in memory.
+    """
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.greetingServers = Servers(DB1, DB2)
@@ -142,6 +154,7 @@ class MySQLConnectionTests(SynchronousTestCase):
             listener="mysql", client="198.51.100.7:5000", accepted=0, started=0
         )
         self.allowPlaintext = True
+        self.servedNames: list[str | None] = []
 
     def start(self) -> None:
         wiring = Wiring(
@@ -173,7 +186,10 @@ class MySQLConnectionTests(SynchronousTestCase):
         return self.route
 
     def contextFor(self, name: str | None) -> SSL.Context:
-        raise AssertionError("no TLS in these tests")
+        self.servedNames.append(name)
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        SERVER_CERTIFICATE.configure_cert(context)
+        return context
 
     def end(self) -> None:
         self.ended += 1
@@ -201,6 +217,8 @@ class MySQLConnectionTests(SynchronousTestCase):
         transport.clear()
         return packets(data)
 
+
+class MySQLConnectionTests(StageTestCase):
     # -- greeting ------------------------------------------------------------
 
     def test_clientGetsTheServersGreetingWithSSLOffered(self) -> None:
@@ -437,3 +455,71 @@ class MySQLConnectionTests(SynchronousTestCase):
             leg.dataReceived(stream[cut:])
             [packet] = self.clientSent()
             self.assertEqual(parseGreeting(packet.payload).scramble, SCRAMBLE_A, cut)
+
+
+class TLSClientTests(StageTestCase):
+    """
+    A client that asks for TLS, in memory: the gateway's handshake, then its
+    login one sequence number later than a plaintext client's.
+    """
+
+    def handshake(self) -> tuple[HalfCloseableTransport, SSL.Connection]:
+        self.allowPlaintext = False
+        self.start()
+        transport = self.greet()
+        self.clientSent()
+        request = LOGIN[:32]
+        request = struct.pack("<I", FLAGS | CLIENT_SSL) + request[4:]
+        self.assertIsInstance(parseClientStart(request), SSLRequest)
+        self.stage.dataReceived(encodePacket(1, request))
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        CA.configure_trust(context)
+        context.set_verify(SSL.VERIFY_PEER)
+        client = SSL.Connection(context, None)
+        client.set_tlsext_host_name(b"db.example.test")
+        client.set_connect_state()
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        self.pump(client)
+        client.do_handshake()
+        return transport, client
+
+    def pump(self, client: SSL.Connection) -> bytes:
+        """Move bytes both ways; the plaintext the client received."""
+        received = b""
+        for _ in range(10):
+            moved = False
+            with contextlib.suppress(SSL.WantReadError):
+                self.stage.dataReceived(client.bio_read(2**20))
+                moved = True
+            if sent := self.client.value():
+                self.client.clear()
+                client.bio_write(sent)
+                moved = True
+                with contextlib.suppress(SSL.WantReadError, SSL.ZeroReturnError):
+                    received += client.recv(2**20)
+            if not moved:
+                break
+        return received
+
+    def test_loginInsideTLSIsRenumberedForAPlaintextServer(self) -> None:
+        transport, client = self.handshake()
+        self.assertEqual(self.servedNames, ["db.example.test"])
+        self.assertEqual(
+            (self.record.action, self.record.sni), ("terminate", "db.example.test")
+        )
+        login = struct.pack("<I", FLAGS | CLIENT_SSL) + LOGIN[4:]
+        client.sendall(encodePacket(2, login))
+        self.pump(client)
+        [packet] = self.serverGot(transport)
+        self.assertEqual(packet.sequence, 1)
+        self.assertEqual(packet.payload, LOGIN)  # CLIENT_SSL cleared, as sent
+        transport.protocol.dataReceived(encodePacket(2, OK))
+        self.assertEqual(packets(self.pump(client)), [Packet(3, OK)])
+        self.assertEqual(self.record.extra["db_user"], "alice")
+
+    def test_silentClientAfterTheHandshakeTimesOut(self) -> None:
+        transport, _ = self.handshake()
+        self.reactor.advance(5)
+        self.assertEqual(self.record.status, "preread_timeout")
+        self.assertTrue(transport.aborted)
