@@ -326,6 +326,10 @@ def test_connectorIsRoutedBySNIAndReauthenticated(
     )
     try:
         port, cipher = who(connection)
+        # COM_CHANGE_USER: the client answers with the scramble it was
+        # given last, the routed server's own.
+        connection.cmd_change_user(username=USER, password=PASSWORD)
+        assert who(connection) == (port, cipher)
     finally:
         connection.close()
     assert port == servers["beta"].port
