@@ -932,6 +932,7 @@ class _Loader:
                 if certificate is not None:
                     certificates[certificate.name] = certificate
         self._checkBindings(bindings)
+        self._checkMySQLHealthChecks(sections, listeners, upstreams)
         if not any(s.kind == "listener" for s in sections):
             self.problem(
                 None, None, None, "no [listener:NAME] section: nothing would listen"
@@ -1342,6 +1343,42 @@ class _Loader:
             location=self._location(section),
             **settings,
         )
+
+    def _checkMySQLHealthChecks(
+        self,
+        sections: Sequence[_Section],
+        listeners: Sequence[ListenerConfig],
+        upstreams: Mapping[str, UpstreamConfig],
+    ) -> None:
+        """
+        Report C{health_check = tls} on an upstream of a C{protocol = mysql}
+        listener: a MySQL server speaks first and never answers a
+        ClientHello, so every server would be marked down.
+        """
+        users: dict[str, str] = {}
+        for listener in listeners:
+            if listener.protocol != "mysql":
+                continue
+            names = [listener.upstream, *(route.upstream for route in listener.routes)]
+            for name in names:
+                if name is not None:
+                    users.setdefault(name, listener.name)
+        for section in sections:
+            upstream = (
+                upstreams.get(section.sub) if section.kind == "upstream" else None
+            )
+            if upstream is None or upstream.health_check != "tls":
+                continue
+            user = users.get(upstream.name)
+            if user is not None:
+                self.problem(
+                    self._keyLine(section, "health_check"),
+                    section.name,
+                    "health_check",
+                    f"health_check = tls cannot check a MySQL server (listener"
+                    f" {user!r} has protocol = mysql): the server speaks first"
+                    " and TLS starts inside its protocol; use tcp",
+                )
 
     def _mysqlPassthrough(
         self,

@@ -1168,6 +1168,20 @@ def test_mysqlInTCPModeIsAnError(tmp_path: Path) -> None:
     ]
 
 
+def test_mysqlUpstreamCannotHaveATLSHealthCheck(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:1\nmode = terminate\nprotocol = mysql\n"
+        + TERMINATION_KEYS
+        + "upstream = app\n",
+        "[upstream:app]\nservers = 127.0.0.1:3306\nhealth_check = tls\n",
+    )
+    assert problems(tmp_path, text, checkFiles=False) == [
+        "gw.ini:10: [upstream:app] health_check: health_check = tls cannot check a"
+        " MySQL server (listener 'web' has protocol = mysql): the server speaks"
+        " first and TLS starts inside its protocol; use tcp"
+    ]
+
+
 def test_mysqlTerminationLoads(tmp_path: Path) -> None:
     text = listener(
         "listen = tcp:1\nmode = terminate\nprotocol = mysql\nallow_plaintext = on\n"
