@@ -687,7 +687,7 @@ class ListenerConfig:
     name: str
     listen: tuple[str, ...] = attrs.field(metadata=_iniFolder(_endpoints))
     mode: str = _choiceField("passthrough", "passthrough", "terminate", "tcp")
-    protocol: str = _choiceField("tls", "tls", "postgres")
+    protocol: str = _choiceField("tls", "tls", "postgres", "mysql")
     allow_plaintext: bool = attrs.field(default=False, metadata=_ini(parseBool))
     upstream: str | None = attrs.field(default=None, metadata=_ini(_sectionName))
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
@@ -984,6 +984,7 @@ class _Loader:
                 if certificate is not None:
                     certificates[certificate.name] = certificate
         self._checkBindings(bindings)
+        self._checkMySQLHealthChecks(sections, listeners, upstreams)
         if not any(s.kind == "listener" for s in sections):
             self.problem(
                 None, None, None, "no [listener:NAME] section: nothing would listen"
@@ -1317,6 +1318,13 @@ class _Loader:
                     "mode = tcp relays without reading anything, so it cannot speak"
                     " the PostgreSQL preamble: use mode = passthrough or terminate",
                 )
+            if settings.get("protocol") == "mysql":
+                problem(
+                    "protocol",
+                    "mode = tcp relays MySQL untouched (its TLS included); protocol"
+                    " = mysql is for termination: use mode = terminate, or drop"
+                    " protocol",
+                )
         elif hasUpstream and hasRoutes:
             problem("routes", "use upstream or routes, not both")
         elif not hasUpstream and not hasRoutes:
@@ -1369,13 +1377,16 @@ class _Loader:
                 "client_crl checks client certificates: it needs verify_client"
                 " = on or optional",
             )
-        if (
-            settings.get("allow_plaintext")
-            and settings.get("protocol", "tls") != "postgres"
+        if settings.get("allow_plaintext") and settings.get("protocol", "tls") not in (
+            "postgres",
+            "mysql",
         ):
             problem(
-                "allow_plaintext", "allow_plaintext only applies to protocol = postgres"
+                "allow_plaintext",
+                "allow_plaintext only applies to protocol = postgres or mysql",
             )
+        if settings.get("protocol") == "mysql" and mode in ("passthrough", "terminate"):
+            self._mysqlPassthrough(section, routes, hasUpstream, mode)
 
         self._edgeChecks(section, settings, mode, routes, problem)
 
@@ -1433,6 +1444,76 @@ class _Loader:
                     "passthrough_protocols",
                     "nothing on this listener passes through: terminated"
                     " connections follow protocols",
+                )
+
+    def _checkMySQLHealthChecks(
+        self,
+        sections: Sequence[_Section],
+        listeners: Sequence[ListenerConfig],
+        upstreams: Mapping[str, UpstreamConfig],
+    ) -> None:
+        """
+        Report C{health_check = tls} on an upstream of a C{protocol = mysql}
+        listener: a MySQL server speaks first and never answers a
+        ClientHello, so every server would be marked down.
+        """
+        users: dict[str, str] = {}
+        for listener in listeners:
+            if listener.protocol != "mysql":
+                continue
+            names = [listener.upstream, *(route.upstream for route in listener.routes)]
+            for name in names:
+                if name is not None:
+                    users.setdefault(name, listener.name)
+        for section in sections:
+            upstream = (
+                upstreams.get(section.sub) if section.kind == "upstream" else None
+            )
+            if upstream is None or upstream.health_check != "tls":
+                continue
+            user = users.get(upstream.name)
+            if user is not None:
+                self.problem(
+                    self._keyLine(section, "health_check"),
+                    section.name,
+                    "health_check",
+                    f"health_check = tls cannot check a MySQL server (listener"
+                    f" {user!r} has protocol = mysql): the server speaks first"
+                    " and TLS starts inside its protocol; use tcp",
+                )
+
+    def _mysqlPassthrough(
+        self,
+        section: _Section,
+        routes: Sequence[RouteConfig],
+        hasUpstream: bool,
+        mode: str,
+    ) -> None:
+        """
+        Report what a C{protocol = mysql} listener would pass through: the
+        gateway answers a MySQL client's greeting and C{SSLRequest} itself,
+        so it can only terminate; relaying MySQL TLS untouched is what
+        C{mode = tcp} does.
+        """
+        advice = (
+            "protocol = mysql terminates TLS (the gateway answers the greeting and"
+            " the SSLRequest itself); to relay MySQL TLS untouched use mode = tcp"
+        )
+        actions = [route.action or mode for route in routes]
+        if (hasUpstream and mode == "passthrough") or (
+            routes and "terminate" not in actions
+        ):
+            self.problem(
+                self._keyLine(section, "protocol"), section.name, "protocol", advice
+            )
+            return
+        for route, action in zip(routes, actions, strict=True):
+            if action != "terminate":
+                self.problem(
+                    route.line,
+                    section.name,
+                    "routes",
+                    f"route {route.pattern!r} passes TLS through: {advice}",
                 )
 
     def _checkBindings(

@@ -55,6 +55,7 @@ from gateway.accesslog import AccessLog, ConnectionRecord
 from gateway.alerts import AlertDescription, alertRecord, recordVersion
 from gateway.clienthello import ClientHello, isGrease
 from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
+from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
 from gateway.passthrough import PassthroughStage
 from gateway.pgstage import (
     CANCEL_REASON,
@@ -78,7 +79,7 @@ from gateway.proxyprotocol import (
     sslTLV,
 )
 from gateway.ratelimit import RateLimiter
-from gateway.relay import RelayTransport
+from gateway.relay import RelayTransport, relayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
@@ -279,7 +280,9 @@ class ListenerFactory(ServerFactory):
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
             postgres=self.config.protocol == "postgres",
-            readHello=self.config.mode != "tcp",
+            # A MySQL client reads the server's greeting before it sends a
+            # byte: the connection is handed to its stage at accept.
+            readHello=self.config.mode != "tcp" and self.config.protocol != "mysql",
         )
         self.active.add(protocol)
         self._accessLog.accepted(self.config.name)
@@ -580,6 +583,8 @@ class ListenerFactory(ServerFactory):
         stays paused meanwhile) and relay, as passthrough does, from the
         first byte.
         """
+        if self.config.protocol == "mysql":
+            return self._handoffMySQL(protocol, buffered)
         upstreamName = self.config.upstream
         assert upstreamName is not None
         transport = protocol.transport
@@ -593,6 +598,74 @@ class ListenerFactory(ServerFactory):
                 None,
                 relay=self.config.relay,
             )
+        )
+        stage.start(buffered)
+        return stage
+
+    def _handoffMySQL(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> MySQLConnection:
+        """
+        A C{protocol = mysql} connection: its stage greets the client with
+        the greeting upstream's server, then routes it by its ClientHello
+        (L{gateway.mysqlstage}).
+        """
+        config = self.config
+        transport = protocol.transport
+        assert transport is not None
+        assert self._tls is not None
+        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
+        if self._router is None:
+            assert config.upstream is not None
+            greeting = config.upstream
+        else:
+            default = self._router.match(None)
+            greeting = (default or config.routes[0]).upstream
+
+        def choose(hello: ClientHello | None) -> UpstreamRuntime | Refusal:
+            fingerprint = protocol.record.ja4
+            if fingerprint is not None and fingerprint.lower() in self._denyJA4:
+                return Refusal(
+                    "denied", f"JA4 fingerprint {fingerprint} is in deny_ja4"
+                )
+            if self._router is None:
+                assert config.upstream is not None
+                return self._upstreams[config.upstream]
+            serverName = None if hello is None else hello.serverName
+            route = self._router.match(serverName, () if hello is None else hello.alpn)
+            if route is None:
+                return Refusal(
+                    "no_route",
+                    f"no route for server name {serverName!r}"
+                    if hello is not None
+                    else "no default route for a client without TLS",
+                )
+            return self._upstreams[route.upstream]
+
+        def proxyHeader(
+            serverName: str | None, connection: SSL.Connection | None
+        ) -> Callable[[], bytes] | None:
+            return self._proxyHeader(protocol, serverName, connection)
+
+        stage = MySQLConnection(
+            Wiring(
+                reactor=self._reactor,
+                clock=self._clock,
+                timeouts=self._timeouts,
+                prereadTimeout=config.preread_timeout,
+                maxHello=config.preread_buffer_size,
+                clientKey=clientKey,
+                allowPlaintext=config.allow_plaintext,
+                greeting=self._upstreams[greeting],
+                choose=choose,
+                contextFor=self._tls.contextFor,
+                describe=self._tls.describe,
+                handshakeTimed=self._accessLog.handshake,
+                proxyHeader=proxyHeader,
+                ended=lambda: self.ended(protocol),
+            ),
+            relayTransport(transport),
+            protocol.record,
         )
         stage.start(buffered)
         return stage

@@ -745,7 +745,7 @@ def test_undefinedUpstreamsAreReportedAtTheirLine(tmp_path: Path) -> None:
             "'maybe' is not a boolean (use on/off, yes/no, true/false or 1/0)",
         ),
         ("mode", "fast", "'fast' is not one of passthrough, terminate, tcp"),
-        ("protocol", "http", "'http' is not one of tls, postgres"),
+        ("protocol", "http", "'http' is not one of tls, postgres, mysql"),
         ("proxy_protocol", "v3", "'v3' is not one of off, v1, v2"),
         ("relay", "fast", "'fast' is not one of auto, splice, portable"),
         ("verify_client", "required", "'required' is not one of off, on, optional"),
@@ -1170,7 +1170,7 @@ def test_allowPlaintextIsForPostgres(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nupstream = app\nallow_plaintext = on\n")
     assert problems(tmp_path, text, notYetSupported={}, checkFiles=False) == [
         "gw.ini:4: [listener:web] allow_plaintext: allow_plaintext only applies to"
-        " protocol = postgres"
+        " protocol = postgres or mysql"
     ]
 
 
@@ -1264,6 +1264,76 @@ def test_passthroughProtocolsNeedSomethingThatPassesThrough(
     assert any(
         p.endswith(f"[listener:web] passthrough_protocols: {message}") for p in found
     ), found
+
+
+MYSQL_ADVICE = (
+    "protocol = mysql terminates TLS (the gateway answers the greeting and the"
+    " SSLRequest itself); to relay MySQL TLS untouched use mode = tcp"
+)
+TERMINATION_KEYS = "certificate = c.pem\nprivate_key = k.pem\n"
+
+
+def test_mysqlOnAPassthroughListenerPointsAtTCPMode(tmp_path: Path) -> None:
+    text = listener("listen = tcp:1\nupstream = app\nprotocol = mysql\n")
+    assert problems(tmp_path, text, checkFiles=False) == [
+        f"gw.ini:4: [listener:web] protocol: {MYSQL_ADVICE}"
+    ]
+
+
+def test_mysqlWithOnlyPassthroughRoutesPointsAtTCPMode(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:1\nprotocol = mysql\nroutes =\n    a.example app\n"
+        "    default api passthrough\n"
+    )
+    assert problems(tmp_path, text, checkFiles=False) == [
+        f"gw.ini:3: [listener:web] protocol: {MYSQL_ADVICE}"
+    ]
+
+
+def test_mysqlPassthroughRouteIsReportedAtItsLine(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:1\nmode = terminate\nprotocol = mysql\n"
+        + TERMINATION_KEYS
+        + "routes =\n    a.example app\n    b.example api passthrough\n"
+    )
+    assert problems(tmp_path, text, checkFiles=False) == [
+        f"gw.ini:9: [listener:web] routes: route 'b.example' passes TLS through:"
+        f" {MYSQL_ADVICE}"
+    ]
+
+
+def test_mysqlInTCPModeIsAnError(tmp_path: Path) -> None:
+    text = listener("listen = tcp:1\nupstream = app\nmode = tcp\nprotocol = mysql\n")
+    assert problems(tmp_path, text, checkFiles=False) == [
+        "gw.ini:5: [listener:web] protocol: mode = tcp relays MySQL untouched (its"
+        " TLS included); protocol = mysql is for termination: use mode = terminate,"
+        " or drop protocol"
+    ]
+
+
+def test_mysqlUpstreamCannotHaveATLSHealthCheck(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:1\nmode = terminate\nprotocol = mysql\n"
+        + TERMINATION_KEYS
+        + "upstream = app\n",
+        "[upstream:app]\nservers = 127.0.0.1:3306\nhealth_check = tls\n",
+    )
+    assert problems(tmp_path, text, checkFiles=False) == [
+        "gw.ini:10: [upstream:app] health_check: health_check = tls cannot check a"
+        " MySQL server (listener 'web' has protocol = mysql): the server speaks"
+        " first and TLS starts inside its protocol; use tcp"
+    ]
+
+
+def test_mysqlTerminationLoads(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:1\nmode = terminate\nprotocol = mysql\nallow_plaintext = on\n"
+        + TERMINATION_KEYS
+        + "routes =\n    a.example app\n    default api\n"
+    )
+    loaded = load_config(write(tmp_path, text), checkFiles=False)
+    [config] = loaded.listeners
+    assert (config.protocol, config.allow_plaintext) == ("mysql", True)
 
 
 def test_allowAllIsEveryAddress(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_examplesAreFound() -> None:
         "postgres-passthrough.ini",
         "postgres-termination.ini",
         "mysql-tcp.ini",
+        "mysql-termination.ini",
         "bank.ini",
     } <= names
 
