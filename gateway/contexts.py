@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 
 from gateway.config import GatewayConfig, ListenerConfig, Problem
-from gateway.tlspolicy import ServerTLS, UpstreamTLS
+from gateway.tlspolicy import AcmeCertificates, ServerTLS, UpstreamTLS
 
 
 def terminates(listener: ListenerConfig) -> bool:
@@ -47,7 +47,13 @@ class Contexts:
     warnings: list[str]
 
 
-def buildContexts(config: GatewayConfig) -> Contexts:
+def buildContexts(
+    config: GatewayConfig, acme: AcmeCertificates | None = None
+) -> Contexts:
+    """
+    @param acme: the ACME certificates being served (by section name);
+        without it every ACME certificate is pending, as for C{check}.
+    """
     servers: dict[str, ServerTLS] = {}
     upstreams: dict[str, UpstreamTLS] = {}
     problems: list[Problem] = []
@@ -55,7 +61,9 @@ def buildContexts(config: GatewayConfig) -> Contexts:
     for listener in config.listeners:
         if not terminates(listener):
             continue
-        server, found, warned = ServerTLS.fromConfig(listener, config.certificates)
+        server, found, warned = ServerTLS.fromConfig(
+            listener, config.certificates, acme
+        )
         problems += found
         warnings += warned
         if server is not None:
