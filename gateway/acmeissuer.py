@@ -149,27 +149,32 @@ def challengeCertificate(domain: str, keyAuthorization: str) -> bytes:
     ) + certificate.public_bytes(serialization.Encoding.PEM)
 
 
+def _document(value: Any) -> Any:
+    """
+    A josepy object (a problem document, an identifier) as plain JSON data.
+    """
+    return json.loads(value.json_dumps())
+
+
 def _problemText(error: BaseException) -> str:
     """
     The problem document(s) behind an ACME library error, as JSON.
     """
     if isinstance(error, messages.Error):
-        return json.dumps(error.to_partial_json(), sort_keys=True)
+        return json.dumps(_document(error), sort_keys=True)
     if isinstance(error, errors.ValidationError):
         problems = []
         for authzr in error.failed_authzrs:
             for challenge in authzr.body.challenges:
                 if challenge.error is not None:
-                    document = challenge.error.to_partial_json()
-                    document.setdefault(
-                        "identifier", authzr.body.identifier.to_partial_json()
-                    )
+                    document = _document(challenge.error)
+                    document.setdefault("identifier", _document(authzr.body.identifier))
                     problems.append(document)
         return json.dumps(
             problems if len(problems) != 1 else problems[0], sort_keys=True
         )
     if isinstance(error, errors.IssuanceError):
-        return json.dumps(error.error.to_partial_json(), sort_keys=True)
+        return json.dumps(_document(error.error), sort_keys=True)
     return json.dumps({"detail": f"{type(error).__name__}: {error}"})
 
 

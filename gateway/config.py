@@ -237,11 +237,11 @@ def _acmeNames(text: str) -> tuple[str, ...]:
     """
     names: list[str] = []
     for item in parseList(text):
-        name = normalizeName(item)
-        if name.startswith("*"):
+        if item.startswith("*"):
             raise ValueError(
                 f"{item!r}: tls-alpn-01 cannot validate wildcard names: list each name"
             )
+        name = normalizeName(item)
         try:
             ipaddress.ip_address(name)
         except ValueError:

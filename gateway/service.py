@@ -295,6 +295,7 @@ class GatewayService(Service):
         if self._current is not None:
             try:
                 self._current.certificateIssued(name, certificate)
+                self._sampleCertificates()
             except Exception:  # noqa: BLE001 - logged; the old certificate stays
                 self._log.failure(
                     "acme: cannot serve the new certificate {name}", name=name
@@ -387,9 +388,17 @@ class GatewayService(Service):
         for upstream, states in self._current.serverStates().items():
             for server, up in states.items():
                 self._metrics.serverUp(upstream, server, up)
-        self._metrics.certificateExpiry(
-            certificateExpiries(self._current.servers.values())
-        )
+        self._sampleCertificates()
+
+    def _sampleCertificates(self) -> None:
+        """
+        C{tlsgateway_certificate_expiry_seconds}: every second with the
+        server states, and at once when an ACME certificate changes.
+        """
+        if self._metrics is not None and self._current is not None:
+            self._metrics.certificateExpiry(
+                certificateExpiries(self._current.servers.values())
+            )
 
     # reload
 

@@ -77,6 +77,7 @@ __all__ = [
     "UpstreamVerificationError",
     "describe",
     "loadCertificate",
+    "readCertificates",
 ]
 
 #: The TLS 1.2 cipher list when C{ciphers} is not set: ECDHE key exchange
@@ -449,6 +450,16 @@ def _readOCSP(
         message = f"{path}: the OCSP response says the certificate is revoked"
         warnings.append(LoadWarning("ocsp_response", path, message))
     return data, warnings
+
+
+def readCertificates(path: str, key: str) -> tuple[x509.Certificate, ...]:
+    """
+    Every certificate of a PEM bundle (C{client_ca}, C{tls_ca},
+    C{[acme] ca_bundle}).
+
+    @raise TLSConfigError: unreadable, or no certificate in it.
+    """
+    return _readCertificates(path, key)
 
 
 def loadCertificate(

@@ -48,6 +48,11 @@ EXAMPLES = sorted((REPO_ROOT / "etc").glob("*.ini"))
 #: The keys whose values name files the check reads.
 FILE_KEYS = ("certificate", "private_key", "client_ca", "tls_ca", "ocsp_response")
 
+#: The keys whose values name folders the gateway creates and writes
+#: (C{[acme] state_dir}): moved like absolute file paths, created by nobody,
+#: so the check sees a folder it could create, as on a fresh machine.
+FOLDER_KEYS = ("state_dir",)
+
 #: The name a certificate is issued for when its listener routes no names
 #: (a listener with C{upstream} instead of C{routes}): the examples' domain.
 FALLBACK_NAME = "example.com"
@@ -70,6 +75,7 @@ def test_examplesAreFound() -> None:
         "postgres-passthrough.ini",
         "postgres-termination.ini",
         "mysql-tcp.ini",
+        "acme.ini",
     } <= names
 
 
@@ -152,7 +158,14 @@ def materialise(example: Path, directory: Path) -> Path:
     @return: the path of the copy.
     """
     text = example.read_text(encoding="utf-8")
-    for value in _fileValues(_parse(text)):
+    parser = _parse(text)
+    folders = [
+        parser[section][key]
+        for section in parser.sections()
+        for key in FOLDER_KEYS
+        if parser[section].get(key)
+    ]
+    for value in [*_fileValues(parser), *folders]:
         if os.path.isabs(value):
             text = text.replace(value, str(directory / "root" / value.lstrip("/")))
     copy = directory / example.name
