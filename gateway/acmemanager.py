@@ -7,8 +7,8 @@ served (L{AcmeManager.current}), and a timer for its next check:
 
   - At start, a certificate already in the state directory (for the same
     names) is loaded at once and served: a restart orders nothing.
-  - A check runs in a thread (the ACME library blocks on HTTPS, and the
-    files are read and written there too): a certificate in the state
+  - A check runs in a thread of its own (the ACME library blocks on
+    HTTPS, and the files are read and written there too): a certificate in the state
     directory that is not due for renewal is taken as it is (another
     worker may have just written it); otherwise the worker that gets the
     certificate's lock file orders one, while the others come back every
@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -237,10 +238,37 @@ class AcmeManager:
         if not self._running or managed.busy:
             return
         managed.busy = True
-        pool = self._reactor.getThreadPool()
-        d = deferToThreadPool(self._reactor, pool, self._work, managed.config)
+        d = self._inThread(self._work, managed.config)
         d.addCallbacks(self._worked, self._failed, (name,), {}, (name,))
         d.addBoth(self._idle, name)
+
+    def _inThread(
+        self, work: Callable[[CertificateConfig], _Result], config: CertificateConfig
+    ) -> Deferred[_Result]:
+        """
+        Run C{work(config)} in a daemon thread of its own, its result
+        delivered on the reactor thread.
+
+        Not the reactor's thread pool (C{deferToThread}): the reactor joins
+        that pool when it stops, so a stop during an order would wait for
+        the order (HTTPS, validations: up to a minute and a half).  A
+        daemon thread ends with the process; what it was writing is
+        replaced by one rename, and its lock is an C{flock} that the
+        process's end releases.
+        """
+        d: Deferred[_Result] = Deferred()
+
+        def run() -> None:
+            try:
+                result = work(config)
+            except BaseException:  # noqa: BLE001 - delivered as a Failure
+                failure = Failure()  # type: ignore[no-untyped-call]
+                self._reactor.callFromThread(d.errback, failure)
+            else:
+                self._reactor.callFromThread(d.callback, result)
+
+        threading.Thread(target=run, name=f"acme-{config.name}", daemon=True).start()
+        return d
 
     def _idle(self, result: object, name: str) -> None:
         self._managed[name].busy = False

@@ -12,6 +12,7 @@ challenge that fails.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import stat
@@ -188,6 +189,10 @@ def test_issuedThroughAPassthroughListenerVerifiedAndKeptAcrossARestart(
     # Served at once, from the state directory: no pending window.
     body, again = fetchName(secure, roots)
     assert (body, again) == ("plain", der)
+    # A reload keeps serving it, and orders nothing either.
+    second.sendSignal(signal.SIGHUP)
+    second.waitForOutput("reloaded")
+    assert fetchName(secure, roots) == ("plain", der)
     time.sleep(2)  # give a wrong implementation the time to order
     assert server.issued() == issued
     assert "acme: issued" not in second.output()
