@@ -44,7 +44,7 @@ from gateway.acmestate import Locked, StateDirectory
 from gateway.config import AcmeSettings, CertificateConfig
 from gateway.tlspolicy import LoadedCertificate, TLSConfigError, loadCertificate
 
-__all__ = ["AcmeManager", "ChallengeResponder"]
+__all__ = ["AcmeManager", "ChallengeResponder", "renewalTime", "retryDelay"]
 
 #: How often a worker that did not get a certificate's lock looks for the
 #: result of the worker that did.
@@ -61,6 +61,16 @@ MAX_SLEEP = 86400.0
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def retryDelay(failures: int) -> float:
+    """
+    How long to wait after the C{failures}-th failed order in a row:
+    L{FIRST_BACKOFF}, doubled each time, at most L{MAX_BACKOFF} (an ACME
+    server's rate limits count failed validations: hammering makes them
+    last longer).
+    """
+    return float(min(FIRST_BACKOFF * 2 ** min(failures - 1, 32), MAX_BACKOFF))
 
 
 def renewalTime(
@@ -372,7 +382,7 @@ class AcmeManager:
             return
         managed = self._managed[name]
         managed.failures += 1
-        delay = min(FIRST_BACKOFF * 2 ** (managed.failures - 1), MAX_BACKOFF)
+        delay = retryDelay(managed.failures)
         error = failure.value
         if isinstance(error, AcmeFailure):
             self._log.error(

@@ -23,7 +23,7 @@ from OpenSSL import SSL
 
 from gateway.acmechallenge import offersOnlyAcmeTLS
 from gateway.acmeissuer import challengeCertificate, newKeyPEM
-from gateway.acmemanager import ChallengeResponder, renewalTime
+from gateway.acmemanager import ChallengeResponder, renewalTime, retryDelay
 from gateway.acmestate import Locked, StateDirectory, writePrivate
 from gateway.certexpiry import certificateExpiries
 from gateway.config import (
@@ -39,6 +39,7 @@ from gateway.tlspolicy import (
     ServerTLS,
     loadCertificate,
 )
+from tests.helpers import frameworksImportedBy
 from tests.test_tlspolicy import (
     INI,
     PKI,
@@ -374,6 +375,12 @@ def test_renewBeforeLongerThanTheLifetimeRenewsAfterTwoThirds(tmp_path: Path) ->
     ) == certificate.notBefore + datetime.timedelta(days=60)
 
 
+def test_failedOrdersBackOffExponentiallyUpToAnHour() -> None:
+    assert [retryDelay(n) for n in range(1, 6)] == [10, 20, 40, 80, 160]
+    assert retryDelay(9) == 2560
+    assert retryDelay(10) == retryDelay(1000) == 3600
+
+
 # --- the state directory ---------------------------------------------------------------
 
 
@@ -407,3 +414,12 @@ def test_stateFileNamesAreChecked(tmp_path: Path) -> None:
     state = StateDirectory(str(tmp_path))
     with pytest.raises(ValueError, match="cannot be a file name"):
         state.certificatePath("../escape")
+
+
+def test_stateDirectoryAndConfigNeedNoTwistedNorOpenSSL() -> None:
+    """
+    The state directory's files and locks, and the C{[acme]} keys, are
+    plain Python: the manager runs them in a thread, C{check} reads them.
+    """
+    assert frameworksImportedBy("gateway.acmestate") == []
+    assert frameworksImportedBy("gateway.config") == []
