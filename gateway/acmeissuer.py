@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -180,7 +181,9 @@ def _problemText(error: BaseException) -> str:
 
 class Issuer:
     """
-    One ACME account at one directory, used from one thread at a time.
+    One ACME account at one directory.  Orders for several certificates
+    run in threads of their own; the client library's session is not
+    thread-safe, so they take turns (L{issue} holds a lock).
 
     @ivar state: where the account key and registration are kept.
     """
@@ -190,6 +193,7 @@ class Issuer:
         self.state = state
         self._client: client.ClientV2 | None = None
         self._key: JWKEC | None = None
+        self._turn = threading.Lock()
 
     def _accountKey(self) -> JWKEC:
         """
@@ -266,6 +270,16 @@ class Issuer:
         @return: the full chain, PEM.
         @raise AcmeFailure: with the server's problem document.
         """
+        with self._turn:
+            return self._issue(names, keyPEM, publish, withdraw)
+
+    def _issue(
+        self,
+        names: Sequence[str],
+        keyPEM: bytes,
+        publish: Callable[[str, bytes], None],
+        withdraw: Callable[[str], None],
+    ) -> bytes:
         acmeClient = self.connect()
         key = self._key
         assert key is not None

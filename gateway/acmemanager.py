@@ -30,6 +30,7 @@ import datetime
 import os
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -187,6 +188,8 @@ class AcmeManager:
             self.state, (n for m in self._managed.values() for n in m.config.names)
         )
         self._reactor = reactor
+        # Built on the reactor thread (the service builds it there).
+        self._reactorThread = threading.get_ident()
         self._changed = changed
         self._issuer = Issuer(settings, self.state)
         self._running = False
@@ -294,12 +297,16 @@ class AcmeManager:
         try:
             loaded = loadCertificate(path, path)
         except TLSConfigError as e:
-            self._log.warn(
+            warn = self._log.warn
+            if threading.get_ident() != self._reactorThread:
+                # Log observers belong to the reactor thread.
+                warn = partial(self._reactor.callFromThread, warn)
+            warn(
                 "acme: certificate {name}: {path} cannot be used ({error}): ordering"
                 " a new one",
                 name=config.name,
                 path=path,
-                error=e,
+                error=str(e),
             )
             return None
         if set(loaded.names) != set(config.names):

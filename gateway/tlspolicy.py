@@ -989,8 +989,8 @@ class ServerTLS:
     ) -> None:
         contextOf: dict[int, SSL.Context] = {}
         for group, context in served:
-            for certificate in group.certificates:
-                contextOf[id(certificate)] = context
+            for member in group.certificates:
+                contextOf[id(member)] = context
         slots: list[_Slot] = []
         exact: dict[str, _Slot] = {}
         wildcard: dict[str, _Slot] = {}
