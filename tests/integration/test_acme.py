@@ -264,15 +264,16 @@ def test_renewedUnderALiveConnection(
     assert server.issued() >= 2
 
 
-def test_workersShareOneOrder(
+def test_workersShareOneOrderPerCertificate(
     gateway: GatewayStarter,
     backend: BackendStarter,
     pebble: PebbleStarter,
     tmp_path: Path,
 ) -> None:
     """
-    Two workers, one state directory: one of them orders, the other picks
-    the certificate up; both serve it.
+    Two workers, one state directory, two ACME certificates ordered at the
+    same time: one worker orders each, the other picks it up; both serve
+    both.
     """
     plain = backend("plain", tls=False)
     port = freePort()
@@ -280,22 +281,27 @@ def test_workersShareOneOrder(
     ini = (
         gatewaySection(workers="2")
         + acmeSections(server, tmp_path / "state")
+        + "[certificate:api]\nacme = on\nnames = api.example.test\n\n"
         + "[listener:secure]\n"
         f"listen = tcp:{port}:interface=127.0.0.1\n"
         "mode = terminate\n"
         "upstream = plain\n"
-        "certificates = site\n\n"
+        "certificates = site, api\n\n"
         f"[upstream:plain]\nservers = {plain.address}\n"
     )
     process = gateway(ini)
     waitFor(process, ISSUED)
+    waitFor(process, "acme: issued certificate api")
     time.sleep(3)  # longer than a waiting worker's poll interval
     roots = server.rootContext()
-    certificates = {fetchName(port, roots)[1] for _ in range(8)}
-    assert len(certificates) == 1
-    assert server.issued() == 1, server.output()
-    assert process.output().count("acme: issued certificate") == 1
+    for name in (NAME, "api.example.test"):
+        served = {fetchName(port, roots, name)[1] for _ in range(8)}
+        assert len(served) == 1, name
+    assert server.issued() == 2, server.output()
+    assert process.output().count("acme: issued certificate") == 2
     assert server.output().count("POST /sign-me-up") == 1, server.output()
+    failed = [e for e in process.accessLog() if e["status"] != "ok"]
+    assert failed == [], failed
 
 
 def test_pendingUntilIssuedAndAFailedChallengeIsRetried(
