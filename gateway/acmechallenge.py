@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
+from gateway.relay import RelayTransport
 from gateway.tlstransport import TLSTransport
 
 __all__ = ["ALERT_HANDSHAKE_FAILURE", "ChallengeStage", "offersOnlyAcmeTLS"]
@@ -46,7 +47,7 @@ class ChallengeStage:
     def __init__(
         self,
         clock: IReactorTime,
-        transport: ITCPTransport,
+        transport: RelayTransport,
         record: ConnectionRecord,
         context: SSL.Context,
         timeout: float,

@@ -89,7 +89,7 @@ def makeTop(
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
-    SignalHandling(reactor, main).setServiceParent(top)
+    SignalHandling(reactor, main).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
 
@@ -118,7 +118,7 @@ def serve(config: GatewayConfig, inherited: Any = None, logLevel: str = "info") 
         _log.critical("{error}", error=str(e))
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

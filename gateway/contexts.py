@@ -20,6 +20,7 @@ from gateway.tlspolicy import (
     TLSConfigError,
     UpstreamTLS,
     readCertificates,
+    unknownGroups,
 )
 
 
@@ -68,6 +69,21 @@ def buildContexts(
     warnings: list[str] = []
     for listener in config.listeners:
         if not terminates(listener):
+            # Nothing is built for it, but a group name is still checked,
+            # so a typo fails now rather than when a route terminates.
+            unknown = unknownGroups(listener.groups)
+            if unknown:
+                location = listener.location
+                problems.append(
+                    Problem(
+                        location.path,
+                        location.lineOf("groups"),
+                        f"listener:{listener.name}",
+                        "groups",
+                        f"{', '.join(unknown)}: not a key exchange group this"
+                        " OpenSSL knows",
+                    )
+                )
             continue
         server, found, warned = ServerTLS.fromConfig(
             listener, config.certificates, acme

@@ -36,6 +36,7 @@ from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.session import UpstreamRuntime
+from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -258,7 +259,7 @@ class GatewayService(Service):
         generation.startPools(reactor)
         if self._acme is not None:
             self._acme.start()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
             count=len(self.config.listeners),
@@ -508,7 +509,7 @@ class GatewayService(Service):
         Stop accepting, let established connections finish for up to
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._acme is not None:
             self._acme.stop()
         for generation in self._generations():
@@ -536,8 +537,7 @@ class GatewayService(Service):
 
     def _drainEnded(self, result: object) -> None:
         for call in self._delayed:
-            if call.active():
-                call.cancel()
+            cancel(call)
         self._delayed = []
         self._closeLog()
 
