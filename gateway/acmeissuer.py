@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from josepy.errors import DeserializationError
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -209,6 +210,25 @@ class Issuer:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return JWKEC(key=key)
 
+    def savedAccount(self) -> messages.RegistrationResource | None:
+        """
+        The registration saved for this C{directory}: one saved for another
+        ACME server (the operator moved from staging to production) does
+        not count, and is replaced by a new registration.
+        """
+        saved = self.state.read(self.state.accountPath)
+        if saved is None:
+            return None
+        try:
+            document = json.loads(saved)
+            if document.get("directory") != self.settings.directory:
+                return None
+            account = messages.RegistrationResource.from_json(document["registration"])
+        except (ValueError, KeyError, TypeError, AttributeError, DeserializationError):
+            return None
+        assert isinstance(account, messages.RegistrationResource)
+        return account
+
     def connect(self) -> client.ClientV2:
         """
         The client, with the account registered (once: its registration is
@@ -231,16 +251,18 @@ class Issuer:
             directory = client.ClientV2.get_directory(self.settings.directory, network)
             acmeClient = client.ClientV2(directory, network)
             with self.state.lock("account", wait=True):
-                saved = self.state.read(self.state.accountPath)
-                if saved is not None:
-                    network.account = messages.RegistrationResource.json_loads(saved)
-                else:
+                account = self.savedAccount()
+                if account is None:
                     registration = messages.NewRegistration.from_data(
                         email=self.settings.email, terms_of_service_agreed=True
                     )
                     account = acmeClient.new_account(registration)
-                    network.account = account
-                    writePrivate(self.state.accountPath, account.json_dumps().encode())
+                    saved = {
+                        "directory": self.settings.directory,
+                        "registration": json.loads(account.json_dumps()),
+                    }
+                    writePrivate(self.state.accountPath, json.dumps(saved).encode())
+                network.account = account
         except (errors.Error, OSError, ValueError) as e:
             raise AcmeFailure(
                 f"cannot use the ACME account at {self.settings.directory}",

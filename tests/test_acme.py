@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -22,12 +23,13 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from gateway.acmechallenge import offersOnlyAcmeTLS
-from gateway.acmeissuer import challengeCertificate, newKeyPEM
+from gateway.acmeissuer import Issuer, challengeCertificate, newKeyPEM
 from gateway.acmemanager import ChallengeResponder, renewalTime, retryDelay
 from gateway.acmestate import Locked, StateDirectory, writePrivate
 from gateway.certexpiry import certificateExpiries
 from gateway.config import (
     DEFAULT_RENEW_BEFORE,
+    AcmeSettings,
     CertificateConfig,
     ConfigError,
     Location,
@@ -396,6 +398,35 @@ def test_stateFilesArePrivateAndReplacedAtomically(tmp_path: Path) -> None:
     writePrivate(path, b"new")
     assert Path(path).read_bytes() == b"new"
     assert sorted(os.listdir(state.certsDir)) == ["site.pem"]  # no temporary left
+
+
+def testsavedAccountCountsForItsOwnDirectoryOnly(tmp_path: Path) -> None:
+    """
+    Moving C{directory} from staging to production registers anew, instead
+    of signing orders with an account the new server does not know.
+    """
+    state = StateDirectory(str(tmp_path / "state"))
+    state.prepare()
+    staging = "https://acme-staging.example.test/directory"
+    saved = {
+        "directory": staging,
+        "registration": {"body": {}, "uri": "https://acme-staging.example.test/acct/1"},
+    }
+    writePrivate(state.accountPath, json.dumps(saved).encode())
+    for directory, expected in [
+        (staging, "https://acme-staging.example.test/acct/1"),
+        ("https://acme.example.test/directory", None),
+    ]:
+        issuer = Issuer(AcmeSettings(directory=directory, state_dir=state.path), state)
+        account = issuer.savedAccount()
+        assert (account and account.uri) == expected
+    writePrivate(state.accountPath, b"not json")
+    assert (
+        Issuer(
+            AcmeSettings(directory=staging, state_dir=state.path), state
+        ).savedAccount()
+        is None
+    )
 
 
 def test_oneHolderPerLock(tmp_path: Path) -> None:
