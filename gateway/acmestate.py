@@ -5,8 +5,9 @@ between workers.
 Layout of C{[acme] state_dir} (created with mode 0700)::
 
     account.key          the ACME account's private key (PEM, 0600)
-    account.json         the account's registration (its URL), so a
-                         restart does not register again
+    account.json         the account's registration (its URL) and the
+                         directory it belongs to, so a restart does not
+                         register again
     account.lock         held while the account is registered
     certs/NAME.pem       [certificate:NAME]'s private key and full chain
                          (one file, 0600, replaced by one rename: a reader
