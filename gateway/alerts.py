@@ -45,6 +45,7 @@ class AlertDescription(enum.IntEnum):
     The alerts the gateway sends (RFC 8446 section 6.2), by their wire code.
     """
 
+    HANDSHAKE_FAILURE = 40
     ACCESS_DENIED = 49
     DECODE_ERROR = 50
     PROTOCOL_VERSION = 70

@@ -54,6 +54,7 @@ from gateway.units import parseBool, parseDuration, parseList, parseSize
 
 __all__ = [
     "NOT_YET_SUPPORTED",
+    "AcmeSettings",
     "CertificateConfig",
     "ConfigError",
     "GatewayConfig",
@@ -211,6 +212,63 @@ def _accessLog(text: str, folder: str) -> str:
     if value in ("-", "off"):
         return value
     return _path(value, folder)
+
+
+def _url(text: str) -> str:
+    """
+    An ACME directory URL: C{https://} (or C{http://}, which only a test
+    server on loopback would use) with a host.
+    """
+    from urllib.parse import urlsplit
+
+    value = _text(text)
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(
+            f"{value!r} is not an ACME directory URL (like"
+            " https://acme-v02.api.letsencrypt.org/directory)"
+        )
+    return value
+
+
+def _email(text: str) -> str:
+    value = _text(text).removeprefix("mailto:")
+    local, at, domain = value.partition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _acmeNames(text: str) -> tuple[str, ...]:
+    """
+    The DNS names of an ACME certificate.  C{tls-alpn-01} cannot validate
+    wildcard names (RFC 8737, section 3) nor, here, IP addresses.
+    """
+    names: list[str] = []
+    for item in parseList(text):
+        if item.startswith("*"):
+            raise ValueError(
+                f"{item!r}: tls-alpn-01 cannot validate wildcard names: list each name"
+            )
+        name = normalizeName(item)
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{item!r}: an IP address, not a DNS name")
+        labels = name.split(".")
+        if len(labels) < 2 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"{item!r} is not a DNS name (like www.example.com)")
+        if name in names:
+            raise ValueError(f"{item!r} is listed twice")
+        names.append(name)
+    if not names:
+        raise ValueError("is empty")
+    return tuple(names)
 
 
 def _sectionName(text: str) -> str:
@@ -668,13 +726,47 @@ class RouteConfig:
 @attrs.frozen
 class CertificateConfig:
     """
-    One C{[certificate:NAME]} section: a PEM chain, its key, maybe OCSP.
+    One C{[certificate:NAME]} section: a PEM chain, its key, maybe OCSP;
+    or, with C{acme = on}, the C{names} that the gateway has an ACME server
+    issue a certificate for (L{gateway.acmemanager}).
+
+    @ivar certificate: L{None} only with C{acme = on}.
     """
 
     name: str
-    certificate: str = attrs.field(metadata=_iniFolder(_path))
-    private_key: str = attrs.field(metadata=_iniFolder(_path))
+    certificate: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    private_key: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
     ocsp_response: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    acme: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    names: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_acmeNames))
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
+#: C{[acme] renew_before}'s default: Let's Encrypt's own advice for its
+#: 90-day certificates (renew with a third of the lifetime left).
+DEFAULT_RENEW_BEFORE = 30 * 86400.0
+
+
+@attrs.frozen
+class AcmeSettings:
+    """
+    The C{[acme]} section: the ACME server and where its results are kept.
+
+    @ivar state_dir: the account key, issued certificates and their keys
+        (mode 0600), the lock files that let one worker order while the
+        others wait, and the challenge certificates of validations in
+        progress.  Shared by workers, kept across restarts.
+    @ivar ca_bundle: what verifies the ACME server's HTTPS; L{None} is the
+        system store.
+    """
+
+    directory: str = attrs.field(metadata=_ini(_url))
+    state_dir: str = attrs.field(metadata=_iniFolder(_path))
+    email: str | None = attrs.field(default=None, metadata=_ini(_email))
+    ca_bundle: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    renew_before: float = attrs.field(
+        default=DEFAULT_RENEW_BEFORE, metadata=_ini(_positiveDuration)
+    )
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
@@ -768,6 +860,7 @@ class GatewayConfig:
     certificates: Mapping[str, CertificateConfig] = attrs.field(
         factory=dict, converter=_frozenMapping
     )
+    acme: AcmeSettings | None = None
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
 
@@ -927,6 +1020,7 @@ class _Loader:
     scan: _Scan = attrs.field(init=False)
     upstreamNames: set[str] = attrs.Factory(set)
     certificateNames: set[str] = attrs.Factory(set)
+    hasAcme: bool = False
 
     def problem(
         self, line: int | None, section: str | None, key: str | None, message: str
@@ -947,7 +1041,9 @@ class _Loader:
         sections = self._read()
         self.upstreamNames = {s.sub for s in sections if s.kind == "upstream"}
         self.certificateNames = {s.sub for s in sections if s.kind == "certificate"}
+        self.hasAcme = any(s.kind == "acme" for s in sections)
         settings = GatewaySettings()
+        acme: AcmeSettings | None = None
         listeners: list[ListenerConfig] = []
         upstreams: dict[str, UpstreamConfig] = {}
         certificates: dict[str, CertificateConfig] = {}
@@ -963,6 +1059,11 @@ class _Loader:
                     bindings.append(
                         (section, "metrics", [_endpointText(metrics, self.folder)])
                     )
+            elif section.kind == "acme":
+                before = len(self.problems)
+                kwargs = self._convert(section, AcmeSettings)
+                if len(self.problems) == before:
+                    acme = AcmeSettings(location=self._location(section), **kwargs)
             elif section.kind == "listener":
                 listener = self._listener(section)
                 if listener is not None:
@@ -985,6 +1086,7 @@ class _Loader:
                     certificates[certificate.name] = certificate
         self._checkBindings(bindings)
         self._checkMySQLHealthChecks(sections, listeners, upstreams)
+        self._checkAcmeNames(certificates.values())
         if not any(s.kind == "listener" for s in sections):
             self.problem(
                 None, None, None, "no [listener:NAME] section: nothing would listen"
@@ -998,7 +1100,27 @@ class _Loader:
             upstreams=upstreams,
             certificates=certificates,
             warnings=tuple(self.warnings),
+            acme=acme,
         )
+
+    def _checkAcmeNames(self, certificates: Iterable[CertificateConfig]) -> None:
+        """
+        Report a name that two ACME certificates both claim: its
+        C{tls-alpn-01} challenge could not tell them apart.
+        """
+        owners: dict[str, str] = {}
+        for certificate in certificates:
+            if not certificate.acme:
+                continue
+            for name in certificate.names:
+                owner = owners.setdefault(name, certificate.name)
+                if owner != certificate.name:
+                    self.problem(
+                        certificate.location.lineOf("names"),
+                        f"certificate:{certificate.name}",
+                        "names",
+                        f"{name!r} is already issued by ACME for [certificate:{owner}]",
+                    )
 
     def _read(self) -> list[_Section]:
         """
@@ -1039,7 +1161,7 @@ class _Loader:
             line = self.scan.sections.get(name)
             kind, colon, sub = name.partition(":")
             items = {k: val for k, val in parser.items(name, raw=True) if k}
-            if name == "gateway" or (colon and kind in _SECTION_KINDS):
+            if name in ("gateway", "acme") or (colon and kind in _SECTION_KINDS):
                 if colon and not _NAME.fullmatch(sub):
                     self.problem(
                         line,
@@ -1168,6 +1290,37 @@ class _Loader:
         before = len(self.problems)
         kwargs = self._convert(section, CertificateConfig)
         self._gate(section, "*", True, False, section.line)
+        items = section.items
+
+        def problem(key: str, message: str) -> None:
+            self.problem(self._keyLine(section, key), section.name, key, message)
+
+        if kwargs.get("acme", False):
+            if "names" not in items:
+                problem(
+                    "names",
+                    "required key is missing (acme = on issues a certificate for names)",
+                )
+            for key in ("certificate", "private_key", "ocsp_response"):
+                if key in items:
+                    problem(
+                        key,
+                        "acme = on: the certificate and its key come from the ACME"
+                        " server, remove this key",
+                    )
+            if not self.hasAcme:
+                problem(
+                    "acme",
+                    "acme = on needs an [acme] section (directory, state_dir)",
+                )
+        elif "acme" not in items or "acme" in kwargs:
+            for key in ("certificate", "private_key"):
+                if key not in items:
+                    self.problem(
+                        section.line, section.name, key, "required key is missing"
+                    )
+            if "names" in items:
+                problem("names", "names is for acme = on (the files name themselves)")
         if len(self.problems) != before:
             return None
         return CertificateConfig(

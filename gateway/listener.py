@@ -52,6 +52,10 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.accesslog import AccessLog, ConnectionRecord
+from gateway.acmechallenge import (
+    ChallengeStage,
+    offersOnlyAcmeTLS,
+)
 from gateway.alerts import AlertDescription, alertRecord, recordVersion
 from gateway.clienthello import ClientHello, isGrease
 from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
@@ -83,6 +87,7 @@ from gateway.relay import RelayTransport, relayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
+from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
 
 
@@ -191,6 +196,17 @@ class ServerTLSPolicy(TypingProtocol):
     def describe(self, connection: SSL.Connection) -> dict[str, Any]: ...
 
 
+class AcmeChallenges(TypingProtocol):
+    """
+    What a listener needs to answer C{tls-alpn-01} validations: see
+    L{gateway.acmemanager.ChallengeResponder}.
+    """
+
+    def manages(self, serverName: str | None) -> bool: ...
+
+    def contextFor(self, serverName: str) -> SSL.Context | None: ...
+
+
 class ListenerFactory(ServerFactory):
     """
     @ivar active: connections accepted and not yet logged; the drain waits
@@ -226,8 +242,10 @@ class ListenerFactory(ServerFactory):
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
         cancelKeys: CancelRegistry | None = None,
+        acme: AcmeChallenges | None = None,
     ) -> None:
         self.config = config
+        self._acme = acme
         self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
         self._upstreams = upstreams
@@ -402,6 +420,13 @@ class ListenerFactory(ServerFactory):
         if fingerprint is not None and fingerprint.lower() in self._denyJA4:
             protocol.refuse("denied", f"JA4 fingerprint {fingerprint} is in deny_ja4")
             return None
+        acme = self._acme
+        if (
+            acme is not None
+            and offersOnlyAcmeTLS(hello.alpn)
+            and acme.manages(hello.serverName)
+        ):
+            return self._answerChallenge(protocol, acme, hello, buffered)
         if self._router is None:
             upstreamName, action = config.upstream, config.mode
         else:
@@ -427,6 +452,13 @@ class ListenerFactory(ServerFactory):
         stage: PassthroughStage | TerminationStage
         if action == "terminate":
             assert self._tls is not None
+            try:
+                context = self._tls.contextFor(hello.serverName)
+            except CertificatePending as e:
+                protocol.refuse(
+                    "handshake_failed", str(e), alert=AlertDescription.HANDSHAKE_FAILURE
+                )
+                return None
 
             def makeSession(tls: TLSTransport) -> TerminatedSession:
                 if not postgres:
@@ -464,7 +496,7 @@ class ListenerFactory(ServerFactory):
                 self._clock,
                 transport,  # type: ignore[arg-type]
                 record,
-                self._tls.contextFor(hello.serverName),
+                context,
                 makeSession,
                 config.preread_timeout,
                 self._tls.describe,
@@ -507,6 +539,41 @@ class ListenerFactory(ServerFactory):
             alert=AlertDescription.PROTOCOL_VERSION,
         )
         return False
+
+    def _answerChallenge(
+        self,
+        protocol: PrereadProtocol,
+        acme: AcmeChallenges,
+        hello: ClientHello,
+        buffered: bytes,
+    ) -> Stage | None:
+        """
+        A C{tls-alpn-01} validation of a name the gateway orders a
+        certificate for: answered here, on any route, never relayed.
+        """
+        assert hello.serverName is not None
+        record = protocol.record
+        record.action = "terminate"
+        context = acme.contextFor(hello.serverName)
+        if context is None:
+            protocol.refuse(
+                "handshake_failed",
+                f"acme tls-alpn-01 for {hello.serverName!r}: no validation in progress",
+                alert=AlertDescription.HANDSHAKE_FAILURE,
+            )
+            return None
+        transport = protocol.transport
+        assert transport is not None
+        stage = ChallengeStage(
+            self._clock,
+            transport,  # type: ignore[arg-type]
+            record,
+            context,
+            self.config.preread_timeout,
+            lambda: self.ended(protocol),
+        )
+        stage.start(buffered)
+        return stage
 
     def handoffPostgres(
         self, protocol: PrereadProtocol, start: PlaintextStart

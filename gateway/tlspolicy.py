@@ -36,7 +36,7 @@ import re
 import stat
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -66,8 +66,11 @@ from gateway.tlstransport import refuseEarlyData, setGroups
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "AcmeCertificates",
+    "CertificatePending",
     "LoadWarning",
     "LoadedCertificate",
+    "PendingCertificate",
     "ServerTLS",
     "TLSConfigError",
     "TLSConfigErrors",
@@ -76,6 +79,7 @@ __all__ = [
     "UpstreamVerificationError",
     "describe",
     "loadCertificate",
+    "readCertificates",
     "unknownGroups",
 ]
 
@@ -460,6 +464,16 @@ def _readOCSP(
         message = f"{path}: the OCSP response says the certificate is revoked"
         warnings.append(LoadWarning("ocsp_response", path, message))
     return data, warnings
+
+
+def readCertificates(path: str, key: str) -> tuple[x509.Certificate, ...]:
+    """
+    Every certificate of a PEM bundle (C{client_ca}, C{tls_ca},
+    C{[acme] ca_bundle}).
+
+    @raise TLSConfigError: unreadable, or no certificate in it.
+    """
+    return _readCertificates(path, key)
 
 
 def loadCertificate(
@@ -1102,6 +1116,38 @@ def _verifyClient(
     )
 
 
+@attrs.frozen
+class PendingCertificate:
+    """
+    An ACME certificate (C{[certificate:NAME] acme = on}) not issued yet:
+    its names are served by failing the handshake, not by another
+    certificate.
+
+    @ivar section: C{certificate:NAME}.
+    """
+
+    section: str
+    names: tuple[str, ...]
+
+
+class CertificatePending(Exception):
+    """
+    The certificate for a server name is an ACME certificate still being
+    issued: the handshake fails (C{handshake_failed}).
+    """
+
+    reason = "handshake_failed"
+
+
+#: What provides ACME certificates to L{ServerTLS.fromConfig}: the
+#: certificate being served for C{[certificate:NAME]}, or L{None} while it
+#: is pending.
+AcmeCertificates = Callable[[str], "LoadedCertificate | None"]
+
+_Entry = tuple[str, "LoadedCertificate | PendingCertificate"]
+_Slot = SSL.Context | PendingCertificate
+
+
 class ServerTLS:
     """
     The TLS termination policy of one listener, for one configuration
@@ -1113,33 +1159,92 @@ class ServerTLS:
     means no code of ours runs inside the handshake to choose, and nothing
     can fail open to the wrong certificate.
 
+    The contexts change only when an ACME certificate is issued or renewed
+    (L{update}): new contexts are built beside the old ones and swapped in
+    with one assignment, so connections already using an old context keep
+    it and new handshakes get the new certificate.
+
     @ivar listenerName: the C{[listener:NAME]} it was built for.
     @ivar certificates: every certificate served, grouped by context (an
         ECDSA certificate follows the RSA one it shares a context with).
+    @ivar entries: (section, certificate) in configuration order: the
+        C{[certificate:NAME]} or C{[listener:NAME]} each came from, with
+        a L{PendingCertificate} for an ACME certificate not issued yet.
     """
 
     def __init__(
         self,
         listenerName: str,
         served: Sequence[tuple[_Served, SSL.Context]],
+        *,
+        settings: _Settings | None = None,
+        entries: Sequence[_Entry] | None = None,
     ) -> None:
         self.listenerName = listenerName
+        self._settings = settings
+        if entries is None:
+            entries = [
+                ("", certificate)
+                for group, _ in served
+                for certificate in group.certificates
+            ]
+        self._install(list(entries), served)
+
+    def _install(
+        self, entries: list[_Entry], served: Sequence[tuple[_Served, SSL.Context]]
+    ) -> None:
+        contextOf: dict[int, SSL.Context] = {}
+        for group, context in served:
+            for member in group.certificates:
+                contextOf[id(member)] = context
+        slots: list[_Slot] = []
+        exact: dict[str, _Slot] = {}
+        wildcard: dict[str, _Slot] = {}
+        for _, certificate in entries:
+            if isinstance(certificate, PendingCertificate):
+                slot: _Slot = certificate
+                names = certificate.names
+            elif id(certificate) in contextOf:
+                slot = contextOf[id(certificate)]
+                names = certificate.names
+            else:
+                continue  # never served: an earlier one has its names and key type
+            slots.append(slot)
+            for name in sorted(names):
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], slot)
+                elif "*" not in name:
+                    exact.setdefault(name, slot)
+        # One assignment: a handshake sees the old tables or the new ones.
+        self._tables = (tuple(slots), exact, wildcard)
+        self.entries = tuple(entries)
         self._contexts = tuple(context for _, context in served)
         self.certificates = tuple(c for group, _ in served for c in group.certificates)
-        self._exact: dict[str, SSL.Context] = {}
-        self._wildcard: dict[str, SSL.Context] = {}
-        for group, context in served:
-            for name in sorted(group.names):
-                if name.startswith("*."):
-                    self._wildcard.setdefault(name[2:], context)
-                elif "*" not in name:
-                    self._exact.setdefault(name, context)
+
+    def update(self, section: str, certificate: LoadedCertificate) -> None:
+        """
+        Serve C{certificate} for C{section} (an ACME certificate just
+        issued or renewed) from now on.
+
+        @raise TLSConfigError: OpenSSL refused it; the old contexts stay.
+        """
+        if self._settings is None:
+            raise TLSConfigError("this policy was not built by fromConfig")
+        entries = [(s, certificate if s == section else c) for s, c in self.entries]
+        loaded = [(s, c) for s, c in entries if isinstance(c, LoadedCertificate)]
+        groups, _ = _groupCertificates(loaded)
+        served = [(group, _serverContext(self._settings, group)) for group in groups]
+        self._install(entries, served)
+
+    def uses(self, section: str) -> bool:
+        return any(s == section for s, _ in self.entries)
 
     @classmethod
     def fromConfig(
         cls,
         listener: ListenerConfig,
         certificates: Mapping[str, CertificateConfig],
+        acme: AcmeCertificates | None = None,
     ) -> tuple[ServerTLS | None, list[Problem], list[str]]:
         """
         Load a listener's certificates and build its contexts.
@@ -1153,7 +1258,9 @@ class ServerTLS:
         signature algorithms allow.
 
         Every file is read now, and nothing is read later: a reload
-        calls this again and gets new contexts.
+        calls this again and gets new contexts.  An ACME certificate comes
+        from C{acme}; without one (C{tlsgateway check}), or while it is
+        not issued yet, its names are pending.
 
         @param certificates: the configuration's C{[certificate:NAME]}
             sections by name.
@@ -1165,6 +1272,8 @@ class ServerTLS:
         warnings: list[str] = []
         listenerSection = f"listener:{listener.name}"
         sources: list[tuple[str, Location, str, str, str | None]] = []
+        entries: list[_Entry] = []
+        order: list[str] = []
         if listener.certificate is not None and listener.private_key is not None:
             sources.append(
                 (
@@ -1175,6 +1284,8 @@ class ServerTLS:
                     None,
                 )
             )
+            order.append(listenerSection)
+        acmeCertificates: dict[str, LoadedCertificate | PendingCertificate] = {}
         for name in listener.certificates:
             config = certificates.get(name)
             if config is None:
@@ -1188,16 +1299,28 @@ class ServerTLS:
                     )
                 )
                 continue
+            section = f"certificate:{name}"
+            order.append(section)
+            if config.acme:
+                issued = None if acme is None else acme(name)
+                acmeCertificates[section] = (
+                    PendingCertificate(section, config.names)
+                    if issued is None
+                    else issued
+                )
+                continue
+            assert config.certificate is not None
+            assert config.private_key is not None
             sources.append(
                 (
-                    f"certificate:{name}",
+                    section,
                     config.location,
                     config.certificate,
                     config.private_key,
                     config.ocsp_response,
                 )
             )
-        if not sources and not problems:
+        if not order and not problems:
             problems.append(
                 _problem(
                     listener.location,
@@ -1206,18 +1329,24 @@ class ServerTLS:
                     "terminating TLS needs certificate and private_key, or certificates",
                 )
             )
-        loaded: list[tuple[str, LoadedCertificate]] = []
+        loadedBySection: dict[str, LoadedCertificate] = {}
         for section, location, certificatePath, keyPath, ocspPath in sources:
             try:
                 certificate = loadCertificate(certificatePath, keyPath, ocspPath)
             except TLSConfigError as e:
                 problems.append(_problem(location, section, e.key, str(e)))
                 continue
-            loaded.append((section, certificate))
+            loadedBySection[section] = certificate
             warnings += [
                 str(_problem(location, section, w.key, w.message))
                 for w in certificate.warnings
             ]
+        for section in order:
+            if section in loadedBySection:
+                entries.append((section, loadedBySection[section]))
+            elif section in acmeCertificates:
+                entries.append((section, acmeCertificates[section]))
+        loaded = [(s, c) for s, c in entries if isinstance(c, LoadedCertificate)]
         settings = None
         try:
             settings, settingWarnings = _settings(listener)
@@ -1236,6 +1365,7 @@ class ServerTLS:
         warnings += [
             str(_problem(locations[section], section, "certificate", message))
             for section, message in unused
+            if section in locations
         ]
         if problems or settings is None:
             return None, list(dict.fromkeys(problems)), warnings
@@ -1253,7 +1383,11 @@ class ServerTLS:
                 problems.append(_problem(location, section, e.key, str(e)))
         if problems:
             return None, list(dict.fromkeys(problems)), warnings
-        return cls(listener.name, served), [], warnings
+        return (
+            cls(listener.name, served, settings=settings, entries=entries),
+            [],
+            warnings,
+        )
 
     def contextFor(self, serverName: str | None) -> SSL.Context:
         """
@@ -1265,18 +1399,27 @@ class ServerTLS:
         client will accept what it is served; among equals, the
         certificate configured first.  No name, or no match: the first
         certificate's context.
+
+        @raise CertificatePending: the certificate chosen is an ACME
+            certificate not issued yet.
         """
+        slots, exact, wildcard = self._tables
+        slot: _Slot | None = None
         if serverName:
             name = serverName.lower().removesuffix(".")
-            context = self._exact.get(name)
-            if context is not None:
-                return context
-            _, dot, parent = name.partition(".")
-            if dot and parent:
-                context = self._wildcard.get(parent)
-                if context is not None:
-                    return context
-        return self._contexts[0]
+            slot = exact.get(name)
+            if slot is None:
+                _, dot, parent = name.partition(".")
+                if dot and parent:
+                    slot = wildcard.get(parent)
+        if slot is None:
+            slot = slots[0]
+        if isinstance(slot, PendingCertificate):
+            raise CertificatePending(
+                f"the certificate for {serverName or slot.names[0]!r} is pending:"
+                f" [{slot.section}] is not issued by the ACME server yet"
+            )
+        return slot
 
     def describe(self, connection: SSL.Connection) -> dict[str, str | None]:
         """

@@ -58,6 +58,11 @@ FILE_KEYS = (
 #: The keys whose value is a comma-separated list of files.
 LIST_KEYS = ("client_crl",)
 
+#: The keys whose values name folders the gateway creates and writes
+#: (C{[acme] state_dir}): moved like absolute file paths, created by nobody,
+#: so the check sees a folder it could create, as on a fresh machine.
+FOLDER_KEYS = ("state_dir",)
+
 #: The name a certificate is issued for when its listener routes no names
 #: (a listener with C{upstream} instead of C{routes}): the examples' domain.
 FALLBACK_NAME = "example.com"
@@ -81,6 +86,7 @@ def test_examplesAreFound() -> None:
         "postgres-termination.ini",
         "mysql-tcp.ini",
         "mysql-termination.ini",
+        "acme.ini",
         "bank.ini",
     } <= names
 
@@ -164,7 +170,14 @@ def materialise(example: Path, directory: Path) -> Path:
     @return: the path of the copy.
     """
     text = example.read_text(encoding="utf-8")
-    for value in _fileValues(_parse(text)):
+    parser = _parse(text)
+    folders = [
+        parser[section][key]
+        for section in parser.sections()
+        for key in FOLDER_KEYS
+        if parser[section].get(key)
+    ]
+    for value in [*_fileValues(parser), *folders]:
         if os.path.isabs(value):
             text = text.replace(value, str(directory / "root" / value.lstrip("/")))
     copy = directory / example.name
