@@ -89,7 +89,7 @@ def makeTop(
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
-    SignalHandling(reactor, main).setServiceParent(top)
+    SignalHandling(reactor, main).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
 
@@ -123,7 +123,7 @@ def serve(config: GatewayConfig, inherited: Any = None, logLevel: str = "info") 
         # reactor runs, and was started first): a supervisor that retires
         # the old workers once this one is ready may signal it at once.
         reactor.callWhenRunning(_tellSupervisorReady)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

@@ -49,11 +49,13 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from gateway.ratelimit import ConnectionRate, parseRate
 from gateway.routing import normalizeName, normalizePattern
 from gateway.units import parseBool, parseDuration, parseList, parseSize
 
 __all__ = [
     "NOT_YET_SUPPORTED",
+    "AcmeSettings",
     "CertificateConfig",
     "ConfigError",
     "GatewayConfig",
@@ -83,6 +85,17 @@ _SECTION_KINDS = ("listener", "upstream", "certificate")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _OLD_PROTOCOLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1"}
 _PROTOCOLS = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3"}
+# passthrough_protocols: what a passed-through ClientHello may offer, with
+# the wire code of each version (gateway.listener compares them).
+PASSTHROUGH_VERSIONS: dict[str, int] = {
+    "TLSv1": 0x0301,
+    "TLSv1.1": 0x0302,
+    "TLSv1.2": 0x0303,
+    "TLSv1.3": 0x0304,
+}
+_PASSTHROUGH_NAMES = {name.lower(): name for name in PASSTHROUGH_VERSIONS} | {
+    "tlsv1.0": "TLSv1"
+}
 _JA4 = re.compile(r"[A-Za-z0-9]{10}_[0-9A-Fa-f]{12}_[0-9A-Fa-f]{12}")
 _PORT = re.compile(r"[0-9]{1,5}")
 _UNIX_ENDPOINT = re.compile(r"unix:(address=)?((?:\\.|[^:\\])*)(.*)", re.DOTALL)
@@ -202,6 +215,63 @@ def _accessLog(text: str, folder: str) -> str:
     return _path(value, folder)
 
 
+def _url(text: str) -> str:
+    """
+    An ACME directory URL: C{https://} (or C{http://}, which only a test
+    server on loopback would use) with a host.
+    """
+    from urllib.parse import urlsplit
+
+    value = _text(text)
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(
+            f"{value!r} is not an ACME directory URL (like"
+            " https://acme-v02.api.letsencrypt.org/directory)"
+        )
+    return value
+
+
+def _email(text: str) -> str:
+    value = _text(text).removeprefix("mailto:")
+    local, at, domain = value.partition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _acmeNames(text: str) -> tuple[str, ...]:
+    """
+    The DNS names of an ACME certificate.  C{tls-alpn-01} cannot validate
+    wildcard names (RFC 8737, section 3) nor, here, IP addresses.
+    """
+    names: list[str] = []
+    for item in parseList(text):
+        if item.startswith("*"):
+            raise ValueError(
+                f"{item!r}: tls-alpn-01 cannot validate wildcard names: list each name"
+            )
+        name = normalizeName(item)
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise ValueError(f"{item!r}: an IP address, not a DNS name")
+        labels = name.split(".")
+        if len(labels) < 2 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"{item!r} is not a DNS name (like www.example.com)")
+        if name in names:
+            raise ValueError(f"{item!r} is listed twice")
+        names.append(name)
+    if not names:
+        raise ValueError("is empty")
+    return tuple(names)
+
+
 def _sectionName(text: str) -> str:
     name = _text(text)
     if not _NAME.fullmatch(name):
@@ -231,6 +301,83 @@ def _protocols(text: str) -> tuple[str, ...]:
     if not chosen:
         raise ValueError("is empty (use TLSv1.2, TLSv1.3)")
     return tuple(sorted(chosen))
+
+
+def _passthroughProtocols(text: str) -> tuple[str, ...] | None:
+    """
+    C{any} (L{None}: no check), or the TLS versions a passed-through
+    ClientHello must offer one of, oldest first.
+    """
+    items = [item for item in re.split(r"[\s,]+", text.strip()) if item]
+    if [item.lower() for item in items] == ["any"]:
+        return None
+    chosen = set()
+    for item in items:
+        if item.lower() == "any":
+            raise ValueError("any cannot be combined with versions")
+        if item.lower() not in _PASSTHROUGH_NAMES:
+            raise ValueError(
+                f"{item!r} is not a TLS version (use any, or some of TLSv1,"
+                " TLSv1.1, TLSv1.2, TLSv1.3)"
+            )
+        chosen.add(_PASSTHROUGH_NAMES[item.lower()])
+    if not chosen:
+        raise ValueError("is empty (use any, or some of TLSv1 TLSv1.1 TLSv1.2 TLSv1.3)")
+    return tuple(sorted(chosen, key=PASSTHROUGH_VERSIONS.__getitem__))
+
+
+#: A key exchange group as OpenSSL names it (C{X25519MLKEM768},
+#: C{secp256r1}, C{P-256}, C{ffdhe2048}): whether OpenSSL knows it is
+#: checked by L{gateway.tlspolicy}, which alone may import OpenSSL.
+_GROUP = re.compile(r"[A-Za-z0-9_-]+")
+
+#: The longest session ticket lifetime TLS 1.3 allows (RFC 8446, 4.6.1).
+MAX_TICKET_LIFETIME = 7 * 24 * 3600
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    """
+    Key exchange groups, colon-separated, preferred first, as OpenSSL's
+    C{-groups} and NGINX's C{ssl_ecdh_curve} take them.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("is empty (use names such as X25519MLKEM768:X25519:secp256r1)")
+    names: list[str] = []
+    for item in stripped.split(":"):
+        name = item.strip()
+        if not _GROUP.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a group name: give OpenSSL group names separated"
+                " by colons, such as X25519MLKEM768:X25519:secp256r1"
+            )
+        if name.lower() in (n.lower() for n in names):
+            raise ValueError(f"{name} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _ticketLifetime(text: str) -> int:
+    """
+    Whole seconds, from 1 s to the 7 days TLS 1.3 allows a ticket.
+    """
+    seconds = parseDuration(text)
+    if seconds < 1:
+        raise ValueError(f"{text.strip()!r} is too short: use 1s or more")
+    if seconds > MAX_TICKET_LIFETIME:
+        raise ValueError(
+            f"{text.strip()!r} is too long: TLS 1.3 tickets live at most 168h (7 days)"
+        )
+    if seconds != int(seconds):
+        raise ValueError(f"{text.strip()!r} is not a whole number of seconds")
+    return int(seconds)
+
+
+def _paths(text: str, folder: str) -> tuple[str, ...]:
+    items = parseList(text)
+    if not items:
+        raise ValueError("is empty")
+    return tuple(dict.fromkeys(_path(item, folder) for item in items))
 
 
 def _alpnList(text: str) -> tuple[str, ...]:
@@ -580,13 +727,47 @@ class RouteConfig:
 @attrs.frozen
 class CertificateConfig:
     """
-    One C{[certificate:NAME]} section: a PEM chain, its key, maybe OCSP.
+    One C{[certificate:NAME]} section: a PEM chain, its key, maybe OCSP;
+    or, with C{acme = on}, the C{names} that the gateway has an ACME server
+    issue a certificate for (L{gateway.acmemanager}).
+
+    @ivar certificate: L{None} only with C{acme = on}.
     """
 
     name: str
-    certificate: str = attrs.field(metadata=_iniFolder(_path))
-    private_key: str = attrs.field(metadata=_iniFolder(_path))
+    certificate: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    private_key: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
     ocsp_response: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    acme: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    names: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_acmeNames))
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
+#: C{[acme] renew_before}'s default: Let's Encrypt's own advice for its
+#: 90-day certificates (renew with a third of the lifetime left).
+DEFAULT_RENEW_BEFORE = 30 * 86400.0
+
+
+@attrs.frozen
+class AcmeSettings:
+    """
+    The C{[acme]} section: the ACME server and where its results are kept.
+
+    @ivar state_dir: the account key, issued certificates and their keys
+        (mode 0600), the lock files that let one worker order while the
+        others wait, and the challenge certificates of validations in
+        progress.  Shared by workers, kept across restarts.
+    @ivar ca_bundle: what verifies the ACME server's HTTPS; L{None} is the
+        system store.
+    """
+
+    directory: str = attrs.field(metadata=_ini(_url))
+    state_dir: str = attrs.field(metadata=_iniFolder(_path))
+    email: str | None = attrs.field(default=None, metadata=_ini(_email))
+    ca_bundle: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    renew_before: float = attrs.field(
+        default=DEFAULT_RENEW_BEFORE, metadata=_ini(_positiveDuration)
+    )
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
@@ -599,7 +780,7 @@ class ListenerConfig:
     name: str
     listen: tuple[str, ...] = attrs.field(metadata=_iniFolder(_endpoints))
     mode: str = _choiceField("passthrough", "passthrough", "terminate", "tcp")
-    protocol: str = _choiceField("tls", "tls", "postgres")
+    protocol: str = _choiceField("tls", "tls", "postgres", "mysql")
     allow_plaintext: bool = attrs.field(default=False, metadata=_ini(parseBool))
     upstream: str | None = attrs.field(default=None, metadata=_ini(_sectionName))
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
@@ -611,6 +792,9 @@ class ListenerConfig:
     idle_timeout: float = attrs.field(default=600.0, metadata=_ini(_positiveDuration))
     proxy_protocol: str = _choiceField("off", "off", "v1", "v2")
     accept_proxy_protocol: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    proxy_protocol_from: tuple[_Network, ...] = attrs.field(
+        default=(), metadata=_ini(_networks)
+    )
     allow: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
     deny: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
     deny_ja4: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_ja4List))
@@ -619,6 +803,12 @@ class ListenerConfig:
     )
     max_connections_per_client: int | None = attrs.field(
         default=None, metadata=_ini(lambda t: _integer(t, 1))
+    )
+    max_connection_rate: ConnectionRate | None = attrs.field(
+        default=None, metadata=_ini(parseRate)
+    )
+    passthrough_protocols: tuple[str, ...] | None = attrs.field(
+        default=None, metadata=_ini(_passthroughProtocols)
     )
     relay: str = _choiceField("auto", "auto", "splice", "portable")
     certificate: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
@@ -637,6 +827,13 @@ class ListenerConfig:
     verify_client: str = _choiceField("off", "off", "on", "optional")
     session_tickets: bool = attrs.field(default=True, metadata=_ini(parseBool))
     session_cache: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    groups: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_groups))
+    session_ticket_lifetime: int = attrs.field(
+        default=300,
+        metadata=_ini(_ticketLifetime),
+        validator=[v.ge(1), v.le(MAX_TICKET_LIFETIME)],
+    )
+    client_crl: tuple[str, ...] = attrs.field(default=(), metadata=_iniFolder(_paths))
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
@@ -664,6 +861,7 @@ class GatewayConfig:
     certificates: Mapping[str, CertificateConfig] = attrs.field(
         factory=dict, converter=_frozenMapping
     )
+    acme: AcmeSettings | None = None
     warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
 
 
@@ -819,15 +1017,24 @@ class _Loader:
     text: str
     gates: Mapping[tuple[str, str], str]
     problems: list[Problem] = attrs.Factory(list)
+    warnings: list[str] = attrs.Factory(list)
     scan: _Scan = attrs.field(init=False)
     upstreamNames: set[str] = attrs.Factory(set)
     certificateNames: set[str] = attrs.Factory(set)
+    hasAcme: bool = False
     partial: GatewayConfig | None = None
 
     def problem(
         self, line: int | None, section: str | None, key: str | None, message: str
     ) -> None:
         self.problems.append(Problem(self.path, line, section, key, message))
+
+    def warning(self, line: int | None, section: str, key: str, message: str) -> None:
+        """
+        Something that works but is unsafe or likely wrong: located as a
+        problem is, reported by C{check}, never fatal.
+        """
+        self.warnings.append(str(Problem(self.path, line, section, key, message)))
 
     def load(self) -> GatewayConfig:
         self.scan = _scan(self.text)
@@ -836,7 +1043,9 @@ class _Loader:
         sections = self._read()
         self.upstreamNames = {s.sub for s in sections if s.kind == "upstream"}
         self.certificateNames = {s.sub for s in sections if s.kind == "certificate"}
+        self.hasAcme = any(s.kind == "acme" for s in sections)
         settings = GatewaySettings()
+        acme: AcmeSettings | None = None
         listeners: list[ListenerConfig] = []
         upstreams: dict[str, UpstreamConfig] = {}
         certificates: dict[str, CertificateConfig] = {}
@@ -853,6 +1062,11 @@ class _Loader:
                     bindings.append(
                         (section, "metrics", [_endpointText(metrics, self.folder)])
                     )
+            elif section.kind == "acme":
+                before = len(self.problems)
+                kwargs = self._convert(section, AcmeSettings)
+                if len(self.problems) == before:
+                    acme = AcmeSettings(location=self._location(section), **kwargs)
             elif section.kind == "listener":
                 listener = self._listener(section)
                 if listener is not None:
@@ -874,6 +1088,8 @@ class _Loader:
                 if certificate is not None:
                     certificates[certificate.name] = certificate
         self._checkBindings(bindings)
+        self._checkMySQLHealthChecks(sections, listeners, upstreams)
+        self._checkAcmeNames(certificates.values())
         if not any(s.kind == "listener" for s in sections):
             self.problem(
                 None, None, None, "no [listener:NAME] section: nothing would listen"
@@ -884,6 +1100,8 @@ class _Loader:
             listeners=tuple(listeners),
             upstreams=upstreams,
             certificates=certificates,
+            warnings=tuple(self.warnings),
+            acme=acme,
         )
         if self.problems:
             # What did convert, so that its files are checked too and
@@ -891,6 +1109,25 @@ class _Loader:
             self.partial = config
             raise ConfigError(self.problems)
         return config
+
+    def _checkAcmeNames(self, certificates: Iterable[CertificateConfig]) -> None:
+        """
+        Report a name that two ACME certificates both claim: its
+        C{tls-alpn-01} challenge could not tell them apart.
+        """
+        owners: dict[str, str] = {}
+        for certificate in certificates:
+            if not certificate.acme:
+                continue
+            for name in certificate.names:
+                owner = owners.setdefault(name, certificate.name)
+                if owner != certificate.name:
+                    self.problem(
+                        certificate.location.lineOf("names"),
+                        f"certificate:{certificate.name}",
+                        "names",
+                        f"{name!r} is already issued by ACME for [certificate:{owner}]",
+                    )
 
     def _read(self) -> list[_Section]:
         """
@@ -931,7 +1168,7 @@ class _Loader:
             line = self.scan.sections.get(name)
             kind, colon, sub = name.partition(":")
             items = {k: val for k, val in parser.items(name, raw=True) if k}
-            if name == "gateway" or (colon and kind in _SECTION_KINDS):
+            if name in ("gateway", "acme") or (colon and kind in _SECTION_KINDS):
                 if colon and not _NAME.fullmatch(sub):
                     self.problem(
                         line,
@@ -1060,6 +1297,37 @@ class _Loader:
         before = len(self.problems)
         kwargs = self._convert(section, CertificateConfig)
         self._gate(section, "*", True, False, section.line)
+        items = section.items
+
+        def problem(key: str, message: str) -> None:
+            self.problem(self._keyLine(section, key), section.name, key, message)
+
+        if kwargs.get("acme", False):
+            if "names" not in items:
+                problem(
+                    "names",
+                    "required key is missing (acme = on issues a certificate for names)",
+                )
+            for key in ("certificate", "private_key", "ocsp_response"):
+                if key in items:
+                    problem(
+                        key,
+                        "acme = on: the certificate and its key come from the ACME"
+                        " server, remove this key",
+                    )
+            if not self.hasAcme:
+                problem(
+                    "acme",
+                    "acme = on needs an [acme] section (directory, state_dir)",
+                )
+        elif "acme" not in items or "acme" in kwargs:
+            for key in ("certificate", "private_key"):
+                if key not in items:
+                    self.problem(
+                        section.line, section.name, key, "required key is missing"
+                    )
+            if "names" in items:
+                problem("names", "names is for acme = on (the files name themselves)")
         if len(self.problems) != before:
             return None
         return CertificateConfig(
@@ -1210,6 +1478,13 @@ class _Loader:
                     "mode = tcp relays without reading anything, so it cannot speak"
                     " the PostgreSQL preamble: use mode = passthrough or terminate",
                 )
+            if settings.get("protocol") == "mysql":
+                problem(
+                    "protocol",
+                    "mode = tcp relays MySQL untouched (its TLS included); protocol"
+                    " = mysql is for termination: use mode = terminate, or drop"
+                    " protocol",
+                )
         elif hasUpstream and hasRoutes:
             problem("routes", "use upstream or routes, not both")
         elif not hasUpstream and not hasRoutes:
@@ -1256,13 +1531,24 @@ class _Loader:
         verify = settings.get("verify_client", "off")
         if verify != "off" and "client_ca" not in items:
             problem("verify_client", f"verify_client = {verify} needs client_ca")
-        if (
-            settings.get("allow_plaintext")
-            and settings.get("protocol", "tls") != "postgres"
+        if "client_crl" in items and verify == "off":
+            problem(
+                "client_crl",
+                "client_crl checks client certificates: it needs verify_client"
+                " = on or optional",
+            )
+        if settings.get("allow_plaintext") and settings.get("protocol", "tls") not in (
+            "postgres",
+            "mysql",
         ):
             problem(
-                "allow_plaintext", "allow_plaintext only applies to protocol = postgres"
+                "allow_plaintext",
+                "allow_plaintext only applies to protocol = postgres or mysql",
             )
+        if settings.get("protocol") == "mysql" and mode in ("passthrough", "terminate"):
+            self._mysqlPassthrough(section, routes, hasUpstream, mode)
+
+        self._edgeChecks(section, settings, mode, routes, problem)
 
         if len(self.problems) != before:
             return None
@@ -1272,6 +1558,123 @@ class _Loader:
             location=self._location(section),
             **settings,
         )
+
+    def _edgeChecks(
+        self,
+        section: _Section,
+        settings: Mapping[str, Any],
+        mode: str | None,
+        routes: Sequence[RouteConfig],
+        problem: Callable[[str | None, str], None],
+    ) -> None:
+        """
+        The keys that guard a listener's edge: who may send a PROXY
+        header, and which TLS versions may pass through.
+        """
+        items = section.items
+        acceptProxy = settings.get("accept_proxy_protocol", False)
+        if "proxy_protocol_from" in items and not acceptProxy:
+            problem(
+                "proxy_protocol_from",
+                "proxy_protocol_from only applies with accept_proxy_protocol = on",
+            )
+        listen = settings.get("listen", ())
+        overTCP = any(not endpoint.startswith("unix:") for endpoint in listen)
+        if acceptProxy and not settings.get("proxy_protocol_from") and overTCP:
+            self.warning(
+                self._keyLine(section, "accept_proxy_protocol"),
+                section.name,
+                "accept_proxy_protocol",
+                "on without proxy_protocol_from: any peer that can connect may"
+                " send a PROXY header and choose its own client address, past"
+                " allow/deny and the per-client limits; list your balancers in"
+                " proxy_protocol_from",
+            )
+        if settings.get("passthrough_protocols") is not None:
+            if mode == "tcp":
+                problem(
+                    "passthrough_protocols",
+                    "mode = tcp reads no ClientHello, so it cannot check its"
+                    " version: use mode = passthrough",
+                )
+            elif mode == "terminate" and all(
+                route.action != "passthrough" for route in routes
+            ):
+                problem(
+                    "passthrough_protocols",
+                    "nothing on this listener passes through: terminated"
+                    " connections follow protocols",
+                )
+
+    def _checkMySQLHealthChecks(
+        self,
+        sections: Sequence[_Section],
+        listeners: Sequence[ListenerConfig],
+        upstreams: Mapping[str, UpstreamConfig],
+    ) -> None:
+        """
+        Report C{health_check = tls} on an upstream of a C{protocol = mysql}
+        listener: a MySQL server speaks first and never answers a
+        ClientHello, so every server would be marked down.
+        """
+        users: dict[str, str] = {}
+        for listener in listeners:
+            if listener.protocol != "mysql":
+                continue
+            names = [listener.upstream, *(route.upstream for route in listener.routes)]
+            for name in names:
+                if name is not None:
+                    users.setdefault(name, listener.name)
+        for section in sections:
+            upstream = (
+                upstreams.get(section.sub) if section.kind == "upstream" else None
+            )
+            if upstream is None or upstream.health_check != "tls":
+                continue
+            user = users.get(upstream.name)
+            if user is not None:
+                self.problem(
+                    self._keyLine(section, "health_check"),
+                    section.name,
+                    "health_check",
+                    f"health_check = tls cannot check a MySQL server (listener"
+                    f" {user!r} has protocol = mysql): the server speaks first"
+                    " and TLS starts inside its protocol; use tcp",
+                )
+
+    def _mysqlPassthrough(
+        self,
+        section: _Section,
+        routes: Sequence[RouteConfig],
+        hasUpstream: bool,
+        mode: str,
+    ) -> None:
+        """
+        Report what a C{protocol = mysql} listener would pass through: the
+        gateway answers a MySQL client's greeting and C{SSLRequest} itself,
+        so it can only terminate; relaying MySQL TLS untouched is what
+        C{mode = tcp} does.
+        """
+        advice = (
+            "protocol = mysql terminates TLS (the gateway answers the greeting and"
+            " the SSLRequest itself); to relay MySQL TLS untouched use mode = tcp"
+        )
+        actions = [route.action or mode for route in routes]
+        if (hasUpstream and mode == "passthrough") or (
+            routes and "terminate" not in actions
+        ):
+            self.problem(
+                self._keyLine(section, "protocol"), section.name, "protocol", advice
+            )
+            return
+        for route, action in zip(routes, actions, strict=True):
+            if action != "terminate":
+                self.problem(
+                    route.line,
+                    section.name,
+                    "routes",
+                    f"route {route.pattern!r} passes TLS through: {advice}",
+                )
 
     def _checkBindings(
         self, bindings: Sequence[tuple[_Section, str, Sequence[str]]]
@@ -1355,7 +1758,7 @@ def load_config_text(
     problems = contexts.problems + _accessLogProblems(config.gateway, loader)
     if problems:
         raise ConfigError(problems)
-    return attrs.evolve(config, warnings=tuple(contexts.warnings))
+    return attrs.evolve(config, warnings=config.warnings + tuple(contexts.warnings))
 
 
 def _accessLogProblems(settings: GatewaySettings, loader: _Loader) -> list[Problem]:

@@ -9,10 +9,19 @@ reload always gets new contexts and never mutates live ones.
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
-from gateway.config import GatewayConfig, ListenerConfig, Problem
-from gateway.tlspolicy import ServerTLS, UpstreamTLS
+from gateway.config import AcmeSettings, GatewayConfig, ListenerConfig, Problem
+from gateway.tlspolicy import (
+    AcmeCertificates,
+    ServerTLS,
+    TLSConfigError,
+    UpstreamTLS,
+    readCertificates,
+    unknownGroups,
+)
 
 
 def terminates(listener: ListenerConfig) -> bool:
@@ -47,15 +56,38 @@ class Contexts:
     warnings: list[str]
 
 
-def buildContexts(config: GatewayConfig) -> Contexts:
+def buildContexts(
+    config: GatewayConfig, acme: AcmeCertificates | None = None
+) -> Contexts:
+    """
+    @param acme: the ACME certificates being served (by section name);
+        without it every ACME certificate is pending, as for C{check}.
+    """
     servers: dict[str, ServerTLS] = {}
     upstreams: dict[str, UpstreamTLS] = {}
     problems: list[Problem] = []
     warnings: list[str] = []
     for listener in config.listeners:
         if not terminates(listener):
+            # Nothing is built for it, but a group name is still checked,
+            # so a typo fails now rather than when a route terminates.
+            unknown = unknownGroups(listener.groups)
+            if unknown:
+                location = listener.location
+                problems.append(
+                    Problem(
+                        location.path,
+                        location.lineOf("groups"),
+                        f"listener:{listener.name}",
+                        "groups",
+                        f"{', '.join(unknown)}: not a key exchange group this"
+                        " OpenSSL knows",
+                    )
+                )
             continue
-        server, found, warned = ServerTLS.fromConfig(listener, config.certificates)
+        server, found, warned = ServerTLS.fromConfig(
+            listener, config.certificates, acme
+        )
         problems += found
         warnings += warned
         if server is not None:
@@ -79,8 +111,41 @@ def buildContexts(config: GatewayConfig) -> Contexts:
                     )
                 )
             )
+    if config.acme is not None:
+        problems += acmeProblems(config.acme)
     # A [certificate:NAME] shared by listeners is loaded once per listener:
     # report what is wrong with it once.
     return Contexts(
         servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     )
+
+
+def acmeProblems(settings: AcmeSettings) -> list[Problem]:
+    """
+    What would stop C{[acme]} from working, found without the network:
+    a C{state_dir} that is not a folder the gateway can create or write,
+    a C{ca_bundle} without certificates.
+    """
+    problems = []
+    location = settings.location
+
+    def problem(key: str, message: str) -> None:
+        problems.append(
+            Problem(location.path, location.lineOf(key), "acme", key, message)
+        )
+
+    folder = settings.state_dir
+    existing = folder
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        problem("state_dir", f"{existing} is not a folder")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f" (to create {folder})"
+        problem("state_dir", f"{existing} is not writable{what}")
+    if settings.ca_bundle is not None:
+        try:
+            readCertificates(settings.ca_bundle, "ca_bundle")
+        except TLSConfigError as e:
+            problem("ca_bundle", str(e))
+    return problems

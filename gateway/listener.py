@@ -13,8 +13,17 @@ C{max_connections_per_client} and given to the C{hash} balancer.  The
 balancer's own address is never filtered, as NGINX filters the address
 C{set_real_ip_from} produced: on such a listener C{allow}/C{deny} and the
 per-client limit wait for the header, and keeping untrusted peers from
-sending headers at all is the network's job (firewall, security group).
+sending headers at all is C{proxy_protocol_from}'s job (NGINX's
+C{set_real_ip_from}): with it set, a peer not listed is refused at accept
+(C{denied}), before a byte of its header is read.
 C{max_connections} counts connections, so it applies at accept everywhere.
+C{max_connection_rate} is a token bucket per client address
+(L{gateway.ratelimit}), taken when the client is known: at accept, or
+once its PROXY header is read.
+
+On a listener that speaks TLS, every refusal before an upstream is involved
+gets a TLS alert (L{gateway.alerts}, sent by L{PrereadProtocol.refuse}); a
+passthrough connection whose servers all fail gets C{internal_error}.
 
 A C{protocol = postgres} listener adds the PostgreSQL preamble before the
 ClientHello and the startup message after a terminating handshake
@@ -38,14 +47,19 @@ from twisted.internet.interfaces import (
     IAddress,
     IReactorTCP,
     IReactorTime,
-    ITCPTransport,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.accesslog import AccessLog, ConnectionRecord
-from gateway.clienthello import ClientHello
-from gateway.config import ListenerConfig, RouteConfig
+from gateway.acmechallenge import (
+    ChallengeStage,
+    offersOnlyAcmeTLS,
+)
+from gateway.alerts import AlertDescription, alertRecord, recordVersion
+from gateway.clienthello import ClientHello, isGrease
+from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
+from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
 from gateway.passthrough import PassthroughStage
 from gateway.pgstage import (
     CANCEL_REASON,
@@ -68,9 +82,12 @@ from gateway.proxyprotocol import (
     encode,
     sslTLV,
 )
+from gateway.ratelimit import RateLimiter
+from gateway.relay import RelayTransport, relayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
+from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
 
 
@@ -89,6 +106,42 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
         )
         return f"unix:{name or '-'}", "unix"
     return str(address), str(address)
+
+
+_VERSION_NAMES = {code: name for name, code in PASSTHROUGH_VERSIONS.items()} | {
+    0x0300: "SSLv3"
+}
+
+
+def _ipOf(clientKey: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The IP address of a client key, an IPv4 client on an IPv6 socket
+    (C{::ffff:192.0.2.1}) as the IPv4 address it is; L{None} for a client
+    without one (a UNIX socket).
+    """
+    try:
+        ip = ipaddress.ip_address(clientKey.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def offeredVersions(hello: ClientHello) -> tuple[tuple[int, ...], str]:
+    """
+    The protocol versions a ClientHello offers, and where they come from:
+    its supported_versions extension (GREASE skipped), or, without one, its
+    C{legacy_version}, which is then the one version it asks for.
+    """
+    versions = tuple(v for v in hello.supportedVersions if not isGrease(v))
+    if versions:
+        return versions, "supported_versions"
+    return (hello.legacyVersion,), "legacy_version, no supported_versions"
+
+
+def _versionName(code: int) -> str:
+    return _VERSION_NAMES.get(code, f"0x{code:04x}")
 
 
 def proxyAddress(address: IAddress) -> ProxyAddress | None:
@@ -119,7 +172,7 @@ def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
     try:
         from OpenSSL._util import lib
 
-        resumed = bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+        resumed = bool(lib.SSL_session_reused(connection._ssl))
     except (ImportError, AttributeError):
         resumed = False
     return sslTLV(
@@ -141,6 +194,17 @@ class ServerTLSPolicy(TypingProtocol):
     def contextFor(self, serverName: str | None) -> SSL.Context: ...
 
     def describe(self, connection: SSL.Connection) -> dict[str, Any]: ...
+
+
+class AcmeChallenges(TypingProtocol):
+    """
+    What a listener needs to answer C{tls-alpn-01} validations: see
+    L{gateway.acmemanager.ChallengeResponder}.
+    """
+
+    def manages(self, serverName: str | None) -> bool: ...
+
+    def contextFor(self, serverName: str) -> SSL.Context | None: ...
 
 
 class ListenerFactory(ServerFactory):
@@ -178,8 +242,10 @@ class ListenerFactory(ServerFactory):
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
         cancelKeys: CancelRegistry | None = None,
+        acme: AcmeChallenges | None = None,
     ) -> None:
         self.config = config
+        self._acme = acme
         self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
         self._upstreams = upstreams
@@ -204,8 +270,21 @@ class ListenerFactory(ServerFactory):
         self._clients: dict[PrereadProtocol, str] = {}
         self._perClient: Counter[str] = Counter()
         self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
+        self._rate = (
+            RateLimiter(config.max_connection_rate, clock.seconds)
+            if config.max_connection_rate is not None
+            else None
+        )
+        self._passthroughVersions = (
+            None
+            if config.passthrough_protocols is None
+            else frozenset(
+                PASSTHROUGH_VERSIONS[p] for p in config.passthrough_protocols
+            )
+        )
 
-    def buildProtocol(self, addr: IAddress) -> PrereadProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
+        assert addr is not None, "a listening port always gives the peer address"
         now = self._clock.seconds()
         client, _ = formatAddress(addr)
         record = ConnectionRecord(
@@ -219,7 +298,9 @@ class ListenerFactory(ServerFactory):
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
             postgres=self.config.protocol == "postgres",
-            readHello=self.config.mode != "tcp",
+            # A MySQL client reads the server's greeting before it sends a
+            # byte: the connection is handed to its stage at accept.
+            readHello=self.config.mode != "tcp" and self.config.protocol != "mysql",
         )
         self.active.add(protocol)
         self._accessLog.accepted(self.config.name)
@@ -262,14 +343,24 @@ class ListenerFactory(ServerFactory):
         Address filtering comes first: a refused client is C{denied}
         whatever the limits say, and takes no place in them.
         """
+        transport = protocol.transport
+        assert transport is not None
+        _, clientKey = formatAddress(transport.getPeer())
         if self.config.accept_proxy_protocol:
+            senders = self.config.proxy_protocol_from
+            if senders:
+                ip = _ipOf(clientKey)
+                if ip is None or not any(ip in network for network in senders):
+                    protocol.refuse(
+                        "denied",
+                        f"{clientKey} is not in proxy_protocol_from: it may not"
+                        " send a PROXY header",
+                    )
+                    return
             # The client is not known until the PROXY header is read.
             if not self._full(protocol):
                 self._admitted.add(protocol)
             return
-        transport = protocol.transport
-        assert transport is not None
-        _, clientKey = formatAddress(transport.getPeer())
         if self._excluded(protocol, clientKey) or self._full(protocol):
             return
         self._admitted.add(protocol)
@@ -308,6 +399,13 @@ class ListenerFactory(ServerFactory):
         if not self._permitted(clientKey):
             protocol.refuse("denied", f"{clientKey} is refused by allow/deny")
             return True
+        if self._rate is not None and not self._rate.take(clientKey):
+            protocol.refuse(
+                "limited",
+                f"max_connection_rate: more than {self._rate.rate} new"
+                f" connections from {clientKey}",
+            )
+            return True
         limit = self.config.max_connections_per_client
         if limit is not None and self._perClient[clientKey] >= limit:
             protocol.refuse(
@@ -328,12 +426,9 @@ class ListenerFactory(ServerFactory):
         config = self.config
         if not (config.allow or config.deny):
             return True
-        try:
-            ip = ipaddress.ip_address(clientKey.partition("%")[0])
-        except ValueError:
+        ip = _ipOf(clientKey)
+        if ip is None:
             return not config.allow
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in network for network in config.deny):
             return False
         return not config.allow or any(ip in network for network in config.allow)
@@ -354,6 +449,13 @@ class ListenerFactory(ServerFactory):
         if fingerprint is not None and fingerprint.lower() in self._denyJA4:
             protocol.refuse("denied", f"JA4 fingerprint {fingerprint} is in deny_ja4")
             return None
+        acme = self._acme
+        if (
+            acme is not None
+            and offersOnlyAcmeTLS(hello.alpn)
+            and acme.manages(hello.serverName)
+        ):
+            return self._answerChallenge(protocol, acme, hello, buffered)
         if self._router is None:
             upstreamName, action = config.upstream, config.mode
         else:
@@ -369,6 +471,8 @@ class ListenerFactory(ServerFactory):
         assert transport is not None
         record = protocol.record
         record.action = action
+        if action != "terminate" and not self._versionAllowed(protocol, hello):
+            return None
         upstream = (
             self._upstreams if action == "terminate" else self._passthroughUpstreams
         )[upstreamName]
@@ -377,6 +481,13 @@ class ListenerFactory(ServerFactory):
         stage: PassthroughStage | TerminationStage
         if action == "terminate":
             assert self._tls is not None
+            try:
+                context = self._tls.contextFor(hello.serverName)
+            except CertificatePending as e:
+                protocol.refuse(
+                    "handshake_failed", str(e), alert=AlertDescription.HANDSHAKE_FAILURE
+                )
+                return None
 
             def makeSession(tls: TLSTransport) -> TerminatedSession:
                 if not postgres:
@@ -414,7 +525,7 @@ class ListenerFactory(ServerFactory):
                 self._clock,
                 transport,  # type: ignore[arg-type]
                 record,
-                self._tls.contextFor(hello.serverName),
+                context,
                 makeSession,
                 config.preread_timeout,
                 self._tls.describe,
@@ -429,8 +540,67 @@ class ListenerFactory(ServerFactory):
                     hello.serverName,
                     relay=config.relay,
                     sslRequest=postgres,
+                    failureAlert=alertRecord(
+                        AlertDescription.INTERNAL_ERROR, recordVersion(hello)
+                    ),
                 )
             )
+        stage.start(buffered)
+        return stage
+
+    def _versionAllowed(self, protocol: PrereadProtocol, hello: ClientHello) -> bool:
+        """
+        C{passthrough_protocols}: refuse a hello that offers none of them,
+        with the C{protocol_version} alert a server that speaks none of
+        them sends.
+        """
+        allowed = self._passthroughVersions
+        if allowed is None:
+            return True
+        offered, source = offeredVersions(hello)
+        if allowed.intersection(offered):
+            return True
+        names = ", ".join(_versionName(v) for v in offered)
+        protocol.refuse(
+            "denied",
+            f"ClientHello offers {names} ({source}); passthrough_protocols"
+            f" allows {', '.join(self.config.passthrough_protocols or ())}",
+            alert=AlertDescription.PROTOCOL_VERSION,
+        )
+        return False
+
+    def _answerChallenge(
+        self,
+        protocol: PrereadProtocol,
+        acme: AcmeChallenges,
+        hello: ClientHello,
+        buffered: bytes,
+    ) -> Stage | None:
+        """
+        A C{tls-alpn-01} validation of a name the gateway orders a
+        certificate for: answered here, on any route, never relayed.
+        """
+        assert hello.serverName is not None
+        record = protocol.record
+        record.action = "terminate"
+        context = acme.contextFor(hello.serverName)
+        if context is None:
+            protocol.refuse(
+                "handshake_failed",
+                f"acme tls-alpn-01 for {hello.serverName!r}: no validation in progress",
+                alert=AlertDescription.HANDSHAKE_FAILURE,
+            )
+            return None
+        transport = protocol.transport
+        assert transport is not None
+        stage = ChallengeStage(
+            self._clock,
+            transport,  # type: ignore[arg-type]
+            record,
+            context,
+            self.config.preread_timeout,
+            lambda: self.ended(protocol),
+        )
         stage.start(buffered)
         return stage
 
@@ -509,6 +679,8 @@ class ListenerFactory(ServerFactory):
         stays paused meanwhile) and relay, as passthrough does, from the
         first byte.
         """
+        if self.config.protocol == "mysql":
+            return self._handoffMySQL(protocol, buffered)
         upstreamName = self.config.upstream
         assert upstreamName is not None
         transport = protocol.transport
@@ -526,10 +698,78 @@ class ListenerFactory(ServerFactory):
         stage.start(buffered)
         return stage
 
+    def _handoffMySQL(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> MySQLConnection:
+        """
+        A C{protocol = mysql} connection: its stage greets the client with
+        the greeting upstream's server, then routes it by its ClientHello
+        (L{gateway.mysqlstage}).
+        """
+        config = self.config
+        transport = protocol.transport
+        assert transport is not None
+        assert self._tls is not None
+        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
+        if self._router is None:
+            assert config.upstream is not None
+            greeting = config.upstream
+        else:
+            default = self._router.match(None)
+            greeting = (default or config.routes[0]).upstream
+
+        def choose(hello: ClientHello | None) -> UpstreamRuntime | Refusal:
+            fingerprint = protocol.record.ja4
+            if fingerprint is not None and fingerprint.lower() in self._denyJA4:
+                return Refusal(
+                    "denied", f"JA4 fingerprint {fingerprint} is in deny_ja4"
+                )
+            if self._router is None:
+                assert config.upstream is not None
+                return self._upstreams[config.upstream]
+            serverName = None if hello is None else hello.serverName
+            route = self._router.match(serverName, () if hello is None else hello.alpn)
+            if route is None:
+                return Refusal(
+                    "no_route",
+                    f"no route for server name {serverName!r}"
+                    if hello is not None
+                    else "no default route for a client without TLS",
+                )
+            return self._upstreams[route.upstream]
+
+        def proxyHeader(
+            serverName: str | None, connection: SSL.Connection | None
+        ) -> Callable[[], bytes] | None:
+            return self._proxyHeader(protocol, serverName, connection)
+
+        stage = MySQLConnection(
+            Wiring(
+                reactor=self._reactor,
+                clock=self._clock,
+                timeouts=self._timeouts,
+                prereadTimeout=config.preread_timeout,
+                maxHello=config.preread_buffer_size,
+                clientKey=clientKey,
+                allowPlaintext=config.allow_plaintext,
+                greeting=self._upstreams[greeting],
+                choose=choose,
+                contextFor=self._tls.contextFor,
+                describe=self._tls.describe,
+                handshakeTimed=self._accessLog.handshake,
+                proxyHeader=proxyHeader,
+                ended=lambda: self.ended(protocol),
+            ),
+            relayTransport(transport),
+            protocol.record,
+        )
+        stage.start(buffered)
+        return stage
+
     def _session(
         self,
         protocol: PrereadProtocol,
-        client: ITCPTransport | TLSTransport,
+        client: RelayTransport | TLSTransport,
         upstream: UpstreamRuntime,
         serverName: str | None,
         connection: SSL.Connection | None = None,
@@ -537,6 +777,7 @@ class ListenerFactory(ServerFactory):
         relay: str = "portable",
         sslRequest: bool = False,
         onEnd: Callable[[], None] | None = None,
+        failureAlert: bytes | None = None,
     ) -> Session:
         """
         The session that takes a connection to C{upstream}.
@@ -546,6 +787,8 @@ class ListenerFactory(ServerFactory):
             OpenSSL connection); only on TCP are bytes counted by the relay.
         @param onEnd: called when the session ends, before the listener
             logs it.
+        @param failureAlert: written to the client when no server can be
+            reached (passthrough: the client waits for a ServerHello).
         """
         transport = protocol.transport
         assert transport is not None
@@ -559,7 +802,7 @@ class ListenerFactory(ServerFactory):
         return Session(
             self._reactor,
             self._clock,
-            client,  # type: ignore[arg-type]
+            client,
             protocol.record,
             upstream,
             clientKey,
@@ -569,6 +812,7 @@ class ListenerFactory(ServerFactory):
             relay=relay,
             proxyHeader=self._proxyHeader(protocol, serverName, connection),
             sslRequest=sslRequest,
+            failureAlert=failureAlert,
         )
 
     def _proxyHeader(
@@ -596,6 +840,8 @@ class ListenerFactory(ServerFactory):
         transport = protocol.transport
         assert transport is not None
         received = protocol.proxyHeader
+        source: ProxyAddress | None
+        destination: ProxyAddress | None
         if received is not None and received.source is not None:
             source, destination = received.source, received.destination
         else:

@@ -13,6 +13,9 @@ before a worker imports anything), and the supervisor serves their sum.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
@@ -73,6 +76,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemostrecent",
         )
+        self._expiry = Gauge(
+            "tlsgateway_certificate_expiry_seconds",
+            "Seconds until each served certificate's notAfter.",
+            ["certificate"],
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self._expiryLabels: set[str] = set()
         self._handshake = Histogram(
             "tlsgateway_handshake_seconds",
             "Duration of TLS handshakes on terminated connections.",
@@ -97,6 +108,19 @@ class Metrics:
 
     def serverUp(self, upstream: str, server: str, up: bool) -> None:
         self._serverUp.labels(upstream, server).set(1 if up else 0)
+
+    def certificateExpiry(self, expiries: Mapping[str, float]) -> None:
+        """
+        Set C{tlsgateway_certificate_expiry_seconds} to C{expiries}
+        (L{gateway.certexpiry.certificateExpiries}), dropping certificates
+        that are no longer served.
+        """
+        for label in self._expiryLabels - set(expiries):
+            with contextlib.suppress(KeyError):
+                self._expiry.remove(label)
+        for label, seconds in expiries.items():
+            self._expiry.labels(label).set(seconds)
+        self._expiryLabels = set(expiries)
 
 
 def metricsSite(registry: CollectorRegistry) -> Site:

@@ -28,6 +28,8 @@ from twisted.python.failure import Failure
 
 from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
+from gateway.acmemanager import AcmeManager
+from gateway.certexpiry import certificateExpiries
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.contexts import buildContexts
 from gateway.health import HealthChecker
@@ -35,6 +37,7 @@ from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.session import UpstreamRuntime
+from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -65,13 +68,15 @@ class Generation:
         accessLog: AccessLog,
         idle: Callable[[], None],
         cancelKeys: Mapping[str, CancelRegistry] | None = None,
+        acme: AcmeManager | None = None,
     ) -> None:
-        contexts = buildContexts(config)
+        contexts = buildContexts(config, None if acme is None else acme.current)
         if contexts.problems:
             # The files changed since the configuration was checked.
             raise StartupError("\n".join(str(p) for p in contexts.problems))
         self.config = config
         self.warnings = contexts.warnings
+        self.servers = contexts.servers
         self.pools = {
             name: Pool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
@@ -95,9 +100,20 @@ class Generation:
                 tls=contexts.servers.get(listener.name),
                 idle=idle,
                 cancelKeys=None if cancelKeys is None else cancelKeys[listener.name],
+                acme=None if not acme else acme.challenges,
             )
             for listener in config.listeners
         }
+
+    def certificateIssued(self, name: str, certificate: Any) -> None:
+        """
+        Serve a new ACME certificate for C{[certificate:NAME]} on every
+        listener that uses it, from the next handshake on.
+        """
+        section = f"certificate:{name}"
+        for server in self.servers.values():
+            if server.uses(section):
+                server.update(section, certificate)
 
     @property
     def active(self) -> int:
@@ -185,6 +201,7 @@ class GatewayService(Service):
         # client cancels a query of a session that a previous configuration
         # accepted.
         self._cancelKeys: defaultdict[str, CancelRegistry] = defaultdict(CancelRegistry)
+        self._acme: AcmeManager | None = None
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -223,12 +240,14 @@ class GatewayService(Service):
         except OSError as e:
             raise StartupError(_cannotOpenLog(settings.access_log, e)) from None
         try:
+            self._acme = self._acmeFor(self.config, reactor)
             generation = Generation(
                 self.config,
                 reactor,
                 self._accessLog,
                 self._maybeDrained,
                 self._cancelKeys,
+                self._acme,
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -242,7 +261,9 @@ class GatewayService(Service):
             self._log.warn("{warning}", warning=warning)
         self._current = generation
         generation.startPools(reactor)
-        super().startService()
+        if self._acme is not None:
+            self._acme.start()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
             count=len(self.config.listeners),
@@ -251,6 +272,39 @@ class GatewayService(Service):
                 for listener in self.config.listeners
             ),
         )
+
+    def _acmeFor(self, config: GatewayConfig, reactor: Any) -> AcmeManager | None:
+        """
+        The ACME manager of a configuration with ACME certificates, its
+        state directory ready and the certificates it holds loaded.
+
+        @raise StartupError: the state directory cannot be used.
+        """
+        if config.acme is None:
+            return None
+        manager = AcmeManager(
+            config.acme, config.certificates.values(), reactor, self._certificateIssued
+        )
+        if not manager:
+            return None
+        try:
+            manager.load()
+        except OSError as e:
+            raise StartupError(
+                f"[acme] state_dir: cannot use {config.acme.state_dir}:"
+                f" {e.strerror or e}"
+            ) from None
+        return manager
+
+    def _certificateIssued(self, name: str, certificate: Any) -> None:
+        if self._current is not None:
+            try:
+                self._current.certificateIssued(name, certificate)
+                self._sampleCertificates()
+            except Exception:  # noqa: BLE001 - logged; the old certificate stays
+                self._log.failure(
+                    "acme: cannot serve the new certificate {name}", name=name
+                )
 
     def _bind(self, reactor: Any, generation: Generation) -> list[str]:
         """
@@ -342,6 +396,17 @@ class GatewayService(Service):
         for upstream, states in self._current.serverStates().items():
             for server, up in states.items():
                 self._metrics.serverUp(upstream, server, up)
+        self._sampleCertificates()
+
+    def _sampleCertificates(self) -> None:
+        """
+        C{tlsgateway_certificate_expiry_seconds}: every second with the
+        server states, and at once when an ACME certificate changes.
+        """
+        if self._metrics is not None and self._current is not None:
+            self._metrics.certificateExpiry(
+                certificateExpiries(self._current.servers.values())
+            )
 
     # reload
 
@@ -378,12 +443,14 @@ class GatewayService(Service):
             self._refused(_cannotOpenLog(config.gateway.access_log, e))
             return False
         try:
+            acme = self._acmeFor(config, reactor)
             generation = Generation(
                 config,
                 reactor,
                 self._accessLog,
                 self._maybeDrained,
                 self._cancelKeys,
+                acme,
             )
         except StartupError as e:
             if log is not None:
@@ -405,6 +472,11 @@ class GatewayService(Service):
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
+        if self._acme is not None:
+            self._acme.stop()
+        self._acme = acme
+        if acme is not None:
+            acme.start()
         old.stopPools()
         if old.active:
             self._retired.append(old)
@@ -435,6 +507,8 @@ class GatewayService(Service):
         if not self.running:
             return
         self._closePorts(list(self._ports))
+        if self._acme is not None:
+            self._acme.stop()
         for generation in self._generations():
             generation.stopPools()
         self._retiring = True
@@ -479,7 +553,9 @@ class GatewayService(Service):
         Stop accepting, let established connections finish for up to
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._acme is not None:
+            self._acme.stop()
         self._retiring = False
         for generation in self._generations():
             generation.stopPools()
@@ -506,8 +582,7 @@ class GatewayService(Service):
 
     def _drainEnded(self, result: object) -> None:
         for call in self._delayed:
-            if call.active():
-                call.cancel()
+            cancel(call)
         self._delayed = []
         self._closeLog()
 

@@ -162,7 +162,7 @@ class Supervisor(Service):
     # start
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._openPorts(self.config)
         self._startMetrics()
         self._startGeneration()
@@ -182,7 +182,7 @@ class Supervisor(Service):
                 error = result[0].getErrorMessage() if result else "did not listen"
                 raise RuntimeError(f"cannot listen on {description}: {error}")
             port = result[0]
-            port.stopReading()  # type: ignore[attr-defined]
+            port.stopReading()
             self._ports[description] = port
 
     def _closeUnused(self) -> None:
@@ -435,7 +435,7 @@ class Supervisor(Service):
             worker.signal(signal.SIGUSR1)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
         if self._pending is not None:
             if self._pending.timer.active():
@@ -459,7 +459,7 @@ class Supervisor(Service):
             shutil.rmtree(self._metricsDir, ignore_errors=True)
 
         done.addBoth(cleanUp)
-        return done  # type: ignore[return-value]
+        return done
 
 
 def _withWorkers(config: GatewayConfig, workers: int) -> GatewayConfig:

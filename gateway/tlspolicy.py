@@ -36,7 +36,7 @@ import re
 import stat
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -62,18 +62,25 @@ from gateway.config import (
     ServerConfig,
     UpstreamConfig,
 )
+from gateway.tlstransport import refuseEarlyData, setGroups
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "AcmeCertificates",
+    "CertificatePending",
     "LoadWarning",
     "LoadedCertificate",
+    "PendingCertificate",
     "ServerTLS",
     "TLSConfigError",
+    "TLSConfigErrors",
     "TLSHandshakeError",
     "UpstreamTLS",
     "UpstreamVerificationError",
     "describe",
     "loadCertificate",
+    "readCertificates",
+    "unknownGroups",
 ]
 
 #: The TLS 1.2 cipher list when C{ciphers} is not set: ECDHE key exchange
@@ -139,6 +146,17 @@ class TLSConfigError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TLSConfigErrors(TLSConfigError):
+    """
+    Several keys are wrong at once; each is in L{errors}, reported on its
+    own.
+    """
+
+    def __init__(self, errors: Sequence[TLSConfigError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors), key=errors[0].key)
+        self.errors = tuple(errors)
 
 
 class TLSHandshakeError(TLSConfigError, SSL.Error):
@@ -446,6 +464,16 @@ def _readOCSP(
         message = f"{path}: the OCSP response says the certificate is revoked"
         warnings.append(LoadWarning("ocsp_response", path, message))
     return data, warnings
+
+
+def readCertificates(path: str, key: str) -> tuple[x509.Certificate, ...]:
+    """
+    Every certificate of a PEM bundle (C{client_ca}, C{tls_ca},
+    C{[acme] ca_bundle}).
+
+    @raise TLSConfigError: unreadable, or no certificate in it.
+    """
+    return _readCertificates(path, key)
 
 
 def loadCertificate(
@@ -765,9 +793,108 @@ class _Settings:
     alpn: tuple[bytes, ...]
     verifyMode: int
     clientCAs: tuple[x509.Certificate, ...]
+    groups: tuple[str, ...] = ()
+    ticketLifetime: int = 300
+    clientCRLs: tuple[x509.CertificateRevocationList, ...] = ()
 
 
-def _settings(listener: ListenerConfig) -> _Settings:
+def unknownGroups(names: Sequence[str]) -> list[str]:
+    """
+    The names in C{names} that this OpenSSL does not know as key exchange
+    groups, each tried on a scratch context of its own (OpenSSL refuses a
+    whole list for one bad name, without saying which).
+    """
+    return [
+        name
+        for name in names
+        if not setGroups(SSL.Context(SSL.TLS_SERVER_METHOD), (name,))
+    ]
+
+
+def _readCRLs(
+    paths: Sequence[str],
+    authorities: Sequence[x509.Certificate] | None,
+    now: datetime.datetime,
+) -> tuple[tuple[x509.CertificateRevocationList, ...], list[LoadWarning]]:
+    """
+    Read C{client_crl}: each file PEM (one or more C{X509 CRL} blocks) or
+    DER (one CRL), each CRL signed by one of the C{client_ca} authorities.
+
+    A CRL whose C{nextUpdate} has passed is a warning, not an error: OpenSSL
+    then refuses every certificate that CRL covers ("CRL has expired"), as
+    NGINX does, and the operator must fetch a new one; refusing to start
+    would take down the clients it does not cover too.
+
+    @param authorities: the C{client_ca} certificates, or L{None} when
+        they could not be read (then issuers are not checked: that problem
+        is reported at C{client_ca}).
+    @raise TLSConfigError: unreadable, not a CRL, or not issued (signed) by
+        a C{client_ca} authority, which OpenSSL would never use.
+    """
+    crls: list[x509.CertificateRevocationList] = []
+    warnings: list[LoadWarning] = []
+    for path in paths:
+        data = _read(path, "client_crl")
+
+        def error(message: str, path: str = path) -> TLSConfigError:
+            return TLSConfigError(f"{path}: {message}", path=path, key="client_crl")
+
+        blocks = [block for label, block in _pemBlocks(data) if label == b"X509 CRL"]
+        found: list[x509.CertificateRevocationList] = []
+        try:
+            if blocks:
+                found = [x509.load_pem_x509_crl(block) for block in blocks]
+            elif data[:1] == b"\x30":
+                found = [x509.load_der_x509_crl(data)]
+        except ValueError:
+            raise error("is not a valid X.509 CRL") from None
+        if not found:
+            raise error("no CRL found: expected PEM (-----BEGIN X509 CRL-----) or DER")
+        for crl in found:
+            issuer = crl.issuer.rfc4514_string() or "(empty issuer)"
+            if authorities is None:
+                crls.append(crl)
+                continue
+            signers = [a for a in authorities if a.subject == crl.issuer]
+            if not signers:
+                raise error(
+                    f"the CRL is issued by {issuer}, which is not a client_ca"
+                    " certificate: OpenSSL would never use it"
+                )
+            if not any(_signedBy(crl, a) for a in signers):
+                raise error(f"the CRL's signature does not verify with {issuer}'s key")
+            nextUpdate = crl.next_update_utc
+            if nextUpdate is not None and nextUpdate < now:
+                warnings.append(
+                    LoadWarning(
+                        "client_crl",
+                        path,
+                        f"{path}: the CRL of {issuer} expired on {_utc(nextUpdate)}:"
+                        " every client certificate it covers is refused until"
+                        " a current one is installed and the gateway reloaded",
+                    )
+                )
+            elif crl.last_update_utc > now:
+                warnings.append(
+                    LoadWarning(
+                        "client_crl",
+                        path,
+                        f"{path}: the CRL of {issuer} is not valid yet (last update"
+                        f" {_utc(crl.last_update_utc)}): is the clock right?",
+                    )
+                )
+            crls.append(crl)
+    return tuple(crls), warnings
+
+
+def _signedBy(crl: x509.CertificateRevocationList, authority: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(authority.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _settings(listener: ListenerConfig) -> tuple[_Settings, list[LoadWarning]]:
     """
     Translate a listener's termination keys to OpenSSL settings.
 
@@ -791,8 +918,21 @@ def _settings(listener: ListenerConfig) -> _Settings:
     The CA subjects are sent to clients, so they know which certificate
     to present.
 
-    @raise TLSConfigError: a C{protocols} value other than TLSv1.2/1.3, or an
-        unreadable C{client_ca}.
+    Key exchange groups: C{groups}, or OpenSSL's default list.  Session
+    lifetime: C{session_ticket_lifetime}, which is both the lifetime hint
+    in every ticket and how long the server accepts a session (ticket or
+    cache) after it was made (C{SSL_CTX_set_timeout}).
+
+    Revocation: with C{client_crl}, OpenSSL checks the client's own
+    certificate against the CRL of its issuer (C{X509_V_FLAG_CRL_CHECK});
+    a certificate whose issuer has no CRL there fails ("unable to get
+    certificate CRL"), so every CA of C{client_ca} that issues client
+    certificates needs its CRL listed.
+
+    @return: the settings, and warnings about the CRLs.
+    @raise TLSConfigError: a C{protocols} value other than TLSv1.2/1.3, an
+        unreadable C{client_ca} or C{client_crl}, or a group OpenSSL does
+        not know.
     """
     unknown = [p for p in listener.protocols if p not in _VERSIONS]
     if unknown or not listener.protocols:
@@ -814,9 +954,36 @@ def _settings(listener: ListenerConfig) -> _Settings:
         "optional": SSL.VERIFY_PEER,
         "on": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
     }[listener.verify_client]
-    clientCAs: tuple[x509.Certificate, ...] = ()
+    # From here on each key is checked on its own, so one load reports
+    # every one of them that is wrong.
+    errors: list[TLSConfigError] = []
+    clientCAs: tuple[x509.Certificate, ...] | None = ()
     if listener.client_ca is not None:
-        clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        try:
+            clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        except TLSConfigError as e:
+            errors.append(e)
+            clientCAs = None
+    unknown = unknownGroups(listener.groups)
+    if unknown:
+        errors.append(
+            TLSConfigError(
+                f"{', '.join(unknown)}: not a key exchange group this OpenSSL knows"
+                f" ({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()})",
+                key="groups",
+            )
+        )
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    warnings: list[LoadWarning] = []
+    try:
+        crls, warnings = _readCRLs(
+            listener.client_crl, clientCAs, datetime.datetime.now(datetime.UTC)
+        )
+    except TLSConfigError as e:
+        errors.append(e)
+    if errors:
+        raise TLSConfigErrors(errors)
+    assert clientCAs is not None
     return _Settings(
         minVersion=min(versions),
         maxVersion=max(versions),
@@ -834,16 +1001,22 @@ def _settings(listener: ListenerConfig) -> _Settings:
         alpn=tuple(alpn),
         verifyMode=verifyMode,
         clientCAs=clientCAs,
-    )
+        groups=listener.groups,
+        ticketLifetime=listener.session_ticket_lifetime,
+        clientCRLs=crls,
+    ), warnings
 
 
 def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
     """
     Build one server context.
 
-    Key exchange groups are left at OpenSSL's default, which puts the
-    hybrid post-quantum X25519MLKEM768 first (OpenSSL 3.5 and later) and
-    keeps X25519 and the NIST curves for older clients.
+    Key exchange groups, unless C{groups} is set, are OpenSSL's default,
+    which puts the hybrid post-quantum X25519MLKEM768 first (OpenSSL 3.5
+    and later) and keeps X25519 and the NIST curves for older clients.
+    TLS 1.3 early data is refused explicitly (L{refuseEarlyData}): a
+    replayable request the gateway would relay upstream before the
+    handshake is done is not something a gateway can make safe.
 
     @raise TLSConfigError: OpenSSL refused a setting or a certificate; the
         error's C{key} names the setting.
@@ -862,12 +1035,31 @@ def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
         step = "session_cache"
         context.set_session_cache_mode(settings.sessionCacheMode)
         context.set_session_id(settings.sessionID)
+        step = "session_ticket_lifetime"
+        context.set_timeout(settings.ticketLifetime)
+        refuseEarlyData(context)
+        if settings.groups:
+            step = "groups"
+            if not setGroups(context, settings.groups):
+                raise TLSConfigError(
+                    f"OpenSSL refused {':'.join(settings.groups)}", key="groups"
+                )
         if settings.clientCAs:
             step = "client_ca"
             _trust(context, settings.clientCAs)
             for authority in settings.clientCAs:
                 context.add_client_ca(authority)
-        context.set_verify(settings.verifyMode)
+        if settings.clientCRLs:
+            step = "client_crl"
+            store = context.get_cert_store()
+            assert store is not None
+            for crl in settings.clientCRLs:
+                store.add_crl(crl)
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+        if settings.verifyMode == SSL.VERIFY_NONE:
+            context.set_verify(settings.verifyMode)
+        else:
+            context.set_verify(settings.verifyMode, _verifyClient)
         if settings.alpn:
             context.set_alpn_select_callback(_ALPNSelector(settings.alpn))
         responses = {}
@@ -896,6 +1088,66 @@ def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
     return context
 
 
+def _verifyClient(
+    connection: SSL.Connection,
+    certificate: crypto.X509,
+    errorNumber: int,
+    depth: int,
+    ok: int,
+) -> bool:
+    """
+    OpenSSL's verdict on a client certificate, with words: a failure
+    raises an error naming what is wrong (C{certificate revoked},
+    C{certificate has expired}, C{unable to get local issuer certificate})
+    and which certificate, which becomes the access log's reason.  OpenSSL
+    still sends the alert for its own error (C{certificate_revoked},
+    C{unknown_ca}...).  Never turns a failure into a success.
+    """
+    if ok:
+        return True
+    try:
+        subject = certificate.to_cryptography().subject.rfc4514_string()
+    except Exception:  # noqa: BLE001 - a log detail must not change the verdict
+        subject = "?"
+    what = "the client certificate" if depth == 0 else "a client CA certificate"
+    raise TLSHandshakeError(
+        f"{what} is refused: {_verifyErrorText(errorNumber)}"
+        f" (at depth {depth}: {subject})"
+    )
+
+
+@attrs.frozen
+class PendingCertificate:
+    """
+    An ACME certificate (C{[certificate:NAME] acme = on}) not issued yet:
+    its names are served by failing the handshake, not by another
+    certificate.
+
+    @ivar section: C{certificate:NAME}.
+    """
+
+    section: str
+    names: tuple[str, ...]
+
+
+class CertificatePending(Exception):
+    """
+    The certificate for a server name is an ACME certificate still being
+    issued: the handshake fails (C{handshake_failed}).
+    """
+
+    reason = "handshake_failed"
+
+
+#: What provides ACME certificates to L{ServerTLS.fromConfig}: the
+#: certificate being served for C{[certificate:NAME]}, or L{None} while it
+#: is pending.
+AcmeCertificates = Callable[[str], "LoadedCertificate | None"]
+
+_Entry = tuple[str, "LoadedCertificate | PendingCertificate"]
+_Slot = SSL.Context | PendingCertificate
+
+
 class ServerTLS:
     """
     The TLS termination policy of one listener, for one configuration
@@ -907,33 +1159,92 @@ class ServerTLS:
     means no code of ours runs inside the handshake to choose, and nothing
     can fail open to the wrong certificate.
 
+    The contexts change only when an ACME certificate is issued or renewed
+    (L{update}): new contexts are built beside the old ones and swapped in
+    with one assignment, so connections already using an old context keep
+    it and new handshakes get the new certificate.
+
     @ivar listenerName: the C{[listener:NAME]} it was built for.
     @ivar certificates: every certificate served, grouped by context (an
         ECDSA certificate follows the RSA one it shares a context with).
+    @ivar entries: (section, certificate) in configuration order: the
+        C{[certificate:NAME]} or C{[listener:NAME]} each came from, with
+        a L{PendingCertificate} for an ACME certificate not issued yet.
     """
 
     def __init__(
         self,
         listenerName: str,
         served: Sequence[tuple[_Served, SSL.Context]],
+        *,
+        settings: _Settings | None = None,
+        entries: Sequence[_Entry] | None = None,
     ) -> None:
         self.listenerName = listenerName
+        self._settings = settings
+        if entries is None:
+            entries = [
+                ("", certificate)
+                for group, _ in served
+                for certificate in group.certificates
+            ]
+        self._install(list(entries), served)
+
+    def _install(
+        self, entries: list[_Entry], served: Sequence[tuple[_Served, SSL.Context]]
+    ) -> None:
+        contextOf: dict[int, SSL.Context] = {}
+        for group, context in served:
+            for member in group.certificates:
+                contextOf[id(member)] = context
+        slots: list[_Slot] = []
+        exact: dict[str, _Slot] = {}
+        wildcard: dict[str, _Slot] = {}
+        for _, certificate in entries:
+            if isinstance(certificate, PendingCertificate):
+                slot: _Slot = certificate
+                names = certificate.names
+            elif id(certificate) in contextOf:
+                slot = contextOf[id(certificate)]
+                names = certificate.names
+            else:
+                continue  # never served: an earlier one has its names and key type
+            slots.append(slot)
+            for name in sorted(names):
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], slot)
+                elif "*" not in name:
+                    exact.setdefault(name, slot)
+        # One assignment: a handshake sees the old tables or the new ones.
+        self._tables = (tuple(slots), exact, wildcard)
+        self.entries = tuple(entries)
         self._contexts = tuple(context for _, context in served)
         self.certificates = tuple(c for group, _ in served for c in group.certificates)
-        self._exact: dict[str, SSL.Context] = {}
-        self._wildcard: dict[str, SSL.Context] = {}
-        for group, context in served:
-            for name in sorted(group.names):
-                if name.startswith("*."):
-                    self._wildcard.setdefault(name[2:], context)
-                elif "*" not in name:
-                    self._exact.setdefault(name, context)
+
+    def update(self, section: str, certificate: LoadedCertificate) -> None:
+        """
+        Serve C{certificate} for C{section} (an ACME certificate just
+        issued or renewed) from now on.
+
+        @raise TLSConfigError: OpenSSL refused it; the old contexts stay.
+        """
+        if self._settings is None:
+            raise TLSConfigError("this policy was not built by fromConfig")
+        entries = [(s, certificate if s == section else c) for s, c in self.entries]
+        loaded = [(s, c) for s, c in entries if isinstance(c, LoadedCertificate)]
+        groups, _ = _groupCertificates(loaded)
+        served = [(group, _serverContext(self._settings, group)) for group in groups]
+        self._install(entries, served)
+
+    def uses(self, section: str) -> bool:
+        return any(s == section for s, _ in self.entries)
 
     @classmethod
     def fromConfig(
         cls,
         listener: ListenerConfig,
         certificates: Mapping[str, CertificateConfig],
+        acme: AcmeCertificates | None = None,
     ) -> tuple[ServerTLS | None, list[Problem], list[str]]:
         """
         Load a listener's certificates and build its contexts.
@@ -947,7 +1258,9 @@ class ServerTLS:
         signature algorithms allow.
 
         Every file is read now, and nothing is read later: a reload
-        calls this again and gets new contexts.
+        calls this again and gets new contexts.  An ACME certificate comes
+        from C{acme}; without one (C{tlsgateway check}), or while it is
+        not issued yet, its names are pending.
 
         @param certificates: the configuration's C{[certificate:NAME]}
             sections by name.
@@ -959,6 +1272,8 @@ class ServerTLS:
         warnings: list[str] = []
         listenerSection = f"listener:{listener.name}"
         sources: list[tuple[str, Location, str, str, str | None]] = []
+        entries: list[_Entry] = []
+        order: list[str] = []
         if listener.certificate is not None and listener.private_key is not None:
             sources.append(
                 (
@@ -969,6 +1284,8 @@ class ServerTLS:
                     None,
                 )
             )
+            order.append(listenerSection)
+        acmeCertificates: dict[str, LoadedCertificate | PendingCertificate] = {}
         for name in listener.certificates:
             config = certificates.get(name)
             if config is None:
@@ -982,16 +1299,28 @@ class ServerTLS:
                     )
                 )
                 continue
+            section = f"certificate:{name}"
+            order.append(section)
+            if config.acme:
+                issued = None if acme is None else acme(name)
+                acmeCertificates[section] = (
+                    PendingCertificate(section, config.names)
+                    if issued is None
+                    else issued
+                )
+                continue
+            assert config.certificate is not None
+            assert config.private_key is not None
             sources.append(
                 (
-                    f"certificate:{name}",
+                    section,
                     config.location,
                     config.certificate,
                     config.private_key,
                     config.ocsp_response,
                 )
             )
-        if not sources and not problems:
+        if not order and not problems:
             problems.append(
                 _problem(
                     listener.location,
@@ -1000,28 +1329,43 @@ class ServerTLS:
                     "terminating TLS needs certificate and private_key, or certificates",
                 )
             )
-        loaded: list[tuple[str, LoadedCertificate]] = []
+        loadedBySection: dict[str, LoadedCertificate] = {}
         for section, location, certificatePath, keyPath, ocspPath in sources:
             try:
                 certificate = loadCertificate(certificatePath, keyPath, ocspPath)
             except TLSConfigError as e:
                 problems.append(_problem(location, section, e.key, str(e)))
                 continue
-            loaded.append((section, certificate))
+            loadedBySection[section] = certificate
             warnings += [
                 str(_problem(location, section, w.key, w.message))
                 for w in certificate.warnings
             ]
+        for section in order:
+            if section in loadedBySection:
+                entries.append((section, loadedBySection[section]))
+            elif section in acmeCertificates:
+                entries.append((section, acmeCertificates[section]))
+        loaded = [(s, c) for s, c in entries if isinstance(c, LoadedCertificate)]
         settings = None
         try:
-            settings = _settings(listener)
+            settings, settingWarnings = _settings(listener)
         except TLSConfigError as e:
-            problems.append(_problem(listener.location, listenerSection, e.key, str(e)))
+            for error in e.errors if isinstance(e, TLSConfigErrors) else (e,):
+                problems.append(
+                    _problem(listener.location, listenerSection, error.key, str(error))
+                )
+        else:
+            warnings += [
+                str(_problem(listener.location, listenerSection, w.key, w.message))
+                for w in settingWarnings
+            ]
         groups, unused = _groupCertificates(loaded)
         locations = {section: location for section, location, *_ in sources}
         warnings += [
             str(_problem(locations[section], section, "certificate", message))
             for section, message in unused
+            if section in locations
         ]
         if problems or settings is None:
             return None, list(dict.fromkeys(problems)), warnings
@@ -1039,7 +1383,11 @@ class ServerTLS:
                 problems.append(_problem(location, section, e.key, str(e)))
         if problems:
             return None, list(dict.fromkeys(problems)), warnings
-        return cls(listener.name, served), [], warnings
+        return (
+            cls(listener.name, served, settings=settings, entries=entries),
+            [],
+            warnings,
+        )
 
     def contextFor(self, serverName: str | None) -> SSL.Context:
         """
@@ -1051,18 +1399,27 @@ class ServerTLS:
         client will accept what it is served; among equals, the
         certificate configured first.  No name, or no match: the first
         certificate's context.
+
+        @raise CertificatePending: the certificate chosen is an ACME
+            certificate not issued yet.
         """
+        slots, exact, wildcard = self._tables
+        slot: _Slot | None = None
         if serverName:
             name = serverName.lower().removesuffix(".")
-            context = self._exact.get(name)
-            if context is not None:
-                return context
-            _, dot, parent = name.partition(".")
-            if dot and parent:
-                context = self._wildcard.get(parent)
-                if context is not None:
-                    return context
-        return self._contexts[0]
+            slot = exact.get(name)
+            if slot is None:
+                _, dot, parent = name.partition(".")
+                if dot and parent:
+                    slot = wildcard.get(parent)
+        if slot is None:
+            slot = slots[0]
+        if isinstance(slot, PendingCertificate):
+            raise CertificatePending(
+                f"the certificate for {serverName or slot.names[0]!r} is pending:"
+                f" [{slot.section}] is not issued by the ACME server yet"
+            )
+        return slot
 
     def describe(self, connection: SSL.Connection) -> dict[str, str | None]:
         """

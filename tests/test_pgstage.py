@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import ConnectionRecord
+from gateway.alerts import AlertDescription, alertRecord
 from gateway.config import ListenerConfig, RouteConfig, ServerConfig
 from gateway.listener import ListenerFactory
 from gateway.pgstage import (
@@ -581,9 +582,12 @@ class PassthroughTests(ListenerTestCase):
         upstream.dataReceived(answer)
         self.assertTrue(upstreamTransport.aborted)
         upstream.connectionLost(Failure(ConnectionError()))
-        # The client is in TLS already: it is closed, not sent plaintext.
+        # The client is in TLS already: it gets a TLS alert, never plaintext.
         self.assertFalse(transport.connected)
-        self.assertEqual(transport.value(), b"S")
+        self.assertEqual(
+            transport.value(),
+            b"S" + alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303),
+        )
         [record] = self.log.records
         self.assertEqual(record.status, "upstream_unavailable")
         self.assertIn(reason, record.reason or "")
@@ -598,6 +602,16 @@ class PassthroughTests(ListenerTestCase):
 
     def test_serverThatIsNotPostgres(self) -> None:
         self.assertUnavailable(b"HTTP/1.1 400", "not a PostgreSQL server")
+
+    def test_bytesAfterTheSAreRefusedAndNeverReachTheClient(self) -> None:
+        """
+        The server (or whoever answers in its place) cannot have seen the
+        ClientHello yet: bytes that come with its C{S} are injected
+        (CVE-2021-23222), and the client gets none of them.
+        """
+        self.assertUnavailable(
+            b"S\x16\x03\x03\x00\x05evil!", "sent 10 bytes after its S"
+        )
 
     def test_silentServerTimesOut(self) -> None:
         self.makeFactory(connect_timeout=3.0)

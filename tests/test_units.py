@@ -20,6 +20,7 @@ from gateway.units import parseBool, parseDuration, parseList, parseSize
         ("5s", 5.0),
         ("10m", 600.0),
         ("1h", 3600.0),
+        ("30d", 2592000.0),
         ("30", 30.0),
         ("1.5", 1.5),
         ("1.5s", 1.5),
@@ -51,7 +52,7 @@ def test_negativeDurationSaysNegative() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "s", "5 x", "1e3", "nan", "inf", "5s5", "1d", "1..5", "5 ms s"]
+    "text", ["", "s", "5 x", "1e3", "nan", "inf", "5s5", "1w", "1..5", "5 ms s"]
 )
 def test_garbageIsNotADuration(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):

@@ -1,7 +1,7 @@
 """
-A throwaway MariaDB server for the C{mode = tcp} end-to-end test: MySQL's
-protocol is the classic server-speaks-first protocol (the server's greeting
-comes before any client byte), which is what C{mode = tcp} exists for.
+A throwaway MariaDB server for the C{mode = tcp} and C{protocol = mysql}
+end-to-end tests: MySQL's protocol is the classic server-speaks-first
+protocol (the server's greeting comes before any client byte).
 
 Debian's C{mariadb-server} package provides C{mariadb-install-db} and
 C{mariadbd}; the server runs on a loopback port with a data directory of its
@@ -66,10 +66,20 @@ class MariaDBServer:
         # mariadbd refuses to run as root unless told to.
         return ["--user=root"] if os.geteuid() == 0 else []
 
-    def start(self, timeout: float = COMMAND_TIMEOUT) -> MariaDBServer:
+    def start(
+        self,
+        timeout: float = COMMAND_TIMEOUT,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        options: tuple[str, ...] = (),
+    ) -> MariaDBServer:
         """
         Create the data directory and start the server; return once it
         greets a TCP client.
+
+        @param tls: certificate chain, private key and CA files: the server
+            then offers TLS (C{have_ssl}).
+        @param options: more C{mariadbd} options.
 
         @raise AssertionError: it did not come up in time (it is stopped).
         """
@@ -109,6 +119,17 @@ class MariaDBServer:
                     f"--pid-file={self.directory / 'mariadb.pid'}",
                     "--skip-log-bin",
                     "--innodb-buffer-pool-size=16M",
+                    "--max-allowed-packet=64M",
+                    *(
+                        [
+                            f"--ssl-cert={tls[0]}",
+                            f"--ssl-key={tls[1]}",
+                            f"--ssl-ca={tls[2]}",
+                        ]
+                        if tls is not None
+                        else ["--skip-ssl"]
+                    ),
+                    *options,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -133,6 +154,59 @@ class MariaDBServer:
         ):
             return len(sock.recv(1024)) > 4
         return False
+
+    def adminQuery(self, sql: str) -> str:
+        """
+        Run C{sql} as root over the server's UNIX socket (not through any
+        gateway); return its output.
+
+        @raise AssertionError: the client failed.
+        """
+        result = subprocess.run(
+            [
+                self.client,
+                "--no-defaults",
+                f"--socket={self.directory / 'mariadb.sock'}",
+                "--user=root",
+                "--batch",
+                "--skip-column-names",
+                f"--execute={sql}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"{sql}: {result.stderr}")
+        return result.stdout
+
+    def addUser(self, user: str, password: str) -> None:
+        """
+        Create C{user}@'%' with C{mysql_native_password} and every
+        privilege, and drop the anonymous users, which would match
+        127.0.0.1 first.
+        """
+        # The test's own names, not input:
+        sql = (
+            "DELETE FROM mysql.global_priv WHERE User = ''; FLUSH PRIVILEGES;"  # noqa: S608
+            f" CREATE USER '{user}'@'%' IDENTIFIED BY '{password}';"
+            f" GRANT ALL ON *.* TO '{user}'@'%'; FLUSH PRIVILEGES"
+        )
+        self.adminQuery(sql)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def kill(self) -> None:
+        """SIGKILL now: the server dies in the middle of whatever it does."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
 
     def query(self, port: int, sql: str) -> subprocess.CompletedProcess[str]:
         """Run C{sql} with the C{mariadb} client against 127.0.0.1:C{port}."""

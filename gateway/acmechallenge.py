@@ -1,0 +1,119 @@
+"""
+Answering a C{tls-alpn-01} validation connection (RFC 8737).
+
+The ACME server connects to port 443 of the name being validated and
+sends a ClientHello with that name as SNI and only C{acme-tls/1} as ALPN.
+Whatever the listener's routes say (passthrough included), the gateway
+completes that handshake itself, with the challenge certificate, and
+closes: nothing is relayed, no upstream is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from gateway.accesslog import ConnectionRecord
+from gateway.relay import RelayTransport
+from gateway.tlstransport import TLSTransport
+
+__all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
+
+
+def offersOnlyAcmeTLS(alpn: tuple[str, ...]) -> bool:
+    """
+    Whether a ClientHello is a C{tls-alpn-01} validation: it offers
+    C{acme-tls/1} and nothing else (RFC 8737, section 3).
+    """
+    return alpn == ("acme-tls/1",)
+
+
+class ChallengeStage:
+    """
+    The handshake with the challenge certificate, then a clean close.
+
+    The access log records it as C{action} C{terminate}, no upstream,
+    status C{ok} with the reason saying which challenge was answered.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        transport: RelayTransport,
+        record: ConnectionRecord,
+        context: SSL.Context,
+        timeout: float,
+        ended: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._transport = transport
+        self._record = record
+        self._ended = ended
+        self._timeout = timeout
+        connection = SSL.Connection(context, None)
+        connection.set_accept_state()
+        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._timer: IDelayedCall | None = None
+
+    def start(self, buffered: bytes) -> None:
+        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self._tls.ciphertextReceived(buffered)
+
+    # client transport events
+
+    def dataReceived(self, data: bytes) -> None:
+        self._record.bytesIn += len(data)
+        self._tls.ciphertextReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._tls.ciphertextEnded()
+        self._transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopTimer()
+        self._record.ended = self._clock.seconds()
+        self._ended()
+
+    def shutdown(self) -> None:
+        self._stopTimer()
+        self._record.fail("shutdown", "gateway stopped")
+        self._transport.abortConnection()
+
+    # TLS events
+
+    def tlsHandshakeDone(self) -> None:
+        self._stopTimer()
+        self._record.reason = (
+            f"acme tls-alpn-01 challenge for {self._record.sni!r} answered"
+        )
+        self._tls.loseConnection()
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        self._stopTimer()
+        self._record.fail("handshake_failed", f"acme tls-alpn-01 challenge: {reason}")
+        self._transport.loseConnection()
+
+    def tlsData(self, data: bytes) -> None:
+        """
+        The validator sends nothing after the handshake; ignore it.
+        """
+
+    def tlsReadClosed(self) -> None:
+        self._transport.loseConnection()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._record.fail(
+            "handshake_failed",
+            f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
+        )
+        self._transport.abortConnection()
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
