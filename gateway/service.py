@@ -12,6 +12,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -329,7 +330,7 @@ class GatewayService(Service):
                 except StartupError as e:
                     errors.append(f"listener {listener.name}: {e}")
                     continue
-                watch(port, lambda port=port: getattr(port, "factory", None))
+                watch(port, partial(getattr, port, "factory", None))
                 self._log.info(
                     "listener {listener} listening on {description}",
                     listener=listener.name,

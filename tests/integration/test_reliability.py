@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from .harness import (
     runCommand,
 )
 from .test_operations import (
+    Sample,
     alive,
     connectionRefused,
     countIn,
@@ -579,6 +581,15 @@ def openDescriptors(gw: Gateway) -> int:
     return len(os.listdir(f"/proc/{gw.pid}/fd"))
 
 
+def holdsAtLeast(gw: Gateway, count: int) -> bool:
+    return openDescriptors(gw) >= count
+
+
+def sampled(metricsPort: int, sample: Sample) -> bool:
+    """C{/metrics} has C{sample} (server states are sampled every second)."""
+    return sample in scrape(metricsPort)
+
+
 def limitedIni(port: int, metricsPort: int, *servers: Backend) -> str:
     return iniText(
         gateway={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
@@ -677,7 +688,7 @@ def test_runningOutOfDescriptorsNeverMarksAServerFailed(
             "tlsgateway_upstream_server_up", upstream="up", server=server.address
         )
         # Sampled every second.
-        waitUntil(lambda up=up: up in scrape(metricsPort), 5, gw.explain)
+        waitUntil(partial(sampled, metricsPort, up), 5, gw.explain)
         assert scrape(metricsPort)[up] == 1, gw.explain()
     assert "unavailable for" not in gw.output(), gw.explain()
 
@@ -703,7 +714,7 @@ def test_theFirstPassthroughConnectionAtEMFILEIsRelayedAndLogged(
         while openDescriptors(gw) < limit - 2:
             target = openDescriptors(gw) + 1
             held.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
-            waitUntil(lambda n=target: openDescriptors(gw) >= n, 5, gw.explain)
+            waitUntil(partial(holdsAtLeast, gw, target), 5, gw.explain)
         hello = makeClientHello(NAME)
         assert echoOnce(gw.port, hello) == hello, gw.explain()
     finally:
