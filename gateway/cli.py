@@ -43,7 +43,7 @@ def check(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
+        print(warning)  # noqa: T201
     print("configuration OK")  # noqa: T201
     return 0
 

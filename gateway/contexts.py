@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from gateway.config import GatewayConfig, ListenerConfig, Problem
+from gateway.config import ConfigWarning, GatewayConfig, ListenerConfig, Problem
 from gateway.tlspolicy import ServerTLS, UpstreamTLS
 
 
@@ -44,14 +44,14 @@ class Contexts:
     servers: dict[str, ServerTLS]
     upstreams: dict[str, UpstreamTLS]
     problems: list[Problem]
-    warnings: list[str]
+    warnings: list[ConfigWarning]
 
 
 def buildContexts(config: GatewayConfig) -> Contexts:
     servers: dict[str, ServerTLS] = {}
     upstreams: dict[str, UpstreamTLS] = {}
     problems: list[Problem] = []
-    warnings: list[str] = []
+    warnings: list[ConfigWarning] = []
     for listener in config.listeners:
         if not terminates(listener):
             continue
@@ -69,14 +69,12 @@ def buildContexts(config: GatewayConfig) -> Contexts:
         if upstream.tls and not upstream.tls_verify:
             location = upstream.location
             warnings.append(
-                str(
-                    Problem(
-                        location.path,
-                        location.lineOf("tls_verify"),
-                        f"upstream:{name}",
-                        "tls_verify",
-                        "off: upstream certificates and names are not verified",
-                    )
+                ConfigWarning(
+                    location.path,
+                    location.lineOf("tls_verify"),
+                    f"upstream:{name}",
+                    "tls_verify",
+                    "off: upstream certificates and names are not verified",
                 )
             )
     # A [certificate:NAME] shared by listeners is loaded once per listener:
