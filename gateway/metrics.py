@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
+from twisted.logger import Logger
+from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -99,12 +101,34 @@ class Metrics:
         self._serverUp.labels(upstream, server).set(1 if up else 0)
 
 
-def metricsSite(registry: CollectorRegistry) -> Site:
+class _QuietSite(Site):
     """
-    A web site serving C{/metrics} (and nothing else) from C{registry}.
+    A site whose request log is the gateway's C{debug} level: Prometheus
+    scrapes every few seconds, and an C{info} line each time would bury
+    everything else.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def log(self, request: Request) -> None:
+        self._log.debug(
+            "{method} {uri} {code} from {client}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            code=request.code,
+            client=request.getClientAddress(),
+        )
+
+
+def metricsSite(registry: CollectorRegistry, status: Resource | None = None) -> Site:
+    """
+    A web site serving C{/metrics} from C{registry}, and, when given, the
+    status page (C{/status}, C{/status.json}).
     """
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
-    site = Site(root)
-    site.noisy = False
-    return site
+    if status is not None:
+        root.putChild(b"status", status)
+        root.putChild(b"status.json", status)
+    return _QuietSite(root)

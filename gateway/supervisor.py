@@ -44,6 +44,10 @@ from twisted.python.failure import Failure
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 
+#: The environment variable carrying a worker's number (L{_Worker.number});
+#: C{gateway.cli} reads it.
+WORKER_ENV = "TLSGATEWAY_WORKER"
+
 #: Environment variable carrying the inherited listening sockets to a
 #: worker: JSON C{{listen description: [fd, address family]}}.
 FDS_ENV = "TLSGATEWAY_LISTEN_FDS"
@@ -69,13 +73,16 @@ class _Worker(ProcessProtocol):
 
     @ivar generation: which configuration it runs; a reload starts a new
         generation and drains the old one.
+    @ivar number: 1 to C{workers}, kept by the worker that replaces it
+        after a crash: the id on every line it logs and on the status page.
     @ivar stopping: the supervisor asked it to stop, so its exit is not a
         crash.
     """
 
-    def __init__(self, supervisor: Supervisor, generation: int) -> None:
+    def __init__(self, supervisor: Supervisor, generation: int, number: int) -> None:
         self.supervisor = supervisor
         self.generation = generation
+        self.number = number
         self.stopping = False
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
@@ -177,10 +184,10 @@ class Supervisor(Service):
 
     def _startGeneration(self) -> None:
         self._generation += 1
-        for _ in range(self.config.gateway.workers):
-            self._spawn(self._generation)
+        for number in range(1, self.config.gateway.workers + 1):
+            self._spawn(self._generation, number)
 
-    def _spawn(self, generation: int) -> None:
+    def _spawn(self, generation: int, number: int) -> None:
         fds = {}
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
         for description, port in self._ports.items():
@@ -191,7 +198,8 @@ class Supervisor(Service):
         env = dict(os.environ)
         env[FDS_ENV] = json.dumps(fds)
         env["PROMETHEUS_MULTIPROC_DIR"] = self._metricsDir
-        worker = _Worker(self, generation)
+        env[WORKER_ENV] = str(number)
+        worker = _Worker(self, generation, number)
         self._reactor.spawnProcess(
             worker,
             sys.executable,
@@ -210,7 +218,8 @@ class Supervisor(Service):
         )
         self._workers.add(worker)
         self._log.info(
-            "worker {pid} started (generation {generation})",
+            "worker {number} started: pid {pid}, generation {generation}",
+            number=number,
             pid=worker.pid,
             generation=generation,
         )
@@ -224,24 +233,29 @@ class Supervisor(Service):
 
             multiprocess.mark_process_dead(worker.pid, self._metricsDir)
         if worker.stopping or self._stopping:
-            self._log.info("worker {pid} stopped", pid=worker.pid)
+            self._log.info(
+                "worker {number} stopped: pid {pid}",
+                number=worker.number,
+                pid=worker.pid,
+            )
             return
         if worker.generation != self._generation:
             return
         self._crashes += 1
         delay = min(_BACKOFF * 2 ** (self._crashes - 1), _MAX_BACKOFF)
         self._log.error(
-            "worker {pid} died ({reason}): starting another in {delay}s",
+            "worker {number} died: pid {pid} ({reason}): starting another in {delay}s",
+            number=worker.number,
             pid=worker.pid,
             reason=reason.getErrorMessage(),
             delay=delay,
         )
-        self._reactor.callLater(delay, self._respawn, worker.generation)
+        self._reactor.callLater(delay, self._respawn, worker.generation, worker.number)
 
-    def _respawn(self, generation: int) -> None:
+    def _respawn(self, generation: int, number: int) -> None:
         if self._stopping or generation != self._generation:
             return
-        self._spawn(generation)
+        self._spawn(generation, number)
         # A worker that stays up for a while resets the back-off.
         self._reactor.callLater(10, self._calm)
 
