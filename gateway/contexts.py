@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 
 from gateway.config import ConfigWarning, GatewayConfig, ListenerConfig, Problem
+from gateway.servedcerts import ServedCertificate
 from gateway.tlspolicy import ServerTLS, UpstreamTLS
 
 
@@ -82,3 +83,28 @@ def buildContexts(config: GatewayConfig) -> Contexts:
     return Contexts(
         servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     )
+
+
+def servedCertificates(contexts: Contexts) -> list[ServedCertificate]:
+    """
+    The certificates of a generation's termination policies, for the
+    served-certificates registry: named by their C{[certificate:NAME]}, or
+    C{listener:NAME} for a listener's own C{certificate} key; a section
+    shared by listeners once.
+    """
+    served: dict[str, ServedCertificate] = {}
+    for server in contexts.servers.values():
+        for section, loaded in server.sources:
+            kind, _, sub = section.partition(":")
+            name = sub if kind == "certificate" else section
+            served.setdefault(
+                name,
+                ServedCertificate(
+                    name,
+                    loaded.names,
+                    loaded.notAfter,
+                    source="files",
+                    path=loaded.certificatePath,
+                ),
+            )
+    return list(served.values())

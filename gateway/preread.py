@@ -42,11 +42,12 @@ from gateway.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloReader,
+    NotTLS,
 )
 from gateway.ja4 import ja4
 from gateway.pgstage import ClientPreamble, PlaintextStart
 from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
-from gateway.postgres import PostgresError
+from gateway.postgres import PostgresError, looksLikePostgres
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
@@ -182,6 +183,12 @@ class PrereadProtocol(Protocol):
                 return
         try:
             hello = self._reader.feed(data)
+        except NotTLS as e:
+            reason = f"{e.reason}: {e}"
+            if looksLikePostgres(self._reader.buffered):
+                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
+            self.refuse("bad_client_hello", reason)
+            return
         except ClientHelloError as e:
             self.refuse("bad_client_hello", f"{e.reason}: {e}")
             return
@@ -271,9 +278,15 @@ class PrereadProtocol(Protocol):
             )
             return
         got = len(self._reader.buffered)
+        hint = (
+            ": the client sent nothing; if the server speaks first (MySQL,"
+            " SMTP), use mode = tcp"
+            if got == 0
+            else ""
+        )
         self.refuse(
             "preread_timeout",
-            f"no complete ClientHello after {self._timeout:g}s ({got} bytes)",
+            f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}",
         )
 
     def _readPreamble(self, data: bytes) -> bytes:

@@ -28,12 +28,14 @@ from twisted.python.failure import Failure
 
 from gateway.accesslog import AccessLog
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.contexts import buildContexts
+from gateway.contexts import buildContexts, servedCertificates
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
+from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
+from gateway.status import RecentFailures, Snapshot, localSnapshot
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -71,6 +73,7 @@ class Generation:
             raise StartupError("\n".join(str(p) for p in contexts.problems))
         self.config = config
         self.warnings = contexts.warnings
+        self.certificates = servedCertificates(contexts)
         self.pools = {
             name: Pool(upstream, reactor) for name, upstream in config.upstreams.items()
         }
@@ -184,6 +187,8 @@ class GatewayService(Service):
         # client cancels a query of a session that a previous configuration
         # accepted.
         self._cancelKeys: defaultdict[str, CancelRegistry] = defaultdict(CancelRegistry)
+        self.served = ServedCertificates()
+        self.recent = RecentFailures()
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -217,6 +222,7 @@ class GatewayService(Service):
             settings.access_log_format,
             metrics=self._metrics,
             extra=extra,
+            recent=self.recent,
         )
         try:
             generation = Generation(
@@ -237,6 +243,7 @@ class GatewayService(Service):
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         self._current = generation
+        self.served.replace("files", generation.certificates)
         generation.startPools(reactor)
         super().startService()
         self._log.info(
@@ -316,12 +323,16 @@ class GatewayService(Service):
             return
         if self.config.gateway.metrics is not None and not self._inherited:
             from gateway.metrics import metricsSite
+            from gateway.status import StatusResource
 
+            self._metrics.registry.register(ExpiryCollector(self.served))
             try:
                 self._metricsPort = self._open(
                     reactor,
                     self.config.gateway.metrics,
-                    metricsSite(self._metrics.registry),  # type: ignore[arg-type]
+                    metricsSite(  # type: ignore[arg-type]
+                        self._metrics.registry, StatusResource(self.statusSnapshot)
+                    ),
                 )
             except StartupError as e:
                 raise StartupError(f"[gateway] metrics: {e}") from None
@@ -335,6 +346,43 @@ class GatewayService(Service):
         for upstream, states in self._current.serverStates().items():
             for server, up in states.items():
                 self._metrics.serverUp(upstream, server, up)
+        self._publishStatus()
+
+    def _publishStatus(self) -> None:
+        """
+        In a worker: hand the supervisor this worker's status snapshot
+        (through the folder the metrics share), as often as the server
+        states are sampled.
+        """
+        from gateway.supervisor import WORKER_ENV
+
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        number = os.environ.get(WORKER_ENV, "")
+        if not self._inherited or not folder or not number.isdigit():
+            return
+        from gateway.status import writeSnapshot
+
+        try:
+            writeSnapshot(folder, int(number), self.statusSnapshot())
+        except OSError as e:
+            self._log.debug("status snapshot not written: {error}", error=e)
+
+    def statusSnapshot(self) -> Snapshot:
+        """
+        What C{/status} shows for this process.
+        """
+        active: dict[str, int] = {}
+        for generation in self._generations():
+            for name, factory in generation.factories.items():
+                active[name] = active.get(name, 0) + len(factory.active)
+        return localSnapshot(
+            self.config,
+            active,
+            self.pools,
+            self.recent,
+            self.served,
+            self._getReactor().seconds,
+        )
 
     # reload
 
@@ -382,6 +430,7 @@ class GatewayService(Service):
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
+        self.served.replace("files", generation.certificates)
         old.stopPools()
         if old.active:
             self._retired.append(old)

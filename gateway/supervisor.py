@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.servedcerts import ServedCertificates
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
 #: C{gateway.cli} reads it.
@@ -127,11 +128,13 @@ class Supervisor(Service):
         self._stopping = False
         self._metricsDir = tempfile.mkdtemp(prefix="tlsgateway-metrics-")
         self._metricsPort: IListeningPort | None = None
+        self.served = ServedCertificates()
 
     # start
 
     def startService(self) -> None:
         super().startService()
+        self._serve(self.config)
         self._openPorts(self.config)
         self._startMetrics()
         self._startGeneration()
@@ -154,6 +157,16 @@ class Supervisor(Service):
             port.stopReading()  # type: ignore[attr-defined]
             self._ports[description] = port
 
+    def _serve(self, config: GatewayConfig) -> None:
+        """
+        Note the certificates C{config} serves, for the status page and the
+        expiry gauge: the supervisor serves both, and its workers' metrics
+        files carry no certificates.
+        """
+        from gateway.contexts import buildContexts, servedCertificates
+
+        self.served.replace("files", servedCertificates(buildContexts(config)))
+
     def _closeUnused(self) -> None:
         wanted = {d for listener in self.config.listeners for d in listener.listen}
         for description in list(self._ports):
@@ -167,12 +180,15 @@ class Supervisor(Service):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from gateway.metrics import metricsSite
+        from gateway.servedcerts import ExpiryCollector
+        from gateway.status import StatusResource
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metricsDir)
+        registry.register(ExpiryCollector(self.served))
         result: list[Any] = []
         serverFromString(self._reactor, self.config.gateway.metrics).listen(
-            metricsSite(registry)
+            metricsSite(registry, StatusResource(self.statusSnapshot))
         ).addBoth(result.append)
         if result and not isinstance(result[0], Failure):
             self._metricsPort = result[0]
@@ -181,6 +197,19 @@ class Supervisor(Service):
                 "[gateway] metrics: cannot listen on {description}",
                 description=self.config.gateway.metrics,
             )
+
+    def statusSnapshot(self) -> dict[str, Any]:
+        """
+        The status page: the running generation's workers' snapshots,
+        added up.
+        """
+        from gateway.status import mergeSnapshots, readSnapshots
+
+        workers = sorted(
+            (w.number, w.pid) for w in self._workers if w.generation == self._generation
+        )
+        snapshots = readSnapshots(self._metricsDir, workers)
+        return mergeSnapshots(self.config, workers, snapshots, self.served)
 
     def _startGeneration(self) -> None:
         self._generation += 1
@@ -231,7 +260,11 @@ class Supervisor(Service):
         if worker.pid is not None:
             from prometheus_client import multiprocess
 
+            from gateway.status import snapshotPath
+
             multiprocess.mark_process_dead(worker.pid, self._metricsDir)
+            with contextlib.suppress(OSError):
+                os.remove(snapshotPath(self._metricsDir, worker.number, worker.pid))
         if worker.stopping or self._stopping:
             self._log.info(
                 "worker {number} stopped: pid {pid}",
@@ -296,6 +329,7 @@ class Supervisor(Service):
             return
         old = [w for w in self._workers if w.generation == self._generation]
         self.config = config
+        self._serve(config)
         self._startGeneration()
         for worker in old:
             worker.stopping = True
