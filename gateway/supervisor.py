@@ -247,7 +247,7 @@ class Supervisor(Service):
         )
         self._workers.add(worker)
         self._log.info(
-            "worker {number} started: pid {pid}, generation {generation}",
+            "worker {pid} started (generation {generation}): worker number {number}",
             number=number,
             pid=worker.pid,
             generation=generation,
@@ -277,7 +277,8 @@ class Supervisor(Service):
         self._crashes += 1
         delay = min(_BACKOFF * 2 ** (self._crashes - 1), _MAX_BACKOFF)
         self._log.error(
-            "worker {number} died: pid {pid} ({reason}): starting another in {delay}s",
+            "worker {pid} died ({reason}): starting another worker number {number}"
+            " in {delay}s",
             number=worker.number,
             pid=worker.pid,
             reason=reason.getErrorMessage(),
