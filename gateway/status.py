@@ -330,6 +330,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .down { color: #b00020; font-weight: 600; }
 .partial { color: #9a6700; font-weight: 600; }
 .none { color: #666; font-style: italic; }
+td.when { white-space: nowrap; }
 """
 
 
@@ -431,15 +432,20 @@ def renderHTML(snapshot: Snapshot) -> bytes:
     )
     withWorker = any("worker" in f for f in failures)
     headers = ["time", "listener", "client", "sni", "status", "reason", "upstream"]
+    # (times are UTC, as in the access log)
     if withWorker:
         headers.append("worker")
     rows = []
     for failure in failures:
-        row = "<tr>" + "".join(
-            _cell(failure.get(key), "down" if key == "status" else None)
-            for key in headers
-        )
-        rows.append(row + "</tr>")
+        cells = []
+        for key in headers:
+            value = failure.get(key)
+            if key == "time" and isinstance(value, str):
+                # 2026-12-01T23:10:11.050+00:00 -> 2026-12-01 23:10:11 (UTC)
+                cells.append(_cell(value[:19].replace("T", " "), "when"))
+            else:
+                cells.append(_cell(value, "down" if key == "status" else None))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     parts.append(_table(headers, rows, "none since the gateway started"))
     parts.append("<h2>Certificates</h2>")
     rows = []
