@@ -37,7 +37,9 @@ servers =
     127.0.0.1:9001
 """
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def record(status: str | None, sni: str = "a.test") -> ConnectionRecord:
@@ -56,7 +58,7 @@ def served(*names: str) -> ServedCertificates:
         "files",
         [
             ServedCertificate(
-                name, (f"{name}.test",), NOW + datetime.timedelta(days=10 * (i + 1))
+                name, (f"{name}.test",), now() + datetime.timedelta(days=10 * (i + 1))
             )
             for i, name in enumerate(names)
         ],
@@ -181,7 +183,7 @@ def test_registryReplacesOneSourceAndTheGaugeCountsDown() -> None:
         "acme",
         [
             ServedCertificate(
-                "issued", ("i.test",), NOW + datetime.timedelta(days=1), source="acme"
+                "issued", ("i.test",), now() + datetime.timedelta(days=1), source="acme"
             )
         ],
     )
