@@ -111,7 +111,7 @@ def makeTop(
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
-    SignalHandling(reactor, main).setServiceParent(top)
+    SignalHandling(reactor, main).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
 
@@ -154,7 +154,7 @@ def serve(
         _releasePidfile(pidfile)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     _releasePidfile(pidfile)
     return 0
 

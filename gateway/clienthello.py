@@ -551,8 +551,6 @@ def _parseClientHello(body: bytes) -> ClientHello:
     return _parseWellFormed(body) or _parseChecked(body)
 
 
-_uint16: Final = struct.Struct(">H").unpack_from
-
 #: Canonical copies of the lists hellos carry, see L{_shared}.
 _SHARED: dict[tuple[object, ...], tuple[object, ...]] = {}
 #: Bound on L{_SHARED}: a client that varies its lists on purpose (or

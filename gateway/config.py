@@ -251,6 +251,60 @@ def _protocols(text: str) -> tuple[str, ...]:
     return tuple(sorted(chosen))
 
 
+#: A key exchange group as OpenSSL names it (C{X25519MLKEM768},
+#: C{secp256r1}, C{P-256}, C{ffdhe2048}): whether OpenSSL knows it is
+#: checked by L{gateway.tlspolicy}, which alone may import OpenSSL.
+_GROUP = re.compile(r"[A-Za-z0-9_-]+")
+
+#: The longest session ticket lifetime TLS 1.3 allows (RFC 8446, 4.6.1).
+MAX_TICKET_LIFETIME = 7 * 24 * 3600
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    """
+    Key exchange groups, colon-separated, preferred first, as OpenSSL's
+    C{-groups} and NGINX's C{ssl_ecdh_curve} take them.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("is empty (use names such as X25519MLKEM768:X25519:secp256r1)")
+    names: list[str] = []
+    for item in stripped.split(":"):
+        name = item.strip()
+        if not _GROUP.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a group name: give OpenSSL group names separated"
+                " by colons, such as X25519MLKEM768:X25519:secp256r1"
+            )
+        if name.lower() in (n.lower() for n in names):
+            raise ValueError(f"{name} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _ticketLifetime(text: str) -> int:
+    """
+    Whole seconds, from 1 s to the 7 days TLS 1.3 allows a ticket.
+    """
+    seconds = parseDuration(text)
+    if seconds < 1:
+        raise ValueError(f"{text.strip()!r} is too short: use 1s or more")
+    if seconds > MAX_TICKET_LIFETIME:
+        raise ValueError(
+            f"{text.strip()!r} is too long: TLS 1.3 tickets live at most 168h (7 days)"
+        )
+    if seconds != int(seconds):
+        raise ValueError(f"{text.strip()!r} is not a whole number of seconds")
+    return int(seconds)
+
+
+def _paths(text: str, folder: str) -> tuple[str, ...]:
+    items = parseList(text)
+    if not items:
+        raise ValueError("is empty")
+    return tuple(dict.fromkeys(_path(item, folder) for item in items))
+
+
 def _alpnList(text: str) -> tuple[str, ...]:
     protocols = parseList(text)
     for protocol in protocols:
@@ -726,6 +780,13 @@ class ListenerConfig:
     verify_client: str = _choiceField("off", "off", "on", "optional")
     session_tickets: bool = attrs.field(default=True, metadata=_ini(parseBool))
     session_cache: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    groups: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_groups))
+    session_ticket_lifetime: int = attrs.field(
+        default=300,
+        metadata=_ini(_ticketLifetime),
+        validator=[v.ge(1), v.le(MAX_TICKET_LIFETIME)],
+    )
+    client_crl: tuple[str, ...] = attrs.field(default=(), metadata=_iniFolder(_paths))
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
@@ -1358,6 +1419,12 @@ class _Loader:
         verify = settings.get("verify_client", "off")
         if verify != "off" and "client_ca" not in items:
             problem("verify_client", f"verify_client = {verify} needs client_ca")
+        if "client_crl" in items and verify == "off":
+            problem(
+                "client_crl",
+                "client_crl checks client certificates: it needs verify_client"
+                " = on or optional",
+            )
         if (
             settings.get("allow_plaintext")
             and settings.get("protocol", "tls") != "postgres"

@@ -13,7 +13,7 @@ import attrs
 
 from gateway.config import ConfigWarning, GatewayConfig, ListenerConfig, Problem
 from gateway.servedcerts import ServedCertificate
-from gateway.tlspolicy import ServerTLS, UpstreamTLS
+from gateway.tlspolicy import ServerTLS, UpstreamTLS, unknownGroups
 
 
 def terminates(listener: ListenerConfig) -> bool:
@@ -55,6 +55,21 @@ def buildContexts(config: GatewayConfig) -> Contexts:
     warnings: list[ConfigWarning] = []
     for listener in config.listeners:
         if not terminates(listener):
+            # Nothing is built for it, but a group name is still checked,
+            # so a typo fails now rather than when a route terminates.
+            unknown = unknownGroups(listener.groups)
+            if unknown:
+                location = listener.location
+                problems.append(
+                    Problem(
+                        location.path,
+                        location.lineOf("groups"),
+                        f"listener:{listener.name}",
+                        "groups",
+                        f"{', '.join(unknown)}: not a key exchange group this"
+                        " OpenSSL knows",
+                    )
+                )
             continue
         server, found, warned = ServerTLS.fromConfig(listener, config.certificates)
         problems += found

@@ -12,7 +12,8 @@ The server certificates are issued the way a public CA issues them (a root,
 an intermediate, the leaf), and each certificate file holds the leaf and
 the intermediate, leaf first: what C{certificate} must hold, so C{check}
 has nothing to warn about.  Clients verify against C{ca.pem} (the root).
-Everything is ECDSA P-256 and valid for a year; keys are mode 0600.
+Everything is ECDSA P-256 and valid for a year (the client CA's CRL for
+30 days); keys are mode 0600.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SERVERS: dict[str, tuple[str, ...]] = {
     "internal.example.com": ("internal.example.com",),
     "db.example.com": ("db.example.com",),
     "app.example.com": ("app.example.com",),
+    "api.bank.example": ("api.bank.example",),
 }
 
 #: The CA bundles the examples name, all the examples' root: C{client_ca}
@@ -199,4 +201,16 @@ def writeExampleCertificates(folder: str | os.PathLike[str]) -> list[Path]:
     )
     written.append(_write(out / "client.pem", _pem(client)))
     written.append(_write(out / "client.key", _keyPem(clientKey), private=True))
+    # client_crl: the client CA's revocation list, revoking nothing yet.
+    now = datetime.datetime.now(datetime.UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(clientCAName)
+        .last_update(now - _BACKDATE)
+        .next_update(now + datetime.timedelta(days=30))
+        .sign(clientCAKey, hashes.SHA256())
+    )
+    written.append(
+        _write(out / "clients.crl", crl.public_bytes(serialization.Encoding.PEM))
+    )
     return written

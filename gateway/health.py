@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import Member, Pool, connectServer, isAddress
 
@@ -158,10 +159,8 @@ class _Probe(Protocol):
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
 
     def _done(self, passed: bool, why: str) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
         report, self._report = self._report, None
         if report is not None:
             report(passed, why)

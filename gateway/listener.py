@@ -38,7 +38,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IReactorTCP,
     IReactorTime,
-    ITCPTransport,
 )
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -68,6 +67,7 @@ from gateway.proxyprotocol import (
     encode,
     sslTLV,
 )
+from gateway.relay import RelayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
@@ -119,7 +119,7 @@ def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
     try:
         from OpenSSL._util import lib
 
-        resumed = bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+        resumed = bool(lib.SSL_session_reused(connection._ssl))
     except (ImportError, AttributeError):
         resumed = False
     return sslTLV(
@@ -205,7 +205,8 @@ class ListenerFactory(ServerFactory):
         self._perClient: Counter[str] = Counter()
         self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
 
-    def buildProtocol(self, addr: IAddress) -> PrereadProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
+        assert addr is not None, "a listening port always gives the peer address"
         now = self._clock.seconds()
         client, _ = formatAddress(addr)
         record = ConnectionRecord(
@@ -500,7 +501,7 @@ class ListenerFactory(ServerFactory):
     def _session(
         self,
         protocol: PrereadProtocol,
-        client: ITCPTransport | TLSTransport,
+        client: RelayTransport | TLSTransport,
         upstream: UpstreamRuntime,
         serverName: str | None,
         connection: SSL.Connection | None = None,
@@ -530,7 +531,7 @@ class ListenerFactory(ServerFactory):
         return Session(
             self._reactor,
             self._clock,
-            client,  # type: ignore[arg-type]
+            client,
             protocol.record,
             upstream,
             clientKey,
@@ -567,6 +568,8 @@ class ListenerFactory(ServerFactory):
         transport = protocol.transport
         assert transport is not None
         received = protocol.proxyHeader
+        source: ProxyAddress | None
+        destination: ProxyAddress | None
         if received is not None and received.source is not None:
             source, destination = received.source, received.destination
         else:

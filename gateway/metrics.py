@@ -131,4 +131,4 @@ def metricsSite(registry: CollectorRegistry, status: Resource | None = None) -> 
     if status is not None:
         root.putChild(b"status", status)
         root.putChild(b"status.json", status)
-    return _QuietSite(root)
+    return _QuietSite(root)  # type: ignore[no-untyped-call]

@@ -61,6 +61,7 @@ from gateway.postgres import (
     errorResponse,
 )
 from gateway.session import Session, UpstreamRuntime
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import FirstServer
 
@@ -443,7 +444,5 @@ class StartupReader:
         )
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

@@ -667,9 +667,9 @@ class SSLAccepted:
     The server answered C{S}: start TLS.
 
     @ivar rest: bytes after the answer.  A server sends nothing more before
-        the client's ClientHello, so this is normally empty; any bytes go to
-        the TLS layer, never read as plaintext (CVE-2021-23222 was a client
-        that read them as such).
+        the client's ClientHello, so any bytes here were injected (the
+        CVE-2021-23222 class): the session refuses such a server rather
+        than pass them on (L{gateway.session.UpstreamProtocol}).
     """
 
     rest: bytes = b""

@@ -50,6 +50,8 @@ from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
 from gateway.postgres import PostgresError, looksLikePostgres
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
+from gateway.relay import relayTransport
+from gateway.timers import cancel
 
 
 class Stage(TypingProtocol):
@@ -259,7 +261,7 @@ class PrereadProtocol(Protocol):
         self._handedOff = True
         self.record.fail("shutdown", "gateway stopped")
         assert self.transport is not None
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -334,7 +336,5 @@ class PrereadProtocol(Protocol):
         self._next = self._listener.handoffTCP(self, buffered)
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

@@ -14,14 +14,16 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
+from gateway.portable import PORTABLE
+from gateway.timers import cancel
 
 #: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
 _RESET = struct.pack("ii", 1, 0)
@@ -74,6 +76,45 @@ class IRelay(Interface):
         """
 
 
+class RelayTransport(Protocol):
+    """
+    What a relay needs of a transport: Twisted's C{ITCPTransport} plus the
+    C{IConsumer} and C{IPushProducer} halves that every TCP and TLS
+    transport also provides but that interface does not declare.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def getPeer(self) -> Any: ...
+
+    def getHost(self) -> Any: ...
+
+
+def relayTransport(transport: object) -> RelayTransport:
+    """
+    C{transport} as the relay sees it.  Twisted types C{Protocol.transport}
+    as C{ITransport}, which has no C{abortConnection} nor the producer
+    methods; every transport the gateway's protocols are connected to is a
+    TCP (or TLS over TCP) one, which has them all.
+    """
+    assert transport is not None
+    return cast(RelayTransport, transport)
+
+
 class Reader(Protocol):
     """
     Reads a TCP socket for its transport in place of the reactor, and is
@@ -91,7 +132,7 @@ class Reader(Protocol):
     def stopProducing(self) -> None: ...
 
 
-def send(transport: ITCPTransport | Any, data: bytes) -> None:
+def send(transport: RelayTransport, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sending it at once when that is safe.
 
@@ -106,7 +147,7 @@ def send(transport: ITCPTransport | Any, data: bytes) -> None:
     (Twisted's buffer and producer pauses) and error reporting stay
     Twisted's.  Any other transport (TLS, tests) gets C{write}.
     """
-    if _idleTCP(transport):
+    if isinstance(transport, tcp.Connection) and _idleTCP(transport):
         try:
             sent = transport.socket.send(data)
         except BlockingIOError:
@@ -125,9 +166,11 @@ def _idleTCP(transport: object) -> bool:
     """
     C{transport} is a plain TCP transport, open, and has nothing queued:
     what Twisted would do on its next writable event can be done now.
+    Never with the fast paths off (L{gateway.portable}).
     """
-    return (
-        isinstance(transport, tcp.Connection)
+    return bool(
+        not PORTABLE
+        and isinstance(transport, tcp.Connection)
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
@@ -138,7 +181,7 @@ def _idleTCP(transport: object) -> bool:
     )
 
 
-def halfClose(transport: ITCPTransport | Any) -> None:
+def halfClose(transport: RelayTransport) -> None:
     """
     Send FIN on C{transport} (C{loseWriteConnection}), at once when nothing
     is queued before it.
@@ -151,7 +194,7 @@ def halfClose(transport: ITCPTransport | Any) -> None:
     write-closed as Twisted does, so that a later C{loseConnection} closes
     it at once too; with bytes still queued it is Twisted's, unchanged.
     """
-    if not _idleTCP(transport):
+    if not (isinstance(transport, tcp.Connection) and _idleTCP(transport)):
         transport.loseWriteConnection()
         return
     transport._writeDisconnecting = True
@@ -159,7 +202,7 @@ def halfClose(transport: ITCPTransport | Any) -> None:
     transport._closeWriteConnection()
 
 
-def reset(transport: ITCPTransport) -> None:
+def reset(transport: RelayTransport) -> None:
     """
     Close a TCP transport with RST, so a reset on one side of the relay
     reaches the other side as a reset and not as a clean end of stream
@@ -221,8 +264,8 @@ class PortableRelay:
 
     def __init__(
         self,
-        client: ITCPTransport,
-        upstream: ITCPTransport,
+        client: RelayTransport,
+        upstream: RelayTransport,
         record: ConnectionRecord,
         clock: IReactorTime,
         idleTimeout: float,
@@ -278,7 +321,7 @@ class PortableRelay:
             self._upstreamEOF = True
             self._halfClose(self._client)
 
-    def _halfClose(self, writer: ITCPTransport) -> None:
+    def _halfClose(self, writer: RelayTransport) -> None:
         # The side that hit EOF produces nothing more, so it no longer
         # needs to be paused by `writer`; and a transport with a paused
         # producer registered would resume it instead of ever half-closing.
@@ -301,7 +344,7 @@ class PortableRelay:
     def upstreamLost(self, reason: Failure) -> None:
         self._lost(self._client, "upstream")
 
-    def _lost(self, other: ITCPTransport, side: str) -> None:
+    def _lost(self, other: RelayTransport, side: str) -> None:
         self._open -= 1
         self._stopReaders()
         if not self._closing:
@@ -343,7 +386,5 @@ class PortableRelay:
             )
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

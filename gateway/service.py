@@ -36,6 +36,7 @@ from gateway.pgstage import CancelRegistry
 from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
 from gateway.status import RecentFailures, Snapshot, localSnapshot
+from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
 
@@ -245,7 +246,7 @@ class GatewayService(Service):
         self._current = generation
         self.served.replace("files", generation.certificates)
         generation.startPools(reactor)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._log.info(
             "tlsgateway ready: {count} listener(s) on {ports}",
             count=len(self.config.listeners),
@@ -483,7 +484,7 @@ class GatewayService(Service):
         Stop accepting, let established connections finish for up to
         C{drain_timeout}, then cut the rest (logged C{shutdown}).
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         for generation in self._generations():
             generation.stopPools()
         if self._serverStates is not None and self._serverStates.running:
@@ -509,8 +510,7 @@ class GatewayService(Service):
 
     def _drainEnded(self, result: object) -> None:
         for call in self._delayed:
-            if call.active():
-                call.cancel()
+            cancel(call)
         self._delayed = []
         self._closeLog()
 

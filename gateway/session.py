@@ -15,6 +15,7 @@ buffers nothing but what it already had.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 
 import attrs
@@ -25,7 +26,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
-    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -40,25 +40,24 @@ from gateway.postgres import (
     SSLAnswerReader,
     SSLRefused,
 )
-from gateway.relay import IRelay
+from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.splicerelay import startRelay
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import IServerChooser, connectServer
 
 
-class IUpstreamTLS:
+class IUpstreamTLS(typing.Protocol):
     """
     What a session needs to re-encrypt to an upstream (provided by
-    L{gateway.tlspolicy.UpstreamTLS}).
+    L{gateway.upstream.ConfiguredNames}).
     """
 
-    def connectionFor(self, server: ServerConfig) -> SSL.Connection:  # pragma: no cover
-        raise NotImplementedError
+    def connectionFor(self, server: ServerConfig) -> SSL.Connection: ...
 
     def verify(
         self, connection: SSL.Connection, server: ServerConfig
-    ) -> str | None:  # pragma: no cover
-        raise NotImplementedError
+    ) -> str | None: ...
 
 
 @attrs.frozen
@@ -96,7 +95,13 @@ class UpstreamProtocol(Protocol):
     does: an C{SSLRequest} on the raw socket (after the PROXY header, which
     must come first), then TLS only once the server answered C{S}.  Any
     other answer makes the server unusable for this connection, like a
-    refused connect: the session tries the next one.
+    refused connect: the session tries the next one.  So does an C{S}
+    followed by anything in the same read: the server cannot have seen a
+    ClientHello yet, so those bytes are not its handshake but something
+    that answered in its place, a man in the middle injecting data that
+    would reach the client (passthrough) or the gateway's TLS
+    (re-encryption) as if the server had sent it: the CVE-2021-23222
+    class, which libpq fixed the same way.
 
     @ivar _answer: reads the server's answer to the C{SSLRequest}, while it
         is awaited.
@@ -123,7 +128,8 @@ class UpstreamProtocol(Protocol):
         assert self.transport is not None
         sslRequest = self._session.sslRequest
         self._session.sendProxyHeader(
-            self.transport, raw=self._tlsPolicy is not None or sslRequest
+            relayTransport(self.transport),
+            raw=self._tlsPolicy is not None or sslRequest,
         )
         if sslRequest:
             self._answer = SSLAnswerReader()
@@ -132,22 +138,19 @@ class UpstreamProtocol(Protocol):
             )
             self.transport.write(SSL_REQUEST)
             return
-        self._secure(b"")
+        self._secure()
 
-    def _secure(self, rest: bytes) -> None:
+    def _secure(self) -> None:
         """
         The raw connection is ready for what goes first: the relay (when
         the gateway does no TLS towards this server) or the gateway's TLS
         handshake.
-
-        @param rest: server bytes that followed its C{S}: TLS records, never
-            read as plaintext.
         """
         assert self.transport is not None
         if self._tlsPolicy is None:
-            self._relay = self._session.upstreamReady(self, self.transport, self.server)
-            if rest:
-                self._relay.upstreamData(rest)
+            self._relay = self._session.upstreamReady(
+                self, relayTransport(self.transport), self.server
+            )
             return
         self._tls = TLSTransport(
             self._tlsPolicy.connectionFor(self.server),
@@ -155,8 +158,6 @@ class UpstreamProtocol(Protocol):
             self,
         )
         self._tls.startHandshake()
-        if rest:
-            self._tls.ciphertextReceived(rest)
 
     def _readAnswer(self, data: bytes) -> None:
         assert self._answer is not None
@@ -176,7 +177,13 @@ class UpstreamProtocol(Protocol):
                 else f"server answered the SSLRequest with an error: {answer.error}"
             )
             return
-        self._secure(answer.rest)
+        if answer.rest:
+            self._unusable(
+                f"server sent {len(answer.rest)} bytes after its S, before the"
+                " TLS handshake: refused, as injected data (CVE-2021-23222)"
+            )
+            return
+        self._secure()
 
     def _answerTimedOut(self) -> None:
         self._answerTimer = None
@@ -185,17 +192,15 @@ class UpstreamProtocol(Protocol):
         )
 
     def _stopAnswerTimer(self) -> None:
-        if self._answerTimer is not None:
-            if self._answerTimer.active():
-                self._answerTimer.cancel()
-            self._answerTimer = None
+        cancel(self._answerTimer)
+        self._answerTimer = None
 
     def _unusable(self, reason: str) -> None:
         assert self.transport is not None
         self._answer = None
         self._stopAnswerTimer()
         self._session.upstreamRefused(self, reason)
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     # TLSEvents, with re-encryption
 
@@ -211,7 +216,7 @@ class UpstreamProtocol(Protocol):
     def tlsHandshakeFailed(self, reason: str) -> None:
         assert self.transport is not None
         self._session.upstreamRefused(self, f"TLS: {reason}")
-        self.transport.abortConnection()
+        relayTransport(self.transport).abortConnection()
 
     def tlsData(self, data: bytes) -> None:
         assert self._relay is not None
@@ -293,7 +298,7 @@ class Session:
         self,
         reactor: IReactorTCP,
         clock: IReactorTime,
-        client: ITCPTransport,
+        client: RelayTransport,
         record: ConnectionRecord,
         upstream: UpstreamRuntime,
         clientKey: str,
@@ -345,7 +350,7 @@ class Session:
         """
         return self._picked
 
-    def sendProxyHeader(self, upstream: ITCPTransport, *, raw: bool) -> None:
+    def sendProxyHeader(self, upstream: RelayTransport, *, raw: bool) -> None:
         """
         Start a new upstream connection with the listener's PROXY protocol
         header (C{proxy_protocol}), if it has one.
@@ -367,7 +372,7 @@ class Session:
     def connect(self, pending: bytes = b"") -> None:
         if pending:
             self._pending.append(pending)
-        self._client.pauseProducing()  # type: ignore[attr-defined]
+        self._client.pauseProducing()
         self._connectNext()
 
     def _connectNext(self) -> None:
@@ -412,14 +417,14 @@ class Session:
         self._connectNext()
 
     def upstreamReady(
-        self, protocol: UpstreamProtocol, upstream: ITCPTransport, server: ServerConfig
+        self, protocol: UpstreamProtocol, upstream: RelayTransport, server: ServerConfig
     ) -> IRelay:
         self._attempt = self._connector = None
         self._upstream.chooser.connectSucceeded(server)
         if self._clientGone:
             upstream.loseConnection()
-            self.relay = _Discard(self._finish)
-            return self.relay
+            self.relay = discard = _Discard(self._finish)
+            return discard
         pending, self._pending = self._pending, []
         self.relay = startRelay(
             self._relaySetting,
@@ -467,7 +472,7 @@ class Session:
             self._connector.stopConnecting()
         else:
             # Connected, TLS handshake in progress: its close finishes.
-            attempt.transport.abortConnection()
+            relayTransport(attempt.transport).abortConnection()
 
     def shutdown(self) -> None:
         if self.relay is not None:
@@ -486,14 +491,28 @@ class Session:
             ended()
 
 
+@implementer(IRelay)
 class _Discard:
     """
     Stands in for the relay when the client left before the upstream
-    became ready: the upstream connection is closed unused.
+    became ready: the upstream connection is closed unused.  The client
+    side is gone already, so its events cannot come.
     """
 
     def __init__(self, finish: Callable[[], None]) -> None:
         self._finish = finish
+
+    def clientData(self, data: bytes) -> None:
+        pass
+
+    def clientReadClosed(self) -> None:
+        pass
+
+    def clientLost(self, reason: Failure) -> None:
+        pass
+
+    def abort(self, status: str, reason: str) -> None:
+        pass
 
     def upstreamData(self, data: bytes) -> None:
         pass

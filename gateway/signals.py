@@ -63,7 +63,7 @@ class SignalHandling(Service):
         self._previousUSR1: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:

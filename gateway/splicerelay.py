@@ -44,7 +44,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReadDescriptor,
     IReadWriteDescriptor,
-    ITCPTransport,
 )
 from twisted.internet.main import CONNECTION_LOST
 from twisted.logger import Logger
@@ -52,10 +51,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import IRelay, PortableRelay, reset, send
+from gateway.portable import EPOLL, PORTABLE, SPLICE
+from gateway.relay import IRelay, PortableRelay, RelayTransport, reset, send
+from gateway.timers import cancel
 
-#: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist.
-_splice = getattr(os, "splice", None)
+#: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist
+#: or the fast paths are off (L{gateway.portable}).
+_splice = getattr(os, "splice", None) if SPLICE else None
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 #: Most bytes asked for per C{splice} from a socket: a pipe's capacity
 #: bounds what one call moves.
@@ -144,7 +146,7 @@ PIPES = PipePool()
 
 
 def spliceUnavailable(
-    setting: str, client: ITCPTransport, upstream: ITCPTransport
+    setting: str, client: RelayTransport, upstream: RelayTransport
 ) -> str | None:
     """
     Why a connection cannot use the splice relay, or L{None} if it can.
@@ -163,6 +165,8 @@ def spliceUnavailable(
     """
     if setting == "portable":
         return "relay = portable"
+    if PORTABLE:
+        return f"relay = {setting}, but TLSGATEWAY_PORTABLE is set"
     if _splice is None:
         return f"relay = {setting}, but this platform has no splice"
     for side, transport in (("client", client), ("upstream", upstream)):
@@ -182,8 +186,8 @@ def startRelay(
     setting: str,
     reactor: object,
     clock: IReactorTime,
-    client: ITCPTransport,
-    upstream: ITCPTransport,
+    client: RelayTransport,
+    upstream: RelayTransport,
     record: ConnectionRecord,
     idleTimeout: float,
     done: Callable[[], None],
@@ -232,7 +236,7 @@ def startRelay(
         readers=readers,
     )
     if readers is None:
-        client.resumeProducing()  # type: ignore[attr-defined]
+        client.resumeProducing()
     else:
         for reader in readers:
             reader.start()
@@ -348,9 +352,11 @@ class _Socket:
         self._relay.broken(self, reason.getErrorMessage())
 
 
-_IN: Final = select.EPOLLIN | select.EPOLLPRI
-_OUT: Final = select.EPOLLOUT
-_HANGUP: Final = select.EPOLLHUP | select.EPOLLERR
+# getattr: importing this module must work where there is no epoll (the
+# portable relay is then the only one, and no hub is ever made).
+_IN: Final[int] = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLPRI", 0)
+_OUT: Final[int] = getattr(select, "EPOLLOUT", 0)
+_HANGUP: Final[int] = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 
 @implementer(IReadDescriptor)
@@ -383,10 +389,10 @@ class _Hub:
         # the reactor, which a strong reference would keep alive forever.
         self._reactor = weakref.ref(reactor)
         self._epoll = select.epoll()
-        self._sockets: dict[int, _Socket] = {}
+        self._sockets: dict[int, _Socket | _Reader] = {}
         self._added = False
 
-    def update(self, end: _Socket) -> None:
+    def update(self, end: _Socket | _Reader) -> None:
         """
         Make the epoll registration of C{end} match its C{reading} and
         C{writing}.
@@ -416,7 +422,7 @@ class _Hub:
                 self._added = True
                 reactor.addReader(self)
 
-    def _drop(self, end: _Socket, reason: Failure) -> None:
+    def _drop(self, end: _Socket | _Reader, reason: Failure) -> None:
         if self._sockets.get(end.fd) is end:
             del self._sockets[end.fd]
             with contextlib.suppress(OSError):
@@ -596,15 +602,16 @@ _BULK_READ: Final = 1 << 18
 
 
 def _hubReaders(
-    reactor: object, client: ITCPTransport, upstream: ITCPTransport
+    reactor: object, client: RelayTransport, upstream: RelayTransport
 ) -> tuple[_Reader, _Reader] | None:
     """
     Hub readers for the TCP sockets under C{client} and C{upstream} (a
     L{TLSTransport}'s C{wire}), or L{None} to let the reactor read them:
-    a reactor that takes no file descriptors, or a transport that is not
+    no epoll or the fast paths off (L{gateway.portable}), a reactor that
+    takes no file descriptors, or a transport that is not
     a plain, open Twisted TCP (or UNIX) connection.
     """
-    if not IReactorFDSet.providedBy(reactor):
+    if not EPOLL or not IReactorFDSet.providedBy(reactor):
         return None
     wires = []
     for transport in (client, upstream):
@@ -617,7 +624,7 @@ def _hubReaders(
         ):
             return None
         wires.append(wire)
-    hub = hubFor(reactor)  # type: ignore[arg-type]
+    hub = hubFor(reactor)
     return _Reader(hub, wires[0], "client"), _Reader(hub, wires[1], "upstream")
 
 
@@ -1017,10 +1024,8 @@ class SpliceRelay:
         the sockets.
         """
         self._state = _State.CLOSING
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
         for end in (self._client, self._upstream):
             end.stopReading()
             end.stopWriting()

@@ -494,7 +494,7 @@ class StatusResource(Resource):
     isLeaf = True
 
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._snapshot = snapshot
 
     def render_GET(self, request: Request) -> bytes:

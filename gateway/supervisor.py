@@ -133,7 +133,7 @@ class Supervisor(Service):
     # start
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._serve(self.config)
         self._openPorts(self.config)
         self._startMetrics()
@@ -154,7 +154,7 @@ class Supervisor(Service):
                 error = result[0].getErrorMessage() if result else "did not listen"
                 raise RuntimeError(f"cannot listen on {description}: {error}")
             port = result[0]
-            port.stopReading()  # type: ignore[attr-defined]
+            port.stopReading()
             self._ports[description] = port
 
     def _serve(self, config: GatewayConfig) -> None:
@@ -349,7 +349,7 @@ class Supervisor(Service):
             worker.signal(signal.SIGUSR1)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
         for port in self._ports.values():
             port.stopListening()
@@ -369,7 +369,7 @@ class Supervisor(Service):
             shutil.rmtree(self._metricsDir, ignore_errors=True)
 
         done.addBoth(cleanUp)
-        return done  # type: ignore[return-value]
+        return done
 
 
 def _withWorkers(config: GatewayConfig, workers: int) -> GatewayConfig:

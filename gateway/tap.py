@@ -50,12 +50,12 @@ class _TwistdRoot(MultiService):
     _log = Logger()
 
     def __init__(self, serverOptions: Mapping[str, Any], logLevel: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._serverOptions = serverOptions
         self._logLevel = logLevel
 
     def setServiceParent(self, parent: Any) -> None:
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
         if hasattr(parent, "setComponent"):
             from gateway.logs import twistdObserver
 
@@ -67,7 +67,7 @@ class _TwistdRoot(MultiService):
         from gateway.service import StartupError
 
         try:
-            super().startService()
+            super().startService()  # type: ignore[no-untyped-call]
         except (StartupError, RuntimeError) as e:
             self._failed(str(e))
 

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
+from gateway.relay import RelayTransport
+from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 
 
@@ -55,7 +57,7 @@ class TerminationStage:
     def __init__(
         self,
         clock: IReactorTime,
-        transport: ITCPTransport,
+        transport: RelayTransport,
         record: ConnectionRecord,
         context: SSL.Context,
         makeSession: Callable[[TLSTransport], TerminatedSession],
@@ -125,7 +127,5 @@ class TerminationStage:
         self._transport.abortConnection()
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

@@ -66,6 +66,7 @@ from gateway.config import (
     ServerConfig,
     UpstreamConfig,
 )
+from gateway.tlstransport import refuseEarlyData, setGroups
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -73,11 +74,13 @@ __all__ = [
     "LoadedCertificate",
     "ServerTLS",
     "TLSConfigError",
+    "TLSConfigErrors",
     "TLSHandshakeError",
     "UpstreamTLS",
     "UpstreamVerificationError",
     "describe",
     "loadCertificate",
+    "unknownGroups",
 ]
 
 #: The TLS 1.2 cipher list when C{ciphers} is not set: ECDHE key exchange
@@ -143,6 +146,17 @@ class TLSConfigError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TLSConfigErrors(TLSConfigError):
+    """
+    Several keys are wrong at once; each is in L{errors}, reported on its
+    own.
+    """
+
+    def __init__(self, errors: Sequence[TLSConfigError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors), key=errors[0].key)
+        self.errors = tuple(errors)
 
 
 class TLSHandshakeError(TLSConfigError, SSL.Error):
@@ -825,6 +839,9 @@ class _Settings:
     alpn: tuple[bytes, ...]
     verifyMode: int
     clientCAs: tuple[x509.Certificate, ...]
+    groups: tuple[str, ...] = ()
+    ticketLifetime: int = 300
+    clientCRLs: tuple[x509.CertificateRevocationList, ...] = ()
 
 
 #: Parts of an OpenSSL TLS 1.2 cipher name that mean an AEAD cipher; any
@@ -891,7 +908,103 @@ def _policyWarnings(listener: ListenerConfig) -> list[tuple[str, str]]:
     return warnings
 
 
-def _settings(listener: ListenerConfig) -> _Settings:
+def unknownGroups(names: Sequence[str]) -> list[str]:
+    """
+    The names in C{names} that this OpenSSL does not know as key exchange
+    groups, each tried on a scratch context of its own (OpenSSL refuses a
+    whole list for one bad name, without saying which).
+    """
+    return [
+        name
+        for name in names
+        if not setGroups(SSL.Context(SSL.TLS_SERVER_METHOD), (name,))
+    ]
+
+
+def _readCRLs(
+    paths: Sequence[str],
+    authorities: Sequence[x509.Certificate] | None,
+    now: datetime.datetime,
+) -> tuple[tuple[x509.CertificateRevocationList, ...], list[LoadWarning]]:
+    """
+    Read C{client_crl}: each file PEM (one or more C{X509 CRL} blocks) or
+    DER (one CRL), each CRL signed by one of the C{client_ca} authorities.
+
+    A CRL whose C{nextUpdate} has passed is a warning, not an error: OpenSSL
+    then refuses every certificate that CRL covers ("CRL has expired"), as
+    NGINX does, and the operator must fetch a new one; refusing to start
+    would take down the clients it does not cover too.
+
+    @param authorities: the C{client_ca} certificates, or L{None} when
+        they could not be read (then issuers are not checked: that problem
+        is reported at C{client_ca}).
+    @raise TLSConfigError: unreadable, not a CRL, or not issued (signed) by
+        a C{client_ca} authority, which OpenSSL would never use.
+    """
+    crls: list[x509.CertificateRevocationList] = []
+    warnings: list[LoadWarning] = []
+    for path in paths:
+        data = _read(path, "client_crl")
+
+        def error(message: str, path: str = path) -> TLSConfigError:
+            return TLSConfigError(f"{path}: {message}", path=path, key="client_crl")
+
+        blocks = [block for label, block in _pemBlocks(data) if label == b"X509 CRL"]
+        found: list[x509.CertificateRevocationList] = []
+        try:
+            if blocks:
+                found = [x509.load_pem_x509_crl(block) for block in blocks]
+            elif data[:1] == b"\x30":
+                found = [x509.load_der_x509_crl(data)]
+        except ValueError:
+            raise error("is not a valid X.509 CRL") from None
+        if not found:
+            raise error("no CRL found: expected PEM (-----BEGIN X509 CRL-----) or DER")
+        for crl in found:
+            issuer = crl.issuer.rfc4514_string() or "(empty issuer)"
+            if authorities is None:
+                crls.append(crl)
+                continue
+            signers = [a for a in authorities if a.subject == crl.issuer]
+            if not signers:
+                raise error(
+                    f"the CRL is issued by {issuer}, which is not a client_ca"
+                    " certificate: OpenSSL would never use it"
+                )
+            if not any(_signedBy(crl, a) for a in signers):
+                raise error(f"the CRL's signature does not verify with {issuer}'s key")
+            nextUpdate = crl.next_update_utc
+            if nextUpdate is not None and nextUpdate < now:
+                warnings.append(
+                    LoadWarning(
+                        "client_crl",
+                        path,
+                        f"{path}: the CRL of {issuer} expired on {_utc(nextUpdate)}:"
+                        " every client certificate it covers is refused until"
+                        " a current one is installed and the gateway reloaded",
+                    )
+                )
+            elif crl.last_update_utc > now:
+                warnings.append(
+                    LoadWarning(
+                        "client_crl",
+                        path,
+                        f"{path}: the CRL of {issuer} is not valid yet (last update"
+                        f" {_utc(crl.last_update_utc)}): is the clock right?",
+                    )
+                )
+            crls.append(crl)
+    return tuple(crls), warnings
+
+
+def _signedBy(crl: x509.CertificateRevocationList, authority: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(authority.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
+
+
+def _settings(listener: ListenerConfig) -> tuple[_Settings, list[LoadWarning]]:
     """
     Translate a listener's termination keys to OpenSSL settings.
 
@@ -915,8 +1028,21 @@ def _settings(listener: ListenerConfig) -> _Settings:
     The CA subjects are sent to clients, so they know which certificate
     to present.
 
-    @raise TLSConfigError: a C{protocols} value other than TLSv1.2/1.3, or an
-        unreadable C{client_ca}.
+    Key exchange groups: C{groups}, or OpenSSL's default list.  Session
+    lifetime: C{session_ticket_lifetime}, which is both the lifetime hint
+    in every ticket and how long the server accepts a session (ticket or
+    cache) after it was made (C{SSL_CTX_set_timeout}).
+
+    Revocation: with C{client_crl}, OpenSSL checks the client's own
+    certificate against the CRL of its issuer (C{X509_V_FLAG_CRL_CHECK});
+    a certificate whose issuer has no CRL there fails ("unable to get
+    certificate CRL"), so every CA of C{client_ca} that issues client
+    certificates needs its CRL listed.
+
+    @return: the settings, and warnings about the CRLs.
+    @raise TLSConfigError: a C{protocols} value other than TLSv1.2/1.3, an
+        unreadable C{client_ca} or C{client_crl}, or a group OpenSSL does
+        not know.
     """
     unknown = [p for p in listener.protocols if p not in _VERSIONS]
     if unknown or not listener.protocols:
@@ -938,9 +1064,36 @@ def _settings(listener: ListenerConfig) -> _Settings:
         "optional": SSL.VERIFY_PEER,
         "on": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
     }[listener.verify_client]
-    clientCAs: tuple[x509.Certificate, ...] = ()
+    # From here on each key is checked on its own, so one load reports
+    # every one of them that is wrong.
+    errors: list[TLSConfigError] = []
+    clientCAs: tuple[x509.Certificate, ...] | None = ()
     if listener.client_ca is not None:
-        clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        try:
+            clientCAs = _readCertificates(listener.client_ca, "client_ca")
+        except TLSConfigError as e:
+            errors.append(e)
+            clientCAs = None
+    unknown = unknownGroups(listener.groups)
+    if unknown:
+        errors.append(
+            TLSConfigError(
+                f"{', '.join(unknown)}: not a key exchange group this OpenSSL knows"
+                f" ({SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()})",
+                key="groups",
+            )
+        )
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    warnings: list[LoadWarning] = []
+    try:
+        crls, warnings = _readCRLs(
+            listener.client_crl, clientCAs, datetime.datetime.now(datetime.UTC)
+        )
+    except TLSConfigError as e:
+        errors.append(e)
+    if errors:
+        raise TLSConfigErrors(errors)
+    assert clientCAs is not None
     return _Settings(
         minVersion=min(versions),
         maxVersion=max(versions),
@@ -958,16 +1111,22 @@ def _settings(listener: ListenerConfig) -> _Settings:
         alpn=tuple(alpn),
         verifyMode=verifyMode,
         clientCAs=clientCAs,
-    )
+        groups=listener.groups,
+        ticketLifetime=listener.session_ticket_lifetime,
+        clientCRLs=crls,
+    ), warnings
 
 
 def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
     """
     Build one server context.
 
-    Key exchange groups are left at OpenSSL's default, which puts the
-    hybrid post-quantum X25519MLKEM768 first (OpenSSL 3.5 and later) and
-    keeps X25519 and the NIST curves for older clients.
+    Key exchange groups, unless C{groups} is set, are OpenSSL's default,
+    which puts the hybrid post-quantum X25519MLKEM768 first (OpenSSL 3.5
+    and later) and keeps X25519 and the NIST curves for older clients.
+    TLS 1.3 early data is refused explicitly (L{refuseEarlyData}): a
+    replayable request the gateway would relay upstream before the
+    handshake is done is not something a gateway can make safe.
 
     @raise TLSConfigError: OpenSSL refused a setting or a certificate; the
         error's C{key} names the setting.
@@ -986,12 +1145,31 @@ def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
         step = "session_cache"
         context.set_session_cache_mode(settings.sessionCacheMode)
         context.set_session_id(settings.sessionID)
+        step = "session_ticket_lifetime"
+        context.set_timeout(settings.ticketLifetime)
+        refuseEarlyData(context)
+        if settings.groups:
+            step = "groups"
+            if not setGroups(context, settings.groups):
+                raise TLSConfigError(
+                    f"OpenSSL refused {':'.join(settings.groups)}", key="groups"
+                )
         if settings.clientCAs:
             step = "client_ca"
             _trust(context, settings.clientCAs)
             for authority in settings.clientCAs:
                 context.add_client_ca(authority)
-        context.set_verify(settings.verifyMode)
+        if settings.clientCRLs:
+            step = "client_crl"
+            store = context.get_cert_store()
+            assert store is not None
+            for crl in settings.clientCRLs:
+                store.add_crl(crl)
+            store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+        if settings.verifyMode == SSL.VERIFY_NONE:
+            context.set_verify(settings.verifyMode)
+        else:
+            context.set_verify(settings.verifyMode, _verifyClient)
         if settings.alpn:
             context.set_alpn_select_callback(_ALPNSelector(settings.alpn))
         responses = {}
@@ -1018,6 +1196,34 @@ def _serverContext(settings: _Settings, served: _Served) -> SSL.Context:
             f"cannot write a temporary file: {e.strerror or e}", key=step
         ) from None
     return context
+
+
+def _verifyClient(
+    connection: SSL.Connection,
+    certificate: crypto.X509,
+    errorNumber: int,
+    depth: int,
+    ok: int,
+) -> bool:
+    """
+    OpenSSL's verdict on a client certificate, with words: a failure
+    raises an error naming what is wrong (C{certificate revoked},
+    C{certificate has expired}, C{unable to get local issuer certificate})
+    and which certificate, which becomes the access log's reason.  OpenSSL
+    still sends the alert for its own error (C{certificate_revoked},
+    C{unknown_ca}...).  Never turns a failure into a success.
+    """
+    if ok:
+        return True
+    try:
+        subject = certificate.to_cryptography().subject.rfc4514_string()
+    except Exception:  # noqa: BLE001 - a log detail must not change the verdict
+        subject = "?"
+    what = "the client certificate" if depth == 0 else "a client CA certificate"
+    raise TLSHandshakeError(
+        f"{what} is refused: {_verifyErrorText(errorNumber)}"
+        f" (at depth {depth}: {subject})"
+    )
 
 
 class ServerTLS:
@@ -1142,9 +1348,17 @@ class ServerTLS:
             ]
         settings = None
         try:
-            settings = _settings(listener)
+            settings, settingWarnings = _settings(listener)
         except TLSConfigError as e:
-            problems.append(_problem(listener.location, listenerSection, e.key, str(e)))
+            for error in e.errors if isinstance(e, TLSConfigErrors) else (e,):
+                problems.append(
+                    _problem(listener.location, listenerSection, error.key, str(error))
+                )
+        else:
+            warnings += [
+                _warning(listener.location, listenerSection, w.key, w.message)
+                for w in settingWarnings
+            ]
         groups, unused = _groupCertificates(loaded)
         locations = {section: location for section, location, *_ in sources}
         warnings += [

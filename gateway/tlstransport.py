@@ -19,11 +19,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import halfClose, send
+from gateway.portable import PORTABLE
+from gateway.relay import RelayTransport, halfClose, send
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
 #: is usually one call, small enough that pyOpenSSL's per-call buffer
@@ -67,13 +68,82 @@ except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSS
     _lib = None
 
 
+# Two context settings pyOpenSSL has no call for, through the same binding
+# and the context's C{SSL_CTX*} (C{Context._context}).  Each has a public
+# fallback, used when either is missing from a pyOpenSSL release.
+
+
+def _contextHandle(context: SSL.Context) -> Any:
+    if _lib is None:
+        return None
+    return getattr(context, "_context", None)
+
+
+def setGroups(context: SSL.Context, names: tuple[str, ...]) -> bool:
+    """
+    Set the key exchange groups a context offers and accepts, preferred
+    first (C{SSL_CTX_set1_groups_list}, which the binding spells with its
+    older name C{SSL_CTX_set1_curves_list}).
+
+    Without the binding, a single elliptic curve still goes through the
+    public C{Context.set_tmp_ecdh}, which OpenSSL 3 turns into that one
+    group; anything else cannot be set.
+
+    @return: whether OpenSSL took the list (it refuses a name it does not
+        know, or one list with nothing usable in it).
+    """
+    handle = _contextHandle(context)
+    setList = getattr(_lib, "SSL_CTX_set1_curves_list", None)
+    if handle is not None and setList is not None:
+        ok = bool(setList(handle, ":".join(names).encode("ascii")))
+        _lib.ERR_clear_error()
+        return ok
+    if len(names) == 1:  # pragma: no cover - pyOpenSSL without the binding
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        curves: dict[str, ec.EllipticCurve] = {
+            "secp256r1": ec.SECP256R1(),
+            "prime256v1": ec.SECP256R1(),
+            "p-256": ec.SECP256R1(),
+            "secp384r1": ec.SECP384R1(),
+            "p-384": ec.SECP384R1(),
+            "secp521r1": ec.SECP521R1(),
+            "p-521": ec.SECP521R1(),
+        }
+        curve = curves.get(names[0].lower())
+        if curve is not None:
+            context.set_tmp_ecdh(curve)
+            return True
+    return False  # pragma: no cover - pyOpenSSL without the binding
+
+
+def refuseEarlyData(context: SSL.Context) -> bool:
+    """
+    Make sure a server context never accepts TLS 1.3 early data (0-RTT):
+    C{SSL_CTX_set_max_early_data(ctx, 0)}, which is also what its tickets
+    then announce, so clients do not even try.
+
+    OpenSSL's default is already 0, and the gateway never calls
+    C{SSL_read_early_data}, without which OpenSSL accepts none; this sets
+    it explicitly so a changed default cannot open it.  Without the
+    binding the default stays, which is the same value.
+
+    @return: whether the setting was made explicitly.
+    """
+    handle = _contextHandle(context)
+    setMax = getattr(_lib, "SSL_CTX_set_max_early_data", None)
+    if handle is None or setMax is None:  # pragma: no cover - other pyOpenSSL
+        return False
+    return bool(setMax(handle, 0))
+
+
 def _rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
     """
     The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
     calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
-    that is not on memory BIOs).
+    that is not on memory BIOs, or the fast paths off: L{gateway.portable}).
     """
-    if _lib is None:
+    if _lib is None or PORTABLE:
         return None
     ssl = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
@@ -143,7 +213,7 @@ class TLSTransport:
     def __init__(
         self,
         connection: SSL.Connection,
-        transport: ITCPTransport,
+        transport: RelayTransport,
         events: TLSEvents,
         countOut: ConnectionRecord | None = None,
     ) -> None:
@@ -374,16 +444,16 @@ class TLSTransport:
         self._transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
-        self._transport.pauseProducing()  # type: ignore[attr-defined]
+        self._transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._transport.resumeProducing()  # type: ignore[attr-defined]
+        self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._transport.stopProducing()  # type: ignore[attr-defined]
 
     @property
-    def wire(self) -> ITCPTransport:
+    def wire(self) -> RelayTransport:
         """
         The TCP transport that carries the ciphertext.
         """

@@ -46,7 +46,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO_ROOT / "etc").glob("*.ini"))
 
 #: The keys whose values name files the check reads.
-FILE_KEYS = ("certificate", "private_key", "client_ca", "tls_ca", "ocsp_response")
+FILE_KEYS = (
+    "certificate",
+    "private_key",
+    "client_ca",
+    "tls_ca",
+    "ocsp_response",
+    "client_crl",
+)
+
+#: The keys whose value is a comma-separated list of files.
+LIST_KEYS = ("client_crl",)
 
 #: The name a certificate is issued for when its listener routes no names
 #: (a listener with C{upstream} instead of C{routes}): the examples' domain.
@@ -70,6 +80,7 @@ def test_examplesAreFound() -> None:
         "postgres-passthrough.ini",
         "postgres-termination.ini",
         "mysql-tcp.ini",
+        "bank.ini",
     } <= names
 
 
@@ -189,6 +200,26 @@ class _Files:
             for key in ("client_ca", "tls_ca"):
                 if key in items:
                     self._write(items[key], self._root.cert_pem.bytes())
+            for value in _names(items.get("client_crl", "")):
+                self._write(value, self._crl())
+
+    def _crl(self) -> bytes:
+        """
+        A current PEM CRL from the root, the C{client_ca} bundle's
+        certificate, revoking nothing.
+        """
+        root = x509.load_pem_x509_certificate(self._root.cert_pem.bytes())
+        rootKey = load_pem_private_key(self._root.private_key_pem.bytes(), None)
+        assert isinstance(rootKey, ec.EllipticCurvePrivateKey)  # trustme's default
+        now = datetime.datetime.now(datetime.UTC)
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(root.subject)
+            .last_update(now - datetime.timedelta(hours=1))
+            .next_update(now + datetime.timedelta(days=7))
+            .sign(rootKey, hashes.SHA256())
+        )
+        return crl.public_bytes(serialization.Encoding.PEM)
 
     def _leaf(self, section: str, items: configparser.SectionProxy) -> None:
         keyType = (
@@ -297,7 +328,9 @@ def _fileValues(parser: configparser.ConfigParser) -> Iterator[str]:
     for section in parser.sections():
         for key in FILE_KEYS:
             value = parser[section].get(key)
-            if value:
+            if value and key in LIST_KEYS:
+                yield from _names(value)
+            elif value:
                 yield value.strip()
 
 

@@ -599,6 +599,16 @@ class PassthroughTests(ListenerTestCase):
     def test_serverThatIsNotPostgres(self) -> None:
         self.assertUnavailable(b"HTTP/1.1 400", "not a PostgreSQL server")
 
+    def test_bytesAfterTheSAreRefusedAndNeverReachTheClient(self) -> None:
+        """
+        The server (or whoever answers in its place) cannot have seen the
+        ClientHello yet: bytes that come with its C{S} are injected
+        (CVE-2021-23222), and the client gets none of them.
+        """
+        self.assertUnavailable(
+            b"S\x16\x03\x03\x00\x05evil!", "sent 10 bytes after its S"
+        )
+
     def test_silentServerTimesOut(self) -> None:
         self.makeFactory(connect_timeout=3.0)
         protocol, _ = self.connect()
