@@ -48,6 +48,7 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from gateway.ratelimit import ConnectionRate, parseRate
 from gateway.routing import normalizeName, normalizePattern
 from gateway.units import parseBool, parseDuration, parseList, parseSize
 
@@ -83,6 +84,17 @@ _SECTION_KINDS = ("listener", "upstream", "certificate")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _OLD_PROTOCOLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1"}
 _PROTOCOLS = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3"}
+# passthrough_protocols: what a passed-through ClientHello may offer, with
+# the wire code of each version (gateway.listener compares them).
+PASSTHROUGH_VERSIONS: dict[str, int] = {
+    "TLSv1": 0x0301,
+    "TLSv1.1": 0x0302,
+    "TLSv1.2": 0x0303,
+    "TLSv1.3": 0x0304,
+}
+_PASSTHROUGH_NAMES = {name.lower(): name for name in PASSTHROUGH_VERSIONS} | {
+    "tlsv1.0": "TLSv1"
+}
 _JA4 = re.compile(r"[A-Za-z0-9]{10}_[0-9A-Fa-f]{12}_[0-9A-Fa-f]{12}")
 _PORT = re.compile(r"[0-9]{1,5}")
 _UNIX_ENDPOINT = re.compile(r"unix:(address=)?((?:\\.|[^:\\])*)(.*)", re.DOTALL)
@@ -249,6 +261,29 @@ def _protocols(text: str) -> tuple[str, ...]:
     if not chosen:
         raise ValueError("is empty (use TLSv1.2, TLSv1.3)")
     return tuple(sorted(chosen))
+
+
+def _passthroughProtocols(text: str) -> tuple[str, ...] | None:
+    """
+    C{any} (L{None}: no check), or the TLS versions a passed-through
+    ClientHello must offer one of, oldest first.
+    """
+    items = [item for item in re.split(r"[\s,]+", text.strip()) if item]
+    if [item.lower() for item in items] == ["any"]:
+        return None
+    chosen = set()
+    for item in items:
+        if item.lower() == "any":
+            raise ValueError("any cannot be combined with versions")
+        if item.lower() not in _PASSTHROUGH_NAMES:
+            raise ValueError(
+                f"{item!r} is not a TLS version (use any, or some of TLSv1,"
+                " TLSv1.1, TLSv1.2, TLSv1.3)"
+            )
+        chosen.add(_PASSTHROUGH_NAMES[item.lower()])
+    if not chosen:
+        raise ValueError("is empty (use any, or some of TLSv1 TLSv1.1 TLSv1.2 TLSv1.3)")
+    return tuple(sorted(chosen, key=PASSTHROUGH_VERSIONS.__getitem__))
 
 
 #: A key exchange group as OpenSSL names it (C{X25519MLKEM768},
@@ -754,6 +789,9 @@ class ListenerConfig:
     idle_timeout: float = attrs.field(default=600.0, metadata=_ini(_positiveDuration))
     proxy_protocol: str = _choiceField("off", "off", "v1", "v2")
     accept_proxy_protocol: bool = attrs.field(default=False, metadata=_ini(parseBool))
+    proxy_protocol_from: tuple[_Network, ...] = attrs.field(
+        default=(), metadata=_ini(_networks)
+    )
     allow: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
     deny: tuple[_Network, ...] = attrs.field(default=(), metadata=_ini(_networks))
     deny_ja4: tuple[str, ...] = attrs.field(default=(), metadata=_ini(_ja4List))
@@ -762,6 +800,12 @@ class ListenerConfig:
     )
     max_connections_per_client: int | None = attrs.field(
         default=None, metadata=_ini(lambda t: _integer(t, 1))
+    )
+    max_connection_rate: ConnectionRate | None = attrs.field(
+        default=None, metadata=_ini(parseRate)
+    )
+    passthrough_protocols: tuple[str, ...] | None = attrs.field(
+        default=None, metadata=_ini(_passthroughProtocols)
     )
     relay: str = _choiceField("auto", "auto", "splice", "portable")
     certificate: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
@@ -979,11 +1023,12 @@ class _Loader:
     ) -> None:
         self.problems.append(Problem(self.path, line, section, key, message))
 
-    def warn(
+    def warning(
         self, line: int | None, section: str | None, key: str | None, message: str
     ) -> None:
         """
-        Note a setting that works but is likely wrong (L{ConfigWarning}).
+        Something that works but is unsafe or likely wrong: located as a
+        problem is (a L{ConfigWarning}), reported by C{check}, never fatal.
         """
         self.warnings.append(ConfigWarning(self.path, line, section, key, message))
 
@@ -1433,6 +1478,8 @@ class _Loader:
                 "allow_plaintext", "allow_plaintext only applies to protocol = postgres"
             )
 
+        self._edgeChecks(section, settings, mode, routes, problem)
+
         if len(self.problems) != before:
             return None
         return ListenerConfig(
@@ -1441,6 +1488,53 @@ class _Loader:
             location=self._location(section),
             **settings,
         )
+
+    def _edgeChecks(
+        self,
+        section: _Section,
+        settings: Mapping[str, Any],
+        mode: str | None,
+        routes: Sequence[RouteConfig],
+        problem: Callable[[str | None, str], None],
+    ) -> None:
+        """
+        The keys that guard a listener's edge: who may send a PROXY
+        header, and which TLS versions may pass through.
+        """
+        items = section.items
+        acceptProxy = settings.get("accept_proxy_protocol", False)
+        if "proxy_protocol_from" in items and not acceptProxy:
+            problem(
+                "proxy_protocol_from",
+                "proxy_protocol_from only applies with accept_proxy_protocol = on",
+            )
+        listen = settings.get("listen", ())
+        overTCP = any(not endpoint.startswith("unix:") for endpoint in listen)
+        if acceptProxy and not settings.get("proxy_protocol_from") and overTCP:
+            self.warning(
+                self._keyLine(section, "accept_proxy_protocol"),
+                section.name,
+                "accept_proxy_protocol",
+                "on without proxy_protocol_from: any peer that can connect may"
+                " send a PROXY header and choose its own client address, past"
+                " allow/deny and the per-client limits; list your balancers in"
+                " proxy_protocol_from",
+            )
+        if settings.get("passthrough_protocols") is not None:
+            if mode == "tcp":
+                problem(
+                    "passthrough_protocols",
+                    "mode = tcp reads no ClientHello, so it cannot check its"
+                    " version: use mode = passthrough",
+                )
+            elif mode == "terminate" and all(
+                route.action != "passthrough" for route in routes
+            ):
+                problem(
+                    "passthrough_protocols",
+                    "nothing on this listener passes through: terminated"
+                    " connections follow protocols",
+                )
 
     def _checkBindings(
         self, bindings: Sequence[tuple[_Section, str, Sequence[str]]]

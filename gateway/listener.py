@@ -13,8 +13,17 @@ C{max_connections_per_client} and given to the C{hash} balancer.  The
 balancer's own address is never filtered, as NGINX filters the address
 C{set_real_ip_from} produced: on such a listener C{allow}/C{deny} and the
 per-client limit wait for the header, and keeping untrusted peers from
-sending headers at all is the network's job (firewall, security group).
+sending headers at all is C{proxy_protocol_from}'s job (NGINX's
+C{set_real_ip_from}): with it set, a peer not listed is refused at accept
+(C{denied}), before a byte of its header is read.
 C{max_connections} counts connections, so it applies at accept everywhere.
+C{max_connection_rate} is a token bucket per client address
+(L{gateway.ratelimit}), taken when the client is known: at accept, or
+once its PROXY header is read.
+
+On a listener that speaks TLS, every refusal before an upstream is involved
+gets a TLS alert (L{gateway.alerts}, sent by L{PrereadProtocol.refuse}); a
+passthrough connection whose servers all fail gets C{internal_error}.
 
 A C{protocol = postgres} listener adds the PostgreSQL preamble before the
 ClientHello and the startup message after a terminating handshake
@@ -43,8 +52,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.accesslog import AccessLog, ConnectionRecord
-from gateway.clienthello import ClientHello
-from gateway.config import ListenerConfig, RouteConfig
+from gateway.alerts import AlertDescription, alertRecord, recordVersion
+from gateway.clienthello import ClientHello, isGrease
+from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
 from gateway.passthrough import PassthroughStage
 from gateway.pgstage import (
     CANCEL_REASON,
@@ -67,6 +77,7 @@ from gateway.proxyprotocol import (
     encode,
     sslTLV,
 )
+from gateway.ratelimit import RateLimiter
 from gateway.relay import RelayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
@@ -89,6 +100,42 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
         )
         return f"unix:{name or '-'}", "unix"
     return str(address), str(address)
+
+
+_VERSION_NAMES = {code: name for name, code in PASSTHROUGH_VERSIONS.items()} | {
+    0x0300: "SSLv3"
+}
+
+
+def _ipOf(clientKey: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The IP address of a client key, an IPv4 client on an IPv6 socket
+    (C{::ffff:192.0.2.1}) as the IPv4 address it is; L{None} for a client
+    without one (a UNIX socket).
+    """
+    try:
+        ip = ipaddress.ip_address(clientKey.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def offeredVersions(hello: ClientHello) -> tuple[tuple[int, ...], str]:
+    """
+    The protocol versions a ClientHello offers, and where they come from:
+    its supported_versions extension (GREASE skipped), or, without one, its
+    C{legacy_version}, which is then the one version it asks for.
+    """
+    versions = tuple(v for v in hello.supportedVersions if not isGrease(v))
+    if versions:
+        return versions, "supported_versions"
+    return (hello.legacyVersion,), "legacy_version, no supported_versions"
+
+
+def _versionName(code: int) -> str:
+    return _VERSION_NAMES.get(code, f"0x{code:04x}")
 
 
 def proxyAddress(address: IAddress) -> ProxyAddress | None:
@@ -204,6 +251,18 @@ class ListenerFactory(ServerFactory):
         self._clients: dict[PrereadProtocol, str] = {}
         self._perClient: Counter[str] = Counter()
         self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
+        self._rate = (
+            RateLimiter(config.max_connection_rate, clock.seconds)
+            if config.max_connection_rate is not None
+            else None
+        )
+        self._passthroughVersions = (
+            None
+            if config.passthrough_protocols is None
+            else frozenset(
+                PASSTHROUGH_VERSIONS[p] for p in config.passthrough_protocols
+            )
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
         assert addr is not None, "a listening port always gives the peer address"
@@ -234,14 +293,24 @@ class ListenerFactory(ServerFactory):
         Address filtering comes first: a refused client is C{denied}
         whatever the limits say, and takes no place in them.
         """
+        transport = protocol.transport
+        assert transport is not None
+        _, clientKey = formatAddress(transport.getPeer())
         if self.config.accept_proxy_protocol:
+            senders = self.config.proxy_protocol_from
+            if senders:
+                ip = _ipOf(clientKey)
+                if ip is None or not any(ip in network for network in senders):
+                    protocol.refuse(
+                        "denied",
+                        f"{clientKey} is not in proxy_protocol_from: it may not"
+                        " send a PROXY header",
+                    )
+                    return
             # The client is not known until the PROXY header is read.
             if not self._full(protocol):
                 self._admitted.add(protocol)
             return
-        transport = protocol.transport
-        assert transport is not None
-        _, clientKey = formatAddress(transport.getPeer())
         if self._excluded(protocol, clientKey) or self._full(protocol):
             return
         self._admitted.add(protocol)
@@ -280,6 +349,13 @@ class ListenerFactory(ServerFactory):
         if not self._permitted(clientKey):
             protocol.refuse("denied", f"{clientKey} is refused by allow/deny")
             return True
+        if self._rate is not None and not self._rate.take(clientKey):
+            protocol.refuse(
+                "limited",
+                f"max_connection_rate: more than {self._rate.rate} new"
+                f" connections from {clientKey}",
+            )
+            return True
         limit = self.config.max_connections_per_client
         if limit is not None and self._perClient[clientKey] >= limit:
             protocol.refuse(
@@ -300,12 +376,9 @@ class ListenerFactory(ServerFactory):
         config = self.config
         if not (config.allow or config.deny):
             return True
-        try:
-            ip = ipaddress.ip_address(clientKey.partition("%")[0])
-        except ValueError:
+        ip = _ipOf(clientKey)
+        if ip is None:
             return not config.allow
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if any(ip in network for network in config.deny):
             return False
         return not config.allow or any(ip in network for network in config.allow)
@@ -341,6 +414,8 @@ class ListenerFactory(ServerFactory):
         assert transport is not None
         record = protocol.record
         record.action = action
+        if action != "terminate" and not self._versionAllowed(protocol, hello):
+            return None
         upstream = (
             self._upstreams if action == "terminate" else self._passthroughUpstreams
         )[upstreamName]
@@ -401,10 +476,34 @@ class ListenerFactory(ServerFactory):
                     hello.serverName,
                     relay=config.relay,
                     sslRequest=postgres,
+                    failureAlert=alertRecord(
+                        AlertDescription.INTERNAL_ERROR, recordVersion(hello)
+                    ),
                 )
             )
         stage.start(buffered)
         return stage
+
+    def _versionAllowed(self, protocol: PrereadProtocol, hello: ClientHello) -> bool:
+        """
+        C{passthrough_protocols}: refuse a hello that offers none of them,
+        with the C{protocol_version} alert a server that speaks none of
+        them sends.
+        """
+        allowed = self._passthroughVersions
+        if allowed is None:
+            return True
+        offered, source = offeredVersions(hello)
+        if allowed.intersection(offered):
+            return True
+        names = ", ".join(_versionName(v) for v in offered)
+        protocol.refuse(
+            "denied",
+            f"ClientHello offers {names} ({source}); passthrough_protocols"
+            f" allows {', '.join(self.config.passthrough_protocols or ())}",
+            alert=AlertDescription.PROTOCOL_VERSION,
+        )
+        return False
 
     def handoffPostgres(
         self, protocol: PrereadProtocol, start: PlaintextStart
@@ -509,6 +608,7 @@ class ListenerFactory(ServerFactory):
         relay: str = "portable",
         sslRequest: bool = False,
         onEnd: Callable[[], None] | None = None,
+        failureAlert: bytes | None = None,
     ) -> Session:
         """
         The session that takes a connection to C{upstream}.
@@ -518,6 +618,8 @@ class ListenerFactory(ServerFactory):
             OpenSSL connection); only on TCP are bytes counted by the relay.
         @param onEnd: called when the session ends, before the listener
             logs it.
+        @param failureAlert: written to the client when no server can be
+            reached (passthrough: the client waits for a ServerHello).
         """
         transport = protocol.transport
         assert transport is not None
@@ -541,6 +643,7 @@ class ListenerFactory(ServerFactory):
             relay=relay,
             proxyHeader=self._proxyHeader(protocol, serverName, connection),
             sslRequest=sslRequest,
+            failureAlert=failureAlert,
         )
 
     def _proxyHeader(

@@ -21,10 +21,21 @@ starts without TLS (a startup message, a C{CancelRequest}) is handed to
 the listener's C{handoffPostgres} instead.  On a C{mode = tcp} listener
 nothing is read at all: the connection is handed off (C{handoffTCP}) as
 soon as it is accepted, or once its PROXY header is read.
+
+A refusal on a connection that speaks TLS (a C{tls} listener, or a
+C{postgres} one once TLS started) sends the fatal alert a TLS server would
+(L{gateway.alerts}), then closes the way a server that wants its alert
+read must: it half-closes (FIN after the alert) and reads, discarding, until
+the client closes too or L{REFUSAL_LINGER} passes.  Closing at once with a
+ClientHello still unread in the socket would make the kernel answer with a
+reset, which can reach the client before it has read the alert; a refusal
+at accept, before the client has even sent its hello, is the usual case.
 """
 
 from __future__ import annotations
 
+import enum
+from typing import Final, Literal
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import (
@@ -37,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
+from gateway.alerts import STATUS_ALERTS, AlertDescription, alertRecord, recordVersion
 from gateway.clienthello import (
     NEED_MORE,
     ClientHello,
@@ -52,6 +64,24 @@ from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
 from gateway.timers import cancel
+
+REFUSAL_LINGER = 2.0
+"""
+Seconds a refused connection that was sent an alert is kept reading
+(discarding) after its FIN, waiting for the client to close.  A TLS client
+closes as soon as it reads the alert; the bound is for one that does not.
+"""
+
+
+class _ByStatus(enum.Enum):
+    BY_STATUS = "by-status"
+
+
+BY_STATUS: Final = _ByStatus.BY_STATUS
+"""
+L{PrereadProtocol.refuse}'s default alert: the one L{STATUS_ALERTS} gives
+the status.
+"""
 
 
 class Stage(TypingProtocol):
@@ -123,6 +153,14 @@ class PrereadProtocol(Protocol):
         still pre-reading (or after a refusal).
     @ivar _handedOff: the pre-read is over, whether or not a stage took it;
         bytes that still arrive are not parsed again.
+    @ivar _speaksTLS: the client's next bytes are TLS, so a refusal gets a
+        TLS alert: from the start on a C{tls} listener, once the preamble
+        is over on a C{postgres} one, never on C{mode = tcp}.
+    @ivar _hello: the parsed ClientHello, once read: its version is the
+        record version of an alert.
+    @ivar _lingering: a refusal's alert is sent and the write side closed;
+        waiting for the client to close (see the module docstring).
+    @ivar _readClosed: the client's FIN has arrived.
     """
 
     def __init__(
@@ -149,6 +187,10 @@ class PrereadProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._next: Stage | None = None
         self._handedOff = False
+        self._speaksTLS = readHello and not postgres
+        self._hello: ClientHello | None = None
+        self._lingering = False
+        self._readClosed = False
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
@@ -185,27 +227,35 @@ class PrereadProtocol(Protocol):
                 return
         try:
             hello = self._reader.feed(data)
-        except NotTLS as e:
-            reason = f"{e.reason}: {e}"
-            if looksLikePostgres(self._reader.buffered):
-                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
-            self.refuse("bad_client_hello", reason)
-            return
         except ClientHelloError as e:
-            self.refuse("bad_client_hello", f"{e.reason}: {e}")
+            reason = f"{e.reason}: {e}"
+            if isinstance(e, NotTLS) and looksLikePostgres(self._reader.buffered):
+                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
+            # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
+            # TLS alert, as OpenSSL sends none to an HTTP request.
+            self.refuse(
+                "bad_client_hello",
+                reason,
+                alert=None if isinstance(e, NotTLS) else BY_STATUS,
+            )
             return
         if hello is NEED_MORE:
             return
         self._stopTimer()
         self._handedOff = True
+        self._hello = hello
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
         self.record.ja4 = ja4(hello)
         self._next = self._listener.handoff(self, hello, self._reader.buffered)
 
     def readConnectionLost(self) -> None:
+        self._readClosed = True
         if self._next is not None:
             self._next.readConnectionLost()
+        elif self._lingering:
+            assert self.transport is not None
+            self.transport.loseConnection()
         elif self._handedOff:
             pass
         elif self._proxyReader is not None:
@@ -216,12 +266,14 @@ class PrereadProtocol(Protocol):
         elif self._preamble is not None:
             self.refuse("bad_client_hello", self._preamble.describeEnd())
         else:
+            # A TLS server sends no alert to a client that stopped short.
             got = len(self._reader.buffered)
             self.refuse(
                 "bad_client_hello",
                 f"client closed after {got} bytes, before a complete ClientHello"
                 if got
                 else "client closed before sending anything",
+                alert=None,
             )
 
     def writeConnectionLost(self) -> None:
@@ -240,13 +292,42 @@ class PrereadProtocol(Protocol):
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
 
-    def refuse(self, status: str, reason: str) -> None:
+    def refuse(
+        self,
+        status: str,
+        reason: str,
+        *,
+        alert: AlertDescription | Literal[_ByStatus.BY_STATUS] | None = BY_STATUS,
+    ) -> None:
         """
         End the connection before it reaches any upstream.
+
+        @param alert: the TLS alert to send first if the client speaks TLS
+            (by default the one for C{status}), or L{None} for none.
         """
         self._stopTimer()
         self._handedOff = True
         self.record.fail(status, reason)
+        assert self.transport is not None
+        description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert
+        if description is None or not self._speaksTLS:
+            self.transport.loseConnection()
+            return
+        record = alertRecord(
+            description, recordVersion(self._hello, self._reader.buffered)
+        )
+        self.record.bytesOut += len(record)
+        self.transport.write(record)
+        loseWriteConnection = getattr(self.transport, "loseWriteConnection", None)
+        if self._readClosed or loseWriteConnection is None:
+            self.transport.loseConnection()
+            return
+        self._lingering = True
+        self._timer = self._clock.callLater(REFUSAL_LINGER, self._lingerOver)
+        loseWriteConnection()
+
+    def _lingerOver(self) -> None:
+        self._timer = None
         assert self.transport is not None
         self.transport.loseConnection()
 
@@ -314,6 +395,7 @@ class PrereadProtocol(Protocol):
             return b""
         self._preamble = None
         if isinstance(start, bytes):
+            self._speaksTLS = True
             return start
         self._stopTimer()
         self._handedOff = True

@@ -11,8 +11,8 @@ tables already knows:
   - C{*.example.com}: any name below C{example.com}, at any depth, but not
     C{example.com} itself;
   - C{.example.com}: C{example.com} and any name below it;
-  - C{~REGEX} (C{~*REGEX} ignores case): a Python regular expression,
-    searched for anywhere in the lower-case name, as NGINX does;
+  - C{~REGEX} (C{~*REGEX} ignores case): a regular expression in RE2
+    syntax, searched for anywhere in the lower-case name, as NGINX does;
   - C{default}: everything nothing else matched, including hellos with no
     SNI at all;
   - C{ALPN:proto}: a hello offering that ALPN protocol, whatever its name.
@@ -24,15 +24,24 @@ wildcard, then the first regex in file order, then C{default}.
 Patterns are normalised once by L{normalizePattern} (so the configuration
 loader can report a bad one at its line) and compiled once by L{Router};
 matching a name costs one dictionary lookup per label plus the regexes.
+
+Regexes run on RE2 (the C{google-re2} binding), not Python's C{re}: RE2
+matches in time linear in the name, whatever the pattern, where C{re}
+backtracks.  With C{re}, C{~^(a+)+$} takes a second for a 24-letter label
+and twice as long per letter more, and every listener of the process
+waits meanwhile: a client could stall the gateway with one SNI name.
+RE2's price is its syntax: no backreferences and no lookarounds.  A
+pattern RE2 cannot compile is refused when the configuration is loaded.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 import idna
+import re2  # type: ignore[import-untyped]
 
 __all__ = ["Routable", "Router", "normalizeName", "normalizePattern"]
 
@@ -94,13 +103,39 @@ def normalizeName(name: str) -> str:
     return lowered
 
 
-def _compileRegex(pattern: str) -> re.Pattern[str]:
+def _re2Options() -> Any:
+    options = re2.Options()
+    # Compile errors are raised to the caller, who reports them at their
+    # line; RE2 would also print them to standard error.
+    options.log_errors = False
+    return options
+
+
+_RE2_OPTIONS = _re2Options()
+
+
+def _regexBody(pattern: str) -> str:
     """
-    Compile a normalised C{~REGEX} or C{~*REGEX} pattern.
+    The RE2 source of a normalised C{~REGEX} or C{~*REGEX} pattern.
     """
     if pattern.startswith("~*"):
-        return re.compile(pattern[2:], re.IGNORECASE)
-    return re.compile(pattern[1:])
+        return f"(?i:{pattern[2:]})"
+    return pattern[1:]
+
+
+def _compile(source: str) -> Any:
+    """
+    Compile RE2 source.
+
+    @raise ValueError: with RE2's reason.
+    """
+    try:
+        return re2.compile(source, _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(str(reason)) from None
 
 
 def normalizePattern(raw: str) -> str:
@@ -124,9 +159,14 @@ def normalizePattern(raw: str) -> str:
         if not body:
             raise ValueError(f"{text!r} has an empty regex")
         try:
-            _compileRegex(text)
-        except re.error as e:
-            raise ValueError(f"bad regex {body!r}: {e}") from None
+            _compile(body)  # so that the reason quotes the pattern as typed
+            _compile(_regexBody(text))
+        except ValueError as e:
+            raise ValueError(
+                f"bad regex {body!r}: {e.args[0]} (route regexes use RE2"
+                " syntax, which runs in linear time: no backreferences, no"
+                " lookarounds)"
+            ) from None
         return text
     if text[:5].upper() == ALPN_PREFIX:
         protocol = text[5:]
@@ -173,9 +213,6 @@ class Routable(Protocol):
 
 T = TypeVar("T", bound=Routable)
 
-# A regex tier: a matcher (a merged expression's match, or one regex's
-# search) and the routes it stands for, in file order.
-_RegexTier = tuple[Callable[[str], "re.Match[str] | None"], tuple[T, ...]]
 _ANY = r"[\s\S]"
 
 
@@ -196,14 +233,8 @@ class Router(Generic[T]):
         the name itself, and that is the longest suffix a name can have.
     @ivar _below: C{*.example.com} and C{.example.com} routes, keyed by
         C{example.com}, for the names under it.
-    @ivar _regexes: in file order, (compiled, routes) pairs.  A merged
-        expression holds several groupless regexes, each as an alternative
-        C{(?=[\\s\\S]*?(?:REGEX))()}: C{re.match} tries alternatives left
-        to right and each lookahead is exactly C{re.search(REGEX)}, so the
-        first regex in file order that matches anywhere wins, and the
-        empty group's C{lastindex} says which one it was.  A regex with
-        groups (its backreferences would be renumbered) or inline flags
-        (only allowed at the very start) stays on its own.
+    @ivar _regexes: the regexes, in file order, compiled into one RE2 set
+        and one merged RE2 program (L{_RegexTable}).
     """
 
     def __init__(self, routes: Iterable[T]) -> None:
@@ -238,7 +269,7 @@ class Router(Generic[T]):
                 self._below.setdefault(pattern[1:], route)
             else:
                 self._exact.setdefault(pattern, route)
-        self._regexes = _mergeRegexes(regexes)
+        self._regexes = _RegexTable(regexes)
 
     def match(
         self, serverName: str | None, alpn: Iterable[str | bytes] = ()
@@ -288,41 +319,74 @@ class Router(Generic[T]):
                 if route is not None:
                     return route
                 dot = name.find(".", dot + 1)
-        for matcher, routes in self._regexes:
-            found = matcher(name)
-            if found is not None:
-                if len(routes) == 1:
-                    return routes[0]
-                assert found.lastindex is not None  # one empty group per route
-                return routes[found.lastindex - 1]
+        if self._regexes:
+            return self._regexes.match(name)
         return None
 
 
-def _mergeRegexes(regexes: list[tuple[str, T]]) -> list[_RegexTier[T]]:
+class _RegexTable(Generic[T]):
     """
-    Merge runs of groupless, flagless regexes into single expressions.
+    The regex tier: which route's regex, first in file order, is found in
+    a name.  See L{Router._regexes}.
 
-    See L{Router._regexes} for why the merged form keeps first-in-order
-    semantics, and which regexes cannot take part.
+    @ivar _set: an RE2 set of every regex: one pass over the name says
+        which of them match, so the first in file order is the smallest
+        index.  RE2 answers a set match with its DFA only, which gives up
+        (and answers "none") when its memory budget runs out; so an empty
+        answer is checked with C{_merged}, which falls back to RE2's NFA.
+    @ivar _merged: every regex as one alternative
+        C{(?:[\\s\\S]*?(?:REGEX)())}, matched from the start of the name:
+        each alternative matches exactly when C{REGEX} is found anywhere,
+        RE2 keeps Perl's leftmost-first preference (of alternatives that
+        match at the same place, the first written wins) and all of them
+        start at the first character, so the first regex in file order
+        that matches wins; its empty marker group says which it was.  RE2
+        has no backreferences, so renumbering the regexes' own groups
+        changes nothing, and its inline flags end with their group, so none
+        leaks into the next alternative.  L{None} if the program is too
+        large for RE2 (then each regex is searched in turn).
     """
-    tiers: list[_RegexTier[T]] = []
-    run: list[tuple[str, T]] = []
 
-    def flush() -> None:
-        if run:
-            source = "|".join(f"(?={_ANY}*?{body})()" for body, _ in run)
-            tiers.append((re.compile(source).match, tuple(r for _, r in run)))
-            run.clear()
+    def __init__(self, regexes: list[tuple[str, T]]) -> None:
+        self._routes = tuple(route for _, route in regexes)
+        bodies = [_regexBody(pattern) for pattern, _ in regexes]
+        compiled = [_compile(body) for body in bodies]
+        self._searches = [regex.search for regex in compiled]
+        self._set: Any = None
+        self._merged: Any = None
+        self._markers: list[int] = []
+        groups = 0
+        for regex in compiled:
+            groups += regex.groups + 1
+            self._markers.append(groups)
+        try:
+            regexSet = re2.Set.SearchSet(_RE2_OPTIONS)
+            for body in bodies:
+                regexSet.Add(body)
+            regexSet.Compile()
+            self._merged = _compile(
+                "|".join(f"(?:{_ANY}*?(?:{body})())" for body in bodies)
+            )
+        except (re2.error, ValueError):
+            return  # too large for one program (RE2's max_mem): one by one
+        self._set = regexSet
 
-    for pattern, route in regexes:
-        compiled = _compileRegex(pattern)
-        ignoreCase = pattern.startswith("~*")
-        expected = re.UNICODE | (re.IGNORECASE if ignoreCase else 0)
-        if compiled.groups == 0 and compiled.flags == expected:
-            body = pattern[2:] if ignoreCase else pattern[1:]
-            run.append((f"(?i:{body})" if ignoreCase else f"(?:{body})", route))
-        else:
-            flush()
-            tiers.append((compiled.search, (route,)))
-    flush()
-    return tiers
+    def __bool__(self) -> bool:
+        return bool(self._routes)
+
+    def match(self, name: str) -> T | None:
+        if self._set is None:
+            for route, search in zip(self._routes, self._searches, strict=True):
+                if search(name) is not None:
+                    return route
+            return None
+        found: list[int] | None = self._set.Match(name)
+        if found:
+            return self._routes[min(found)]
+        matched = self._merged.match(name)
+        if matched is None:
+            return None
+        for route, marker in zip(self._routes, self._markers, strict=True):
+            if matched.group(marker) is not None:
+                return route
+        raise AssertionError("a merged match without a marker")  # pragma: no cover

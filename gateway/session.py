@@ -289,6 +289,8 @@ class Session:
     @ivar _picked: the server of the current attempt or connection, until
         the chooser is told it is over (C{connectFailed} or C{released}),
         so its active-connection count is exact.
+    @ivar _failureAlert: the TLS alert a passthrough client is sent when
+        no server can be reached (C{internal_error}), or L{None}.
     @ivar _attempt: the upstream connection being made (connecting or in
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
@@ -309,8 +311,10 @@ class Session:
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
         sslRequest: bool = False,
+        failureAlert: bytes | None = None,
     ) -> None:
         self.relay: IRelay | None = None
+        self._failureAlert = failureAlert
         self.sslRequest = sslRequest
         self.upstreamWatcher: Callable[[bytes], None] | None = None
         self._relaySetting = relay
@@ -383,6 +387,12 @@ class Session:
         )
         if server is None:
             self._record.fail("upstream_unavailable", self._lastError)
+            if self._failureAlert is not None:
+                # Nothing was relayed yet: the client still waits for the
+                # server's first flight, so it can be told in TLS.
+                if self._countBytes:
+                    self._record.bytesOut += len(self._failureAlert)
+                self._client.write(self._failureAlert)
             self._client.loseConnection()
             return
         self._triesLeft -= 1

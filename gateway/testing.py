@@ -44,7 +44,8 @@ def makeClientHello(
     @param alpn: ALPN protocols to offer, in order; empty: no ALPN extension.
     @param minVersion: lowest protocol version, e.g. C{SSL.TLS1_2_VERSION}.
     @param maxVersion: highest protocol version; C{SSL.TLS1_2_VERSION} gives
-        a hello without supported_versions or key shares.
+        a hello without supported_versions or key shares, and
+        C{SSL.TLS1_VERSION} the hello of a TLS 1.0-only client.
     @return: one or more TLS handshake records holding the ClientHello.
     """
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
@@ -52,6 +53,9 @@ def makeClientHello(
         context.set_min_proto_version(minVersion)
     if maxVersion is not None:
         context.set_max_proto_version(maxVersion)
+        if maxVersion < SSL.TLS1_2_VERSION:
+            # OpenSSL 3 offers TLS 1.0 and 1.1 only at security level 0.
+            context.set_cipher_list(b"DEFAULT@SECLEVEL=0")
     connection = SSL.Connection(context, None)
     if serverName is not None:
         connection.set_tlsext_host_name(serverName.encode("utf-8"))

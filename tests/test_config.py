@@ -36,6 +36,7 @@ from gateway.config import (
     load_config,
     load_config_text,
 )
+from gateway.ratelimit import ConnectionRate
 
 MINIMAL = """\
 [listener:web]
@@ -150,11 +151,14 @@ connect_timeout = 2.5
 idle_timeout = 1h
 proxy_protocol = v2
 accept_proxy_protocol = yes
+proxy_protocol_from = 192.0.2.0/24, 2001:db8:1::5
 allow = 10.0.0.0/8, 2001:db8::/32, 192.0.2.7
 deny = 10.1.0.0/16
 deny_ja4 = t13d1516h2_8DAAF6152771_02713d6af862
 max_connections = 1000
 max_connections_per_client = 10
+max_connection_rate = 600/m
+passthrough_protocols = TLSv1.3, tlsv1.2
 relay = portable
 certificates = rsa, ecdsa
 protocols = TLSv1.3
@@ -249,6 +253,10 @@ def test_everyKeyIsConvertedWithTheGateOff(tmp_path: Path) -> None:
         idle_timeout=3600.0,
         proxy_protocol="v2",
         accept_proxy_protocol=True,
+        proxy_protocol_from=(
+            ipaddress.ip_network("192.0.2.0/24"),
+            ipaddress.ip_network("2001:db8:1::5/128"),
+        ),
         allow=(
             ipaddress.ip_network("10.0.0.0/8"),
             ipaddress.ip_network("2001:db8::/32"),
@@ -258,6 +266,8 @@ def test_everyKeyIsConvertedWithTheGateOff(tmp_path: Path) -> None:
         deny_ja4=("t13d1516h2_8daaf6152771_02713d6af862",),
         max_connections=1000,
         max_connections_per_client=10,
+        max_connection_rate=ConnectionRate(600, 60.0),
+        passthrough_protocols=("TLSv1.2", "TLSv1.3"),
         relay="portable",
         certificates=("rsa", "ecdsa"),
         protocols=("TLSv1.3",),
@@ -785,6 +795,32 @@ def test_undefinedUpstreamsAreReportedAtTheirLine(tmp_path: Path) -> None:
             "'a b' is not a section name: use letters, digits, '_', '-' and '.'",
         ),
         ("ciphers", "", "is empty"),
+        (
+            "proxy_protocol_from",
+            "lb.example",
+            "'lb.example' is not an IP address or CIDR network",
+        ),
+        (
+            "max_connection_rate",
+            "10/h",
+            "'10/h' is not a connection rate (use N/s or N/m, like 10/s)",
+        ),
+        (
+            "max_connection_rate",
+            "0/s",
+            "'0/s' allows no connection at all: use 1 or more",
+        ),
+        (
+            "passthrough_protocols",
+            "SSLv3",
+            "'SSLv3' is not a TLS version (use any, or some of TLSv1, TLSv1.1,"
+            " TLSv1.2, TLSv1.3)",
+        ),
+        (
+            "passthrough_protocols",
+            "any TLSv1.3",
+            "any cannot be combined with versions",
+        ),
     ],
 )
 def test_badListenerValues(tmp_path: Path, key: str, value: str, message: str) -> None:
@@ -1006,8 +1042,9 @@ def test_routeProblemsPointAtTheRoutesOwnLine(tmp_path: Path) -> None:
         """
     )
     assert problems(tmp_path, text) == [
-        "gw.ini:5: [listener:web] routes: bad regex '(unclosed': missing ),"
-        " unterminated subpattern at position 0",
+        "gw.ini:5: [listener:web] routes: bad regex '(unclosed': missing ):"
+        " (unclosed (route regexes use RE2 syntax, which runs in linear time:"
+        " no backreferences, no lookarounds)",
         "gw.ini:6: [listener:web] routes: 'a.*.example.com': '*' is only allowed as"
         " the whole first label, as in '*.example.com'",
         "gw.ini:7: [listener:web] routes: duplicate route pattern 'API.Example.COM.'"
@@ -1023,8 +1060,22 @@ def test_routeProblemsPointAtTheRoutesOwnLine(tmp_path: Path) -> None:
 def test_routeOnTheKeyLine(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nroutes = ~[ app\n")
     assert problems(tmp_path, text) == [
-        "gw.ini:3: [listener:web] routes: bad regex '[': unterminated character set"
-        " at position 0"
+        "gw.ini:3: [listener:web] routes: bad regex '[': missing ]: [ (route"
+        " regexes use RE2 syntax, which runs in linear time: no backreferences,"
+        " no lookarounds)"
+    ]
+
+
+def test_aRegexRE2CannotRunIsAProblemNamingIt(tmp_path: Path) -> None:
+    """
+    A backreference needs backtracking, which RE2 refuses: the pattern is
+    reported at its line rather than run in exponential time.
+    """
+    text = listener("listen = tcp:1\nroutes =\n    ~^(a+)\\1$ app\n    default app\n")
+    assert problems(tmp_path, text) == [
+        "gw.ini:4: [listener:web] routes: bad regex '^(a+)\\\\1$': invalid escape"
+        " sequence: \\1 (route regexes use RE2 syntax, which runs in linear time:"
+        " no backreferences, no lookarounds)"
     ]
 
 
@@ -1122,6 +1173,98 @@ def test_allowPlaintextIsForPostgres(tmp_path: Path) -> None:
         "gw.ini:4: [listener:web] allow_plaintext: allow_plaintext only applies to"
         " protocol = postgres"
     ]
+
+
+def test_proxyProtocolFromNeedsAcceptProxyProtocol(tmp_path: Path) -> None:
+    text = listener("listen = tcp:1\nupstream = app\nproxy_protocol_from = 10.0.0.1\n")
+    assert problems(tmp_path, text, checkFiles=False) == [
+        "gw.ini:4: [listener:web] proxy_protocol_from: proxy_protocol_from only"
+        " applies with accept_proxy_protocol = on"
+    ]
+
+
+def test_acceptProxyProtocolFromAnyoneIsAWarning(tmp_path: Path) -> None:
+    """
+    Accepting PROXY headers from every peer works, but lets anyone who can
+    connect pick their address: C{check} says so, at the key's line.
+    """
+    path = write(
+        tmp_path,
+        listener("listen = tcp:1\nupstream = app\naccept_proxy_protocol = on\n"),
+    )
+    loaded = load_config(path, checkFiles=False)
+    assert [str(w).replace(str(path), "gw.ini") for w in loaded.warnings] == [
+        "gw.ini:4: [listener:web] accept_proxy_protocol: warning: on without"
+        " proxy_protocol_from: any peer that can connect may send a PROXY header"
+        " and choose its own client address, past allow/deny and the per-client"
+        " limits; list your balancers in proxy_protocol_from"
+    ]
+    # The warning comes with the certificate checks' own, at a full load.
+    assert load_config(path).warnings == loaded.warnings
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        "accept_proxy_protocol = on\nproxy_protocol_from = 10.0.0.0/8\n",
+        "listen = unix:gw.sock\naccept_proxy_protocol = on\n",
+        "accept_proxy_protocol = off\n",
+    ],
+)
+def test_noProxyWarningWhenSendersAreKnown(tmp_path: Path, keys: str) -> None:
+    """
+    No warning with the senders listed, on a UNIX socket (whose file
+    permissions say who may connect), or without PROXY headers at all.
+    """
+    listen = "" if "listen" in keys else "listen = tcp:1\n"
+    text = listener(f"{listen}upstream = app\n{keys}")
+    assert load_config(write(tmp_path, text), checkFiles=False).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("any", None),
+        ("ANY", None),
+        ("TLSv1.3", ("TLSv1.3",)),
+        ("tlsv1.3 TLSv1 TLSv1.0, TLSv1.1", ("TLSv1", "TLSv1.1", "TLSv1.3")),
+    ],
+)
+def test_passthroughProtocolsAreRead(
+    tmp_path: Path, value: str, expected: tuple[str, ...] | None
+) -> None:
+    text = listener(
+        f"listen = tcp:1\nupstream = app\npassthrough_protocols = {value}\n"
+    )
+    [web] = load_config(write(tmp_path, text), checkFiles=False).listeners
+    assert web.passthrough_protocols == expected
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            "mode = tcp\n",
+            "mode = tcp reads no ClientHello, so it cannot check its version: use"
+            " mode = passthrough",
+        ),
+        (
+            "mode = terminate\ncertificate = c.pem\nprivate_key = c.key\n",
+            "nothing on this listener passes through: terminated connections follow"
+            " protocols",
+        ),
+    ],
+)
+def test_passthroughProtocolsNeedSomethingThatPassesThrough(
+    tmp_path: Path, keys: str, message: str
+) -> None:
+    text = listener(
+        f"listen = tcp:1\nupstream = app\n{keys}passthrough_protocols = TLSv1.3\n"
+    )
+    found = problems(tmp_path, text, checkFiles=False)
+    assert any(
+        p.endswith(f"[listener:web] passthrough_protocols: {message}") for p in found
+    ), found
 
 
 def test_allowAllIsEveryAddress(tmp_path: Path) -> None:

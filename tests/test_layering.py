@@ -18,6 +18,7 @@ from tests.helpers import frameworksImportedBy
 #: without an event loop or a TLS library.
 PURE = [
     "gateway.accesslog",
+    "gateway.alerts",
     "gateway.balancers",
     "gateway.clienthello",
     "gateway.config",
@@ -25,6 +26,7 @@ PURE = [
     "gateway.portable",
     "gateway.postgres",
     "gateway.proxyprotocol",
+    "gateway.ratelimit",
     "gateway.routing",
     "gateway.units",
 ]

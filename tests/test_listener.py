@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import ConnectionRecord
-from gateway.config import ListenerConfig, ServerConfig
+from gateway.alerts import AlertDescription, alertRecord
+from gateway.config import ListenerConfig, RouteConfig, ServerConfig
 from gateway.listener import ListenerFactory
 from gateway.pgstage import OneServer
 from gateway.preread import PrereadProtocol
@@ -25,11 +28,18 @@ from gateway.proxyprotocol import (
     ProxyHeaderReader,
     encode,
 )
+from gateway.ratelimit import parseRate
 from gateway.session import UpstreamRuntime
 from gateway.testing import makeClientHello
-from tests.transports import HalfCloseableTransport
+from tests.transports import HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com")
+
+
+# A TLS 1.0-only client's hello: no supported_versions.
+TLS10_HELLO = makeClientHello(
+    "db.example.com", minVersion=SSL.TLS1_VERSION, maxVersion=SSL.TLS1_VERSION
+)
 SERVER = ServerConfig("192.0.2.99", 5432)
 LISTENER = IPv4Address("TCP", "192.0.2.1", 443)
 
@@ -87,7 +97,7 @@ class ListenerTestCase(SynchronousTestCase):
     ) -> tuple[PrereadProtocol, HalfCloseableTransport]:
         peer = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
         protocol = self.factory.buildProtocol(peer)
-        transport = HalfCloseableTransport(hostAddress=LISTENER, peerAddress=peer)
+        transport = PromptClientTransport(hostAddress=LISTENER, peerAddress=peer)
         transport.protocol = protocol
         protocol.makeConnection(transport)
         return protocol, transport
@@ -355,3 +365,186 @@ class SendProxyTests(ListenerTestCase):
         protocol, _ = self.connect()
         protocol.dataReceived(HELLO)
         self.assertEqual(self.upstreamBytes(), HELLO)
+
+
+class ProxyProtocolFromTests(ListenerTestCase):
+    """
+    C{proxy_protocol_from}: only the listed balancers may send a PROXY
+    header; anyone else is refused at accept, before a byte is read.
+    """
+
+    def test_aPeerNotListedIsDeniedAtAccept(self) -> None:
+        self.makeFactory(
+            accept_proxy_protocol=True, proxy_protocol_from=networks("10.0.0.0/24")
+        )
+        protocol, transport = self.connect("198.51.100.7")
+        [record] = self.log.records
+        self.assertEqual((record.status, record.bytesIn), ("denied", 0))
+        self.assertIn("198.51.100.7 is not in proxy_protocol_from", record.reason)
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.ACCESS_DENIED, 0x0301)
+        )
+        # The spoofed header that follows is never read.
+        protocol.dataReceived(encode(HEADER) + HELLO)
+        self.assertEqual((record.client, record.bytesIn), ("198.51.100.7:40000", 0))
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_aListedBalancerIsServed(self) -> None:
+        self.makeFactory(
+            accept_proxy_protocol=True,
+            proxy_protocol_from=networks("10.0.0.0/24", "2001:db8::/32"),
+        )
+        for balancer in ("10.0.0.2", "::ffff:10.0.0.3", "2001:db8::9"):
+            protocol, transport = self.connect(balancer)
+            protocol.dataReceived(encode(HEADER) + HELLO)
+            self.assertTrue(transport.connected)
+            self.assertEqual(protocol.record.client, "203.0.113.7:50123")
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+
+
+class RateTests(ListenerTestCase):
+    def test_aBurstOverTheRateIsLimitedAtAccept(self) -> None:
+        self.makeFactory(max_connection_rate=parseRate("3/s"))
+        results = []
+        for port in range(5):
+            _, transport = self.connect("198.51.100.7", port)
+            results.append(transport.connected)
+        self.assertEqual(results, [True, True, True, False, False])
+        refused = self.log.records[-1]
+        self.assertEqual((refused.status, refused.action), ("limited", None))
+        self.assertEqual(
+            refused.reason,
+            "max_connection_rate: more than 3/s new connections from 198.51.100.7",
+        )
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.ACCESS_DENIED, 0x0301)
+        )
+        # Others have buckets of their own; time refills this one.
+        _, other = self.connect("198.51.100.8")
+        self.assertTrue(other.connected)
+        self.reactor.advance(0.34)
+        _, again = self.connect("198.51.100.7", 99)
+        self.assertTrue(again.connected)
+
+    def test_theRateCountsTheProxiedClient(self) -> None:
+        self.makeFactory(
+            accept_proxy_protocol=True, max_connection_rate=parseRate("1/m")
+        )
+        first, transport = self.connect("10.0.0.2", 1)
+        first.dataReceived(encode(HEADER))
+        self.assertTrue(transport.connected)
+        second, transport = self.connect("10.0.0.2", 2)
+        other = ProxyHeader(
+            2, Command.PROXY, ProxyAddress("203.0.113.8", 1), HEADER.destination
+        )
+        second.dataReceived(encode(other))
+        self.assertTrue(transport.connected)
+        third, transport = self.connect("10.0.0.2", 3)
+        third.dataReceived(encode(HEADER))
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.log.records[-1].status, "limited")
+
+    def test_deniedClientsTakeNoToken(self) -> None:
+        self.makeFactory(
+            deny=networks("10.0.0.0/8"), max_connection_rate=parseRate("1/m")
+        )
+        self.connect("10.0.0.1", 1)
+        self.assertEqual(self.log.records[-1].status, "denied")
+        self.connect("10.0.0.1", 2)
+        self.assertEqual(self.log.records[-1].status, "denied")
+
+
+class PassthroughProtocolsTests(ListenerTestCase):
+    def test_aHelloOfferingNoneOfThemIsRefusedWithProtocolVersion(self) -> None:
+        self.makeFactory(passthrough_protocols=("TLSv1.2", "TLSv1.3"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(TLS10_HELLO)
+        [record] = self.log.records
+        self.assertEqual((record.status, record.action), ("denied", "passthrough"))
+        self.assertEqual(
+            record.reason,
+            "ClientHello offers TLSv1 (legacy_version, no supported_versions);"
+            " passthrough_protocols allows TLSv1.2, TLSv1.3",
+        )
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.PROTOCOL_VERSION, 0x0301)
+        )
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_supportedVersionsDecide(self) -> None:
+        self.makeFactory(passthrough_protocols=("TLSv1.3",))
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            makeClientHello("db.example.com", maxVersion=SSL.TLS1_2_VERSION)
+        )
+        self.assertIn("offers TLSv1.2 (legacy_version", self.log.records[-1].reason)
+        protocol, transport = self.connect()
+        protocol.dataReceived(HELLO)  # offers TLS 1.3 and 1.2
+        self.assertTrue(transport.connected)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_aTLS13OnlyHelloNamesWhatItOffers(self) -> None:
+        self.makeFactory(passthrough_protocols=("TLSv1", "TLSv1.1"))
+        protocol, _ = self.connect()
+        protocol.dataReceived(
+            makeClientHello("db.example.com", minVersion=SSL.TLS1_3_VERSION)
+        )
+        self.assertIn(
+            "offers TLSv1.3 (supported_versions); passthrough_protocols allows"
+            " TLSv1, TLSv1.1",
+            self.log.records[-1].reason,
+        )
+
+    def test_anyLetsEverythingThrough(self) -> None:
+        self.makeFactory()
+        protocol, transport = self.connect()
+        protocol.dataReceived(TLS10_HELLO)
+        self.assertTrue(transport.connected)
+
+
+class RefusalAlertTests(ListenerTestCase):
+    def test_noRouteIsUnrecognizedName(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.log = RecordingLog()
+        config = ListenerConfig(
+            name="web",
+            listen=("tcp:443",),
+            routes=(RouteConfig("other.example.com", "app"),),
+        )
+        self.factory = ListenerFactory(
+            config,
+            {"app": UpstreamRuntime("app", RecordingChooser(), 1)},
+            self.reactor,
+            self.reactor,
+            self.log,  # type: ignore[arg-type]
+        )
+        protocol, transport = self.connect()
+        protocol.dataReceived(TLS10_HELLO)
+        self.assertEqual(self.log.records[-1].status, "no_route")
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.UNRECOGNIZED_NAME, 0x0301)
+        )
+
+    def test_deniedJA4IsAccessDenied(self) -> None:
+        self.makeFactory()
+        probe, _ = self.connect()
+        probe.dataReceived(HELLO)
+        assert probe.record.ja4 is not None
+        self.makeFactory(deny_ja4=(probe.record.ja4,))
+        protocol, transport = self.connect()
+        protocol.dataReceived(HELLO)
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.ACCESS_DENIED, 0x0303)
+        )
+
+    def test_passthroughWithNoServerLeftIsInternalError(self) -> None:
+        self.makeFactory()
+        protocol, transport = self.connect()
+        protocol.dataReceived(HELLO)
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        [record] = self.log.records
+        self.assertEqual(record.status, "upstream_unavailable")
+        alert = alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303)
+        self.assertEqual(transport.value(), alert)
+        self.assertEqual(record.bytesOut, len(alert))

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import ConnectionRecord
+from gateway.alerts import AlertDescription, alertRecord
 from gateway.config import ListenerConfig, RouteConfig, ServerConfig
 from gateway.listener import ListenerFactory
 from gateway.pgstage import (
@@ -581,9 +582,12 @@ class PassthroughTests(ListenerTestCase):
         upstream.dataReceived(answer)
         self.assertTrue(upstreamTransport.aborted)
         upstream.connectionLost(Failure(ConnectionError()))
-        # The client is in TLS already: it is closed, not sent plaintext.
+        # The client is in TLS already: it gets a TLS alert, never plaintext.
         self.assertFalse(transport.connected)
-        self.assertEqual(transport.value(), b"S")
+        self.assertEqual(
+            transport.value(),
+            b"S" + alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303),
+        )
         [record] = self.log.records
         self.assertEqual(record.status, "upstream_unavailable")
         self.assertIn(reason, record.reason or "")

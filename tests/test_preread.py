@@ -6,8 +6,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import ConnectionRecord
+from gateway.alerts import AlertDescription, alertRecord
 from gateway.clienthello import ClientHello
-from gateway.preread import PrereadProtocol
+from gateway.preread import REFUSAL_LINGER, PrereadProtocol
 from gateway.proxyprotocol import (
     Command,
     ProxyAddress,
@@ -16,7 +17,7 @@ from gateway.proxyprotocol import (
     encode,
 )
 from gateway.testing import makeClientHello
-from tests.transports import HalfCloseableTransport
+from tests.transports import HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com", [b"h2"])
 
@@ -78,7 +79,7 @@ class PrereadTests(SynchronousTestCase):
         self.protocol = PrereadProtocol(
             self.listener, self.record, self.clock, 10, 16384
         )
-        self.transport = HalfCloseableTransport()
+        self.transport = PromptClientTransport()
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
 
@@ -127,7 +128,7 @@ class PrereadTests(SynchronousTestCase):
 
     def test_tooLargeHelloIsRefused(self) -> None:
         protocol = PrereadProtocol(self.listener, self.record, self.clock, 10, 100)
-        transport = HalfCloseableTransport()
+        transport = PromptClientTransport()
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(HELLO)
@@ -154,7 +155,7 @@ class AcceptTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         record = ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0)
         protocol = PrereadProtocol(listener, record, clock, 10, 16384)
-        transport = HalfCloseableTransport()
+        transport = PromptClientTransport()
         transport.protocol = protocol
         protocol.makeConnection(transport)
         self.assertEqual(listener.accepts, [protocol])
@@ -188,7 +189,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.protocol = PrereadProtocol(
             self.listener, self.record, self.clock, 10, 16384, acceptProxy=True
         )
-        self.transport = HalfCloseableTransport()
+        self.transport = PromptClientTransport()
         self.transport.protocol = self.protocol
         self.protocol.makeConnection(self.transport)
 
@@ -266,3 +267,106 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertEqual(self.listener.handoffs, [])
         self.assertIsNone(self.record.sni)
         self.assertFalse(self.transport.connected)
+
+
+class RefusalAlertTests(SynchronousTestCase):
+    """
+    A refused TLS client gets the alert a TLS server would send, then a
+    FIN; the connection is closed when the client closes too, or after
+    L{REFUSAL_LINGER}.
+    """
+
+    def connect(
+        self, refuseAtAccept: str | None = None, **keys: bool
+    ) -> tuple[PrereadProtocol, HalfCloseableTransport]:
+        self.clock = MemoryReactorClock()
+        self.listener = RecordingListener()
+        self.listener.refuseAtAccept = refuseAtAccept
+        self.record = ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0)
+        protocol = PrereadProtocol(
+            self.listener, self.record, self.clock, 10, 16384, **keys
+        )
+        transport = HalfCloseableTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_refusalAtAcceptSendsTheAlertAtOnceAndWaitsForTheClient(self) -> None:
+        protocol, transport = self.connect("limited")
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.ACCESS_DENIED, 0x0301)
+        )
+        self.assertEqual(self.record.bytesOut, 7)
+        # Half-closed, still reading: the hello that comes is discarded.
+        self.assertTrue(transport.writeClosed)
+        self.assertTrue(transport.connected)
+        protocol.dataReceived(HELLO)
+        self.assertEqual((self.listener.handoffs, self.record.bytesIn), ([], 0))
+        protocol.readConnectionLost()
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.listener.endings, [self.record])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aClientThatNeverClosesIsClosedAfterTheLinger(self) -> None:
+        _, transport = self.connect("denied")
+        self.clock.advance(REFUSAL_LINGER - 0.1)
+        self.assertTrue(transport.connected)
+        self.clock.advance(0.1)
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.record.status, "denied")
+
+    def test_malformedHelloGetsDecodeErrorInItsRecordVersion(self) -> None:
+        protocol, transport = self.connect()
+        broken = bytearray(HELLO)
+        broken[9:11] = b"\x04\x09"  # legacy_version: not TLS
+        protocol.dataReceived(bytes(broken))
+        self.assertEqual(self.record.status, "bad_client_hello")
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.DECODE_ERROR, 0x0301)
+        )
+        self.assertTrue(transport.writeClosed)
+
+    def test_plaintextGetsNoTLSAlert(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(self.record.status, "bad_client_hello")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.connected)
+
+    def test_aClientThatStoppedShortGetsNoAlert(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(HELLO[:30])
+        protocol.readConnectionLost()
+        self.assertEqual(
+            (self.record.status, transport.value()), ("bad_client_hello", b"")
+        )
+        self.assertFalse(transport.connected)
+
+    def test_timeoutsAndProxyHeadersGetNoAlert(self) -> None:
+        _, transport = self.connect()
+        self.clock.advance(10)
+        self.assertEqual(
+            (self.record.status, transport.value()), ("preread_timeout", b"")
+        )
+        protocol, transport = self.connect(acceptProxy=True)
+        protocol.dataReceived(HELLO)
+        self.assertEqual(
+            (self.record.status, transport.value()), ("bad_proxy_header", b"")
+        )
+
+    def test_anExplicitAlertOverridesTheStatusOne(self) -> None:
+        protocol, transport = self.connect()
+        protocol.refuse("denied", "too old", alert=AlertDescription.PROTOCOL_VERSION)
+        self.assertEqual(
+            transport.value(), alertRecord(AlertDescription.PROTOCOL_VERSION, 0x0301)
+        )
+
+    def test_postgresRefusalBeforeTLSGetsNoTLSAlert(self) -> None:
+        _, transport = self.connect("denied", postgres=True)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.connected)
+
+    def test_tcpModeGetsNoTLSAlert(self) -> None:
+        _, transport = self.connect("limited", readHello=False)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.connected)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import pytest
+import re2  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,8 +88,10 @@ def test_patternsAreNormalised(raw: str, normal: str) -> None:
         ("*example.com", "'*' is only allowed as the whole first label"),
         ("**.example.com", "'*' is only allowed as the whole first label"),
         ("*", "use default to match everything"),
-        ("~(", "bad regex '(': missing ), unterminated subpattern at position 0"),
-        ("~*[", "bad regex '['"),
+        ("~(", "bad regex '(': missing ): ( (route regexes use RE2 syntax"),
+        ("~*[", "bad regex '[': missing ]: ["),
+        ("~(x)\\1", "bad regex '(x)\\\\1': invalid escape sequence: \\1"),
+        ("~^(?=api)", "bad regex '^(?=api)': invalid perl operator: (?="),
         ("~", "empty regex"),
         ("ALPN:", "names no ALPN protocol"),
         ("ALPN:h\u00e92", "printable ASCII"),
@@ -213,17 +217,45 @@ def test_regexSeesTheLowerCaseName() -> None:
     assert chosen(router("~*^API\\."), "API.example.com") == "~*^API\\."
 
 
-def test_regexesThatCannotBeMergedKeepTheirPlace() -> None:
+def test_regexesWithGroupsAndFlagsKeepTheirPlace() -> None:
     """
-    Regexes with groups or inline flags are matched on their own, between
-    the merged runs, without losing file order.
+    Regexes with groups of their own or inline flags are merged with the
+    others without losing file order.
     """
-    r = router("~^nope", "~^(a|b)\\1", "~^a", "~(?i)^A", "~^b", "~(?x) ^ c")
-    assert chosen(r, "aa.example") == "~^(a|b)\\1"
+    r = router("~^nope", "~^(a|b)c", "~^a", "~(?i)^A", "~^b", "~(?s)^c")
+    assert chosen(r, "ac.example") == "~^(a|b)c"
     assert chosen(r, "ab.example") == "~^a"
-    assert chosen(r, "bb.example") == "~^(a|b)\\1"
-    assert chosen(r, "bc.example") == "~^b"
-    assert chosen(r, "c.example") == "~(?x) ^ c"
+    assert chosen(r, "bc.example") == "~^(a|b)c"
+    assert chosen(r, "bb.example") == "~^b"
+    assert chosen(r, "c.example") == "~(?s)^c"
+
+
+def test_inlineFlagsDoNotLeakIntoTheNextRegex() -> None:
+    r = router("~(?i)^X", "~B")
+    assert chosen(r, "x.example") == "~(?i)^X"
+    assert chosen(r, "b.example") is None
+
+
+@pytest.mark.timeout(30)
+def test_catastrophicPatternsRunInLinearTime() -> None:
+    """
+    With backtracking (Python's C{re}), C{^(a+)+$} against 62 letters and
+    a mismatch at the end would take longer than the universe is old; RE2
+    answers at once, so this test ends well within its timeout.
+    """
+    name = "a" * 62 + "b.example"
+    r = router("~^(a+)+$", "~^(a|aa)+$", "~(x+x+)+y", "default")
+    assert chosen(r, name) == "default"
+    assert chosen(r, "a" * 63) == "~^(a+)+$"
+
+
+def test_manyRegexesStillPickTheFirstInFileOrder() -> None:
+    patterns = [f"~^api-[0-9]+\\.region{i}\\.internal$" for i in range(90)]
+    patterns.append("~internal$")
+    r = router(*patterns)
+    assert chosen(r, "api-7.region42.internal") == patterns[42]
+    assert chosen(r, "db.region42.internal") == "~internal$"
+    assert chosen(r, "db.region42.example") is None
 
 
 def test_alpnRoutesComeBeforeNames() -> None:
@@ -349,7 +381,7 @@ regexParts = st.sampled_from(
         "(?:a|b)",
         "\\.",
         "(a)",
-        "(b)\\1",
+        "(b)",
         "x?",
         "(?i)A",
         "\\d",
@@ -367,14 +399,14 @@ def test_mergedRegexesPickTheFirstThatSearchMatches(
 ) -> None:
     """
     However the router merges regexes, it picks what a plain loop of
-    C{re.search} in file order picks.
+    RE2 searches in file order picks.
     """
-    compiled: list[re.Pattern[str]] = []
+    compiled: list[Any] = []
     routes: list[Route] = []
     for index, pattern in enumerate(patterns):
         try:
-            compiled.append(re.compile(pattern))
-        except re.error:
+            compiled.append(re2.compile(pattern))
+        except re2.error:
             continue
         routes.append(Route(f"~{pattern}", str(index)))
     seen = name.removesuffix(".")  # what the router matches against
@@ -398,6 +430,20 @@ def test_normalisingTwiceChangesNothing(name: str, prefix: str) -> None:
 @given(st.one_of(st.none(), st.text()), st.lists(st.one_of(st.text(), st.binary())))
 def test_matchNeverRaises(serverName: str | None, alpn: list[str | bytes]) -> None:
     r = router(
-        "example.com", "*.example.com", ".example.org", "~^a", "~(x)\\1", "ALPN:h2"
+        "example.com", "*.example.com", ".example.org", "~^a", "~(x)+", "ALPN:h2"
     )
     r.match(serverName, alpn)
+
+
+def test_aTableTooLargeForOneRE2ProgramIsStillSearchedInOrder() -> None:
+    """
+    Past RE2's memory budget for one program, the regexes are searched one
+    by one: slower, with the same answers.
+    """
+    patterns = [f"~^x{i}[a-z]{{1000}}" for i in range(400)] + ["~example", "~^www"]
+    r = router(*patterns)
+    assert r._regexes._set is None  # the fallback is what this test is about
+    assert chosen(r, "x3" + "a" * 1000) == "~^x3[a-z]{1000}"
+    assert chosen(r, "www.example.com") == "~example"
+    assert chosen(r, "www.other.org") == "~^www"
+    assert chosen(r, "nothing.org") is None

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from gateway.alerts import AlertDescription, alertRecord
 from gateway.proxyprotocol import (
     NEED_MORE,
     PP2_CLIENT_CERT_CONN,
@@ -538,7 +539,10 @@ def test_headerAddressIsTheClientAndTheBalancerIsNotFiltered(
     sock = connectFrom("127.0.0.1", gw.port)
     try:
         sock.sendall(denied + makeClientHello(NAME))
-        assert expectClosed(sock, timeout=10.0) == b""
+        # Refused for the address in the header: the alert a TLS server sends.
+        assert expectClosed(sock, timeout=10.0) == alertRecord(
+            AlertDescription.ACCESS_DENIED, 0x0301
+        )
     finally:
         sock.close()
     entry = gw.waitForLog(byClient("198.51.100.7:41001"))
