@@ -50,13 +50,17 @@ def _load(path: str) -> GatewayConfig | None:
 def check(args: argparse.Namespace) -> int:
     """
     Like C{nginx -t}: everything that can be known without listening.
+
+    Warnings go to standard error, as problems do, each flushed before
+    C{configuration OK} is printed on standard output: in a terminal, or
+    with both streams in one pipe, C{configuration OK} is the last line.
     """
     config = _load(args.config)
     if config is None:
         return 1
     for warning in config.warnings:
-        print(warning)  # noqa: T201
-    print("configuration OK")  # noqa: T201
+        print(warning, file=sys.stderr, flush=True)  # noqa: T201
+    print("configuration OK", flush=True)  # noqa: T201
     return 0
 
 

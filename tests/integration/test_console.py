@@ -34,6 +34,7 @@ from .harness import (
     CertificateAuthority,
     Gateway,
     freePort,
+    gatewayEnvironment,
     gatewayIni,
     httpsFetch,
     requireTools,
@@ -413,13 +414,12 @@ def test_checkPrintsEachWarningAtItsKeyAndStillSaysOK(
         [sys.executable, "-m", "gateway", "check", "--config", str(ini)], tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[-1] == "configuration OK"
+    assert result.stdout == "configuration OK\n"
     where = re.compile(
         rf"{re.escape(str(ini))}:(\d+): \[listener:web\] (\w+): warning: "
     )
     found = {}
-    for line in lines[:-1]:
+    for line in result.stderr.splitlines():
         match = where.match(line)
         assert match, line
         found[match[2]] = (int(match[1]), line)
@@ -428,6 +428,19 @@ def test_checkPrintsEachWarningAtItsKeyAndStillSaysOK(
         "ciphers": 7,
         "alpn": 8,
     }
+    # Both streams in one pipe, as a terminal shows them: OK comes last.
+    merged = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(ini)],
+        cwd=tmp_path,
+        env=gatewayEnvironment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert merged.stdout.splitlines()[-1] == "configuration OK"
+    assert len(merged.stdout.splitlines()) == 4
     assert "fullchain.pem" in found["certificate"][1]
     assert "'HIGH:!aNULL:!MD5' allows CBC or SHA-1" in found["ciphers"][1]
     assert "HTTP/1.1" in found["alpn"][1]
