@@ -607,7 +607,12 @@ _NGINX_NAMES: Mapping[str, str] = {
     "least_conn": "use balance = least_conn in [upstream:NAME]",
     "hash": "use balance = hash in [upstream:NAME]",
     "random": "use balance = random in [upstream:NAME]",
-    "set_real_ip_from": "use accept_proxy_protocol = on",
+    "set_real_ip_from": "use proxy_protocol_from = ADDRESSES, with"
+    " accept_proxy_protocol = on",
+    "ssl_ecdh_curve": "use groups = X25519MLKEM768:X25519:secp256r1",
+    "ssl_session_timeout": "use session_ticket_lifetime = DURATION",
+    "ssl_crl": "use client_crl = FILE",
+    "limit_req": "use max_connection_rate = N/s (or N/m)",
     "access_log_format": "access_log_format belongs in [gateway]",
     "access_log": "access_log belongs in [gateway]",
     "error_log": "the gateway's own log goes to standard error (or twistd's"

@@ -1436,3 +1436,23 @@ def test_warningFormat() -> None:
     assert str(warning) == "gw.ini:7: [listener:web] ciphers: warning: allows CBC"
     assert str(ConfigWarning("gw.ini", None, None, None, "x")) == "gw.ini: warning: x"
     assert warning != Problem("gw.ini", 7, "listener:web", "ciphers", "allows CBC")
+
+
+def test_nginxHintsNameKeysThatExist() -> None:
+    """
+    Every key a hint tells the operator to use is a key of this version,
+    and no NGINX name in the table is itself one of our keys (it would
+    never be reported as unknown), except those that say which section
+    the key belongs in.
+    """
+    import re
+
+    ours = {
+        field.name
+        for cls in (GatewaySettings, ListenerConfig, UpstreamConfig, CertificateConfig)
+        for field in attrs.fields(cls)
+    }
+    for nginx, hint in config._NGINX_NAMES.items():
+        assert nginx not in ours or "belongs in" in hint, nginx
+        for key in re.findall(r"\b([a-z_]+) =", hint):
+            assert key in ours, (nginx, key)
