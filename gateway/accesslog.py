@@ -151,6 +151,15 @@ class ConnectionMetrics(Protocol):
     def handshake(self, seconds: float) -> None: ...
 
 
+class RecentConnections(Protocol):
+    """
+    What keeps the last connections for the status page
+    (L{gateway.status.RecentFailures}).
+    """
+
+    def add(self, record: ConnectionRecord) -> None: ...
+
+
 @attrs.define
 class LogDestination:
     """
@@ -195,6 +204,7 @@ class AccessLog:
     a buffer is useless to an operator tailing it during an incident, and the
     cost is one C{write} per connection, not per chunk relayed.
 
+    @ivar _recent: also given every record, for the status page.
     @ivar _extra: fields added to every line (C{worker_pid} with several
         workers, so an operator can tell which process served what).
     """
@@ -206,8 +216,10 @@ class AccessLog:
         *,
         metrics: ConnectionMetrics | None = None,
         extra: dict[str, Any] | None = None,
+        recent: RecentConnections | None = None,
     ) -> None:
         self._destination = destination
+        self._recent = recent
         self._format = FORMATS[format]
         self._file: IO[str] | None = None
         self._current: LogDestination | None = None
@@ -275,6 +287,8 @@ class AccessLog:
     def write(self, record: ConnectionRecord) -> None:
         if self._metrics is not None:
             self._metrics.ended(record)
+        if self._recent is not None:
+            self._recent.add(record)
         if self._file is None:
             return
         if self._extra:

@@ -42,8 +42,14 @@ from twisted.python.failure import Failure
 
 from gateway.acmeissuer import AcmeFailure, Issuer, newKeyPEM
 from gateway.acmestate import Locked, StateDirectory
-from gateway.config import AcmeSettings, CertificateConfig
-from gateway.tlspolicy import LoadedCertificate, TLSConfigError, loadCertificate
+from gateway.config import AcmeSettings, CertificateConfig, GatewayConfig
+from gateway.timers import cancel
+from gateway.tlspolicy import (
+    AcmeCertificates,
+    LoadedCertificate,
+    TLSConfigError,
+    loadCertificate,
+)
 
 __all__ = ["AcmeManager", "ChallengeResponder", "renewalTime", "retryDelay"]
 
@@ -166,6 +172,46 @@ def _selectAcmeTLS(connection: SSL.Connection, offered: list[bytes]) -> Any:
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+def storedCertificate(
+    state: StateDirectory, config: CertificateConfig
+) -> LoadedCertificate | None:
+    """
+    The certificate of C{config} in the state directory, if there is one
+    for exactly its names (after C{names} changed, there is not).
+
+    @raise TLSConfigError: the file is there but cannot be used.
+    """
+    path = state.certificatePath(config.name)
+    if not os.path.exists(path):
+        return None
+    loaded = loadCertificate(path, path)
+    if set(loaded.names) != set(config.names):
+        return None
+    return loaded
+
+
+def storedAcmeCertificates(config: GatewayConfig) -> AcmeCertificates | None:
+    """
+    The ACME certificates as a process that orders none sees them (the
+    supervisor of workers, which serves the status page and the expiry
+    gauge): those its workers stored in the shared state directory.
+    """
+    if config.acme is None:
+        return None
+    state = StateDirectory(config.acme.state_dir)
+
+    def stored(name: str) -> LoadedCertificate | None:
+        certificate = config.certificates.get(name)
+        if certificate is None or not certificate.acme:
+            return None
+        try:
+            return storedCertificate(state, certificate)
+        except TLSConfigError:
+            return None
+
+    return stored
+
+
 class AcmeManager:
     """
     @ivar state: the state directory.
@@ -223,8 +269,7 @@ class AcmeManager:
         """
         self._running = False
         for managed in self._managed.values():
-            if managed.timer is not None and managed.timer.active():
-                managed.timer.cancel()
+            cancel(managed.timer)
             managed.timer = None
 
     def current(self, name: str) -> LoadedCertificate | None:
@@ -291,11 +336,8 @@ class AcmeManager:
         The certificate in the state directory, if it is one for exactly
         the configured names (after C{names} changed, it is not).
         """
-        path = self.state.certificatePath(config.name)
-        if not os.path.exists(path):
-            return None
         try:
-            loaded = loadCertificate(path, path)
+            return storedCertificate(self.state, config)
         except TLSConfigError as e:
             warn = self._log.warn
             if threading.get_ident() != self._reactorThread:
@@ -305,13 +347,10 @@ class AcmeManager:
                 "acme: certificate {name}: {path} cannot be used ({error}): ordering"
                 " a new one",
                 name=config.name,
-                path=path,
+                path=self.state.certificatePath(config.name),
                 error=str(e),
             )
             return None
-        if set(loaded.names) != set(config.names):
-            return None
-        return loaded
 
     def _due(self, certificate: LoadedCertificate) -> bool:
         return renewalTime(certificate, self.settings.renew_before) <= _now()

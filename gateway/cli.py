@@ -11,18 +11,30 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
+from twisted.logger import Logger, globalLogBeginner
 
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 _log = Logger()
+
+
+def version() -> str:
+    """
+    The installed package's version, or the source tree's when run from a
+    checkout that is not installed.
+    """
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tlsgateway")
+    except PackageNotFoundError:
+        import configparser
+
+        setup = os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.cfg")
+        parser = configparser.ConfigParser()
+        parser.read(setup)
+        return parser.get("metadata", "version", fallback="unknown")
 
 
 def _load(path: str) -> GatewayConfig | None:
@@ -38,13 +50,17 @@ def _load(path: str) -> GatewayConfig | None:
 def check(args: argparse.Namespace) -> int:
     """
     Like C{nginx -t}: everything that can be known without listening.
+
+    Warnings go to standard error, as problems do, each flushed before
+    C{configuration OK} is printed on standard output: in a terminal, or
+    with both streams in one pipe, C{configuration OK} is the last line.
     """
     config = _load(args.config)
     if config is None:
         return 1
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
-    print("configuration OK")  # noqa: T201
+        print(warning, file=sys.stderr, flush=True)  # noqa: T201
+    print("configuration OK", flush=True)  # noqa: T201
     return 0
 
 
@@ -52,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    return serve(config, logLevel=args.log_level)
+    return serve(
+        config,
+        logLevel=args.log_level or config.gateway.log_level,
+        pidfile=args.pidfile,
+    )
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -60,12 +80,18 @@ def worker(args: argparse.Namespace) -> int:
     One worker of a supervisor (C{workers > 1}): serves the sockets it
     inherited.  Not for operators to start by hand.
     """
-    from gateway.supervisor import inheritedSockets
+    from gateway.supervisor import WORKER_ENV, inheritedSockets
 
     config = _load(args.config)
     if config is None:
         return 1
-    return serve(config, inherited=inheritedSockets(), logLevel=args.log_level)
+    number = os.environ.get(WORKER_ENV, "")
+    return serve(
+        config,
+        inherited=inheritedSockets(),
+        logLevel=args.log_level or config.gateway.log_level,
+        worker=int(number) if number.isdigit() else os.getpid(),
+    )
 
 
 def makeTop(
@@ -93,29 +119,43 @@ def makeTop(
     return top
 
 
-def serve(config: GatewayConfig, inherited: Any = None, logLevel: str = "info") -> int:
+def serve(
+    config: GatewayConfig,
+    inherited: Any = None,
+    logLevel: str = "info",
+    *,
+    pidfile: str | None = None,
+    worker: int | None = None,
+) -> int:
     """
     Run the gateway on the global reactor until it is stopped.
 
+    @param pidfile: write the process id there once every listener is
+        open (as twistd's C{--pidfile} does), remove it at exit.
+    @param worker: this process is that worker of a supervisor: say so on
+        every log line.
     @return: the process exit status: 0 after a normal stop or drain, 1 if
         a listener could not be opened.
     """
     from twisted.internet import reactor
 
+    from gateway.logs import consoleObserver
     from gateway.service import StartupError
 
-    predicate = LogLevelFilterPredicate(
-        defaultLogLevel=LogLevel.levelWithName(logLevel)
-    )
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])],
-        redirectStandardIO=False,
+        [consoleObserver(logLevel, worker)], redirectStandardIO=False
     )
+    if pidfile is not None:
+        problem = _claimPidfile(pidfile)
+        if problem is not None:
+            _log.critical("{error}", error=problem)
+            return 1
     top = makeTop(config, reactor, inherited, logLevel)
     try:
         top.startService()
     except (StartupError, RuntimeError) as e:
         _log.critical("{error}", error=str(e))
+        _releasePidfile(pidfile)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     if inherited:
@@ -124,7 +164,56 @@ def serve(config: GatewayConfig, inherited: Any = None, logLevel: str = "info") 
         # the old workers once this one is ready may signal it at once.
         reactor.callWhenRunning(_tellSupervisorReady)
     reactor.run()
+    _releasePidfile(pidfile)
     return 0
+
+
+def _claimPidfile(path: str) -> str | None:
+    """
+    Write this process's id to C{path}, unless a running process's id is
+    already there (two gateways on one pidfile would make C{reload} signal
+    the wrong one).
+
+    @return: why the file could not be claimed, or L{None}.
+    """
+    try:
+        with open(path) as f:
+            other = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        other = 0
+    alive = False
+    if other and other != os.getpid():
+        try:
+            os.kill(other, 0)
+        except ProcessLookupError:
+            pass  # stale: that process is gone
+        except PermissionError:
+            alive = True
+        else:
+            alive = True
+        if alive:
+            return (
+                f"{path}: process {other} is running: is another gateway using"
+                " this pid file? (remove the file if not)"
+            )
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as e:
+        return f"{path}: cannot write the pid file: {e.strerror}"
+    return None
+
+
+def _releasePidfile(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.remove(path)
+    except OSError:
+        pass
 
 
 def _tellSupervisorReady() -> None:
@@ -173,32 +262,59 @@ def reload(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    if args.write_certs is not None:
+        from gateway.democerts import writeExampleCertificates
+
+        for path in writeExampleCertificates(args.write_certs):
+            print(f"wrote {path}")  # noqa: T201
+        return 0
     from gateway.demo import runDemo
 
     return runDemo(port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gateway.logs import LEVELS
     from gateway.signals import ignoreEarly
 
     ignoreEarly()
     parser = argparse.ArgumentParser(
         prog="tlsgateway", description="TLS gateway: SNI passthrough and termination"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"tlsgateway {version()}"
+    )
+    # The metavar lists the commands for operators; `worker` (what a
+    # supervisor starts) is left out of it and, having no help, of the list.
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{run,check,reload,demo}",
+    )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
         ("check", check, "validate a configuration, like nginx -t"),
-        ("worker", worker, argparse.SUPPRESS),
+        ("worker", worker, None),
     ]:
-        sub = commands.add_parser(name, help=text)
+        sub = (
+            commands.add_parser(name)
+            if text is None
+            else commands.add_parser(name, help=text)
+        )
         sub.add_argument("--config", "-c", required=True, help="INI file")
         if name != "check":
             sub.add_argument(
                 "--log-level",
-                default="info",
-                choices=["debug", "info", "warn", "error", "critical"],
-                help="least important events logged (info)",
+                default=None,
+                choices=LEVELS,
+                help="least important events logged (default: [gateway] log_level,"
+                " itself info by default)",
+            )
+        if name == "run":
+            sub.add_argument(
+                "--pidfile",
+                help="write the process id to this file (for tlsgateway reload"
+                " --pidfile), removed at exit",
             )
         sub.set_defaults(func=func)
     sub = commands.add_parser(
@@ -211,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.set_defaults(func=reload)
     sub = commands.add_parser("demo", help="SNI routing demo with its own backends")
     sub.add_argument("--port", type=int, default=8443, help="gateway port (8443)")
+    sub.add_argument(
+        "--write-certs",
+        metavar="FOLDER",
+        help="instead: write throwaway certificates for the etc/ examples"
+        " into FOLDER (etc/tls for a checkout) and exit",
+    )
     sub.set_defaults(func=demo)
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -58,6 +58,7 @@ __all__ = [
     "AcmeSettings",
     "CertificateConfig",
     "ConfigError",
+    "ConfigWarning",
     "GatewayConfig",
     "GatewaySettings",
     "ListenerConfig",
@@ -129,6 +130,24 @@ class Problem:
         return (
             f"{where}: {label}: {self.message}" if label else f"{where}: {self.message}"
         )
+
+
+@attrs.frozen
+class ConfigWarning(Problem):
+    """
+    A setting that works but is unsafe or likely wrong: C{tlsgateway check}
+    prints it and still says C{configuration OK}; a start or reload logs it.
+
+    Located as a L{Problem} is, so that whatever finds one (the loader, a
+    certificate check, a TLS policy check) reports it at its key.
+    """
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        section = f"[{self.section}]" if self.section is not None else None
+        label = " ".join(part for part in (section, self.key) if part)
+        prefix = f"{where}: {label}" if label else where
+        return f"{prefix}: warning: {self.message}"
 
 
 class ConfigError(Exception):
@@ -451,6 +470,27 @@ def _absoluteUnixEndpoint(description: str, folder: str) -> str:
     return f"unix:{keyword or ''}{reescaped}{rest}"
 
 
+def _endpointHint(description: str) -> str | None:
+    """
+    The endpoint string meant by an NGINX-style C{listen} value (C{443},
+    C{0.0.0.0:443}, C{[::]:443}), or L{None} when it is not one.
+    """
+    match = re.fullmatch(r"(?:\*:)?([0-9]{1,5})", description)
+    if match:
+        return f"tcp:{match[1]}"
+    match = re.fullmatch(r"([0-9.]+):([0-9]{1,5})", description)
+    if match:
+        return f"tcp:{match[2]}:interface={match[1]}"
+    match = re.fullmatch(r"localhost:([0-9]{1,5})", description, re.IGNORECASE)
+    if match:
+        return f"tcp:{match[1]}:interface=127.0.0.1"
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})", description)
+    if match:
+        escaped = match[1].replace(":", "\\:")
+        return f"tcp6:{match[2]}:interface={escaped}"
+    return None
+
+
 def _makeEndpoint(description: str) -> object:
     """
     Build the endpoint a description stands for, on a reactor that
@@ -458,6 +498,12 @@ def _makeEndpoint(description: str) -> object:
     """
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
+
+    hint = _endpointHint(description)
+    if hint is not None:
+        raise ValueError(
+            f"{description!r} is not a Twisted server endpoint string: write {hint}"
+        )
 
     if description.split(":", 1)[0].lower() in ("ssl", "tls"):
         raise ValueError(
@@ -584,6 +630,54 @@ class Location:
 
 _NOWHERE = Location("<config>")
 
+#: NGINX C{stream} directives operators type out of habit, and what this
+#: gateway calls them: an unknown key that is one of these says so rather
+#: than guessing a spelling.
+_NGINX_NAMES: Mapping[str, str] = {
+    "proxy_pass": "a listener names its [upstream:NAME] with upstream = NAME"
+    " (or routes = PATTERN NAME lines)",
+    "ssl_preread": "the ClientHello is always read, and passthrough is the"
+    " default mode: delete this line",
+    "server_name": "routes match server names: routes = PATTERN UPSTREAM, one per line",
+    "map": "routes match server names: routes = PATTERN UPSTREAM, one per line",
+    "server": "an [upstream:NAME] lists its servers with servers =, one per line",
+    "ssl_certificate": "use certificate = FILE (the PEM chain, leaf first)",
+    "ssl_certificate_key": "use private_key = FILE",
+    "ssl_protocols": "use protocols = TLSv1.2 TLSv1.3",
+    "ssl_ciphers": "use ciphers = (TLS 1.2) and ciphersuites = (TLS 1.3)",
+    "ssl_prefer_server_ciphers": "use prefer_server_ciphers = on|off",
+    "ssl_session_tickets": "use session_tickets = on|off",
+    "ssl_session_cache": "use session_cache = on|off",
+    "ssl_client_certificate": "use client_ca = FILE",
+    "ssl_trusted_certificate": "use client_ca = FILE",
+    "ssl_verify_client": "use verify_client = on|optional|off",
+    "ssl_alpn": "use alpn = PROTOCOL, ...",
+    "ssl": "TLS is terminated with mode = terminate (or a route's third"
+    " column), passthrough is the default",
+    "proxy_ssl": "re-encrypt to the servers with tls = on in [upstream:NAME]",
+    "proxy_ssl_verify": "use tls_verify = on|off in [upstream:NAME]",
+    "proxy_ssl_trusted_certificate": "use tls_ca = FILE in [upstream:NAME]",
+    "proxy_ssl_name": "use tls_server_name = NAME in [upstream:NAME]",
+    "proxy_connect_timeout": "use connect_timeout = DURATION",
+    "proxy_timeout": "use idle_timeout = DURATION",
+    "proxy_next_upstream_tries": "use next_upstream_tries = N in [upstream:NAME]",
+    "ssl_preread_timeout": "use preread_timeout = DURATION",
+    "limit_conn": "use max_connections_per_client = N (or max_connections = N)",
+    "least_conn": "use balance = least_conn in [upstream:NAME]",
+    "hash": "use balance = hash in [upstream:NAME]",
+    "random": "use balance = random in [upstream:NAME]",
+    "set_real_ip_from": "use proxy_protocol_from = ADDRESSES, with"
+    " accept_proxy_protocol = on",
+    "ssl_ecdh_curve": "use groups = X25519MLKEM768:X25519:secp256r1",
+    "ssl_session_timeout": "use session_ticket_lifetime = DURATION",
+    "ssl_crl": "use client_crl = FILE",
+    "limit_req": "use max_connection_rate = N/s (or N/m)",
+    "access_log_format": "access_log_format belongs in [gateway]",
+    "access_log": "access_log belongs in [gateway]",
+    "error_log": "the gateway's own log goes to standard error (or twistd's"
+    " --logfile); [gateway] log_level = info|debug|warn sets how much",
+}
+
 # The `ini` metadata of a field: how to convert its text.  Parsers get the
 # INI file's folder too, because relative paths are relative to it.
 _Parse = Callable[[str, str], Any]
@@ -632,6 +726,7 @@ class GatewaySettings:
     workers: int = attrs.field(default=1, metadata=_ini(_workers), validator=v.ge(1))
     metrics: str | None = attrs.field(default=None, metadata=_iniFolder(_endpoint))
     drain_timeout: float = attrs.field(default=30.0, metadata=_ini(parseDuration))
+    log_level: str = _choiceField("info", "debug", "info", "warn")
 
 
 def _formatAddress(host: str, port: int) -> str:
@@ -848,8 +943,8 @@ class GatewayConfig:
 
     @ivar path: the absolute path of the INI file.
     @ivar warnings: what loading found worth fixing but not fatal (an
-        expired certificate, a key others can read), each formatted as a
-        problem is.
+        expired certificate, a key others can read, a weak cipher string),
+        each located as a problem is.
     """
 
     path: str
@@ -862,7 +957,7 @@ class GatewayConfig:
         factory=dict, converter=_frozenMapping
     )
     acme: AcmeSettings | None = None
-    warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
+    warnings: tuple[ConfigWarning, ...] = attrs.field(default=(), eq=False)
 
 
 # --- the line scan ------------------------------------------------------------
@@ -1017,7 +1112,7 @@ class _Loader:
     text: str
     gates: Mapping[tuple[str, str], str]
     problems: list[Problem] = attrs.Factory(list)
-    warnings: list[str] = attrs.Factory(list)
+    warnings: list[ConfigWarning] = attrs.Factory(list)
     scan: _Scan = attrs.field(init=False)
     upstreamNames: set[str] = attrs.Factory(set)
     certificateNames: set[str] = attrs.Factory(set)
@@ -1029,12 +1124,14 @@ class _Loader:
     ) -> None:
         self.problems.append(Problem(self.path, line, section, key, message))
 
-    def warning(self, line: int | None, section: str, key: str, message: str) -> None:
+    def warning(
+        self, line: int | None, section: str | None, key: str | None, message: str
+    ) -> None:
         """
         Something that works but is unsafe or likely wrong: located as a
-        problem is, reported by C{check}, never fatal.
+        problem is (a L{ConfigWarning}), reported by C{check}, never fatal.
         """
-        self.warnings.append(str(Problem(self.path, line, section, key, message)))
+        self.warnings.append(ConfigWarning(self.path, line, section, key, message))
 
     def load(self) -> GatewayConfig:
         self.scan = _scan(self.text)
@@ -1288,6 +1385,9 @@ class _Loader:
             if key not in known:
                 guess = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f" (did you mean {guess[0]}?)" if guess else ""
+                nginx = _NGINX_NAMES.get(key)
+                if nginx is not None:
+                    hint = f": this is NGINX's name; here {nginx}"
                 self.problem(
                     self._keyLine(section, key), section.name, key, f"unknown key{hint}"
                 )
@@ -1379,6 +1479,12 @@ class _Loader:
         """
         Read one line of C{servers}: an address, then NGINX-style flags.
         """
+        if "," in text:
+            raise ValueError(
+                f"{text!r}: servers takes one server per line, not a"
+                " comma-separated list: put each server on its own indented"
+                " line below 'servers ='"
+            )
         address, *flags = text.split()
         host, port, path = _serverAddress(address, self.folder)
         options: dict[str, Any] = {}
@@ -1758,7 +1864,9 @@ def load_config_text(
     problems = contexts.problems + _accessLogProblems(config.gateway, loader)
     if problems:
         raise ConfigError(problems)
-    return attrs.evolve(config, warnings=config.warnings + tuple(contexts.warnings))
+    return attrs.evolve(
+        config, warnings=tuple(dict.fromkeys((*config.warnings, *contexts.warnings)))
+    )
 
 
 def _accessLogProblems(settings: GatewaySettings, loader: _Loader) -> list[Problem]:

@@ -10,12 +10,21 @@ reload always gets new contexts and never mutates live ones.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import attrs
 
-from gateway.config import AcmeSettings, GatewayConfig, ListenerConfig, Problem
+from gateway.config import (
+    AcmeSettings,
+    ConfigWarning,
+    GatewayConfig,
+    ListenerConfig,
+    Problem,
+)
+from gateway.servedcerts import ServedCertificate
 from gateway.tlspolicy import (
     AcmeCertificates,
+    LoadedCertificate,
     ServerTLS,
     TLSConfigError,
     UpstreamTLS,
@@ -53,7 +62,7 @@ class Contexts:
     servers: dict[str, ServerTLS]
     upstreams: dict[str, UpstreamTLS]
     problems: list[Problem]
-    warnings: list[str]
+    warnings: list[ConfigWarning]
 
 
 def buildContexts(
@@ -66,7 +75,7 @@ def buildContexts(
     servers: dict[str, ServerTLS] = {}
     upstreams: dict[str, UpstreamTLS] = {}
     problems: list[Problem] = []
-    warnings: list[str] = []
+    warnings: list[ConfigWarning] = []
     for listener in config.listeners:
         if not terminates(listener):
             # Nothing is built for it, but a group name is still checked,
@@ -101,14 +110,12 @@ def buildContexts(
         if upstream.tls and not upstream.tls_verify:
             location = upstream.location
             warnings.append(
-                str(
-                    Problem(
-                        location.path,
-                        location.lineOf("tls_verify"),
-                        f"upstream:{name}",
-                        "tls_verify",
-                        "off: upstream certificates and names are not verified",
-                    )
+                ConfigWarning(
+                    location.path,
+                    location.lineOf("tls_verify"),
+                    f"upstream:{name}",
+                    "tls_verify",
+                    "off: upstream certificates and names are not verified",
                 )
             )
     if config.acme is not None:
@@ -149,3 +156,39 @@ def acmeProblems(settings: AcmeSettings) -> list[Problem]:
         except TLSConfigError as e:
             problem("ca_bundle", str(e))
     return problems
+
+
+def servedCertificates(
+    servers: Iterable[ServerTLS], config: GatewayConfig
+) -> list[ServedCertificate]:
+    """
+    The certificates termination policies serve, for the served-certificates
+    registry (status page, expiry gauge): file-based and ACME alike, as the
+    policies hold them now (an ACME certificate is swapped into its policy
+    when issued or renewed; one still pending is not served yet).  Each is
+    named by its C{[certificate:NAME]}, or C{listener:NAME} for a
+    listener's own C{certificate} key; a section shared by listeners once.
+    """
+    served: dict[str, ServedCertificate] = {}
+    for server in servers:
+        for section, loaded in server.entries:
+            if not section or not isinstance(loaded, LoadedCertificate):
+                continue
+            kind, _, sub = section.partition(":")
+            name = sub if kind == "certificate" else section
+            certificate = (
+                config.certificates.get(sub) if kind == "certificate" else None
+            )
+            served.setdefault(
+                name,
+                ServedCertificate(
+                    name,
+                    loaded.names,
+                    loaded.notAfter,
+                    source="acme"
+                    if certificate is not None and certificate.acme
+                    else "files",
+                    path=loaded.certificatePath,
+                ),
+            )
+    return list(served.values())

@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 
 __all__ = ["runDemo"]
 
@@ -462,10 +462,13 @@ def _run(reactor: Any, port: int, directory: Path) -> int:
     Build everything in C{directory}, serve until stopped, stop everything.
     """
     from gateway.config import ConfigError, load_config
+    from gateway.logs import consoleObserver
     from gateway.service import GatewayService, StartupError
 
+    # info, as a gateway logs by default: no line per connection (the
+    # access log on standard output has one for each).
     globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+        [consoleObserver("info")], redirectStandardIO=False
     )
     backendPorts, listening = _startBackends(reactor, directory)
 

@@ -13,11 +13,10 @@ before a worker imports anything), and the supervisor serves their sum.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
+from twisted.logger import Logger
+from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -76,14 +75,6 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemostrecent",
         )
-        self._expiry = Gauge(
-            "tlsgateway_certificate_expiry_seconds",
-            "Seconds until each served certificate's notAfter.",
-            ["certificate"],
-            registry=self.registry,
-            multiprocess_mode="livemostrecent",
-        )
-        self._expiryLabels: set[str] = set()
         self._handshake = Histogram(
             "tlsgateway_handshake_seconds",
             "Duration of TLS handshakes on terminated connections.",
@@ -109,26 +100,35 @@ class Metrics:
     def serverUp(self, upstream: str, server: str, up: bool) -> None:
         self._serverUp.labels(upstream, server).set(1 if up else 0)
 
-    def certificateExpiry(self, expiries: Mapping[str, float]) -> None:
-        """
-        Set C{tlsgateway_certificate_expiry_seconds} to C{expiries}
-        (L{gateway.certexpiry.certificateExpiries}), dropping certificates
-        that are no longer served.
-        """
-        for label in self._expiryLabels - set(expiries):
-            with contextlib.suppress(KeyError):
-                self._expiry.remove(label)
-        for label, seconds in expiries.items():
-            self._expiry.labels(label).set(seconds)
-        self._expiryLabels = set(expiries)
 
-
-def metricsSite(registry: CollectorRegistry) -> Site:
+class _QuietSite(Site):
     """
-    A web site serving C{/metrics} (and nothing else) from C{registry}.
+    A site whose request log is the gateway's C{debug} level: Prometheus
+    scrapes every few seconds, and an C{info} line each time would bury
+    everything else.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def log(self, request: Request) -> None:
+        self._log.debug(
+            "{method} {uri} {code} from {client}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            code=request.code,
+            client=request.getClientAddress(),
+        )
+
+
+def metricsSite(registry: CollectorRegistry, status: Resource | None = None) -> Site:
+    """
+    A web site serving C{/metrics} from C{registry}, and, when given, the
+    status page (C{/status}, C{/status.json}).
     """
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry))
-    site = Site(root)
-    site.noisy = False
-    return site
+    if status is not None:
+        root.putChild(b"status", status)
+        root.putChild(b"status.json", status)
+    return _QuietSite(root)  # type: ignore[no-untyped-call]

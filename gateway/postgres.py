@@ -71,6 +71,7 @@ __all__ = [
     "cancelRequest",
     "decodeErrorResponse",
     "errorResponse",
+    "looksLikePostgres",
     "parseStartupMessage",
 ]
 
@@ -456,6 +457,24 @@ class PreambleReader:
                 )
         else:
             _checkVersion(code)
+
+
+def looksLikePostgres(data: bytes) -> bool:
+    """
+    Whether the first bytes of a connection are a PostgreSQL client's
+    opening packet (C{SSLRequest}, C{GSSENCRequest}, C{CancelRequest} or a
+    protocol 3 startup message): what a listener that expects a TLS
+    ClientHello can tell an operator who forgot C{protocol = postgres}.
+    """
+    if len(data) < 8:
+        return False
+    length = int.from_bytes(data[0:4], "big")
+    code = int.from_bytes(data[4:8], "big")
+    if code in (_SSL_CODE, _GSS_CODE):
+        return length == 8
+    if code == _CANCEL_CODE:
+        return 12 <= length <= 8 + _MAX_KEY
+    return code >> 16 == _PROTOCOL_MAJOR and 8 <= length <= MAX_STARTUP_LENGTH
 
 
 def _checkVersion(code: int) -> None:

@@ -59,7 +59,7 @@ from gateway.clienthello import (
 from gateway.ja4 import ja4
 from gateway.pgstage import ClientPreamble, PlaintextStart
 from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
-from gateway.postgres import PostgresError
+from gateway.postgres import PostgresError, looksLikePostgres
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
@@ -228,11 +228,14 @@ class PrereadProtocol(Protocol):
         try:
             hello = self._reader.feed(data)
         except ClientHelloError as e:
+            reason = f"{e.reason}: {e}"
+            if isinstance(e, NotTLS) and looksLikePostgres(self._reader.buffered):
+                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
             # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
             # TLS alert, as OpenSSL sends none to an HTTP request.
             self.refuse(
                 "bad_client_hello",
-                f"{e.reason}: {e}",
+                reason,
                 alert=None if isinstance(e, NotTLS) else BY_STATUS,
             )
             return
@@ -358,9 +361,15 @@ class PrereadProtocol(Protocol):
             )
             return
         got = len(self._reader.buffered)
+        hint = (
+            ": the client sent nothing; if the server speaks first (MySQL,"
+            " SMTP), use mode = tcp"
+            if got == 0
+            else ""
+        )
         self.refuse(
             "preread_timeout",
-            f"no complete ClientHello after {self._timeout:g}s ({got} bytes)",
+            f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}",
         )
 
     def _readPreamble(self, data: bytes) -> bytes:

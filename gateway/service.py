@@ -30,14 +30,15 @@ from twisted.python.failure import Failure
 from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
 from gateway.acmemanager import AcmeManager
-from gateway.certexpiry import certificateExpiries
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.contexts import buildContexts
+from gateway.contexts import buildContexts, servedCertificates
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
+from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
+from gateway.status import RecentFailures, Snapshot, localSnapshot
 from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
@@ -203,6 +204,8 @@ class GatewayService(Service):
         # accepted.
         self._cancelKeys: defaultdict[str, CancelRegistry] = defaultdict(CancelRegistry)
         self._acme: AcmeManager | None = None
+        self.served = ServedCertificates()
+        self.recent = RecentFailures()
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -237,6 +240,7 @@ class GatewayService(Service):
                 settings.access_log_format,
                 metrics=self._metrics,
                 extra=extra,
+                recent=self.recent,
             )
         except OSError as e:
             raise StartupError(_cannotOpenLog(settings.access_log, e)) from None
@@ -261,6 +265,7 @@ class GatewayService(Service):
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         self._current = generation
+        self._sampleCertificates()
         generation.startPools(reactor)
         if self._acme is not None:
             self._acme.start()
@@ -378,12 +383,16 @@ class GatewayService(Service):
             return
         if self.config.gateway.metrics is not None and not self._inherited:
             from gateway.metrics import metricsSite
+            from gateway.status import StatusResource
 
+            self._metrics.registry.register(ExpiryCollector(self.served))
             try:
                 self._metricsPort = self._open(
                     reactor,
                     self.config.gateway.metrics,
-                    metricsSite(self._metrics.registry),  # type: ignore[arg-type]
+                    metricsSite(  # type: ignore[arg-type]
+                        self._metrics.registry, StatusResource(self.statusSnapshot)
+                    ),
                 )
             except StartupError as e:
                 raise StartupError(f"[gateway] metrics: {e}") from None
@@ -398,16 +407,55 @@ class GatewayService(Service):
             for server, up in states.items():
                 self._metrics.serverUp(upstream, server, up)
         self._sampleCertificates()
+        self._publishStatus()
 
     def _sampleCertificates(self) -> None:
         """
-        C{tlsgateway_certificate_expiry_seconds}: every second with the
-        server states, and at once when an ACME certificate changes.
+        Note what the running policies serve in the served-certificates
+        registry (the status page and C{tlsgateway_certificate_expiry_seconds}
+        read it): at start and reload, every second with the server states,
+        and at once when an ACME certificate is issued or renewed.
         """
-        if self._metrics is not None and self._current is not None:
-            self._metrics.certificateExpiry(
-                certificateExpiries(self._current.servers.values())
+        if self._current is not None:
+            self.served.replace(
+                "tls", servedCertificates(self._current.servers.values(), self.config)
             )
+
+    def _publishStatus(self) -> None:
+        """
+        In a worker: hand the supervisor this worker's status snapshot
+        (through the folder the metrics share), as often as the server
+        states are sampled.
+        """
+        from gateway.supervisor import WORKER_ENV
+
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        number = os.environ.get(WORKER_ENV, "")
+        if not self._inherited or not folder or not number.isdigit():
+            return
+        from gateway.status import writeSnapshot
+
+        try:
+            writeSnapshot(folder, int(number), self.statusSnapshot())
+        except OSError as e:
+            self._log.debug("status snapshot not written: {error}", error=e)
+
+    def statusSnapshot(self) -> Snapshot:
+        """
+        What C{/status} shows for this process.
+        """
+        active: dict[str, int] = {}
+        for generation in self._generations():
+            for name, factory in generation.factories.items():
+                active[name] = active.get(name, 0) + len(factory.active)
+        return localSnapshot(
+            self.config,
+            active,
+            self.pools,
+            self.recent,
+            self.served,
+            self._getReactor().seconds,
+        )
 
     # reload
 
@@ -473,6 +521,7 @@ class GatewayService(Service):
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
+        self._sampleCertificates()
         if self._acme is not None:
             self._acme.stop()
         self._acme = acme

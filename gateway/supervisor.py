@@ -39,10 +39,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.servedcerts import ServedCertificates
+
+#: The environment variable carrying a worker's number (L{_Worker.number});
+#: C{gateway.cli} reads it.
+WORKER_ENV = "TLSGATEWAY_WORKER"
 
 #: Environment variable carrying the inherited listening sockets to a
 #: worker: JSON C{{listen description: [fd, address family]}}.
@@ -62,6 +68,9 @@ _READY_TIMEOUT = 30.0
 #: not spin.
 _BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
+#: Seconds between the supervisor's looks at the ACME certificates its
+#: workers stored (for the status page and the expiry gauge).
+_ACME_REFRESH = 60.0
 
 
 class _NoAccept(Factory):
@@ -78,15 +87,20 @@ class _Worker(ProcessProtocol):
 
     @ivar generation: which configuration it runs; a reload starts a new
         generation and drains the old one.
+    @ivar number: 1 to C{workers}, kept by the worker that replaces it
+        after a crash: the id on every line it logs and on the status page.
     @ivar stopping: the supervisor asked it to stop, so its exit is not a
         crash.
     @ivar ready: it said it serves its listeners (L{READY} on
         C{readyFD}).
     """
 
-    def __init__(self, supervisor: Supervisor, generation: int, readyFD: int) -> None:
+    def __init__(
+        self, supervisor: Supervisor, generation: int, number: int, readyFD: int
+    ) -> None:
         self.supervisor = supervisor
         self.generation = generation
+        self.number = number
         self.readyFD = readyFD
         self.stopping = False
         self.ready = False
@@ -157,12 +171,17 @@ class Supervisor(Service):
         self._stopping = False
         self._metricsDir = tempfile.mkdtemp(prefix="tlsgateway-metrics-")
         self._metricsPort: IListeningPort | None = None
+        self.served = ServedCertificates()
+        self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
 
     # start
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self._serve(self.config)
+        self._acmeRefresh.clock = self._reactor
+        self._acmeRefresh.start(_ACME_REFRESH, now=False)
         self._openPorts(self.config)
         self._startMetrics()
         self._startGeneration()
@@ -185,6 +204,26 @@ class Supervisor(Service):
             port.stopReading()
             self._ports[description] = port
 
+    def _serve(self, config: GatewayConfig) -> None:
+        """
+        Note the certificates C{config} serves, for the status page and the
+        expiry gauge: the supervisor serves both, and its workers' metrics
+        files carry no certificates.  ACME certificates are the ones the
+        workers stored; with any configured, this runs again every minute,
+        so a renewal shows.
+        """
+        from gateway.acmemanager import storedAcmeCertificates
+        from gateway.contexts import buildContexts, servedCertificates
+
+        contexts = buildContexts(config, storedAcmeCertificates(config))
+        self.served.replace(
+            "tls", servedCertificates(contexts.servers.values(), config)
+        )
+
+    def _refreshAcme(self) -> None:
+        if self.config.acme is not None:
+            self._serve(self.config)
+
     def _closeUnused(self) -> None:
         wanted = {d for listener in self.config.listeners for d in listener.listen}
         for description in list(self._ports):
@@ -198,12 +237,15 @@ class Supervisor(Service):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from gateway.metrics import metricsSite
+        from gateway.servedcerts import ExpiryCollector
+        from gateway.status import StatusResource
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metricsDir)
+        registry.register(ExpiryCollector(self.served))
         result: list[Any] = []
         serverFromString(self._reactor, self.config.gateway.metrics).listen(
-            metricsSite(registry)
+            metricsSite(registry, StatusResource(self.statusSnapshot))
         ).addBoth(result.append)
         if result and not isinstance(result[0], Failure):
             self._metricsPort = result[0]
@@ -213,12 +255,25 @@ class Supervisor(Service):
                 description=self.config.gateway.metrics,
             )
 
+    def statusSnapshot(self) -> dict[str, Any]:
+        """
+        The status page: the running generation's workers' snapshots,
+        added up.
+        """
+        from gateway.status import mergeSnapshots, readSnapshots
+
+        workers = sorted(
+            (w.number, w.pid) for w in self._workers if w.generation == self._generation
+        )
+        snapshots = readSnapshots(self._metricsDir, workers)
+        return mergeSnapshots(self.config, workers, snapshots, self.served)
+
     def _startGeneration(self) -> None:
         self._generation += 1
-        for _ in range(self.config.gateway.workers):
-            self._spawn(self._generation)
+        for number in range(1, self.config.gateway.workers + 1):
+            self._spawn(self._generation, number)
 
-    def _spawn(self, generation: int) -> None:
+    def _spawn(self, generation: int, number: int) -> None:
         fds = {}
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
         for description, port in self._ports.items():
@@ -233,7 +288,8 @@ class Supervisor(Service):
         env[FDS_ENV] = json.dumps(fds)
         env[READY_ENV] = str(readyFD)
         env["PROMETHEUS_MULTIPROC_DIR"] = self._metricsDir
-        worker = _Worker(self, generation, readyFD)
+        env[WORKER_ENV] = str(number)
+        worker = _Worker(self, generation, number, readyFD)
         self._reactor.spawnProcess(
             worker,
             sys.executable,
@@ -252,7 +308,8 @@ class Supervisor(Service):
         )
         self._workers.add(worker)
         self._log.info(
-            "worker {pid} started (generation {generation})",
+            "worker {pid} started (generation {generation}): worker number {number}",
+            number=number,
             pid=worker.pid,
             generation=generation,
         )
@@ -277,7 +334,11 @@ class Supervisor(Service):
         if worker.pid is not None:
             from prometheus_client import multiprocess
 
+            from gateway.status import snapshotPath
+
             multiprocess.mark_process_dead(worker.pid, self._metricsDir)
+            with contextlib.suppress(OSError):
+                os.remove(snapshotPath(self._metricsDir, worker.number, worker.pid))
         pending = self._pending
         if (
             pending is not None
@@ -290,24 +351,30 @@ class Supervisor(Service):
             )
             return
         if worker.stopping or self._stopping:
-            self._log.info("worker {pid} stopped", pid=worker.pid)
+            self._log.info(
+                "worker {number} stopped: pid {pid}",
+                number=worker.number,
+                pid=worker.pid,
+            )
             return
         if worker.generation != self._generation:
             return
         self._crashes += 1
         delay = min(_BACKOFF * 2 ** (self._crashes - 1), _MAX_BACKOFF)
         self._log.error(
-            "worker {pid} died ({reason}): starting another in {delay}s",
+            "worker {pid} died ({reason}): starting another worker number {number}"
+            " in {delay}s",
+            number=worker.number,
             pid=worker.pid,
             reason=reason.getErrorMessage(),
             delay=delay,
         )
-        self._reactor.callLater(delay, self._respawn, worker.generation)
+        self._reactor.callLater(delay, self._respawn, worker.generation, worker.number)
 
-    def _respawn(self, generation: int) -> None:
+    def _respawn(self, generation: int, number: int) -> None:
         if self._stopping or generation != self._generation:
             return
-        self._spawn(generation)
+        self._spawn(generation, number)
         # A worker that stays up for a while resets the back-off.
         self._reactor.callLater(10, self._calm)
 
@@ -371,8 +438,8 @@ class Supervisor(Service):
             set(self._ports) - before,
             self._reactor.callLater(_READY_TIMEOUT, self._notReady),
         )
-        for _ in range(config.gateway.workers):
-            self._spawn(generation)
+        for number in range(1, config.gateway.workers + 1):
+            self._spawn(generation, number)
 
     def _apply(self, pending: _PendingReload) -> None:
         """
@@ -385,6 +452,7 @@ class Supervisor(Service):
         old = [w for w in self._workers if w.generation == self._generation]
         self._generation = pending.generation
         self.config = pending.config
+        self._serve(pending.config)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
@@ -437,6 +505,8 @@ class Supervisor(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
+        if self._acmeRefresh.running:
+            self._acmeRefresh.stop()
         if self._pending is not None:
             if self._pending.timer.active():
                 self._pending.timer.cancel()

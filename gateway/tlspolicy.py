@@ -29,12 +29,15 @@ which never contain any either.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import os
 import re
+import ssl
 import stat
 import tempfile
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -56,6 +59,7 @@ from service_identity.pyopenssl import verify_hostname, verify_ip_address
 
 from gateway.config import (
     CertificateConfig,
+    ConfigWarning,
     ListenerConfig,
     Location,
     Problem,
@@ -423,7 +427,54 @@ def _chainWarnings(
             )
             warnings.append(LoadWarning("certificate", path, message))
             break
+    leaf = chain[0]
+    if (
+        len(chain) == 1
+        and leaf.issuer != leaf.subject
+        and leaf.issuer not in _trustedRoots()
+    ):
+        message = (
+            f"{path} holds only the server's certificate, and its issuer"
+            f" ({leaf.issuer.rfc4514_string()}) is not a trusted root:"
+            " clients that do not already have the intermediate"
+            " certificates will refuse it; give the whole chain, leaf"
+            " first (fullchain.pem, not cert.pem, with certbot)"
+        )
+        warnings.append(LoadWarning("certificate", path, message))
     return warnings
+
+
+@functools.cache
+def _trustedRoots() -> frozenset[x509.Name]:
+    """
+    The subjects of the system's trusted root certificates: the default
+    CA file (and the hashed CA folder) of the OpenSSL that Python's C{ssl}
+    module uses, which is what C{curl} and most clients on the same machine
+    trust.  Read once per process.
+    """
+    paths = ssl.get_default_verify_paths()
+    files = [f for f in (paths.cafile, paths.openssl_cafile) if f]
+    folder = paths.capath or paths.openssl_capath
+    if folder and os.path.isdir(folder):
+        files += sorted(
+            os.path.join(folder, name)
+            for name in os.listdir(folder)
+            if re.fullmatch(r"[0-9a-f]{8}\.[0-9]+", name)
+        )
+    subjects: set[x509.Name] = set()
+    for name in dict.fromkeys(files):
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+            with warnings.catch_warnings():
+                # Some roots in the system store have serial numbers that
+                # cryptography deprecates: that is the store's business.
+                warnings.simplefilter("ignore")
+                roots = x509.load_pem_x509_certificates(data)
+        except (OSError, ValueError):
+            continue
+        subjects.update(root.subject for root in roots)
+    return frozenset(subjects)
 
 
 def _readOCSP(
@@ -578,6 +629,15 @@ def _problem(
     Problems about a key point at the key's line.
     """
     return Problem(location.path, location.lineOf(key), section, key, message)
+
+
+def _warning(
+    location: Location, section: str, key: str | None, message: str
+) -> ConfigWarning:
+    """
+    A warning at a section (and key) of the configuration file.
+    """
+    return ConfigWarning(location.path, location.lineOf(key), section, key, message)
 
 
 def _trust(context: SSL.Context, authorities: Iterable[x509.Certificate]) -> None:
@@ -796,6 +856,70 @@ class _Settings:
     groups: tuple[str, ...] = ()
     ticketLifetime: int = 300
     clientCRLs: tuple[x509.CertificateRevocationList, ...] = ()
+
+
+#: Parts of an OpenSSL TLS 1.2 cipher name that mean an AEAD cipher; any
+#: other enabled TLS 1.2 cipher is CBC (or worse) with a SHA-1 or SHA-2 MAC.
+_AEAD = ("GCM", "CHACHA20", "CCM")
+
+
+def weakCiphers(ciphers: str) -> list[str]:
+    """
+    The TLS 1.2 cipher suites an OpenSSL cipher string enables that are
+    not AEAD: CBC suites (Lucky13 and padding-oracle history), most with
+    SHA-1 MACs.  NGINX's long-standing example C{HIGH:!aNULL:!MD5} enables
+    dozens of them.
+
+    @return: their OpenSSL names, in OpenSSL's order; empty for a string
+        OpenSSL refuses (that is reported as a problem elsewhere).
+    """
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.set_cipher_list(ciphers.encode("ascii", "replace"))
+    except SSL.Error:
+        return []
+    names = SSL.Connection(context, None).get_cipher_list()
+    return [
+        name
+        for name in names
+        if not name.startswith("TLS_") and not any(part in name for part in _AEAD)
+    ]
+
+
+def _policyWarnings(listener: ListenerConfig) -> list[tuple[str, str]]:
+    """
+    Termination settings that work but are likely wrong, as (key, message).
+    """
+    warnings = []
+    if listener.ciphers is not None and "TLSv1.2" in listener.protocols:
+        weak = weakCiphers(listener.ciphers)
+        if weak:
+            shown = ", ".join(weak[:3]) + (", ..." if len(weak) > 3 else "")
+            warnings.append(
+                (
+                    "ciphers",
+                    f"{listener.ciphers!r} allows CBC or SHA-1 cipher suites"
+                    f" ({len(weak)} of them: {shown}): leave ciphers unset for"
+                    " the AEAD-only default, or use"
+                    " ECDHE+AESGCM:ECDHE+CHACHA20",
+                )
+            )
+    terminating = listener.mode == "terminate" or any(
+        route.action == "terminate" for route in listener.routes
+    )
+    if "h2" in listener.alpn and terminating:
+        warnings.append(
+            (
+                "alpn",
+                "offers h2 on terminated connections, and the gateway relays"
+                " the decrypted bytes as they are: a client that picks h2"
+                " speaks HTTP/2 to the upstream, which an HTTP/1.1 server does"
+                " not understand (curl gets an empty reply); offer h2 only if"
+                " every upstream speaks HTTP/2 without TLS (prior knowledge),"
+                " otherwise alpn = http/1.1",
+            )
+        )
+    return warnings
 
 
 def unknownGroups(names: Sequence[str]) -> list[str]:
@@ -1245,7 +1369,7 @@ class ServerTLS:
         listener: ListenerConfig,
         certificates: Mapping[str, CertificateConfig],
         acme: AcmeCertificates | None = None,
-    ) -> tuple[ServerTLS | None, list[Problem], list[str]]:
+    ) -> tuple[ServerTLS | None, list[Problem], list[ConfigWarning]]:
         """
         Load a listener's certificates and build its contexts.
 
@@ -1269,7 +1393,7 @@ class ServerTLS:
             as problems are (C{FILE:LINE: [section] key: message}).
         """
         problems: list[Problem] = []
-        warnings: list[str] = []
+        warnings: list[ConfigWarning] = []
         listenerSection = f"listener:{listener.name}"
         sources: list[tuple[str, Location, str, str, str | None]] = []
         entries: list[_Entry] = []
@@ -1338,7 +1462,7 @@ class ServerTLS:
                 continue
             loadedBySection[section] = certificate
             warnings += [
-                str(_problem(location, section, w.key, w.message))
+                _warning(location, section, w.key, w.message)
                 for w in certificate.warnings
             ]
         for section in order:
@@ -1357,15 +1481,19 @@ class ServerTLS:
                 )
         else:
             warnings += [
-                str(_problem(listener.location, listenerSection, w.key, w.message))
+                _warning(listener.location, listenerSection, w.key, w.message)
                 for w in settingWarnings
             ]
         groups, unused = _groupCertificates(loaded)
         locations = {section: location for section, location, *_ in sources}
         warnings += [
-            str(_problem(locations[section], section, "certificate", message))
+            _warning(locations[section], section, "certificate", message)
             for section, message in unused
             if section in locations
+        ]
+        warnings += [
+            _warning(listener.location, listenerSection, key, message)
+            for key, message in _policyWarnings(listener)
         ]
         if problems or settings is None:
             return None, list(dict.fromkeys(problems)), warnings
@@ -1471,7 +1599,7 @@ class UpstreamTLS:
     @classmethod
     def fromConfig(
         cls, upstream: UpstreamConfig
-    ) -> tuple[UpstreamTLS | None, list[Problem], list[str]]:
+    ) -> tuple[UpstreamTLS | None, list[Problem], list[ConfigWarning]]:
         """
         Build the client context of an upstream.
 

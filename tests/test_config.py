@@ -24,6 +24,7 @@ from gateway.config import (
     NOT_YET_SUPPORTED,
     CertificateConfig,
     ConfigError,
+    ConfigWarning,
     GatewayConfig,
     GatewaySettings,
     ListenerConfig,
@@ -1254,8 +1255,8 @@ def test_acceptProxyProtocolFromAnyoneIsAWarning(tmp_path: Path) -> None:
         listener("listen = tcp:1\nupstream = app\naccept_proxy_protocol = on\n"),
     )
     loaded = load_config(path, checkFiles=False)
-    assert [w.replace(str(path), "gw.ini") for w in loaded.warnings] == [
-        "gw.ini:4: [listener:web] accept_proxy_protocol: on without"
+    assert [str(w).replace(str(path), "gw.ini") for w in loaded.warnings] == [
+        "gw.ini:4: [listener:web] accept_proxy_protocol: warning: on without"
         " proxy_protocol_from: any peer that can connect may send a PROXY header"
         " and choose its own client address, past allow/deny and the per-client"
         " limits; list your balancers in proxy_protocol_from"
@@ -1487,3 +1488,103 @@ def test_scanFindsTheLinesConfigparserReads(lines: list[str]) -> None:
             assert [t for _, t in found] == expected
             for number, part in found:
                 assert part in numbered[number - 1]
+
+
+# --- messages that say what to do (NGINX habits) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "suggestion"),
+    [
+        ("443", "tcp:443"),
+        ("0.0.0.0:443", "tcp:443:interface=0.0.0.0"),
+        ("127.0.0.1:8443", "tcp:8443:interface=127.0.0.1"),
+        ("[::]:443", "tcp6:443:interface=\\:\\:"),
+        ("*:443", "tcp:443"),
+    ],
+)
+def test_nginxListenValuesSuggestTheEndpointString(
+    tmp_path: Path, value: str, suggestion: str
+) -> None:
+    [problem] = problems(tmp_path, listener(f"listen = {value}\nupstream = app\n"))
+    assert problem == (
+        f"gw.ini:2: [listener:web] listen: {value!r} is not a Twisted server"
+        f" endpoint string: write {suggestion}"
+    )
+
+
+def test_suggestedEndpointStringIsValid(tmp_path: Path) -> None:
+    """What the message suggests for C{[::]:443} is itself accepted."""
+    path = write(
+        tmp_path, listener("listen = tcp6:0:interface=\\:\\:\nupstream = app\n")
+    )
+    assert load_config(path).listeners[0].listen == ("tcp6:0:interface=\\:\\:",)
+
+
+def test_commaSeparatedServersSayOnePerLine(tmp_path: Path) -> None:
+    text = listener(
+        "listen = tcp:8443\nupstream = app\n",
+        "[upstream:app]\nservers = 127.0.0.1:9000, 127.0.0.1:9001\n",
+    )
+    [problem] = problems(tmp_path, text)
+    assert problem.startswith("gw.ini:5: [upstream:app] servers: ")
+    assert "one server per line" in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "pointer"),
+    [
+        ("proxy_pass", "upstream = NAME"),
+        ("ssl_preread", "passthrough is the default mode"),
+        ("ssl_certificate", "certificate = FILE"),
+        ("ssl_certificate_key", "private_key = FILE"),
+    ],
+)
+def test_nginxDirectivesPointAtTheGatewaysName(
+    tmp_path: Path, key: str, pointer: str
+) -> None:
+    [problem] = problems(
+        tmp_path, listener(f"listen = tcp:8443\nupstream = app\n{key} = on\n")
+    )
+    assert problem.startswith(
+        f"gw.ini:4: [listener:web] {key}: unknown key: this is NGINX's name; here "
+    )
+    assert pointer in problem
+
+
+def test_logLevel(tmp_path: Path) -> None:
+    path = write(tmp_path, "[gateway]\nlog_level = warn\n" + MINIMAL)
+    assert load_config(path).gateway.log_level == "warn"
+    assert GatewaySettings().log_level == "info"
+    [problem] = problems(tmp_path, "[gateway]\nlog_level = loud\n" + MINIMAL)
+    assert problem.startswith("gw.ini:2: [gateway] log_level: ")
+
+
+def test_warningFormat() -> None:
+    """
+    A warning reads as a problem does, with C{warning:} before the message.
+    """
+    warning = ConfigWarning("gw.ini", 7, "listener:web", "ciphers", "allows CBC")
+    assert str(warning) == "gw.ini:7: [listener:web] ciphers: warning: allows CBC"
+    assert str(ConfigWarning("gw.ini", None, None, None, "x")) == "gw.ini: warning: x"
+    assert warning != Problem("gw.ini", 7, "listener:web", "ciphers", "allows CBC")
+
+
+def test_nginxHintsNameKeysThatExist() -> None:
+    """
+    Every key a hint tells the operator to use is a key of this version,
+    and no NGINX name in the table is itself one of our keys (it would
+    never be reported as unknown), except those that say which section
+    the key belongs in.
+    """
+    import re
+
+    ours = {
+        field.name
+        for cls in (GatewaySettings, ListenerConfig, UpstreamConfig, CertificateConfig)
+        for field in attrs.fields(cls)
+    }
+    for nginx, hint in config._NGINX_NAMES.items():
+        assert nginx not in ours or "belongs in" in hint, nginx
+        for key in re.findall(r"\b([a-z_]+) =", hint):
+            assert key in ours, (nginx, key)

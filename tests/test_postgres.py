@@ -835,3 +835,24 @@ def test_arbitraryServerBytesOnlyRaisePostgresError(
 
 def test_importsNeitherTwistedNorOpenSSL() -> None:
     assert frameworksImportedBy("gateway.postgres") == []
+
+
+def test_looksLikePostgresKnowsEveryOpeningPacket() -> None:
+    from gateway.postgres import SSL_REQUEST, looksLikePostgres
+
+    startup = (
+        (23).to_bytes(4, "big")
+        + (3 << 16).to_bytes(4, "big")
+        + b"user\x00app\x00\x00\x00"
+    )
+    gss = (8).to_bytes(4, "big") + (1234 << 16 | 5680).to_bytes(4, "big")
+    cancel = (16).to_bytes(4, "big") + (1234 << 16 | 5678).to_bytes(4, "big") + bytes(8)
+    for packet in (SSL_REQUEST, startup, gss, cancel):
+        assert looksLikePostgres(packet), packet
+    for other in (
+        b"GET / HTTP/1.1\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",
+        SSL_REQUEST[:7],
+        bytes(8),
+    ):
+        assert not looksLikePostgres(other), other

@@ -435,7 +435,7 @@ def test_expiredCRLIsAWarningAtItsKey(pki: PKI) -> None:
         rf"(warning: )?{re.escape(expired)}: the CRL of ",
         str(warning),
     ), warning
-    assert "expired on" in warning
+    assert "expired on" in str(warning)
     # OpenSSL then refuses the clients it covers: fail closed.
     refused = connect(policy, None, clientContext(certificate=pki.client))
     assert "CRL has expired" in str(refused.serverError)
@@ -443,7 +443,7 @@ def test_expiredCRLIsAWarningAtItsKey(pki: PKI) -> None:
     future = writeCRL(pki, makeCRL(pki.clientCA, lastUpdate=NOW + DAY))
     _, problems, [warning] = fromConfig(pki, future)
     assert problems == []
-    assert "is not valid yet" in warning
+    assert "is not valid yet" in str(warning)
 
 
 def test_badCRLsAreProblemsAtTheirKey(pki: PKI, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from OpenSSL._util import lib as _lib
 
 from gateway.config import (
     CertificateConfig,
+    ConfigWarning,
     ListenerConfig,
     Location,
     Problem,
@@ -44,6 +45,7 @@ from gateway.tlspolicy import (
     _Stapler,
     describe,
     loadCertificate,
+    weakCiphers,
 )
 
 INI = "/etc/tlsgateway/gw.ini"
@@ -502,6 +504,52 @@ def test_encryptedKeyIsRefusedWithAReason(pki: PKI, format: str) -> None:
     assertNamesFileSafely(caught.value, path, "private_key")
 
 
+def notChain(warnings: Iterable[Any]) -> list[Any]:
+    """
+    The warnings other than the missing-chain one that every leaf issued
+    straight by a throwaway root (not a trusted one) gets.
+    """
+    return [w for w in warnings if "holds only the server's certificate" not in str(w)]
+
+
+def test_leafAloneFromAnUntrustedIssuerIsAMissingChainWarning(pki: PKI) -> None:
+    """
+    C{cert.pem} where C{fullchain.pem} was meant: one certificate, whose
+    issuer is no trusted root.
+    """
+    [warning] = loadCertificate(pki.api.certificate, pki.api.key).warnings
+    assert warning.key == "certificate"
+    assert "holds only the server's certificate" in str(warning)
+    assert "fullchain.pem" in str(warning)
+
+
+def test_leafWithItsIntermediateOrSelfSignedHasNoChainWarning(pki: PKI) -> None:
+    assert loadCertificate(pki.rsa.certificate, pki.rsa.key).warnings == ()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self.example")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    path = pki.files.write(
+        "self.pem",
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
+    assert loadCertificate(path, path).warnings == ()
+
+
 def test_expiredCertificateIsAWarning(pki: PKI) -> None:
     leaf = pki.root.issue_cert(
         "old.example",
@@ -510,7 +558,7 @@ def test_expiredCertificateIsAWarning(pki: PKI) -> None:
     )
     pair = pki.files.pair(leaf)
     loaded = loadCertificate(pair.certificate, pair.key)
-    [warning] = loaded.warnings
+    [warning] = notChain(loaded.warnings)
     assert warning.key == "certificate"
     assert str(warning).startswith(pair.certificate)
     assert "expired on" in str(warning)
@@ -523,14 +571,14 @@ def test_notYetValidCertificateIsAWarning(pki: PKI) -> None:
         not_after=NOW + datetime.timedelta(days=30),
     )
     pair = pki.files.pair(leaf)
-    [warning] = loadCertificate(pair.certificate, pair.key).warnings
+    [warning] = notChain(loadCertificate(pair.certificate, pair.key).warnings)
     assert str(warning).startswith(pair.certificate)
     assert "not valid yet" in str(warning)
 
 
 def test_keyReadableByOthersIsAWarning(pki: PKI) -> None:
     key = pki.files.write("open.key", pki.api.leaf.private_key_pem.bytes(), 0o640)
-    [warning] = loadCertificate(pki.api.certificate, key).warnings
+    [warning] = notChain(loadCertificate(pki.api.certificate, key).warnings)
     assert warning.key == "private_key"
     assert str(warning).startswith(key)
     assert "mode 0640" in str(warning)
@@ -759,9 +807,9 @@ def test_sameNamesAndKeyTypeTwiceIsAWarning(pki: PKI) -> None:
     policy, problems, warnings = ServerTLS.fromConfig(listener, sections)
     assert policy is not None
     assert problems == []
-    assert warnings == [
-        f"{INI}:40: [certificate:two] certificate: {pki.api.certificate} is never"
-        " served: an earlier EC certificate has the same names"
+    assert [str(w) for w in notChain(warnings)] == [
+        f"{INI}:40: [certificate:two] certificate: warning: {pki.api.certificate}"
+        " is never served: an earlier EC certificate has the same names"
     ]
 
 
@@ -1073,8 +1121,17 @@ def test_warningsAreFormattedAsProblems(pki: PKI) -> None:
     )
     assert policy is not None
     assert problems == []
-    [warning] = warnings
-    assert warning.startswith(f"{INI}:12: [certificate:api] private_key: {key}: ")
+    [warning] = notChain(warnings)
+    assert isinstance(warning, ConfigWarning)
+    assert (warning.path, warning.line, warning.section, warning.key) == (
+        INI,
+        12,
+        "certificate:api",
+        "private_key",
+    )
+    assert str(warning).startswith(
+        f"{INI}:12: [certificate:api] private_key: warning: {key}: "
+    )
 
 
 def test_noCertificateIsAProblem() -> None:
@@ -1228,3 +1285,47 @@ def test_loadedCertificateIsFrozen(pki: PKI) -> None:
     assert isinstance(loaded, LoadedCertificate)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         loaded.names = ()  # type: ignore[misc]
+
+
+# --- warnings about settings that work but are likely wrong ---------------------
+
+
+def test_weakCiphersAreTheNonAEADSuitesAStringEnables() -> None:
+    weak = weakCiphers("HIGH:!aNULL:!MD5")
+    assert "ECDHE-ECDSA-AES256-SHA" in weak
+    assert all("GCM" not in name and "CHACHA20" not in name for name in weak)
+    assert weakCiphers(DEFAULT_CIPHERS) == []
+    assert weakCiphers("ECDHE+AESGCM:ECDHE+CHACHA20") == []
+    assert weakCiphers("NOT-A-CIPHER") == []
+
+
+def test_nginxClassicCipherStringIsAWarningAtCiphers(pki: PKI) -> None:
+    location = Location(INI, 7, {"ciphers": 11})
+    listener = attrs.evolve(
+        listenerConfig(pki.rsa, ciphers="HIGH:!aNULL:!MD5"), location=location
+    )
+    policy, problems, warnings = ServerTLS.fromConfig(listener, {})
+    assert policy is not None
+    assert problems == []
+    [warning] = warnings
+    assert str(warning).startswith(
+        f"{INI}:11: [listener:web] ciphers: warning: 'HIGH:!aNULL:!MD5' allows"
+        " CBC or SHA-1 cipher suites"
+    )
+    # Without TLS 1.2 the TLS 1.2 cipher string is never used.
+    tls13 = attrs.evolve(listener, protocols=("TLSv1.3",))
+    assert ServerTLS.fromConfig(tls13, {})[2] == []
+
+
+def test_h2OnATerminatingListenerIsAWarningAtAlpn(pki: PKI) -> None:
+    location = Location(INI, 7, {"alpn": 12})
+    listener = attrs.evolve(
+        listenerConfig(pki.rsa, alpn=("h2", "http/1.1")), location=location
+    )
+    [warning] = ServerTLS.fromConfig(listener, {})[2]
+    assert str(warning).startswith(f"{INI}:12: [listener:web] alpn: warning: ")
+    assert "HTTP/1.1" in str(warning)
+    assert ServerTLS.fromConfig(attrs.evolve(listener, alpn=("http/1.1",)), {})[2] == []
+    # A passthrough listener whose routes never terminate offers nothing.
+    passthrough = attrs.evolve(listener, mode="passthrough")
+    assert ServerTLS.fromConfig(passthrough, {})[2] == []

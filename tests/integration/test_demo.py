@@ -208,6 +208,11 @@ def test_printedCurlCommandsReachTheRoutedBackends(
     os.kill(demo.process.pid, signal.SIGINT)
     assert demo.process.wait(STOP_TIMEOUT) == 0, str(demo)
     assert not directory.exists(), f"{directory} left behind\n{demo}"
+    # The gateway's own log is at info: nothing per connection (the access
+    # log has that), none of Twisted's port start/stop chatter.
+    log = demo.stderrPath.read_text(errors="replace")
+    for noise in ("#debug", "relay 127.0.0.1", "starting on", "Port "):
+        assert noise not in log, (noise, log)
 
 
 def test_portInUseIsExplained(startDemo: DemoStarter, tmp_path: Path) -> None:

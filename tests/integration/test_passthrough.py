@@ -83,6 +83,8 @@ def relayingTo(gateway: Any, address: str, relay: str) -> Gateway:
             upstream="up",
             upstreams={"up": address},
             listenerKeys={"relay": relay},
+            # The relay each connection got is a debug line.
+            gatewayKeys={"log_level": "debug"},
         )
     )
 
@@ -395,6 +397,8 @@ def test_slowReaderKeepsGatewayMemoryBounded(
             routes=[(EXACT, "up_source"), (DEFAULT, "up_warm")],
             upstreams={"up_source": source.address, "up_warm": warm.address},
             listenerKeys={"relay": relay},
+            # The relay each connection got is a debug line.
+            gatewayKeys={"log_level": "debug"},
         )
     )
     # One connection first, so lazily imported code is not counted as growth.
@@ -519,6 +523,8 @@ def test_accessLogLineHasEveryKeyAndExactByteCounts(
             routes=[(EXACT, "up")],
             upstreams={"up": sink.address},
             listenerKeys={"relay": relay},
+            # The relay each connection got is a debug line.
+            gatewayKeys={"log_level": "debug"},
         )
     )
     context = ca.clientContext()
@@ -742,6 +748,7 @@ def test_idleRelayedConnectionIsClosedAtIdleTimeout(
             upstream="up",
             upstreams={"up": echo.address},
             listenerKeys={"idle_timeout": "1s", "relay": relay},
+            gatewayKeys={"log_level": "debug"},
         )
     )
     stream = tlsConnect(gw.port, client, EXACT)
@@ -828,6 +835,7 @@ def test_relayKeyChoosesTheRelayAndTheDebugLogSaysWhich(
             upstream="up",
             upstreams={"up": exact.address},
             listenerKeys={"relay": setting},
+            gatewayKeys={"log_level": "debug"},
         )
     )
     assert pythonGet(gw.port, client, EXACT, EXACT)[0] == "exact"

@@ -86,6 +86,8 @@ def test_passthroughBothWaysByteExact(
             # splice is asked for: without epoll and splice, or with the
             # fast paths off, the portable relay must be what runs.
             listenerKeys={"relay": "splice"},
+            # The relay each connection got is a debug line.
+            gatewayKeys={"log_level": "debug"},
         ),
         bare=bare,
         monkeypatch=monkeypatch,
