@@ -28,6 +28,7 @@ STATUSES = (
     "bad_client_hello",
     "bad_proxy_header",
     "handshake_failed",
+    "tls_error",
     "plaintext_refused",
     "upstream_unavailable",
     "idle_timeout",
@@ -159,6 +160,41 @@ class RecentConnections(Protocol):
     def add(self, record: ConnectionRecord) -> None: ...
 
 
+@attrs.define
+class LogDestination:
+    """
+    Where access-log lines go: an open file (or standard output), or
+    nowhere (C{off}).
+
+    @ivar owned: the file was opened here, so it is closed here too
+        (standard output is not).
+    """
+
+    destination: str
+    file: IO[str] | None
+    owned: bool = False
+
+    @classmethod
+    def open(cls, destination: str) -> LogDestination:
+        """
+        @raise OSError: the file cannot be opened for appending (its folder
+            does not exist, permission, a directory by that name).
+        """
+        if destination == "off":
+            return cls(destination, None)
+        if destination == "-":
+            # sys.__stdout__, not sys.stdout: twistd may have redirected
+            # sys.stdout into its own log, which would prefix every line.
+            return cls(destination, sys.__stdout__)
+        return cls(destination, open(destination, "a", encoding="utf-8"), owned=True)
+
+    def close(self) -> None:
+        if self.file is not None and self.owned:
+            self.file.close()
+        self.file = None
+        self.owned = False
+
+
 class AccessLog:
     """
     Where every connection ends: written to a file, standard output, or
@@ -186,19 +222,48 @@ class AccessLog:
         self._recent = recent
         self._format = FORMATS[format]
         self._file: IO[str] | None = None
-        self._owned = False
+        self._current: LogDestination | None = None
         self._metrics = metrics
         self._extra = extra or {}
         self.reopen()
 
-    def configure(self, destination: str, format: str) -> None:
+    @property
+    def destination(self) -> str:
+        return self._destination
+
+    def prepare(self, destination: str) -> LogDestination | None:
         """
-        A reload changed C{access_log} or C{access_log_format}.
+        Open what a reload's C{access_log} names, beside the running one,
+        so that a reload that cannot open it is refused before anything
+        changes (see L{use}).
+
+        @return: the new destination, or L{None} if it is the one in use.
+        @raise OSError: it cannot be opened.
+        """
+        if destination == self._destination:
+            return None
+        return LogDestination.open(destination)
+
+    def use(self, prepared: LogDestination | None, format: str) -> None:
+        """
+        A reload is serving: write to what L{prepare} opened (if anything
+        changed) in C{format} from now on, and close the old destination.
         """
         self._format = FORMATS[format]
-        if destination != self._destination:
-            self._destination = destination
-            self.reopen()
+        if prepared is not None:
+            self.close()
+            self._destination = prepared.destination
+            self._current = prepared
+            self._file = prepared.file
+
+    def configure(self, destination: str, format: str) -> None:
+        """
+        C{access_log} or C{access_log_format} changed.
+
+        @raise OSError: the new destination cannot be opened; the old one
+            stays in use.
+        """
+        self.use(self.prepare(destination), format)
 
     def accepted(self, listener: str) -> None:
         if self._metrics is not None:
@@ -211,17 +276,13 @@ class AccessLog:
     def reopen(self) -> None:
         """
         Close and open the destination again, so that logrotate can move it.
+
+        @raise OSError: it cannot be opened again (then nothing is written
+            until it can be).
         """
         self.close()
-        if self._destination == "off":
-            self._file = None
-        elif self._destination == "-":
-            # sys.__stdout__, not sys.stdout: twistd may have redirected
-            # sys.stdout into its own log, which would prefix every line.
-            self._file = sys.__stdout__
-        else:
-            self._file = open(self._destination, "a", encoding="utf-8")  # noqa: SIM115
-            self._owned = True
+        self._current = LogDestination.open(self._destination)
+        self._file = self._current.file
 
     def write(self, record: ConnectionRecord) -> None:
         if self._metrics is not None:
@@ -236,7 +297,7 @@ class AccessLog:
         self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None and self._owned:
-            self._file.close()
+        if self._current is not None:
+            self._current.close()
+        self._current = None
         self._file = None
-        self._owned = False

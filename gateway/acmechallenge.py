@@ -104,6 +104,10 @@ class ChallengeStage:
     def tlsReadClosed(self) -> None:
         self._transport.loseConnection()
 
+    def tlsError(self, reason: str) -> None:
+        # The alert went out and the TLS layer closes the socket.
+        self._record.fail("tls_error", f"acme tls-alpn-01 challenge: {reason}")
+
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(

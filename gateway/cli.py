@@ -158,6 +158,11 @@ def serve(
         _releasePidfile(pidfile)
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    if inherited:
+        # After the signal handlers (SignalHandling installs them when the
+        # reactor runs, and was started first): a supervisor that retires
+        # the old workers once this one is ready may signal it at once.
+        reactor.callWhenRunning(_tellSupervisorReady)
     reactor.run()
     _releasePidfile(pidfile)
     return 0
@@ -209,6 +214,23 @@ def _releasePidfile(path: str | None) -> None:
             os.remove(path)
     except OSError:
         pass
+
+
+def _tellSupervisorReady() -> None:
+    """
+    A worker serves its listeners: say so on the descriptor the
+    supervisor gave it (L{gateway.supervisor.READY_ENV}), once.
+    """
+    from gateway.supervisor import READY, READY_ENV
+
+    fd = os.environ.pop(READY_ENV, None)
+    if fd is None or not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), READY)
+        os.close(int(fd))
+    except OSError as e:
+        _log.warn("cannot tell the supervisor this worker is ready: {error}", error=e)
 
 
 def reload(args: argparse.Namespace) -> int:

@@ -241,7 +241,7 @@ class ClientHelloReader:
         "_recordStart",
     )
 
-    def __init__(self, maxSize: int = 16384) -> None:
+    def __init__(self, maxSize: int = 65536) -> None:
         if maxSize < 1:
             raise ValueError(f"maxSize must be positive, not {maxSize}")
         self._maxSize = maxSize
@@ -702,10 +702,9 @@ def _wellFormedServerName(body: bytes, start: int, end: int) -> str | None:
         i += 3
         if length < 1 or i + length > end:
             return None
-        if nameType == _HOST_NAME:
-            if hostName is not None:
-                return None
-            hostName = body[i : i + length]
+        if nameType != _HOST_NAME or hostName is not None:
+            return None
+        hostName = body[i : i + length]
         i += length
     if hostName is None:
         return None
@@ -831,9 +830,16 @@ def _parseServerName(data: _Cursor) -> str:
         nameType = names.integer(1, "server_name name_type")
         name = names.vector(2, "server_name host_name", 1, 2**16 - 1)
         if nameType != _HOST_NAME:
-            # host_name is the only type ever defined; RFC 6066 lets servers
-            # skip others, read here with host_name's layout.
-            continue
+            # host_name is the only type ever defined.  RFC 6066 would let
+            # a server skip others, but OpenSSL (and so every terminating
+            # backend built on it) refuses any other type with decode_error:
+            # a hello that routes here on its host_name while the server
+            # refuses it, or reads it differently, is ambiguous, so it
+            # fails closed like a duplicated extension.
+            raise ClientHelloError(
+                f"server_name extension has a name of type {nameType},"
+                " not host_name (RFC 6066 3; OpenSSL refuses it)"
+            )
         if hostName is not None:
             raise ClientHelloError(
                 "server_name extension has more than one host_name (RFC 6066 3)"

@@ -35,6 +35,7 @@ when a file is loaded, so importing this module stays Twisted-free.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import difflib
 import io
 import ipaddress
@@ -880,7 +881,7 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...] = attrs.field(default=(), metadata=_LINES)
     preread_timeout: float = attrs.field(default=5.0, metadata=_ini(_positiveDuration))
     preread_buffer_size: int = attrs.field(
-        default=16384, metadata=_ini(_positiveSize), validator=v.ge(1)
+        default=65536, metadata=_ini(_positiveSize), validator=v.ge(1)
     )
     connect_timeout: float = attrs.field(default=10.0, metadata=_ini(_positiveDuration))
     idle_timeout: float = attrs.field(default=600.0, metadata=_ini(_positiveDuration))
@@ -1116,6 +1117,7 @@ class _Loader:
     upstreamNames: set[str] = attrs.Factory(set)
     certificateNames: set[str] = attrs.Factory(set)
     hasAcme: bool = False
+    partial: GatewayConfig | None = None
 
     def problem(
         self, line: int | None, section: str | None, key: str | None, message: str
@@ -1147,9 +1149,10 @@ class _Loader:
         bindings: list[tuple[_Section, str, Sequence[str]]] = []
         for section in sections:
             if section.kind == "gateway":
-                before = len(self.problems)
                 kwargs = self._convert(section, GatewaySettings)
-                if len(self.problems) == before:
+                # The keys that converted, even beside problems: the
+                # access log is checked with them (see _accessLogProblems).
+                with contextlib.suppress(TypeError, ValueError):
                     settings = GatewaySettings(**kwargs)
                 metrics = section.items.get("metrics")
                 if metrics is not None:
@@ -1188,9 +1191,7 @@ class _Loader:
             self.problem(
                 None, None, None, "no [listener:NAME] section: nothing would listen"
             )
-        if self.problems:
-            raise ConfigError(self.problems)
-        return GatewayConfig(
+        config = GatewayConfig(
             path=os.path.abspath(self.path),
             gateway=settings,
             listeners=tuple(listeners),
@@ -1199,6 +1200,12 @@ class _Loader:
             warnings=tuple(self.warnings),
             acme=acme,
         )
+        if self.problems:
+            # What did convert, so that its files are checked too and
+            # reported with these problems: one edit fixes them all.
+            self.partial = config
+            raise ConfigError(self.problems)
+        return config
 
     def _checkAcmeNames(self, certificates: Iterable[CertificateConfig]) -> None:
         """
@@ -1837,17 +1844,57 @@ def load_config_text(
         text=text,
         gates=NOT_YET_SUPPORTED if notYetSupported is None else notYetSupported,
     )
-    config = loader.load()
     if not checkFiles:
-        return config
+        return loader.load()
     from gateway.contexts import buildContexts
 
+    try:
+        config = loader.load()
+    except ConfigError as e:
+        if loader.partial is None:
+            raise
+        # The files of everything that converted are checked as well, so
+        # that a typo and a bad key are reported in one run, not one after
+        # the other.
+        problems = list(e.problems)
+        problems += buildContexts(loader.partial).problems
+        problems += _accessLogProblems(loader.partial.gateway, loader)
+        raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)
-    if contexts.problems:
-        raise ConfigError(contexts.problems)
+    problems = contexts.problems + _accessLogProblems(config.gateway, loader)
+    if problems:
+        raise ConfigError(problems)
     return attrs.evolve(
         config, warnings=tuple(dict.fromkeys((*config.warnings, *contexts.warnings)))
     )
+
+
+def _accessLogProblems(settings: GatewaySettings, loader: _Loader) -> list[Problem]:
+    """
+    What would keep the access log from opening at start (or reload):
+    C{check} reports it rather than C{run} tripping on it.  Nothing is
+    created: a file that does not exist yet needs a folder that does and
+    that the gateway may write in.
+    """
+    path = settings.access_log
+    if path in ("-", "off"):
+        return []
+    message = None
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        message = f"{path} is a folder, not a file"
+    elif not os.path.isdir(folder):
+        message = f"cannot open {path}: the folder {folder} does not exist"
+    elif os.path.exists(target):
+        if not os.access(target, os.W_OK):
+            message = f"cannot open {path}: it is not writable"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        message = f"cannot create {path}: the folder {folder} is not writable"
+    if message is None:
+        return []
+    line = loader.scan.keys.get(("gateway", "access_log"))
+    return [Problem(loader.path, line, "gateway", "access_log", message)]
 
 
 def load_config(

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
-from gateway.upstream import Member, Pool, connectServer, isAddress
+from gateway.upstream import Member, Pool, connectServer, isAddress, localError
 
 __all__ = [
     "TRANSITIONS",
@@ -140,7 +140,9 @@ class _Probe(Protocol):
     """
     One check of one server: connect (and handshake), report once, close.
 
-    @ivar _report: called once with C{(passed, why)}; set to L{None} after,
+    @ivar _report: called once with C{(passed, why)} (C{passed} L{None}: no
+        verdict, a local resource error kept the probe from running); set
+        to L{None} after,
         so the close that follows, a late connect failure or the timer
         cannot report again.
     """
@@ -150,15 +152,15 @@ class _Probe(Protocol):
         clock: IReactorTime,
         timeout: float,
         tls: SSL.Connection | None,
-        report: Callable[[bool, str], None],
+        report: Callable[[bool | None, str], None],
     ) -> None:
         self._tlsConnection = tls
         self._tls: TLSTransport | None = None
-        self._report: Callable[[bool, str], None] | None = report
+        self._report: Callable[[bool | None, str], None] | None = report
         self.connector: IConnector | None = None
         self._timer: IDelayedCall | None = clock.callLater(timeout, self._timedOut)
 
-    def _done(self, passed: bool, why: str) -> None:
+    def _done(self, passed: bool | None, why: str) -> None:
         cancel(self._timer)
         self._timer = None
         report, self._report = self._report, None
@@ -166,7 +168,11 @@ class _Probe(Protocol):
             report(passed, why)
 
     def connectFailed(self, reason: Failure) -> None:
-        self._done(False, reason.getErrorMessage())
+        local = localError(reason)
+        # A local resource error says nothing about the server: no verdict.
+        self._done(
+            None if local is not None else False, local or reason.getErrorMessage()
+        )
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -219,6 +225,9 @@ class _Probe(Protocol):
         pass
 
     def tlsReadClosed(self) -> None:
+        pass
+
+    def tlsError(self, reason: str) -> None:
         pass
 
 
@@ -303,10 +312,20 @@ class HealthChecker:
             connection.set_tlsext_host_name(name.encode("ascii"))
         return connection
 
-    def _result(self, member: Member, probe: _Probe, passed: bool, why: str) -> None:
+    def _result(
+        self, member: Member, probe: _Probe, passed: bool | None, why: str
+    ) -> None:
         if self._probes.get(member) is not probe:
             return  # stopped: a cancelled probe has no verdict
         del self._probes[member]
+        if passed is None:
+            self._log.warn(
+                "upstream {upstream}: server {server} not checked: {why}",
+                upstream=self._pool.name,
+                server=member.key,
+                why=why,
+            )
+            return
         before = self.states.get(member, HealthState())
         after = before.observe(passed, self._rise, self._fall)
         self.states[member] = after

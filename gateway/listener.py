@@ -306,6 +306,35 @@ class ListenerFactory(ServerFactory):
         self._accessLog.accepted(self.config.name)
         return protocol
 
+    def closedAtAccept(self, address: object) -> None:
+        """
+        Twisted accepted a connection for this listener and closed it at
+        once, out of descriptors (see L{gateway.acceptwatch}): log it.
+        """
+        now = self._clock.seconds()
+        if isinstance(address, tuple) and len(address) >= 2:
+            host, port = address[0], address[1]
+            client = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        else:
+            client = f"unix:{address or '-'}"
+        record = ConnectionRecord(
+            listener=self.config.name, client=client, accepted=now, started=now
+        )
+        record.fail(
+            "upstream_unavailable",
+            "local resource error: EMFILE (Too many open files): closed at accept",
+        )
+        record.ended = now
+        self._accessLog.accepted(self.config.name)
+        try:
+            self._accessLog.write(record)
+        except OSError as e:
+            self._log.error(
+                "listener {listener}: cannot write the access log: {error}",
+                listener=self.config.name,
+                error=e,
+            )
+
     def accepted(self, protocol: PrereadProtocol) -> None:
         """
         Refuse a new connection the listener's filters or limits exclude,

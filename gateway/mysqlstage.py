@@ -399,6 +399,12 @@ class ServerLeg(Protocol):
         else:
             self._unusable("the server closed the connection")
 
+    def tlsError(self, reason: str) -> None:
+        # The TLS layer sent the alert and closes the socket, which ends
+        # the leg as any close does; the cause is recorded first.
+        if self.owner is not None:
+            self.owner.legTLSError(self, reason)
+
     # transport events
 
     def dataReceived(self, data: bytes) -> None:
@@ -917,6 +923,13 @@ class MySQLConnection:
             )
         elif leg is self._leg:
             self._legUnavailable(leg, reason)
+
+    def legTLSError(self, leg: ServerLeg, reason: str) -> None:
+        """
+        The server broke TLS after the handshake (re-encryption).
+        """
+        self._record.fail("tls_error", f"upstream {leg.server.address}: {reason}")
+        self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def _legUnavailable(self, leg: ServerLeg, reason: str) -> None:
         if self._state is _State.OVER or self._relay is not None:

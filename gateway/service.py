@@ -12,6 +12,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
@@ -26,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
 from gateway.acmemanager import AcmeManager
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -232,13 +234,16 @@ class GatewayService(Service):
         if settings.metrics is not None or self._inherited:
             self._metrics = Metrics()
         extra = {"worker_pid": os.getpid()} if self._inherited else None
-        self._accessLog = AccessLog(
-            settings.access_log,
-            settings.access_log_format,
-            metrics=self._metrics,
-            extra=extra,
-            recent=self.recent,
-        )
+        try:
+            self._accessLog = AccessLog(
+                settings.access_log,
+                settings.access_log_format,
+                metrics=self._metrics,
+                extra=extra,
+                recent=self.recent,
+            )
+        except OSError as e:
+            raise StartupError(_cannotOpenLog(settings.access_log, e)) from None
         try:
             self._acme = self._acmeFor(self.config, reactor)
             generation = Generation(
@@ -324,10 +329,13 @@ class GatewayService(Service):
                     port.factory = factory  # type: ignore[attr-defined]
                     continue
                 try:
-                    self._ports[description] = self._open(reactor, description, factory)
+                    port = self._ports[description] = self._open(
+                        reactor, description, factory
+                    )
                 except StartupError as e:
                     errors.append(f"listener {listener.name}: {e}")
                     continue
+                watch(port, partial(getattr, port, "factory", None))
                 self._log.info(
                     "listener {listener} listening on {description}",
                     listener=listener.name,
@@ -456,31 +464,47 @@ class GatewayService(Service):
         Read the configuration file again and serve it: new connections
         get the new routes, upstreams, certificates and policies at once;
         established ones finish on the configuration they started with.
-        An invalid file (or a port that cannot be opened) is logged and the
-        running configuration stays.
+
+        All or nothing: the new configuration is checked, its certificates
+        loaded, its access log opened and its new ports opened before
+        anything changes.  If any of it fails, C{reload refused: REASON}
+        is logged, whatever was opened for it is closed again, and the
+        running configuration stays, every listener and log included.
 
         @return: whether the new configuration is now serving.
         """
         if self._current is None:
             return False
         reactor = self._getReactor()
-        acme = None
+        assert self._accessLog is not None
+        path = self.config.path
         try:
-            config = load_config(self.config.path)
+            config = load_config(path)
+        except ConfigError as e:
+            self._refused(f"{path} has problems:\n{e}")
+            return False
+        except OSError as e:
+            self._refused(f"cannot read {path}: {e.strerror}")
+            return False
+        try:
+            log = self._accessLog.prepare(config.gateway.access_log)
+        except OSError as e:
+            self._refused(_cannotOpenLog(config.gateway.access_log, e))
+            return False
+        try:
             acme = self._acmeFor(config, reactor)
             generation = Generation(
                 config,
                 reactor,
-                self._accessLog,  # type: ignore[arg-type]
+                self._accessLog,
                 self._maybeDrained,
                 self._cancelKeys,
                 acme,
             )
-        except (ConfigError, StartupError) as e:
-            self._log.error(
-                "reload refused, the running configuration stays:\n{problems}",
-                problems=str(e),
-            )
+        except StartupError as e:
+            if log is not None:
+                log.close()
+            self._refused(str(e))
             return False
         before = set(self._ports)
         errors = self._bind(reactor, generation)
@@ -488,10 +512,9 @@ class GatewayService(Service):
             # Put the old factories back and close what was opened.
             self._closePorts(sorted(set(self._ports) - before))
             self._bind(reactor, self._current)
-            self._log.error(
-                "reload refused, the running configuration stays:\n{problems}",
-                problems="\n".join(errors),
-            )
+            if log is not None:
+                log.close()
+            self._refused("\n".join(errors))
             return False
         wanted = {d for listener in config.listeners for d in listener.listen}
         self._closePorts(sorted(set(self._ports) - wanted))
@@ -508,10 +531,7 @@ class GatewayService(Service):
         if old.active:
             self._retired.append(old)
         generation.startPools(reactor)
-        assert self._accessLog is not None
-        self._accessLog.configure(
-            config.gateway.access_log, config.gateway.access_log_format
-        )
+        self._accessLog.use(log, config.gateway.access_log_format)
         self._log.info(
             "reloaded {path}: {count} listener(s)",
             path=config.path,
@@ -519,12 +539,23 @@ class GatewayService(Service):
         )
         return True
 
+    def _refused(self, reason: str) -> None:
+        self._log.error(
+            "reload refused: {reason}\nthe running configuration stays",
+            reason=reason,
+        )
+
     def retire(self) -> None:
         """
         Stop accepting and stop the reactor once the last established
         connection has ended, however long that takes: how a worker that a
-        reload replaced bows out (C{SIGQUIT} from the supervisor).
+        reload replaced bows out (C{SIGQUIT} from the supervisor).  No
+        deadline: a reload does not drop established connections.  A stop
+        (C{SIGTERM}) during the retirement takes over with its own,
+        C{drain_timeout}.
         """
+        if not self.running:
+            return
         self._closePorts(list(self._ports))
         if self._acme is not None:
             self._acme.stop()
@@ -534,7 +565,14 @@ class GatewayService(Service):
         self._maybeRetired()
 
     def _maybeRetired(self) -> None:
-        if self._retiring and not any(g.active for g in self._generations()):
+        # Not once stopping: the drain ends the process, and stopping the
+        # reactor a second time raises ReactorNotRunning (a CRITICAL
+        # traceback in the log).
+        if (
+            self._retiring
+            and self.running
+            and not any(g.active for g in self._generations())
+        ):
             self._retiring = False
             reactor = self._getReactor()
             if getattr(reactor, "running", False):
@@ -545,7 +583,14 @@ class GatewayService(Service):
         C{SIGUSR1}: reopen the access log, after logrotate moved it.
         """
         if self._accessLog is not None:
-            self._accessLog.reopen()
+            try:
+                self._accessLog.reopen()
+            except OSError as e:
+                self._log.error(
+                    "{problem}: no access-log lines until it can be opened"
+                    " (fix it, then send SIGUSR1 again)",
+                    problem=_cannotOpenLog(self._accessLog.destination, e),
+                )
 
     # stop
 
@@ -561,6 +606,7 @@ class GatewayService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._acme is not None:
             self._acme.stop()
+        self._retiring = False
         for generation in self._generations():
             generation.stopPools()
         if self._serverStates is not None and self._serverStates.running:
@@ -621,3 +667,7 @@ class GatewayService(Service):
     def _closeLog(self) -> None:
         if self._accessLog is not None:
             self._accessLog.close()
+
+
+def _cannotOpenLog(destination: str, error: OSError) -> str:
+    return f"[gateway] access_log: cannot open {destination}: {error.strerror}"

@@ -44,7 +44,7 @@ from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.splicerelay import startRelay
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
-from gateway.upstream import IServerChooser, connectServer
+from gateway.upstream import IServerChooser, connectServer, localError
 
 
 class IUpstreamTLS(typing.Protocol):
@@ -229,6 +229,9 @@ class UpstreamProtocol(Protocol):
         if self._relay is not None:
             self._relay.upstreamReadClosed()
 
+    def tlsError(self, reason: str) -> None:
+        self._session.upstreamTLSError(self.server, reason)
+
     # transport events
 
     def dataReceived(self, data: bytes) -> None:
@@ -405,8 +408,26 @@ class Session:
             server,
             attempt,
             self._timeouts.connect,
-            lambda reason: self.upstreamRefused(attempt, reason.getErrorMessage()),
+            lambda reason: self._connectFailed(attempt, reason),
         )
+
+    def _connectFailed(self, attempt: UpstreamProtocol, reason: Failure) -> None:
+        local = localError(reason)
+        if local is None:
+            self.upstreamRefused(attempt, reason.getErrorMessage())
+            return
+        if attempt is not self._attempt:
+            return
+        # The gateway's own resources ran out, not the server: it does not
+        # count against the server, and no other server is tried.
+        # The server is released, not failed; the client's close finishes.
+        self._attempt = self._connector = None
+        self._lastError = f"{attempt.server.address}: {local}"
+        if self._clientGone:
+            self._finish()
+            return
+        self._record.fail("upstream_unavailable", self._lastError)
+        self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
         """
@@ -425,6 +446,14 @@ class Session:
         self._upstream.chooser.connectFailed(attempt.server)
         self._lastError = f"{attempt.server.address}: {reason}"
         self._connectNext()
+
+    def upstreamTLSError(self, server: ServerConfig, reason: str) -> None:
+        """
+        The upstream broke TLS after the handshake (re-encryption): its
+        connection is closing, and the relay ends both sides.
+        """
+        self._record.fail("tls_error", f"upstream {server.address}: {reason}")
+        self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
         self, protocol: UpstreamProtocol, upstream: RelayTransport, server: ServerConfig

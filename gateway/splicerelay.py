@@ -208,6 +208,13 @@ def startRelay(
     why = spliceUnavailable(setting, client, upstream)
     where = f"{record.client} -> {record.upstream}"
     if why is None:
+        try:
+            hubFor(reactor)  # type: ignore[arg-type]
+        except OSError as e:
+            # No descriptor for the hub's epoll set (EMFILE): this
+            # connection is relayed all the same, by the reactor.
+            why = f"relay = {setting}, but no splice hub: {e.strerror}"
+    if why is None:
         _log.debug(
             "relay {where}: splice (relay = {setting})", where=where, setting=setting
         )
@@ -624,7 +631,10 @@ def _hubReaders(
         ):
             return None
         wires.append(wire)
-    hub = hubFor(reactor)
+    try:
+        hub = hubFor(reactor)
+    except OSError:
+        return None  # no descriptor for the hub (EMFILE): the reactor reads
     return _Reader(hub, wires[0], "client"), _Reader(hub, wires[1], "upstream")
 
 
@@ -716,7 +726,11 @@ class _Flow:
             try:
                 self._pipe = self._pipes.take()
             except OSError as e:
-                self._relay.failed(f"no pipe for splicing: {e.strerror}")
+                # Out of descriptors: the gateway's fault, not the peers'.
+                self._relay.failed(
+                    f"no pipe for splicing: {e.strerror}",
+                    status="upstream_unavailable",
+                )
                 return
         try:
             moved = _splice(self._source.fd, self._pipe[1], _CHUNK, flags=_FLAGS)
@@ -969,13 +983,18 @@ class SpliceRelay:
         reset(other.transport)
         end.transport.abortConnection()
 
-    def failed(self, why: str) -> None:
+    def failed(self, why: str, status: str | None = None) -> None:
         """
         The relay itself cannot go on: reset both sides.
+
+        @param status: the access-log status to record, if any (a local
+            resource error is C{upstream_unavailable}).
         """
         if self._state is _State.CLOSING:
             return
         self._warn(why)
+        if status is not None:
+            self._record.fail(status, f"local resource error: {why}")
         self._stop()
         self._record.extra.setdefault("closed_by", "gateway_error")
         for end in (self._client, self._upstream):

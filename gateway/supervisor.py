@@ -54,6 +54,15 @@ WORKER_ENV = "TLSGATEWAY_WORKER"
 #: worker: JSON C{{listen description: [fd, address family]}}.
 FDS_ENV = "TLSGATEWAY_LISTEN_FDS"
 
+#: Environment variable naming the descriptor on which a worker says it is
+#: ready (serving its listeners), once, with L{READY}.
+READY_ENV = "TLSGATEWAY_READY_FD"
+READY = b"ready\n"
+
+#: How long the new workers of a reload have to be ready before the reload
+#: is refused.
+_READY_TIMEOUT = 30.0
+
 #: How long after a crash a worker is started again; doubled for each
 #: crash in a row (up to C{_MAX_BACKOFF}) so a worker that cannot start does
 #: not spin.
@@ -82,13 +91,19 @@ class _Worker(ProcessProtocol):
         after a crash: the id on every line it logs and on the status page.
     @ivar stopping: the supervisor asked it to stop, so its exit is not a
         crash.
+    @ivar ready: it said it serves its listeners (L{READY} on
+        C{readyFD}).
     """
 
-    def __init__(self, supervisor: Supervisor, generation: int, number: int) -> None:
+    def __init__(
+        self, supervisor: Supervisor, generation: int, number: int, readyFD: int
+    ) -> None:
         self.supervisor = supervisor
         self.generation = generation
         self.number = number
+        self.readyFD = readyFD
         self.stopping = False
+        self.ready = False
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
 
@@ -102,9 +117,33 @@ class _Worker(ProcessProtocol):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, number)
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == self.readyFD and not self.ready and READY.strip() in data:
+            self.ready = True
+            self.supervisor.workerReady(self)
+
     def processEnded(self, reason: Failure) -> None:
         self.supervisor.workerEnded(self, reason)
         self.ended.callback(None)
+
+
+class _PendingReload:
+    """
+    A reload whose new workers are starting: it applies once every one of
+    them is ready, and is refused if one of them exits first or they are
+    not all ready in time.
+
+    @ivar opened: C{listen} descriptions whose sockets were opened for it,
+        closed again if it is refused.
+    """
+
+    def __init__(
+        self, generation: int, config: GatewayConfig, opened: set[str], timer: Any
+    ) -> None:
+        self.generation = generation
+        self.config = config
+        self.opened = opened
+        self.timer = timer
 
 
 class Supervisor(Service):
@@ -134,6 +173,7 @@ class Supervisor(Service):
         self._metricsPort: IListeningPort | None = None
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
+        self._pending: _PendingReload | None = None
 
     # start
 
@@ -241,11 +281,15 @@ class Supervisor(Service):
             family = port.socket.family  # type: ignore[attr-defined]
             fds[description] = [fd, int(family)]
             childFDs[fd] = fd
+        # A pipe the worker writes READY to: the first number free in it.
+        readyFD = max(childFDs) + 1
+        childFDs[readyFD] = "r"
         env = dict(os.environ)
         env[FDS_ENV] = json.dumps(fds)
+        env[READY_ENV] = str(readyFD)
         env["PROMETHEUS_MULTIPROC_DIR"] = self._metricsDir
         env[WORKER_ENV] = str(number)
-        worker = _Worker(self, generation, number)
+        worker = _Worker(self, generation, number, readyFD)
         self._reactor.spawnProcess(
             worker,
             sys.executable,
@@ -272,6 +316,19 @@ class Supervisor(Service):
 
     # events
 
+    def workerReady(self, worker: _Worker) -> None:
+        """
+        C{worker} serves its listeners.  The last of a reload's new workers
+        to be ready applies the reload.
+        """
+        self._log.info("worker {pid} ready", pid=worker.pid)
+        pending = self._pending
+        if pending is None or worker.generation != pending.generation:
+            return
+        new = [w for w in self._workers if w.generation == pending.generation]
+        if len(new) == self.config.gateway.workers and all(w.ready for w in new):
+            self._apply(pending)
+
     def workerEnded(self, worker: _Worker, reason: Failure) -> None:
         self._workers.discard(worker)
         if worker.pid is not None:
@@ -282,6 +339,17 @@ class Supervisor(Service):
             multiprocess.mark_process_dead(worker.pid, self._metricsDir)
             with contextlib.suppress(OSError):
                 os.remove(snapshotPath(self._metricsDir, worker.number, worker.pid))
+        pending = self._pending
+        if (
+            pending is not None
+            and worker.generation == pending.generation
+            and not worker.stopping
+        ):
+            self._refuse(
+                f"new worker {worker.pid} exited before the new configuration"
+                f" was serving ({reason.getErrorMessage()}; its log says why)"
+            )
+            return
         if worker.stopping or self._stopping:
             self._log.info(
                 "worker {number} stopped: pid {pid}",
@@ -318,20 +386,36 @@ class Supervisor(Service):
     def reload(self) -> None:
         """
         C{SIGHUP}: check the configuration file again; if it is valid,
-        start new workers on it and drain the old ones.
+        open the sockets of new listeners and start new workers on it, and
+        once every new worker is ready, retire the old ones.
+
+        All or nothing, as in one process: if the file has problems, a new
+        socket cannot be opened, or a new worker exits before it is ready
+        (or they are not all ready within L{_READY_TIMEOUT}), C{reload
+        refused: REASON} is logged, what was started for the reload is
+        stopped and closed again, and the old workers go on serving the
+        running configuration.
         """
         if self._stopping:
             # The new workers would outlive the supervisor: stopService
             # waits only for the workers it signalled.
             self._log.warn("not reloading: stopping")
             return
-        try:
-            config = load_config(self.config.path)
-        except ConfigError as e:
-            self._log.error(
-                "reload refused, the running configuration stays:\n{problems}",
-                problems=str(e),
+        if self._pending is not None:
+            self._log.warn(
+                "reload refused: the previous reload (generation {generation})"
+                " is still starting its workers; send SIGHUP again once it is done",
+                generation=self._pending.generation,
             )
+            return
+        path = self.config.path
+        try:
+            config = load_config(path)
+        except ConfigError as e:
+            self._refused(f"{path} has problems:\n{e}")
+            return
+        except OSError as e:
+            self._refused(f"cannot read {path}: {e.strerror}")
             return
         if config.gateway.workers != self.config.gateway.workers:
             self._log.warn(
@@ -340,19 +424,40 @@ class Supervisor(Service):
                 workers=self.config.gateway.workers,
             )
             config = _withWorkers(config, self.config.gateway.workers)
+        before = set(self._ports)
         try:
             self._openPorts(config)
         except RuntimeError as e:
-            self._log.error("reload refused: {error}", error=str(e))
+            self._closePorts(set(self._ports) - before)
+            self._refused(str(e))
             return
+        generation = self._generation + 1
+        self._pending = _PendingReload(
+            generation,
+            config,
+            set(self._ports) - before,
+            self._reactor.callLater(_READY_TIMEOUT, self._notReady),
+        )
+        for number in range(1, config.gateway.workers + 1):
+            self._spawn(generation, number)
+
+    def _apply(self, pending: _PendingReload) -> None:
+        """
+        Every new worker of C{pending} is ready: they serve from now on,
+        and the old ones retire.
+        """
+        self._pending = None
+        if pending.timer.active():
+            pending.timer.cancel()
         old = [w for w in self._workers if w.generation == self._generation]
-        self.config = config
-        self._serve(config)
-        self._startGeneration()
+        self._generation = pending.generation
+        self.config = pending.config
+        self._serve(pending.config)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
-            # outlive the reload as they do in one process.
+            # outlive the reload as they do in one process (a later
+            # SIGTERM still drains with one).
             worker.signal(signal.SIGQUIT)
         # Removed listeners' sockets stop listening at once, although the
         # workers hold copies: Twisted shuts a socket it opened itself down
@@ -360,6 +465,38 @@ class Supervisor(Service):
         # shares, so the port refuses connections from now on.
         self._closeUnused()
         self._log.info("reloaded: generation {generation}", generation=self._generation)
+
+    def _notReady(self) -> None:
+        self._refuse(f"the new workers were not all ready within {_READY_TIMEOUT:g}s")
+
+    def _refuse(self, reason: str) -> None:
+        """
+        Give up the pending reload: its workers drain and stop (a ready one
+        may have accepted connections), the sockets opened for it close.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.timer.active():
+            pending.timer.cancel()
+        for worker in list(self._workers):
+            if worker.generation == pending.generation:
+                worker.stopping = True
+                worker.signal(signal.SIGTERM)
+        self._closePorts(pending.opened)
+        self._refused(reason)
+
+    def _refused(self, reason: str) -> None:
+        self._log.error(
+            "reload refused: {reason}\nthe running configuration stays",
+            reason=reason,
+        )
+
+    def _closePorts(self, descriptions: set[str]) -> None:
+        for description in sorted(descriptions):
+            port = self._ports.pop(description, None)
+            if port is not None:
+                port.stopListening()
 
     def reopenLogs(self) -> None:
         for worker in list(self._workers):
@@ -370,6 +507,10 @@ class Supervisor(Service):
         self._stopping = True
         if self._acmeRefresh.running:
             self._acmeRefresh.stop()
+        if self._pending is not None:
+            if self._pending.timer.active():
+                self._pending.timer.cancel()
+            self._pending = None
         for port in self._ports.values():
             port.stopListening()
         self._ports = {}

@@ -118,6 +118,13 @@ class TerminationStage:
     def tlsReadClosed(self) -> None:
         self._session.clientReadClosed()
 
+    def tlsError(self, reason: str) -> None:
+        # The TLS layer sent the alert and closes the socket; the session
+        # sees the client go as it sees any close, and the first cause
+        # recorded is this one.
+        self._record.fail("tls_error", reason)
+        self._record.extra.setdefault("closed_by", "client_tls_error")
+
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(

@@ -58,6 +58,8 @@ try:
     _BIO_read = _lib.BIO_read
     _BIO_write = _lib.BIO_write
     _ERR_clear_error = _lib.ERR_clear_error
+    _ERR_get_error = _lib.ERR_get_error
+    _ERR_reason_error_string = _lib.ERR_reason_error_string
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
     _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
     #: One buffer for every connection: the reactor is single-threaded and
@@ -165,6 +167,36 @@ class TLSEvents(Protocol):
     def tlsData(self, data: bytes) -> None: ...
 
     def tlsReadClosed(self) -> None: ...
+
+    def tlsError(self, reason: str) -> None:
+        """
+        A TLS error after the handshake (a corrupt record, a bad KeyUpdate,
+        an unexpected message): OpenSSL's alert has been sent and the
+        connection is being closed.
+
+        @param reason: OpenSSL's reason, for the access log.
+        """
+
+
+#: The reason logged when OpenSSL fails a record without saying why.
+_UNKNOWN_TLS_ERROR = "TLS error after the handshake"
+
+
+def _queuedReasons() -> str:
+    """
+    Empty OpenSSL's error queue (so nothing stays behind for the next
+    connection's calls to find) and say what it held, as L{describeError}
+    does for a pyOpenSSL exception.
+    """
+    reasons = []
+    while code := _ERR_get_error():
+        text = _ERR_reason_error_string(code)
+        reasons.append(
+            _ffi.string(text).decode("ascii", "replace")
+            if text != _ffi.NULL
+            else f"OpenSSL error {code:#x}"
+        )
+    return "; ".join(dict.fromkeys(reasons)) or _UNKNOWN_TLS_ERROR
 
 
 def describeError(error: BaseException) -> str:
@@ -293,7 +325,8 @@ class TLSTransport:
             self._flush()
             return
         chunks: list[bytes] = []
-        ended = broken = False
+        ended = False
+        broken: str | None = None
         raw = self._raw
         if raw is not None:
             ssl = raw[0]
@@ -306,11 +339,8 @@ class TLSTransport:
                 if error == _ZERO_RETURN:
                     ended = True
                 elif error != _WANT_READ:
-                    # What pyOpenSSL would raise as an SSL.Error; its queue
-                    # of error details must not stay behind for the next
-                    # connection's calls to find.
-                    _ERR_clear_error()
-                    broken = True
+                    # What pyOpenSSL would raise as an SSL.Error.
+                    broken = _queuedReasons()
                 break
         else:
             recv = self.connection.recv
@@ -322,20 +352,37 @@ class TLSTransport:
                 except SSL.ZeroReturnError:
                     ended = True
                     break
-                except SSL.Error:
-                    broken = True
+                except SSL.Error as e:
+                    broken = describeError(e) or _UNKNOWN_TLS_ERROR
                     break
         if chunks:
             self._events.tlsData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if broken:
-            # A corrupt record or a fatal alert after the handshake: the
-            # stream cannot go on, and must not be taken for a clean end.
-            self._failed = True
-            self._transport.abortConnection()
+        if broken is not None:
+            self._broken(broken)
             return
         if ended:
             self._reportReadClosed()
         self._flush()
+
+    def _broken(self, reason: str) -> None:
+        """
+        A corrupt record, a bad KeyUpdate or an unexpected message after
+        the handshake: the stream cannot go on, and must not be taken for
+        a clean end.  Send the alert OpenSSL queued, as any TLS server
+        does, so the peer learns why (a reset would tell it nothing and
+        could discard the alert), then close.
+
+        The producer registered on the wire (the relay's other side) is
+        taken off first: a paused one would be resumed instead of the
+        close ever happening.
+        """
+        self._failed = True
+        self._writeClosed = True
+        self._flush()
+        self._events.tlsError(reason)
+        if getattr(self._transport, "producer", None) is not None:
+            self._transport.unregisterProducer()
+        self._transport.loseConnection()
 
     def _reportReadClosed(self) -> None:
         if not self._readClosed:

@@ -26,7 +26,9 @@ DNS for addresses that are already literal.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -35,6 +37,7 @@ import attrs
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -497,6 +500,34 @@ class _OneShotFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self._failed(reason)
+
+
+#: The errors of a connect that are the gateway's own doing, not the
+#: server's: out of descriptors (the process's or the system's) or of
+#: buffer memory.  They never count against a server (passive failures,
+#: health checks); the connection is refused as C{upstream_unavailable}
+#: and no other server is tried, since it would fail the same way.
+LOCAL_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def localError(reason: Failure) -> str | None:
+    """
+    Why a connect failed, if it is a local resource error (L{LOCAL_ERRORS}),
+    or L{None} when the server may be to blame.
+
+    Twisted reports a socket it could not create as L{ConnectBindError}
+    and a failed C{connect()} as another L{ConnectError}, both with the
+    C{errno} in C{osError}; an C{OSError} carries its own.
+    """
+    value = reason.value
+    number = (
+        value.osError
+        if isinstance(value, ConnectError)
+        else getattr(value, "errno", None)
+    )
+    if number not in LOCAL_ERRORS:
+        return None
+    return f"local resource error: {errno.errorcode[number]} ({os.strerror(number)})"
 
 
 def connectServer(

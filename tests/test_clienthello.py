@@ -249,11 +249,51 @@ def test_serverNameMayHaveUnderscoresAndDigits() -> None:
     assert hello.serverName == "_srv.node-01.example.com"
 
 
-def test_otherServerNameTypesAreIgnored() -> None:
-    data = extension(
-        0, vector(2, b"\x05" + vector(2, b"x") + b"\x00" + vector(2, b"a.example"))
+def serverNames(*entries: tuple[int, bytes]) -> bytes:
+    """A server_name extension listing C{(name_type, name)} entries."""
+    return extension(
+        0,
+        vector(2, b"".join(bytes([kind]) + vector(2, name) for kind, name in entries)),
     )
-    assert feedAll([wrap(helloBody(data))]).serverName == "a.example"
+
+
+def test_aNameTypeOtherThanHostNameFailsClosed() -> None:
+    """
+    A server_name list mixing name types (a type-1 entry, then a
+    host_name) is refused: OpenSSL refuses the same bytes, so routing on
+    the host_name would route a hello the server then reads differently.
+    """
+    data = wrap(helloBody(serverNames((1, b"x"), (0, b"a.example"))))
+    with pytest.raises(ClientHelloError, match="type 1, not host_name"):
+        ClientHelloReader().feed(data)
+
+
+def test_aNameTypeAfterTheHostNameFailsClosed() -> None:
+    data = wrap(helloBody(serverNames((0, b"a.example"), (5, b"x"))))
+    with pytest.raises(ClientHelloError, match="type 5, not host_name"):
+        ClientHelloReader().feed(data)
+
+
+@FAST
+@given(
+    before=st.lists(st.tuples(st.integers(1, 255), st.binary(min_size=1, max_size=20))),
+    after=st.lists(st.tuples(st.integers(1, 255), st.binary(min_size=1, max_size=20))),
+)
+def test_anyListWithAnotherNameTypeFailsClosed(
+    before: list[tuple[int, bytes]], after: list[tuple[int, bytes]]
+) -> None:
+    """
+    Wherever entries of other types sit around the host_name, the hello is
+    a L{ClientHelloError}, never a routed name, fed whole or byte by byte.
+    """
+    if not (before or after):
+        return
+    data = wrap(helloBody(serverNames(*before, (0, b"a.example"), *after)))
+    with pytest.raises(ClientHelloError):
+        ClientHelloReader().feed(data)
+    result = outcome(oneByteAtATime(data))
+    assert isinstance(result, tuple)
+    assert result[0] is ClientHelloError
 
 
 def test_alpnIsDecodedAsLatin1() -> None:
@@ -355,7 +395,27 @@ def test_helloLargerThanARecordNeedsTwo() -> None:
     assert data.count(b"\x16\x03\x01\x40\x00") == 1
     assert feedAll([data], maxSize=64 * 1024).serverName == "huge.example.com"
     with pytest.raises(ClientHelloTooLarge):
-        ClientHelloReader().feed(data)
+        ClientHelloReader(16384).feed(data)
+
+
+def test_theDefaultLimitHoldsAHelloInOneFullRecord() -> None:
+    """
+    A ClientHello may fill one record: 2^14 bytes of fragment, 16,389 on
+    the wire.  The default limit holds it, and one spread over several
+    full records too.
+    """
+    body = helloBody(sni(b"full.example.com"), extension(21, bytes(16384 - 4 - 106)))
+    data = wrap(body)
+    assert len(data) == 16389, len(data)
+    hello = ClientHelloReader().feed(data)
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName == "full.example.com"
+    several = splitIntoRecords(
+        wrap(helloBody(sni(b"big.example.com"), extension(21, bytes(40000)))), [2**14]
+    )
+    hello = ClientHelloReader().feed(several)
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName == "big.example.com"
 
 
 def test_truncatedInputNeedsMore() -> None:
@@ -684,10 +744,10 @@ MALFORMED: list[tuple[str, bytes, type[ClientHelloError], str]] = [
         "more than one host_name",
     ),
     (
-        "no host_name",
+        "only another name type",
         wrap(helloBody(sni(b"a.example", nameType=1))),
         ClientHelloError,
-        "no host_name",
+        "type 1, not host_name",
     ),
     (
         "empty ALPN list",

@@ -80,6 +80,67 @@ def listener(text: str, upstreams: str = UPSTREAMS) -> str:
     return "[listener:web]\n" + textwrap.dedent(text) + upstreams
 
 
+# --- what run would trip on ---------------------------------------------------
+
+
+def test_anAccessLogInAFolderThatDoesNotExistIsAProblem(tmp_path: Path) -> None:
+    assert problems(
+        tmp_path, "[gateway]\naccess_log = nowhere/access.log\n" + MINIMAL
+    ) == [
+        f"gw.ini:2: [gateway] access_log: cannot open {tmp_path}/nowhere/access.log:"
+        f" the folder {tmp_path}/nowhere does not exist"
+    ]
+
+
+def test_anAccessLogThatIsAFolderIsAProblem(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    assert problems(tmp_path, "[gateway]\naccess_log = logs\n" + MINIMAL) == [
+        f"gw.ini:2: [gateway] access_log: {tmp_path}/logs is a folder, not a file"
+    ]
+
+
+def test_anAccessLogThroughADanglingLinkIsAProblem(tmp_path: Path) -> None:
+    (tmp_path / "access.log").symlink_to(tmp_path / "gone" / "access.log")
+    assert problems(tmp_path, "[gateway]\naccess_log = access.log\n" + MINIMAL) == [
+        f"gw.ini:2: [gateway] access_log: cannot open {tmp_path}/access.log:"
+        f" the folder {tmp_path}/gone does not exist"
+    ]
+
+
+def test_fileProblemsAreReportedWithTheOthers(tmp_path: Path) -> None:
+    """
+    A typo, a key file that holds no key and an access log nowhere: one
+    load reports all three (the files of what converted are checked even
+    though the INI has problems).
+    """
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    found = problems(
+        tmp_path,
+        "[gateway]\n"
+        "access_log = nowhere/access.log\n"
+        "workerz = 2\n"
+        "[listener:web]\n"
+        "listen = tcp:8443\n"
+        "mode = terminate\n"
+        "certificate = cert.pem\n"
+        "private_key = key.pem\n"
+        "upstream = app\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:9000\n",
+    )
+    assert [": ".join(p.split(": ")[:2]) for p in found] == [
+        "gw.ini:2: [gateway] access_log",
+        "gw.ini:3: [gateway] workerz",
+        "gw.ini:7: [listener:web] certificate",
+    ], found
+
+
+def test_theAccessLogIsNotCreatedByALoad(tmp_path: Path) -> None:
+    load_config(write(tmp_path, "[gateway]\naccess_log = access.log\n" + MINIMAL))
+    assert not (tmp_path / "access.log").exists()
+
+
 # --- loading good files ------------------------------------------------------
 
 
@@ -100,13 +161,14 @@ def test_minimalFileGetsEveryDefault(tmp_path: Path) -> None:
     assert web.location == Location(str(path), 1)
     assert loaded.upstreams["app"].location == Location(str(path), 5)
     assert (web.mode, web.protocol, web.relay) == ("passthrough", "tls", "auto")
-    assert (web.preread_timeout, web.preread_buffer_size) == (5.0, 16384)
+    assert (web.preread_timeout, web.preread_buffer_size) == (5.0, 65536)
     assert (web.connect_timeout, web.idle_timeout) == (10.0, 600.0)
     assert web.protocols == ("TLSv1.2", "TLSv1.3")
     assert loaded.gateway == GatewaySettings("-", "text", 1, None, 30.0)
 
 
 def test_loadConfigTextTakesThePathForFolderAndMessages(tmp_path: Path) -> None:
+    (tmp_path / "etc" / "logs").mkdir(parents=True)
     loaded = load_config_text(
         MINIMAL + "[gateway]\naccess_log = logs/access.log\n",
         str(tmp_path / "etc" / "gw.ini"),

@@ -6,13 +6,14 @@ on a memory reactor (no sockets; TLS against an in-memory pyOpenSSL server).
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable
 
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.testing import (
@@ -169,6 +170,19 @@ class CheckerTests(SynchronousTestCase):
         [event] = [e for e in self.log if "is down" in e["log_format"]]
         self.assertEqual((event["upstream"], event["server"]), ("app", "192.0.2.1:443"))
         self.assertIn("refused", event["why"])
+
+    def test_aLocalResourceErrorIsNoVerdict(self) -> None:
+        """
+        A probe whose socket cannot be made (EMFILE: the gateway's
+        descriptors ran out) says nothing about the server.
+        """
+        _, _, factory, _ = self.probes()[0]
+        error = ConnectBindError(errno.EMFILE, "Too many open files")
+        factory.clientConnectionFailed(None, Failure(error))  # type: ignore[arg-type]
+        self.assertEqual(self.up(), {"192.0.2.1:443": True, "app.example:8443": True})
+        self.assertNotIn(self.pool.members()[0], self.checker.states)
+        self.reactor.advance(5)
+        self.assertEqual(len(self.probes()), 4)  # probed again next round
 
     def test_aTcpCheckPassesOnConnectAndCloses(self) -> None:
         transport = self.accept(0)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from gateway.config import load_config_text
 from gateway.signals import SignalHandling
@@ -38,6 +39,10 @@ class RecordingReactor:
 
     def stop(self) -> None:
         """The reactor's stop, as a bound method to be scheduled."""
+
+    def callLater(self, delay: float, f: Callable[..., object], *args: object) -> Any:
+        """A timer that never fires (a reload's readiness deadline)."""
+        return Clock().callLater(delay, f, *args)
 
     def spawnProcess(
         self, protocol: Any, executable: str, args: list[str], **kw: Any

@@ -7,6 +7,7 @@ import socket
 
 import trustme
 from OpenSSL import SSL
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.accesslog import ConnectionRecord
@@ -39,6 +40,7 @@ class Events:
     def __init__(self) -> None:
         self.done = False
         self.failed: list[str] = []
+        self.errors: list[str] = []
         self.data: list[bytes] = []
         self.closed = False
 
@@ -53,6 +55,9 @@ class Events:
 
     def tlsReadClosed(self) -> None:
         self.closed = True
+
+    def tlsError(self, reason: str) -> None:
+        self.errors.append(reason)
 
 
 class TLSTransportTests(SynchronousTestCase):
@@ -137,6 +142,31 @@ class TLSTransportTests(SynchronousTestCase):
         client.sendall(b"still talking")
         self.pump(client)
         self.assertEqual(b"".join(self.events.data), b"still talking")
+
+    def test_aCorruptRecordSendsTheAlertThenCloses(self) -> None:
+        """
+        A record whose MAC fails after the handshake: the events hear
+        OpenSSL's reason, the alert OpenSSL queued goes out, and the wire
+        is closed, not reset; nothing after it is decrypted.
+        """
+        client = self.handshake()
+        client.sendall(b"fine")
+        record = bytearray(client.bio_read(65536))
+        record[-1] ^= 1
+        self.wire.clear()
+        self.wire.protocol = Protocol()
+        self.tls.ciphertextReceived(bytes(record))
+        self.assertEqual(len(self.events.errors), 1)
+        self.assertIn("bad record mac", self.events.errors[0])
+        self.assertFalse(self.wire.aborted)
+        self.assertFalse(self.wire.connected)
+        client.bio_write(self.wire.value())
+        with self.assertRaisesRegex(SSL.Error, "alert bad record mac"):
+            client.recv(100)
+        self.tls.write(b"nothing more")
+        self.tls.ciphertextReceived(b"\x17\x03\x03\x00\x10" + bytes(16))
+        self.assertEqual(len(self.events.errors), 1)
+        self.assertEqual(self.events.data, [])
 
     def test_oldProtocolFailsWithAReason(self) -> None:
         context = serverContext()

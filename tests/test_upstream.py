@@ -6,12 +6,19 @@ its pool exactly when each attempt ends.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from collections.abc import Sequence
 
 import attrs
+import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectError,
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
@@ -33,7 +40,13 @@ from zope.interface.verify import verifyObject
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig, UpstreamConfig
 from gateway.session import Session, Timeouts, UpstreamRuntime
-from gateway.upstream import ConfiguredNames, FirstServer, IServerChooser, Pool
+from gateway.upstream import (
+    ConfiguredNames,
+    FirstServer,
+    IServerChooser,
+    Pool,
+    localError,
+)
 
 from .transports import HalfCloseableTransport
 
@@ -426,6 +439,29 @@ class SessionAccountingTests(SynchronousTestCase):
         # Not the server's fault: no failure counted.
         self.assertEqual(self.pool.members()[0].fails, 0)
 
+    def test_aLocalResourceErrorCountsAgainstNoServer(self) -> None:
+        """
+        The upstream socket cannot be made (EMFILE): the server is released,
+        not failed, no other server is tried, and the connection is
+        C{upstream_unavailable} naming the error; the client's close ends it.
+        """
+        self.session.connect(b"hello")
+        _, _, factory, _, _ = self.reactor.tcpClients[0]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[0],
+            Failure(ConnectBindError(errno.EMFILE, "Too many open files")),
+        )
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual([m.fails for m in self.pool.members()], [0, 0])
+        self.assertEqual(self.record.status, "upstream_unavailable")
+        assert self.record.reason is not None
+        self.assertIn("local resource error: EMFILE", self.record.reason)
+        self.assertFalse(self.client.connected)
+        self.assertEqual(self.ended, [])
+        self.session.clientLost(Failure(ConnectionDone()))
+        self.assertEqual(self.ended, [True])
+        self.assertEqual(self.active(), [0, 0])
+
     def test_noServerLeftReleasesNothing(self) -> None:
         for member in self.pool.members():
             self.pool.setHealthy(member, False)
@@ -445,3 +481,28 @@ def test_pickAfterResolutionUsesAddresses() -> None:
     # Two addresses: no longer a single server, so failures count.
     pool.connectFailed(attrs.evolve(pool.members()[0].server))
     assert pool.serverStates() == {"10.0.0.1:443": False, "10.0.0.2:443": True}
+
+
+@pytest.mark.parametrize(
+    ("failure", "local"),
+    [
+        (ConnectBindError(errno.EMFILE, "Too many open files"), "EMFILE"),
+        (ConnectBindError(errno.ENFILE, "Too many open files in system"), "ENFILE"),
+        (ConnectError(errno.ENOBUFS, "No buffer space available"), "ENOBUFS"),
+        (OSError(errno.EMFILE, "Too many open files"), "EMFILE"),
+        (ConnectionRefusedError(), None),
+        (ConnectError(errno.ECONNREFUSED, "refused"), None),
+        (ValueError("no errno"), None),
+    ],
+)
+def test_localErrorsAreTheGatewaysOwn(failure: Exception, local: str | None) -> None:
+    """
+    Out of descriptors or buffers: the gateway's fault, never the
+    server's (the session and the health checks do not count it).
+    """
+    found = localError(Failure(failure))
+    if local is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith(f"local resource error: {local} (")
