@@ -59,7 +59,9 @@ _EXTENSION_LABELS: Final = {
     code: f"the {name} extension" for code, name in _EXTENSION_NAMES.items()
 }
 _HOST_NAME: Final = 0
-_HOST_NAME_BYTES: Final = frozenset(
+#: The bytes a host name may hold, as the C{delete} argument of
+#: C{bytes.translate}: what is left after deleting them is the bad bytes.
+_HOST_NAME_BYTES: Final = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 )
 
@@ -438,117 +440,40 @@ def _describeNotTLS(first: int) -> str:
     return where
 
 
-class _Cursor:
+#: What error messages call the whole ClientHello body.
+_HELLO: Final = "the ClientHello"
+
+
+def _short(size: int, field: str, where: str, left: int) -> BadLength:
     """
-    Read fields off a byte string, raising L{BadLength} instead of
-    C{IndexError}: the only code that knows TLS field layout reads through
-    this, so no other exception can leave the parser.
-
-    @ivar _what: what the bytes are, for error messages.
+    A field that runs past the end of the vector (C{where}) holding it.
     """
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._data = data
-        self._offset = 0
-        self._what = what
-
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._offset
-
-    def _short(self, size: int, field: str) -> BadLength:
-        return BadLength(
-            f"{field} needs {size} bytes but {self._what} has only "
-            f"{self.remaining} left"
-        )
-
-    def take(self, size: int, field: str) -> bytes:
-        start = self._offset
-        end = start + size
-        if end > len(self._data):
-            raise self._short(size, field)
-        self._offset = end
-        return self._data[start:end]
-
-    def integer(self, size: int, field: str) -> int:
-        start = self._offset
-        end = start + size
-        if end > len(self._data):
-            raise self._short(size, field)
-        self._offset = end
-        return int.from_bytes(self._data[start:end], "big")
-
-    def vector(
-        self, lengthSize: int, field: str, minimum: int, maximum: int
-    ) -> _Cursor:
-        """
-        Read a length-prefixed vector and return a cursor over its contents.
-
-        Error messages are built only when raised: this runs a dozen times
-        per connection.
-        """
-        start = self._offset
-        end = start + lengthSize
-        if end > len(self._data):
-            raise self._short(lengthSize, f"length of {field}")
-        length = int.from_bytes(self._data[start:end], "big")
-        if not minimum <= length <= maximum:
-            raise BadLength(
-                f"{field} is {length} bytes long; it must be {minimum} to "
-                f"{maximum} bytes"
-            )
-        self._offset = end
-        return _Cursor(self.take(length, field), field)
-
-    def skip(self, lengthSize: int, extensionType: int) -> None:
-        """
-        Step over a length-prefixed extension body nobody reads, with the
-        same checks (and messages) as L{vector}.
-        """
-        start = self._offset
-        end = start + lengthSize
-        data = self._data
-        if end > len(data):
-            raise self._short(lengthSize, f"length of extension {extensionType}")
-        length = int.from_bytes(data[start:end], "big")
-        if end + length > len(data):
-            self._offset = end
-            raise self._short(length, f"extension {extensionType}")
-        self._offset = end + length
-
-    def uint16s(self) -> tuple[int, ...]:
-        """
-        Read the rest as a list of 16-bit code points.
-        """
-        remaining = self.remaining
-        if remaining % 2:
-            raise BadLength(f"{self._what} has an odd length ({remaining})")
-        values = struct.unpack_from(f">{remaining // 2}H", self._data, self._offset)
-        self._offset = len(self._data)
-        return values
-
-    def expectEnd(self) -> None:
-        if self.remaining:
-            raise BadLength(
-                f"{self.remaining} byte{'s' if self.remaining > 1 else ''} left "
-                f"over at the end of {self._what}"
-            )
+    return BadLength(f"{field} needs {size} bytes but {where} has only {left} left")
 
 
-def _parseClientHello(body: bytes) -> ClientHello:
+def _outOfRange(field: str, length: int, minimum: int, maximum: int) -> BadLength:
     """
-    Parse a ClientHello body (after its handshake header), RFC 8446 4.1.2.
-
-    Only the extensions the gateway reads are parsed; the others are checked
-    for length alone, so a new extension never breaks routing.
-
-    Two parsers give the one answer: L{_parseWellFormed} reads a hello that
-    passes every check in a fraction of the time, and says L{None} at the
-    first thing it does not like; L{_parseChecked} then reads the same
-    bytes again to say precisely what is wrong.  Every connection pays
-    only for the first, and only malformed hellos for both.
+    A vector whose length is outside the range its RFC gives.
     """
-    return _parseWellFormed(body) or _parseChecked(body)
+    return BadLength(
+        f"{field} is {length} bytes long; it must be {minimum} to {maximum} bytes"
+    )
+
+
+def _odd(field: str, length: int) -> BadLength:
+    """
+    A list of 16-bit code points with an odd number of bytes.
+    """
+    return BadLength(f"{field} has an odd length ({length})")
+
+
+def _leftOver(count: int, where: str) -> BadLength:
+    """
+    Bytes after the last field of C{where}.
+    """
+    return BadLength(
+        f"{count} byte{'s' if count > 1 else ''} left over at the end of {where}"
+    )
 
 
 #: Canonical copies of the lists hellos carry, see L{_shared}.
@@ -586,223 +511,116 @@ def _uint16s(body: bytes, start: int, length: int) -> tuple[int, ...]:
     return struct.unpack_from(f">{length >> 1}H", body, start)
 
 
-def _parseWellFormed(body: bytes) -> ClientHello | None:
+def _parseClientHello(body: bytes) -> ClientHello:
     """
-    Parse a ClientHello that is well formed, or say L{None}.
+    Parse a ClientHello body (after its handshake header), RFC 8446 4.1.2.
 
-    Index arithmetic on one C{bytes}, no cursor objects and no slices but
-    the values kept: a dozen Python calls instead of a hundred (about a
-    fifth of L{_parseChecked}'s time on real hellos).  It makes every check
-    L{_parseChecked} makes, in the same terms (C{tests/test_clienthello.py}
-    holds them to the same answer over arbitrary and mutated input), but
-    answers L{None} instead of raising: building the message is the slow
-    parser's job.
+    Only the extensions the gateway reads are parsed; the others are checked
+    for length alone, so a new extension never breaks routing.
+
+    Every connection runs this, so it is index arithmetic on one C{bytes}:
+    no cursor objects, no slices but the values kept, a dozen Python calls
+    in all.  Each check is one comparison in the order the fields come; only
+    a failing one builds a message (with L{_short}, L{_outOfRange}, L{_odd}
+    or L{_leftOver}), naming the field and the vector that holds it, and the
+    first failing check is the one reported.  A vector's contents are read
+    before the check for bytes left over after it, so a hello with two
+    faults always reports the same one.
     """
     end = len(body)
     # legacy_version (2), random (32), legacy_session_id length (1)
-    if end < 35 or body[0] != 3:
-        return None
+    if end < 2:
+        raise _short(2, "legacy_version", _HELLO, end)
     legacyVersion = (body[0] << 8) | body[1]
-    length = body[34]
-    i = 35 + length
-    if length > 32 or i + 2 > end:
-        return None
-    length = (body[i] << 8) | body[i + 1]
-    i += 2
-    if length < 2 or length & 1 or i + length > end:
-        return None
-    ciphers = _uint16s(body, i, length)
-    i += length
-    if i >= end:
-        return None
-    length = body[i]
-    i += 1 + length
-    if length < 1 or i > end:
-        return None
-    serverName: str | None = None
-    alpn: tuple[str, ...] = ()
-    supportedVersions: tuple[int, ...] = ()
-    signatureAlgorithms: tuple[int, ...] = ()
-    supportedGroups: tuple[int, ...] = ()
-    extensionTypes: list[int] = []
-    if i < end:
-        if i + 2 > end or i + 2 + ((body[i] << 8) | body[i + 1]) != end:
-            return None
-        i += 2
-        seen: set[int] = set()
-        while i < end:
-            if i + 4 > end:
-                return None
-            extensionType = (body[i] << 8) | body[i + 1]
-            start = i + 4
-            i = start + ((body[i + 2] << 8) | body[i + 3])
-            if i > end or extensionType in seen:
-                return None
-            seen.add(extensionType)
-            extensionTypes.append(extensionType)
-            if extensionType not in _EXTENSION_NAMES:
-                continue
-            if extensionType == _EXT_SERVER_NAME:
-                serverName = _wellFormedServerName(body, start, i)
-                if serverName is None:
-                    return None
-                continue
-            if extensionType == _EXT_ALPN:
-                protocols = _wellFormedALPN(body, start, i)
-                if protocols is None:
-                    return None
-                alpn = protocols
-                continue
-            if extensionType == _EXT_SUPPORTED_VERSIONS:
-                if start >= i:
-                    return None
-                length = body[start]
-                if not 2 <= length <= 254 or length & 1 or start + 1 + length != i:
-                    return None
-                supportedVersions = _uint16s(body, start + 1, length)
-                continue
-            if start + 2 > i:
-                return None
-            length = (body[start] << 8) | body[start + 1]
-            if length < 2 or length & 1 or start + 2 + length != i:
-                return None
-            if extensionType == _EXT_SIGNATURE_ALGORITHMS:
-                signatureAlgorithms = _uint16s(body, start + 2, length)
-            else:
-                supportedGroups = _uint16s(body, start + 2, length)
-    return ClientHello(
-        serverName=serverName,
-        alpn=_shared(alpn),
-        legacyVersion=legacyVersion,
-        supportedVersions=_shared(supportedVersions),
-        ciphers=_shared(ciphers),
-        extensions=_shared(tuple(extensionTypes)),
-        signatureAlgorithms=_shared(signatureAlgorithms),
-        supportedGroups=_shared(supportedGroups),
-    )
-
-
-def _wellFormedServerName(body: bytes, start: int, end: int) -> str | None:
-    """
-    The host name of a well-formed server_name extension in
-    C{body[start:end]}, or L{None}; see L{_parseServerName}.
-    """
-    if start + 2 > end:
-        return None
-    length = (body[start] << 8) | body[start + 1]
-    i = start + 2
-    if length < 1 or i + length != end:
-        return None
-    hostName: bytes | None = None
-    while i < end:
-        if i + 3 > end:
-            return None
-        nameType = body[i]
-        length = (body[i + 1] << 8) | body[i + 2]
-        i += 3
-        if length < 1 or i + length > end:
-            return None
-        if nameType != _HOST_NAME or hostName is not None:
-            return None
-        hostName = body[i : i + length]
-        i += length
-    if hostName is None:
-        return None
-    try:
-        return _checkHostName(hostName)
-    except ClientHelloError:
-        return None
-
-
-def _wellFormedALPN(body: bytes, start: int, end: int) -> tuple[str, ...] | None:
-    """
-    The protocols of a well-formed ALPN extension in C{body[start:end]},
-    or L{None}; see L{_parseALPN}.
-    """
-    if start + 2 > end:
-        return None
-    length = (body[start] << 8) | body[start + 1]
-    i = start + 2
-    if length < 2 or i + length != end:
-        return None
-    protocols = []
-    while i < end:
-        length = body[i]
-        i += 1
-        if length < 1 or i + length > end:
-            return None
-        protocols.append(body[i : i + length].decode("latin-1"))
-        i += length
-    return tuple(protocols)
-
-
-def _parseChecked(body: bytes) -> ClientHello:
-    """
-    Parse a ClientHello body, raising the precise L{ClientHelloError} for
-    whatever is wrong with it.
-    """
-    hello = _Cursor(body, "the ClientHello")
-    legacyVersion = hello.integer(2, "legacy_version")
-    if legacyVersion >> 8 != 3:
+    if body[0] != 3:
         raise ClientHelloError(
             f"ClientHello legacy_version 0x{legacyVersion:04x} is not TLS"
         )
-    hello.take(32, "random")
-    hello.vector(1, "legacy_session_id", 0, 32)
-    ciphers = hello.vector(2, "cipher_suites", 2, 2**16 - 2).uint16s()
-    hello.vector(1, "legacy_compression_methods", 1, 2**8 - 1)
+    if end < 34:
+        raise _short(32, "random", _HELLO, end - 2)
+    if end < 35:
+        raise _short(1, "length of legacy_session_id", _HELLO, 0)
+    length = body[34]
+    if length > 32:
+        raise _outOfRange("legacy_session_id", length, 0, 32)
+    i = 35 + length
+    if i > end:
+        raise _short(length, "legacy_session_id", _HELLO, end - 35)
+
+    if i + 2 > end:
+        raise _short(2, "length of cipher_suites", _HELLO, end - i)
+    length = (body[i] << 8) | body[i + 1]
+    i += 2
+    if not 2 <= length <= 2**16 - 2:
+        raise _outOfRange("cipher_suites", length, 2, 2**16 - 2)
+    if i + length > end:
+        raise _short(length, "cipher_suites", _HELLO, end - i)
+    if length & 1:
+        raise _odd("cipher_suites", length)
+    ciphers = _uint16s(body, i, length)
+    i += length
+
+    if i >= end:
+        raise _short(1, "length of legacy_compression_methods", _HELLO, 0)
+    length = body[i]
+    i += 1
+    if length < 1:
+        raise _outOfRange("legacy_compression_methods", length, 1, 2**8 - 1)
+    if i + length > end:
+        raise _short(length, "legacy_compression_methods", _HELLO, end - i)
+    i += length
+
     serverName: str | None = None
     alpn: tuple[str, ...] = ()
     supportedVersions: tuple[int, ...] = ()
     signatureAlgorithms: tuple[int, ...] = ()
     supportedGroups: tuple[int, ...] = ()
     extensionTypes: list[int] = []
-    seen: set[int] = set()
-    if hello.remaining:
-        # Absent extensions are legal for TLS 1.2 (RFC 5246 7.4.1.2).
-        extensions = hello.vector(2, "extensions", 0, 2**16 - 1)
-        hello.expectEnd()
-        while extensions.remaining:
-            extensionType = extensions.integer(2, "extension type")
-            label = _EXTENSION_LABELS.get(extensionType)
-            if label is None:
-                # Not read, only checked and skipped: the hot path, so
-                # no cursor and no message unless one is needed.
-                extensions.skip(2, extensionType)
-                if extensionType in seen:
-                    raise ClientHelloError(
-                        f"ClientHello has extension {extensionType} more than"
-                        f" once (RFC 8446 4.2)"
-                    )
-                seen.add(extensionType)
-                extensionTypes.append(extensionType)
-                continue
-            data = extensions.vector(2, label, 0, 2**16 - 1)
+    # Absent extensions are legal for TLS 1.2 (RFC 5246 7.4.1.2).
+    if i < end:
+        if i + 2 > end:
+            raise _short(2, "length of extensions", _HELLO, end - i)
+        length = (body[i] << 8) | body[i + 1]
+        i += 2
+        if i + length > end:
+            raise _short(length, "extensions", _HELLO, end - i)
+        if i + length < end:
+            raise _leftOver(end - i - length, _HELLO)
+        seen: set[int] = set()
+        while i < end:
+            if i + 4 > end:
+                raise _extensionHeaderError(body, i, end)
+            extensionType = (body[i] << 8) | body[i + 1]
+            start = i + 4
+            i = start + ((body[i + 2] << 8) | body[i + 3])
+            if i > end:
+                raise _short(
+                    i - start, _extensionLabel(extensionType), "extensions", end - start
+                )
             if extensionType in seen:
                 raise ClientHelloError(
-                    f"ClientHello has {label} more than once (RFC 8446 4.2)"
+                    f"ClientHello has {_extensionLabel(extensionType)} more than"
+                    f" once (RFC 8446 4.2)"
                 )
             seen.add(extensionType)
             extensionTypes.append(extensionType)
-            if extensionType == _EXT_SERVER_NAME:
-                serverName = _parseServerName(data)
-            elif extensionType == _EXT_ALPN:
-                alpn = _parseALPN(data)
-            elif extensionType == _EXT_SUPPORTED_VERSIONS:
-                supportedVersions = data.vector(
-                    1, "supported_versions list", 2, 254
-                ).uint16s()
-            elif extensionType == _EXT_SIGNATURE_ALGORITHMS:
-                signatureAlgorithms = data.vector(
-                    2, "signature_algorithms list", 2, 2**16 - 2
-                ).uint16s()
-            elif extensionType == _EXT_SUPPORTED_GROUPS:
-                supportedGroups = data.vector(
-                    2, "supported_groups list", 2, 2**16 - 1
-                ).uint16s()
-            else:
+            if extensionType not in _EXTENSION_NAMES:
+                # Not read, only checked for length and skipped.
                 continue
-            data.expectEnd()
+            if extensionType == _EXT_SERVER_NAME:
+                serverName = _parseServerName(body, start, i)
+            elif extensionType == _EXT_ALPN:
+                alpn = _parseALPN(body, start, i)
+            elif extensionType == _EXT_SUPPORTED_VERSIONS:
+                supportedVersions = _parseSupportedVersions(body, start, i)
+            elif extensionType == _EXT_SIGNATURE_ALGORITHMS:
+                signatureAlgorithms = _parseCodePoints(
+                    body, start, i, extensionType, 2**16 - 2
+                )
+            else:
+                supportedGroups = _parseCodePoints(
+                    body, start, i, extensionType, 2**16 - 1
+                )
     return ClientHello(
         serverName=serverName,
         alpn=_shared(alpn),
@@ -815,20 +633,65 @@ def _parseChecked(body: bytes) -> ClientHello:
     )
 
 
-def _parseServerName(data: _Cursor) -> str:
+def _extensionLabel(extensionType: int) -> str:
     """
-    Read the C{host_name} of a server_name extension (RFC 6066 section 3).
+    What error messages call an extension: its name if the gateway reads
+    it, else its number.
+    """
+    return _EXTENSION_LABELS.get(extensionType) or f"extension {extensionType}"
+
+
+def _extensionHeaderError(body: bytes, i: int, end: int) -> BadLength:
+    """
+    The error for an extension header (type, then length) cut short by the
+    end of the extensions block, which holds C{end - i} more bytes.
+    """
+    if i + 2 > end:
+        return _short(2, "extension type", "extensions", end - i)
+    label = _extensionLabel((body[i] << 8) | body[i + 1])
+    return _short(2, f"length of {label}", "extensions", end - i - 2)
+
+
+def _parseServerName(body: bytes, start: int, end: int) -> str:
+    """
+    Read the C{host_name} of the server_name extension in C{body[start:end]}
+    (RFC 6066 section 3).
 
     The name is validated here rather than by the router because it ends up
     in access-log lines and is matched by regex routes: a NUL, a space or a
     non-ASCII byte has no business in either, and a name that could never
     resolve in DNS cannot name a real upstream.
     """
-    names = data.vector(2, "server_name list", 1, 2**16 - 1)
-    hostName: bytes | None = None
-    while names.remaining:
-        nameType = names.integer(1, "server_name name_type")
-        name = names.vector(2, "server_name host_name", 1, 2**16 - 1)
+    label = "the server_name extension"
+    if start + 2 > end:
+        raise _short(2, "length of server_name list", label, end - start)
+    length = (body[start] << 8) | body[start + 1]
+    i = start + 2
+    if length < 1:
+        raise _outOfRange("server_name list", length, 1, 2**16 - 1)
+    listEnd = i + length
+    if listEnd > end:
+        raise _short(length, "server_name list", label, end - i)
+    # The list is not empty, so the loop runs and either raises or sets
+    # hostName; a host_name is never empty, so b"" means "none yet".
+    hostName = b""
+    while i < listEnd:
+        nameType = body[i]
+        if i + 3 > listEnd:
+            raise _short(
+                2,
+                "length of server_name host_name",
+                "server_name list",
+                listEnd - i - 1,
+            )
+        length = (body[i + 1] << 8) | body[i + 2]
+        i += 3
+        if length < 1:
+            raise _outOfRange("server_name host_name", length, 1, 2**16 - 1)
+        if i + length > listEnd:
+            raise _short(
+                length, "server_name host_name", "server_name list", listEnd - i
+            )
         if nameType != _HOST_NAME:
             # host_name is the only type ever defined.  RFC 6066 would let
             # a server skip others, but OpenSSL (and so every terminating
@@ -840,14 +703,16 @@ def _parseServerName(data: _Cursor) -> str:
                 f"server_name extension has a name of type {nameType},"
                 " not host_name (RFC 6066 3; OpenSSL refuses it)"
             )
-        if hostName is not None:
+        if hostName:
             raise ClientHelloError(
                 "server_name extension has more than one host_name (RFC 6066 3)"
             )
-        hostName = name.take(name.remaining, "server_name host_name")
-    if hostName is None:
-        raise ClientHelloError("server_name extension has no host_name")
-    return _checkHostName(hostName)
+        hostName = body[i : i + length]
+        i += length
+    name = _checkHostName(hostName)
+    if listEnd < end:
+        raise _leftOver(end - listEnd, label)
+    return name
 
 
 def _checkHostName(raw: bytes) -> str:
@@ -856,10 +721,10 @@ def _checkHostName(raw: bytes) -> str:
     lower case, no trailing dot (RFC 6066: names compare case-insensitively;
     a trailing dot names the same host).
     """
-    bad = next((b for b in raw if b not in _HOST_NAME_BYTES), None)
-    if bad is not None:
+    bad = raw.translate(None, _HOST_NAME_BYTES)
+    if bad:
         raise ClientHelloError(
-            f"server name {raw[:255]!r} contains byte 0x{bad:02x}; only ASCII "
+            f"server name {raw[:255]!r} contains byte 0x{bad[0]:02x}; only ASCII "
             f"letters, digits, '-', '_' and '.' are allowed (IDNs arrive as A-labels)"
         )
     name = raw.decode("ascii").lower()
@@ -881,18 +746,89 @@ def _checkHostName(raw: bytes) -> str:
     return name
 
 
-def _parseALPN(data: _Cursor) -> tuple[str, ...]:
+def _parseALPN(body: bytes, start: int, end: int) -> tuple[str, ...]:
     """
-    Read the offered protocols of an ALPN extension (RFC 7301 3.1).
+    Read the offered protocols of the ALPN extension in C{body[start:end]}
+    (RFC 7301 3.1).
 
     Latin-1 maps every byte to one character, so any protocol name decodes
     and the bytes can be recovered; ALPN names are byte strings, not text.
     """
-    names = data.vector(2, "ALPN protocol_name_list", 2, 2**16 - 1)
-    protocols: list[str] = []
-    while names.remaining:
-        protocol = names.vector(1, "ALPN protocol name", 1, 2**8 - 1)
-        protocols.append(
-            protocol.take(protocol.remaining, "ALPN protocol name").decode("latin-1")
-        )
+    label = _EXTENSION_LABELS[_EXT_ALPN]
+    if start + 2 > end:
+        raise _short(2, "length of ALPN protocol_name_list", label, end - start)
+    length = (body[start] << 8) | body[start + 1]
+    i = start + 2
+    if length < 2:
+        raise _outOfRange("ALPN protocol_name_list", length, 2, 2**16 - 1)
+    listEnd = i + length
+    if listEnd > end:
+        raise _short(length, "ALPN protocol_name_list", label, end - i)
+    protocols = []
+    while i < listEnd:
+        length = body[i]
+        i += 1
+        if length < 1:
+            raise _outOfRange("ALPN protocol name", length, 1, 2**8 - 1)
+        if i + length > listEnd:
+            raise _short(
+                length, "ALPN protocol name", "ALPN protocol_name_list", listEnd - i
+            )
+        protocols.append(body[i : i + length].decode("latin-1"))
+        i += length
+    if listEnd < end:
+        raise _leftOver(end - listEnd, label)
     return tuple(protocols)
+
+
+def _parseSupportedVersions(body: bytes, start: int, end: int) -> tuple[int, ...]:
+    """
+    Read the supported_versions extension in C{body[start:end]}: a 1-byte
+    vector of versions (RFC 8446 4.2.1).
+    """
+    label = _EXTENSION_LABELS[_EXT_SUPPORTED_VERSIONS]
+    field = "supported_versions list"
+    if start >= end:
+        raise _short(1, f"length of {field}", label, 0)
+    length = body[start]
+    if not 2 <= length <= 254:
+        raise _outOfRange(field, length, 2, 254)
+    if start + 1 + length > end:
+        raise _short(length, field, label, end - start - 1)
+    if length & 1:
+        raise _odd(field, length)
+    if start + 1 + length < end:
+        raise _leftOver(end - start - 1 - length, label)
+    return _uint16s(body, start + 1, length)
+
+
+def _parseCodePoints(
+    body: bytes, start: int, end: int, extensionType: int, maximum: int
+) -> tuple[int, ...]:
+    """
+    Read the signature_algorithms or supported_groups extension in
+    C{body[start:end]}: a 2-byte vector of 16-bit code points of at most
+    C{maximum} bytes (RFC 8446 4.2.3 and 4.2.7).
+    """
+    if start + 2 > end:
+        raise _short(
+            2,
+            f"length of {_EXTENSION_NAMES[extensionType]} list",
+            _EXTENSION_LABELS[extensionType],
+            end - start,
+        )
+    length = (body[start] << 8) | body[start + 1]
+    if not 2 <= length <= maximum:
+        raise _outOfRange(f"{_EXTENSION_NAMES[extensionType]} list", length, 2, maximum)
+    if start + 2 + length > end:
+        raise _short(
+            length,
+            f"{_EXTENSION_NAMES[extensionType]} list",
+            _EXTENSION_LABELS[extensionType],
+            end - start - 2,
+        )
+    if length & 1:
+        raise _odd(f"{_EXTENSION_NAMES[extensionType]} list", length)
+    if start + 2 + length < end:
+        raise _leftOver(end - start - 2 - length, _EXTENSION_LABELS[extensionType])
+    return _uint16s(body, start + 2, length)
