@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import PortableRelay, halfClose, send
+from gateway.fastpath import halfClose, send
+from gateway.relay import PortableRelay
 from tests.transports import HalfCloseableTransport
 
 

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway import splicerelay
+from gateway import fastpath, splicerelay
 from gateway.accesslog import ConnectionRecord
 from gateway.relay import IRelay, PortableRelay
 from gateway.splicerelay import PipePool, SpliceRelay, spliceUnavailable, startRelay
@@ -542,7 +542,7 @@ def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
         transport.connected = True
         transports.append(transport)
     yield transports[0], transports[1]
-    hub = splicerelay._HUBS.get(reactor)
+    hub = fastpath.HUBS.get(reactor)
     if hub is not None:
         hub.close()
     near.close()
