@@ -66,6 +66,41 @@ _log = Logger()
 # --- TCP transports ------------------------------------------------------
 
 
+def hasInternals(cls: type, names: tuple[str, ...]) -> bool:
+    """
+    C{cls} (a Twisted transport class) has every one of C{names}, as a
+    class attribute or as one that the C{__init__} or C{write} of a class
+    in its MRO sets on the instance (which is how Twisted keeps
+    C{_tempDataLen}): the check that turns a fast path off, at import, on
+    a Twisted release that renamed what it uses.
+    """
+    known = set(dir(cls))
+    for klass in cls.__mro__:
+        for method in ("__init__", "write"):
+            code = getattr(vars(klass).get(method), "__code__", None)
+            known.update(getattr(code, "co_names", ()))
+    return all(name in known for name in names)
+
+
+#: Direct sends and half-closes (L{send}, L{halfClose}): the fast paths are
+#: on and this Twisted has what they use.
+DIRECT_TCP: Final = not PORTABLE and hasInternals(
+    tcp.Connection,
+    (
+        "_writeDisconnecting",
+        "_writeDisconnected",
+        "_aborting",
+        "_tempDataLen",
+        "_closeWriteConnection",
+    ),
+)
+#: Hub readers (L{HubReader}): epoll is there and wanted, and this
+#: Twisted has what the copy of its C{doRead} uses.
+HUB_READER: Final = EPOLL and hasInternals(
+    tcp.Connection, ("_aborting", "_dataReceived")
+)
+
+
 def send(transport: RelayTransport, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sending it at once when that is safe.
@@ -100,10 +135,11 @@ def idleTCP(transport: object) -> bool:
     """
     C{transport} is a plain TCP transport, open, and has nothing queued:
     what Twisted would do on its next writable event can be done now.
-    Never with the fast paths off (L{gateway.portable}).
+    Never with the fast paths off (L{gateway.portable}), nor on a Twisted
+    without what this uses (L{DIRECT_TCP}).
     """
     return bool(
-        not PORTABLE
+        DIRECT_TCP
         and isinstance(transport, tcp.Connection)
         and transport.connected
         and not transport.disconnecting
@@ -134,6 +170,24 @@ def halfClose(transport: RelayTransport) -> None:
     transport._writeDisconnecting = True
     transport._writeDisconnected = True
     transport._closeWriteConnection()
+
+
+def endpointBinding(endpoint: object) -> tuple[object, str, str]:
+    """
+    What a Twisted server endpoint will bind, read from the endpoint
+    object that C{serverFromString} made (Twisted has no public call for
+    it): C{(port, interface, UNIX path)}, from C{_port}, C{_interface} and
+    C{_address}.  Where an endpoint type (or a Twisted release) has none
+    of them: C{None}, C{""} and C{""}, so that the configuration checks
+    that use them (a port out of range, an interface that is not an
+    address, two listeners on one address) pass the endpoint as they
+    would one they cannot judge.
+    """
+    return (
+        getattr(endpoint, "_port", None),
+        str(getattr(endpoint, "_interface", "") or ""),
+        str(getattr(endpoint, "_address", "") or ""),
+    )
 
 
 # --- OpenSSL ------------------------------------------------------------
@@ -176,6 +230,10 @@ try:
     _VIEW = _ffi.buffer(_BUFFER)
 except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSSL
     _lib = None
+
+#: The direct OpenSSL calls on the data path (L{rawHandles}): the fast
+#: paths are on and this pyOpenSSL has the binding.
+DIRECT_TLS: Final = not PORTABLE and _lib is not None
 
 
 # Two context settings pyOpenSSL has no call for, through the same binding
@@ -253,7 +311,7 @@ def rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
     calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
     that is not on memory BIOs, or the fast paths off: L{gateway.portable}).
     """
-    if _lib is None or PORTABLE:
+    if not DIRECT_TLS:
         return None
     ssl = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
@@ -671,11 +729,12 @@ def hubReaders(
     """
     Hub readers for the TCP sockets under C{client} and C{upstream} (a
     L{TLSTransport}'s C{wire}), or L{None} to let the reactor read them:
-    no epoll or the fast paths off (L{gateway.portable}), a reactor that
+    no epoll, the fast paths off (L{gateway.portable}) or a Twisted
+    without what L{HubReader} uses (L{HUB_READER}), a reactor that
     takes no file descriptors, or a transport that is not
     a plain, open Twisted TCP (or UNIX) connection.
     """
-    if not EPOLL or not IReactorFDSet.providedBy(reactor):
+    if not HUB_READER or not IReactorFDSet.providedBy(reactor):
         return None
     wires = []
     for transport in (client, upstream):

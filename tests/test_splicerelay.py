@@ -37,10 +37,13 @@ from gateway import fastpath, splicerelay
 from gateway.accesslog import ConnectionRecord
 from gateway.relay import IRelay, PortableRelay
 from gateway.splicerelay import PipePool, SpliceRelay, spliceUnavailable, startRelay
+from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux splice only"),
+    # The splice relay and the hub are fast paths (gateway.fastpath).
+    fastPathOnly,
     pytest.mark.timeout(60),
 ]
 
