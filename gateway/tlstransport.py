@@ -122,6 +122,7 @@ class TLSTransport:
         self._readClosed = False
         self._writeClosed = False
         self._failed = False
+        # The direct OpenSSL calls (gateway.fastpath), or None: pyOpenSSL.
         self._raw = rawHandles(connection)
 
     # ciphertext in
