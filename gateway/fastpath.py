@@ -266,7 +266,7 @@ def setGroups(context: SSL.Context, names: tuple[str, ...]) -> bool:
         ok = bool(setList(handle, ":".join(names).encode("ascii")))
         _lib.ERR_clear_error()
         return ok
-    if len(names) == 1:  # pragma: no cover - pyOpenSSL without the binding
+    if len(names) == 1:
         from cryptography.hazmat.primitives.asymmetric import ec
 
         curves: dict[str, ec.EllipticCurve] = {
@@ -282,7 +282,7 @@ def setGroups(context: SSL.Context, names: tuple[str, ...]) -> bool:
         if curve is not None:
             context.set_tmp_ecdh(curve)
             return True
-    return False  # pragma: no cover - pyOpenSSL without the binding
+    return False
 
 
 def refuseEarlyData(context: SSL.Context) -> bool:
@@ -300,7 +300,7 @@ def refuseEarlyData(context: SSL.Context) -> bool:
     """
     handle = _contextHandle(context)
     setMax = getattr(_lib, "SSL_CTX_set_max_early_data", None)
-    if handle is None or setMax is None:  # pragma: no cover - other pyOpenSSL
+    if handle is None or setMax is None:
         return False
     return bool(setMax(handle, 0))
 

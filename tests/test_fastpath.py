@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import select
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import trustme
 from OpenSSL import SSL
+from twisted.internet import tcp
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 
 from gateway import fastpath
 from tests.helpers import ROOT, fastPathOnly
-from tests.transports import HalfCloseableTransport
 
 
 @pytest.fixture
@@ -37,8 +41,8 @@ def _handshaken(context: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
     ca = trustme.CA()
     leaf = ca.issue_cert("fast.example.test")
     server = SSL.Context(SSL.TLS_SERVER_METHOD)
-    leaf.configure_cert(server)  # type: ignore[arg-type]
-    ca.configure_trust(context)  # type: ignore[arg-type]
+    leaf.configure_cert(server)
+    ca.configure_trust(context)
     serverSide = SSL.Connection(server, None)
     serverSide.set_accept_state()
     clientSide = SSL.Connection(context, None)
@@ -115,17 +119,51 @@ def test_unsentBytesUnknownMeansYes() -> None:
     assert fastpath.hasUnsentBytes(Bare())  # type: ignore[arg-type]
 
 
-def test_noHubReadersWithoutTheFastPath(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def connections() -> Iterator[tuple[EPollReactor, tcp.Connection, tcp.Connection]]:
+    """
+    Two open Twisted TCP transports (not run by their reactor).
+    """
+    reactor = EPollReactor()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname())
+        far, _ = server.accept()
+    transports = []
+    for sock in (near, far):
+        sock.setblocking(False)
+        transport = tcp.Connection(sock, Protocol(), reactor)
+        transport.connected = True
+        transports.append(transport)
+    yield reactor, transports[0], transports[1]
+    near.close()
+    far.close()
+    hub = fastpath.HUBS.pop(reactor, None)
+    if hub is not None:
+        hub.close()
+    reactor._poller.close()
+
+
+@fastPathOnly
+def test_hubReadersForTwoTcpTransports(
+    connections: tuple[EPollReactor, tcp.Connection, tcp.Connection],
+) -> None:
+    reactor, client, upstream = connections
+    readers = fastpath.hubReaders(reactor, client, upstream)
+    assert readers is not None
+    assert [reader.transport for reader in readers] == [client, upstream]
+
+
+def test_noHubReadersWithoutTheFastPath(
+    connections: tuple[EPollReactor, tcp.Connection, tcp.Connection],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """
     Without epoll, with the switch on, or without Twisted's internals, the
     reactor reads the relayed sockets itself.
     """
     monkeypatch.setattr(fastpath, "HUB_READER", False)
-    reactor = MemoryReactor()
-    assert (
-        fastpath.hubReaders(reactor, HalfCloseableTransport(), HalfCloseableTransport())
-        is None
-    )
+    reactor, client, upstream = connections
+    assert fastpath.hubReaders(reactor, client, upstream) is None
 
 
 @fastPathOnly
