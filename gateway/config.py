@@ -516,10 +516,11 @@ def _makeEndpoint(description: str) -> object:
         raise ValueError(
             f"{description!r} is not a Twisted server endpoint: {e}"
         ) from None
-    port = getattr(endpoint, "_port", None)
+    from gateway.fastpath import endpointBinding
+
+    port, interface, _ = endpointBinding(endpoint)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"{description!r}: port {port} is not in 0..65535")
-    interface = getattr(endpoint, "_interface", "")
     if interface:
         try:
             ipaddress.ip_address(interface)
@@ -551,19 +552,20 @@ def _bindingOf(description: str) -> tuple[object, ...] | None:
     @return: L{None} for what cannot clash (port 0 is a fresh port each
         time) or what this function does not know.
     """
+    from gateway.fastpath import endpointBinding
+
     endpoint = _makeEndpoint(description)
     kind = type(endpoint).__name__
+    port, interface, path = endpointBinding(endpoint)
     if kind in ("TCP4ServerEndpoint", "TCP6ServerEndpoint"):
-        port = getattr(endpoint, "_port", 0)
-        if port == 0:
+        if not port:
             return None
         # Twisted listens with IPv6 when a tcp: interface is an IPv6
         # address, so the address decides, not the endpoint type.
         wildcard = "::" if kind == "TCP6ServerEndpoint" else "0.0.0.0"  # noqa: S104 - compared, never bound
-        interface = getattr(endpoint, "_interface", "") or wildcard
-        return ("tcp", port, ipaddress.ip_address(interface))
+        return ("tcp", port, ipaddress.ip_address(interface or wildcard))
     if kind == "UNIXServerEndpoint":
-        return (kind, os.path.normpath(str(getattr(endpoint, "_address", ""))))
+        return (kind, os.path.normpath(path))
     return None
 
 

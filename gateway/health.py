@@ -154,7 +154,7 @@ class _Probe(Protocol):
         tls: SSL.Connection | None,
         report: Callable[[bool | None, str], None],
     ) -> None:
-        self._tlsConnection = tls
+        self._connection = tls
         self._tls: TLSTransport | None = None
         self._report: Callable[[bool | None, str], None] | None = report
         self.connector: IConnector | None = None
@@ -191,12 +191,12 @@ class _Probe(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        if self._tlsConnection is None:
+        if self._connection is None:
             self._done(True, "connected")
             self.transport.loseConnection()
             return
         self._tls = TLSTransport(
-            self._tlsConnection,
+            self._connection,
             self.transport,  # type: ignore[arg-type]
             self,
         )
@@ -294,7 +294,7 @@ class HealthChecker:
         probe = _Probe(
             self._reactor,
             self._timeout,
-            self._tlsConnection(member),
+            self._connectionFor(member),
             lambda passed, why: self._result(member, probe, passed, why),
         )
         self._probes[member] = probe
@@ -302,7 +302,7 @@ class HealthChecker:
             self._reactor, member.server, probe, self._timeout, probe.connectFailed
         )
 
-    def _tlsConnection(self, member: Member) -> SSL.Connection | None:
+    def _connectionFor(self, member: Member) -> SSL.Connection | None:
         if self._context is None:
             return None
         connection = SSL.Connection(self._context, None)

@@ -59,6 +59,7 @@ from gateway.acmechallenge import (
 from gateway.alerts import AlertDescription, alertRecord, recordVersion
 from gateway.clienthello import ClientHello, isGrease
 from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
+from gateway.fastpath import sessionReused
 from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
 from gateway.passthrough import PassthroughStage
 from gateway.pgstage import (
@@ -169,12 +170,7 @@ def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
         if names:
             value = names[0].value
             commonName = value if isinstance(value, str) else value.decode()
-    try:
-        from OpenSSL._util import lib
-
-        resumed = bool(lib.SSL_session_reused(connection._ssl))
-    except (ImportError, AttributeError):
-        resumed = False
+    resumed = sessionReused(connection)
     return sslTLV(
         facts.get("tls_version"),
         facts.get("cipher"),

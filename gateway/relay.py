@@ -16,13 +16,12 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.portable import PORTABLE
+from gateway.fastpath import halfClose, send
 from gateway.timers import cancel
 
 #: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
@@ -130,76 +129,6 @@ class Reader(Protocol):
     def resumeProducing(self) -> None: ...
 
     def stopProducing(self) -> None: ...
-
-
-def send(transport: RelayTransport, data: bytes) -> None:
-    """
-    Write C{data} to C{transport}, sending it at once when that is safe.
-
-    Twisted's C{write} never sends: it queues, registers the socket for
-    writability (an C{epoll_ctl}), sends on the reactor's next turn, and
-    unregisters it (another C{epoll_ctl}).  For a relay that forwards a
-    request per read, that is three system calls and a reactor turn per
-    chunk instead of one C{send}; on a keep-alive TLS connection it was
-    the largest cost after OpenSSL.  So on a TCP transport with nothing
-    queued, this sends directly; what the kernel does not take (or an
-    error) goes to C{write} as before, so ordering, backpressure
-    (Twisted's buffer and producer pauses) and error reporting stay
-    Twisted's.  Any other transport (TLS, tests) gets C{write}.
-    """
-    if isinstance(transport, tcp.Connection) and _idleTCP(transport):
-        try:
-            sent = transport.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # Twisted's own send meets the error again, and reports it
-            # through connectionLost as it always does.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
-def _idleTCP(transport: object) -> bool:
-    """
-    C{transport} is a plain TCP transport, open, and has nothing queued:
-    what Twisted would do on its next writable event can be done now.
-    Never with the fast paths off (L{gateway.portable}).
-    """
-    return bool(
-        not PORTABLE
-        and isinstance(transport, tcp.Connection)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnecting
-        and not transport._aborting
-        and not transport._tempDataLen
-        and not transport.dataBuffer
-        and not transport.TLS
-    )
-
-
-def halfClose(transport: RelayTransport) -> None:
-    """
-    Send FIN on C{transport} (C{loseWriteConnection}), at once when nothing
-    is queued before it.
-
-    Twisted's C{loseWriteConnection} always registers for writability and
-    shuts the socket down on the next reactor turn, after its buffer has
-    drained: with an empty buffer, two C{epoll_ctl} and a turn for a
-    C{shutdown}.  This does what that turn would do (the C{shutdown} and
-    the protocol's C{writeConnectionLost}) now, and marks the transport
-    write-closed as Twisted does, so that a later C{loseConnection} closes
-    it at once too; with bytes still queued it is Twisted's, unchanged.
-    """
-    if not (isinstance(transport, tcp.Connection) and _idleTCP(transport)):
-        transport.loseWriteConnection()
-        return
-    transport._writeDisconnecting = True
-    transport._writeDisconnected = True
-    transport._closeWriteConnection()
 
 
 def reset(transport: RelayTransport) -> None:

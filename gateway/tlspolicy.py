@@ -66,7 +66,7 @@ from gateway.config import (
     ServerConfig,
     UpstreamConfig,
 )
-from gateway.tlstransport import refuseEarlyData, setGroups
+from gateway.fastpath import refuseEarlyData, setGroups, verifyErrorText
 
 __all__ = [
     "DEFAULT_CIPHERS",
@@ -1235,7 +1235,7 @@ def _verifyClient(
         subject = "?"
     what = "the client certificate" if depth == 0 else "a client CA certificate"
     raise TLSHandshakeError(
-        f"{what} is refused: {_verifyErrorText(errorNumber)}"
+        f"{what} is refused: {verifyErrorText(errorNumber)}"
         f" (at depth {depth}: {subject})"
     )
 
@@ -1560,22 +1560,6 @@ class ServerTLS:
 # --- the client side ------------------------------------------------------------
 
 
-def _verifyErrorText(number: int) -> str:
-    """
-    OpenSSL's words for a certificate verification error number.
-
-    pyOpenSSL has no public call for this; its cffi binding has
-    C{X509_verify_cert_error_string}, used when it is there.
-    """
-    try:
-        from OpenSSL._util import ffi, lib
-
-        text = ffi.string(lib.X509_verify_cert_error_string(number))
-    except (ImportError, AttributeError):
-        return f"verification error {number}"
-    return bytes(text).decode("ascii", "replace")
-
-
 class UpstreamTLS:
     """
     How to re-encrypt to the servers of one C{[upstream:NAME]} with
@@ -1768,7 +1752,7 @@ class UpstreamTLS:
         if not ok:
             raise UpstreamVerificationError(
                 f"the upstream certificate is not trusted:"
-                f" {_verifyErrorText(errorNumber)} (at depth {depth}: {subject})"
+                f" {verifyErrorText(errorNumber)} (at depth {depth}: {subject})"
             )
         name = self._expected.get(connection)
         if depth == 0 and name is not None:

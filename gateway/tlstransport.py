@@ -23,136 +23,22 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.portable import PORTABLE
-from gateway.relay import RelayTransport, halfClose, send
+from gateway.fastpath import (
+    UNKNOWN_TLS_ERROR,
+    halfClose,
+    rawDrain,
+    rawFeed,
+    rawHandles,
+    rawReadPlaintext,
+    rawWrite,
+    send,
+)
+from gateway.relay import RelayTransport
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
 #: is usually one call, small enough that pyOpenSSL's per-call buffer
 #: allocation stays cheap.
 _CHUNK = 2**17
-#: The same for the direct calls, whose one buffer is allocated once: large
-#: enough for what a 256 KiB relay read becomes (see
-#: L{gateway.splicerelay._BULK_READ}) in one read.
-_RAW_CHUNK = 2**19
-
-# The data path, once the handshake is done, calls OpenSSL through the cffi
-# binding pyOpenSSL itself uses (OpenSSL._util), on the SSL object and
-# memory BIOs of the pyOpenSSL connection.  Each pyOpenSSL call allocates
-# its own buffer, copies out of it, and turns "no more data" into an
-# exception, which its own code then catches: measured on one small
-# request and its answer, 7.3 us in this module, 2.7 us of it OpenSSL's.
-# Calling the same four functions directly (SSL_read, SSL_write, BIO_read,
-# BIO_write) with one reused buffer does the same work for 2.7 us.  The
-# handshake, shutdown and everything else stay on pyOpenSSL's API: that
-# is where its callbacks (certificate verification, ALPN, OCSP) run and
-# report errors, and none of them runs after the handshake.  Should a
-# pyOpenSSL release move these internals, L{_rawHandles} finds out and the
-# public API is used instead, slower and otherwise the same.
-try:
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
-
-    _SSL_read = _lib.SSL_read
-    _SSL_write = _lib.SSL_write
-    _SSL_get_error = _lib.SSL_get_error
-    _BIO_read = _lib.BIO_read
-    _BIO_write = _lib.BIO_write
-    _ERR_clear_error = _lib.ERR_clear_error
-    _ERR_get_error = _lib.ERR_get_error
-    _ERR_reason_error_string = _lib.ERR_reason_error_string
-    _WANT_READ = _lib.SSL_ERROR_WANT_READ
-    _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
-    #: One buffer for every connection: the reactor is single-threaded and
-    #: every read is copied out of it at once.
-    _BUFFER = _ffi.new("char[]", _RAW_CHUNK)
-    _VIEW = _ffi.buffer(_BUFFER)
-except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSSL
-    _lib = None
-
-
-# Two context settings pyOpenSSL has no call for, through the same binding
-# and the context's C{SSL_CTX*} (C{Context._context}).  Each has a public
-# fallback, used when either is missing from a pyOpenSSL release.
-
-
-def _contextHandle(context: SSL.Context) -> Any:
-    if _lib is None:
-        return None
-    return getattr(context, "_context", None)
-
-
-def setGroups(context: SSL.Context, names: tuple[str, ...]) -> bool:
-    """
-    Set the key exchange groups a context offers and accepts, preferred
-    first (C{SSL_CTX_set1_groups_list}, which the binding spells with its
-    older name C{SSL_CTX_set1_curves_list}).
-
-    Without the binding, a single elliptic curve still goes through the
-    public C{Context.set_tmp_ecdh}, which OpenSSL 3 turns into that one
-    group; anything else cannot be set.
-
-    @return: whether OpenSSL took the list (it refuses a name it does not
-        know, or one list with nothing usable in it).
-    """
-    handle = _contextHandle(context)
-    setList = getattr(_lib, "SSL_CTX_set1_curves_list", None)
-    if handle is not None and setList is not None:
-        ok = bool(setList(handle, ":".join(names).encode("ascii")))
-        _lib.ERR_clear_error()
-        return ok
-    if len(names) == 1:  # pragma: no cover - pyOpenSSL without the binding
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        curves: dict[str, ec.EllipticCurve] = {
-            "secp256r1": ec.SECP256R1(),
-            "prime256v1": ec.SECP256R1(),
-            "p-256": ec.SECP256R1(),
-            "secp384r1": ec.SECP384R1(),
-            "p-384": ec.SECP384R1(),
-            "secp521r1": ec.SECP521R1(),
-            "p-521": ec.SECP521R1(),
-        }
-        curve = curves.get(names[0].lower())
-        if curve is not None:
-            context.set_tmp_ecdh(curve)
-            return True
-    return False  # pragma: no cover - pyOpenSSL without the binding
-
-
-def refuseEarlyData(context: SSL.Context) -> bool:
-    """
-    Make sure a server context never accepts TLS 1.3 early data (0-RTT):
-    C{SSL_CTX_set_max_early_data(ctx, 0)}, which is also what its tickets
-    then announce, so clients do not even try.
-
-    OpenSSL's default is already 0, and the gateway never calls
-    C{SSL_read_early_data}, without which OpenSSL accepts none; this sets
-    it explicitly so a changed default cannot open it.  Without the
-    binding the default stays, which is the same value.
-
-    @return: whether the setting was made explicitly.
-    """
-    handle = _contextHandle(context)
-    setMax = getattr(_lib, "SSL_CTX_set_max_early_data", None)
-    if handle is None or setMax is None:  # pragma: no cover - other pyOpenSSL
-        return False
-    return bool(setMax(handle, 0))
-
-
-def _rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
-    """
-    The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
-    calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
-    that is not on memory BIOs, or the fast paths off: L{gateway.portable}).
-    """
-    if _lib is None or PORTABLE:
-        return None
-    ssl = getattr(connection, "_ssl", None)
-    into = getattr(connection, "_into_ssl", None)
-    out = getattr(connection, "_from_ssl", None)
-    if ssl is None or into is None or out is None:
-        return None
-    return ssl, into, out
 
 
 class TLSEvents(Protocol):
@@ -176,27 +62,6 @@ class TLSEvents(Protocol):
 
         @param reason: OpenSSL's reason, for the access log.
         """
-
-
-#: The reason logged when OpenSSL fails a record without saying why.
-_UNKNOWN_TLS_ERROR = "TLS error after the handshake"
-
-
-def _queuedReasons() -> str:
-    """
-    Empty OpenSSL's error queue (so nothing stays behind for the next
-    connection's calls to find) and say what it held, as L{describeError}
-    does for a pyOpenSSL exception.
-    """
-    reasons = []
-    while code := _ERR_get_error():
-        text = _ERR_reason_error_string(code)
-        reasons.append(
-            _ffi.string(text).decode("ascii", "replace")
-            if text != _ffi.NULL
-            else f"OpenSSL error {code:#x}"
-        )
-    return "; ".join(dict.fromkeys(reasons)) or _UNKNOWN_TLS_ERROR
 
 
 def describeError(error: BaseException) -> str:
@@ -257,7 +122,8 @@ class TLSTransport:
         self._readClosed = False
         self._writeClosed = False
         self._failed = False
-        self._raw = _rawHandles(connection)
+        # The direct OpenSSL calls (gateway.fastpath), or None: pyOpenSSL.
+        self._raw = rawHandles(connection)
 
     # ciphertext in
 
@@ -273,7 +139,7 @@ class TLSTransport:
         raw = self._raw
         written = 0
         if raw is not None and type(data) is bytes:
-            written = max(0, _BIO_write(raw[1], data, len(data)))
+            written = rawFeed(raw[1], data)
         if written < len(data):
             # No direct call, or it failed: pyOpenSSL raises as it always did.
             self.connection.bio_write(data[written:] if written else data)
@@ -324,25 +190,13 @@ class TLSTransport:
         if self._readClosed:
             self._flush()
             return
-        chunks: list[bytes] = []
-        ended = False
-        broken: str | None = None
         raw = self._raw
         if raw is not None:
-            ssl = raw[0]
-            while True:
-                count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
-                if count > 0:
-                    chunks.append(_VIEW[:count])
-                    continue
-                error = _SSL_get_error(ssl, count)
-                if error == _ZERO_RETURN:
-                    ended = True
-                elif error != _WANT_READ:
-                    # What pyOpenSSL would raise as an SSL.Error.
-                    broken = _queuedReasons()
-                break
+            chunks, ended, broken = rawReadPlaintext(raw[0])
         else:
+            chunks = []
+            ended = False
+            broken = None
             recv = self.connection.recv
             while True:
                 try:
@@ -353,7 +207,7 @@ class TLSTransport:
                     ended = True
                     break
                 except SSL.Error as e:
-                    broken = describeError(e) or _UNKNOWN_TLS_ERROR
+                    broken = describeError(e) or UNKNOWN_TLS_ERROR
                     break
         if chunks:
             self._events.tlsData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -401,19 +255,10 @@ class TLSTransport:
         """
         raw = self._raw
         if raw is not None:
-            out = raw[2]
-            count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-            if count <= 0:
+            drained = rawDrain(raw[2])
+            if drained is None:
                 return
-            data = _VIEW[:count]
-            if count == _RAW_CHUNK:
-                chunks = [data]
-                while count == _RAW_CHUNK:
-                    count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-                    if count <= 0:
-                        break
-                    chunks.append(_VIEW[:count])
-                data = b"".join(chunks)
+            data = drained
         else:
             read = self.connection.bio_read
             try:
@@ -442,16 +287,11 @@ class TLSTransport:
             return
         raw = self._raw
         if raw is not None and type(data) is bytes:
-            # A memory BIO never fills, so one SSL_write takes it all; what
-            # it does not (an error) goes to sendall, which raises as it
-            # always did.
-            written = _SSL_write(raw[0], data, len(data))
-            if written != len(data):
-                if written <= 0:
-                    _ERR_clear_error()
-                else:
-                    data = data[written:]
-                self.connection.sendall(data)
+            # What the direct call did not take (an error) goes to
+            # sendall, which raises as it always did.
+            rest = rawWrite(raw[0], data)
+            if rest:
+                self.connection.sendall(rest)
         else:
             self.connection.sendall(data)
         self._flush()

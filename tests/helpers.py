@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from gateway.portable import PORTABLE
+
 #: The checkout's root: where a fresh interpreter finds the C{gateway} package.
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,3 +40,11 @@ def frameworksImportedBy(module: str) -> list[str]:
     )
     loaded: list[str] = ast.literal_eval(result.stdout.strip())
     return loaded
+
+
+#: For a test of a fast path itself (L{gateway.fastpath}): skipped in the
+#: suite's run with C{TLSGATEWAY_PORTABLE=1}, which turns every fast path
+#: off.  The normal run runs it; the portable run checks the fallbacks.
+fastPathOnly = pytest.mark.skipif(
+    PORTABLE, reason="tests a fast path, and TLSGATEWAY_PORTABLE=1 turns it off"
+)

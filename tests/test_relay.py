@@ -16,8 +16,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from gateway import fastpath
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import PortableRelay, halfClose, send
+from gateway.fastpath import halfClose, send
+from gateway.relay import PortableRelay
+from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
 
@@ -151,6 +154,7 @@ def wire() -> Iterator[tuple[tcp.Connection, socket.socket, EPollReactor]]:
     reactor._poller.close()  # type: ignore[attr-defined]
 
 
+@fastPathOnly
 def test_sendGoesOutAtOnceWhenNothingIsQueued(
     wire: tuple[tcp.Connection, socket.socket, EPollReactor],
 ) -> None:
@@ -179,6 +183,7 @@ def test_sendQueuesBehindQueuedBytes(
     assert far.recv(100) == b"first second"
 
 
+@fastPathOnly
 def test_whatTheKernelDoesNotTakeIsQueued(
     wire: tuple[tcp.Connection, socket.socket, EPollReactor],
 ) -> None:
@@ -206,6 +211,7 @@ def test_sendAfterAbortSendsNothing(
         far.recv(100)
 
 
+@fastPathOnly
 def test_halfCloseSendsFinAtOnce(
     wire: tuple[tcp.Connection, socket.socket, EPollReactor],
 ) -> None:
@@ -233,3 +239,53 @@ def test_halfCloseWaitsForQueuedBytes(
     transport.doWrite()
     assert far.recv(100) == b"queued"
     assert far.recv(100) == b""
+
+
+def test_sendWithTheFastPathsOffIsTwistedsWrite(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    The fallback (C{TLSGATEWAY_PORTABLE=1}, or a Twisted without the
+    internals): Twisted's own C{write}, sent on the writable event.
+    """
+    monkeypatch.setattr(fastpath, "DIRECT_TCP", False)
+    transport, far, reactor = wire
+    send(transport, b"hello")
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    assert far.recv(100) == b"hello"
+
+
+def test_halfCloseWithTheFastPathsOffIsTwistedsLoseWriteConnection(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fastpath, "DIRECT_TCP", False)
+    transport, far, _reactor = wire
+    send(transport, b"last words")
+    halfClose(transport)
+    assert not transport._writeDisconnected
+    transport.doWrite()
+    assert far.recv(100) == b"last words"
+    assert far.recv(100) == b""
+    assert transport.protocol.writeLost
+    far.sendall(b"the other way still works")
+    assert transport.socket.recv(100) == b"the other way still works"
+
+
+def test_theDirectPathNeedsTwistedsInternals() -> None:
+    """
+    A Twisted release without what the direct path uses turns it off at
+    import: L{fastpath.hasInternals} is what decides.
+    """
+    assert fastpath.hasInternals(tcp.Connection, ("_aborting", "_tempDataLen"))
+
+    class Renamed:
+        _aborting = False
+
+        def __init__(self) -> None:
+            self._pendingLength = 0
+
+    assert not fastpath.hasInternals(Renamed, ("_aborting", "_tempDataLen"))
+    assert fastpath.hasInternals(Renamed, ("_aborting", "_pendingLength"))

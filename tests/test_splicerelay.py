@@ -33,14 +33,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway import splicerelay
+from gateway import fastpath, splicerelay
 from gateway.accesslog import ConnectionRecord
 from gateway.relay import IRelay, PortableRelay
 from gateway.splicerelay import PipePool, SpliceRelay, spliceUnavailable, startRelay
+from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux splice only"),
+    # The splice relay and the hub are fast paths (gateway.fastpath).
+    fastPathOnly,
     pytest.mark.timeout(60),
 ]
 
@@ -542,7 +545,7 @@ def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
         transport.connected = True
         transports.append(transport)
     yield transports[0], transports[1]
-    hub = splicerelay._HUBS.get(reactor)
+    hub = fastpath.HUBS.get(reactor)
     if hub is not None:
         hub.close()
     near.close()

@@ -5,13 +5,16 @@ The memory-BIO TLS layer, against a pyOpenSSL client in memory.
 import contextlib
 import socket
 
+import pytest
 import trustme
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import fastpath
 from gateway.accesslog import ConnectionRecord
 from gateway.tlstransport import TLSTransport
+from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
 CA = trustme.CA()
@@ -198,6 +201,7 @@ class PublicAPITLSTransportTests(TLSTransportTests):
         self.tls._raw = None
 
 
+@fastPathOnly
 def test_directCallsAreUsedOnMemoryBIOs() -> None:
     """
     With today's pyOpenSSL the data path calls OpenSSL directly; a
@@ -215,3 +219,13 @@ def test_directCallsAreUsedOnMemoryBIOs() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_theFastPathsOffMeanPyOpenSSLsAPI(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With C{TLSGATEWAY_PORTABLE=1} (or no binding) no connection gets the
+    direct calls; L{PublicAPITLSTransportTests} runs that path.
+    """
+    monkeypatch.setattr(fastpath, "DIRECT_TLS", False)
+    server = SSL.Connection(serverContext(), None)
+    assert TLSTransport(server, HalfCloseableTransport(), Events())._raw is None

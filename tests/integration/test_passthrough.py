@@ -23,6 +23,8 @@ from typing import Any
 import attrs
 import pytest
 
+from tests.helpers import fastPathOnly
+
 from .backends import (
     Backend,
     connect,
@@ -89,8 +91,11 @@ def relayingTo(gateway: Any, address: str, relay: str) -> Gateway:
     )
 
 
-#: The relays the relay guarantees are checked with (listener key `relay`).
-RELAYS = pytest.mark.parametrize("relay", ["splice", "portable"])
+#: The relays the relay guarantees are checked with (listener key `relay`);
+#: the splice relay is a fast path, off with TLSGATEWAY_PORTABLE=1.
+RELAYS = pytest.mark.parametrize(
+    "relay", [pytest.param("splice", marks=fastPathOnly), "portable"]
+)
 
 
 def assertRelayed(gw: Gateway, relay: str) -> None:
@@ -817,7 +822,11 @@ def test_resetIsPassedOnAsReset(
 
 @pytest.mark.parametrize(
     ("setting", "used"),
-    [("auto", "splice"), ("splice", "splice"), ("portable", "portable")],
+    [
+        pytest.param("auto", "splice", marks=fastPathOnly),
+        pytest.param("splice", "splice", marks=fastPathOnly),
+        ("portable", "portable"),
+    ],
 )
 def test_relayKeyChoosesTheRelayAndTheDebugLogSaysWhich(
     gateway: Any, backend: Any, client: ssl.SSLContext, setting: str, used: str
