@@ -30,10 +30,11 @@ from twisted.python.failure import Failure
 from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
 from gateway.acmemanager import AcmeManager
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.contexts import buildContexts, servedCertificates
+from gateway.config import ConfigError, GatewayConfig
+from gateway.contexts import Contexts, buildContexts, servedCertificates, withAcme
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
+from gateway.loading import loadChecked, takeContexts
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.servedcerts import ExpiryCollector, ServedCertificates
@@ -71,8 +72,18 @@ class Generation:
         idle: Callable[[], None],
         cancelKeys: Mapping[str, CancelRegistry] | None = None,
         acme: AcmeManager | None = None,
+        contexts: Contexts | None = None,
     ) -> None:
-        contexts = buildContexts(config, None if acme is None else acme.current)
+        """
+        @param contexts: the TLS contexts the check of C{config} built
+            (L{gateway.loading}), served as they are so that no file is
+            read twice; L{None} (a configuration built in code, a second
+            start) builds them now.
+        """
+        if contexts is None:
+            contexts = buildContexts(config, None if acme is None else acme.current)
+        elif acme is not None:
+            contexts = withAcme(contexts, acme.current)
         if contexts.problems:
             # The files changed since the configuration was checked.
             raise StartupError("\n".join(str(p) for p in contexts.problems))
@@ -253,6 +264,7 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._cancelKeys,
                 self._acme,
+                takeContexts(self.config),
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -479,13 +491,14 @@ class GatewayService(Service):
         assert self._accessLog is not None
         path = self.config.path
         try:
-            config = load_config(path)
+            loaded = loadChecked(path)
         except ConfigError as e:
             self._refused(f"{path} has problems:\n{e}")
             return False
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return False
+        config = loaded.config
         try:
             log = self._accessLog.prepare(config.gateway.access_log)
         except OSError as e:
@@ -500,6 +513,7 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._cancelKeys,
                 acme,
+                loaded.contexts,
             )
         except StartupError as e:
             if log is not None:

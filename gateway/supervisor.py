@@ -43,7 +43,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig
+from gateway.contexts import Contexts
+from gateway.loading import loadChecked, takeContexts
 from gateway.servedcerts import ServedCertificates
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
@@ -135,15 +137,23 @@ class _PendingReload:
 
     @ivar opened: C{listen} descriptions whose sockets were opened for it,
         closed again if it is refused.
+    @ivar contexts: what the check of C{config} built, for the
+        certificates the supervisor shows once the reload applies.
     """
 
     def __init__(
-        self, generation: int, config: GatewayConfig, opened: set[str], timer: Any
+        self,
+        generation: int,
+        config: GatewayConfig,
+        opened: set[str],
+        timer: Any,
+        contexts: Contexts,
     ) -> None:
         self.generation = generation
         self.config = config
         self.opened = opened
         self.timer = timer
+        self.contexts = contexts
 
 
 class Supervisor(Service):
@@ -154,6 +164,9 @@ class Supervisor(Service):
     @ivar _logLevel: the C{--log-level} the supervisor was started with,
         passed on to every worker: they share its standard error, and an
         operator who asked for warnings only means all of the gateway.
+    @ivar _servers: the termination policies the check of the running
+        configuration built: what the status page's certificates come
+        from, with the ACME ones looked up as the workers stored them.
     """
 
     _log = Logger()
@@ -174,12 +187,13 @@ class Supervisor(Service):
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
+        self._servers: list[Any] = []
 
     # start
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self._serve(self.config)
+        self._serve(self.config, takeContexts(self.config))
         self._acmeRefresh.clock = self._reactor
         self._acmeRefresh.start(_ACME_REFRESH, now=False)
         self._openPorts(self.config)
@@ -204,25 +218,40 @@ class Supervisor(Service):
             port.stopReading()
             self._ports[description] = port
 
-    def _serve(self, config: GatewayConfig) -> None:
+    def _serve(self, config: GatewayConfig, contexts: Contexts | None) -> None:
         """
         Note the certificates C{config} serves, for the status page and the
         expiry gauge: the supervisor serves both, and its workers' metrics
-        files carry no certificates.  ACME certificates are the ones the
-        workers stored; with any configured, this runs again every minute,
-        so a renewal shows.
+        files carry no certificates.
+
+        @param contexts: what the check of C{config} built, or L{None} (a
+            configuration not loaded by L{gateway.loading}) to build them.
+        """
+        if contexts is None:
+            from gateway.contexts import buildContexts
+
+            contexts = buildContexts(config)
+        self._servers = list(contexts.servers.values())
+        self._noteCertificates(config)
+
+    def _noteCertificates(self, config: GatewayConfig) -> None:
+        """
+        ACME certificates are the ones the workers stored; with any
+        configured, this runs again every minute, so a renewal shows.  The
+        certificate files are not read again: they were, once, by the
+        check of C{config}.
         """
         from gateway.acmemanager import storedAcmeCertificates
-        from gateway.contexts import buildContexts, servedCertificates
+        from gateway.contexts import servedCertificates
 
-        contexts = buildContexts(config, storedAcmeCertificates(config))
         self.served.replace(
-            "tls", servedCertificates(contexts.servers.values(), config)
+            "tls",
+            servedCertificates(self._servers, config, storedAcmeCertificates(config)),
         )
 
     def _refreshAcme(self) -> None:
         if self.config.acme is not None:
-            self._serve(self.config)
+            self._noteCertificates(self.config)
 
     def _closeUnused(self) -> None:
         wanted = {d for listener in self.config.listeners for d in listener.listen}
@@ -410,13 +439,14 @@ class Supervisor(Service):
             return
         path = self.config.path
         try:
-            config = load_config(path)
+            loaded = loadChecked(path)
         except ConfigError as e:
             self._refused(f"{path} has problems:\n{e}")
             return
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return
+        config = loaded.config
         if config.gateway.workers != self.config.gateway.workers:
             self._log.warn(
                 "[gateway] workers: changing the number of workers needs a restart;"
@@ -437,6 +467,7 @@ class Supervisor(Service):
             config,
             set(self._ports) - before,
             self._reactor.callLater(_READY_TIMEOUT, self._notReady),
+            loaded.contexts,
         )
         for number in range(1, config.gateway.workers + 1):
             self._spawn(generation, number)
@@ -452,7 +483,7 @@ class Supervisor(Service):
         old = [w for w in self._workers if w.generation == self._generation]
         self._generation = pending.generation
         self.config = pending.config
-        self._serve(pending.config)
+        self._serve(pending.config, pending.contexts)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.config import load_config_text
+from gateway.contexts import buildContexts
+from gateway.loading import Loaded, load_config_text
 from gateway.signals import SignalHandling
 from gateway.supervisor import Supervisor
 
@@ -156,7 +157,10 @@ def test_supervisorDoesNotReloadWhileStopping(
     waits only for those it signalled).
     """
     service, reactor = supervisor
-    monkeypatch.setattr("gateway.supervisor.load_config", lambda path: service.config)
+    monkeypatch.setattr(
+        "gateway.supervisor.loadChecked",
+        lambda path: Loaded(service.config, buildContexts(service.config)),
+    )
     monkeypatch.setattr(service, "_openPorts", lambda config: None)
     service.reload()
     assert len(reactor.spawned) == 2  # what a reload does, while running
