@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
@@ -39,6 +40,7 @@ from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
+from gateway.signals import IReloadable
 from gateway.status import RecentFailures, Snapshot, localSnapshot
 from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
@@ -165,6 +167,7 @@ class Generation:
         return {name: pool.serverStates() for name, pool in self.pools.items()}
 
 
+@implementer(IReloadable)
 class GatewayService(Service):
     """
     Serves every listener of one configuration, and of the next one after

@@ -42,11 +42,13 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.contexts import Contexts
 from gateway.loading import loadChecked, takeContexts
 from gateway.servedcerts import ServedCertificates
+from gateway.signals import IReloadable
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
 #: C{gateway.cli} reads it.
@@ -156,6 +158,7 @@ class _PendingReload:
         self.contexts = contexts
 
 
+@implementer(IReloadable)
 class Supervisor(Service):
     """
     @ivar _ports: listening sockets by C{listen} description.
@@ -532,6 +535,18 @@ class Supervisor(Service):
     def reopenLogs(self) -> None:
         for worker in list(self._workers):
             worker.signal(signal.SIGUSR1)
+
+    def retire(self) -> None:
+        """
+        C{SIGQUIT} is what a supervisor sends its old workers after a
+        reload; sent to the supervisor itself it changes nothing (the
+        workers keep serving): C{SIGTERM} drains and stops, C{SIGHUP}
+        replaces the workers.
+        """
+        self._log.warn(
+            "received SIGQUIT: a supervisor does not retire; send SIGTERM to"
+            " drain and stop, or SIGHUP to replace the workers"
+        )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
