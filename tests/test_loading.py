@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from gateway import loading
 from gateway.config import ConfigError
-from gateway.loading import load_config, loadChecked, takeContexts
+from gateway.loading import load_config, load_config_text, loadChecked, takeContexts
 from gateway.service import GatewayService
 from gateway.supervisor import Supervisor
 
@@ -176,3 +176,27 @@ def test_loadCheckedReportsFileProblemsWithTheOthers(
     found = str(caught.value)
     assert "[upstream:app] typo: unknown key" in found
     assert "[listener:web] private_key:" in found
+
+
+def test_acmeCertificatesSwappedIntoCheckedContextsAreTheOnesABuildServes(
+    tmp_path: Path,
+) -> None:
+    """
+    A start serves the checked contexts with the ACME manager's
+    certificates swapped in (L{withAcme}): what building them with those
+    certificates would serve, without reading the files again.
+    """
+    from gateway.contexts import buildContexts, servedCertificates, withAcme
+    from tests.test_acme import ACME, LISTENER, SITE, _issued
+
+    config = load_config_text(ACME + SITE + LISTENER, str(tmp_path / "gw.ini"))
+    issued = _issued(tmp_path, "example.com", "www.example.com")
+    acme = {"site": issued}.get
+    built = buildContexts(config, acme)
+    swapped = withAcme(buildContexts(config), acme)
+    assert swapped.problems == built.problems == []
+    assert servedCertificates(swapped.servers.values(), config) == (
+        servedCertificates(built.servers.values(), config)
+    )
+    assert swapped.servers["web"].certificates == (issued,)
+    swapped.servers["web"].contextFor("www.example.com")
