@@ -1,7 +1,7 @@
 """
 The INI file, read into an immutable model, with every problem at once.
 
-L{load_config} turns the operator's file into a L{GatewayConfig} of frozen
+L{parseConfig} turns the operator's file into a L{GatewayConfig} of frozen
 attrs classes, or raises L{ConfigError} listing I{every} problem as
 C{FILE:LINE: [section] key: message}, the way C{nginx -t} and compilers
 do: an operator fixes a file in one edit, not one error per reload.
