@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -45,10 +45,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ConfigError, GatewayConfig
-from gateway.contexts import Contexts
+from gateway.contexts import Contexts, buildContexts, servedCertificates
 from gateway.loading import loadChecked, takeContexts
 from gateway.servedcerts import ServedCertificates
 from gateway.signals import IReloadable
+
+if TYPE_CHECKING:
+    from gateway.tlspolicy import ServerTLS
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
 #: C{gateway.cli} reads it.
@@ -190,7 +193,7 @@ class Supervisor(Service):
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
-        self._servers: list[Any] = []
+        self._servers: list[ServerTLS] = []
 
     # start
 
@@ -231,8 +234,6 @@ class Supervisor(Service):
             configuration not loaded by L{gateway.loading}) to build them.
         """
         if contexts is None:
-            from gateway.contexts import buildContexts
-
             contexts = buildContexts(config)
         self._servers = list(contexts.servers.values())
         self._noteCertificates(config)
@@ -245,7 +246,6 @@ class Supervisor(Service):
         check of C{config}.
         """
         from gateway.acmemanager import storedAcmeCertificates
-        from gateway.contexts import servedCertificates
 
         self.served.replace(
             "tls",
