@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.config import ConfigError, load_config
+    from gateway.config import ConfigError
+    from gateway.loading import load_config
     from gateway.service import GatewayService
 
 __all__ = ["ConfigError", "GatewayService", "load_config"]
 
 _PUBLIC = {
     "ConfigError": "gateway.config",
-    "load_config": "gateway.config",
+    "load_config": "gateway.loading",
     "GatewayService": "gateway.service",
 }
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.logger import Logger, globalLogBeginner
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig
 
 _log = Logger()
 
@@ -38,6 +38,10 @@ def version() -> str:
 
 
 def _load(path: str) -> GatewayConfig | None:
+    # Here, not at the top: the TLS stack it loads is not needed for
+    # --version, --help or demo --write-certs.
+    from gateway.loading import load_config
+
     try:
         return load_config(path)
     except ConfigError as e:

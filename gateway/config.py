@@ -1,7 +1,7 @@
 """
 The INI file, read into an immutable model, with every problem at once.
 
-L{load_config} turns the operator's file into a L{GatewayConfig} of frozen
+L{parseConfig} turns the operator's file into a L{GatewayConfig} of frozen
 attrs classes, or raises L{ConfigError} listing I{every} problem as
 C{FILE:LINE: [section] key: message}, the way C{nginx -t} and compilers
 do: an operator fixes a file in one edit, not one error per reload.
@@ -24,8 +24,9 @@ How it reads the file:
     model's fields, so each problem names its key; cross-key and
     cross-section checks (references, listen addresses) come after.
 
-Features whose runtime is not built yet are refused in one place,
-L{NOT_YET_SUPPORTED}, after their values were checked like any other.
+This module knows nothing of certificates: L{gateway.loading} is what
+loads a configuration the way C{check}, a start and a reload do, this
+conversion first, then every file it names.
 
 C{listen} and C{metrics} endpoint strings are checked with Twisted's own
 C{serverFromString} against a C{MemoryReactor}; that import happens only
@@ -54,7 +55,6 @@ from gateway.routing import normalizeName, normalizePattern
 from gateway.units import parseBool, parseDuration, parseList, parseSize
 
 __all__ = [
-    "NOT_YET_SUPPORTED",
     "AcmeSettings",
     "CertificateConfig",
     "ConfigError",
@@ -67,20 +67,9 @@ __all__ = [
     "RouteConfig",
     "ServerConfig",
     "UpstreamConfig",
-    "load_config",
-    "load_config_text",
+    "parseConfig",
+    "parseConfigText",
 ]
-
-# Features that parse and validate but have no runtime yet: (section kind,
-# what) -> the feature's name, reported as "<name> is not supported by
-# this version yet".  `what` is
-#   "key"        the key set to anything but its default;
-#   "key=value"  the key set to that value;
-#   "key:flag"   a line of `routes` or `servers` using that column or flag
-#                ("servers:multiple": a second server line);
-#   "*"          any section of that kind.
-# Enable a feature by deleting its entries.
-NOT_YET_SUPPORTED: dict[tuple[str, str], str] = {}
 
 _SECTION_KINDS = ("listener", "upstream", "certificate")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -155,6 +144,10 @@ class ConfigError(Exception):
     A configuration file cannot be used; C{str()} lists every problem.
 
     @ivar problems: in file order.
+    @ivar partial: when the INI text itself has problems, what of it did
+        convert (sections and keys with problems left out), so that the
+        files it names can be checked too and reported with these problems
+        in one run (L{gateway.loading}); else L{None}.
     @cvar reason: stable slug for logs and metrics.
     """
 
@@ -162,6 +155,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: p.line or 0)
+        self.partial: GatewayConfig | None = None
         super().__init__(self.problems)
 
     def __str__(self) -> str:
@@ -729,6 +723,7 @@ class GatewaySettings:
     metrics: str | None = attrs.field(default=None, metadata=_iniFolder(_endpoint))
     drain_timeout: float = attrs.field(default=30.0, metadata=_ini(parseDuration))
     log_level: str = _choiceField("info", "debug", "info", "warn")
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
 def _formatAddress(host: str, port: int) -> str:
@@ -1106,13 +1101,11 @@ class _Loader:
 
     @ivar path: the file name as the operator gave it, for messages.
     @ivar folder: what relative paths are relative to.
-    @ivar gates: the L{NOT_YET_SUPPORTED} table in force.
     """
 
     path: str
     folder: str
     text: str
-    gates: Mapping[tuple[str, str], str]
     problems: list[Problem] = attrs.Factory(list)
     warnings: list[ConfigWarning] = attrs.Factory(list)
     scan: _Scan = attrs.field(init=False)
@@ -1153,9 +1146,11 @@ class _Loader:
             if section.kind == "gateway":
                 kwargs = self._convert(section, GatewaySettings)
                 # The keys that converted, even beside problems: the
-                # access log is checked with them (see _accessLogProblems).
+                # access log is checked with them (gateway.loading).
                 with contextlib.suppress(TypeError, ValueError):
-                    settings = GatewaySettings(**kwargs)
+                    settings = GatewaySettings(
+                        location=self._location(section), **kwargs
+                    )
                 metrics = section.items.get("metrics")
                 if metrics is not None:
                     bindings.append(
@@ -1316,31 +1311,6 @@ class _Loader:
             return [(line, text) for line, text in scanned]
         return [(self._keyLine(section, key), text) for text in expected]
 
-    def _gate(
-        self,
-        section: _Section,
-        what: str,
-        value: object,
-        default: object,
-        line: int | None,
-    ) -> None:
-        """
-        Refuse a valid value whose feature is in L{NOT_YET_SUPPORTED}.
-        """
-        feature = None
-        if isinstance(value, str):
-            feature = self.gates.get((section.kind, f"{what}={value}"))
-        if feature is None and value != default:
-            feature = self.gates.get((section.kind, what))
-        if feature is not None:
-            key = None if what == "*" else what.partition(":")[0]
-            self.problem(
-                line,
-                section.name,
-                key,
-                f"{feature} is not supported by this version yet",
-            )
-
     def _convert(self, section: _Section, cls: type[Any]) -> dict[str, Any]:
         """
         Convert a section's keys to constructor arguments, key by key.
@@ -1377,7 +1347,6 @@ class _Loader:
                 )
             else:
                 kwargs[field.name] = value
-                self._gate(section, field.name, value, field.default, line)
         known = {
             name
             for name, field in fields.items()
@@ -1398,7 +1367,6 @@ class _Loader:
     def _certificate(self, section: _Section) -> CertificateConfig | None:
         before = len(self.problems)
         kwargs = self._convert(section, CertificateConfig)
-        self._gate(section, "*", True, False, section.line)
         items = section.items
 
         def problem(key: str, message: str) -> None:
@@ -1440,7 +1408,6 @@ class _Loader:
         before = len(self.problems)
         kwargs = self._convert(section, UpstreamConfig)
         servers: list[ServerConfig] = []
-        defaults = attrs.fields_dict(ServerConfig)
         lines = self._valueLines(section, "servers")
         if not lines:
             message = (
@@ -1451,23 +1418,13 @@ class _Loader:
             self.problem(
                 self._keyLine(section, "servers"), section.name, "servers", message
             )
-        for index, (line, text) in enumerate(lines):
+        for line, text in lines:
             try:
                 server = self._server(text)
             except ValueError as e:
                 self.problem(line, section.name, "servers", e.args[0])
                 continue
             servers.append(server)
-            if index == 1:
-                self._gate(section, "servers:multiple", True, False, line)
-            for flag in ("weight", "max_fails", "fail_timeout", "backup"):
-                self._gate(
-                    section,
-                    f"servers:{flag}",
-                    getattr(server, flag),
-                    defaults[flag].default,
-                    line,
-                )
         if len(self.problems) != before:
             return None
         return UpstreamConfig(
@@ -1555,8 +1512,6 @@ class _Loader:
             seen.setdefault(pattern, line)
             if len(self.problems) == before:
                 routes.append(RouteConfig(pattern, upstream, action, line))
-            if action == "terminate":
-                self._gate(section, "routes:terminate", True, False, line)
         return routes
 
     def _listener(self, section: _Section) -> ListenerConfig | None:
@@ -1820,108 +1775,51 @@ def _endpointTexts(text: str, folder: str) -> list[str]:
     return [_absoluteUnixEndpoint(item, folder) for item in parseList(text)]
 
 
-def load_config_text(
-    text: str,
-    path: str = "<string>",
-    *,
-    notYetSupported: Mapping[tuple[str, str], str] | None = None,
-    checkFiles: bool = True,
-) -> GatewayConfig:
+def parseConfigText(text: str, path: str = "<string>") -> GatewayConfig:
     """
-    Read a configuration from text, as if it were the file at C{path}.
+    Convert a configuration's text, as if it were the file at C{path}: the
+    INI file's own checks, none of the files it names.  What C{check}, a
+    start and a reload do is L{gateway.loading.load_config}.
 
     @param path: named in problems; relative paths in the text are relative
         to its folder.
-    @param notYetSupported: the table of refused features; L{None} means
-        L{NOT_YET_SUPPORTED}.  Tests pass C{{}} to check the conversion of
-        features that are refused by default.
-    @param checkFiles: also load every certificate, key and CA file and
-        build the TLS contexts, as C{tlsgateway check} and a start do.
-        Off only for tests of the INI syntax itself.
-    @raise ConfigError: listing every problem.
+    @raise ConfigError: listing every problem, with L{ConfigError.partial}
+        set to what did convert.
     """
     loader = _Loader(
-        path=path,
-        folder=os.path.dirname(os.path.abspath(path)),
-        text=text,
-        gates=NOT_YET_SUPPORTED if notYetSupported is None else notYetSupported,
+        path=path, folder=os.path.dirname(os.path.abspath(path)), text=text
     )
-    if not checkFiles:
-        return loader.load()
-    from gateway.contexts import buildContexts
-
     try:
-        config = loader.load()
+        return loader.load()
     except ConfigError as e:
-        if loader.partial is None:
-            raise
-        # The files of everything that converted are checked as well, so
-        # that a typo and a bad key are reported in one run, not one after
-        # the other.
-        problems = list(e.problems)
-        problems += buildContexts(loader.partial).problems
-        problems += _accessLogProblems(loader.partial.gateway, loader)
-        raise ConfigError(dict.fromkeys(problems)) from None
-    contexts = buildContexts(config)
-    problems = contexts.problems + _accessLogProblems(config.gateway, loader)
-    if problems:
-        raise ConfigError(problems)
-    return attrs.evolve(
-        config, warnings=tuple(dict.fromkeys((*config.warnings, *contexts.warnings)))
-    )
+        e.partial = loader.partial
+        raise
 
 
-def _accessLogProblems(settings: GatewaySettings, loader: _Loader) -> list[Problem]:
+def readConfigFile(path: str | os.PathLike[str]) -> tuple[str, str]:
     """
-    What would keep the access log from opening at start (or reload):
-    C{check} reports it rather than C{run} tripping on it.  Nothing is
-    created: a file that does not exist yet needs a folder that does and
-    that the gateway may write in.
-    """
-    path = settings.access_log
-    if path in ("-", "off"):
-        return []
-    message = None
-    target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    if os.path.isdir(target):
-        message = f"{path} is a folder, not a file"
-    elif not os.path.isdir(folder):
-        message = f"cannot open {path}: the folder {folder} does not exist"
-    elif os.path.exists(target):
-        if not os.access(target, os.W_OK):
-            message = f"cannot open {path}: it is not writable"
-    elif not os.access(folder, os.W_OK | os.X_OK):
-        message = f"cannot create {path}: the folder {folder} is not writable"
-    if message is None:
-        return []
-    line = loader.scan.keys.get(("gateway", "access_log"))
-    return [Problem(loader.path, line, "gateway", "access_log", message)]
+    The text of the INI file at C{path}, and its name for messages.
 
-
-def load_config(
-    path: str | os.PathLike[str],
-    *,
-    notYetSupported: Mapping[tuple[str, str], str] | None = None,
-    checkFiles: bool = True,
-) -> GatewayConfig:
-    """
-    Read the INI file at C{path} into a L{GatewayConfig}, and check every
-    certificate, key and CA file it names.
-
-    @raise ConfigError: listing every problem, the file's own included
-        (missing, unreadable, not UTF-8).
+    @raise ConfigError: the file is missing, unreadable or not UTF-8.
     """
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8-sig") as f:
-            text = f.read()
+            return f.read(), name
     except OSError as e:
         problem = f"cannot read the configuration: {e.strerror or e}"
         raise ConfigError([Problem(name, None, None, None, problem)]) from None
     except UnicodeDecodeError as e:
         problem = f"is not UTF-8 text ({e.reason} at byte {e.start})"
         raise ConfigError([Problem(name, None, None, None, problem)]) from None
-    return load_config_text(
-        text, name, notYetSupported=notYetSupported, checkFiles=checkFiles
-    )
+
+
+def parseConfig(path: str | os.PathLike[str]) -> GatewayConfig:
+    """
+    Convert the INI file at C{path} (L{parseConfigText}).
+
+    @raise ConfigError: listing every problem, the file's own included
+        (missing, unreadable, not UTF-8).
+    """
+    text, name = readConfigFile(path)
+    return parseConfigText(text, name)

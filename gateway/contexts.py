@@ -1,10 +1,13 @@
 """
 Every TLS context of one configuration generation, built in one go.
 
-Loading a configuration (C{tlsgateway check}, start, reload) builds them to
-report every certificate problem with the rest of the file's problems; the
-service builds them again when it starts serving that configuration, so a
-reload always gets new contexts and never mutates live ones.
+Loading a configuration (L{gateway.loading}: C{tlsgateway check}, start,
+reload) builds them to report every certificate problem with the rest of
+the file's problems, and the service then serves the very contexts that
+check built: each file is read once per start or reload.  A reload always
+gets new contexts and never mutates live ones.  ACME certificates are not
+files of the configuration: a check builds them pending, and the service
+swaps in those its manager holds (L{withAcme}) before serving.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from gateway.servedcerts import ServedCertificate
 from gateway.tlspolicy import (
     AcmeCertificates,
     LoadedCertificate,
+    PendingCertificate,
     ServerTLS,
     TLSConfigError,
     UpstreamTLS,
@@ -127,6 +131,33 @@ def buildContexts(
     )
 
 
+def withAcme(contexts: Contexts, acme: AcmeCertificates) -> Contexts:
+    """
+    Serve the ACME certificates C{acme} holds in C{contexts}, built
+    without them (by a check): what L{buildContexts} with C{acme} would
+    have built, without reading any file again.  Changes C{contexts}' own
+    policies: call it only on contexts nothing serves yet.
+
+    @return: C{contexts}, with a problem for each certificate OpenSSL
+        refused.
+    """
+    problems = list(contexts.problems)
+    for server in contexts.servers.values():
+        for section, entry in server.entries:
+            if not isinstance(entry, PendingCertificate):
+                continue
+            issued = acme(section.partition(":")[2])
+            if issued is None:
+                continue
+            try:
+                server.update(section, issued)
+            except TLSConfigError as e:
+                problems.append(
+                    Problem(issued.certificatePath, None, section, e.key, str(e))
+                )
+    return attrs.evolve(contexts, problems=list(dict.fromkeys(problems)))
+
+
 def acmeProblems(settings: AcmeSettings) -> list[Problem]:
     """
     What would stop C{[acme]} from working, found without the network:
@@ -159,7 +190,9 @@ def acmeProblems(settings: AcmeSettings) -> list[Problem]:
 
 
 def servedCertificates(
-    servers: Iterable[ServerTLS], config: GatewayConfig
+    servers: Iterable[ServerTLS],
+    config: GatewayConfig,
+    acme: AcmeCertificates | None = None,
 ) -> list[ServedCertificate]:
     """
     The certificates termination policies serve, for the served-certificates
@@ -168,10 +201,17 @@ def servedCertificates(
     when issued or renewed; one still pending is not served yet).  Each is
     named by its C{[certificate:NAME]}, or C{listener:NAME} for a
     listener's own C{certificate} key; a section shared by listeners once.
+
+    @param acme: where to look up an ACME certificate that the policies
+        hold as pending (the supervisor's view: the certificates its
+        workers stored).
     """
     served: dict[str, ServedCertificate] = {}
     for server in servers:
-        for section, loaded in server.entries:
+        for section, entry in server.entries:
+            loaded: LoadedCertificate | PendingCertificate | None = entry
+            if isinstance(entry, PendingCertificate) and acme is not None:
+                loaded = acme(section.partition(":")[2])
             if not section or not isinstance(loaded, LoadedCertificate):
                 continue
             kind, _, sub = section.partition(":")

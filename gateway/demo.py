@@ -461,7 +461,8 @@ def _run(reactor: Any, port: int, directory: Path) -> int:
     """
     Build everything in C{directory}, serve until stopped, stop everything.
     """
-    from gateway.config import ConfigError, load_config
+    from gateway.config import ConfigError
+    from gateway.loading import load_config
     from gateway.logs import consoleObserver
     from gateway.service import GatewayService, StartupError
 

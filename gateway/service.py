@@ -26,18 +26,21 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.acceptwatch import watch
 from gateway.accesslog import AccessLog
 from gateway.acmemanager import AcmeManager
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.contexts import buildContexts, servedCertificates
+from gateway.config import ConfigError, GatewayConfig
+from gateway.contexts import Contexts, buildContexts, servedCertificates, withAcme
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
+from gateway.loading import loadChecked, takeContexts
 from gateway.metrics import Metrics
 from gateway.pgstage import CancelRegistry
 from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
+from gateway.signals import IReloadable
 from gateway.status import RecentFailures, Snapshot, localSnapshot
 from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
@@ -71,8 +74,18 @@ class Generation:
         idle: Callable[[], None],
         cancelKeys: Mapping[str, CancelRegistry] | None = None,
         acme: AcmeManager | None = None,
+        contexts: Contexts | None = None,
     ) -> None:
-        contexts = buildContexts(config, None if acme is None else acme.current)
+        """
+        @param contexts: the TLS contexts the check of C{config} built
+            (L{gateway.loading}), served as they are so that no file is
+            read twice; L{None} (a configuration built in code, a second
+            start) builds them now.
+        """
+        if contexts is None:
+            contexts = buildContexts(config, None if acme is None else acme.current)
+        elif acme is not None:
+            contexts = withAcme(contexts, acme.current)
         if contexts.problems:
             # The files changed since the configuration was checked.
             raise StartupError("\n".join(str(p) for p in contexts.problems))
@@ -154,6 +167,7 @@ class Generation:
         return {name: pool.serverStates() for name, pool in self.pools.items()}
 
 
+@implementer(IReloadable)
 class GatewayService(Service):
     """
     Serves every listener of one configuration, and of the next one after
@@ -253,6 +267,7 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._cancelKeys,
                 self._acme,
+                takeContexts(self.config),
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -479,13 +494,14 @@ class GatewayService(Service):
         assert self._accessLog is not None
         path = self.config.path
         try:
-            config = load_config(path)
+            loaded = loadChecked(path)
         except ConfigError as e:
             self._refused(f"{path} has problems:\n{e}")
             return False
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return False
+        config = loaded.config
         try:
             log = self._accessLog.prepare(config.gateway.access_log)
         except OSError as e:
@@ -500,6 +516,7 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._cancelKeys,
                 acme,
+                loaded.contexts,
             )
         except StartupError as e:
             if log is not None:

@@ -7,22 +7,36 @@ own signal policy and does not use this.
 from __future__ import annotations
 
 import signal
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import Logger
+from zope.interface import Interface
 
 
-class Reloadable(Protocol):
+class IReloadable(Interface):
     """
-    A gateway service or a supervisor.
+    What the signals act on: the gateway's service in one process
+    (L{gateway.service.GatewayService}), or the supervisor of its workers
+    (L{gateway.supervisor.Supervisor}).
     """
 
-    def reload(self) -> object: ...
+    def reload() -> object:
+        """
+        C{SIGHUP}: load the configuration file again and serve it, whole
+        or not at all.
+        """
 
-    def reopenLogs(self) -> None: ...
+    def reopenLogs() -> None:
+        """
+        C{SIGUSR1}: reopen the access log (logrotate moved it).
+        """
 
-    def retire(self) -> None: ...
+    def retire() -> None:
+        """
+        C{SIGQUIT}: stop accepting, and stop once the last established
+        connection has ended.
+        """
 
 
 #: Signals the gateway handles that would end the process by default: set
@@ -56,7 +70,7 @@ class SignalHandling(Service):
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, target: Reloadable) -> None:
+    def __init__(self, reactor: Any, target: IReloadable) -> None:
         self._reactor = reactor
         self._target = target
         self._stopping = False

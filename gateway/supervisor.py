@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -42,9 +42,16 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig
+from gateway.contexts import Contexts, buildContexts, servedCertificates
+from gateway.loading import loadChecked, takeContexts
 from gateway.servedcerts import ServedCertificates
+from gateway.signals import IReloadable
+
+if TYPE_CHECKING:
+    from gateway.tlspolicy import ServerTLS
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
 #: C{gateway.cli} reads it.
@@ -135,17 +142,26 @@ class _PendingReload:
 
     @ivar opened: C{listen} descriptions whose sockets were opened for it,
         closed again if it is refused.
+    @ivar contexts: what the check of C{config} built, for the
+        certificates the supervisor shows once the reload applies.
     """
 
     def __init__(
-        self, generation: int, config: GatewayConfig, opened: set[str], timer: Any
+        self,
+        generation: int,
+        config: GatewayConfig,
+        opened: set[str],
+        timer: Any,
+        contexts: Contexts,
     ) -> None:
         self.generation = generation
         self.config = config
         self.opened = opened
         self.timer = timer
+        self.contexts = contexts
 
 
+@implementer(IReloadable)
 class Supervisor(Service):
     """
     @ivar _ports: listening sockets by C{listen} description.
@@ -154,6 +170,9 @@ class Supervisor(Service):
     @ivar _logLevel: the C{--log-level} the supervisor was started with,
         passed on to every worker: they share its standard error, and an
         operator who asked for warnings only means all of the gateway.
+    @ivar _servers: the termination policies the check of the running
+        configuration built: what the status page's certificates come
+        from, with the ACME ones looked up as the workers stored them.
     """
 
     _log = Logger()
@@ -174,12 +193,13 @@ class Supervisor(Service):
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
+        self._servers: list[ServerTLS] = []
 
     # start
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self._serve(self.config)
+        self._serve(self.config, takeContexts(self.config))
         self._acmeRefresh.clock = self._reactor
         self._acmeRefresh.start(_ACME_REFRESH, now=False)
         self._openPorts(self.config)
@@ -204,25 +224,37 @@ class Supervisor(Service):
             port.stopReading()
             self._ports[description] = port
 
-    def _serve(self, config: GatewayConfig) -> None:
+    def _serve(self, config: GatewayConfig, contexts: Contexts | None) -> None:
         """
         Note the certificates C{config} serves, for the status page and the
         expiry gauge: the supervisor serves both, and its workers' metrics
-        files carry no certificates.  ACME certificates are the ones the
-        workers stored; with any configured, this runs again every minute,
-        so a renewal shows.
+        files carry no certificates.
+
+        @param contexts: what the check of C{config} built, or L{None} (a
+            configuration not loaded by L{gateway.loading}) to build them.
+        """
+        if contexts is None:
+            contexts = buildContexts(config)
+        self._servers = list(contexts.servers.values())
+        self._noteCertificates(config)
+
+    def _noteCertificates(self, config: GatewayConfig) -> None:
+        """
+        ACME certificates are the ones the workers stored; with any
+        configured, this runs again every minute, so a renewal shows.  The
+        certificate files are not read again: they were, once, by the
+        check of C{config}.
         """
         from gateway.acmemanager import storedAcmeCertificates
-        from gateway.contexts import buildContexts, servedCertificates
 
-        contexts = buildContexts(config, storedAcmeCertificates(config))
         self.served.replace(
-            "tls", servedCertificates(contexts.servers.values(), config)
+            "tls",
+            servedCertificates(self._servers, config, storedAcmeCertificates(config)),
         )
 
     def _refreshAcme(self) -> None:
         if self.config.acme is not None:
-            self._serve(self.config)
+            self._noteCertificates(self.config)
 
     def _closeUnused(self) -> None:
         wanted = {d for listener in self.config.listeners for d in listener.listen}
@@ -410,13 +442,14 @@ class Supervisor(Service):
             return
         path = self.config.path
         try:
-            config = load_config(path)
+            loaded = loadChecked(path)
         except ConfigError as e:
             self._refused(f"{path} has problems:\n{e}")
             return
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return
+        config = loaded.config
         if config.gateway.workers != self.config.gateway.workers:
             self._log.warn(
                 "[gateway] workers: changing the number of workers needs a restart;"
@@ -437,6 +470,7 @@ class Supervisor(Service):
             config,
             set(self._ports) - before,
             self._reactor.callLater(_READY_TIMEOUT, self._notReady),
+            loaded.contexts,
         )
         for number in range(1, config.gateway.workers + 1):
             self._spawn(generation, number)
@@ -452,7 +486,7 @@ class Supervisor(Service):
         old = [w for w in self._workers if w.generation == self._generation]
         self._generation = pending.generation
         self.config = pending.config
-        self._serve(pending.config)
+        self._serve(pending.config, pending.contexts)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
@@ -501,6 +535,18 @@ class Supervisor(Service):
     def reopenLogs(self) -> None:
         for worker in list(self._workers):
             worker.signal(signal.SIGUSR1)
+
+    def retire(self) -> None:
+        """
+        C{SIGQUIT} is what a supervisor sends its old workers after a
+        reload; sent to the supervisor itself it changes nothing (the
+        workers keep serving): C{SIGTERM} drains and stops, C{SIGHUP}
+        replaces the workers.
+        """
+        self._log.warn(
+            "received SIGQUIT: a supervisor does not retire; send SIGTERM to"
+            " drain and stop, or SIGHUP to replace the workers"
+        )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -14,7 +14,8 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError
+from gateway.loading import load_config
 
 _USAGE = "twistd -n tlsgateway --config /etc/tlsgateway/gateway.ini"
 

@@ -33,9 +33,9 @@ from gateway.config import (
     ConfigError,
     GatewayConfig,
     Location,
-    load_config_text,
 )
 from gateway.contexts import servedCertificates
+from gateway.loading import load_config_text
 from gateway.tlspolicy import (
     CertificatePending,
     LoadedCertificate,

@@ -22,7 +22,6 @@ from gateway.balancers import (
     SmoothWeightedRoundRobin,
     TwoRandomChoices,
 )
-from tests.helpers import frameworksImportedBy
 
 
 @attrs.define(eq=False)
@@ -56,11 +55,6 @@ def test_everyBalancerProvidesTheInterface(name: str) -> None:
 
 def test_balanceValuesAreTheConfigurationChoices() -> None:
     assert set(BALANCERS) == {"round_robin", "least_conn", "random", "hash"}
-
-
-def test_theModuleIsPure() -> None:
-    """No Twisted and no OpenSSL: balancing is decided without I/O."""
-    assert frameworksImportedBy("gateway.balancers") == []
 
 
 # -- round_robin --------------------------------------------------------------

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from gateway import config
 from gateway.config import (
-    NOT_YET_SUPPORTED,
     CertificateConfig,
     ConfigError,
     ConfigWarning,
@@ -33,9 +32,8 @@ from gateway.config import (
     RouteConfig,
     ServerConfig,
     UpstreamConfig,
-    load_config,
-    load_config_text,
 )
+from gateway.loading import load_config, load_config_text
 from gateway.ratelimit import ConnectionRate
 
 MINIMAL = """\
@@ -281,10 +279,8 @@ private_key = certs/ecdsa.key
 """
 
 
-def test_everyKeyIsConvertedWithTheGateOff(tmp_path: Path) -> None:
-    loaded = load_config(
-        write(tmp_path, EVERYTHING), notYetSupported={}, checkFiles=False
-    )
+def test_everyKeyIsConverted(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, EVERYTHING), checkFiles=False)
     folder = str(tmp_path)
     assert loaded.gateway == GatewaySettings(
         access_log=os.path.join(folder, "logs", "access.log"),
@@ -387,31 +383,23 @@ def test_everyKeyIsConvertedWithTheGateOff(tmp_path: Path) -> None:
     }
 
 
-def test_noFeatureIsGatedAnyMore(tmp_path: Path) -> None:
+def test_everyFeatureOfTheFileAboveIsAccepted(tmp_path: Path) -> None:
     """
-    Every feature the file above uses runs in this version: the default
-    gate table is empty, so the only problems are the missing files.
+    Every feature the file above uses runs in this version: the only
+    problems are the missing files.
     """
-    assert NOT_YET_SUPPORTED == {}
     found = "\n".join(problems(tmp_path, EVERYTHING))
     assert "not supported by this version yet" not in found
     assert "cannot read" in found
 
 
-def test_gateIsOneTableThatCanBeEdited(tmp_path: Path) -> None:
-    # A table of its own, so the test does not depend on which features
-    # this version still gates.
+def test_maxConnectionsIsConverted(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nupstream = app\nmax_connections = 5\n")
-    gates = {("listener", "max_connections"): "limiting connections"}
-    assert problems(tmp_path, text, notYetSupported=gates) == [
-        "gw.ini:4: [listener:web] max_connections: limiting connections"
-        " is not supported by this version yet"
-    ]
-    loaded = load_config(tmp_path / "gw.ini", notYetSupported={}, checkFiles=False)
+    loaded = load_config(write(tmp_path, text), checkFiles=False)
     assert loaded.listeners[0].max_connections == 5
 
 
-def test_gatedKeysSetToTheirDefaultsAreAccepted(tmp_path: Path) -> None:
+def test_keysSetToTheirDefaultsAreAccepted(tmp_path: Path) -> None:
     text = """\
     [gateway]
     workers = 1
@@ -435,7 +423,6 @@ def test_gatedKeysSetToTheirDefaultsAreAccepted(tmp_path: Path) -> None:
 def test_workersAutoIsTheCpuCount(tmp_path: Path) -> None:
     loaded = load_config(
         write(tmp_path, "[gateway]\nworkers = auto\n" + MINIMAL),
-        notYetSupported={},
         checkFiles=False,
     )
     assert loaded.gateway.workers == (os.cpu_count() or 1)
@@ -543,7 +530,7 @@ def test_relativePathsAreRelativeToTheFilesFolder(tmp_path: Path) -> None:
     """
     folder = tmp_path / "etc"
     folder.mkdir()
-    loaded = load_config(write(folder, text), notYetSupported={}, checkFiles=False)
+    loaded = load_config(write(folder, text), checkFiles=False)
     web = loaded.listeners[0]
     assert loaded.gateway.access_log == str(tmp_path / "log" / "access.log")
     assert web.listen == (
@@ -739,7 +726,7 @@ def test_missingRequiredKeysAreReportedAtTheSectionHeader(tmp_path: Path) -> Non
     [certificate:c]
     certificate = c.pem
     """
-    assert problems(tmp_path, text, notYetSupported={}, checkFiles=False) == [
+    assert problems(tmp_path, text, checkFiles=False) == [
         "gw.ini:1: [listener:web] listen: required key is missing",
         "gw.ini:3: [upstream:app] servers: required key is missing",
         "gw.ini:5: [certificate:c] private_key: required key is missing",
@@ -887,7 +874,7 @@ def test_undefinedUpstreamsAreReportedAtTheirLine(tmp_path: Path) -> None:
 )
 def test_badListenerValues(tmp_path: Path, key: str, value: str, message: str) -> None:
     text = listener(f"listen = tcp:1\nupstream = app\n{key} = {value}\n")
-    found = problems(tmp_path, text, notYetSupported={}, checkFiles=False)
+    found = problems(tmp_path, text, checkFiles=False)
     assert f"gw.ini:4: [listener:web] {key}: {message}" in found
 
 
@@ -918,7 +905,6 @@ def test_badGatewayValues(tmp_path: Path, key: str, value: str, message: str) ->
     found = problems(
         tmp_path,
         f"[gateway]\n{key} = {value}\n" + MINIMAL,
-        notYetSupported={},
         checkFiles=False,
     )
     assert found == [f"gw.ini:2: [gateway] {key}: {message}"]
@@ -953,7 +939,7 @@ def test_badGatewayValues(tmp_path: Path, key: str, value: str, message: str) ->
 )
 def test_badUpstreamValues(tmp_path: Path, key: str, value: str, message: str) -> None:
     text = MINIMAL + f"{key} = {value}\n"
-    assert problems(tmp_path, text, notYetSupported={}, checkFiles=False) == [
+    assert problems(tmp_path, text, checkFiles=False) == [
         f"gw.ini:7: [upstream:app] {key}: {message}"
     ]
 
@@ -987,7 +973,7 @@ def test_badServerLines(tmp_path: Path, server: str, message: str) -> None:
         "listen = tcp:1\nupstream = app\n",
         f"[upstream:app]\nservers =\n    127.0.0.1:1\n    {server}\n",
     )
-    found = problems(tmp_path, text, notYetSupported={}, checkFiles=False)
+    found = problems(tmp_path, text, checkFiles=False)
     assert len(found) == 1
     assert found[0].startswith("gw.ini:7: [upstream:app] servers: ")
     assert message in found[0]
@@ -998,7 +984,7 @@ def test_serverFlagsWithTheGateOff(tmp_path: Path) -> None:
         "listen = tcp:1\nupstream = app\n",
         "[upstream:app]\nservers = a.example:1 BACKUP max_fails=0 fail_timeout=1m\n",
     )
-    loaded = load_config(write(tmp_path, text), notYetSupported={}, checkFiles=False)
+    loaded = load_config(write(tmp_path, text), checkFiles=False)
     assert loaded.upstreams["app"].servers == (
         ServerConfig("a.example", 1, backup=True, max_fails=0, fail_timeout=60.0),
     )
@@ -1071,9 +1057,7 @@ def test_duplicateListenAddresses(tmp_path: Path) -> None:
     listen = unix:./gw.sock
     upstream = app
     """
-    assert problems(
-        tmp_path, text + UPSTREAMS, notYetSupported={}, checkFiles=False
-    ) == [
+    assert problems(tmp_path, text + UPSTREAMS, checkFiles=False) == [
         "gw.ini:7: [listener:b] listen: 'tcp:443:interface=0.0.0.0' listens on the"
         " same address as 'tcp:443' in [listener:a]",
         "gw.ini:10: [listener:c] listen: 'tcp:8443:interface=\\\\:\\\\:' listens on"
@@ -1154,9 +1138,7 @@ def test_tcpModeNeedsUpstreamAndNoRoutes(tmp_path: Path) -> None:
     listen = tcp:2
     mode = tcp
     """
-    assert problems(
-        tmp_path, text + UPSTREAMS, notYetSupported={}, checkFiles=False
-    ) == [
+    assert problems(tmp_path, text + UPSTREAMS, checkFiles=False) == [
         "gw.ini:4: [listener:a] routes: mode = tcp reads no ClientHello, so it cannot"
         " route: use upstream",
         "gw.ini:7: [listener:b] mode: mode = tcp needs upstream",
@@ -1180,9 +1162,7 @@ def test_terminationNeedsACertificate(tmp_path: Path) -> None:
     routes =
         a.example  app  passthrough
     """
-    assert problems(
-        tmp_path, text + UPSTREAMS, notYetSupported={}, checkFiles=False
-    ) == [
+    assert problems(tmp_path, text + UPSTREAMS, checkFiles=False) == [
         "gw.ini:3: [listener:a] mode: mode = terminate needs certificate and"
         " private_key, or certificates",
         "gw.ini:8: [listener:b] routes: route 'a.example' terminates TLS, so the"
@@ -1210,9 +1190,7 @@ def test_certificateKeysGoTogether(tmp_path: Path) -> None:
     certificate = x.pem
     private_key = x.key
     """
-    assert problems(
-        tmp_path, text + UPSTREAMS, notYetSupported={}, checkFiles=False
-    ) == [
+    assert problems(tmp_path, text + UPSTREAMS, checkFiles=False) == [
         "gw.ini:4: [listener:a] certificate: certificate needs private_key",
         "gw.ini:8: [listener:b] private_key: private_key needs certificate",
         "gw.ini:14: [listener:c] certificates: use certificate and private_key,"
@@ -1224,14 +1202,14 @@ def test_certificateKeysGoTogether(tmp_path: Path) -> None:
 
 def test_verifyClientNeedsClientCa(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nupstream = app\nverify_client = on\n")
-    assert problems(tmp_path, text, notYetSupported={}, checkFiles=False) == [
+    assert problems(tmp_path, text, checkFiles=False) == [
         "gw.ini:4: [listener:web] verify_client: verify_client = on needs client_ca"
     ]
 
 
 def test_allowPlaintextIsForPostgres(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nupstream = app\nallow_plaintext = on\n")
-    assert problems(tmp_path, text, notYetSupported={}, checkFiles=False) == [
+    assert problems(tmp_path, text, checkFiles=False) == [
         "gw.ini:4: [listener:web] allow_plaintext: allow_plaintext only applies to"
         " protocol = postgres or mysql"
     ]
@@ -1401,20 +1379,11 @@ def test_mysqlTerminationLoads(tmp_path: Path) -> None:
 
 def test_allowAllIsEveryAddress(tmp_path: Path) -> None:
     text = listener("listen = tcp:1\nupstream = app\ndeny = all\n")
-    loaded = load_config(write(tmp_path, text), notYetSupported={}, checkFiles=False)
+    loaded = load_config(write(tmp_path, text), checkFiles=False)
     assert loaded.listeners[0].deny == (
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),
     )
-
-
-def test_gatedModeIsReportedAtTheModeKey(tmp_path: Path) -> None:
-    text = listener("listen = tcp:1\nupstream = app\nmode = tcp\n")
-    gates = {("listener", "mode=tcp"): "plain TCP relay (mode = tcp)"}
-    assert problems(tmp_path, text, notYetSupported=gates) == [
-        "gw.ini:4: [listener:web] mode: plain TCP relay (mode = tcp) is not supported"
-        " by this version yet",
-    ]
 
 
 def test_tcpModeCannotSpeakPostgres(tmp_path: Path) -> None:

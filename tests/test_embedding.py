@@ -39,8 +39,8 @@ from gateway.config import (
     RouteConfig,
     ServerConfig,
     UpstreamConfig,
-    load_config,
 )
+from gateway.loading import load_config
 from gateway.routing import normalizePattern
 from gateway.service import GatewayService, StartupError
 from gateway.testing import makeClientHello

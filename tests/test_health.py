@@ -25,7 +25,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.config import ServerConfig, UpstreamConfig, load_config_text
+from gateway.config import (
+    ServerConfig,
+    UpstreamConfig,
+)
 from gateway.health import (
     MAX_PROBE_TIME,
     TRANSITIONS,
@@ -34,6 +37,7 @@ from gateway.health import (
     HealthState,
     probeTimeout,
 )
+from gateway.loading import load_config_text
 from gateway.service import GatewayService
 from gateway.upstream import Pool
 

@@ -55,7 +55,6 @@ from gateway.postgres import (
     parseStartupMessage,
 )
 from gateway.testing import makeClientHello
-from tests.helpers import frameworksImportedBy
 
 FAST = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -828,13 +827,6 @@ def test_arbitraryServerBytesOnlyRaisePostgresError(
     edges = data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=8))
     with contextlib.suppress(PostgresError):
         scan(cuts(raw, edges))
-
-
-# -- Layering ------------------------------------------------------------------
-
-
-def test_importsNeitherTwistedNorOpenSSL() -> None:
-    assert frameworksImportedBy("gateway.postgres") == []
 
 
 def test_looksLikePostgresKnowsEveryOpeningPacket() -> None:

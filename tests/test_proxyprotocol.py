@@ -56,7 +56,6 @@ from gateway.proxyprotocol import (
     sslTLV,
 )
 from gateway.testing import makeClientHello
-from tests.helpers import frameworksImportedBy
 
 FAST = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -769,11 +768,3 @@ def test_plausiblePrefixesRaiseOnlyProxyHeaderError(prefix: bytes, tail: bytes) 
 def test_v2BlocksRaiseOnlyProxyHeaderError(family: int, block: bytes) -> None:
     feedAll([v2(1, family, block)])
     feedAll([v2(1, family, block)[:-1]])
-
-
-def test_pureModuleImportsNeitherTwistedNorOpenSSL() -> None:
-    """
-    The codec is one of the pure modules: importing it (in a fresh
-    interpreter) loads neither Twisted nor OpenSSL.
-    """
-    assert frameworksImportedBy("gateway.proxyprotocol") == []

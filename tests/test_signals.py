@@ -18,9 +18,14 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from gateway.config import load_config_text
-from gateway.signals import SignalHandling
+from gateway.contexts import buildContexts
+from gateway.loading import Loaded, load_config_text
+from gateway.service import GatewayService
+from gateway.signals import IReloadable, SignalHandling
 from gateway.supervisor import Supervisor
 
 
@@ -50,6 +55,7 @@ class RecordingReactor:
         self.spawned.append(args)
 
 
+@implementer(IReloadable)
 class RecordingTarget:
     def __init__(self) -> None:
         self.reloads = 0
@@ -60,6 +66,9 @@ class RecordingTarget:
 
     def reopenLogs(self) -> None:
         self.reopens += 1
+
+    def retire(self) -> None:
+        """Not counted: the tests of SIGQUIT look at the schedule."""
 
 
 @pytest.fixture
@@ -156,10 +165,54 @@ def test_supervisorDoesNotReloadWhileStopping(
     waits only for those it signalled).
     """
     service, reactor = supervisor
-    monkeypatch.setattr("gateway.supervisor.load_config", lambda path: service.config)
+    monkeypatch.setattr(
+        "gateway.supervisor.loadChecked",
+        lambda path: Loaded(service.config, buildContexts(service.config)),
+    )
     monkeypatch.setattr(service, "_openPorts", lambda config: None)
     service.reload()
     assert len(reactor.spawned) == 2  # what a reload does, while running
     service.stopService()
     service.reload()
     assert len(reactor.spawned) == 2
+
+
+def test_theServiceAndTheSupervisorProvideWhatTheSignalsActOn(
+    supervisor: tuple[Supervisor, RecordingReactor],
+) -> None:
+    """
+    The two providers of L{IReloadable}: the signal handling works the
+    same in one process and in a supervisor of workers.
+    """
+    service, _ = supervisor
+    assert verifyObject(IReloadable, service)
+    config = load_config_text(CONFIG, "/etc/tlsgateway/gateway.ini")
+    assert verifyObject(IReloadable, GatewayService(config, Clock()))
+    assert verifyObject(IReloadable, RecordingTarget())
+
+
+def test_sigquitToTheSupervisorLeavesTheWorkersServing(
+    supervisor: tuple[Supervisor, RecordingReactor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    C{SIGQUIT} is what a supervisor sends its old workers; sent to the
+    supervisor, it is logged and changes nothing (it once raised
+    C{AttributeError} inside the signal handler).
+    """
+    service, reactor = supervisor
+    service._startGeneration()
+    signalled: list[int] = []
+    monkeypatch.setattr(
+        "gateway.supervisor._Worker.signal", lambda w, n: signalled.append(n)
+    )
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        handling = SignalHandling(reactor, service)
+        handling._retire(signal.SIGQUIT, None)
+        for call in reactor.calls:
+            call()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert signalled == []
+    assert any("a supervisor does not retire" in e["log_format"] for e in events)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 
 from gateway.accesslog import ConnectionRecord
-from gateway.config import load_config_text
+from gateway.loading import load_config_text
 from gateway.servedcerts import ExpiryCollector, ServedCertificate, ServedCertificates
 from gateway.status import (
     RecentFailures,

@@ -19,7 +19,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from gateway import supervisor as supervisorModule
-from gateway.config import load_config_text
+from gateway.contexts import buildContexts
+from gateway.loading import Loaded, load_config_text
 from gateway.supervisor import READY, Supervisor, _Worker
 
 CONFIG = """\
@@ -53,7 +54,11 @@ def started(
     service = Supervisor(config, reactor)
     signals: list[tuple[_Worker, int]] = []
     monkeypatch.setattr(_Worker, "signal", lambda w, n: signals.append((w, n)))
-    monkeypatch.setattr(supervisorModule, "load_config", lambda path: config)
+    monkeypatch.setattr(
+        supervisorModule,
+        "loadChecked",
+        lambda path: Loaded(config, buildContexts(config)),
+    )
     monkeypatch.setattr(service, "_openPorts", lambda config: None)
     service._startGeneration()
     for worker in reactor.workers:

@@ -30,9 +30,8 @@ from gateway.config import (
     ConfigError,
     ListenerConfig,
     Location,
-    load_config,
-    load_config_text,
 )
+from gateway.loading import load_config, load_config_text
 from gateway.tlspolicy import ServerTLS, TLSHandshakeError, unknownGroups
 
 from .test_tlspolicy import (
