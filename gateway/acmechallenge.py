@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import RelayTransport
 from gateway.tlstransport import TLSTransport
+from gateway.transports import RelayTransport
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 

@@ -57,7 +57,7 @@ from gateway.portable import EPOLL, PORTABLE
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
-    from gateway.relay import RelayTransport
+    from gateway.transports import RelayTransport
 
 
 _log = Logger()

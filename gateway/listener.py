@@ -84,12 +84,12 @@ from gateway.proxyprotocol import (
     sslTLV,
 )
 from gateway.ratelimit import RateLimiter
-from gateway.relay import RelayTransport, relayTransport
 from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
+from gateway.transports import RelayTransport, relayTransport
 
 
 def formatAddress(address: IAddress) -> tuple[str, str]:

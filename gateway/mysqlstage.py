@@ -80,11 +80,12 @@ from gateway.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
-from gateway.relay import IRelay, RelayTransport, relayTransport
+from gateway.relay import IRelay
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.terminate import TerminationStage
 from gateway.tlstransport import TLSTransport
+from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
 
 __all__ = [

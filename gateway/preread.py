@@ -62,8 +62,8 @@ from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
 from gateway.postgres import PostgresError, looksLikePostgres
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
-from gateway.relay import relayTransport
 from gateway.timers import cancel
+from gateway.transports import relayTransport
 
 REFUSAL_LINGER = 2.0
 """

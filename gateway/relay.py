@@ -14,7 +14,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from zope.interface import Interface, implementer
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
 from gateway.timers import cancel
+from gateway.transports import RelayTransport
 
 #: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
 _RESET = struct.pack("ii", 1, 0)
@@ -73,45 +74,6 @@ class IRelay(Interface):
         End both connections now (drain deadline, for example), recording
         C{status} unless an earlier cause is already recorded.
         """
-
-
-class RelayTransport(Protocol):
-    """
-    What a relay needs of a transport: Twisted's C{ITCPTransport} plus the
-    C{IConsumer} and C{IPushProducer} halves that every TCP and TLS
-    transport also provides but that interface does not declare.
-    """
-
-    def write(self, data: bytes) -> None: ...
-
-    def loseConnection(self) -> None: ...
-
-    def loseWriteConnection(self) -> None: ...
-
-    def abortConnection(self) -> None: ...
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def getPeer(self) -> Any: ...
-
-    def getHost(self) -> Any: ...
-
-
-def relayTransport(transport: object) -> RelayTransport:
-    """
-    C{transport} as the relay sees it.  Twisted types C{Protocol.transport}
-    as C{ITransport}, which has no C{abortConnection} nor the producer
-    methods; every transport the gateway's protocols are connected to is a
-    TCP (or TLS over TCP) one, which has them all.
-    """
-    assert transport is not None
-    return cast(RelayTransport, transport)
 
 
 class Reader(Protocol):

@@ -40,10 +40,11 @@ from gateway.postgres import (
     SSLAnswerReader,
     SSLRefused,
 )
-from gateway.relay import IRelay, RelayTransport, relayTransport
+from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
+from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import IServerChooser, connectServer, localError
 
 

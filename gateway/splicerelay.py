@@ -46,8 +46,9 @@ from zope.interface import implementer
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import Hub, hasUnsentBytes, hubFor, hubReaders, send
 from gateway.portable import PORTABLE, SPLICE
-from gateway.relay import IRelay, PortableRelay, RelayTransport, reset
+from gateway.relay import IRelay, PortableRelay, reset
 from gateway.timers import cancel
+from gateway.transports import RelayTransport
 
 #: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist
 #: or the fast paths are off (L{gateway.portable}).

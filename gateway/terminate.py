@@ -19,9 +19,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
-from gateway.relay import RelayTransport
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
+from gateway.transports import RelayTransport
 
 
 class TerminatedSession(Protocol):

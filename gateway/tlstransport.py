@@ -33,7 +33,7 @@ from gateway.fastpath import (
     rawWrite,
     send,
 )
-from gateway.relay import RelayTransport
+from gateway.transports import RelayTransport
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
 #: is usually one call, small enough that pyOpenSSL's per-call buffer

@@ -28,6 +28,7 @@ PURE = [
     "gateway.proxyprotocol",
     "gateway.ratelimit",
     "gateway.routing",
+    "gateway.transports",
     "gateway.units",
 ]
 
