@@ -18,7 +18,6 @@ not a special case of it.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
@@ -38,6 +37,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger, globalLogBeginner
+
+from gateway.democerts import signCertificate
 
 __all__ = ["runDemo"]
 
@@ -49,9 +50,9 @@ DOMAIN = "demo.test"
 
 #: How long the demo certificates are valid.  Short, because they are
 #: thrown away with the process; a day also survives a laptop's clock being
-#: a little off, which is what C{_BACKDATE} is for at the other end.
+#: a little off (L{signCertificate} backdates them by an hour for the
+#: other end).
 _VALIDITY = datetime.timedelta(days=1)
-_BACKDATE = datetime.timedelta(hours=1)
 
 #: Headers of the backends' single answer.  C{Connection: close} because
 #: each backend answers one request per connection and closes it, so that
@@ -127,26 +128,6 @@ class _Leaf:
     certificate: crypto.X509
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _subjectAltName(names: Sequence[str]) -> x509.SubjectAlternativeName:
-    """
-    DNS names, and IP addresses for the names that are IP addresses.
-
-    Clients check a host name against the DNS SANs and an IP address only
-    against the IP SANs, so C{127.0.0.1} as a DNS name would match nothing.
-    """
-    entries: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return x509.SubjectAlternativeName(entries)
-
-
 def _makeCA() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """
     A self-signed CA that may sign server certificates and nothing else.
@@ -162,35 +143,7 @@ def _makeCA() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             x509.NameAttribute(NameOID.COMMON_NAME, "tlsgateway demo CA (throwaway)"),
         ]
     )
-    now = _now()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
+    certificate = signCertificate(name, key, None, pathLength=0, validity=_VALIDITY)
     return key, certificate
 
 
@@ -208,39 +161,13 @@ def _issue(
     not a CA, server authentication only.
     """
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(caCertificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(_subjectAltName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()),
-            critical=False,
-        )
-        .sign(caKey, hashes.SHA256())
+    certificate = signCertificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
+        key,
+        (caCertificate.subject, caKey),
+        names=names,
+        purpose=ExtendedKeyUsageOID.SERVER_AUTH,
+        validity=_VALIDITY,
     )
     return _Leaf(
         crypto.PKey.from_cryptography_key(key),

@@ -72,7 +72,7 @@ def _usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def _sign(
+def signCertificate(
     subject: x509.Name,
     key: _Key,
     issuer: tuple[x509.Name, _Key] | None,
@@ -80,10 +80,16 @@ def _sign(
     pathLength: int | None = None,
     names: Sequence[str] = (),
     purpose: x509.ObjectIdentifier | None = None,
+    validity: datetime.timedelta = _VALIDITY,
 ) -> x509.Certificate:
     """
     A CA certificate (C{purpose} None) or a leaf for C{purpose}, signed by
-    C{issuer} (self-signed when it is None).
+    C{issuer} (self-signed when it is None): the throwaway certificates of
+    the examples (L{writeExampleCertificates}) and of C{tlsgateway demo}.
+
+    The extensions are those strict clients (OpenSSL 3, curl, browsers)
+    insist on: a CA may sign certificates and CRLs and nothing else; a leaf
+    is not a CA, has its names as SANs, and one purpose.
     """
     issuerName, issuerKey = issuer if issuer is not None else (subject, key)
     now = datetime.datetime.now(datetime.UTC)
@@ -95,7 +101,7 @@ def _sign(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(
             x509.BasicConstraints(ca=ca, path_length=pathLength if ca else None),
             critical=True,
@@ -162,16 +168,16 @@ def writeExampleCertificates(folder: str | os.PathLike[str]) -> list[Path]:
     written: list[Path] = []
     rootKey = ec.generate_private_key(ec.SECP256R1())
     rootName = _name("tlsgateway examples root CA (throwaway)")
-    root = _sign(rootName, rootKey, None, pathLength=1)
+    root = signCertificate(rootName, rootKey, None, pathLength=1)
     issuerKey = ec.generate_private_key(ec.SECP256R1())
     issuerName = _name("tlsgateway examples intermediate CA (throwaway)")
-    issuer = _sign(issuerName, issuerKey, (rootName, rootKey), pathLength=0)
+    issuer = signCertificate(issuerName, issuerKey, (rootName, rootKey), pathLength=0)
     for copy in _ROOT_COPIES:
         written.append(_write(out / copy, _pem(root)))
 
     def server(names: Sequence[str], certificate: Path, keyPath: Path) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
-        leaf = _sign(
+        leaf = signCertificate(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
             key,
             (issuerName, issuerKey),
@@ -190,10 +196,10 @@ def writeExampleCertificates(folder: str | os.PathLike[str]) -> list[Path]:
 
     clientCAKey = ec.generate_private_key(ec.SECP256R1())
     clientCAName = _name("tlsgateway examples client CA (throwaway)")
-    clientCA = _sign(clientCAName, clientCAKey, None, pathLength=0)
+    clientCA = signCertificate(clientCAName, clientCAKey, None, pathLength=0)
     written.append(_write(out / "clients-ca.pem", _pem(clientCA)))
     clientKey = ec.generate_private_key(ec.SECP256R1())
-    client = _sign(
+    client = signCertificate(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client-1")]),
         clientKey,
         (clientCAName, clientCAKey),
