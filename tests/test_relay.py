@@ -15,11 +15,12 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gateway import fastpath
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
-from gateway.relay import PortableRelay
+from gateway.relay import IRelay, PortableRelay
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
@@ -41,6 +42,13 @@ class RelayTests(SynchronousTestCase):
             60.0,
             lambda: self.done.append(True),
         )
+
+    def test_providesIRelay(self) -> None:
+        """
+        The portable relay is one of the relays a session may be given: it
+        provides the whole interface (the splice relay's test checks it).
+        """
+        self.assertTrue(verifyObject(IRelay, self.relay))
 
     def test_bytesAreForwardedAndCountedBothWays(self) -> None:
         self.relay.clientData(b"hello")
