@@ -18,22 +18,10 @@ from typing import IO, Any, Protocol
 
 import attrs
 
+from gateway.vocabulary import Status
+
 #: Every status a connection can end with, in the contract's words.
-STATUSES = (
-    "ok",
-    "no_route",
-    "denied",
-    "limited",
-    "preread_timeout",
-    "bad_client_hello",
-    "bad_proxy_header",
-    "handshake_failed",
-    "tls_error",
-    "plaintext_refused",
-    "upstream_unavailable",
-    "idle_timeout",
-    "shutdown",
-)
+STATUSES = tuple(Status)
 
 
 @attrs.define(slots=True, eq=False)

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from gateway.accesslog import ConnectionRecord
 from gateway.relay import RelayTransport
 from gateway.tlstransport import TLSTransport
+from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 
@@ -79,7 +80,7 @@ class ChallengeStage:
 
     def shutdown(self) -> None:
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._transport.abortConnection()
 
     # TLS events
@@ -93,7 +94,9 @@ class ChallengeStage:
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail("handshake_failed", f"acme tls-alpn-01 challenge: {reason}")
+        self._record.fail(
+            Status.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
+        )
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:
@@ -106,12 +109,12 @@ class ChallengeStage:
 
     def tlsError(self, reason: str) -> None:
         # The alert went out and the TLS layer closes the socket.
-        self._record.fail("tls_error", f"acme tls-alpn-01 challenge: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
 
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(
-            "handshake_failed",
+            Status.HANDSHAKE_FAILED,
             f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
         )
         self._transport.abortConnection()

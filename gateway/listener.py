@@ -89,6 +89,7 @@ from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
+from gateway.vocabulary import Action, Status
 
 
 def formatAddress(address: IAddress) -> tuple[str, str]:
@@ -321,7 +322,7 @@ class ListenerFactory(ServerFactory):
             listener=self.config.name, client=client, accepted=now, started=now
         )
         record.fail(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             "local resource error: EMFILE (Too many open files): closed at accept",
         )
         record.ended = now
@@ -352,7 +353,7 @@ class ListenerFactory(ServerFactory):
                 ip = _ipOf(clientKey)
                 if ip is None or not any(ip in network for network in senders):
                     protocol.refuse(
-                        "denied",
+                        Status.DENIED,
                         f"{clientKey} is not in proxy_protocol_from: it may not"
                         " send a PROXY header",
                     )
@@ -386,7 +387,7 @@ class ListenerFactory(ServerFactory):
         limit = self.config.max_connections
         if limit is not None and len(self._admitted) >= limit:
             protocol.refuse(
-                "limited", f"max_connections: {limit} connections already open"
+                Status.LIMITED, f"max_connections: {limit} connections already open"
             )
             return True
         return False
@@ -397,11 +398,11 @@ class ListenerFactory(ServerFactory):
         C{max_connections_per_client} exclude it.
         """
         if not self._permitted(clientKey):
-            protocol.refuse("denied", f"{clientKey} is refused by allow/deny")
+            protocol.refuse(Status.DENIED, f"{clientKey} is refused by allow/deny")
             return True
         if self._rate is not None and not self._rate.take(clientKey):
             protocol.refuse(
-                "limited",
+                Status.LIMITED,
                 f"max_connection_rate: more than {self._rate.rate} new"
                 f" connections from {clientKey}",
             )
@@ -409,7 +410,7 @@ class ListenerFactory(ServerFactory):
         limit = self.config.max_connections_per_client
         if limit is not None and self._perClient[clientKey] >= limit:
             protocol.refuse(
-                "limited",
+                Status.LIMITED,
                 f"max_connections_per_client: {limit} connections already open"
                 f" from {clientKey}",
             )
@@ -447,7 +448,9 @@ class ListenerFactory(ServerFactory):
         config = self.config
         fingerprint = protocol.record.ja4
         if fingerprint is not None and fingerprint.lower() in self._denyJA4:
-            protocol.refuse("denied", f"JA4 fingerprint {fingerprint} is in deny_ja4")
+            protocol.refuse(
+                Status.DENIED, f"JA4 fingerprint {fingerprint} is in deny_ja4"
+            )
             return None
         acme = self._acme
         if (
@@ -462,7 +465,7 @@ class ListenerFactory(ServerFactory):
             route = self._router.match(hello.serverName, hello.alpn)
             if route is None:
                 protocol.refuse(
-                    "no_route", f"no route for server name {hello.serverName!r}"
+                    Status.NO_ROUTE, f"no route for server name {hello.serverName!r}"
                 )
                 return None
             upstreamName, action = route.upstream, route.action or config.mode
@@ -485,7 +488,9 @@ class ListenerFactory(ServerFactory):
                 context = self._tls.contextFor(hello.serverName)
             except CertificatePending as e:
                 protocol.refuse(
-                    "handshake_failed", str(e), alert=AlertDescription.HANDSHAKE_FAILURE
+                    Status.HANDSHAKE_FAILED,
+                    str(e),
+                    alert=AlertDescription.HANDSHAKE_FAILURE,
                 )
                 return None
 
@@ -562,7 +567,7 @@ class ListenerFactory(ServerFactory):
             return True
         names = ", ".join(_versionName(v) for v in offered)
         protocol.refuse(
-            "denied",
+            Status.DENIED,
             f"ClientHello offers {names} ({source}); passthrough_protocols"
             f" allows {', '.join(self.config.passthrough_protocols or ())}",
             alert=AlertDescription.PROTOCOL_VERSION,
@@ -582,11 +587,11 @@ class ListenerFactory(ServerFactory):
         """
         assert hello.serverName is not None
         record = protocol.record
-        record.action = "terminate"
+        record.action = Action.TERMINATE
         context = acme.contextFor(hello.serverName)
         if context is None:
             protocol.refuse(
-                "handshake_failed",
+                Status.HANDSHAKE_FAILED,
                 f"acme tls-alpn-01 for {hello.serverName!r}: no validation in progress",
                 alert=AlertDescription.HANDSHAKE_FAILURE,
             )
@@ -626,7 +631,7 @@ class ListenerFactory(ServerFactory):
             if not config.allow_plaintext:
                 protocol.answer(plaintextRefused())
                 protocol.refuse(
-                    "plaintext_refused",
+                    Status.PLAINTEXT_REFUSED,
                     "client sent a startup message without TLS (allow_plaintext is off)",
                 )
                 return None
@@ -647,7 +652,7 @@ class ListenerFactory(ServerFactory):
                     if isinstance(start, StartupMessage):
                         protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
                     protocol.refuse(
-                        "no_route",
+                        Status.NO_ROUTE,
                         f"{record.reason or 'plaintext startup message'}: no"
                         " default route",
                     )
@@ -659,7 +664,7 @@ class ListenerFactory(ServerFactory):
             )[upstreamName]
         transport = protocol.transport
         assert transport is not None
-        record.action = "tcp"
+        record.action = Action.TCP
         stage = PassthroughStage(
             self._session(
                 protocol,
@@ -685,7 +690,7 @@ class ListenerFactory(ServerFactory):
         assert upstreamName is not None
         transport = protocol.transport
         assert transport is not None
-        protocol.record.action = "tcp"
+        protocol.record.action = Action.TCP
         stage = PassthroughStage(
             self._session(
                 protocol,
@@ -722,7 +727,7 @@ class ListenerFactory(ServerFactory):
             fingerprint = protocol.record.ja4
             if fingerprint is not None and fingerprint.lower() in self._denyJA4:
                 return Refusal(
-                    "denied", f"JA4 fingerprint {fingerprint} is in deny_ja4"
+                    Status.DENIED, f"JA4 fingerprint {fingerprint} is in deny_ja4"
                 )
             if self._router is None:
                 assert config.upstream is not None
@@ -731,7 +736,7 @@ class ListenerFactory(ServerFactory):
             route = self._router.match(serverName, () if hello is None else hello.alpn)
             if route is None:
                 return Refusal(
-                    "no_route",
+                    Status.NO_ROUTE,
                     f"no route for server name {serverName!r}"
                     if hello is not None
                     else "no default route for a client without TLS",

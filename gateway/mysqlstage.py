@@ -86,6 +86,7 @@ from gateway.splicerelay import startRelay
 from gateway.terminate import TerminationStage
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import connectServer
+from gateway.vocabulary import Action, Status
 
 __all__ = [
     "SWITCH_PLUGIN",
@@ -611,7 +612,7 @@ class MySQLConnection:
             return
         self._dialer = None
         self._refuse(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             reason,
             f"tlsgateway: no MySQL server of upstream {dialer.upstream.name!r} is"
             " available",
@@ -643,7 +644,7 @@ class MySQLConnection:
         self._timer = None
         what = "SSLRequest" if self._state is _State.REQUEST else "ClientHello"
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no complete {what} {self.wiring.prereadTimeout:g}s after the greeting",
         )
 
@@ -662,7 +663,7 @@ class MySQLConnection:
             start = parseClientStart(packet.payload)
         except MySQLError as e:
             self._refuse(
-                "bad_client_hello",
+                Status.BAD_CLIENT_HELLO,
                 f"mysql {e.reason}: {e}",
                 f"tlsgateway: bad handshake packet: {e}",
                 sequence=2,
@@ -681,7 +682,7 @@ class MySQLConnection:
         self._noteLogin(login)
         if not self.wiring.allowPlaintext:
             self._refuse(
-                "plaintext_refused",
+                Status.PLAINTEXT_REFUSED,
                 "client logged in without TLS (allow_plaintext is off)",
                 "tlsgateway accepts MySQL connections over TLS only: connect with"
                 " ssl-mode=REQUIRED or stronger (allow_plaintext is off)",
@@ -689,7 +690,7 @@ class MySQLConnection:
                 code=ER_SECURE_TRANSPORT_REQUIRED,
             )
             return
-        self._record.action = "tcp"
+        self._record.action = Action.TCP
         choice = self.wiring.choose(None)
         if isinstance(choice, Refusal):
             self._refuse(
@@ -707,7 +708,7 @@ class MySQLConnection:
         try:
             hello = self._hello.feed(data)
         except ClientHelloError as e:
-            self._refuse("bad_client_hello", f"{e.reason}: {e}")
+            self._refuse(Status.BAD_CLIENT_HELLO, f"{e.reason}: {e}")
             return
         if hello is NEED_MORE:
             return
@@ -721,7 +722,7 @@ class MySQLConnection:
             self._refuse(choice.status, choice.reason)
             return
         self._target = choice
-        record.action = "terminate"
+        record.action = Action.TERMINATE
         self._state = _State.HANDSHAKE
         wiring = self.wiring
         self._termination = TerminationStage(
@@ -749,7 +750,7 @@ class MySQLConnection:
     def _loginTimedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no MySQL login {self.wiring.prereadTimeout:g}s after the TLS handshake",
         )
 
@@ -767,7 +768,7 @@ class MySQLConnection:
             try:
                 packet = self._reader.next()
             except MySQLError as e:
-                self._refuse("bad_client_hello", f"mysql {e.reason}: {e}")
+                self._refuse(Status.BAD_CLIENT_HELLO, f"mysql {e.reason}: {e}")
                 return
             if packet is NEED_MORE:
                 return
@@ -782,7 +783,7 @@ class MySQLConnection:
                 login = parseHandshakeResponse(packet.payload)
             except MySQLError as e:
                 self._refuse(
-                    "bad_client_hello",
+                    Status.BAD_CLIENT_HELLO,
                     f"mysql {e.reason}: {e}",
                     f"tlsgateway: bad login packet: {e}",
                     sequence=packet.sequence + 1,
@@ -818,7 +819,7 @@ class MySQLConnection:
             greetingLeg.abort()
         if not login.capabilities & CLIENT_PLUGIN_AUTH:
             self._refuse(
-                "upstream_unavailable",
+                Status.UPSTREAM_UNAVAILABLE,
                 "client cannot switch auth plugins (no CLIENT_PLUGIN_AUTH), so it"
                 f" cannot log in to upstream {target.name!r}",
                 "tlsgateway: this client cannot re-authenticate to the routed server",
@@ -928,14 +929,14 @@ class MySQLConnection:
         """
         The server broke TLS after the handshake (re-encryption).
         """
-        self._record.fail("tls_error", f"upstream {leg.server.address}: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"upstream {leg.server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def _legUnavailable(self, leg: ServerLeg, reason: str) -> None:
         if self._state is _State.OVER or self._relay is not None:
             return
         self._refuse(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             f"{leg.server.address}: {reason}",
             f"tlsgateway: lost the MySQL server {leg.server.address}",
             sequence=self._nextSequence,
@@ -945,7 +946,9 @@ class MySQLConnection:
         if self._relay is not None:
             self._relay.clientReadClosed()
         elif self._state is not _State.OVER:
-            self._refuse("bad_client_hello", f"client closed while {self._state.value}")
+            self._refuse(
+                Status.BAD_CLIENT_HELLO, f"client closed while {self._state.value}"
+            )
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
@@ -954,7 +957,7 @@ class MySQLConnection:
             return
         if self._state is not _State.OVER:
             self._record.fail(
-                "bad_client_hello", f"connection lost while {self._state.value}"
+                Status.BAD_CLIENT_HELLO, f"connection lost while {self._state.value}"
             )
         self._state = _State.OVER
         self._abortLegs()
@@ -965,10 +968,10 @@ class MySQLConnection:
         The drain deadline passed: end now.
         """
         if self._relay is not None:
-            self._relay.abort("shutdown", "gateway stopped")
+            self._relay.abort(Status.SHUTDOWN, "gateway stopped")
             return
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._state = _State.OVER
         self._abortLegs()
         self._client.abortConnection()
@@ -1037,7 +1040,7 @@ class MySQLConnection:
     def _authTimedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "idle_timeout",
+            Status.IDLE_TIMEOUT,
             f"authentication idle for {self.wiring.timeouts.idle:g}s",
             "tlsgateway: authentication timed out",
             sequence=self._nextSequence,

@@ -64,6 +64,7 @@ from gateway.session import Session, UpstreamRuntime
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import FirstServer
+from gateway.vocabulary import Status
 
 __all__ = [
     "CANCEL_REASON",
@@ -392,7 +393,7 @@ class StartupReader:
         except PostgresError as e:
             if not isinstance(e, NotPostgres | OutOfOrder):
                 self._client.write(errorResponse(f"invalid startup packet: {e}"))
-            self._refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+            self._refuse(Status.BAD_CLIENT_HELLO, f"postgres {e.reason}: {e}")
             return
         if event is NEED_MORE:
             return
@@ -406,7 +407,8 @@ class StartupReader:
             self._session.clientReadClosed()
         elif not self._refused:
             self._refuse(
-                "bad_client_hello", "client closed before its PostgreSQL startup packet"
+                Status.BAD_CLIENT_HELLO,
+                "client closed before its PostgreSQL startup packet",
             )
 
     def clientLost(self, reason: Failure) -> None:
@@ -415,7 +417,7 @@ class StartupReader:
             self._session.clientLost(reason)
             return
         self._record.fail(
-            "bad_client_hello", "connection lost before the startup packet"
+            Status.BAD_CLIENT_HELLO, "connection lost before the startup packet"
         )
         if self._ended is not None:
             ended, self._ended = self._ended, None
@@ -427,7 +429,7 @@ class StartupReader:
             self._session.shutdown()
             return
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._client.abortConnection()
 
     def _refuse(self, status: str, reason: str) -> None:
@@ -439,7 +441,7 @@ class StartupReader:
     def _timedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no PostgreSQL startup packet {self._timeout:g}s after the TLS handshake",
         )
 

@@ -64,6 +64,7 @@ from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
 from gateway.timers import cancel
+from gateway.vocabulary import Status
 
 REFUSAL_LINGER = 2.0
 """
@@ -209,7 +210,7 @@ class PrereadProtocol(Protocol):
             try:
                 header = self._proxyReader.feed(data)
             except ProxyHeaderError as e:
-                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+                self.refuse(Status.BAD_PROXY_HEADER, f"{e.reason}: {e}")
                 return
             if header is HEADER_NEED_MORE:
                 return
@@ -234,7 +235,7 @@ class PrereadProtocol(Protocol):
             # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
             # TLS alert, as OpenSSL sends none to an HTTP request.
             self.refuse(
-                "bad_client_hello",
+                Status.BAD_CLIENT_HELLO,
                 reason,
                 alert=None if isinstance(e, NotTLS) else BY_STATUS,
             )
@@ -262,14 +263,14 @@ class PrereadProtocol(Protocol):
             try:
                 self._proxyReader.end()
             except ProxyHeaderError as e:
-                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+                self.refuse(Status.BAD_PROXY_HEADER, f"{e.reason}: {e}")
         elif self._preamble is not None:
-            self.refuse("bad_client_hello", self._preamble.describeEnd())
+            self.refuse(Status.BAD_CLIENT_HELLO, self._preamble.describeEnd())
         else:
             # A TLS server sends no alert to a client that stopped short.
             got = len(self._reader.buffered)
             self.refuse(
-                "bad_client_hello",
+                Status.BAD_CLIENT_HELLO,
                 f"client closed after {got} bytes, before a complete ClientHello"
                 if got
                 else "client closed before sending anything",
@@ -286,7 +287,9 @@ class PrereadProtocol(Protocol):
             return
         if not self._handedOff:
             self.record.fail(
-                "bad_client_hello" if self._proxyReader is None else "bad_proxy_header",
+                Status.BAD_CLIENT_HELLO
+                if self._proxyReader is None
+                else Status.BAD_PROXY_HEADER,
                 "connection lost during pre-read",
             )
         self.record.ended = self._clock.seconds()
@@ -340,7 +343,7 @@ class PrereadProtocol(Protocol):
             return
         self._stopTimer()
         self._handedOff = True
-        self.record.fail("shutdown", "gateway stopped")
+        self.record.fail(Status.SHUTDOWN, "gateway stopped")
         assert self.transport is not None
         relayTransport(self.transport).abortConnection()
 
@@ -349,14 +352,14 @@ class PrereadProtocol(Protocol):
         if self._proxyReader is not None:
             got = len(self._proxyReader.buffered)
             self.refuse(
-                "bad_proxy_header",
+                Status.BAD_PROXY_HEADER,
                 f"timeout: no complete PROXY header after {self._timeout:g}s"
                 f" ({got} bytes)",
             )
             return
         if self._preamble is not None:
             self.refuse(
-                "preread_timeout",
+                Status.PREREAD_TIMEOUT,
                 f"no complete PostgreSQL startup packet after {self._timeout:g}s",
             )
             return
@@ -368,7 +371,7 @@ class PrereadProtocol(Protocol):
             else ""
         )
         self.refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}",
         )
 
@@ -389,7 +392,7 @@ class PrereadProtocol(Protocol):
             answer = self._preamble.refusal(e)
             if answer:
                 self.answer(answer)
-            self.refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+            self.refuse(Status.BAD_CLIENT_HELLO, f"postgres {e.reason}: {e}")
             return b""
         if start is PREAMBLE_NEED_MORE:
             return b""

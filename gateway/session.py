@@ -45,6 +45,7 @@ from gateway.splicerelay import startRelay
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import IServerChooser, connectServer, localError
+from gateway.vocabulary import Status
 
 
 class IUpstreamTLS(typing.Protocol):
@@ -389,7 +390,7 @@ class Session:
             else None
         )
         if server is None:
-            self._record.fail("upstream_unavailable", self._lastError)
+            self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
             if self._failureAlert is not None:
                 # Nothing was relayed yet: the client still waits for the
                 # server's first flight, so it can be told in TLS.
@@ -426,7 +427,7 @@ class Session:
         if self._clientGone:
             self._finish()
             return
-        self._record.fail("upstream_unavailable", self._lastError)
+        self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
         self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
@@ -452,7 +453,7 @@ class Session:
         The upstream broke TLS after the handshake (re-encryption): its
         connection is closing, and the relay ends both sides.
         """
-        self._record.fail("tls_error", f"upstream {server.address}: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"upstream {server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
@@ -515,9 +516,9 @@ class Session:
 
     def shutdown(self) -> None:
         if self.relay is not None:
-            self.relay.abort("shutdown", "gateway stopped")
+            self.relay.abort(Status.SHUTDOWN, "gateway stopped")
         else:
-            self._record.fail("shutdown", "gateway stopped")
+            self._record.fail(Status.SHUTDOWN, "gateway stopped")
             self._client.abortConnection()
 
     def _finish(self) -> None:

@@ -22,6 +22,7 @@ from gateway.accesslog import ConnectionRecord
 from gateway.relay import RelayTransport
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
+from gateway.vocabulary import Status
 
 
 class TerminatedSession(Protocol):
@@ -109,7 +110,7 @@ class TerminationStage:
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail("handshake_failed", reason)
+        self._record.fail(Status.HANDSHAKE_FAILED, reason)
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:
@@ -122,13 +123,13 @@ class TerminationStage:
         # The TLS layer sent the alert and closes the socket; the session
         # sees the client go as it sees any close, and the first cause
         # recorded is this one.
-        self._record.fail("tls_error", reason)
+        self._record.fail(Status.TLS_ERROR, reason)
         self._record.extra.setdefault("closed_by", "client_tls_error")
 
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(
-            "handshake_failed",
+            Status.HANDSHAKE_FAILED,
             f"handshake timeout: not done after {self._handshakeTimeout:g}s",
         )
         self._transport.abortConnection()

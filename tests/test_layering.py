@@ -29,6 +29,7 @@ PURE = [
     "gateway.ratelimit",
     "gateway.routing",
     "gateway.units",
+    "gateway.vocabulary",
 ]
 
 
