@@ -17,19 +17,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
+from gateway.decision import offersOnlyAcmeTLS
 from gateway.relay import RelayTransport
 from gateway.tlstransport import TLSTransport
 from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
-
-
-def offersOnlyAcmeTLS(alpn: tuple[str, ...]) -> bool:
-    """
-    Whether a ClientHello is a C{tls-alpn-01} validation: it offers
-    C{acme-tls/1} and nothing else (RFC 8737, section 3).
-    """
-    return alpn == ("acme-tls/1",)
 
 
 class ChallengeStage:

@@ -33,7 +33,6 @@ its one C{upstream} at accept (L{handoffTCP}).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,13 +51,21 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.accesslog import AccessLog, ConnectionRecord
-from gateway.acmechallenge import (
-    ChallengeStage,
-    offersOnlyAcmeTLS,
-)
+from gateway.acmechallenge import ChallengeStage
 from gateway.alerts import AlertDescription, alertRecord, recordVersion
-from gateway.clienthello import ClientHello, isGrease
-from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
+from gateway.clienthello import ClientHello
+from gateway.config import ListenerConfig
+from gateway.decision import (
+    ACCEPTED,
+    PROXIED,
+    Challenge,
+    Plaintext,
+    Policy,
+    Reject,
+    Relay,
+    decide,
+    deniedFingerprint,
+)
 from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
 from gateway.passthrough import PassthroughStage
 from gateway.pgstage import (
@@ -84,7 +91,6 @@ from gateway.proxyprotocol import (
 )
 from gateway.ratelimit import RateLimiter
 from gateway.relay import RelayTransport, relayTransport
-from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.terminate import TerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
@@ -107,42 +113,6 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
         )
         return f"unix:{name or '-'}", "unix"
     return str(address), str(address)
-
-
-_VERSION_NAMES = {code: name for name, code in PASSTHROUGH_VERSIONS.items()} | {
-    0x0300: "SSLv3"
-}
-
-
-def _ipOf(clientKey: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """
-    The IP address of a client key, an IPv4 client on an IPv6 socket
-    (C{::ffff:192.0.2.1}) as the IPv4 address it is; L{None} for a client
-    without one (a UNIX socket).
-    """
-    try:
-        ip = ipaddress.ip_address(clientKey.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def offeredVersions(hello: ClientHello) -> tuple[tuple[int, ...], str]:
-    """
-    The protocol versions a ClientHello offers, and where they come from:
-    its supported_versions extension (GREASE skipped), or, without one, its
-    C{legacy_version}, which is then the one version it asks for.
-    """
-    versions = tuple(v for v in hello.supportedVersions if not isGrease(v))
-    if versions:
-        return versions, "supported_versions"
-    return (hello.legacyVersion,), "legacy_version, no supported_versions"
-
-
-def _versionName(code: int) -> str:
-    return _VERSION_NAMES.get(code, f"0x{code:04x}")
 
 
 def proxyAddress(address: IAddress) -> ProxyAddress | None:
@@ -264,24 +234,14 @@ class ListenerFactory(ServerFactory):
         self._timeouts = Timeouts(
             connect=config.connect_timeout, idle=config.idle_timeout
         )
-        self._router: Router[RouteConfig] | None = (
-            Router(config.routes) if config.routes else None
-        )
+        self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}
         self._perClient: Counter[str] = Counter()
-        self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
         self._rate = (
             RateLimiter(config.max_connection_rate, clock.seconds)
             if config.max_connection_rate is not None
             else None
-        )
-        self._passthroughVersions = (
-            None
-            if config.passthrough_protocols is None
-            else frozenset(
-                PASSTHROUGH_VERSIONS[p] for p in config.passthrough_protocols
-            )
         )
 
     def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
@@ -339,33 +299,26 @@ class ListenerFactory(ServerFactory):
     def accepted(self, protocol: PrereadProtocol) -> None:
         """
         Refuse a new connection the listener's filters or limits exclude,
-        before anything is read from it.
-
-        Address filtering comes first: a refused client is C{denied}
-        whatever the limits say, and takes no place in them.
+        before anything is read from it (L{gateway.decision}).
         """
         transport = protocol.transport
         assert transport is not None
         _, clientKey = formatAddress(transport.getPeer())
-        if self.config.accept_proxy_protocol:
-            senders = self.config.proxy_protocol_from
-            if senders:
-                ip = _ipOf(clientKey)
-                if ip is None or not any(ip in network for network in senders):
-                    protocol.refuse(
-                        Status.DENIED,
-                        f"{clientKey} is not in proxy_protocol_from: it may not"
-                        " send a PROXY header",
-                    )
-                    return
-            # The client is not known until the PROXY header is read.
-            if not self._full(protocol):
-                self._admitted.add(protocol)
-            return
-        if self._excluded(protocol, clientKey) or self._full(protocol):
+        proxied = self.config.accept_proxy_protocol
+        verdict = decide(
+            self.policy,
+            ACCEPTED,
+            clientKey,
+            len(self._admitted),
+            self._perClient[clientKey],
+            proxied or self._rateAllows(clientKey),
+        )
+        if isinstance(verdict, Reject):
+            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
             return
         self._admitted.add(protocol)
-        self._count(protocol, clientKey)
+        if not proxied:  # else the client is not known until its header
+            self._count(protocol, clientKey)
 
     def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
         """
@@ -380,59 +333,28 @@ class ListenerFactory(ServerFactory):
             transport = protocol.transport
             assert transport is not None
             _, clientKey = formatAddress(transport.getPeer())
-        if not self._excluded(protocol, clientKey):
-            self._count(protocol, clientKey)
+        verdict = decide(
+            self.policy,
+            PROXIED,
+            clientKey,
+            fromClient=self._perClient[clientKey],
+            rateAllows=self._rateAllows(clientKey),
+        )
+        if isinstance(verdict, Reject):
+            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
+            return
+        self._count(protocol, clientKey)
 
-    def _full(self, protocol: PrereadProtocol) -> bool:
-        limit = self.config.max_connections
-        if limit is not None and len(self._admitted) >= limit:
-            protocol.refuse(
-                Status.LIMITED, f"max_connections: {limit} connections already open"
-            )
-            return True
-        return False
-
-    def _excluded(self, protocol: PrereadProtocol, clientKey: str) -> bool:
+    def _rateAllows(self, clientKey: str) -> bool:
         """
-        Refuse C{clientKey} if C{allow}/C{deny} or
-        C{max_connections_per_client} exclude it.
+        The C{max_connection_rate} bucket's answer for a client, taken
+        only for one that allow/deny lets in: a denied client takes no
+        token.
         """
-        if not self._permitted(clientKey):
-            protocol.refuse(Status.DENIED, f"{clientKey} is refused by allow/deny")
-            return True
-        if self._rate is not None and not self._rate.take(clientKey):
-            protocol.refuse(
-                Status.LIMITED,
-                f"max_connection_rate: more than {self._rate.rate} new"
-                f" connections from {clientKey}",
-            )
-            return True
-        limit = self.config.max_connections_per_client
-        if limit is not None and self._perClient[clientKey] >= limit:
-            protocol.refuse(
-                Status.LIMITED,
-                f"max_connections_per_client: {limit} connections already open"
-                f" from {clientKey}",
-            )
-            return True
-        return False
-
-    def _permitted(self, clientKey: str) -> bool:
-        """
-        C{deny} wins; with C{allow} set, only what it lists passes.  An
-        IPv4 client on an IPv6 socket (C{::ffff:192.0.2.1}) is matched as
-        the IPv4 address it is.  A client without an IP address (a UNIX
-        socket) matches no network: it passes unless C{allow} is set.
-        """
-        config = self.config
-        if not (config.allow or config.deny):
-            return True
-        ip = _ipOf(clientKey)
-        if ip is None:
-            return not config.allow
-        if any(ip in network for network in config.deny):
-            return False
-        return not config.allow or any(ip in network for network in config.allow)
+        rate = self._rate
+        return (
+            rate is None or not self.policy.permitted(clientKey) or rate.take(clientKey)
+        )
 
     def _count(self, protocol: PrereadProtocol, clientKey: str) -> None:
         self._clients[protocol] = clientKey
@@ -446,36 +368,21 @@ class ListenerFactory(ServerFactory):
         stage its route's action calls for.
         """
         config = self.config
-        fingerprint = protocol.record.ja4
-        if fingerprint is not None and fingerprint.lower() in self._denyJA4:
-            protocol.refuse(
-                Status.DENIED, f"JA4 fingerprint {fingerprint} is in deny_ja4"
-            )
+        verdict = decide(self.policy, hello, "", fingerprint=protocol.record.ja4)
+        if isinstance(verdict, Reject):
+            if verdict.action is not None:
+                protocol.record.action = verdict.action
+            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
             return None
-        acme = self._acme
-        if (
-            acme is not None
-            and offersOnlyAcmeTLS(hello.alpn)
-            and acme.manages(hello.serverName)
-        ):
-            return self._answerChallenge(protocol, acme, hello, buffered)
-        if self._router is None:
-            upstreamName, action = config.upstream, config.mode
-        else:
-            route = self._router.match(hello.serverName, hello.alpn)
-            if route is None:
-                protocol.refuse(
-                    Status.NO_ROUTE, f"no route for server name {hello.serverName!r}"
-                )
-                return None
-            upstreamName, action = route.upstream, route.action or config.mode
-        assert upstreamName is not None
+        if isinstance(verdict, Challenge):
+            assert self._acme is not None
+            return self._answerChallenge(protocol, self._acme, hello, buffered)
+        assert isinstance(verdict, Relay)
+        upstreamName, action = verdict.upstream, verdict.action
         transport = protocol.transport
         assert transport is not None
         record = protocol.record
         record.action = action
-        if action != "terminate" and not self._versionAllowed(protocol, hello):
-            return None
         upstream = (
             self._upstreams if action == "terminate" else self._passthroughUpstreams
         )[upstreamName]
@@ -553,27 +460,6 @@ class ListenerFactory(ServerFactory):
         stage.start(buffered)
         return stage
 
-    def _versionAllowed(self, protocol: PrereadProtocol, hello: ClientHello) -> bool:
-        """
-        C{passthrough_protocols}: refuse a hello that offers none of them,
-        with the C{protocol_version} alert a server that speaks none of
-        them sends.
-        """
-        allowed = self._passthroughVersions
-        if allowed is None:
-            return True
-        offered, source = offeredVersions(hello)
-        if allowed.intersection(offered):
-            return True
-        names = ", ".join(_versionName(v) for v in offered)
-        protocol.refuse(
-            Status.DENIED,
-            f"ClientHello offers {names} ({source}); passthrough_protocols"
-            f" allows {', '.join(self.config.passthrough_protocols or ())}",
-            alert=AlertDescription.PROTOCOL_VERSION,
-        )
-        return False
-
     def _answerChallenge(
         self,
         protocol: PrereadProtocol,
@@ -626,15 +512,9 @@ class ListenerFactory(ServerFactory):
         """
         config = self.config
         record = protocol.record
+        startup = isinstance(start, StartupMessage)
         if isinstance(start, StartupMessage):
             noteStartup(record, start)
-            if not config.allow_plaintext:
-                protocol.answer(plaintextRefused())
-                protocol.refuse(
-                    Status.PLAINTEXT_REFUSED,
-                    "client sent a startup message without TLS (allow_plaintext is off)",
-                )
-                return None
             pending = start.raw + start.rest
             owner = None
         else:
@@ -644,24 +524,24 @@ class ListenerFactory(ServerFactory):
         if owner is not None:
             upstream = owner.runtime()
         else:
-            if self._router is None:
-                upstreamName, action = config.upstream, config.mode
-            else:
-                route = self._router.match(None)
-                if route is None:
-                    if isinstance(start, StartupMessage):
-                        protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
-                    protocol.refuse(
-                        Status.NO_ROUTE,
-                        f"{record.reason or 'plaintext startup message'}: no"
-                        " default route",
-                    )
-                    return None
-                upstreamName, action = route.upstream, route.action or config.mode
-            assert upstreamName is not None
+            verdict = decide(
+                self.policy,
+                Plaintext(startup, record.reason or "plaintext startup message"),
+                "",
+            )
+            if isinstance(verdict, Reject):
+                if verdict.status is Status.PLAINTEXT_REFUSED:
+                    protocol.answer(plaintextRefused())
+                elif startup:
+                    protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
+                protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
+                return None
+            assert isinstance(verdict, Relay)
             upstream = (
-                self._upstreams if action == "terminate" else self._passthroughUpstreams
-            )[upstreamName]
+                self._upstreams
+                if verdict.action is Action.TERMINATE
+                else self._passthroughUpstreams
+            )[verdict.upstream]
         transport = protocol.transport
         assert transport is not None
         record.action = Action.TCP
@@ -716,32 +596,22 @@ class ListenerFactory(ServerFactory):
         assert transport is not None
         assert self._tls is not None
         clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
-        if self._router is None:
-            assert config.upstream is not None
-            greeting = config.upstream
-        else:
-            default = self._router.match(None)
-            greeting = (default or config.routes[0]).upstream
+        greeting = self.policy.greeting()
 
         def choose(hello: ClientHello | None) -> UpstreamRuntime | Refusal:
-            fingerprint = protocol.record.ja4
-            if fingerprint is not None and fingerprint.lower() in self._denyJA4:
-                return Refusal(
-                    Status.DENIED, f"JA4 fingerprint {fingerprint} is in deny_ja4"
-                )
-            if self._router is None:
-                assert config.upstream is not None
-                return self._upstreams[config.upstream]
+            denied = deniedFingerprint(self.policy, protocol.record.ja4)
+            if denied is not None:
+                return Refusal(denied.status, denied.reason)
             serverName = None if hello is None else hello.serverName
-            route = self._router.match(serverName, () if hello is None else hello.alpn)
-            if route is None:
+            relay = self.policy.route(serverName, () if hello is None else hello.alpn)
+            if relay is None:
                 return Refusal(
                     Status.NO_ROUTE,
                     f"no route for server name {serverName!r}"
                     if hello is not None
                     else "no default route for a client without TLS",
                 )
-            return self._upstreams[route.upstream]
+            return self._upstreams[relay.upstream]
 
         def proxyHeader(
             serverName: str | None, connection: SSL.Connection | None

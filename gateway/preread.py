@@ -34,8 +34,6 @@ at accept, before the client has even sent its hello, is the usual case.
 
 from __future__ import annotations
 
-import enum
-from typing import Final, Literal
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import (
@@ -48,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.alerts import STATUS_ALERTS, AlertDescription, alertRecord, recordVersion
+from gateway.alerts import STATUS_ALERTS, alertRecord, recordVersion
 from gateway.clienthello import (
     NEED_MORE,
     ClientHello,
@@ -56,6 +54,7 @@ from gateway.clienthello import (
     ClientHelloReader,
     NotTLS,
 )
+from gateway.decision import BY_STATUS, Alert
 from gateway.ja4 import ja4
 from gateway.pgstage import ClientPreamble, PlaintextStart
 from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
@@ -71,17 +70,6 @@ REFUSAL_LINGER = 2.0
 Seconds a refused connection that was sent an alert is kept reading
 (discarding) after its FIN, waiting for the client to close.  A TLS client
 closes as soon as it reads the alert; the bound is for one that does not.
-"""
-
-
-class _ByStatus(enum.Enum):
-    BY_STATUS = "by-status"
-
-
-BY_STATUS: Final = _ByStatus.BY_STATUS
-"""
-L{PrereadProtocol.refuse}'s default alert: the one L{STATUS_ALERTS} gives
-the status.
 """
 
 
@@ -300,7 +288,7 @@ class PrereadProtocol(Protocol):
         status: str,
         reason: str,
         *,
-        alert: AlertDescription | Literal[_ByStatus.BY_STATUS] | None = BY_STATUS,
+        alert: Alert = BY_STATUS,
     ) -> None:
         """
         End the connection before it reaches any upstream.

@@ -22,6 +22,7 @@ PURE = [
     "gateway.balancers",
     "gateway.clienthello",
     "gateway.config",
+    "gateway.decision",
     "gateway.ja4",
     "gateway.portable",
     "gateway.postgres",
