@@ -25,10 +25,10 @@ On a listener that speaks TLS, every refusal before an upstream is involved
 gets a TLS alert (L{gateway.alerts}, sent by L{PrereadProtocol.refuse}); a
 passthrough connection whose servers all fail gets C{internal_error}.
 
-A C{protocol = postgres} listener adds the PostgreSQL preamble before the
-ClientHello and the startup message after a terminating handshake
-(L{gateway.pgstage}); a C{mode = tcp} listener reads nothing and connects
-its one C{upstream} at accept (L{handoffTCP}).
+What a protocol adds (a preamble before the ClientHello, what a terminated
+connection reads first, how an upstream connection opens, a connection
+served from accept) is its strategy's (L{gateway.protocols}); what is
+refused or routed where is L{gateway.decision}'s.
 """
 
 from __future__ import annotations
@@ -59,27 +59,15 @@ from gateway.decision import (
     ACCEPTED,
     PROXIED,
     Challenge,
-    Plaintext,
     Policy,
     Reject,
     Relay,
     decide,
-    deniedFingerprint,
 )
-from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
 from gateway.passthrough import PassthroughStage
-from gateway.pgstage import (
-    CANCEL_REASON,
-    NO_ROUTE_MESSAGE,
-    CancelRegistry,
-    PlaintextStart,
-    StartupReader,
-    noteStartup,
-    plaintextRefused,
-    startTerminated,
-)
-from gateway.postgres import StartupMessage, cancelRequest, errorResponse
+from gateway.pgstage import CancelRegistry
 from gateway.preread import PrereadProtocol, Stage
+from gateway.protocols import strategyFor
 from gateway.proxyprotocol import (
     TLV,
     ProxyAddress,
@@ -90,8 +78,9 @@ from gateway.proxyprotocol import (
     sslTLV,
 )
 from gateway.ratelimit import RateLimiter
-from gateway.relay import RelayTransport, relayTransport
+from gateway.relay import RelayTransport
 from gateway.session import Session, Timeouts, UpstreamRuntime
+from gateway.strategy import IProtocolStrategy, IUpstreamOpening
 from gateway.terminate import TerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
@@ -194,7 +183,7 @@ class ListenerFactory(ServerFactory):
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
     @ivar cancelKeys: the cancel keys of this listener's terminated
-        PostgreSQL sessions (C{protocol = postgres}).  Given by the caller
+        PostgreSQL sessions (its strategy's L{gateway.pgstage}).  Given by the caller
         to share one registry between the factories that serve a
         listener's name across reloads: a cancel arrives on whichever is
         current, for a session of any generation.
@@ -219,21 +208,22 @@ class ListenerFactory(ServerFactory):
         self._acme = acme
         self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
-        self._upstreams = upstreams
+        self.upstreams = upstreams
         # Passthrough relays the client's own TLS: an upstream's `tls = on`
         # (re-encryption) applies to terminated connections only.
-        self._passthroughUpstreams = {
+        self.passthroughUpstreams = {
             name: attrs.evolve(upstream, tls=None)
             for name, upstream in upstreams.items()
         }
-        self._reactor = reactor
-        self._clock = clock
-        self._accessLog = accessLog
-        self._tls = tls
+        self.reactor = reactor
+        self.clock = clock
+        self.accessLog = accessLog
+        self.tls = tls
         self._idle = idle
-        self._timeouts = Timeouts(
+        self.timeouts = Timeouts(
             connect=config.connect_timeout, idle=config.idle_timeout
         )
+        self.strategy = strategyFor(config)
         self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}
@@ -246,7 +236,7 @@ class ListenerFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
         assert addr is not None, "a listening port always gives the peer address"
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         client, _ = formatAddress(addr)
         record = ConnectionRecord(
             listener=self.config.name, client=client, accepted=now, started=now
@@ -254,17 +244,14 @@ class ListenerFactory(ServerFactory):
         protocol = PrereadProtocol(
             self,
             record,
-            self._clock,
+            self.clock,
             self.config.preread_timeout,
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
-            postgres=self.config.protocol == "postgres",
-            # A MySQL client reads the server's greeting before it sends a
-            # byte: the connection is handed to its stage at accept.
-            readHello=self.config.mode != "tcp" and self.config.protocol != "mysql",
+            strategy=self.strategy,
         )
         self.active.add(protocol)
-        self._accessLog.accepted(self.config.name)
+        self.accessLog.accepted(self.config.name)
         return protocol
 
     def closedAtAccept(self, address: object) -> None:
@@ -272,7 +259,7 @@ class ListenerFactory(ServerFactory):
         Twisted accepted a connection for this listener and closed it at
         once, out of descriptors (see L{gateway.acceptwatch}): log it.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         if isinstance(address, tuple) and len(address) >= 2:
             host, port = address[0], address[1]
             client = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -286,9 +273,9 @@ class ListenerFactory(ServerFactory):
             "local resource error: EMFILE (Too many open files): closed at accept",
         )
         record.ended = now
-        self._accessLog.accepted(self.config.name)
+        self.accessLog.accepted(self.config.name)
         try:
-            self._accessLog.write(record)
+            self.accessLog.write(record)
         except OSError as e:
             self._log.error(
                 "listener {listener}: cannot write the access log: {error}",
@@ -378,21 +365,18 @@ class ListenerFactory(ServerFactory):
             assert self._acme is not None
             return self._answerChallenge(protocol, self._acme, hello, buffered)
         assert isinstance(verdict, Relay)
-        upstreamName, action = verdict.upstream, verdict.action
+        action = verdict.action
         transport = protocol.transport
         assert transport is not None
         record = protocol.record
         record.action = action
-        upstream = (
-            self._upstreams if action == "terminate" else self._passthroughUpstreams
-        )[upstreamName]
-        postgres = config.protocol == "postgres"
+        upstream = self.upstreamFor(verdict)
 
         stage: PassthroughStage | TerminationStage
-        if action == "terminate":
-            assert self._tls is not None
+        if action is Action.TERMINATE:
+            assert self.tls is not None
             try:
-                context = self._tls.contextFor(hello.serverName)
+                context = self.tls.contextFor(hello.serverName)
             except CertificatePending as e:
                 protocol.refuse(
                     Status.HANDSHAKE_FAILED,
@@ -401,57 +385,32 @@ class ListenerFactory(ServerFactory):
                 )
                 return None
 
+            strategy = self.strategy
+
             def makeSession(tls: TLSTransport) -> TerminatedSession:
-                if not postgres:
-                    return self._session(
-                        protocol, tls, upstream, hello.serverName, tls.connection
-                    )
-
-                def start(event: PlaintextStart) -> Session:
-                    return startTerminated(
-                        event,
-                        record,
-                        self.cancelKeys,
-                        upstream,
-                        lambda target, onEnd: self._session(
-                            protocol,
-                            tls,
-                            target,
-                            hello.serverName,
-                            tls.connection,
-                            sslRequest=target.tls is not None,
-                            onEnd=onEnd,
-                        ),
-                    )
-
-                return StartupReader(
-                    self._clock,
-                    config.preread_timeout,
-                    record,
-                    tls,
-                    start,
-                    lambda: self.ended(protocol),
+                return strategy.terminated(  # type: ignore[no-any-return]
+                    self, protocol, tls, upstream, hello
                 )
 
             stage = TerminationStage(
-                self._clock,
+                self.clock,
                 transport,  # type: ignore[arg-type]
                 record,
                 context,
                 makeSession,
                 config.preread_timeout,
-                self._tls.describe,
-                self._accessLog.handshake,
+                self.tls.describe,
+                self.accessLog.handshake,
             )
         else:
             stage = PassthroughStage(
-                self._session(
+                self.session(
                     protocol,
                     transport,  # type: ignore[arg-type]
                     upstream,
                     hello.serverName,
                     relay=config.relay,
-                    sslRequest=postgres,
+                    opening=self.strategy.opening(True),
                     failureAlert=alertRecord(
                         AlertDescription.INTERNAL_ERROR, recordVersion(hello)
                     ),
@@ -485,7 +444,7 @@ class ListenerFactory(ServerFactory):
         transport = protocol.transport
         assert transport is not None
         stage = ChallengeStage(
-            self._clock,
+            self.clock,
             transport,  # type: ignore[arg-type]
             record,
             context,
@@ -495,153 +454,73 @@ class ListenerFactory(ServerFactory):
         stage.start(buffered)
         return stage
 
-    def handoffPostgres(
-        self, protocol: PrereadProtocol, start: PlaintextStart
+    def handoffPlaintext(
+        self, protocol: PrereadProtocol, start: object
     ) -> Stage | None:
         """
-        A C{protocol = postgres} client that starts without TLS: a startup
-        message (refused unless C{allow_plaintext}) or a C{CancelRequest}.
-
-        Neither carries a server name, so both go to C{upstream} or the
-        C{default} route, except a cancel whose key a terminated session of
-        this listener learnt: that goes to the server that issued it.  The
-        upstream is the one the route's action would use, so a plaintext
-        client on a terminating route to a C{tls = on} upstream is
-        encrypted towards it like a terminated one.  The client side is
-        plain TCP, so the access log says C{tcp}.
+        A client whose preamble said it starts without TLS: the strategy
+        serves it.
         """
-        config = self.config
-        record = protocol.record
-        startup = isinstance(start, StartupMessage)
-        if isinstance(start, StartupMessage):
-            noteStartup(record, start)
-            pending = start.raw + start.rest
-            owner = None
-        else:
-            record.reason = CANCEL_REASON
-            pending = cancelRequest(start.key) + start.rest
-            owner = self.cancelKeys.get(start.key)
-        if owner is not None:
-            upstream = owner.runtime()
-        else:
-            verdict = decide(
-                self.policy,
-                Plaintext(startup, record.reason or "plaintext startup message"),
-                "",
-            )
-            if isinstance(verdict, Reject):
-                if verdict.status is Status.PLAINTEXT_REFUSED:
-                    protocol.answer(plaintextRefused())
-                elif startup:
-                    protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
-                protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
-                return None
-            assert isinstance(verdict, Relay)
-            upstream = (
-                self._upstreams
-                if verdict.action is Action.TERMINATE
-                else self._passthroughUpstreams
-            )[verdict.upstream]
+        return self.strategy.openPlaintext(self, protocol, start)  # type: ignore[no-any-return]
+
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> Stage | None:
+        """
+        A connection that reads no ClientHello, once its client is known
+        (at accept, or once its PROXY header was read; C{buffered}: what
+        followed it): the strategy serves it.
+        """
+        return self.strategy.openAtAccept(self, protocol, buffered)  # type: ignore[no-any-return]
+
+    def relayTCP(
+        self,
+        protocol: PrereadProtocol,
+        upstream: UpstreamRuntime,
+        pending: bytes,
+        strategy: IProtocolStrategy,
+    ) -> Stage:
+        """
+        Relay a connection whose client side is plain TCP to C{upstream}
+        (the client stays paused while it is reached), C{pending} first;
+        the access log says C{tcp}.
+        """
         transport = protocol.transport
         assert transport is not None
-        record.action = Action.TCP
+        protocol.record.action = Action.TCP
         stage = PassthroughStage(
-            self._session(
+            self.session(
                 protocol,
                 transport,  # type: ignore[arg-type]
                 upstream,
                 None,
-                relay=config.relay,
-                sslRequest=upstream.tls is not None,
+                relay=self.config.relay,
+                opening=strategy.opening(upstream.tls is not None),
             )
         )
         stage.start(pending)
         return stage
 
-    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
+    def upstreamFor(self, verdict: Relay) -> UpstreamRuntime:
         """
-        A C{mode = tcp} connection: connect its C{upstream} now (the client
-        stays paused meanwhile) and relay, as passthrough does, from the
-        first byte.
+        The runtime of a verdict's upstream: re-encrypting (C{tls = on})
+        for a terminated connection only.
         """
-        if self.config.protocol == "mysql":
-            return self._handoffMySQL(protocol, buffered)
-        upstreamName = self.config.upstream
-        assert upstreamName is not None
+        return (
+            self.upstreams
+            if verdict.action is Action.TERMINATE
+            else self.passthroughUpstreams
+        )[verdict.upstream]
+
+    def clientKeyOf(self, protocol: PrereadProtocol) -> str:
+        """
+        The client key of a connection: the one counted, or its peer's IP.
+        """
         transport = protocol.transport
         assert transport is not None
-        protocol.record.action = Action.TCP
-        stage = PassthroughStage(
-            self._session(
-                protocol,
-                transport,  # type: ignore[arg-type]
-                self._passthroughUpstreams[upstreamName],
-                None,
-                relay=self.config.relay,
-            )
-        )
-        stage.start(buffered)
-        return stage
+        return self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
 
-    def _handoffMySQL(
-        self, protocol: PrereadProtocol, buffered: bytes
-    ) -> MySQLConnection:
-        """
-        A C{protocol = mysql} connection: its stage greets the client with
-        the greeting upstream's server, then routes it by its ClientHello
-        (L{gateway.mysqlstage}).
-        """
-        config = self.config
-        transport = protocol.transport
-        assert transport is not None
-        assert self._tls is not None
-        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
-        greeting = self.policy.greeting()
-
-        def choose(hello: ClientHello | None) -> UpstreamRuntime | Refusal:
-            denied = deniedFingerprint(self.policy, protocol.record.ja4)
-            if denied is not None:
-                return Refusal(denied.status, denied.reason)
-            serverName = None if hello is None else hello.serverName
-            relay = self.policy.route(serverName, () if hello is None else hello.alpn)
-            if relay is None:
-                return Refusal(
-                    Status.NO_ROUTE,
-                    f"no route for server name {serverName!r}"
-                    if hello is not None
-                    else "no default route for a client without TLS",
-                )
-            return self._upstreams[relay.upstream]
-
-        def proxyHeader(
-            serverName: str | None, connection: SSL.Connection | None
-        ) -> Callable[[], bytes] | None:
-            return self._proxyHeader(protocol, serverName, connection)
-
-        stage = MySQLConnection(
-            Wiring(
-                reactor=self._reactor,
-                clock=self._clock,
-                timeouts=self._timeouts,
-                prereadTimeout=config.preread_timeout,
-                maxHello=config.preread_buffer_size,
-                clientKey=clientKey,
-                allowPlaintext=config.allow_plaintext,
-                greeting=self._upstreams[greeting],
-                choose=choose,
-                contextFor=self._tls.contextFor,
-                describe=self._tls.describe,
-                handshakeTimed=self._accessLog.handshake,
-                proxyHeader=proxyHeader,
-                ended=lambda: self.ended(protocol),
-            ),
-            relayTransport(transport),
-            protocol.record,
-        )
-        stage.start(buffered)
-        return stage
-
-    def _session(
+    def session(
         self,
         protocol: PrereadProtocol,
         client: RelayTransport | TLSTransport,
@@ -650,7 +529,7 @@ class ListenerFactory(ServerFactory):
         connection: SSL.Connection | None = None,
         *,
         relay: str = "portable",
-        sslRequest: bool = False,
+        opening: Callable[[], IUpstreamOpening] | None = None,
         onEnd: Callable[[], None] | None = None,
         failureAlert: bytes | None = None,
     ) -> Session:
@@ -665,9 +544,7 @@ class ListenerFactory(ServerFactory):
         @param failureAlert: written to the client when no server can be
             reached (passthrough: the client waits for a ServerHello).
         """
-        transport = protocol.transport
-        assert transport is not None
-        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
+        clientKey = self.clientKeyOf(protocol)
 
         def ended() -> None:
             if onEnd is not None:
@@ -675,22 +552,22 @@ class ListenerFactory(ServerFactory):
             self.ended(protocol)
 
         return Session(
-            self._reactor,
-            self._clock,
+            self.reactor,
+            self.clock,
             client,
             protocol.record,
             upstream,
             clientKey,
-            self._timeouts,
+            self.timeouts,
             ended,
             countBytes=not isinstance(client, TLSTransport),
             relay=relay,
-            proxyHeader=self._proxyHeader(protocol, serverName, connection),
-            sslRequest=sslRequest,
+            proxyHeader=self.proxyHeaderFor(protocol, serverName, connection),
+            opening=opening,
             failureAlert=failureAlert,
         )
 
-    def _proxyHeader(
+    def proxyHeaderFor(
         self,
         protocol: PrereadProtocol,
         serverName: str | None,
@@ -722,7 +599,7 @@ class ListenerFactory(ServerFactory):
         else:
             source = proxyAddress(transport.getPeer())
             destination = proxyAddress(transport.getHost())
-        tls = self._tls
+        tls = self.tls
 
         def build() -> bytes:
             tlvs = []
@@ -749,7 +626,7 @@ class ListenerFactory(ServerFactory):
             if not self._perClient[clientKey]:
                 del self._perClient[clientKey]
         try:
-            self._accessLog.write(protocol.record)
+            self.accessLog.write(protocol.record)
         except OSError as e:
             self._log.error(
                 "listener {listener}: cannot write the access log: {error}",

@@ -60,6 +60,7 @@ from zope.interface import implementer
 from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.config import ServerConfig
+from gateway.decision import deniedFingerprint
 from gateway.ja4 import ja4
 from gateway.mysql import (
     CLIENT_PLUGIN_AUTH,
@@ -83,14 +84,17 @@ from gateway.mysql import (
 from gateway.relay import IRelay, RelayTransport, relayTransport
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
+from gateway.strategy import IProtocolStrategy
 from gateway.terminate import TerminationStage
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import connectServer
 from gateway.vocabulary import Action, Status
 
 __all__ = [
+    "MYSQL",
     "SWITCH_PLUGIN",
     "MySQLConnection",
+    "MySQLStrategy",
     "Refusal",
     "Wiring",
 ]
@@ -1051,3 +1055,92 @@ class MySQLConnection:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+@implementer(IProtocolStrategy)
+class MySQLStrategy:
+    """
+    C{protocol = mysql}: a MySQL client reads the server's greeting before
+    it sends a byte, so nothing is pre-read: the connection is handed to
+    its L{MySQLConnection} at accept (or once its PROXY header is read),
+    which greets the client with the greeting upstream's server, then
+    routes it by the ClientHello it sends inside the protocol.
+    """
+
+    name = "mysql"
+    readsHello = False
+    speaksTLSFirst = False
+
+    def preamble(self) -> None:
+        return None
+
+    def misdirected(self, buffered: bytes) -> str | None:
+        return None
+
+    def opening(self, encrypted: bool) -> None:
+        return None
+
+    def terminated(
+        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
+    ) -> Any:
+        raise NotImplementedError("a mysql connection is terminated by its stage")
+
+    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
+        raise NotImplementedError("a mysql listener has no preamble")
+
+    def openAtAccept(
+        self, listener: Any, protocol: Any, buffered: bytes
+    ) -> MySQLConnection:
+        policy = listener.policy
+        transport = protocol.transport
+        assert transport is not None
+        assert listener.tls is not None
+
+        def choose(hello: ClientHello | None) -> Any:
+            denied = deniedFingerprint(policy, protocol.record.ja4)
+            if denied is not None:
+                return Refusal(denied.status, denied.reason)
+            serverName = None if hello is None else hello.serverName
+            relay = policy.route(serverName, () if hello is None else hello.alpn)
+            if relay is None:
+                return Refusal(
+                    Status.NO_ROUTE,
+                    f"no route for server name {serverName!r}"
+                    if hello is not None
+                    else "no default route for a client without TLS",
+                )
+            return listener.upstreams[relay.upstream]
+
+        def proxyHeader(
+            serverName: str | None, connection: SSL.Connection | None
+        ) -> Callable[[], bytes] | None:
+            return listener.proxyHeaderFor(  # type: ignore[no-any-return]
+                protocol, serverName, connection
+            )
+
+        config = listener.config
+        stage = MySQLConnection(
+            Wiring(
+                reactor=listener.reactor,
+                clock=listener.clock,
+                timeouts=listener.timeouts,
+                prereadTimeout=config.preread_timeout,
+                maxHello=config.preread_buffer_size,
+                clientKey=listener.clientKeyOf(protocol),
+                allowPlaintext=config.allow_plaintext,
+                greeting=listener.upstreams[policy.greeting()],
+                choose=choose,
+                contextFor=listener.tls.contextFor,
+                describe=listener.tls.describe,
+                handshakeTimed=listener.accessLog.handshake,
+                proxyHeader=proxyHeader,
+                ended=lambda: listener.ended(protocol),
+            ),
+            relayTransport(transport),
+            protocol.record,
+        )
+        stage.start(buffered)
+        return stage
+
+
+MYSQL = MySQLStrategy()

@@ -14,16 +14,17 @@ listener is told the header (whose address is the client's from then on)
 before any of them is parsed.  One C{preread_timeout} covers both: it
 bounds everything a client must send before it is served.
 
-On a C{protocol = postgres} listener, the PostgreSQL preamble comes between
-the two (L{gateway.pgstage.ClientPreamble}): the C{SSLRequest} is answered
-and the TLS bytes after it go on to the ClientHello reader; a client that
-starts without TLS (a startup message, a C{CancelRequest}) is handed to
-the listener's C{handoffPostgres} instead.  On a C{mode = tcp} listener
-nothing is read at all: the connection is handed off (C{handoffTCP}) as
-soon as it is accepted, or once its PROXY header is read.
+What comes before the ClientHello, and whether one is read at all, is the
+listener's protocol strategy's business (L{gateway.strategy}): a preamble
+(L{gateway.strategy.IPreamble}) comes between the two readers, answered
+as it asks, and the TLS bytes after it go on to the ClientHello reader; a
+client that it says starts without TLS is handed to the listener's
+C{handoffPlaintext} instead.  A strategy that reads no ClientHello has the
+connection handed off (C{handoffAtAccept}) as soon as it is accepted, or
+once its PROXY header is read.
 
-A refusal on a connection that speaks TLS (a C{tls} listener, or a
-C{postgres} one once TLS started) sends the fatal alert a TLS server would
+A refusal on a connection that speaks TLS (from its first byte, or once
+its preamble is over) sends the fatal alert a TLS server would
 (L{gateway.alerts}), then closes the way a server that wants its alert
 read must: it half-closes (FIN after the alert) and reads, discarding, until
 the client closes too or L{REFUSAL_LINGER} passes.  Closing at once with a
@@ -56,13 +57,12 @@ from gateway.clienthello import (
 )
 from gateway.decision import BY_STATUS, Alert
 from gateway.ja4 import ja4
-from gateway.pgstage import ClientPreamble, PlaintextStart
-from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
-from gateway.postgres import PostgresError, looksLikePostgres
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
+from gateway.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.timers import cancel
+from gateway.tlsstrategy import TLS
 from gateway.vocabulary import Status
 
 REFUSAL_LINGER = 2.0
@@ -109,18 +109,21 @@ class Handoff(TypingProtocol):
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
     ) -> Stage | None: ...
 
-    def handoffPostgres(
-        self, protocol: PrereadProtocol, start: PlaintextStart
+    def handoffPlaintext(
+        self, protocol: PrereadProtocol, start: object
     ) -> Stage | None:
         """
-        A C{protocol = postgres} client started without TLS: a startup
-        message or a C{CancelRequest}.
+        The preamble said the client starts without TLS (C{start}: what
+        L{gateway.strategy.IPreamble.feed} returned).
         """
 
-    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> Stage | None:
         """
-        A C{mode = tcp} connection is ready to be relayed: at accept, or
-        once its PROXY header was read (C{buffered}: what followed it).
+        A connection that reads no ClientHello is ready to be served: at
+        accept, or once its PROXY header was read (C{buffered}: what
+        followed it).
         """
 
     def ended(self, protocol: PrereadProtocol) -> None: ...
@@ -135,16 +138,17 @@ class PrereadProtocol(Protocol):
         read (C{accept_proxy_protocol}).
     @ivar _proxyReader: reads that header; L{None} when the listener does
         not expect one, or once it was read.
-    @ivar _preamble: reads the PostgreSQL preamble (C{protocol =
-        postgres}); L{None} for TLS listeners, or once TLS started.
-    @ivar _readHello: a ClientHello is expected at all (not C{mode = tcp}).
+    @ivar _preamble: reads the strategy's preamble; L{None} for a protocol
+        without one, or once TLS started.
+    @ivar _readHello: a ClientHello is expected at all (the strategy's
+        C{readsHello}).
     @ivar _next: the stage the connection was handed to, or L{None} while
         still pre-reading (or after a refusal).
     @ivar _handedOff: the pre-read is over, whether or not a stage took it;
         bytes that still arrive are not parsed again.
     @ivar _speaksTLS: the client's next bytes are TLS, so a refusal gets a
-        TLS alert: from the start on a C{tls} listener, once the preamble
-        is over on a C{postgres} one, never on C{mode = tcp}.
+        TLS alert: from the start when the strategy says so (C{tls}),
+        once the preamble is over, never when no ClientHello is read.
     @ivar _hello: the parsed ClientHello, once read: its version is the
         record version of an alert.
     @ivar _lingering: a refusal's alert is sent and the write side closed;
@@ -161,13 +165,14 @@ class PrereadProtocol(Protocol):
         maxSize: int,
         acceptProxy: bool = False,
         *,
-        postgres: bool = False,
-        readHello: bool = True,
+        strategy: IProtocolStrategy = TLS,
     ) -> None:
         self.record = record
         self.proxyHeader: ProxyHeader | None = None
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
-        self._preamble = ClientPreamble() if postgres and readHello else None
+        readHello = strategy.readsHello
+        self._strategy = strategy
+        self._preamble: IPreamble | None = strategy.preamble() if readHello else None
         self._readHello = readHello
         self._listener = listener
         self._clock = clock
@@ -176,7 +181,7 @@ class PrereadProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._next: Stage | None = None
         self._handedOff = False
-        self._speaksTLS = readHello and not postgres
+        self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
         self._lingering = False
         self._readClosed = False
@@ -218,8 +223,13 @@ class PrereadProtocol(Protocol):
             hello = self._reader.feed(data)
         except ClientHelloError as e:
             reason = f"{e.reason}: {e}"
-            if isinstance(e, NotTLS) and looksLikePostgres(self._reader.buffered):
-                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
+            hint = (
+                self._strategy.misdirected(self._reader.buffered)
+                if isinstance(e, NotTLS)
+                else None
+            )
+            if hint is not None:
+                reason = f"{reason}: {hint}"
             # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
             # TLS alert, as OpenSSL sends none to an HTTP request.
             self.refuse(
@@ -347,8 +357,7 @@ class PrereadProtocol(Protocol):
             return
         if self._preamble is not None:
             self.refuse(
-                Status.PREREAD_TIMEOUT,
-                f"no complete PostgreSQL startup packet after {self._timeout:g}s",
+                Status.PREREAD_TIMEOUT, self._preamble.describeTimeout(self._timeout)
             )
             return
         got = len(self._reader.buffered)
@@ -365,24 +374,22 @@ class PrereadProtocol(Protocol):
 
     def _readPreamble(self, data: bytes) -> bytes:
         """
-        Feed the PostgreSQL preamble reader, answer what it asks to, and
-        hand a client that starts without TLS to the listener.
+        Feed the preamble reader, answer what it asks to, and hand a client
+        that starts without TLS to the listener.
 
         @return: the TLS bytes that followed the preamble, for the
             ClientHello reader (empty while the preamble is incomplete, or
             after a hand-off or refusal).
         """
         assert self._preamble is not None
-        assert self.transport is not None
         try:
             start = self._preamble.feed(data, self.answer)
-        except PostgresError as e:
-            answer = self._preamble.refusal(e)
-            if answer:
-                self.answer(answer)
-            self.refuse(Status.BAD_CLIENT_HELLO, f"postgres {e.reason}: {e}")
+        except PreambleError as e:
+            if e.answer:
+                self.answer(e.answer)
+            self.refuse(Status.BAD_CLIENT_HELLO, e.reason)
             return b""
-        if start is PREAMBLE_NEED_MORE:
+        if start is None:
             return b""
         self._preamble = None
         if isinstance(start, bytes):
@@ -390,13 +397,13 @@ class PrereadProtocol(Protocol):
             return start
         self._stopTimer()
         self._handedOff = True
-        self._next = self._listener.handoffPostgres(self, start)
+        self._next = self._listener.handoffPlaintext(self, start)
         return b""
 
     def answer(self, data: bytes) -> None:
         """
-        Write a PostgreSQL answer (C{S}, C{N}, an C{ErrorResponse}) to the
-        client, counted as bytes out: the relay, which counts the rest,
+        Write a preamble's answer (PostgreSQL's C{S}, C{N}, an
+        C{ErrorResponse}) to the client, counted as bytes out: the relay, which counts the rest,
         has not started.
         """
         assert self.transport is not None
@@ -406,7 +413,7 @@ class PrereadProtocol(Protocol):
     def _handOffTCP(self, buffered: bytes) -> None:
         self._stopTimer()
         self._handedOff = True
-        self._next = self._listener.handoffTCP(self, buffered)
+        self._next = self._listener.handoffAtAccept(self, buffered)
 
     def _stopTimer(self) -> None:
         cancel(self._timer)

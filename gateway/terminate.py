@@ -28,7 +28,8 @@ from gateway.vocabulary import Status
 class TerminatedSession(Protocol):
     """
     What the stage drives once the handshake is done: a
-    L{gateway.session.Session}, or, on a C{protocol = postgres} listener,
+    L{gateway.session.Session}, or what the protocol strategy reads first
+    (L{gateway.strategy.IProtocolStrategy.terminated}), such as
     the L{gateway.pgstage.StartupReader} that reads the startup message
     before it starts one.
     """

@@ -29,6 +29,8 @@ PURE = [
     "gateway.proxyprotocol",
     "gateway.ratelimit",
     "gateway.routing",
+    "gateway.strategy",
+    "gateway.tlsstrategy",
     "gateway.units",
     "gateway.vocabulary",
 ]

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.accesslog import ConnectionRecord
 from gateway.alerts import AlertDescription, alertRecord
 from gateway.clienthello import ClientHello
+from gateway.pgstage import POSTGRES
 from gateway.preread import REFUSAL_LINGER, PrereadProtocol
 from gateway.proxyprotocol import (
     Command,
@@ -17,6 +18,7 @@ from gateway.proxyprotocol import (
     encode,
 )
 from gateway.testing import makeClientHello
+from gateway.tlsstrategy import TCP
 from tests.transports import HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com", [b"h2"])
@@ -362,11 +364,11 @@ class RefusalAlertTests(SynchronousTestCase):
         )
 
     def test_postgresRefusalBeforeTLSGetsNoTLSAlert(self) -> None:
-        _, transport = self.connect("denied", postgres=True)
+        _, transport = self.connect("denied", strategy=POSTGRES)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)
 
     def test_tcpModeGetsNoTLSAlert(self) -> None:
-        _, transport = self.connect("limited", readHello=False)
+        _, transport = self.connect("limited", strategy=TCP)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)
