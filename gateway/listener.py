@@ -283,7 +283,7 @@ class ListenerFactory(ServerFactory):
                 error=e,
             )
 
-    def accepted(self, protocol: PrereadProtocol) -> None:
+    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
         """
         Refuse a new connection the listener's filters or limits exclude,
         before anything is read from it (L{gateway.decision}).
@@ -301,13 +301,13 @@ class ListenerFactory(ServerFactory):
             proxied or self._rateAllows(clientKey),
         )
         if isinstance(verdict, Reject):
-            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
-            return
+            return verdict
         self._admitted.add(protocol)
         if not proxied:  # else the client is not known until its header
             self._count(protocol, clientKey)
+        return None
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
         """
         The connection's PROXY header is read: the client it names (or the
         balancer itself, for a header without an address) is the client
@@ -328,9 +328,9 @@ class ListenerFactory(ServerFactory):
             rateAllows=self._rateAllows(clientKey),
         )
         if isinstance(verdict, Reject):
-            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
-            return
+            return verdict
         self._count(protocol, clientKey)
+        return None
 
     def _rateAllows(self, clientKey: str) -> bool:
         """
@@ -349,7 +349,7 @@ class ListenerFactory(ServerFactory):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         Route a connection whose ClientHello is complete, and start the
         stage its route's action calls for.
@@ -359,8 +359,7 @@ class ListenerFactory(ServerFactory):
         if isinstance(verdict, Reject):
             if verdict.action is not None:
                 protocol.record.action = verdict.action
-            protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
-            return None
+            return verdict
         if isinstance(verdict, Challenge):
             assert self._acme is not None
             return self._answerChallenge(protocol, self._acme, hello, buffered)
@@ -378,12 +377,11 @@ class ListenerFactory(ServerFactory):
             try:
                 context = self.tls.contextFor(hello.serverName)
             except CertificatePending as e:
-                protocol.refuse(
+                return Reject(
                     Status.HANDSHAKE_FAILED,
                     str(e),
                     alert=AlertDescription.HANDSHAKE_FAILURE,
                 )
-                return None
 
             strategy = self.strategy
 
@@ -425,7 +423,7 @@ class ListenerFactory(ServerFactory):
         acme: AcmeChallenges,
         hello: ClientHello,
         buffered: bytes,
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         A C{tls-alpn-01} validation of a name the gateway orders a
         certificate for: answered here, on any route, never relayed.
@@ -435,12 +433,11 @@ class ListenerFactory(ServerFactory):
         record.action = Action.TERMINATE
         context = acme.contextFor(hello.serverName)
         if context is None:
-            protocol.refuse(
+            return Reject(
                 Status.HANDSHAKE_FAILED,
                 f"acme tls-alpn-01 for {hello.serverName!r}: no validation in progress",
                 alert=AlertDescription.HANDSHAKE_FAILURE,
             )
-            return None
         transport = protocol.transport
         assert transport is not None
         stage = ChallengeStage(
@@ -456,7 +453,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         A client whose preamble said it starts without TLS: the strategy
         serves it.
@@ -465,7 +462,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         A connection that reads no ClientHello, once its client is known
         (at accept, or once its PROXY header was read; C{buffered}: what
@@ -616,6 +613,7 @@ class ListenerFactory(ServerFactory):
         """
         A connection is over on every side: log it.
         """
+        protocol.logged()
         if protocol not in self.active:
             return
         self.active.discard(protocol)

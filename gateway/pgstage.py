@@ -626,8 +626,7 @@ class PostgresStrategy:
                     protocol.answer(plaintextRefused())
                 elif startup:
                     protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
-                protocol.refuse(verdict.status, verdict.reason, alert=verdict.alert)
-                return None
+                return verdict
             assert isinstance(verdict, Relay)
             upstream = listener.upstreamFor(verdict)
         return listener.relayTCP(protocol, upstream, pending, self)

@@ -43,6 +43,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,7 +56,8 @@ from gateway.clienthello import (
     ClientHelloReader,
     NotTLS,
 )
-from gateway.decision import BY_STATUS, Alert
+from gateway.connectionstate import STEPS, VERDICT, Event, State
+from gateway.decision import BY_STATUS, Alert, Reject
 from gateway.ja4 import ja4
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
@@ -64,6 +66,8 @@ from gateway.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.timers import cancel
 from gateway.tlsstrategy import TLS
 from gateway.vocabulary import Status
+
+_log = Logger()
 
 REFUSAL_LINGER = 2.0
 """
@@ -91,27 +95,30 @@ class Stage(TypingProtocol):
 class Handoff(TypingProtocol):
     """
     The listener side of the pre-read: decide what happens to a connection.
+    Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
+    L{Stage} the connection is handed to; none calls back into the
+    protocol.
     """
 
-    def accepted(self, protocol: PrereadProtocol) -> None:
+    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
         """
-        A connection was just accepted; the listener may refuse it at once
-        (C{protocol.refuse}: address filtering, limits).
+        A connection was just accepted: refuse it at once (address
+        filtering, limits), or not.
         """
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
         """
-        The connection's PROXY header was read (C{protocol.proxyHeader});
-        the listener may refuse the client it names.
+        The connection's PROXY header was read (C{protocol.proxyHeader}):
+        refuse the client it names, or not.
         """
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | None: ...
+    ) -> Stage | Reject: ...
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         The preamble said the client starts without TLS (C{start}: what
         L{gateway.strategy.IPreamble.feed} returned).
@@ -119,40 +126,40 @@ class Handoff(TypingProtocol):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         A connection that reads no ClientHello is ready to be served: at
         accept, or once its PROXY header was read (C{buffered}: what
         followed it).
         """
 
-    def ended(self, protocol: PrereadProtocol) -> None: ...
+    def ended(self, protocol: PrereadProtocol) -> None:
+        """
+        The connection is over: log it (and call L{PrereadProtocol.logged}).
+        """
 
 
 @implementer(IHalfCloseableProtocol)
 class PrereadProtocol(Protocol):
     """
+    The one owner of a client connection: its state
+    (L{gateway.connectionstate.State}) moves through that module's table
+    only.
+
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
     @ivar proxyHeader: the PROXY header the connection started with, once
         read (C{accept_proxy_protocol}).
-    @ivar _proxyReader: reads that header; L{None} when the listener does
-        not expect one, or once it was read.
+    @ivar state: where the connection is (L{gateway.connectionstate}).
+    @ivar _proxyReader: reads that header (C{accept_proxy_protocol}).
     @ivar _preamble: reads the strategy's preamble; L{None} for a protocol
-        without one, or once TLS started.
-    @ivar _readHello: a ClientHello is expected at all (the strategy's
-        C{readsHello}).
-    @ivar _next: the stage the connection was handed to, or L{None} while
-        still pre-reading (or after a refusal).
-    @ivar _handedOff: the pre-read is over, whether or not a stage took it;
-        bytes that still arrive are not parsed again.
+        without one.
+    @ivar _next: the stage the connection was handed to (state C{decided}).
     @ivar _speaksTLS: the client's next bytes are TLS, so a refusal gets a
         TLS alert: from the start when the strategy says so (C{tls}),
         once the preamble is over, never when no ClientHello is read.
     @ivar _hello: the parsed ClientHello, once read: its version is the
         record version of an alert.
-    @ivar _lingering: a refusal's alert is sent and the write side closed;
-        waiting for the client to close (see the module docstring).
     @ivar _readClosed: the client's FIN has arrived.
     """
 
@@ -169,53 +176,111 @@ class PrereadProtocol(Protocol):
     ) -> None:
         self.record = record
         self.proxyHeader: ProxyHeader | None = None
+        self.state = State.ACCEPTED
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
         readHello = strategy.readsHello
         self._strategy = strategy
         self._preamble: IPreamble | None = strategy.preamble() if readHello else None
-        self._readHello = readHello
         self._listener = listener
         self._clock = clock
         self._timeout = timeout
         self._reader = ClientHelloReader(maxSize)
         self._timer: IDelayedCall | None = None
         self._next: Stage | None = None
-        self._handedOff = False
         self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
-        self._lingering = False
         self._readClosed = False
+
+    def _fire(self, event: Event) -> bool:
+        """
+        Take the table's transition for C{event}, if it allows one.
+
+        @return: whether it did; an event the table does not allow in the
+            current state is logged as the bug it is.
+        """
+        transition = STEPS[self.state].get(event)
+        if transition is None:
+            _log.error(
+                "listener {listener}: connection {client}: event {event!r} is not"
+                " allowed in state {state!r}",
+                listener=self.record.listener,
+                client=self.record.client,
+                event=event.value,
+                state=self.state.value,
+            )
+            return False
+        self.state = transition.target
+        return True
+
+    def _end(self, event: Event, reason: str) -> bool:
+        """
+        Take a transition that ends the connection before any stage, and
+        record the status the table gives it.
+        """
+        transition = STEPS[self.state].get(event)
+        if not self._fire(event):
+            return False
+        assert transition is not None
+        assert transition.status is not VERDICT
+        if transition.status is not None:
+            self.record.fail(transition.status, reason)
+        return True
+
+    def _nextReading(self) -> Event:
+        """
+        What the connection reads next, once its client is known.
+        """
+        if self._preamble is not None:
+            return Event.EXPECT_PREAMBLE
+        if self._strategy.readsHello:
+            return Event.EXPECT_HELLO
+        return Event.SERVE
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
-        self._listener.accepted(self)
-        if not self._readHello and not self._handedOff and self._proxyReader is None:
-            self._handOffTCP(b"")
+        refusal = self._listener.accepted(self)
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.reason, refusal.alert)
+            return
+        if self._proxyReader is not None:
+            self._fire(Event.EXPECT_HEADER)
+            return
+        event = self._nextReading()
+        if event is Event.SERVE:
+            self._serve(b"")
+        else:
+            self._fire(event)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._next is not None:
+        state = self.state
+        if state is State.DECIDED:
+            assert self._next is not None
             self._next.dataReceived(data)
             return
-        if self._handedOff:
-            return
+        if state is State.CLOSING or state is State.LOGGED:
+            return  # refused: what it still sends is discarded
         self.record.bytesIn += len(data)
-        if self._proxyReader is not None:
+        if state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             try:
                 header = self._proxyReader.feed(data)
             except ProxyHeaderError as e:
-                self.refuse(Status.BAD_PROXY_HEADER, f"{e.reason}: {e}")
+                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
                 return
             if header is HEADER_NEED_MORE:
                 return
-            self._proxyReader = None
             self.proxyHeader, data = header
-            self._listener.proxied(self, self.proxyHeader)
-            if self._handedOff:  # refused for the address in the header
+            refusal = self._listener.proxied(self, self.proxyHeader)
+            if refusal is not None:
+                self._refuse(refusal.status, refusal.reason, refusal.alert)
                 return
-            if not self._readHello:
-                self._handOffTCP(data)
+            event = self._nextReading()
+            if event is Event.SERVE:
+                self._serve(data)
                 return
-        if self._preamble is not None:
+            self._fire(event)
+            state = self.state
+        if state is State.PREAMBLE:
             data = self._readPreamble(data)
             if not data:
                 return
@@ -232,47 +297,53 @@ class PrereadProtocol(Protocol):
                 reason = f"{reason}: {hint}"
             # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
             # TLS alert, as OpenSSL sends none to an HTTP request.
-            self.refuse(
-                Status.BAD_CLIENT_HELLO,
+            self._refuse(
+                None,
                 reason,
-                alert=None if isinstance(e, NotTLS) else BY_STATUS,
+                None if isinstance(e, NotTLS) else BY_STATUS,
+                Event.BAD_INPUT,
             )
             return
         if hello is NEED_MORE:
             return
         self._stopTimer()
-        self._handedOff = True
         self._hello = hello
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
         self.record.ja4 = ja4(hello)
-        self._next = self._listener.handoff(self, hello, self._reader.buffered)
+        self._handTo(self._listener.handoff(self, hello, self._reader.buffered))
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
-        if self._next is not None:
+        state = self.state
+        if state is State.DECIDED:
+            assert self._next is not None
             self._next.readConnectionLost()
-        elif self._lingering:
+        elif state is State.CLOSING:
+            self._fire(Event.CLIENT_CLOSED)
             assert self.transport is not None
             self.transport.loseConnection()
-        elif self._handedOff:
-            pass
-        elif self._proxyReader is not None:
+        elif state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             try:
                 self._proxyReader.end()
             except ProxyHeaderError as e:
-                self.refuse(Status.BAD_PROXY_HEADER, f"{e.reason}: {e}")
-        elif self._preamble is not None:
-            self.refuse(Status.BAD_CLIENT_HELLO, self._preamble.describeEnd())
+                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
+        elif state is State.PREAMBLE:
+            assert self._preamble is not None
+            self._refuse(
+                None, self._preamble.describeEnd(), BY_STATUS, Event.CLIENT_CLOSED
+            )
         else:
             # A TLS server sends no alert to a client that stopped short.
             got = len(self._reader.buffered)
-            self.refuse(
-                Status.BAD_CLIENT_HELLO,
+            self._refuse(
+                None,
                 f"client closed after {got} bytes, before a complete ClientHello"
                 if got
                 else "client closed before sending anything",
-                alert=None,
+                None,
+                Event.CLIENT_CLOSED,
             )
 
     def writeConnectionLost(self) -> None:
@@ -280,18 +351,19 @@ class PrereadProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()
-        if self._next is not None:
+        if self.state is State.DECIDED:
+            assert self._next is not None
             self._next.connectionLost(reason)
             return
-        if not self._handedOff:
-            self.record.fail(
-                Status.BAD_CLIENT_HELLO
-                if self._proxyReader is None
-                else Status.BAD_PROXY_HEADER,
-                "connection lost during pre-read",
-            )
+        self._end(Event.LOST, "connection lost during pre-read")
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
+
+    def logged(self) -> None:
+        """
+        The listener wrote the connection's access-log line: the end.
+        """
+        self._fire(Event.LOG)
 
     def refuse(
         self,
@@ -306,9 +378,30 @@ class PrereadProtocol(Protocol):
         @param alert: the TLS alert to send first if the client speaks TLS
             (by default the one for C{status}), or L{None} for none.
         """
-        self._stopTimer()
-        self._handedOff = True
+        self._refuse(Status(status), reason, alert)
+
+    def _refuse(
+        self,
+        status: Status | None,
+        reason: str,
+        alert: Alert,
+        event: Event = Event.REFUSE,
+    ) -> None:
+        """
+        Take the refusing transition C{event}: with L{Event.REFUSE}, the
+        verdict's C{status}; otherwise the one the table gives.  Then send
+        the alert, if any, and close as a TLS server that wants its alert
+        read does (see the module docstring).
+        """
+        transition = STEPS[self.state].get(event)
+        if not self._fire(event):
+            return
+        assert transition is not None
+        if transition.status is not VERDICT:
+            status = transition.status
+        assert status is not None
         self.record.fail(status, reason)
+        self._stopTimer()
         assert self.transport is not None
         description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert
         if description is None or not self._speaksTLS:
@@ -323,12 +416,12 @@ class PrereadProtocol(Protocol):
         if self._readClosed or loseWriteConnection is None:
             self.transport.loseConnection()
             return
-        self._lingering = True
         self._timer = self._clock.callLater(REFUSAL_LINGER, self._lingerOver)
         loseWriteConnection()
 
     def _lingerOver(self) -> None:
         self._timer = None
+        self._fire(Event.TIME_OUT)
         assert self.transport is not None
         self.transport.loseConnection()
 
@@ -336,41 +429,40 @@ class PrereadProtocol(Protocol):
         """
         The gateway is stopping and the drain deadline has passed.
         """
-        if self._next is not None:
+        if self.state is State.DECIDED:
+            assert self._next is not None
             self._next.shutdown()
             return
         self._stopTimer()
-        self._handedOff = True
-        self.record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._end(Event.SHUT_DOWN, "gateway stopped")
         assert self.transport is not None
         relayTransport(self.transport).abortConnection()
 
     def _timedOut(self) -> None:
         self._timer = None
-        if self._proxyReader is not None:
+        state = self.state
+        if state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             got = len(self._proxyReader.buffered)
-            self.refuse(
-                Status.BAD_PROXY_HEADER,
+            reason = (
                 f"timeout: no complete PROXY header after {self._timeout:g}s"
-                f" ({got} bytes)",
+                f" ({got} bytes)"
             )
-            return
-        if self._preamble is not None:
-            self.refuse(
-                Status.PREREAD_TIMEOUT, self._preamble.describeTimeout(self._timeout)
+        elif state is State.PREAMBLE:
+            assert self._preamble is not None
+            reason = self._preamble.describeTimeout(self._timeout)
+        else:
+            got = len(self._reader.buffered)
+            hint = (
+                ": the client sent nothing; if the server speaks first (MySQL,"
+                " SMTP), use mode = tcp"
+                if got == 0
+                else ""
             )
-            return
-        got = len(self._reader.buffered)
-        hint = (
-            ": the client sent nothing; if the server speaks first (MySQL,"
-            " SMTP), use mode = tcp"
-            if got == 0
-            else ""
-        )
-        self.refuse(
-            Status.PREREAD_TIMEOUT,
-            f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}",
-        )
+            reason = (
+                f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}"
+            )
+        self._refuse(None, reason, BY_STATUS, Event.TIME_OUT)
 
     def _readPreamble(self, data: bytes) -> bytes:
         """
@@ -387,33 +479,42 @@ class PrereadProtocol(Protocol):
         except PreambleError as e:
             if e.answer:
                 self.answer(e.answer)
-            self.refuse(Status.BAD_CLIENT_HELLO, e.reason)
+            self._refuse(None, e.reason, BY_STATUS, Event.BAD_INPUT)
             return b""
         if start is None:
             return b""
-        self._preamble = None
         if isinstance(start, bytes):
+            self._fire(Event.EXPECT_HELLO)
             self._speaksTLS = True
             return start
         self._stopTimer()
-        self._handedOff = True
-        self._next = self._listener.handoffPlaintext(self, start)
+        self._handTo(self._listener.handoffPlaintext(self, start))
         return b""
 
     def answer(self, data: bytes) -> None:
         """
         Write a preamble's answer (PostgreSQL's C{S}, C{N}, an
-        C{ErrorResponse}) to the client, counted as bytes out: the relay, which counts the rest,
-        has not started.
+        C{ErrorResponse}) to the client, counted as bytes out: the relay,
+        which counts the rest, has not started.
         """
         assert self.transport is not None
         self.record.bytesOut += len(data)
         self.transport.write(data)
 
-    def _handOffTCP(self, buffered: bytes) -> None:
+    def _serve(self, buffered: bytes) -> None:
         self._stopTimer()
-        self._handedOff = True
-        self._next = self._listener.handoffAtAccept(self, buffered)
+        self._handTo(self._listener.handoffAtAccept(self, buffered))
+
+    def _handTo(self, answer: Stage | Reject) -> None:
+        """
+        Carry out a hand-off's answer: refuse, or the stage has the
+        connection from now on.
+        """
+        if isinstance(answer, Reject):
+            self._refuse(answer.status, answer.reason, answer.alert)
+            return
+        self._next = answer
+        self._fire(Event.SERVE)
 
     def _stopTimer(self) -> None:
         cancel(self._timer)

@@ -22,6 +22,7 @@ PURE = [
     "gateway.balancers",
     "gateway.clienthello",
     "gateway.config",
+    "gateway.connectionstate",
     "gateway.decision",
     "gateway.ja4",
     "gateway.portable",
