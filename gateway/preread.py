@@ -56,9 +56,9 @@ from gateway.clienthello import (
     ClientHelloReader,
     NotTLS,
 )
-from gateway.connectionstate import STEPS, VERDICT, Event, State
 from gateway.decision import BY_STATUS, Alert, Reject
 from gateway.ja4 import ja4
+from gateway.lifecycle import STEPS, VERDICT, Event, State
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.relay import relayTransport
@@ -143,14 +143,14 @@ class Handoff(TypingProtocol):
 class PrereadProtocol(Protocol):
     """
     The one owner of a client connection: its state
-    (L{gateway.connectionstate.State}) moves through that module's table
+    (L{gateway.lifecycle.State}) moves through that module's table
     only.
 
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
     @ivar proxyHeader: the PROXY header the connection started with, once
         read (C{accept_proxy_protocol}).
-    @ivar state: where the connection is (L{gateway.connectionstate}).
+    @ivar state: where the connection is (L{gateway.lifecycle}).
     @ivar _proxyReader: reads that header (C{accept_proxy_protocol}).
     @ivar _preamble: reads the strategy's preamble; L{None} for a protocol
         without one.

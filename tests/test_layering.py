@@ -22,7 +22,7 @@ PURE = [
     "gateway.balancers",
     "gateway.clienthello",
     "gateway.config",
-    "gateway.connectionstate",
+    "gateway.lifecycle",
     "gateway.decision",
     "gateway.ja4",
     "gateway.portable",

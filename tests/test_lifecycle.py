@@ -1,5 +1,5 @@
 """
-The connection's state table (L{gateway.connectionstate}), on its own and
+The connection's state table (L{gateway.lifecycle}), on its own and
 as L{gateway.preread.PrereadProtocol} follows it: only table transitions
 happen, and every path ends in C{logged} exactly once.  In memory: a fake
 clock and transport, no sockets.
@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 
 import gateway.preread
 from gateway.accesslog import ConnectionRecord
-from gateway.connectionstate import STEPS, TRANSITIONS, VERDICT, Event, State
 from gateway.decision import Reject
+from gateway.lifecycle import STEPS, TRANSITIONS, VERDICT, Event, State
 from gateway.pgstage import POSTGRES
 from gateway.postgres import SSL_REQUEST
 from gateway.preread import PrereadProtocol
