@@ -297,8 +297,8 @@ class ListenerFactory(ServerFactory):
             ACCEPTED,
             clientKey,
             len(self._admitted),
-            self._perClient[clientKey],
-            proxied or self._rateAllows(clientKey),
+            self._perClient.get(clientKey, 0),
+            proxied or self._rate is None or self._rateAllows(clientKey),
         )
         if isinstance(verdict, Reject):
             return verdict
@@ -324,8 +324,8 @@ class ListenerFactory(ServerFactory):
             self.policy,
             PROXIED,
             clientKey,
-            fromClient=self._perClient[clientKey],
-            rateAllows=self._rateAllows(clientKey),
+            fromClient=self._perClient.get(clientKey, 0),
+            rateAllows=self._rate is None or self._rateAllows(clientKey),
         )
         if isinstance(verdict, Reject):
             return verdict
