@@ -191,6 +191,9 @@ class Policy:
         listener with a single C{upstream} (then L{single}).
     @ivar acmeManages: whether the gateway orders a certificate for a
         server name (its C{tls-alpn-01} validations are answered here).
+    @ivar unrestricted: no address filter and no limit but perhaps the
+        rate: a client is admitted at accept without another look (the
+        common case, kept cheap).
     """
 
     config: ListenerConfig
@@ -199,6 +202,21 @@ class Policy:
     denyJA4: frozenset[str]
     passthroughVersions: frozenset[int] | None
     acmeManages: Callable[[str | None], bool] = _noManagedNames
+    unrestricted: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        config = self.config
+        object.__setattr__(
+            self,
+            "unrestricted",
+            not (
+                config.allow
+                or config.deny
+                or config.max_connections is not None
+                or config.max_connections_per_client is not None
+                or (config.accept_proxy_protocol and config.proxy_protocol_from)
+            ),
+        )
 
     @classmethod
     def fromConfig(
@@ -292,6 +310,8 @@ def decide(
         C{client}, taken when the client became known.
     @param fingerprint: the ClientHello's JA4 fingerprint.
     """
+    if policy.unrestricted and rateAllows and (seen is ACCEPTED or seen is PROXIED):
+        return ADMIT
     config = policy.config
     if seen is ACCEPTED or isinstance(seen, Accepted):
         if config.accept_proxy_protocol:
@@ -367,15 +387,23 @@ def _hello(policy: Policy, hello: ClientHello, fingerprint: str | None) -> Verdi
     A complete ClientHello: JA4 deny, ACME validations, routing, then
     C{passthrough_protocols} for what is not terminated.
     """
-    denied = deniedFingerprint(policy, fingerprint)
-    if denied is not None:
-        return denied
-    if offersOnlyAcmeTLS(hello.alpn) and policy.acmeManages(hello.serverName):
+    if policy.denyJA4:
+        denied = deniedFingerprint(policy, fingerprint)
+        if denied is not None:
+            return denied
+    if (
+        policy.acmeManages is not _noManagedNames
+        and offersOnlyAcmeTLS(hello.alpn)
+        and policy.acmeManages(hello.serverName)
+    ):
         return CHALLENGE
-    relay = policy.route(hello.serverName, hello.alpn)
+    router = policy.router
+    relay = (
+        policy.single if router is None else router.match(hello.serverName, hello.alpn)
+    )
     if relay is None:
         return Reject(Status.NO_ROUTE, f"no route for server name {hello.serverName!r}")
-    if relay.action is not Action.TERMINATE:
+    if policy.passthroughVersions is not None and relay.action is not Action.TERMINATE:
         refused = _versionRefused(policy, hello, relay.action)
         if refused is not None:
             return refused

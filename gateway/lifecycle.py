@@ -33,6 +33,10 @@ from gateway.vocabulary import Status
 
 
 class State(enum.Enum):
+    # Members are singletons: hashed by identity, in C, not by name in
+    # Python (Enum's own __hash__), since every event looks one up.
+    __hash__ = object.__hash__
+
     ACCEPTED = "accepted"
     PROXY_HEADER = "proxy header"
     PREAMBLE = "preamble"
@@ -43,6 +47,8 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    __hash__ = object.__hash__
+
     EXPECT_HEADER = "expect the PROXY header"
     EXPECT_PREAMBLE = "expect the preamble"
     EXPECT_HELLO = "expect the ClientHello"

@@ -369,7 +369,9 @@ class ListenerFactory(ServerFactory):
         assert transport is not None
         record = protocol.record
         record.action = action
-        upstream = self.upstreamFor(verdict)
+        upstream = (
+            self.upstreams if action is Action.TERMINATE else self.passthroughUpstreams
+        )[verdict.upstream]
 
         stage: PassthroughStage | TerminationStage
         if action is Action.TERMINATE:
