@@ -17,18 +17,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.accesslog import ConnectionRecord
+from gateway.decision import offersOnlyAcmeTLS
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport
+from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
-
-
-def offersOnlyAcmeTLS(alpn: tuple[str, ...]) -> bool:
-    """
-    Whether a ClientHello is a C{tls-alpn-01} validation: it offers
-    C{acme-tls/1} and nothing else (RFC 8737, section 3).
-    """
-    return alpn == ("acme-tls/1",)
 
 
 class ChallengeStage:
@@ -79,7 +73,7 @@ class ChallengeStage:
 
     def shutdown(self) -> None:
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._transport.abortConnection()
 
     # TLS events
@@ -93,7 +87,9 @@ class ChallengeStage:
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail("handshake_failed", f"acme tls-alpn-01 challenge: {reason}")
+        self._record.fail(
+            Status.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
+        )
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:
@@ -106,12 +102,12 @@ class ChallengeStage:
 
     def tlsError(self, reason: str) -> None:
         # The alert went out and the TLS layer closes the socket.
-        self._record.fail("tls_error", f"acme tls-alpn-01 challenge: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
 
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(
-            "handshake_failed",
+            Status.HANDSHAKE_FAILED,
             f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
         )
         self._transport.abortConnection()

@@ -25,15 +25,14 @@ On a listener that speaks TLS, every refusal before an upstream is involved
 gets a TLS alert (L{gateway.alerts}, sent by L{PrereadProtocol.refuse}); a
 passthrough connection whose servers all fail gets C{internal_error}.
 
-A C{protocol = postgres} listener adds the PostgreSQL preamble before the
-ClientHello and the startup message after a terminating handshake
-(L{gateway.pgstage}); a C{mode = tcp} listener reads nothing and connects
-its one C{upstream} at accept (L{handoffTCP}).
+What a protocol adds (a preamble before the ClientHello, what a terminated
+connection reads first, how an upstream connection opens, a connection
+served from accept) is its strategy's (L{gateway.protocols}); what is
+refused or routed where is L{gateway.decision}'s.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,28 +51,24 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gateway.accesslog import AccessLog, ConnectionRecord
-from gateway.acmechallenge import (
-    ChallengeStage,
-    offersOnlyAcmeTLS,
-)
+from gateway.acmechallenge import ChallengeStage
 from gateway.alerts import AlertDescription, alertRecord, recordVersion
-from gateway.clienthello import ClientHello, isGrease
-from gateway.config import PASSTHROUGH_VERSIONS, ListenerConfig, RouteConfig
-from gateway.fastpath import sessionReused
-from gateway.mysqlstage import MySQLConnection, Refusal, Wiring
-from gateway.passthrough import PassthroughStage
-from gateway.pgstage import (
-    CANCEL_REASON,
-    NO_ROUTE_MESSAGE,
-    CancelRegistry,
-    PlaintextStart,
-    StartupReader,
-    noteStartup,
-    plaintextRefused,
-    startTerminated,
+from gateway.clienthello import ClientHello
+from gateway.config import ListenerConfig
+from gateway.decision import (
+    ACCEPTED,
+    PROXIED,
+    Challenge,
+    Policy,
+    Reject,
+    Relay,
+    decide,
 )
-from gateway.postgres import StartupMessage, cancelRequest, errorResponse
+from gateway.fastpath import sessionReused
+from gateway.passthrough import PassthroughStage
+from gateway.pgstage import CancelRegistry
 from gateway.preread import PrereadProtocol, Stage
+from gateway.protocols import strategyFor
 from gateway.proxyprotocol import (
     TLV,
     ProxyAddress,
@@ -84,12 +79,13 @@ from gateway.proxyprotocol import (
     sslTLV,
 )
 from gateway.ratelimit import RateLimiter
-from gateway.routing import Router
 from gateway.session import Session, Timeouts, UpstreamRuntime
+from gateway.strategy import IProtocolStrategy, IUpstreamOpening
 from gateway.terminate import TerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
-from gateway.transports import RelayTransport, relayTransport
+from gateway.transports import RelayTransport
+from gateway.vocabulary import Action, Status
 
 
 def formatAddress(address: IAddress) -> tuple[str, str]:
@@ -107,42 +103,6 @@ def formatAddress(address: IAddress) -> tuple[str, str]:
         )
         return f"unix:{name or '-'}", "unix"
     return str(address), str(address)
-
-
-_VERSION_NAMES = {code: name for name, code in PASSTHROUGH_VERSIONS.items()} | {
-    0x0300: "SSLv3"
-}
-
-
-def _ipOf(clientKey: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """
-    The IP address of a client key, an IPv4 client on an IPv6 socket
-    (C{::ffff:192.0.2.1}) as the IPv4 address it is; L{None} for a client
-    without one (a UNIX socket).
-    """
-    try:
-        ip = ipaddress.ip_address(clientKey.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def offeredVersions(hello: ClientHello) -> tuple[tuple[int, ...], str]:
-    """
-    The protocol versions a ClientHello offers, and where they come from:
-    its supported_versions extension (GREASE skipped), or, without one, its
-    C{legacy_version}, which is then the one version it asks for.
-    """
-    versions = tuple(v for v in hello.supportedVersions if not isGrease(v))
-    if versions:
-        return versions, "supported_versions"
-    return (hello.legacyVersion,), "legacy_version, no supported_versions"
-
-
-def _versionName(code: int) -> str:
-    return _VERSION_NAMES.get(code, f"0x{code:04x}")
 
 
 def proxyAddress(address: IAddress) -> ProxyAddress | None:
@@ -219,7 +179,7 @@ class ListenerFactory(ServerFactory):
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
     @ivar cancelKeys: the cancel keys of this listener's terminated
-        PostgreSQL sessions (C{protocol = postgres}).  Given by the caller
+        PostgreSQL sessions (its strategy's L{gateway.pgstage}).  Given by the caller
         to share one registry between the factories that serve a
         listener's name across reloads: a cancel arrives on whichever is
         current, for a session of any generation.
@@ -244,44 +204,35 @@ class ListenerFactory(ServerFactory):
         self._acme = acme
         self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
-        self._upstreams = upstreams
+        self.upstreams = upstreams
         # Passthrough relays the client's own TLS: an upstream's `tls = on`
         # (re-encryption) applies to terminated connections only.
-        self._passthroughUpstreams = {
+        self.passthroughUpstreams = {
             name: attrs.evolve(upstream, tls=None)
             for name, upstream in upstreams.items()
         }
-        self._reactor = reactor
-        self._clock = clock
-        self._accessLog = accessLog
-        self._tls = tls
+        self.reactor = reactor
+        self.clock = clock
+        self.accessLog = accessLog
+        self.tls = tls
         self._idle = idle
-        self._timeouts = Timeouts(
+        self.timeouts = Timeouts(
             connect=config.connect_timeout, idle=config.idle_timeout
         )
-        self._router: Router[RouteConfig] | None = (
-            Router(config.routes) if config.routes else None
-        )
+        self.strategy = strategyFor(config)
+        self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}
         self._perClient: Counter[str] = Counter()
-        self._denyJA4 = frozenset(f.lower() for f in config.deny_ja4)
         self._rate = (
             RateLimiter(config.max_connection_rate, clock.seconds)
             if config.max_connection_rate is not None
             else None
         )
-        self._passthroughVersions = (
-            None
-            if config.passthrough_protocols is None
-            else frozenset(
-                PASSTHROUGH_VERSIONS[p] for p in config.passthrough_protocols
-            )
-        )
 
     def buildProtocol(self, addr: IAddress | None) -> PrereadProtocol:
         assert addr is not None, "a listening port always gives the peer address"
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         client, _ = formatAddress(addr)
         record = ConnectionRecord(
             listener=self.config.name, client=client, accepted=now, started=now
@@ -289,17 +240,14 @@ class ListenerFactory(ServerFactory):
         protocol = PrereadProtocol(
             self,
             record,
-            self._clock,
+            self.clock,
             self.config.preread_timeout,
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
-            postgres=self.config.protocol == "postgres",
-            # A MySQL client reads the server's greeting before it sends a
-            # byte: the connection is handed to its stage at accept.
-            readHello=self.config.mode != "tcp" and self.config.protocol != "mysql",
+            strategy=self.strategy,
         )
         self.active.add(protocol)
-        self._accessLog.accepted(self.config.name)
+        self.accessLog.accepted(self.config.name)
         return protocol
 
     def closedAtAccept(self, address: object) -> None:
@@ -307,7 +255,7 @@ class ListenerFactory(ServerFactory):
         Twisted accepted a connection for this listener and closed it at
         once, out of descriptors (see L{gateway.acceptwatch}): log it.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         if isinstance(address, tuple) and len(address) >= 2:
             host, port = address[0], address[1]
             client = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -317,13 +265,13 @@ class ListenerFactory(ServerFactory):
             listener=self.config.name, client=client, accepted=now, started=now
         )
         record.fail(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             "local resource error: EMFILE (Too many open files): closed at accept",
         )
         record.ended = now
-        self._accessLog.accepted(self.config.name)
+        self.accessLog.accepted(self.config.name)
         try:
-            self._accessLog.write(record)
+            self.accessLog.write(record)
         except OSError as e:
             self._log.error(
                 "listener {listener}: cannot write the access log: {error}",
@@ -331,38 +279,31 @@ class ListenerFactory(ServerFactory):
                 error=e,
             )
 
-    def accepted(self, protocol: PrereadProtocol) -> None:
+    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
         """
         Refuse a new connection the listener's filters or limits exclude,
-        before anything is read from it.
-
-        Address filtering comes first: a refused client is C{denied}
-        whatever the limits say, and takes no place in them.
+        before anything is read from it (L{gateway.decision}).
         """
         transport = protocol.transport
         assert transport is not None
         _, clientKey = formatAddress(transport.getPeer())
-        if self.config.accept_proxy_protocol:
-            senders = self.config.proxy_protocol_from
-            if senders:
-                ip = _ipOf(clientKey)
-                if ip is None or not any(ip in network for network in senders):
-                    protocol.refuse(
-                        "denied",
-                        f"{clientKey} is not in proxy_protocol_from: it may not"
-                        " send a PROXY header",
-                    )
-                    return
-            # The client is not known until the PROXY header is read.
-            if not self._full(protocol):
-                self._admitted.add(protocol)
-            return
-        if self._excluded(protocol, clientKey) or self._full(protocol):
-            return
+        proxied = self.config.accept_proxy_protocol
+        verdict = decide(
+            self.policy,
+            ACCEPTED,
+            clientKey,
+            len(self._admitted),
+            self._perClient.get(clientKey, 0),
+            proxied or self._rate is None or self._rateAllows(clientKey),
+        )
+        if isinstance(verdict, Reject):
+            return verdict
         self._admitted.add(protocol)
-        self._count(protocol, clientKey)
+        if not proxied:  # else the client is not known until its header
+            self._count(protocol, clientKey)
+        return None
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
         """
         The connection's PROXY header is read: the client it names (or the
         balancer itself, for a header without an address) is the client
@@ -375,59 +316,28 @@ class ListenerFactory(ServerFactory):
             transport = protocol.transport
             assert transport is not None
             _, clientKey = formatAddress(transport.getPeer())
-        if not self._excluded(protocol, clientKey):
-            self._count(protocol, clientKey)
+        verdict = decide(
+            self.policy,
+            PROXIED,
+            clientKey,
+            fromClient=self._perClient.get(clientKey, 0),
+            rateAllows=self._rate is None or self._rateAllows(clientKey),
+        )
+        if isinstance(verdict, Reject):
+            return verdict
+        self._count(protocol, clientKey)
+        return None
 
-    def _full(self, protocol: PrereadProtocol) -> bool:
-        limit = self.config.max_connections
-        if limit is not None and len(self._admitted) >= limit:
-            protocol.refuse(
-                "limited", f"max_connections: {limit} connections already open"
-            )
-            return True
-        return False
-
-    def _excluded(self, protocol: PrereadProtocol, clientKey: str) -> bool:
+    def _rateAllows(self, clientKey: str) -> bool:
         """
-        Refuse C{clientKey} if C{allow}/C{deny} or
-        C{max_connections_per_client} exclude it.
+        The C{max_connection_rate} bucket's answer for a client, taken
+        only for one that allow/deny lets in: a denied client takes no
+        token.
         """
-        if not self._permitted(clientKey):
-            protocol.refuse("denied", f"{clientKey} is refused by allow/deny")
-            return True
-        if self._rate is not None and not self._rate.take(clientKey):
-            protocol.refuse(
-                "limited",
-                f"max_connection_rate: more than {self._rate.rate} new"
-                f" connections from {clientKey}",
-            )
-            return True
-        limit = self.config.max_connections_per_client
-        if limit is not None and self._perClient[clientKey] >= limit:
-            protocol.refuse(
-                "limited",
-                f"max_connections_per_client: {limit} connections already open"
-                f" from {clientKey}",
-            )
-            return True
-        return False
-
-    def _permitted(self, clientKey: str) -> bool:
-        """
-        C{deny} wins; with C{allow} set, only what it lists passes.  An
-        IPv4 client on an IPv6 socket (C{::ffff:192.0.2.1}) is matched as
-        the IPv4 address it is.  A client without an IP address (a UNIX
-        socket) matches no network: it passes unless C{allow} is set.
-        """
-        config = self.config
-        if not (config.allow or config.deny):
-            return True
-        ip = _ipOf(clientKey)
-        if ip is None:
-            return not config.allow
-        if any(ip in network for network in config.deny):
-            return False
-        return not config.allow or any(ip in network for network in config.allow)
+        rate = self._rate
+        return (
+            rate is None or not self.policy.permitted(clientKey) or rate.take(clientKey)
+        )
 
     def _count(self, protocol: PrereadProtocol, clientKey: str) -> None:
         self._clients[protocol] = clientKey
@@ -435,107 +345,68 @@ class ListenerFactory(ServerFactory):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         Route a connection whose ClientHello is complete, and start the
         stage its route's action calls for.
         """
         config = self.config
-        fingerprint = protocol.record.ja4
-        if fingerprint is not None and fingerprint.lower() in self._denyJA4:
-            protocol.refuse("denied", f"JA4 fingerprint {fingerprint} is in deny_ja4")
-            return None
-        acme = self._acme
-        if (
-            acme is not None
-            and offersOnlyAcmeTLS(hello.alpn)
-            and acme.manages(hello.serverName)
-        ):
-            return self._answerChallenge(protocol, acme, hello, buffered)
-        if self._router is None:
-            upstreamName, action = config.upstream, config.mode
-        else:
-            route = self._router.match(hello.serverName, hello.alpn)
-            if route is None:
-                protocol.refuse(
-                    "no_route", f"no route for server name {hello.serverName!r}"
-                )
-                return None
-            upstreamName, action = route.upstream, route.action or config.mode
-        assert upstreamName is not None
+        verdict = decide(self.policy, hello, "", fingerprint=protocol.record.ja4)
+        if isinstance(verdict, Reject):
+            if verdict.action is not None:
+                protocol.record.action = verdict.action
+            return verdict
+        if isinstance(verdict, Challenge):
+            assert self._acme is not None
+            return self._answerChallenge(protocol, self._acme, hello, buffered)
+        assert isinstance(verdict, Relay)
+        action = verdict.action
         transport = protocol.transport
         assert transport is not None
         record = protocol.record
         record.action = action
-        if action != "terminate" and not self._versionAllowed(protocol, hello):
-            return None
         upstream = (
-            self._upstreams if action == "terminate" else self._passthroughUpstreams
-        )[upstreamName]
-        postgres = config.protocol == "postgres"
+            self.upstreams if action is Action.TERMINATE else self.passthroughUpstreams
+        )[verdict.upstream]
 
         stage: PassthroughStage | TerminationStage
-        if action == "terminate":
-            assert self._tls is not None
+        if action is Action.TERMINATE:
+            assert self.tls is not None
             try:
-                context = self._tls.contextFor(hello.serverName)
+                context = self.tls.contextFor(hello.serverName)
             except CertificatePending as e:
-                protocol.refuse(
-                    "handshake_failed", str(e), alert=AlertDescription.HANDSHAKE_FAILURE
+                return Reject(
+                    Status.HANDSHAKE_FAILED,
+                    str(e),
+                    alert=AlertDescription.HANDSHAKE_FAILURE,
                 )
-                return None
+
+            strategy = self.strategy
 
             def makeSession(tls: TLSTransport) -> TerminatedSession:
-                if not postgres:
-                    return self._session(
-                        protocol, tls, upstream, hello.serverName, tls.connection
-                    )
-
-                def start(event: PlaintextStart) -> Session:
-                    return startTerminated(
-                        event,
-                        record,
-                        self.cancelKeys,
-                        upstream,
-                        lambda target, onEnd: self._session(
-                            protocol,
-                            tls,
-                            target,
-                            hello.serverName,
-                            tls.connection,
-                            sslRequest=target.tls is not None,
-                            onEnd=onEnd,
-                        ),
-                    )
-
-                return StartupReader(
-                    self._clock,
-                    config.preread_timeout,
-                    record,
-                    tls,
-                    start,
-                    lambda: self.ended(protocol),
+                return strategy.terminated(  # type: ignore[no-any-return]
+                    self, protocol, tls, upstream, hello
                 )
 
             stage = TerminationStage(
-                self._clock,
+                self.clock,
                 transport,  # type: ignore[arg-type]
                 record,
                 context,
                 makeSession,
                 config.preread_timeout,
-                self._tls.describe,
-                self._accessLog.handshake,
+                self.tls.describe,
+                self.accessLog.handshake,
             )
         else:
             stage = PassthroughStage(
-                self._session(
+                self.session(
                     protocol,
                     transport,  # type: ignore[arg-type]
                     upstream,
                     hello.serverName,
                     relay=config.relay,
-                    sslRequest=postgres,
+                    opening=self.strategy.opening(True),
                     failureAlert=alertRecord(
                         AlertDescription.INTERNAL_ERROR, recordVersion(hello)
                     ),
@@ -544,53 +415,31 @@ class ListenerFactory(ServerFactory):
         stage.start(buffered)
         return stage
 
-    def _versionAllowed(self, protocol: PrereadProtocol, hello: ClientHello) -> bool:
-        """
-        C{passthrough_protocols}: refuse a hello that offers none of them,
-        with the C{protocol_version} alert a server that speaks none of
-        them sends.
-        """
-        allowed = self._passthroughVersions
-        if allowed is None:
-            return True
-        offered, source = offeredVersions(hello)
-        if allowed.intersection(offered):
-            return True
-        names = ", ".join(_versionName(v) for v in offered)
-        protocol.refuse(
-            "denied",
-            f"ClientHello offers {names} ({source}); passthrough_protocols"
-            f" allows {', '.join(self.config.passthrough_protocols or ())}",
-            alert=AlertDescription.PROTOCOL_VERSION,
-        )
-        return False
-
     def _answerChallenge(
         self,
         protocol: PrereadProtocol,
         acme: AcmeChallenges,
         hello: ClientHello,
         buffered: bytes,
-    ) -> Stage | None:
+    ) -> Stage | Reject:
         """
         A C{tls-alpn-01} validation of a name the gateway orders a
         certificate for: answered here, on any route, never relayed.
         """
         assert hello.serverName is not None
         record = protocol.record
-        record.action = "terminate"
+        record.action = Action.TERMINATE
         context = acme.contextFor(hello.serverName)
         if context is None:
-            protocol.refuse(
-                "handshake_failed",
+            return Reject(
+                Status.HANDSHAKE_FAILED,
                 f"acme tls-alpn-01 for {hello.serverName!r}: no validation in progress",
                 alert=AlertDescription.HANDSHAKE_FAILURE,
             )
-            return None
         transport = protocol.transport
         assert transport is not None
         stage = ChallengeStage(
-            self._clock,
+            self.clock,
             transport,  # type: ignore[arg-type]
             record,
             context,
@@ -600,169 +449,73 @@ class ListenerFactory(ServerFactory):
         stage.start(buffered)
         return stage
 
-    def handoffPostgres(
-        self, protocol: PrereadProtocol, start: PlaintextStart
-    ) -> Stage | None:
+    def handoffPlaintext(
+        self, protocol: PrereadProtocol, start: object
+    ) -> Stage | Reject:
         """
-        A C{protocol = postgres} client that starts without TLS: a startup
-        message (refused unless C{allow_plaintext}) or a C{CancelRequest}.
+        A client whose preamble said it starts without TLS: the strategy
+        serves it.
+        """
+        return self.strategy.openPlaintext(self, protocol, start)  # type: ignore[no-any-return]
 
-        Neither carries a server name, so both go to C{upstream} or the
-        C{default} route, except a cancel whose key a terminated session of
-        this listener learnt: that goes to the server that issued it.  The
-        upstream is the one the route's action would use, so a plaintext
-        client on a terminating route to a C{tls = on} upstream is
-        encrypted towards it like a terminated one.  The client side is
-        plain TCP, so the access log says C{tcp}.
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> Stage | Reject:
         """
-        config = self.config
-        record = protocol.record
-        if isinstance(start, StartupMessage):
-            noteStartup(record, start)
-            if not config.allow_plaintext:
-                protocol.answer(plaintextRefused())
-                protocol.refuse(
-                    "plaintext_refused",
-                    "client sent a startup message without TLS (allow_plaintext is off)",
-                )
-                return None
-            pending = start.raw + start.rest
-            owner = None
-        else:
-            record.reason = CANCEL_REASON
-            pending = cancelRequest(start.key) + start.rest
-            owner = self.cancelKeys.get(start.key)
-        if owner is not None:
-            upstream = owner.runtime()
-        else:
-            if self._router is None:
-                upstreamName, action = config.upstream, config.mode
-            else:
-                route = self._router.match(None)
-                if route is None:
-                    if isinstance(start, StartupMessage):
-                        protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
-                    protocol.refuse(
-                        "no_route",
-                        f"{record.reason or 'plaintext startup message'}: no"
-                        " default route",
-                    )
-                    return None
-                upstreamName, action = route.upstream, route.action or config.mode
-            assert upstreamName is not None
-            upstream = (
-                self._upstreams if action == "terminate" else self._passthroughUpstreams
-            )[upstreamName]
+        A connection that reads no ClientHello, once its client is known
+        (at accept, or once its PROXY header was read; C{buffered}: what
+        followed it): the strategy serves it.
+        """
+        return self.strategy.openAtAccept(self, protocol, buffered)  # type: ignore[no-any-return]
+
+    def relayTCP(
+        self,
+        protocol: PrereadProtocol,
+        upstream: UpstreamRuntime,
+        pending: bytes,
+        strategy: IProtocolStrategy,
+    ) -> Stage:
+        """
+        Relay a connection whose client side is plain TCP to C{upstream}
+        (the client stays paused while it is reached), C{pending} first;
+        the access log says C{tcp}.
+        """
         transport = protocol.transport
         assert transport is not None
-        record.action = "tcp"
+        protocol.record.action = Action.TCP
         stage = PassthroughStage(
-            self._session(
+            self.session(
                 protocol,
                 transport,  # type: ignore[arg-type]
                 upstream,
                 None,
-                relay=config.relay,
-                sslRequest=upstream.tls is not None,
+                relay=self.config.relay,
+                opening=strategy.opening(upstream.tls is not None),
             )
         )
         stage.start(pending)
         return stage
 
-    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
+    def upstreamFor(self, verdict: Relay) -> UpstreamRuntime:
         """
-        A C{mode = tcp} connection: connect its C{upstream} now (the client
-        stays paused meanwhile) and relay, as passthrough does, from the
-        first byte.
+        The runtime of a verdict's upstream: re-encrypting (C{tls = on})
+        for a terminated connection only.
         """
-        if self.config.protocol == "mysql":
-            return self._handoffMySQL(protocol, buffered)
-        upstreamName = self.config.upstream
-        assert upstreamName is not None
+        return (
+            self.upstreams
+            if verdict.action is Action.TERMINATE
+            else self.passthroughUpstreams
+        )[verdict.upstream]
+
+    def clientKeyOf(self, protocol: PrereadProtocol) -> str:
+        """
+        The client key of a connection: the one counted, or its peer's IP.
+        """
         transport = protocol.transport
         assert transport is not None
-        protocol.record.action = "tcp"
-        stage = PassthroughStage(
-            self._session(
-                protocol,
-                transport,  # type: ignore[arg-type]
-                self._passthroughUpstreams[upstreamName],
-                None,
-                relay=self.config.relay,
-            )
-        )
-        stage.start(buffered)
-        return stage
+        return self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
 
-    def _handoffMySQL(
-        self, protocol: PrereadProtocol, buffered: bytes
-    ) -> MySQLConnection:
-        """
-        A C{protocol = mysql} connection: its stage greets the client with
-        the greeting upstream's server, then routes it by its ClientHello
-        (L{gateway.mysqlstage}).
-        """
-        config = self.config
-        transport = protocol.transport
-        assert transport is not None
-        assert self._tls is not None
-        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
-        if self._router is None:
-            assert config.upstream is not None
-            greeting = config.upstream
-        else:
-            default = self._router.match(None)
-            greeting = (default or config.routes[0]).upstream
-
-        def choose(hello: ClientHello | None) -> UpstreamRuntime | Refusal:
-            fingerprint = protocol.record.ja4
-            if fingerprint is not None and fingerprint.lower() in self._denyJA4:
-                return Refusal(
-                    "denied", f"JA4 fingerprint {fingerprint} is in deny_ja4"
-                )
-            if self._router is None:
-                assert config.upstream is not None
-                return self._upstreams[config.upstream]
-            serverName = None if hello is None else hello.serverName
-            route = self._router.match(serverName, () if hello is None else hello.alpn)
-            if route is None:
-                return Refusal(
-                    "no_route",
-                    f"no route for server name {serverName!r}"
-                    if hello is not None
-                    else "no default route for a client without TLS",
-                )
-            return self._upstreams[route.upstream]
-
-        def proxyHeader(
-            serverName: str | None, connection: SSL.Connection | None
-        ) -> Callable[[], bytes] | None:
-            return self._proxyHeader(protocol, serverName, connection)
-
-        stage = MySQLConnection(
-            Wiring(
-                reactor=self._reactor,
-                clock=self._clock,
-                timeouts=self._timeouts,
-                prereadTimeout=config.preread_timeout,
-                maxHello=config.preread_buffer_size,
-                clientKey=clientKey,
-                allowPlaintext=config.allow_plaintext,
-                greeting=self._upstreams[greeting],
-                choose=choose,
-                contextFor=self._tls.contextFor,
-                describe=self._tls.describe,
-                handshakeTimed=self._accessLog.handshake,
-                proxyHeader=proxyHeader,
-                ended=lambda: self.ended(protocol),
-            ),
-            relayTransport(transport),
-            protocol.record,
-        )
-        stage.start(buffered)
-        return stage
-
-    def _session(
+    def session(
         self,
         protocol: PrereadProtocol,
         client: RelayTransport | TLSTransport,
@@ -771,7 +524,7 @@ class ListenerFactory(ServerFactory):
         connection: SSL.Connection | None = None,
         *,
         relay: str = "portable",
-        sslRequest: bool = False,
+        opening: Callable[[], IUpstreamOpening] | None = None,
         onEnd: Callable[[], None] | None = None,
         failureAlert: bytes | None = None,
     ) -> Session:
@@ -786,9 +539,7 @@ class ListenerFactory(ServerFactory):
         @param failureAlert: written to the client when no server can be
             reached (passthrough: the client waits for a ServerHello).
         """
-        transport = protocol.transport
-        assert transport is not None
-        clientKey = self._clients.get(protocol) or formatAddress(transport.getPeer())[1]
+        clientKey = self.clientKeyOf(protocol)
 
         def ended() -> None:
             if onEnd is not None:
@@ -796,22 +547,22 @@ class ListenerFactory(ServerFactory):
             self.ended(protocol)
 
         return Session(
-            self._reactor,
-            self._clock,
+            self.reactor,
+            self.clock,
             client,
             protocol.record,
             upstream,
             clientKey,
-            self._timeouts,
+            self.timeouts,
             ended,
             countBytes=not isinstance(client, TLSTransport),
             relay=relay,
-            proxyHeader=self._proxyHeader(protocol, serverName, connection),
-            sslRequest=sslRequest,
+            proxyHeader=self.proxyHeaderFor(protocol, serverName, connection),
+            opening=opening,
             failureAlert=failureAlert,
         )
 
-    def _proxyHeader(
+    def proxyHeaderFor(
         self,
         protocol: PrereadProtocol,
         serverName: str | None,
@@ -843,7 +594,7 @@ class ListenerFactory(ServerFactory):
         else:
             source = proxyAddress(transport.getPeer())
             destination = proxyAddress(transport.getHost())
-        tls = self._tls
+        tls = self.tls
 
         def build() -> bytes:
             tlvs = []
@@ -860,6 +611,7 @@ class ListenerFactory(ServerFactory):
         """
         A connection is over on every side: log it.
         """
+        protocol.logged()
         if protocol not in self.active:
             return
         self.active.discard(protocol)
@@ -870,7 +622,7 @@ class ListenerFactory(ServerFactory):
             if not self._perClient[clientKey]:
                 del self._perClient[clientKey]
         try:
-            self._accessLog.write(protocol.record)
+            self.accessLog.write(protocol.record)
         except OSError as e:
             self._log.error(
                 "listener {listener}: cannot write the access log: {error}",

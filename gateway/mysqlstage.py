@@ -60,6 +60,7 @@ from zope.interface import implementer
 from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.config import ServerConfig
+from gateway.decision import deniedFingerprint
 from gateway.ja4 import ja4
 from gateway.mysql import (
     CLIENT_PLUGIN_AUTH,
@@ -83,14 +84,18 @@ from gateway.mysql import (
 from gateway.relay import IRelay
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
+from gateway.strategy import IProtocolStrategy
 from gateway.terminate import TerminationStage
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
+from gateway.vocabulary import Action, Status
 
 __all__ = [
+    "MYSQL",
     "SWITCH_PLUGIN",
     "MySQLConnection",
+    "MySQLStrategy",
     "Refusal",
     "Wiring",
 ]
@@ -612,7 +617,7 @@ class MySQLConnection:
             return
         self._dialer = None
         self._refuse(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             reason,
             f"tlsgateway: no MySQL server of upstream {dialer.upstream.name!r} is"
             " available",
@@ -644,7 +649,7 @@ class MySQLConnection:
         self._timer = None
         what = "SSLRequest" if self._state is _State.REQUEST else "ClientHello"
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no complete {what} {self.wiring.prereadTimeout:g}s after the greeting",
         )
 
@@ -663,7 +668,7 @@ class MySQLConnection:
             start = parseClientStart(packet.payload)
         except MySQLError as e:
             self._refuse(
-                "bad_client_hello",
+                Status.BAD_CLIENT_HELLO,
                 f"mysql {e.reason}: {e}",
                 f"tlsgateway: bad handshake packet: {e}",
                 sequence=2,
@@ -682,7 +687,7 @@ class MySQLConnection:
         self._noteLogin(login)
         if not self.wiring.allowPlaintext:
             self._refuse(
-                "plaintext_refused",
+                Status.PLAINTEXT_REFUSED,
                 "client logged in without TLS (allow_plaintext is off)",
                 "tlsgateway accepts MySQL connections over TLS only: connect with"
                 " ssl-mode=REQUIRED or stronger (allow_plaintext is off)",
@@ -690,7 +695,7 @@ class MySQLConnection:
                 code=ER_SECURE_TRANSPORT_REQUIRED,
             )
             return
-        self._record.action = "tcp"
+        self._record.action = Action.TCP
         choice = self.wiring.choose(None)
         if isinstance(choice, Refusal):
             self._refuse(
@@ -708,7 +713,7 @@ class MySQLConnection:
         try:
             hello = self._hello.feed(data)
         except ClientHelloError as e:
-            self._refuse("bad_client_hello", f"{e.reason}: {e}")
+            self._refuse(Status.BAD_CLIENT_HELLO, f"{e.reason}: {e}")
             return
         if hello is NEED_MORE:
             return
@@ -722,7 +727,7 @@ class MySQLConnection:
             self._refuse(choice.status, choice.reason)
             return
         self._target = choice
-        record.action = "terminate"
+        record.action = Action.TERMINATE
         self._state = _State.HANDSHAKE
         wiring = self.wiring
         self._termination = TerminationStage(
@@ -750,7 +755,7 @@ class MySQLConnection:
     def _loginTimedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no MySQL login {self.wiring.prereadTimeout:g}s after the TLS handshake",
         )
 
@@ -768,7 +773,7 @@ class MySQLConnection:
             try:
                 packet = self._reader.next()
             except MySQLError as e:
-                self._refuse("bad_client_hello", f"mysql {e.reason}: {e}")
+                self._refuse(Status.BAD_CLIENT_HELLO, f"mysql {e.reason}: {e}")
                 return
             if packet is NEED_MORE:
                 return
@@ -783,7 +788,7 @@ class MySQLConnection:
                 login = parseHandshakeResponse(packet.payload)
             except MySQLError as e:
                 self._refuse(
-                    "bad_client_hello",
+                    Status.BAD_CLIENT_HELLO,
                     f"mysql {e.reason}: {e}",
                     f"tlsgateway: bad login packet: {e}",
                     sequence=packet.sequence + 1,
@@ -819,7 +824,7 @@ class MySQLConnection:
             greetingLeg.abort()
         if not login.capabilities & CLIENT_PLUGIN_AUTH:
             self._refuse(
-                "upstream_unavailable",
+                Status.UPSTREAM_UNAVAILABLE,
                 "client cannot switch auth plugins (no CLIENT_PLUGIN_AUTH), so it"
                 f" cannot log in to upstream {target.name!r}",
                 "tlsgateway: this client cannot re-authenticate to the routed server",
@@ -929,14 +934,14 @@ class MySQLConnection:
         """
         The server broke TLS after the handshake (re-encryption).
         """
-        self._record.fail("tls_error", f"upstream {leg.server.address}: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"upstream {leg.server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def _legUnavailable(self, leg: ServerLeg, reason: str) -> None:
         if self._state is _State.OVER or self._relay is not None:
             return
         self._refuse(
-            "upstream_unavailable",
+            Status.UPSTREAM_UNAVAILABLE,
             f"{leg.server.address}: {reason}",
             f"tlsgateway: lost the MySQL server {leg.server.address}",
             sequence=self._nextSequence,
@@ -946,7 +951,9 @@ class MySQLConnection:
         if self._relay is not None:
             self._relay.clientReadClosed()
         elif self._state is not _State.OVER:
-            self._refuse("bad_client_hello", f"client closed while {self._state.value}")
+            self._refuse(
+                Status.BAD_CLIENT_HELLO, f"client closed while {self._state.value}"
+            )
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
@@ -955,7 +962,7 @@ class MySQLConnection:
             return
         if self._state is not _State.OVER:
             self._record.fail(
-                "bad_client_hello", f"connection lost while {self._state.value}"
+                Status.BAD_CLIENT_HELLO, f"connection lost while {self._state.value}"
             )
         self._state = _State.OVER
         self._abortLegs()
@@ -966,10 +973,10 @@ class MySQLConnection:
         The drain deadline passed: end now.
         """
         if self._relay is not None:
-            self._relay.abort("shutdown", "gateway stopped")
+            self._relay.abort(Status.SHUTDOWN, "gateway stopped")
             return
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._state = _State.OVER
         self._abortLegs()
         self._client.abortConnection()
@@ -1038,7 +1045,7 @@ class MySQLConnection:
     def _authTimedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "idle_timeout",
+            Status.IDLE_TIMEOUT,
             f"authentication idle for {self.wiring.timeouts.idle:g}s",
             "tlsgateway: authentication timed out",
             sequence=self._nextSequence,
@@ -1049,3 +1056,92 @@ class MySQLConnection:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
+
+
+@implementer(IProtocolStrategy)
+class MySQLStrategy:
+    """
+    C{protocol = mysql}: a MySQL client reads the server's greeting before
+    it sends a byte, so nothing is pre-read: the connection is handed to
+    its L{MySQLConnection} at accept (or once its PROXY header is read),
+    which greets the client with the greeting upstream's server, then
+    routes it by the ClientHello it sends inside the protocol.
+    """
+
+    name = "mysql"
+    readsHello = False
+    speaksTLSFirst = False
+
+    def preamble(self) -> None:
+        return None
+
+    def misdirected(self, buffered: bytes) -> str | None:
+        return None
+
+    def opening(self, encrypted: bool) -> None:
+        return None
+
+    def terminated(
+        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
+    ) -> Any:
+        raise NotImplementedError("a mysql connection is terminated by its stage")
+
+    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
+        raise NotImplementedError("a mysql listener has no preamble")
+
+    def openAtAccept(
+        self, listener: Any, protocol: Any, buffered: bytes
+    ) -> MySQLConnection:
+        policy = listener.policy
+        transport = protocol.transport
+        assert transport is not None
+        assert listener.tls is not None
+
+        def choose(hello: ClientHello | None) -> Any:
+            denied = deniedFingerprint(policy, protocol.record.ja4)
+            if denied is not None:
+                return Refusal(denied.status, denied.reason)
+            serverName = None if hello is None else hello.serverName
+            relay = policy.route(serverName, () if hello is None else hello.alpn)
+            if relay is None:
+                return Refusal(
+                    Status.NO_ROUTE,
+                    f"no route for server name {serverName!r}"
+                    if hello is not None
+                    else "no default route for a client without TLS",
+                )
+            return listener.upstreams[relay.upstream]
+
+        def proxyHeader(
+            serverName: str | None, connection: SSL.Connection | None
+        ) -> Callable[[], bytes] | None:
+            return listener.proxyHeaderFor(  # type: ignore[no-any-return]
+                protocol, serverName, connection
+            )
+
+        config = listener.config
+        stage = MySQLConnection(
+            Wiring(
+                reactor=listener.reactor,
+                clock=listener.clock,
+                timeouts=listener.timeouts,
+                prereadTimeout=config.preread_timeout,
+                maxHello=config.preread_buffer_size,
+                clientKey=listener.clientKeyOf(protocol),
+                allowPlaintext=config.allow_plaintext,
+                greeting=listener.upstreams[policy.greeting()],
+                choose=choose,
+                contextFor=listener.tls.contextFor,
+                describe=listener.tls.describe,
+                handshakeTimed=listener.accessLog.handshake,
+                proxyHeader=proxyHeader,
+                ended=lambda: listener.ended(protocol),
+            ),
+            relayTransport(transport),
+            protocol.record,
+        )
+        stage.start(buffered)
+        return stage
+
+
+MYSQL = MySQLStrategy()

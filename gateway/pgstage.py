@@ -31,21 +31,24 @@ the listener's C{upstream} or its C{default} route.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import _NeedMore
 from gateway.config import ServerConfig
+from gateway.decision import Plaintext, Reject, Relay, decide
 from gateway.postgres import (
     GSS_REFUSED,
     INVALID_AUTHORIZATION,
     NEED_MORE,
     SSL_ACCEPTED,
+    SSL_REQUEST,
     BackendKeyDataScanner,
     CancelKey,
     CancelRequest,
@@ -55,25 +58,42 @@ from gateway.postgres import (
     OutOfOrder,
     PostgresError,
     PreambleReader,
+    SSLAnswerReader,
+    SSLRefused,
     SSLRequest,
     StartupMessage,
     cancelRequest,
     errorResponse,
 )
 from gateway.session import Session, UpstreamRuntime
+from gateway.strategy import (
+    IPreamble,
+    IProtocolStrategy,
+    IUpstreamOpening,
+    PreambleError,
+)
 from gateway.timers import cancel
+from gateway.tlsstrategy import misdirectedPostgres
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import FirstServer
+from gateway.vocabulary import Status
+
+if TYPE_CHECKING:
+    from gateway.clienthello import ClientHello
 
 __all__ = [
     "CANCEL_REASON",
     "NO_ROUTE_MESSAGE",
+    "POSTGRES",
     "CancelOwner",
     "CancelRegistry",
     "ClientPreamble",
     "KeyWatcher",
     "OneServer",
     "PlaintextStart",
+    "PostgresOpening",
+    "PostgresPreamble",
+    "PostgresStrategy",
     "StartupReader",
     "noteStartup",
     "plaintextRefused",
@@ -392,7 +412,7 @@ class StartupReader:
         except PostgresError as e:
             if not isinstance(e, NotPostgres | OutOfOrder):
                 self._client.write(errorResponse(f"invalid startup packet: {e}"))
-            self._refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+            self._refuse(Status.BAD_CLIENT_HELLO, f"postgres {e.reason}: {e}")
             return
         if event is NEED_MORE:
             return
@@ -406,7 +426,8 @@ class StartupReader:
             self._session.clientReadClosed()
         elif not self._refused:
             self._refuse(
-                "bad_client_hello", "client closed before its PostgreSQL startup packet"
+                Status.BAD_CLIENT_HELLO,
+                "client closed before its PostgreSQL startup packet",
             )
 
     def clientLost(self, reason: Failure) -> None:
@@ -415,7 +436,7 @@ class StartupReader:
             self._session.clientLost(reason)
             return
         self._record.fail(
-            "bad_client_hello", "connection lost before the startup packet"
+            Status.BAD_CLIENT_HELLO, "connection lost before the startup packet"
         )
         if self._ended is not None:
             ended, self._ended = self._ended, None
@@ -427,7 +448,7 @@ class StartupReader:
             self._session.shutdown()
             return
         self._stopTimer()
-        self._record.fail("shutdown", "gateway stopped")
+        self._record.fail(Status.SHUTDOWN, "gateway stopped")
         self._client.abortConnection()
 
     def _refuse(self, status: str, reason: str) -> None:
@@ -439,10 +460,179 @@ class StartupReader:
     def _timedOut(self) -> None:
         self._timer = None
         self._refuse(
-            "preread_timeout",
+            Status.PREREAD_TIMEOUT,
             f"no PostgreSQL startup packet {self._timeout:g}s after the TLS handshake",
         )
 
     def _stopTimer(self) -> None:
         cancel(self._timer)
         self._timer = None
+
+
+@implementer(IPreamble)
+class PostgresPreamble(ClientPreamble):
+    """
+    L{ClientPreamble} as the generic pre-read drives it
+    (L{gateway.strategy.IPreamble}).
+    """
+
+    def feed(  # type: ignore[override]
+        self, data: bytes, answer: Callable[[bytes], None]
+    ) -> bytes | PlaintextStart | None:
+        try:
+            start = super().feed(data, answer)
+        except PostgresError as e:
+            raise PreambleError(f"postgres {e.reason}: {e}", self.refusal(e)) from e
+        return None if start is NEED_MORE else start
+
+    def describeTimeout(self, timeout: float) -> str:
+        return f"no complete PostgreSQL startup packet after {timeout:g}s"
+
+
+@implementer(IUpstreamOpening)
+class PostgresOpening:
+    """
+    An upstream connection that carries TLS starts as a PostgreSQL
+    client's does: an C{SSLRequest}, then TLS only once the server
+    answered C{S}.  An C{S} followed by anything in the same read is
+    refused: the server cannot have seen a ClientHello yet, so those bytes
+    are not its handshake but something that answered in its place, a man
+    in the middle injecting data that would reach the client (passthrough)
+    or the gateway's TLS (re-encryption) as if the server had sent it: the
+    CVE-2021-23222 class, which libpq fixed the same way.
+    """
+
+    request = SSL_REQUEST
+
+    def __init__(self) -> None:
+        self._reader = SSLAnswerReader()
+
+    def feed(self, data: bytes) -> bool | str | None:
+        try:
+            answer = self._reader.feed(data)
+        except PostgresError as e:
+            return f"SSLRequest answer: {e}"
+        if answer is NEED_MORE:
+            return None
+        if isinstance(answer, SSLRefused):
+            return (
+                "server refused the SSLRequest (N): is ssl off on it?"
+                if answer.error is None
+                else f"server answered the SSLRequest with an error: {answer.error}"
+            )
+        if answer.rest:
+            return (
+                f"server sent {len(answer.rest)} bytes after its S, before the"
+                " TLS handshake: refused, as injected data (CVE-2021-23222)"
+            )
+        return True
+
+    def describeTimeout(self, timeout: float) -> str:
+        return f"no answer to the SSLRequest within {timeout:g}s"
+
+
+@implementer(IProtocolStrategy)
+class PostgresStrategy:
+    """
+    C{protocol = postgres}: the preamble before the ClientHello, a client
+    that starts without TLS, the startup message read inside a terminated
+    connection, and the C{SSLRequest} that opens every upstream
+    connection that carries TLS.
+    """
+
+    name = "postgres"
+    readsHello = True
+    speaksTLSFirst = False
+
+    def preamble(self) -> PostgresPreamble:
+        return PostgresPreamble()
+
+    def misdirected(self, buffered: bytes) -> str | None:
+        return misdirectedPostgres(buffered)
+
+    def opening(self, encrypted: bool) -> type[PostgresOpening] | None:
+        return PostgresOpening if encrypted else None
+
+    def terminated(
+        self,
+        listener: Any,
+        protocol: Any,
+        tls: TLSTransport,
+        upstream: UpstreamRuntime,
+        hello: ClientHello,
+    ) -> StartupReader:
+        record = protocol.record
+
+        def start(event: PlaintextStart) -> Session:
+            return startTerminated(
+                event,
+                record,
+                listener.cancelKeys,
+                upstream,
+                lambda target, onEnd: listener.session(
+                    protocol,
+                    tls,
+                    target,
+                    hello.serverName,
+                    tls.connection,
+                    opening=self.opening(target.tls is not None),
+                    onEnd=onEnd,
+                ),
+            )
+
+        return StartupReader(
+            listener.clock,
+            listener.config.preread_timeout,
+            record,
+            tls,
+            start,
+            lambda: listener.ended(protocol),
+        )
+
+    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
+        """
+        A client that starts without TLS: a startup message (refused unless
+        C{allow_plaintext}) or a C{CancelRequest}.
+
+        Neither carries a server name, so both go to C{upstream} or the
+        C{default} route, except a cancel whose key a terminated session of
+        this listener learnt: that goes to the server that issued it.  The
+        upstream is the one the route's action would use, so a plaintext
+        client on a terminating route to a C{tls = on} upstream is
+        encrypted towards it like a terminated one.  The client side is
+        plain TCP, so the access log says C{tcp}.
+        """
+        record = protocol.record
+        startup = isinstance(start, StartupMessage)
+        owner = None
+        if isinstance(start, StartupMessage):
+            noteStartup(record, start)
+            pending = start.raw + start.rest
+        else:
+            assert isinstance(start, CancelRequest)
+            record.reason = CANCEL_REASON
+            pending = cancelRequest(start.key) + start.rest
+            owner = listener.cancelKeys.get(start.key)
+        if owner is not None:
+            upstream = owner.runtime()
+        else:
+            verdict = decide(
+                listener.policy,
+                Plaintext(startup, record.reason or "plaintext startup message"),
+                "",
+            )
+            if isinstance(verdict, Reject):
+                if verdict.status is Status.PLAINTEXT_REFUSED:
+                    protocol.answer(plaintextRefused())
+                elif startup:
+                    protocol.answer(errorResponse(NO_ROUTE_MESSAGE))
+                return verdict
+            assert isinstance(verdict, Relay)
+            upstream = listener.upstreamFor(verdict)
+        return listener.relayTCP(protocol, upstream, pending, self)
+
+    def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
+        raise NotImplementedError("a postgres listener reads a ClientHello")
+
+
+POSTGRES = PostgresStrategy()

@@ -14,16 +14,17 @@ listener is told the header (whose address is the client's from then on)
 before any of them is parsed.  One C{preread_timeout} covers both: it
 bounds everything a client must send before it is served.
 
-On a C{protocol = postgres} listener, the PostgreSQL preamble comes between
-the two (L{gateway.pgstage.ClientPreamble}): the C{SSLRequest} is answered
-and the TLS bytes after it go on to the ClientHello reader; a client that
-starts without TLS (a startup message, a C{CancelRequest}) is handed to
-the listener's C{handoffPostgres} instead.  On a C{mode = tcp} listener
-nothing is read at all: the connection is handed off (C{handoffTCP}) as
-soon as it is accepted, or once its PROXY header is read.
+What comes before the ClientHello, and whether one is read at all, is the
+listener's protocol strategy's business (L{gateway.strategy}): a preamble
+(L{gateway.strategy.IPreamble}) comes between the two readers, answered
+as it asks, and the TLS bytes after it go on to the ClientHello reader; a
+client that it says starts without TLS is handed to the listener's
+C{handoffPlaintext} instead.  A strategy that reads no ClientHello has the
+connection handed off (C{handoffAtAccept}) as soon as it is accepted, or
+once its PROXY header is read.
 
-A refusal on a connection that speaks TLS (a C{tls} listener, or a
-C{postgres} one once TLS started) sends the fatal alert a TLS server would
+A refusal on a connection that speaks TLS (from its first byte, or once
+its preamble is over) sends the fatal alert a TLS server would
 (L{gateway.alerts}), then closes the way a server that wants its alert
 read must: it half-closes (FIN after the alert) and reads, discarding, until
 the client closes too or L{REFUSAL_LINGER} passes.  Closing at once with a
@@ -34,8 +35,6 @@ at accept, before the client has even sent its hello, is the usual case.
 
 from __future__ import annotations
 
-import enum
-from typing import Final, Literal
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import (
@@ -44,11 +43,12 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.alerts import STATUS_ALERTS, AlertDescription, alertRecord, recordVersion
+from gateway.alerts import STATUS_ALERTS, alertRecord, recordVersion
 from gateway.clienthello import (
     NEED_MORE,
     ClientHello,
@@ -56,31 +56,24 @@ from gateway.clienthello import (
     ClientHelloReader,
     NotTLS,
 )
+from gateway.decision import BY_STATUS, Alert, Reject
 from gateway.ja4 import ja4
-from gateway.pgstage import ClientPreamble, PlaintextStart
-from gateway.postgres import NEED_MORE as PREAMBLE_NEED_MORE
-from gateway.postgres import PostgresError, looksLikePostgres
+from gateway.lifecycle import STEPS, VERDICT, Event, State
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
+from gateway.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.timers import cancel
+from gateway.tlsstrategy import TLS
 from gateway.transports import relayTransport
+from gateway.vocabulary import Status
+
+_log = Logger()
 
 REFUSAL_LINGER = 2.0
 """
 Seconds a refused connection that was sent an alert is kept reading
 (discarding) after its FIN, waiting for the client to close.  A TLS client
 closes as soon as it reads the alert; the bound is for one that does not.
-"""
-
-
-class _ByStatus(enum.Enum):
-    BY_STATUS = "by-status"
-
-
-BY_STATUS: Final = _ByStatus.BY_STATUS
-"""
-L{PrereadProtocol.refuse}'s default alert: the one L{STATUS_ALERTS} gives
-the status.
 """
 
 
@@ -102,64 +95,71 @@ class Stage(TypingProtocol):
 class Handoff(TypingProtocol):
     """
     The listener side of the pre-read: decide what happens to a connection.
+    Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
+    L{Stage} the connection is handed to; none calls back into the
+    protocol.
     """
 
-    def accepted(self, protocol: PrereadProtocol) -> None:
+    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
         """
-        A connection was just accepted; the listener may refuse it at once
-        (C{protocol.refuse}: address filtering, limits).
+        A connection was just accepted: refuse it at once (address
+        filtering, limits), or not.
         """
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
         """
-        The connection's PROXY header was read (C{protocol.proxyHeader});
-        the listener may refuse the client it names.
+        The connection's PROXY header was read (C{protocol.proxyHeader}):
+        refuse the client it names, or not.
         """
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | None: ...
+    ) -> Stage | Reject: ...
 
-    def handoffPostgres(
-        self, protocol: PrereadProtocol, start: PlaintextStart
-    ) -> Stage | None:
+    def handoffPlaintext(
+        self, protocol: PrereadProtocol, start: object
+    ) -> Stage | Reject:
         """
-        A C{protocol = postgres} client started without TLS: a startup
-        message or a C{CancelRequest}.
-        """
-
-    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> Stage | None:
-        """
-        A C{mode = tcp} connection is ready to be relayed: at accept, or
-        once its PROXY header was read (C{buffered}: what followed it).
+        The preamble said the client starts without TLS (C{start}: what
+        L{gateway.strategy.IPreamble.feed} returned).
         """
 
-    def ended(self, protocol: PrereadProtocol) -> None: ...
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> Stage | Reject:
+        """
+        A connection that reads no ClientHello is ready to be served: at
+        accept, or once its PROXY header was read (C{buffered}: what
+        followed it).
+        """
+
+    def ended(self, protocol: PrereadProtocol) -> None:
+        """
+        The connection is over: log it (and call L{PrereadProtocol.logged}).
+        """
 
 
 @implementer(IHalfCloseableProtocol)
 class PrereadProtocol(Protocol):
     """
+    The one owner of a client connection: its state
+    (L{gateway.lifecycle.State}) moves through that module's table
+    only.
+
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
     @ivar proxyHeader: the PROXY header the connection started with, once
         read (C{accept_proxy_protocol}).
-    @ivar _proxyReader: reads that header; L{None} when the listener does
-        not expect one, or once it was read.
-    @ivar _preamble: reads the PostgreSQL preamble (C{protocol =
-        postgres}); L{None} for TLS listeners, or once TLS started.
-    @ivar _readHello: a ClientHello is expected at all (not C{mode = tcp}).
-    @ivar _next: the stage the connection was handed to, or L{None} while
-        still pre-reading (or after a refusal).
-    @ivar _handedOff: the pre-read is over, whether or not a stage took it;
-        bytes that still arrive are not parsed again.
+    @ivar state: where the connection is (L{gateway.lifecycle}).
+    @ivar _proxyReader: reads that header (C{accept_proxy_protocol}).
+    @ivar _preamble: reads the strategy's preamble; L{None} for a protocol
+        without one.
+    @ivar _next: the stage the connection was handed to (state C{decided}).
     @ivar _speaksTLS: the client's next bytes are TLS, so a refusal gets a
-        TLS alert: from the start on a C{tls} listener, once the preamble
-        is over on a C{postgres} one, never on C{mode = tcp}.
+        TLS alert: from the start when the strategy says so (C{tls}),
+        once the preamble is over, never when no ClientHello is read.
     @ivar _hello: the parsed ClientHello, once read: its version is the
         record version of an alert.
-    @ivar _lingering: a refusal's alert is sent and the write side closed;
-        waiting for the client to close (see the module docstring).
     @ivar _readClosed: the client's FIN has arrived.
     """
 
@@ -172,56 +172,115 @@ class PrereadProtocol(Protocol):
         maxSize: int,
         acceptProxy: bool = False,
         *,
-        postgres: bool = False,
-        readHello: bool = True,
+        strategy: IProtocolStrategy = TLS,
     ) -> None:
         self.record = record
         self.proxyHeader: ProxyHeader | None = None
+        self.state = State.ACCEPTED
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
-        self._preamble = ClientPreamble() if postgres and readHello else None
-        self._readHello = readHello
+        readHello = strategy.readsHello
+        self._strategy = strategy
+        self._preamble: IPreamble | None = strategy.preamble() if readHello else None
         self._listener = listener
         self._clock = clock
         self._timeout = timeout
         self._reader = ClientHelloReader(maxSize)
         self._timer: IDelayedCall | None = None
         self._next: Stage | None = None
-        self._handedOff = False
-        self._speaksTLS = readHello and not postgres
+        self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
-        self._lingering = False
         self._readClosed = False
+
+    def _fire(self, event: Event) -> bool:
+        """
+        Take the table's transition for C{event}, if it allows one.
+
+        @return: whether it did; an event the table does not allow in the
+            current state is logged as the bug it is.
+        """
+        transition = STEPS[self.state].get(event)
+        if transition is None:
+            _log.error(
+                "listener {listener}: connection {client}: event {event!r} is not"
+                " allowed in state {state!r}",
+                listener=self.record.listener,
+                client=self.record.client,
+                event=event.value,
+                state=self.state.value,
+            )
+            return False
+        self.state = transition.target
+        return True
+
+    def _end(self, event: Event, reason: str) -> bool:
+        """
+        Take a transition that ends the connection before any stage, and
+        record the status the table gives it.
+        """
+        transition = STEPS[self.state].get(event)
+        if not self._fire(event):
+            return False
+        assert transition is not None
+        assert transition.status is not VERDICT
+        if transition.status is not None:
+            self.record.fail(transition.status, reason)
+        return True
+
+    def _nextReading(self) -> Event:
+        """
+        What the connection reads next, once its client is known.
+        """
+        if self._preamble is not None:
+            return Event.EXPECT_PREAMBLE
+        if self._strategy.readsHello:
+            return Event.EXPECT_HELLO
+        return Event.SERVE
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
-        self._listener.accepted(self)
-        if not self._readHello and not self._handedOff and self._proxyReader is None:
-            self._handOffTCP(b"")
+        refusal = self._listener.accepted(self)
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.reason, refusal.alert)
+            return
+        if self._proxyReader is not None:
+            self._fire(Event.EXPECT_HEADER)
+            return
+        event = self._nextReading()
+        if event is Event.SERVE:
+            self._serve(b"")
+        else:
+            self._fire(event)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._next is not None:
+        state = self.state
+        if state is State.DECIDED:
+            assert self._next is not None
             self._next.dataReceived(data)
             return
-        if self._handedOff:
-            return
+        if state is State.CLOSING or state is State.LOGGED:
+            return  # refused: what it still sends is discarded
         self.record.bytesIn += len(data)
-        if self._proxyReader is not None:
+        if state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             try:
                 header = self._proxyReader.feed(data)
             except ProxyHeaderError as e:
-                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
+                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
                 return
             if header is HEADER_NEED_MORE:
                 return
-            self._proxyReader = None
             self.proxyHeader, data = header
-            self._listener.proxied(self, self.proxyHeader)
-            if self._handedOff:  # refused for the address in the header
+            refusal = self._listener.proxied(self, self.proxyHeader)
+            if refusal is not None:
+                self._refuse(refusal.status, refusal.reason, refusal.alert)
                 return
-            if not self._readHello:
-                self._handOffTCP(data)
+            event = self._nextReading()
+            if event is Event.SERVE:
+                self._serve(data)
                 return
-        if self._preamble is not None:
+            self._fire(event)
+            state = self.state
+        if state is State.PREAMBLE:
             data = self._readPreamble(data)
             if not data:
                 return
@@ -229,51 +288,62 @@ class PrereadProtocol(Protocol):
             hello = self._reader.feed(data)
         except ClientHelloError as e:
             reason = f"{e.reason}: {e}"
-            if isinstance(e, NotTLS) and looksLikePostgres(self._reader.buffered):
-                reason = f"{reason}: looks like PostgreSQL: set protocol = postgres"
+            hint = (
+                self._strategy.misdirected(self._reader.buffered)
+                if isinstance(e, NotTLS)
+                else None
+            )
+            if hint is not None:
+                reason = f"{reason}: {hint}"
             # A peer that does not speak TLS (plaintext HTTP, SSLv2) gets no
             # TLS alert, as OpenSSL sends none to an HTTP request.
-            self.refuse(
-                "bad_client_hello",
+            self._refuse(
+                None,
                 reason,
-                alert=None if isinstance(e, NotTLS) else BY_STATUS,
+                None if isinstance(e, NotTLS) else BY_STATUS,
+                Event.BAD_INPUT,
             )
             return
         if hello is NEED_MORE:
             return
         self._stopTimer()
-        self._handedOff = True
         self._hello = hello
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
         self.record.ja4 = ja4(hello)
-        self._next = self._listener.handoff(self, hello, self._reader.buffered)
+        self._handTo(self._listener.handoff(self, hello, self._reader.buffered))
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
-        if self._next is not None:
+        state = self.state
+        if state is State.DECIDED:
+            assert self._next is not None
             self._next.readConnectionLost()
-        elif self._lingering:
+        elif state is State.CLOSING:
+            self._fire(Event.CLIENT_CLOSED)
             assert self.transport is not None
             self.transport.loseConnection()
-        elif self._handedOff:
-            pass
-        elif self._proxyReader is not None:
+        elif state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             try:
                 self._proxyReader.end()
             except ProxyHeaderError as e:
-                self.refuse("bad_proxy_header", f"{e.reason}: {e}")
-        elif self._preamble is not None:
-            self.refuse("bad_client_hello", self._preamble.describeEnd())
+                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
+        elif state is State.PREAMBLE:
+            assert self._preamble is not None
+            self._refuse(
+                None, self._preamble.describeEnd(), BY_STATUS, Event.CLIENT_CLOSED
+            )
         else:
             # A TLS server sends no alert to a client that stopped short.
             got = len(self._reader.buffered)
-            self.refuse(
-                "bad_client_hello",
+            self._refuse(
+                None,
                 f"client closed after {got} bytes, before a complete ClientHello"
                 if got
                 else "client closed before sending anything",
-                alert=None,
+                None,
+                Event.CLIENT_CLOSED,
             )
 
     def writeConnectionLost(self) -> None:
@@ -281,23 +351,26 @@ class PrereadProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()
-        if self._next is not None:
+        if self.state is State.DECIDED:
+            assert self._next is not None
             self._next.connectionLost(reason)
             return
-        if not self._handedOff:
-            self.record.fail(
-                "bad_client_hello" if self._proxyReader is None else "bad_proxy_header",
-                "connection lost during pre-read",
-            )
+        self._end(Event.LOST, "connection lost during pre-read")
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
+
+    def logged(self) -> None:
+        """
+        The listener wrote the connection's access-log line: the end.
+        """
+        self._fire(Event.LOG)
 
     def refuse(
         self,
         status: str,
         reason: str,
         *,
-        alert: AlertDescription | Literal[_ByStatus.BY_STATUS] | None = BY_STATUS,
+        alert: Alert = BY_STATUS,
     ) -> None:
         """
         End the connection before it reaches any upstream.
@@ -305,9 +378,30 @@ class PrereadProtocol(Protocol):
         @param alert: the TLS alert to send first if the client speaks TLS
             (by default the one for C{status}), or L{None} for none.
         """
-        self._stopTimer()
-        self._handedOff = True
+        self._refuse(Status(status), reason, alert)
+
+    def _refuse(
+        self,
+        status: Status | None,
+        reason: str,
+        alert: Alert,
+        event: Event = Event.REFUSE,
+    ) -> None:
+        """
+        Take the refusing transition C{event}: with L{Event.REFUSE}, the
+        verdict's C{status}; otherwise the one the table gives.  Then send
+        the alert, if any, and close as a TLS server that wants its alert
+        read does (see the module docstring).
+        """
+        transition = STEPS[self.state].get(event)
+        if not self._fire(event):
+            return
+        assert transition is not None
+        if transition.status is not VERDICT:
+            status = transition.status
+        assert status is not None
         self.record.fail(status, reason)
+        self._stopTimer()
         assert self.transport is not None
         description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert
         if description is None or not self._speaksTLS:
@@ -322,12 +416,12 @@ class PrereadProtocol(Protocol):
         if self._readClosed or loseWriteConnection is None:
             self.transport.loseConnection()
             return
-        self._lingering = True
         self._timer = self._clock.callLater(REFUSAL_LINGER, self._lingerOver)
         loseWriteConnection()
 
     def _lingerOver(self) -> None:
         self._timer = None
+        self._fire(Event.TIME_OUT)
         assert self.transport is not None
         self.transport.loseConnection()
 
@@ -335,87 +429,92 @@ class PrereadProtocol(Protocol):
         """
         The gateway is stopping and the drain deadline has passed.
         """
-        if self._next is not None:
+        if self.state is State.DECIDED:
+            assert self._next is not None
             self._next.shutdown()
             return
         self._stopTimer()
-        self._handedOff = True
-        self.record.fail("shutdown", "gateway stopped")
+        self._end(Event.SHUT_DOWN, "gateway stopped")
         assert self.transport is not None
         relayTransport(self.transport).abortConnection()
 
     def _timedOut(self) -> None:
         self._timer = None
-        if self._proxyReader is not None:
+        state = self.state
+        if state is State.PROXY_HEADER:
+            assert self._proxyReader is not None
             got = len(self._proxyReader.buffered)
-            self.refuse(
-                "bad_proxy_header",
+            reason = (
                 f"timeout: no complete PROXY header after {self._timeout:g}s"
-                f" ({got} bytes)",
+                f" ({got} bytes)"
             )
-            return
-        if self._preamble is not None:
-            self.refuse(
-                "preread_timeout",
-                f"no complete PostgreSQL startup packet after {self._timeout:g}s",
+        elif state is State.PREAMBLE:
+            assert self._preamble is not None
+            reason = self._preamble.describeTimeout(self._timeout)
+        else:
+            got = len(self._reader.buffered)
+            hint = (
+                ": the client sent nothing; if the server speaks first (MySQL,"
+                " SMTP), use mode = tcp"
+                if got == 0
+                else ""
             )
-            return
-        got = len(self._reader.buffered)
-        hint = (
-            ": the client sent nothing; if the server speaks first (MySQL,"
-            " SMTP), use mode = tcp"
-            if got == 0
-            else ""
-        )
-        self.refuse(
-            "preread_timeout",
-            f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}",
-        )
+            reason = (
+                f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}"
+            )
+        self._refuse(None, reason, BY_STATUS, Event.TIME_OUT)
 
     def _readPreamble(self, data: bytes) -> bytes:
         """
-        Feed the PostgreSQL preamble reader, answer what it asks to, and
-        hand a client that starts without TLS to the listener.
+        Feed the preamble reader, answer what it asks to, and hand a client
+        that starts without TLS to the listener.
 
         @return: the TLS bytes that followed the preamble, for the
             ClientHello reader (empty while the preamble is incomplete, or
             after a hand-off or refusal).
         """
         assert self._preamble is not None
-        assert self.transport is not None
         try:
             start = self._preamble.feed(data, self.answer)
-        except PostgresError as e:
-            answer = self._preamble.refusal(e)
-            if answer:
-                self.answer(answer)
-            self.refuse("bad_client_hello", f"postgres {e.reason}: {e}")
+        except PreambleError as e:
+            if e.answer:
+                self.answer(e.answer)
+            self._refuse(None, e.reason, BY_STATUS, Event.BAD_INPUT)
             return b""
-        if start is PREAMBLE_NEED_MORE:
+        if start is None:
             return b""
-        self._preamble = None
         if isinstance(start, bytes):
+            self._fire(Event.EXPECT_HELLO)
             self._speaksTLS = True
             return start
         self._stopTimer()
-        self._handedOff = True
-        self._next = self._listener.handoffPostgres(self, start)
+        self._handTo(self._listener.handoffPlaintext(self, start))
         return b""
 
     def answer(self, data: bytes) -> None:
         """
-        Write a PostgreSQL answer (C{S}, C{N}, an C{ErrorResponse}) to the
-        client, counted as bytes out: the relay, which counts the rest,
-        has not started.
+        Write a preamble's answer (PostgreSQL's C{S}, C{N}, an
+        C{ErrorResponse}) to the client, counted as bytes out: the relay,
+        which counts the rest, has not started.
         """
         assert self.transport is not None
         self.record.bytesOut += len(data)
         self.transport.write(data)
 
-    def _handOffTCP(self, buffered: bytes) -> None:
+    def _serve(self, buffered: bytes) -> None:
         self._stopTimer()
-        self._handedOff = True
-        self._next = self._listener.handoffTCP(self, buffered)
+        self._handTo(self._listener.handoffAtAccept(self, buffered))
+
+    def _handTo(self, answer: Stage | Reject) -> None:
+        """
+        Carry out a hand-off's answer: refuse, or the stage has the
+        connection from now on.
+        """
+        if isinstance(answer, Reject):
+            self._refuse(answer.status, answer.reason, answer.alert)
+            return
+        self._next = answer
+        self._fire(Event.SERVE)
 
     def _stopTimer(self) -> None:
         cancel(self._timer)

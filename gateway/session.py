@@ -3,7 +3,8 @@ After the route is chosen: reach an upstream, then relay.
 
 A L{Session} connects to a server of the chosen upstream (retrying the next
 one when a connect fails, while no upstream has sent a byte), optionally
-asks a PostgreSQL server for TLS (C{sslRequest}) and does a verified TLS
+opens the connection as the client's protocol does (an
+L{gateway.strategy.IUpstreamOpening}) and does a verified TLS
 handshake with it, replays what the client already sent, and starts the
 relay.  The client side is given to it as a transport: the
 raw TCP transport in passthrough, the L{TLSTransport} of a terminated
@@ -33,19 +34,14 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
-from gateway.postgres import (
-    NEED_MORE,
-    SSL_REQUEST,
-    PostgresError,
-    SSLAnswerReader,
-    SSLRefused,
-)
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
+from gateway.strategy import IUpstreamOpening
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import IServerChooser, connectServer, localError
+from gateway.vocabulary import Status
 
 
 class IUpstreamTLS(typing.Protocol):
@@ -90,22 +86,15 @@ class UpstreamProtocol(Protocol):
     and the certificate verified: not one byte of the client's plaintext
     goes out before that.
 
-    With C{sslRequest} (a C{protocol = postgres} listener whose upstream
-    connection carries TLS: the client's, in passthrough, or the gateway's
-    own, when re-encrypting), the connection starts as a PostgreSQL client's
-    does: an C{SSLRequest} on the raw socket (after the PROXY header, which
-    must come first), then TLS only once the server answered C{S}.  Any
-    other answer makes the server unusable for this connection, like a
-    refused connect: the session tries the next one.  So does an C{S}
-    followed by anything in the same read: the server cannot have seen a
-    ClientHello yet, so those bytes are not its handshake but something
-    that answered in its place, a man in the middle injecting data that
-    would reach the client (passthrough) or the gateway's TLS
-    (re-encryption) as if the server had sent it: the CVE-2021-23222
-    class, which libpq fixed the same way.
+    With an opening (L{gateway.strategy.IUpstreamOpening}: a protocol
+    whose upstream connection starts with an exchange before TLS, as
+    the PostgreSQL strategy does), its request goes on the raw socket
+    first (after the PROXY header, which must come first), then TLS only
+    once the server's answer says so.  Any other answer makes the server
+    unusable for this connection, like a refused connect: the session
+    tries the next one.
 
-    @ivar _answer: reads the server's answer to the C{SSLRequest}, while it
-        is awaited.
+    @ivar _answer: the opening, while its answer is awaited.
     @ivar _answerTimer: bounds that wait by C{connect_timeout}: a server
         that accepts and says nothing is as unusable as one that does not
         accept.
@@ -122,22 +111,22 @@ class UpstreamProtocol(Protocol):
         self._tlsPolicy = tls
         self._tls: TLSTransport | None = None
         self._relay: IRelay | None = None
-        self._answer: SSLAnswerReader | None = None
+        self._answer: IUpstreamOpening | None = None
         self._answerTimer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        sslRequest = self._session.sslRequest
+        opening = self._session.opening
         self._session.sendProxyHeader(
             relayTransport(self.transport),
-            raw=self._tlsPolicy is not None or sslRequest,
+            raw=self._tlsPolicy is not None or opening is not None,
         )
-        if sslRequest:
-            self._answer = SSLAnswerReader()
+        if opening is not None:
+            self._answer = answer = opening()
             self._answerTimer = self._session.clock.callLater(
                 self._session.timeouts.connect, self._answerTimedOut
             )
-            self.transport.write(SSL_REQUEST)
+            self.transport.write(answer.request)
             return
         self._secure()
 
@@ -162,35 +151,20 @@ class UpstreamProtocol(Protocol):
 
     def _readAnswer(self, data: bytes) -> None:
         assert self._answer is not None
-        try:
-            answer = self._answer.feed(data)
-        except PostgresError as e:
-            self._unusable(f"SSLRequest answer: {e}")
-            return
-        if answer is NEED_MORE:
+        answer = self._answer.feed(data)
+        if answer is None:
             return
         self._answer = None
         self._stopAnswerTimer()
-        if isinstance(answer, SSLRefused):
-            self._unusable(
-                "server refused the SSLRequest (N): is ssl off on it?"
-                if answer.error is None
-                else f"server answered the SSLRequest with an error: {answer.error}"
-            )
-            return
-        if answer.rest:
-            self._unusable(
-                f"server sent {len(answer.rest)} bytes after its S, before the"
-                " TLS handshake: refused, as injected data (CVE-2021-23222)"
-            )
+        if isinstance(answer, str):
+            self._unusable(answer)
             return
         self._secure()
 
     def _answerTimedOut(self) -> None:
         self._answerTimer = None
-        self._unusable(
-            f"no answer to the SSLRequest within {self._session.timeouts.connect:g}s"
-        )
+        assert self._answer is not None
+        self._unusable(self._answer.describeTimeout(self._session.timeouts.connect))
 
     def _stopAnswerTimer(self) -> None:
         cancel(self._answerTimer)
@@ -260,7 +234,7 @@ class UpstreamProtocol(Protocol):
         if self._relay is not None:
             self._relay.upstreamLost(reason)
         else:
-            # Closed before it became ready (awaiting the SSLRequest answer,
+            # Closed before it became ready (awaiting the opening's answer,
             # during the TLS handshake, or after a failed one, which the
             # session then ignores).
             self._session.upstreamRefused(self, reason.getErrorMessage())
@@ -269,9 +243,9 @@ class UpstreamProtocol(Protocol):
 class Session:
     """
     @ivar relay: the relay, once the upstream is ready.
-    @ivar sslRequest: start each upstream connection with a PostgreSQL
-        C{SSLRequest} and wait for the server's C{S} (see
-        L{UpstreamProtocol}).
+    @ivar opening: makes each upstream connection's opening (see
+        L{UpstreamProtocol}), or L{None} for none: the client protocol's
+        (L{gateway.strategy.IProtocolStrategy.opening}).
     @ivar upstreamWatcher: called with each chunk of what the upstream sends
         the client, at the plaintext level, before it is relayed; L{None}
         when nothing watches (the usual case: the hot path pays one
@@ -314,12 +288,12 @@ class Session:
         countBytes: bool,
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
-        sslRequest: bool = False,
+        opening: Callable[[], IUpstreamOpening] | None = None,
         failureAlert: bytes | None = None,
     ) -> None:
         self.relay: IRelay | None = None
         self._failureAlert = failureAlert
-        self.sslRequest = sslRequest
+        self.opening = opening
         self.upstreamWatcher: Callable[[bytes], None] | None = None
         self._relaySetting = relay
         self._proxyHeader = proxyHeader
@@ -390,7 +364,7 @@ class Session:
             else None
         )
         if server is None:
-            self._record.fail("upstream_unavailable", self._lastError)
+            self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
             if self._failureAlert is not None:
                 # Nothing was relayed yet: the client still waits for the
                 # server's first flight, so it can be told in TLS.
@@ -427,7 +401,7 @@ class Session:
         if self._clientGone:
             self._finish()
             return
-        self._record.fail("upstream_unavailable", self._lastError)
+        self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
         self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
@@ -453,7 +427,7 @@ class Session:
         The upstream broke TLS after the handshake (re-encryption): its
         connection is closing, and the relay ends both sides.
         """
-        self._record.fail("tls_error", f"upstream {server.address}: {reason}")
+        self._record.fail(Status.TLS_ERROR, f"upstream {server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
@@ -516,9 +490,9 @@ class Session:
 
     def shutdown(self) -> None:
         if self.relay is not None:
-            self.relay.abort("shutdown", "gateway stopped")
+            self.relay.abort(Status.SHUTDOWN, "gateway stopped")
         else:
-            self._record.fail("shutdown", "gateway stopped")
+            self._record.fail(Status.SHUTDOWN, "gateway stopped")
             self._client.abortConnection()
 
     def _finish(self) -> None:

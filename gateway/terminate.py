@@ -22,12 +22,14 @@ from gateway.accesslog import ConnectionRecord
 from gateway.timers import cancel
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport
+from gateway.vocabulary import Status
 
 
 class TerminatedSession(Protocol):
     """
     What the stage drives once the handshake is done: a
-    L{gateway.session.Session}, or, on a C{protocol = postgres} listener,
+    L{gateway.session.Session}, or what the protocol strategy reads first
+    (L{gateway.strategy.IProtocolStrategy.terminated}), such as
     the L{gateway.pgstage.StartupReader} that reads the startup message
     before it starts one.
     """
@@ -109,7 +111,7 @@ class TerminationStage:
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail("handshake_failed", reason)
+        self._record.fail(Status.HANDSHAKE_FAILED, reason)
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:
@@ -122,13 +124,13 @@ class TerminationStage:
         # The TLS layer sent the alert and closes the socket; the session
         # sees the client go as it sees any close, and the first cause
         # recorded is this one.
-        self._record.fail("tls_error", reason)
+        self._record.fail(Status.TLS_ERROR, reason)
         self._record.extra.setdefault("closed_by", "client_tls_error")
 
     def _timedOut(self) -> None:
         self._timer = None
         self._record.fail(
-            "handshake_failed",
+            Status.HANDSHAKE_FAILED,
             f"handshake timeout: not done after {self._handshakeTimeout:g}s",
         )
         self._transport.abortConnection()

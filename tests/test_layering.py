@@ -22,6 +22,8 @@ PURE = [
     "gateway.balancers",
     "gateway.clienthello",
     "gateway.config",
+    "gateway.lifecycle",
+    "gateway.decision",
     "gateway.ja4",
     "gateway.portable",
     "gateway.postgres",
@@ -29,7 +31,10 @@ PURE = [
     "gateway.ratelimit",
     "gateway.routing",
     "gateway.transports",
+    "gateway.strategy",
+    "gateway.tlsstrategy",
     "gateway.units",
+    "gateway.vocabulary",
 ]
 
 

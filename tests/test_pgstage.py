@@ -30,6 +30,7 @@ from gateway.config import ListenerConfig, RouteConfig, ServerConfig
 from gateway.listener import ListenerFactory
 from gateway.pgstage import (
     CANCEL_REASON,
+    POSTGRES,
     CancelOwner,
     CancelRegistry,
     ClientPreamble,
@@ -55,6 +56,7 @@ from gateway.preread import PrereadProtocol
 from gateway.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
 from gateway.session import UpstreamRuntime
 from gateway.testing import makeClientHello
+from gateway.tlsstrategy import TCP
 from tests.transports import HalfCloseableTransport
 
 HELLO = makeClientHello("db1.example.test", [b"postgresql"])
@@ -244,13 +246,15 @@ class RecordingListener:
         self.hellos.append(buffered)
         return self.stage
 
-    def handoffPostgres(
+    def handoffPlaintext(
         self, protocol: PrereadProtocol, start: PlaintextStart
     ) -> RecordingStage:
         self.plaintext.append(start)
         return self.stage
 
-    def handoffTCP(self, protocol: PrereadProtocol, buffered: bytes) -> RecordingStage:
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> RecordingStage:
         self.tcp.append(buffered)
         return self.stage
 
@@ -280,7 +284,7 @@ class PrereadPostgresTests(SynchronousTestCase):
             self.protocol.dataReceived(piece)
 
     def test_sslRequestIsAnsweredAndTheHelloAloneIsHandedOff(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(SSL_REQUEST)
         self.assertEqual(self.transport.value(), b"S")
         self.assertEqual(self.listener.hellos, [])
@@ -295,7 +299,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.listener.stage.received, [b"more"])
 
     def test_gssencRequestThenSSLRequest(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(GSSENC_REQUEST)
         self.assertEqual(self.transport.value(), b"N")
         self.feed(SSL_REQUEST + HELLO, 7)
@@ -303,13 +307,13 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.listener.hellos, [HELLO])
 
     def test_directTLS(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(HELLO, 3)
         self.assertEqual(self.listener.hellos, [HELLO])
         self.assertEqual(self.transport.value(), b"")
 
     def test_plaintextStartGoesToTheListener(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(STARTUP)
         [start] = self.listener.plaintext
         assert isinstance(start, StartupMessage)
@@ -319,7 +323,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.listener.stage.received, list(chunks(b"Q...")))
 
     def test_proxyHeaderThenSSLRequest(self) -> None:
-        self.connect(postgres=True, acceptProxy=True)
+        self.connect(strategy=POSTGRES, acceptProxy=True)
         header = encode(
             ProxyHeader(
                 1,
@@ -333,7 +337,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.listener.hellos, [HELLO])
 
     def test_notPostgresIsRefusedWithoutAnAnswer(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(b"GET / HTTP/1.1\r\n\r\n", 100)
         self.assertFalse(self.transport.connected)
         self.assertEqual(self.transport.value(), b"")
@@ -342,7 +346,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertIn("postgres not_postgres", self.record.reason)
 
     def test_oldProtocolGetsAnErrorResponse(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(b"\x00\x00\x00\x08\x00\x02\x00\x00")
         self.assertFalse(self.transport.connected)
         error = decodeErrorResponse(self.transport.value())
@@ -351,7 +355,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.record.status, "bad_client_hello")
 
     def test_silentClientTimesOutInThePreamble(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(STARTUP[:5])
         self.clock.advance(10)
         self.assertFalse(self.transport.connected)
@@ -359,14 +363,14 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertIn("startup packet", self.record.reason or "")
 
     def test_closeDuringThePreamble(self) -> None:
-        self.connect(postgres=True)
+        self.connect(strategy=POSTGRES)
         self.feed(STARTUP[:5])
         self.protocol.readConnectionLost()
         self.assertEqual(self.record.status, "bad_client_hello")
         self.assertIn("after 5 bytes", self.record.reason or "")
 
     def test_tcpIsHandedOffAtAccept(self) -> None:
-        self.connect(readHello=False)
+        self.connect(strategy=TCP)
         self.assertEqual(self.listener.tcp, [b""])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.feed(b"hi")
@@ -374,7 +378,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.record.bytesIn, 0)  # the relay counts
 
     def test_tcpWithAProxyHeaderWaitsForIt(self) -> None:
-        self.connect(readHello=False, acceptProxy=True)
+        self.connect(strategy=TCP, acceptProxy=True)
         self.assertEqual(self.listener.tcp, [])
         header = encode(ProxyHeader(2, Command.LOCAL))
         self.protocol.dataReceived(header + b"early")
@@ -395,7 +399,7 @@ def test_anySegmentationAnswersTheSameAndHandsOffTheHello(cuts: list[int]) -> No
         MemoryReactorClock(),
         10,
         16384,
-        postgres=True,
+        strategy=POSTGRES,
     )
     transport = HalfCloseableTransport(hostAddress=HOST, peerAddress=PEER)
     protocol.makeConnection(transport)

@@ -8,6 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.accesslog import ConnectionRecord
 from gateway.alerts import AlertDescription, alertRecord
 from gateway.clienthello import ClientHello
+from gateway.decision import Reject
+from gateway.pgstage import POSTGRES
 from gateway.preread import REFUSAL_LINGER, PrereadProtocol
 from gateway.proxyprotocol import (
     Command,
@@ -17,6 +19,8 @@ from gateway.proxyprotocol import (
     encode,
 )
 from gateway.testing import makeClientHello
+from gateway.tlsstrategy import TCP
+from gateway.vocabulary import Status
 from tests.transports import HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com", [b"h2"])
@@ -51,15 +55,17 @@ class RecordingListener:
         self.refuseProxied: str | None = None
         self.stage = RecordingStage()
 
-    def accepted(self, protocol: PrereadProtocol) -> None:
+    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
         self.accepts.append(protocol)
         if self.refuseAtAccept is not None:
-            protocol.refuse(self.refuseAtAccept, "refused at accept")
+            return Reject(Status(self.refuseAtAccept), "refused at accept")
+        return None
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> None:
+    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
         self.headers.append(header)
         if self.refuseProxied is not None:
-            protocol.refuse(self.refuseProxied, "refused for its address")
+            return Reject(Status(self.refuseProxied), "refused for its address")
+        return None
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
@@ -362,11 +368,11 @@ class RefusalAlertTests(SynchronousTestCase):
         )
 
     def test_postgresRefusalBeforeTLSGetsNoTLSAlert(self) -> None:
-        _, transport = self.connect("denied", postgres=True)
+        _, transport = self.connect("denied", strategy=POSTGRES)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)
 
     def test_tcpModeGetsNoTLSAlert(self) -> None:
-        _, transport = self.connect("limited", readHello=False)
+        _, transport = self.connect("limited", strategy=TCP)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)

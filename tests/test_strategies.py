@@ -1,0 +1,54 @@
+"""
+The protocol strategies: one table, every provider complete.
+"""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from gateway.config import ListenerConfig
+from gateway.protocols import STRATEGIES, strategyFor
+from gateway.strategy import IPreamble, IProtocolStrategy, IUpstreamOpening
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_everyStrategyProvidesTheInterface(name: str) -> None:
+    strategy = STRATEGIES[name]
+    assert verifyObject(IProtocolStrategy, strategy)
+    assert strategy.name == name
+    preamble = strategy.preamble()
+    if preamble is not None:
+        assert verifyObject(IPreamble, preamble)
+    opening = strategy.opening(True)
+    if opening is not None:
+        assert verifyObject(IUpstreamOpening, opening())
+
+
+def test_theTableIsKeyedByProtocolOrModeTCP() -> None:
+    def listener(**keys: object) -> ListenerConfig:
+        return ListenerConfig(name="l", listen=("tcp:1",), upstream="u", **keys)  # type: ignore[arg-type]
+
+    assert strategyFor(listener()).name == "tls"
+    assert strategyFor(listener(protocol="postgres")).name == "postgres"
+    assert strategyFor(listener(protocol="mysql", mode="terminate")).name == "mysql"
+    assert strategyFor(listener(mode="tcp")).name == "tcp"
+
+
+def test_onlyTLSAndPostgresReadAHello() -> None:
+    reads = {name for name, s in STRATEGIES.items() if s.readsHello}
+    assert reads == {"tls", "postgres"}
+    assert [n for n, s in STRATEGIES.items() if s.speaksTLSFirst] == ["tls"]
+
+
+def test_thePostgresOpeningRefusesInjectedBytes() -> None:
+    """
+    CVE-2021-23222: an C{S} followed by anything in the same read.
+    """
+    opening = STRATEGIES["postgres"].opening(True)
+    assert opening is not None
+    assert STRATEGIES["postgres"].opening(False) is None
+    assert opening().feed(b"S") is True
+    assert opening().feed(b"") is None
+    assert "injected" in opening().feed(b"Sxx")
+    assert "refused the SSLRequest (N)" in opening().feed(b"N")
