@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -66,7 +66,6 @@ from gateway.decision import (
 )
 from gateway.fastpath import sessionReused
 from gateway.passthrough import PassthroughStage
-from gateway.pgstage import CancelRegistry
 from gateway.preread import PrereadProtocol, Stage
 from gateway.protocols import strategyFor
 from gateway.proxyprotocol import (
@@ -163,6 +162,10 @@ class AcmeChallenges(TypingProtocol):
     def contextFor(self, serverName: str) -> SSL.Context | None: ...
 
 
+_FRESH: Final = object()
+"""No C{strategyState} given: the factory makes its own."""
+
+
 class ListenerFactory(ServerFactory):
     """
     @ivar active: connections accepted and not yet logged; the drain waits
@@ -178,11 +181,11 @@ class ListenerFactory(ServerFactory):
         C{max_connections_per_client} (in L{_perClient}) and is the
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
-    @ivar cancelKeys: the cancel keys of this listener's terminated
-        PostgreSQL sessions (its strategy's L{gateway.pgstage}).  Given by the caller
-        to share one registry between the factories that serve a
-        listener's name across reloads: a cancel arrives on whichever is
-        current, for a session of any generation.
+    @ivar strategyState: what the listener's protocol strategy keeps for
+        its name (L{IProtocolStrategy.listenerState}: PostgreSQL's cancel
+        keys), opaque here.  Given by the caller to share one between the
+        factories that serve a listener's name across reloads: a cancel
+        arrives on whichever is current, for a session of any generation.
     """
 
     noisy = False
@@ -197,12 +200,11 @@ class ListenerFactory(ServerFactory):
         accessLog: AccessLog,
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
-        cancelKeys: CancelRegistry | None = None,
+        strategyState: object = _FRESH,
         acme: AcmeChallenges | None = None,
     ) -> None:
         self.config = config
         self._acme = acme
-        self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
         self.upstreams = upstreams
         # Passthrough relays the client's own TLS: an upstream's `tls = on`
@@ -220,6 +222,9 @@ class ListenerFactory(ServerFactory):
             connect=config.connect_timeout, idle=config.idle_timeout
         )
         self.strategy = strategyFor(config)
+        self.strategyState = (
+            self.strategy.listenerState() if strategyState is _FRESH else strategyState
+        )
         self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}

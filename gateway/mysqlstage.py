@@ -1089,6 +1089,9 @@ class MySQLStrategy:
     def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
         raise NotImplementedError("a mysql listener has no preamble")
 
+    def listenerState(self) -> None:
+        return None
+
     def openAtAccept(
         self, listener: Any, protocol: Any, buffered: bytes
     ) -> MySQLConnection:

@@ -567,7 +567,7 @@ class PostgresStrategy:
             return startTerminated(
                 event,
                 record,
-                listener.cancelKeys,
+                listener.strategyState,
                 upstream,
                 lambda target, onEnd: listener.session(
                     protocol,
@@ -612,7 +612,7 @@ class PostgresStrategy:
             assert isinstance(start, CancelRequest)
             record.reason = CANCEL_REASON
             pending = cancelRequest(start.key) + start.rest
-            owner = listener.cancelKeys.get(start.key)
+            owner = listener.strategyState.get(start.key)
         if owner is not None:
             upstream = owner.runtime()
         else:
@@ -633,6 +633,13 @@ class PostgresStrategy:
 
     def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
         raise NotImplementedError("a postgres listener reads a ClientHello")
+
+    def listenerState(self) -> CancelRegistry:
+        """
+        The cancel keys of the listener's terminated sessions: shared by
+        the factories that serve its name across reloads.
+        """
+        return CancelRegistry()
 
 
 POSTGRES = PostgresStrategy()

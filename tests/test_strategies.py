@@ -52,3 +52,19 @@ def test_thePostgresOpeningRefusesInjectedBytes() -> None:
     assert opening().feed(b"") is None
     assert "injected" in opening().feed(b"Sxx")
     assert "refused the SSLRequest (N)" in opening().feed(b"N")
+
+
+def test_listenerStatesAreSharedByNameAndStrategy() -> None:
+    """
+    The service keeps one state per listener name and strategy across
+    reloads: PostgreSQL's cancel keys; a protocol change starts afresh.
+    """
+    from gateway.pgstage import CancelRegistry
+    from gateway.strategy import ListenerStates
+
+    states = ListenerStates()
+    postgres = states.stateFor("db", STRATEGIES["postgres"])
+    assert isinstance(postgres, CancelRegistry)
+    assert states.stateFor("db", STRATEGIES["postgres"]) is postgres
+    assert states.stateFor("other", STRATEGIES["postgres"]) is not postgres
+    assert states.stateFor("db", STRATEGIES["tls"]) is None
