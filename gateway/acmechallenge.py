@@ -15,16 +15,19 @@ from collections.abc import Callable
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.decision import offersOnlyAcmeTLS
-from gateway.tlstransport import TLSTransport
+from gateway.preread import IStage
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
 from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 
 
+@implementer(IStage, ITLSEvents)
 class ChallengeStage:
     """
     The handshake with the challenge certificate, then a clean close.

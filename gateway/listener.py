@@ -66,7 +66,7 @@ from gateway.decision import (
 )
 from gateway.fastpath import sessionReused
 from gateway.passthrough import PassthroughStage
-from gateway.preread import PrereadProtocol, Stage
+from gateway.preread import IStage, PrereadProtocol
 from gateway.protocols import strategyFor
 from gateway.proxyprotocol import (
     TLV,
@@ -80,7 +80,7 @@ from gateway.proxyprotocol import (
 from gateway.ratelimit import RateLimiter
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.strategy import IProtocolStrategy, IUpstreamOpening
-from gateway.terminate import TerminatedSession, TerminationStage
+from gateway.terminate import ITerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport
@@ -350,7 +350,7 @@ class ListenerFactory(ServerFactory):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         Route a connection whose ClientHello is complete, and start the
         stage its route's action calls for.
@@ -388,7 +388,7 @@ class ListenerFactory(ServerFactory):
 
             strategy = self.strategy
 
-            def makeSession(tls: TLSTransport) -> TerminatedSession:
+            def makeSession(tls: TLSTransport) -> ITerminatedSession:
                 return strategy.terminated(  # type: ignore[no-any-return]
                     self, protocol, tls, upstream, hello
                 )
@@ -426,7 +426,7 @@ class ListenerFactory(ServerFactory):
         acme: AcmeChallenges,
         hello: ClientHello,
         buffered: bytes,
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A C{tls-alpn-01} validation of a name the gateway orders a
         certificate for: answered here, on any route, never relayed.
@@ -456,7 +456,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A client whose preamble said it starts without TLS: the strategy
         serves it.
@@ -465,7 +465,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A connection that reads no ClientHello, once its client is known
         (at accept, or once its PROXY header was read; C{buffered}: what
@@ -479,7 +479,7 @@ class ListenerFactory(ServerFactory):
         upstream: UpstreamRuntime,
         pending: bytes,
         strategy: IProtocolStrategy,
-    ) -> Stage:
+    ) -> IStage:
         """
         Relay a connection whose client side is plain TCP to C{upstream}
         (the client stays paused while it is reached), C{pending} first;

@@ -81,12 +81,13 @@ from gateway.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
+from gateway.preread import IStage
 from gateway.relay import IRelay
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.strategy import IProtocolStrategy
-from gateway.terminate import TerminationStage
-from gateway.tlstransport import TLSTransport
+from gateway.terminate import ITerminatedSession, TerminationStage
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
 from gateway.vocabulary import Action, Status
@@ -260,7 +261,7 @@ class _LegState(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, ITLSEvents)
 class ServerLeg(Protocol):
     """
     One connection to one MySQL server: the greeting, then (on demand) the
@@ -498,6 +499,7 @@ class ServerLeg(Protocol):
             self._timer = None
 
 
+@implementer(ITerminatedSession)
 class _TerminatedLogin:
     """
     The session a L{TerminationStage} drives: the connection's inside-TLS
@@ -523,6 +525,7 @@ class _TerminatedLogin:
         self._connection.stop()
 
 
+@implementer(IStage)
 class MySQLConnection:
     """
     One client connection of a C{protocol = mysql} listener, from the

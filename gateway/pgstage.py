@@ -72,6 +72,7 @@ from gateway.strategy import (
     IUpstreamOpening,
     PreambleError,
 )
+from gateway.terminate import ITerminatedSession
 from gateway.timers import cancel
 from gateway.tlsstrategy import misdirectedPostgres
 from gateway.tlstransport import TLSTransport
@@ -357,6 +358,7 @@ def startTerminated(
     return session
 
 
+@implementer(ITerminatedSession)
 class StartupReader:
     """
     The session a terminated C{protocol = postgres} connection starts with:

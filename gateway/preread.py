@@ -45,7 +45,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.alerts import STATUS_ALERTS, alertRecord, recordVersion
@@ -77,26 +77,38 @@ closes as soon as it reads the alert; the bound is for one that does not.
 """
 
 
-class Stage(TypingProtocol):
+class IStage(Interface):
     """
     What the pre-read hands the connection to: it receives the client
     transport's events from then on.
     """
 
-    def dataReceived(self, data: bytes) -> None: ...
+    def dataReceived(data: bytes) -> None:
+        """
+        The client's next bytes.
+        """
 
-    def readConnectionLost(self) -> None: ...
+    def readConnectionLost() -> None:
+        """
+        The client closed its side (half-close).
+        """
 
-    def connectionLost(self, reason: Failure) -> None: ...
+    def connectionLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
 
-    def shutdown(self) -> None: ...
+    def shutdown() -> None:
+        """
+        The gateway stops: end the connection now.
+        """
 
 
 class Handoff(TypingProtocol):
     """
     The listener side of the pre-read: decide what happens to a connection.
     Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
-    L{Stage} the connection is handed to; none calls back into the
+    L{IStage} the connection is handed to; none calls back into the
     protocol.
     """
 
@@ -114,11 +126,11 @@ class Handoff(TypingProtocol):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | Reject: ...
+    ) -> IStage | Reject: ...
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         The preamble said the client starts without TLS (C{start}: what
         L{gateway.strategy.IPreamble.feed} returned).
@@ -126,7 +138,7 @@ class Handoff(TypingProtocol):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A connection that reads no ClientHello is ready to be served: at
         accept, or once its PROXY header was read (C{buffered}: what
@@ -186,7 +198,7 @@ class PrereadProtocol(Protocol):
         self._timeout = timeout
         self._reader = ClientHelloReader(maxSize)
         self._timer: IDelayedCall | None = None
-        self._next: Stage | None = None
+        self._next: IStage | None = None
         self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
         self._readClosed = False
@@ -505,7 +517,7 @@ class PrereadProtocol(Protocol):
         self._stopTimer()
         self._handTo(self._listener.handoffAtAccept(self, buffered))
 
-    def _handTo(self, answer: Stage | Reject) -> None:
+    def _handTo(self, answer: IStage | Reject) -> None:
         """
         Carry out a hand-off's answer: refuse, or the stage has the
         connection from now on.

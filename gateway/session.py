@@ -16,11 +16,9 @@ buffers nothing but what it already had.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 
 import attrs
-from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
@@ -37,24 +35,17 @@ from gateway.config import ServerConfig
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.strategy import IUpstreamOpening
+from gateway.terminate import ITerminatedSession
 from gateway.timers import cancel
-from gateway.tlstransport import TLSTransport
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
-from gateway.upstream import IServerChooser, connectServer, localError
+from gateway.upstream import (
+    IServerChooser,
+    UpstreamTLSPolicy,
+    connectServer,
+    localError,
+)
 from gateway.vocabulary import Status
-
-
-class IUpstreamTLS(typing.Protocol):
-    """
-    What a session needs to re-encrypt to an upstream (provided by
-    L{gateway.upstream.ConfiguredNames}).
-    """
-
-    def connectionFor(self, server: ServerConfig) -> SSL.Connection: ...
-
-    def verify(
-        self, connection: SSL.Connection, server: ServerConfig
-    ) -> str | None: ...
 
 
 @attrs.frozen
@@ -69,7 +60,7 @@ class UpstreamRuntime:
     name: str
     chooser: IServerChooser
     tries: int
-    tls: IUpstreamTLS | None = None
+    tls: UpstreamTLSPolicy | None = None
 
 
 @attrs.frozen
@@ -78,7 +69,7 @@ class Timeouts:
     idle: float
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, ITLSEvents)
 class UpstreamProtocol(Protocol):
     """
     The upstream side of a session.  With re-encryption it owns the TLS
@@ -104,7 +95,7 @@ class UpstreamProtocol(Protocol):
         self,
         session: Session,
         server: ServerConfig,
-        tls: IUpstreamTLS | None,
+        tls: UpstreamTLSPolicy | None,
     ) -> None:
         self._session = session
         self.server = server
@@ -240,6 +231,7 @@ class UpstreamProtocol(Protocol):
             self._session.upstreamRefused(self, reason.getErrorMessage())
 
 
+@implementer(ITerminatedSession)
 class Session:
     """
     @ivar relay: the relay, once the upstream is ready.

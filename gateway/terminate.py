@@ -12,20 +12,22 @@ connects upstream and relays plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
+from gateway.preread import IStage
 from gateway.timers import cancel
-from gateway.tlstransport import TLSTransport
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
 from gateway.vocabulary import Status
 
 
-class TerminatedSession(Protocol):
+class ITerminatedSession(Interface):
     """
     What the stage drives once the handshake is done: a
     L{gateway.session.Session}, or what the protocol strategy reads first
@@ -34,17 +36,33 @@ class TerminatedSession(Protocol):
     before it starts one.
     """
 
-    def connect(self) -> None: ...
+    def connect() -> None:
+        """
+        The handshake is done: start (connect upstream, or read first).
+        """
 
-    def clientData(self, data: bytes) -> None: ...
+    def clientData(data: bytes) -> None:
+        """
+        The client's next plaintext.
+        """
 
-    def clientReadClosed(self) -> None: ...
+    def clientReadClosed() -> None:
+        """
+        The client closed its side (inside TLS, or the socket's).
+        """
 
-    def clientLost(self, reason: Failure) -> None: ...
+    def clientLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
 
-    def shutdown(self) -> None: ...
+    def shutdown() -> None:
+        """
+        The gateway stops: end the connection now.
+        """
 
 
+@implementer(IStage, ITLSEvents)
 class TerminationStage:
     """
     @ivar _tls: the client's TLS layer: ciphertext from the socket in,
@@ -62,7 +80,7 @@ class TerminationStage:
         transport: RelayTransport,
         record: ConnectionRecord,
         context: SSL.Context,
-        makeSession: Callable[[TLSTransport], TerminatedSession],
+        makeSession: Callable[[TLSTransport], ITerminatedSession],
         handshakeTimeout: float,
         describe: Callable[[SSL.Connection], dict[str, Any]],
         handshakeTimed: Callable[[float], None] = lambda seconds: None,
