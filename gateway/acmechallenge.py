@@ -19,10 +19,10 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.decision import offersOnlyAcmeTLS
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.preread import IStage
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
-from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 
@@ -41,6 +41,7 @@ class ChallengeStage:
         clock: IReactorTime,
         transport: RelayTransport,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         context: SSL.Context,
         timeout: float,
         ended: Callable[[], None],
@@ -48,6 +49,7 @@ class ChallengeStage:
         self._clock = clock
         self._transport = transport
         self._record = record
+        self._owner = owner
         self._ended = ended
         self._timeout = timeout
         connection = SSL.Connection(context, None)
@@ -56,6 +58,7 @@ class ChallengeStage:
         self._timer: IDelayedCall | None = None
 
     def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.HANDSHAKE)
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
         self._tls.ciphertextReceived(buffered)
 
@@ -76,7 +79,7 @@ class ChallengeStage:
 
     def shutdown(self) -> None:
         self._stopTimer()
-        self._record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._owner.report(Event.SHUT_DOWN, "gateway stopped")
         self._transport.abortConnection()
 
     # TLS events
@@ -86,12 +89,13 @@ class ChallengeStage:
         self._record.reason = (
             f"acme tls-alpn-01 challenge for {self._record.sni!r} answered"
         )
+        self._owner.report(Event.HANDSHAKE_DONE)
         self._tls.loseConnection()
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail(
-            Status.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
+        self._owner.report(
+            Event.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
         )
         self._transport.loseConnection()
 
@@ -105,12 +109,12 @@ class ChallengeStage:
 
     def tlsError(self, reason: str) -> None:
         # The alert went out and the TLS layer closes the socket.
-        self._record.fail(Status.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
+        self._owner.report(Event.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
 
     def _timedOut(self) -> None:
         self._timer = None
-        self._record.fail(
-            Status.HANDSHAKE_FAILED,
+        self._owner.report(
+            Event.HANDSHAKE_FAILED,
             f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
         )
         self._transport.abortConnection()

@@ -65,6 +65,7 @@ from gateway.decision import (
     decide,
 )
 from gateway.fastpath import sessionReused
+from gateway.lifecycle import Event, State, apply
 from gateway.passthrough import PassthroughStage
 from gateway.preread import IStage, PrereadProtocol
 from gateway.protocols import strategyFor
@@ -269,8 +270,10 @@ class ListenerFactory(ServerFactory):
         record = ConnectionRecord(
             listener=self.config.name, client=client, accepted=now, started=now
         )
-        record.fail(
-            Status.UPSTREAM_UNAVAILABLE,
+        apply(
+            State.ACCEPTED,
+            Event.CLOSED_AT_ACCEPT,
+            record,
             "local resource error: EMFILE (Too many open files): closed at accept",
         )
         record.ended = now
@@ -397,6 +400,7 @@ class ListenerFactory(ServerFactory):
                 self.clock,
                 transport,  # type: ignore[arg-type]
                 record,
+                protocol,
                 context,
                 makeSession,
                 config.preread_timeout,
@@ -447,6 +451,7 @@ class ListenerFactory(ServerFactory):
             self.clock,
             transport,  # type: ignore[arg-type]
             record,
+            protocol,
             context,
             self.config.preread_timeout,
             lambda: self.ended(protocol),
@@ -556,6 +561,7 @@ class ListenerFactory(ServerFactory):
             self.clock,
             client,
             protocol.record,
+            protocol,
             upstream,
             clientKey,
             self.timeouts,

@@ -43,6 +43,7 @@ from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import _NeedMore
 from gateway.config import ServerConfig
 from gateway.decision import Plaintext, Reject, Relay, decide
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.postgres import (
     GSS_REFUSED,
     INVALID_AUTHORIZATION,
@@ -382,6 +383,7 @@ class StartupReader:
         clock: IReactorTime,
         timeout: float,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         client: TLSTransport,
         start: Callable[[PlaintextStart], Session],
         ended: Callable[[], None],
@@ -389,6 +391,7 @@ class StartupReader:
         self._clock = clock
         self._timeout = timeout
         self._record = record
+        self._owner = owner
         self._client = client
         self._start = start
         self._ended: Callable[[], None] | None = ended
@@ -437,8 +440,10 @@ class StartupReader:
         if self._session is not None:
             self._session.clientLost(reason)
             return
-        self._record.fail(
-            Status.BAD_CLIENT_HELLO, "connection lost before the startup packet"
+        self._owner.report(
+            Event.REFUSE,
+            "connection lost before the startup packet",
+            Status.BAD_CLIENT_HELLO,
         )
         if self._ended is not None:
             ended, self._ended = self._ended, None
@@ -450,13 +455,13 @@ class StartupReader:
             self._session.shutdown()
             return
         self._stopTimer()
-        self._record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._owner.report(Event.SHUT_DOWN, "gateway stopped")
         self._client.abortConnection()
 
-    def _refuse(self, status: str, reason: str) -> None:
+    def _refuse(self, status: Status, reason: str) -> None:
         self._refused = True
         self._stopTimer()
-        self._record.fail(status, reason)
+        self._owner.report(Event.REFUSE, reason, status)
         self._client.loseConnection()
 
     def _timedOut(self) -> None:
@@ -586,6 +591,7 @@ class PostgresStrategy:
             listener.clock,
             listener.config.preread_timeout,
             record,
+            protocol,
             tls,
             start,
             lambda: listener.ended(protocol),

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.strategy import IUpstreamOpening
@@ -45,7 +46,6 @@ from gateway.upstream import (
     connectServer,
     localError,
 )
-from gateway.vocabulary import Status
 
 
 @attrs.frozen
@@ -272,6 +272,7 @@ class Session:
         clock: IReactorTime,
         client: RelayTransport,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         upstream: UpstreamRuntime,
         clientKey: str,
         timeouts: Timeouts,
@@ -293,6 +294,7 @@ class Session:
         self._clock = clock
         self._client = client
         self._record = record
+        self._owner = owner
         self._upstream = upstream
         self._clientKey = clientKey
         self._timeouts = timeouts
@@ -347,6 +349,7 @@ class Session:
         if pending:
             self._pending.append(pending)
         self._client.pauseProducing()
+        self._owner.report(Event.CONNECT)
         self._connectNext()
 
     def _connectNext(self) -> None:
@@ -356,7 +359,7 @@ class Session:
             else None
         )
         if server is None:
-            self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
+            self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
             if self._failureAlert is not None:
                 # Nothing was relayed yet: the client still waits for the
                 # server's first flight, so it can be told in TLS.
@@ -393,7 +396,7 @@ class Session:
         if self._clientGone:
             self._finish()
             return
-        self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
+        self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
         self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
@@ -419,7 +422,7 @@ class Session:
         The upstream broke TLS after the handshake (re-encryption): its
         connection is closing, and the relay ends both sides.
         """
-        self._record.fail(Status.TLS_ERROR, f"upstream {server.address}: {reason}")
+        self._owner.report(Event.TLS_ERROR, f"upstream {server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
@@ -432,6 +435,7 @@ class Session:
             self.relay = discard = _Discard(self._finish)
             return discard
         pending, self._pending = self._pending, []
+        self._owner.report(Event.CONNECTED)
         self.relay = startRelay(
             self._relaySetting,
             self._reactor,
@@ -439,6 +443,7 @@ class Session:
             self._client,
             upstream,
             self._record,
+            self._owner,
             self._timeouts.idle,
             self._finish,
             pending,
@@ -482,9 +487,9 @@ class Session:
 
     def shutdown(self) -> None:
         if self.relay is not None:
-            self.relay.abort(Status.SHUTDOWN, "gateway stopped")
+            self.relay.abort(Event.SHUT_DOWN, "gateway stopped")
         else:
-            self._record.fail(Status.SHUTDOWN, "gateway stopped")
+            self._owner.report(Event.SHUT_DOWN, "gateway stopped")
             self._client.abortConnection()
 
     def _finish(self) -> None:
@@ -517,7 +522,7 @@ class _Discard:
     def clientLost(self, reason: Failure) -> None:
         pass
 
-    def abort(self, status: str, reason: str) -> None:
+    def abort(self, event: Event, reason: str) -> None:
         pass
 
     def upstreamData(self, data: bytes) -> None:
