@@ -15,16 +15,19 @@ from collections.abc import Callable
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.decision import offersOnlyAcmeTLS
-from gateway.tlstransport import TLSTransport
+from gateway.lifecycle import ConnectionOwner, Event
+from gateway.preread import IStage
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
-from gateway.vocabulary import Status
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 
 
+@implementer(IStage, ITLSEvents)
 class ChallengeStage:
     """
     The handshake with the challenge certificate, then a clean close.
@@ -38,6 +41,7 @@ class ChallengeStage:
         clock: IReactorTime,
         transport: RelayTransport,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         context: SSL.Context,
         timeout: float,
         ended: Callable[[], None],
@@ -45,6 +49,7 @@ class ChallengeStage:
         self._clock = clock
         self._transport = transport
         self._record = record
+        self._owner = owner
         self._ended = ended
         self._timeout = timeout
         connection = SSL.Connection(context, None)
@@ -53,6 +58,7 @@ class ChallengeStage:
         self._timer: IDelayedCall | None = None
 
     def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.HANDSHAKE)
         self._timer = self._clock.callLater(self._timeout, self._timedOut)
         self._tls.ciphertextReceived(buffered)
 
@@ -73,7 +79,7 @@ class ChallengeStage:
 
     def shutdown(self) -> None:
         self._stopTimer()
-        self._record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._owner.report(Event.SHUT_DOWN, "gateway stopped")
         self._transport.abortConnection()
 
     # TLS events
@@ -83,12 +89,13 @@ class ChallengeStage:
         self._record.reason = (
             f"acme tls-alpn-01 challenge for {self._record.sni!r} answered"
         )
+        self._owner.report(Event.HANDSHAKE_DONE)
         self._tls.loseConnection()
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail(
-            Status.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
+        self._owner.report(
+            Event.HANDSHAKE_FAILED, f"acme tls-alpn-01 challenge: {reason}"
         )
         self._transport.loseConnection()
 
@@ -102,12 +109,12 @@ class ChallengeStage:
 
     def tlsError(self, reason: str) -> None:
         # The alert went out and the TLS layer closes the socket.
-        self._record.fail(Status.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
+        self._owner.report(Event.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
 
     def _timedOut(self) -> None:
         self._timer = None
-        self._record.fail(
-            Status.HANDSHAKE_FAILED,
+        self._owner.report(
+            Event.HANDSHAKE_FAILED,
             f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
         )
         self._transport.abortConnection()

@@ -29,9 +29,10 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.timers import cancel
-from gateway.tlstransport import TLSTransport
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.upstream import Member, Pool, connectServer, isAddress, localError
 
 __all__ = [
@@ -136,6 +137,7 @@ def _clientContext() -> SSL.Context:
     return context
 
 
+@implementer(ITLSEvents)
 class _Probe(Protocol):
     """
     One check of one server: connect (and handshake), report once, close.

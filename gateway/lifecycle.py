@@ -5,31 +5,44 @@ one table.
 L{gateway.preread.PrereadProtocol} owns each client connection for its
 whole life and moves through L{TRANSITIONS} only::
 
-    accepted -> (proxy header) -> (preamble) -> ClientHello -> decided -> logged
-        \\______________________________________________/
-                    any of them -> closing -> logged
+    accepted -> (proxy header) -> (preamble) -> ClientHello -> decided
+        -> (handshaking -> decided) -> connecting -> relaying -> closing -> logged
+    any state before decided -> closing -> logged (refused, lost, shut down)
 
-C{decided}: the connection was handed to the stage its verdict calls for
-(L{gateway.passthrough}, L{gateway.terminate}, a protocol's stage), which
-connects upstream, handshakes and relays; C{closing}: it was refused (or
-lost, or cut by a shutdown) before that, and waits for its socket to close.
-Both end in C{logged} when the listener writes its access-log line, once.
+C{decided}: the verdict is known and the hand-off hook runs (a C{Reject}
+still refuses); the stage it starts (L{gateway.passthrough},
+L{gateway.terminate}, a protocol's stage) then has every transport event
+and reports how it goes on (L{STAGE_EVENTS}, through
+L{ConnectionOwner.report}): C{handshaking} is the gateway's own handshake
+with the client (termination, an ACME challenge), after which the stage
+is C{decided} again until it connects (a terminated PostgreSQL session
+reads its startup message there); C{connecting} covers every upstream
+attempt, an upstream TLS handshake (re-encryption) included; C{relaying}
+from the first relayed byte.  C{closing}: a cause was recorded (before the
+stage, or by what it reported) and the sockets are closing.  Every state
+ends in C{logged} when the listener writes the access-log line, once.
 
-Each transition that ends a connection before its stage records the
-access-log C{status} the table names (L{VERDICT}: the refusing verdict's).
-An event the table does not list for the current state is a bug: the
-protocol logs it (state and event named) and ignores it.  Pure: no Twisted.
+Every access-log C{status} is set by one transition here, applied by
+L{apply}: the first cause on the way to C{closing} (L{VERDICT}: the
+refusal's own), or C{ok} for a live connection logged with none; in
+C{closing} whatever the stage still reports records nothing (the first
+cause wins).  An event the table does not list for the current state is a
+bug: the owner logs it (state and event named) and ignores it.  Pure: no
+Twisted.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
 from gateway.vocabulary import Status
+
+if TYPE_CHECKING:
+    from gateway.accesslog import ConnectionRecord
 
 
 class State(enum.Enum):
@@ -42,6 +55,9 @@ class State(enum.Enum):
     PREAMBLE = "preamble"
     CLIENT_HELLO = "ClientHello"
     DECIDED = "decided"
+    HANDSHAKING = "handshaking"
+    CONNECTING = "connecting"
+    RELAYING = "relaying"
     CLOSING = "closing"
     LOGGED = "logged"
 
@@ -60,6 +76,16 @@ class Event(enum.Enum):
     LOST = "connection lost"
     SHUT_DOWN = "shut down"
     LOG = "log"
+    # What the stages report (see STAGE_EVENTS).
+    HANDSHAKE = "handshake"
+    HANDSHAKE_DONE = "handshake done"
+    HANDSHAKE_FAILED = "handshake failed"
+    CONNECT = "connect upstream"
+    CONNECTED = "connected"
+    UPSTREAM_UNAVAILABLE = "upstream unavailable"
+    TLS_ERROR = "TLS error"
+    IDLE = "idle"
+    CLOSED_AT_ACCEPT = "closed at accept"
 
 
 class _Verdict(enum.Enum):
@@ -82,6 +108,22 @@ class Transition:
 
 
 _PREREAD = (State.ACCEPTED, State.PROXY_HEADER, State.PREAMBLE, State.CLIENT_HELLO)
+_LIVE = (State.DECIDED, State.HANDSHAKING, State.CONNECTING, State.RELAYING)
+
+STAGE_EVENTS: Final = frozenset(
+    {
+        Event.REFUSE,
+        Event.HANDSHAKE,
+        Event.HANDSHAKE_DONE,
+        Event.HANDSHAKE_FAILED,
+        Event.CONNECT,
+        Event.CONNECTED,
+        Event.UPSTREAM_UNAVAILABLE,
+        Event.TLS_ERROR,
+        Event.IDLE,
+    }
+)
+"""What a stage reports to the owner (with C{shut down}, C{log})."""
 
 _TABLE: dict[tuple[State, Event], Transition] = {
     (State.ACCEPTED, Event.EXPECT_HEADER): Transition(State.PROXY_HEADER),
@@ -136,8 +178,38 @@ _TABLE: dict[tuple[State, Event], Transition] = {
     (State.CLOSING, Event.SHUT_DOWN): Transition(State.CLOSING),
     (State.CLOSING, Event.LOST): Transition(State.CLOSING),
     (State.CLOSING, Event.LOG): Transition(State.LOGGED),
-    # Decided: the stage has every transport event; its end is logged.
-    (State.DECIDED, Event.LOG): Transition(State.LOGGED),
+    # Twisted closed it at once, out of descriptors (no owner ever ran).
+    (State.ACCEPTED, Event.CLOSED_AT_ACCEPT): Transition(
+        State.CLOSING, Status.UPSTREAM_UNAVAILABLE
+    ),
+    # Decided: the hand-off hook runs (a Reject still refuses), then the
+    # stage has every transport event and reports how it goes on.
+    (State.DECIDED, Event.REFUSE): Transition(State.CLOSING, VERDICT),
+    (State.DECIDED, Event.HANDSHAKE): Transition(State.HANDSHAKING),
+    (State.CONNECTING, Event.HANDSHAKE): Transition(State.HANDSHAKING),
+    (State.HANDSHAKING, Event.HANDSHAKE_DONE): Transition(State.DECIDED),
+    (State.DECIDED, Event.CONNECT): Transition(State.CONNECTING),
+    (State.DECIDED, Event.CONNECTED): Transition(State.RELAYING),
+    (State.CONNECTING, Event.CONNECTED): Transition(State.RELAYING),
+    (State.HANDSHAKING, Event.HANDSHAKE_FAILED): Transition(
+        State.CLOSING, Status.HANDSHAKE_FAILED
+    ),
+    (State.RELAYING, Event.IDLE): Transition(State.CLOSING, Status.IDLE_TIMEOUT),
+    **{
+        (s, e): Transition(State.CLOSING, status)
+        for s in _LIVE
+        for e, status in (
+            (Event.UPSTREAM_UNAVAILABLE, Status.UPSTREAM_UNAVAILABLE),
+            (Event.TLS_ERROR, Status.TLS_ERROR),
+            (Event.SHUT_DOWN, Status.SHUTDOWN),
+        )
+    },
+    **{(s, Event.REFUSE): Transition(State.CLOSING, VERDICT) for s in _LIVE},
+    # The stage ended with no cause recorded: ok.
+    **{(s, Event.LOG): Transition(State.LOGGED, Status.OK) for s in _LIVE},
+    # Closing with a stage: the first cause is recorded; whatever the
+    # stage still reports while its sockets close records nothing.
+    **{(State.CLOSING, e): Transition(State.CLOSING) for e in STAGE_EVENTS},
 }
 
 TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = _TABLE
@@ -147,3 +219,51 @@ STEPS: Final[Mapping[State, Mapping[Event, Transition]]] = {
     state: {e: t for (s, e), t in _TABLE.items() if s is state} for state in State
 }
 """L{TRANSITIONS} by state: what the protocol looks up (no key built)."""
+
+
+def apply(
+    state: State,
+    event: Event,
+    record: ConnectionRecord,
+    reason: str | None = None,
+    status: Status | None = None,
+) -> State | None:
+    """
+    Take the transition the table gives C{event} in C{state}, recording
+    its status in C{record}: the one place an access-log C{status} is set.
+
+    @param status: the verdict's (or the stage's refusal's), for a
+        transition whose status is L{VERDICT}.
+    @return: the next state, or L{None} if the table does not allow
+        C{event} in C{state} (nothing recorded).
+    """
+    transition = STEPS[state].get(event)
+    if transition is None:
+        return None
+    recorded = transition.status
+    if recorded is VERDICT:
+        recorded = status
+        assert recorded is not None
+    if recorded is Status.OK:
+        # No cause: the reason a stage may have noted stays.
+        record.fail(recorded, record.reason)
+    elif recorded is not None:
+        record.fail(recorded, reason)
+    return transition.target
+
+
+class ConnectionOwner(Protocol):
+    """
+    What a stage reports its events to: the connection's owner
+    (L{gateway.preread.PrereadProtocol}), which applies them to the table.
+    """
+
+    def report(
+        self, event: Event, reason: str | None = None, status: Status | None = None
+    ) -> bool:
+        """
+        Take C{event}'s transition (L{apply}); an event the table does not
+        allow is logged as the bug it is.
+
+        @return: whether the table allowed it.
+        """

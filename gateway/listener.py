@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -65,9 +65,9 @@ from gateway.decision import (
     decide,
 )
 from gateway.fastpath import sessionReused
+from gateway.lifecycle import Event, State, apply
 from gateway.passthrough import PassthroughStage
-from gateway.pgstage import CancelRegistry
-from gateway.preread import PrereadProtocol, Stage
+from gateway.preread import IStage, PrereadProtocol
 from gateway.protocols import strategyFor
 from gateway.proxyprotocol import (
     TLV,
@@ -81,7 +81,7 @@ from gateway.proxyprotocol import (
 from gateway.ratelimit import RateLimiter
 from gateway.session import Session, Timeouts, UpstreamRuntime
 from gateway.strategy import IProtocolStrategy, IUpstreamOpening
-from gateway.terminate import TerminatedSession, TerminationStage
+from gateway.terminate import ITerminatedSession, TerminationStage
 from gateway.tlspolicy import CertificatePending
 from gateway.tlstransport import TLSTransport
 from gateway.transports import RelayTransport
@@ -163,6 +163,10 @@ class AcmeChallenges(TypingProtocol):
     def contextFor(self, serverName: str) -> SSL.Context | None: ...
 
 
+_FRESH: Final = object()
+"""No C{strategyState} given: the factory makes its own."""
+
+
 class ListenerFactory(ServerFactory):
     """
     @ivar active: connections accepted and not yet logged; the drain waits
@@ -178,11 +182,11 @@ class ListenerFactory(ServerFactory):
         C{max_connections_per_client} (in L{_perClient}) and is the
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
-    @ivar cancelKeys: the cancel keys of this listener's terminated
-        PostgreSQL sessions (its strategy's L{gateway.pgstage}).  Given by the caller
-        to share one registry between the factories that serve a
-        listener's name across reloads: a cancel arrives on whichever is
-        current, for a session of any generation.
+    @ivar strategyState: what the listener's protocol strategy keeps for
+        its name (L{IProtocolStrategy.listenerState}: PostgreSQL's cancel
+        keys), opaque here.  Given by the caller to share one between the
+        factories that serve a listener's name across reloads: a cancel
+        arrives on whichever is current, for a session of any generation.
     """
 
     noisy = False
@@ -197,12 +201,11 @@ class ListenerFactory(ServerFactory):
         accessLog: AccessLog,
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
-        cancelKeys: CancelRegistry | None = None,
+        strategyState: object = _FRESH,
         acme: AcmeChallenges | None = None,
     ) -> None:
         self.config = config
         self._acme = acme
-        self.cancelKeys = CancelRegistry() if cancelKeys is None else cancelKeys
         self.active: set[PrereadProtocol] = set()
         self.upstreams = upstreams
         # Passthrough relays the client's own TLS: an upstream's `tls = on`
@@ -220,6 +223,9 @@ class ListenerFactory(ServerFactory):
             connect=config.connect_timeout, idle=config.idle_timeout
         )
         self.strategy = strategyFor(config)
+        self.strategyState = (
+            self.strategy.listenerState() if strategyState is _FRESH else strategyState
+        )
         self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}
@@ -264,8 +270,10 @@ class ListenerFactory(ServerFactory):
         record = ConnectionRecord(
             listener=self.config.name, client=client, accepted=now, started=now
         )
-        record.fail(
-            Status.UPSTREAM_UNAVAILABLE,
+        apply(
+            State.ACCEPTED,
+            Event.CLOSED_AT_ACCEPT,
+            record,
             "local resource error: EMFILE (Too many open files): closed at accept",
         )
         record.ended = now
@@ -345,7 +353,7 @@ class ListenerFactory(ServerFactory):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         Route a connection whose ClientHello is complete, and start the
         stage its route's action calls for.
@@ -383,7 +391,7 @@ class ListenerFactory(ServerFactory):
 
             strategy = self.strategy
 
-            def makeSession(tls: TLSTransport) -> TerminatedSession:
+            def makeSession(tls: TLSTransport) -> ITerminatedSession:
                 return strategy.terminated(  # type: ignore[no-any-return]
                     self, protocol, tls, upstream, hello
                 )
@@ -392,6 +400,7 @@ class ListenerFactory(ServerFactory):
                 self.clock,
                 transport,  # type: ignore[arg-type]
                 record,
+                protocol,
                 context,
                 makeSession,
                 config.preread_timeout,
@@ -421,7 +430,7 @@ class ListenerFactory(ServerFactory):
         acme: AcmeChallenges,
         hello: ClientHello,
         buffered: bytes,
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A C{tls-alpn-01} validation of a name the gateway orders a
         certificate for: answered here, on any route, never relayed.
@@ -442,6 +451,7 @@ class ListenerFactory(ServerFactory):
             self.clock,
             transport,  # type: ignore[arg-type]
             record,
+            protocol,
             context,
             self.config.preread_timeout,
             lambda: self.ended(protocol),
@@ -451,7 +461,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A client whose preamble said it starts without TLS: the strategy
         serves it.
@@ -460,7 +470,7 @@ class ListenerFactory(ServerFactory):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A connection that reads no ClientHello, once its client is known
         (at accept, or once its PROXY header was read; C{buffered}: what
@@ -474,7 +484,7 @@ class ListenerFactory(ServerFactory):
         upstream: UpstreamRuntime,
         pending: bytes,
         strategy: IProtocolStrategy,
-    ) -> Stage:
+    ) -> IStage:
         """
         Relay a connection whose client side is plain TCP to C{upstream}
         (the client stays paused while it is reached), C{pending} first;
@@ -551,6 +561,7 @@ class ListenerFactory(ServerFactory):
             self.clock,
             client,
             protocol.record,
+            protocol,
             upstream,
             clientKey,
             self.timeouts,

@@ -62,6 +62,7 @@ from gateway.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.config import ServerConfig
 from gateway.decision import deniedFingerprint
 from gateway.ja4 import ja4
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.mysql import (
     CLIENT_PLUGIN_AUTH,
     CLIENT_SSL,
@@ -81,12 +82,13 @@ from gateway.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
+from gateway.preread import IStage
 from gateway.relay import IRelay
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.strategy import IProtocolStrategy
-from gateway.terminate import TerminationStage
-from gateway.tlstransport import TLSTransport
+from gateway.terminate import ITerminatedSession, TerminationStage
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
 from gateway.vocabulary import Action, Status
@@ -260,7 +262,7 @@ class _LegState(enum.Enum):
     CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, ITLSEvents)
 class ServerLeg(Protocol):
     """
     One connection to one MySQL server: the greeting, then (on demand) the
@@ -498,6 +500,7 @@ class ServerLeg(Protocol):
             self._timer = None
 
 
+@implementer(ITerminatedSession)
 class _TerminatedLogin:
     """
     The session a L{TerminationStage} drives: the connection's inside-TLS
@@ -523,6 +526,7 @@ class _TerminatedLogin:
         self._connection.stop()
 
 
+@implementer(IStage)
 class MySQLConnection:
     """
     One client connection of a C{protocol = mysql} listener, from the
@@ -539,11 +543,16 @@ class MySQLConnection:
     """
 
     def __init__(
-        self, wiring: Wiring, transport: RelayTransport, record: ConnectionRecord
+        self,
+        wiring: Wiring,
+        transport: RelayTransport,
+        record: ConnectionRecord,
+        owner: ConnectionOwner,
     ) -> None:
         self.wiring = wiring
         self._transport = transport
         self._record = record
+        self._owner = owner
         self._state = _State.GREETING
         self._early = b""
         self._reader = PacketReader()
@@ -566,6 +575,7 @@ class MySQLConnection:
     # -- the client's raw transport (a preread Stage) ------------------------
 
     def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.CONNECT)
         self._early = buffered
         self._dial(self.wiring.greeting, self.wiring.proxyHeader(None, None))
 
@@ -734,6 +744,7 @@ class MySQLConnection:
             wiring.clock,
             self._transport,
             record,
+            self._owner,
             wiring.contextFor(hello.serverName),
             self._terminated,
             wiring.prereadTimeout,
@@ -899,6 +910,7 @@ class MySQLConnection:
         wiring = self.wiring
         pending = self._reader.rest()
         client = self._client
+        self._owner.report(Event.CONNECTED)
         self._relay = startRelay(
             "portable",
             wiring.reactor,
@@ -906,6 +918,7 @@ class MySQLConnection:
             client,
             leg.transportForRelay,
             self._record,
+            self._owner,
             wiring.timeouts.idle,
             self._end,
             [pending] if pending else [],
@@ -934,7 +947,7 @@ class MySQLConnection:
         """
         The server broke TLS after the handshake (re-encryption).
         """
-        self._record.fail(Status.TLS_ERROR, f"upstream {leg.server.address}: {reason}")
+        self._owner.report(Event.TLS_ERROR, f"upstream {leg.server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def _legUnavailable(self, leg: ServerLeg, reason: str) -> None:
@@ -961,8 +974,10 @@ class MySQLConnection:
             self._relay.clientLost(reason)
             return
         if self._state is not _State.OVER:
-            self._record.fail(
-                Status.BAD_CLIENT_HELLO, f"connection lost while {self._state.value}"
+            self._owner.report(
+                Event.REFUSE,
+                f"connection lost while {self._state.value}",
+                Status.BAD_CLIENT_HELLO,
             )
         self._state = _State.OVER
         self._abortLegs()
@@ -973,10 +988,10 @@ class MySQLConnection:
         The drain deadline passed: end now.
         """
         if self._relay is not None:
-            self._relay.abort(Status.SHUTDOWN, "gateway stopped")
+            self._relay.abort(Event.SHUT_DOWN, "gateway stopped")
             return
         self._stopTimer()
-        self._record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._owner.report(Event.SHUT_DOWN, "gateway stopped")
         self._state = _State.OVER
         self._abortLegs()
         self._client.abortConnection()
@@ -999,7 +1014,7 @@ class MySQLConnection:
             return
         self._stopTimer()
         self._state = _State.OVER
-        self._record.fail(status, reason)
+        self._owner.report(Event.REFUSE, reason, Status(status))
         self._abortLegs()
         if message is not None:
             self._writeClient(errPacket(sequence, code, "HY000", message))
@@ -1089,6 +1104,9 @@ class MySQLStrategy:
     def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
         raise NotImplementedError("a mysql listener has no preamble")
 
+    def listenerState(self) -> None:
+        return None
+
     def openAtAccept(
         self, listener: Any, protocol: Any, buffered: bytes
     ) -> MySQLConnection:
@@ -1139,6 +1157,7 @@ class MySQLStrategy:
             ),
             relayTransport(transport),
             protocol.record,
+            protocol,
         )
         stage.start(buffered)
         return stage

@@ -6,10 +6,13 @@ upstream unchanged; the backend does the TLS handshake.
 from __future__ import annotations
 
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gateway.preread import IStage
 from gateway.session import Session
 
 
+@implementer(IStage)
 class PassthroughStage:
     """
     Receives the client transport's events after the pre-read and passes

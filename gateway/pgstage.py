@@ -43,6 +43,7 @@ from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import _NeedMore
 from gateway.config import ServerConfig
 from gateway.decision import Plaintext, Reject, Relay, decide
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.postgres import (
     GSS_REFUSED,
     INVALID_AUTHORIZATION,
@@ -72,6 +73,7 @@ from gateway.strategy import (
     IUpstreamOpening,
     PreambleError,
 )
+from gateway.terminate import ITerminatedSession
 from gateway.timers import cancel
 from gateway.tlsstrategy import misdirectedPostgres
 from gateway.tlstransport import TLSTransport
@@ -357,6 +359,7 @@ def startTerminated(
     return session
 
 
+@implementer(ITerminatedSession)
 class StartupReader:
     """
     The session a terminated C{protocol = postgres} connection starts with:
@@ -380,6 +383,7 @@ class StartupReader:
         clock: IReactorTime,
         timeout: float,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         client: TLSTransport,
         start: Callable[[PlaintextStart], Session],
         ended: Callable[[], None],
@@ -387,6 +391,7 @@ class StartupReader:
         self._clock = clock
         self._timeout = timeout
         self._record = record
+        self._owner = owner
         self._client = client
         self._start = start
         self._ended: Callable[[], None] | None = ended
@@ -435,8 +440,10 @@ class StartupReader:
         if self._session is not None:
             self._session.clientLost(reason)
             return
-        self._record.fail(
-            Status.BAD_CLIENT_HELLO, "connection lost before the startup packet"
+        self._owner.report(
+            Event.REFUSE,
+            "connection lost before the startup packet",
+            Status.BAD_CLIENT_HELLO,
         )
         if self._ended is not None:
             ended, self._ended = self._ended, None
@@ -448,13 +455,13 @@ class StartupReader:
             self._session.shutdown()
             return
         self._stopTimer()
-        self._record.fail(Status.SHUTDOWN, "gateway stopped")
+        self._owner.report(Event.SHUT_DOWN, "gateway stopped")
         self._client.abortConnection()
 
-    def _refuse(self, status: str, reason: str) -> None:
+    def _refuse(self, status: Status, reason: str) -> None:
         self._refused = True
         self._stopTimer()
-        self._record.fail(status, reason)
+        self._owner.report(Event.REFUSE, reason, status)
         self._client.loseConnection()
 
     def _timedOut(self) -> None:
@@ -567,7 +574,7 @@ class PostgresStrategy:
             return startTerminated(
                 event,
                 record,
-                listener.cancelKeys,
+                listener.strategyState,
                 upstream,
                 lambda target, onEnd: listener.session(
                     protocol,
@@ -584,6 +591,7 @@ class PostgresStrategy:
             listener.clock,
             listener.config.preread_timeout,
             record,
+            protocol,
             tls,
             start,
             lambda: listener.ended(protocol),
@@ -612,7 +620,7 @@ class PostgresStrategy:
             assert isinstance(start, CancelRequest)
             record.reason = CANCEL_REASON
             pending = cancelRequest(start.key) + start.rest
-            owner = listener.cancelKeys.get(start.key)
+            owner = listener.strategyState.get(start.key)
         if owner is not None:
             upstream = owner.runtime()
         else:
@@ -633,6 +641,13 @@ class PostgresStrategy:
 
     def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
         raise NotImplementedError("a postgres listener reads a ClientHello")
+
+    def listenerState(self) -> CancelRegistry:
+        """
+        The cancel keys of the listener's terminated sessions: shared by
+        the factories that serve its name across reloads.
+        """
+        return CancelRegistry()
 
 
 POSTGRES = PostgresStrategy()

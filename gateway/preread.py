@@ -45,7 +45,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.alerts import STATUS_ALERTS, alertRecord, recordVersion
@@ -58,7 +58,7 @@ from gateway.clienthello import (
 )
 from gateway.decision import BY_STATUS, Alert, Reject
 from gateway.ja4 import ja4
-from gateway.lifecycle import STEPS, VERDICT, Event, State
+from gateway.lifecycle import Event, State, apply
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.strategy import IPreamble, IProtocolStrategy, PreambleError
@@ -77,26 +77,38 @@ closes as soon as it reads the alert; the bound is for one that does not.
 """
 
 
-class Stage(TypingProtocol):
+class IStage(Interface):
     """
     What the pre-read hands the connection to: it receives the client
     transport's events from then on.
     """
 
-    def dataReceived(self, data: bytes) -> None: ...
+    def dataReceived(data: bytes) -> None:
+        """
+        The client's next bytes.
+        """
 
-    def readConnectionLost(self) -> None: ...
+    def readConnectionLost() -> None:
+        """
+        The client closed its side (half-close).
+        """
 
-    def connectionLost(self, reason: Failure) -> None: ...
+    def connectionLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
 
-    def shutdown(self) -> None: ...
+    def shutdown() -> None:
+        """
+        The gateway stops: end the connection now.
+        """
 
 
 class Handoff(TypingProtocol):
     """
     The listener side of the pre-read: decide what happens to a connection.
     Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
-    L{Stage} the connection is handed to; none calls back into the
+    L{IStage} the connection is handed to; none calls back into the
     protocol.
     """
 
@@ -114,11 +126,11 @@ class Handoff(TypingProtocol):
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> Stage | Reject: ...
+    ) -> IStage | Reject: ...
 
     def handoffPlaintext(
         self, protocol: PrereadProtocol, start: object
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         The preamble said the client starts without TLS (C{start}: what
         L{gateway.strategy.IPreamble.feed} returned).
@@ -126,7 +138,7 @@ class Handoff(TypingProtocol):
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
-    ) -> Stage | Reject:
+    ) -> IStage | Reject:
         """
         A connection that reads no ClientHello is ready to be served: at
         accept, or once its PROXY header was read (C{buffered}: what
@@ -186,20 +198,27 @@ class PrereadProtocol(Protocol):
         self._timeout = timeout
         self._reader = ClientHelloReader(maxSize)
         self._timer: IDelayedCall | None = None
-        self._next: Stage | None = None
+        self._next: IStage | None = None
         self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
         self._readClosed = False
 
-    def _fire(self, event: Event) -> bool:
+    def report(
+        self, event: Event, reason: str | None = None, status: Status | None = None
+    ) -> bool:
         """
-        Take the table's transition for C{event}, if it allows one.
+        Take the table's transition for C{event}, if it allows one, and
+        record the status it gives (L{gateway.lifecycle.apply}): the
+        connection's own events and what its stage reports
+        (L{gateway.lifecycle.ConnectionOwner}).
 
+        @param status: a refusal's, for a transition that records the
+            verdict's.
         @return: whether it did; an event the table does not allow in the
             current state is logged as the bug it is.
         """
-        transition = STEPS[self.state].get(event)
-        if transition is None:
+        target = apply(self.state, event, self.record, reason, status)
+        if target is None:
             _log.error(
                 "listener {listener}: connection {client}: event {event!r} is not"
                 " allowed in state {state!r}",
@@ -209,21 +228,7 @@ class PrereadProtocol(Protocol):
                 state=self.state.value,
             )
             return False
-        self.state = transition.target
-        return True
-
-    def _end(self, event: Event, reason: str) -> bool:
-        """
-        Take a transition that ends the connection before any stage, and
-        record the status the table gives it.
-        """
-        transition = STEPS[self.state].get(event)
-        if not self._fire(event):
-            return False
-        assert transition is not None
-        assert transition.status is not VERDICT
-        if transition.status is not None:
-            self.record.fail(transition.status, reason)
+        self.state = target
         return True
 
     def _nextReading(self) -> Event:
@@ -243,20 +248,19 @@ class PrereadProtocol(Protocol):
             self._refuse(refusal.status, refusal.reason, refusal.alert)
             return
         if self._proxyReader is not None:
-            self._fire(Event.EXPECT_HEADER)
+            self.report(Event.EXPECT_HEADER)
             return
         event = self._nextReading()
         if event is Event.SERVE:
             self._serve(b"")
         else:
-            self._fire(event)
+            self.report(event)
 
     def dataReceived(self, data: bytes) -> None:
-        state = self.state
-        if state is State.DECIDED:
-            assert self._next is not None
+        if self._next is not None:
             self._next.dataReceived(data)
             return
+        state = self.state
         if state is State.CLOSING or state is State.LOGGED:
             return  # refused: what it still sends is discarded
         self.record.bytesIn += len(data)
@@ -278,7 +282,7 @@ class PrereadProtocol(Protocol):
             if event is Event.SERVE:
                 self._serve(data)
                 return
-            self._fire(event)
+            self.report(event)
             state = self.state
         if state is State.PREAMBLE:
             data = self._readPreamble(data)
@@ -311,16 +315,16 @@ class PrereadProtocol(Protocol):
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
         self.record.ja4 = ja4(hello)
+        self.report(Event.SERVE)
         self._handTo(self._listener.handoff(self, hello, self._reader.buffered))
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
         state = self.state
-        if state is State.DECIDED:
-            assert self._next is not None
+        if self._next is not None:
             self._next.readConnectionLost()
         elif state is State.CLOSING:
-            self._fire(Event.CLIENT_CLOSED)
+            self.report(Event.CLIENT_CLOSED)
             assert self.transport is not None
             self.transport.loseConnection()
         elif state is State.PROXY_HEADER:
@@ -351,11 +355,10 @@ class PrereadProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()
-        if self.state is State.DECIDED:
-            assert self._next is not None
+        if self._next is not None:
             self._next.connectionLost(reason)
             return
-        self._end(Event.LOST, "connection lost during pre-read")
+        self.report(Event.LOST, "connection lost during pre-read")
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
 
@@ -363,7 +366,7 @@ class PrereadProtocol(Protocol):
         """
         The listener wrote the connection's access-log line: the end.
         """
-        self._fire(Event.LOG)
+        self.report(Event.LOG)
 
     def refuse(
         self,
@@ -393,14 +396,10 @@ class PrereadProtocol(Protocol):
         the alert, if any, and close as a TLS server that wants its alert
         read does (see the module docstring).
         """
-        transition = STEPS[self.state].get(event)
-        if not self._fire(event):
+        if not self.report(event, reason, status):
             return
-        assert transition is not None
-        if transition.status is not VERDICT:
-            status = transition.status
-        assert status is not None
-        self.record.fail(status, reason)
+        assert self.record.status is not None
+        status = Status(self.record.status)
         self._stopTimer()
         assert self.transport is not None
         description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert
@@ -421,7 +420,7 @@ class PrereadProtocol(Protocol):
 
     def _lingerOver(self) -> None:
         self._timer = None
-        self._fire(Event.TIME_OUT)
+        self.report(Event.TIME_OUT)
         assert self.transport is not None
         self.transport.loseConnection()
 
@@ -429,12 +428,11 @@ class PrereadProtocol(Protocol):
         """
         The gateway is stopping and the drain deadline has passed.
         """
-        if self.state is State.DECIDED:
-            assert self._next is not None
+        if self._next is not None:
             self._next.shutdown()
             return
         self._stopTimer()
-        self._end(Event.SHUT_DOWN, "gateway stopped")
+        self.report(Event.SHUT_DOWN, "gateway stopped")
         assert self.transport is not None
         relayTransport(self.transport).abortConnection()
 
@@ -484,10 +482,11 @@ class PrereadProtocol(Protocol):
         if start is None:
             return b""
         if isinstance(start, bytes):
-            self._fire(Event.EXPECT_HELLO)
+            self.report(Event.EXPECT_HELLO)
             self._speaksTLS = True
             return start
         self._stopTimer()
+        self.report(Event.SERVE)
         self._handTo(self._listener.handoffPlaintext(self, start))
         return b""
 
@@ -503,18 +502,19 @@ class PrereadProtocol(Protocol):
 
     def _serve(self, buffered: bytes) -> None:
         self._stopTimer()
+        self.report(Event.SERVE)
         self._handTo(self._listener.handoffAtAccept(self, buffered))
 
-    def _handTo(self, answer: Stage | Reject) -> None:
+    def _handTo(self, answer: IStage | Reject) -> None:
         """
-        Carry out a hand-off's answer: refuse, or the stage has the
-        connection from now on.
+        Carry out a hand-off's answer (the connection is C{decided} while
+        the hook runs, so that a stage it starts reports from there):
+        refuse, or the stage has the connection from now on.
         """
         if isinstance(answer, Reject):
             self._refuse(answer.status, answer.reason, answer.alert)
             return
         self._next = answer
-        self._fire(Event.SERVE)
 
     def _stopTimer(self) -> None:
         cancel(self._timer)

@@ -22,6 +22,7 @@ from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.timers import cancel
 from gateway.transports import RelayTransport
 
@@ -69,10 +70,11 @@ class IRelay(Interface):
         The upstream connection is gone.
         """
 
-    def abort(status: str, reason: str) -> None:
+    def abort(event: Event, reason: str) -> None:
         """
-        End both connections now (drain deadline, for example), recording
-        C{status} unless an earlier cause is already recorded.
+        End both connections now (drain deadline, for example), reporting
+        C{event} (C{shut down}, C{idle}) to the connection's owner, whose
+        table records its status unless an earlier cause is recorded.
         """
 
 
@@ -146,6 +148,7 @@ class PortableRelay:
         "_idleTimeout",
         "_lastActivity",
         "_open",
+        "_owner",
         "_readers",
         "_record",
         "_timer",
@@ -162,9 +165,11 @@ class PortableRelay:
         idleTimeout: float,
         done: Callable[[], None],
         *,
+        owner: ConnectionOwner,
         countBytes: bool = True,
         readers: tuple[Reader, Reader] | None = None,
     ) -> None:
+        self._owner = owner
         self._client = client
         self._upstream = upstream
         self._readers = readers
@@ -249,10 +254,10 @@ class PortableRelay:
             done, self._done = self._done, None
             done()
 
-    def abort(self, status: str, reason: str) -> None:
+    def abort(self, event: Event, reason: str) -> None:
         if self._closing:
             return
-        self._record.fail(status, reason)
+        self._owner.report(event, reason)
         self._closing = True
         self._stopTimer()
         self._stopReaders()
@@ -270,7 +275,7 @@ class PortableRelay:
         self._timer = None
         idle = self._clock.seconds() - self._lastActivity
         if idle >= self._idleTimeout:
-            self.abort("idle_timeout", f"no bytes for {idle:.1f}s")
+            self.abort(Event.IDLE, f"no bytes for {idle:.1f}s")
         else:
             self._timer = self._clock.callLater(
                 self._idleTimeout - idle, self._checkIdle

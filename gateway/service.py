@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -37,11 +36,12 @@ from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.loading import loadChecked, takeContexts
 from gateway.metrics import Metrics
-from gateway.pgstage import CancelRegistry
+from gateway.protocols import strategyFor
 from gateway.servedcerts import ExpiryCollector, ServedCertificates
 from gateway.session import UpstreamRuntime
 from gateway.signals import IReloadable
 from gateway.status import RecentFailures, Snapshot, localSnapshot
+from gateway.strategy import ListenerStates
 from gateway.timers import cancel
 from gateway.upstream import ConfiguredNames, Pool
 
@@ -72,7 +72,7 @@ class Generation:
         reactor: Any,
         accessLog: AccessLog,
         idle: Callable[[], None],
-        cancelKeys: Mapping[str, CancelRegistry] | None = None,
+        states: ListenerStates | None = None,
         acme: AcmeManager | None = None,
         contexts: Contexts | None = None,
     ) -> None:
@@ -105,6 +105,8 @@ class Generation:
                 pool.config.next_upstream_tries,
                 None if tls is None else ConfiguredNames(tls, pool),
             )
+        if states is None:
+            states = ListenerStates()
         self.factories = {
             listener.name: ListenerFactory(
                 listener,
@@ -114,7 +116,7 @@ class Generation:
                 accessLog,
                 tls=contexts.servers.get(listener.name),
                 idle=idle,
-                cancelKeys=None if cancelKeys is None else cancelKeys[listener.name],
+                strategyState=states.stateFor(listener.name, strategyFor(listener)),
                 acme=None if not acme else acme.challenges,
             )
             for listener in config.listeners
@@ -213,10 +215,10 @@ class GatewayService(Service):
         self._drained: Deferred[None] | None = None
         self._delayed: list[IDelayedCall] = []
         self._retiring = False
-        # PostgreSQL cancel keys by listener name, kept across reloads: a
-        # client cancels a query of a session that a previous configuration
-        # accepted.
-        self._cancelKeys: defaultdict[str, CancelRegistry] = defaultdict(CancelRegistry)
+        # The protocols' state by listener name (PostgreSQL cancel keys),
+        # kept across reloads: a client cancels a query of a session that a
+        # previous configuration accepted.
+        self._states = ListenerStates()
         self._acme: AcmeManager | None = None
         self.served = ServedCertificates()
         self.recent = RecentFailures()
@@ -265,7 +267,7 @@ class GatewayService(Service):
                 reactor,
                 self._accessLog,
                 self._maybeDrained,
-                self._cancelKeys,
+                self._states,
                 self._acme,
                 takeContexts(self.config),
             )
@@ -514,7 +516,7 @@ class GatewayService(Service):
                 reactor,
                 self._accessLog,
                 self._maybeDrained,
-                self._cancelKeys,
+                self._states,
                 acme,
                 loaded.contexts,
             )

@@ -16,11 +16,9 @@ buffers nothing but what it already had.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 
 import attrs
-from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
@@ -34,27 +32,20 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.relay import IRelay
 from gateway.splicerelay import startRelay
 from gateway.strategy import IUpstreamOpening
+from gateway.terminate import ITerminatedSession
 from gateway.timers import cancel
-from gateway.tlstransport import TLSTransport
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
-from gateway.upstream import IServerChooser, connectServer, localError
-from gateway.vocabulary import Status
-
-
-class IUpstreamTLS(typing.Protocol):
-    """
-    What a session needs to re-encrypt to an upstream (provided by
-    L{gateway.upstream.ConfiguredNames}).
-    """
-
-    def connectionFor(self, server: ServerConfig) -> SSL.Connection: ...
-
-    def verify(
-        self, connection: SSL.Connection, server: ServerConfig
-    ) -> str | None: ...
+from gateway.upstream import (
+    IServerChooser,
+    UpstreamTLSPolicy,
+    connectServer,
+    localError,
+)
 
 
 @attrs.frozen
@@ -69,7 +60,7 @@ class UpstreamRuntime:
     name: str
     chooser: IServerChooser
     tries: int
-    tls: IUpstreamTLS | None = None
+    tls: UpstreamTLSPolicy | None = None
 
 
 @attrs.frozen
@@ -78,7 +69,7 @@ class Timeouts:
     idle: float
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, ITLSEvents)
 class UpstreamProtocol(Protocol):
     """
     The upstream side of a session.  With re-encryption it owns the TLS
@@ -104,7 +95,7 @@ class UpstreamProtocol(Protocol):
         self,
         session: Session,
         server: ServerConfig,
-        tls: IUpstreamTLS | None,
+        tls: UpstreamTLSPolicy | None,
     ) -> None:
         self._session = session
         self.server = server
@@ -240,6 +231,7 @@ class UpstreamProtocol(Protocol):
             self._session.upstreamRefused(self, reason.getErrorMessage())
 
 
+@implementer(ITerminatedSession)
 class Session:
     """
     @ivar relay: the relay, once the upstream is ready.
@@ -280,6 +272,7 @@ class Session:
         clock: IReactorTime,
         client: RelayTransport,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         upstream: UpstreamRuntime,
         clientKey: str,
         timeouts: Timeouts,
@@ -301,6 +294,7 @@ class Session:
         self._clock = clock
         self._client = client
         self._record = record
+        self._owner = owner
         self._upstream = upstream
         self._clientKey = clientKey
         self._timeouts = timeouts
@@ -355,6 +349,7 @@ class Session:
         if pending:
             self._pending.append(pending)
         self._client.pauseProducing()
+        self._owner.report(Event.CONNECT)
         self._connectNext()
 
     def _connectNext(self) -> None:
@@ -364,7 +359,7 @@ class Session:
             else None
         )
         if server is None:
-            self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
+            self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
             if self._failureAlert is not None:
                 # Nothing was relayed yet: the client still waits for the
                 # server's first flight, so it can be told in TLS.
@@ -401,7 +396,7 @@ class Session:
         if self._clientGone:
             self._finish()
             return
-        self._record.fail(Status.UPSTREAM_UNAVAILABLE, self._lastError)
+        self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
         self._client.loseConnection()
 
     def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
@@ -427,7 +422,7 @@ class Session:
         The upstream broke TLS after the handshake (re-encryption): its
         connection is closing, and the relay ends both sides.
         """
-        self._record.fail(Status.TLS_ERROR, f"upstream {server.address}: {reason}")
+        self._owner.report(Event.TLS_ERROR, f"upstream {server.address}: {reason}")
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def upstreamReady(
@@ -440,6 +435,7 @@ class Session:
             self.relay = discard = _Discard(self._finish)
             return discard
         pending, self._pending = self._pending, []
+        self._owner.report(Event.CONNECTED)
         self.relay = startRelay(
             self._relaySetting,
             self._reactor,
@@ -447,6 +443,7 @@ class Session:
             self._client,
             upstream,
             self._record,
+            self._owner,
             self._timeouts.idle,
             self._finish,
             pending,
@@ -490,9 +487,9 @@ class Session:
 
     def shutdown(self) -> None:
         if self.relay is not None:
-            self.relay.abort(Status.SHUTDOWN, "gateway stopped")
+            self.relay.abort(Event.SHUT_DOWN, "gateway stopped")
         else:
-            self._record.fail(Status.SHUTDOWN, "gateway stopped")
+            self._owner.report(Event.SHUT_DOWN, "gateway stopped")
             self._client.abortConnection()
 
     def _finish(self) -> None:
@@ -525,7 +522,7 @@ class _Discard:
     def clientLost(self, reason: Failure) -> None:
         pass
 
-    def abort(self, status: str, reason: str) -> None:
+    def abort(self, event: Event, reason: str) -> None:
         pass
 
     def upstreamData(self, data: bytes) -> None:

@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import Hub, hasUnsentBytes, hubFor, hubReaders, send
+from gateway.lifecycle import ConnectionOwner, Event
 from gateway.portable import PORTABLE, SPLICE
 from gateway.relay import IRelay, PortableRelay, reset
 from gateway.timers import cancel
@@ -184,6 +185,7 @@ def startRelay(
     client: RelayTransport,
     upstream: RelayTransport,
     record: ConnectionRecord,
+    owner: ConnectionOwner,
     idleTimeout: float,
     done: Callable[[], None],
     pending: Sequence[bytes],
@@ -220,6 +222,7 @@ def startRelay(
             clock,
             idleTimeout,
             done,
+            owner=owner,
             reactor=IReactorFDSet(reactor),
             head=b"".join(pending),
         )
@@ -234,6 +237,7 @@ def startRelay(
         clock,
         idleTimeout,
         done,
+        owner=owner,
         countBytes=countBytes,
         readers=readers,
     )
@@ -431,7 +435,7 @@ class _Flow:
                 # Out of descriptors: the gateway's fault, not the peers'.
                 self._relay.failed(
                     f"no pipe for splicing: {e.strerror}",
-                    status="upstream_unavailable",
+                    event=Event.UPSTREAM_UNAVAILABLE,
                 )
                 return
         try:
@@ -569,6 +573,7 @@ class SpliceRelay:
         "_idleTimeout",
         "_lastActivity",
         "_open",
+        "_owner",
         "_record",
         "_state",
         "_timer",
@@ -586,6 +591,7 @@ class SpliceRelay:
         idleTimeout: float,
         done: Callable[[], None],
         *,
+        owner: ConnectionOwner,
         reactor: IReactorFDSet,
         head: bytes = b"",
         pipes: PipePool = PIPES,
@@ -596,6 +602,7 @@ class SpliceRelay:
             than written to the upstream transport, whose buffer nobody
             would send once the relay owns the socket.
         """
+        self._owner = owner
         self._record = record
         self._clock = clock
         self._idleTimeout = idleTimeout
@@ -685,18 +692,18 @@ class SpliceRelay:
         reset(other.transport)
         end.transport.abortConnection()
 
-    def failed(self, why: str, status: str | None = None) -> None:
+    def failed(self, why: str, event: Event | None = None) -> None:
         """
         The relay itself cannot go on: reset both sides.
 
-        @param status: the access-log status to record, if any (a local
-            resource error is C{upstream_unavailable}).
+        @param event: what to report to the connection's owner, if anything
+            (a local resource error is C{upstream unavailable}).
         """
         if self._state is _State.CLOSING:
             return
         self._warn(why)
-        if status is not None:
-            self._record.fail(status, f"local resource error: {why}")
+        if event is not None:
+            self._owner.report(event, f"local resource error: {why}")
         self._stop()
         self._record.extra.setdefault("closed_by", "gateway_error")
         for end in (self._client, self._upstream):
@@ -730,10 +737,10 @@ class SpliceRelay:
             done, self._done = self._done, None
             done()
 
-    def abort(self, status: str, reason: str) -> None:
+    def abort(self, event: Event, reason: str) -> None:
         if self._state is _State.CLOSING:
             return
-        self._record.fail(status, reason)
+        self._owner.report(event, reason)
         self._stop()
         for end in (self._client, self._upstream):
             end.transport.abortConnection()
@@ -759,7 +766,7 @@ class SpliceRelay:
         self._timer = None
         idle = self._clock.seconds() - self._lastActivity
         if idle >= self._idleTimeout:
-            self.abort("idle_timeout", f"no bytes for {idle:.1f}s")
+            self.abort(Event.IDLE, f"no bytes for {idle:.1f}s")
         else:
             self._timer = self._clock.callLater(
                 self._idleTimeout - idle, self._checkIdle

@@ -137,3 +137,34 @@ class IProtocolStrategy(Interface):
         Serve a connection that reads no ClientHello (C{readsHello} off),
         once its client is known: the stage it is handed to.
         """
+
+    def listenerState() -> object:
+        """
+        A fresh state this protocol keeps for one listener name (the
+        PostgreSQL cancel keys), or L{None} for none.  The service keeps
+        it across reloads (L{ListenerStates}): the factory of each
+        generation serving that name is given the same one, as
+        C{ListenerFactory.strategyState}.
+        """
+
+
+class ListenerStates:
+    """
+    The L{IProtocolStrategy.listenerState} of each listener name, kept by
+    the service across reloads so that connections of every generation
+    share it (a PostgreSQL cancel arrives on whichever factory is current
+    for a session any generation accepted).  Keyed by name and strategy: a
+    listener whose protocol changes on a reload starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], object] = {}
+
+    def stateFor(self, name: str, strategy: IProtocolStrategy) -> object:
+        """
+        The state of listener C{name} served by C{strategy}, made on first use.
+        """
+        key = (name, strategy.name)
+        if key not in self._states:
+            self._states[key] = strategy.listenerState()
+        return self._states[key]

@@ -12,20 +12,22 @@ connects upstream and relays plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
+from gateway.lifecycle import ConnectionOwner, Event
+from gateway.preread import IStage
 from gateway.timers import cancel
-from gateway.tlstransport import TLSTransport
+from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
-from gateway.vocabulary import Status
 
 
-class TerminatedSession(Protocol):
+class ITerminatedSession(Interface):
     """
     What the stage drives once the handshake is done: a
     L{gateway.session.Session}, or what the protocol strategy reads first
@@ -34,17 +36,33 @@ class TerminatedSession(Protocol):
     before it starts one.
     """
 
-    def connect(self) -> None: ...
+    def connect() -> None:
+        """
+        The handshake is done: start (connect upstream, or read first).
+        """
 
-    def clientData(self, data: bytes) -> None: ...
+    def clientData(data: bytes) -> None:
+        """
+        The client's next plaintext.
+        """
 
-    def clientReadClosed(self) -> None: ...
+    def clientReadClosed() -> None:
+        """
+        The client closed its side (inside TLS, or the socket's).
+        """
 
-    def clientLost(self, reason: Failure) -> None: ...
+    def clientLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
 
-    def shutdown(self) -> None: ...
+    def shutdown() -> None:
+        """
+        The gateway stops: end the connection now.
+        """
 
 
+@implementer(IStage, ITLSEvents)
 class TerminationStage:
     """
     @ivar _tls: the client's TLS layer: ciphertext from the socket in,
@@ -61,8 +79,9 @@ class TerminationStage:
         clock: IReactorTime,
         transport: RelayTransport,
         record: ConnectionRecord,
+        owner: ConnectionOwner,
         context: SSL.Context,
-        makeSession: Callable[[TLSTransport], TerminatedSession],
+        makeSession: Callable[[TLSTransport], ITerminatedSession],
         handshakeTimeout: float,
         describe: Callable[[SSL.Connection], dict[str, Any]],
         handshakeTimed: Callable[[float], None] = lambda seconds: None,
@@ -70,6 +89,7 @@ class TerminationStage:
         self._clock = clock
         self._transport = transport
         self._record = record
+        self._owner = owner
         self._describe = describe
         self._handshakeTimed = handshakeTimed
         connection = SSL.Connection(context, None)
@@ -81,6 +101,7 @@ class TerminationStage:
         self._timer: IDelayedCall | None = None
 
     def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.HANDSHAKE)
         self._timer = self._clock.callLater(self._handshakeTimeout, self._timedOut)
         self._tls.ciphertextReceived(buffered)
 
@@ -107,11 +128,12 @@ class TerminationStage:
         self._stopTimer()
         self._handshakeTimed(self._clock.seconds() - self._handshakeStarted)
         self._record.extra.update(self._describe(self._tls.connection))
+        self._owner.report(Event.HANDSHAKE_DONE)
         self._session.connect()
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._record.fail(Status.HANDSHAKE_FAILED, reason)
+        self._owner.report(Event.HANDSHAKE_FAILED, reason)
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:
@@ -124,13 +146,13 @@ class TerminationStage:
         # The TLS layer sent the alert and closes the socket; the session
         # sees the client go as it sees any close, and the first cause
         # recorded is this one.
-        self._record.fail(Status.TLS_ERROR, reason)
+        self._owner.report(Event.TLS_ERROR, reason)
         self._record.extra.setdefault("closed_by", "client_tls_error")
 
     def _timedOut(self) -> None:
         self._timer = None
-        self._record.fail(
-            Status.HANDSHAKE_FAILED,
+        self._owner.report(
+            Event.HANDSHAKE_FAILED,
             f"handshake timeout: not done after {self._handshakeTimeout:g}s",
         )
         self._transport.abortConnection()

@@ -54,6 +54,9 @@ class TLSStrategy:
     def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
         raise NotImplementedError("a tls listener has no preamble")
 
+    def listenerState(self) -> None:
+        return None
+
     def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
         raise NotImplementedError("a tls listener reads a ClientHello")
 
@@ -86,6 +89,9 @@ class TCPStrategy:
 
     def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
         raise NotImplementedError("mode = tcp has no preamble")
+
+    def listenerState(self) -> None:
+        return None
 
     def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
         upstreamName = listener.config.upstream

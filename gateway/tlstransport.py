@@ -16,11 +16,11 @@ transport, so one relay serves passthrough and termination.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import (
@@ -41,20 +41,32 @@ from gateway.transports import RelayTransport
 _CHUNK = 2**17
 
 
-class TLSEvents(Protocol):
+class ITLSEvents(Interface):
     """
     What a L{TLSTransport} reports to the session that owns it.
     """
 
-    def tlsHandshakeDone(self) -> None: ...
+    def tlsHandshakeDone() -> None:
+        """
+        The handshake completed.
+        """
 
-    def tlsHandshakeFailed(self, reason: str) -> None: ...
+    def tlsHandshakeFailed(reason: str) -> None:
+        """
+        The handshake failed: C{reason} for the access log.
+        """
 
-    def tlsData(self, data: bytes) -> None: ...
+    def tlsData(data: bytes) -> None:
+        """
+        Plaintext from the peer.
+        """
 
-    def tlsReadClosed(self) -> None: ...
+    def tlsReadClosed() -> None:
+        """
+        The peer closed its side (close_notify, or the socket's FIN).
+        """
 
-    def tlsError(self, reason: str) -> None:
+    def tlsError(reason: str) -> None:
         """
         A TLS error after the handshake (a corrupt record, a bad KeyUpdate,
         an unexpected message): OpenSSL's alert has been sent and the
@@ -111,7 +123,7 @@ class TLSTransport:
         self,
         connection: SSL.Connection,
         transport: RelayTransport,
-        events: TLSEvents,
+        events: ITLSEvents,
         countOut: ConnectionRecord | None = None,
     ) -> None:
         self.connection = connection

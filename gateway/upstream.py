@@ -220,8 +220,9 @@ class Member:
 
 class UpstreamTLSPolicy(TypingProtocol):
     """
-    What L{ConfiguredNames} wraps: L{gateway.tlspolicy.UpstreamTLS}, as
-    sessions use it.
+    What re-encrypts to an upstream's servers, as sessions use it:
+    L{gateway.tlspolicy.UpstreamTLS}, and L{ConfiguredNames}, which wraps
+    it.
     """
 
     def connectionFor(self, server: ServerConfig) -> SSL.Connection: ...

@@ -18,7 +18,15 @@ from twisted.python.failure import Failure
 import gateway.preread
 from gateway.accesslog import ConnectionRecord
 from gateway.decision import Reject
-from gateway.lifecycle import STEPS, TRANSITIONS, VERDICT, Event, State
+from gateway.lifecycle import (
+    STAGE_EVENTS,
+    STEPS,
+    TRANSITIONS,
+    VERDICT,
+    Event,
+    State,
+    apply,
+)
 from gateway.pgstage import POSTGRES
 from gateway.postgres import SSL_REQUEST
 from gateway.preread import PrereadProtocol
@@ -57,17 +65,105 @@ def test_loggedIsFinal() -> None:
     assert STEPS[State.LOGGED] == {}
     assert {s for (s, e) in TRANSITIONS if e is Event.LOG} == {
         State.DECIDED,
+        State.HANDSHAKING,
+        State.CONNECTING,
+        State.RELAYING,
         State.CLOSING,
     }
 
 
-def test_statusesAreRecordedOnlyOnTheWayToClosing() -> None:
+LIVE = {State.DECIDED, State.HANDSHAKING, State.CONNECTING, State.RELAYING}
+
+
+def test_statusesAreRecordedOnlyOnTheWayToClosingOrAsOK() -> None:
+    """
+    A status is recorded on the way to C{closing} (the first cause), or as
+    C{ok} when a live connection is logged with none; never once closing.
+    """
     for (state, event), transition in TRANSITIONS.items():
         if transition.status is not None:
-            assert transition.target is State.CLOSING, (state, event)
-            assert state is not State.CLOSING
+            assert state is not State.CLOSING, (state, event)
+            if transition.status is Status.OK:
+                assert (event, transition.target) == (Event.LOG, State.LOGGED)
+                assert state in LIVE
+            else:
+                assert transition.target is State.CLOSING, (state, event)
         if transition.status is VERDICT:
             assert event is Event.REFUSE
+
+
+def test_everyStatusAStageEndsWithIsTheTables() -> None:
+    """
+    The statuses the stages used to set themselves each have their
+    transition: C{ok}, C{upstream_unavailable}, C{idle_timeout},
+    C{tls_error}, C{handshake_failed}, C{shutdown}.
+    """
+    recorded = {t.status for (s, e), t in TRANSITIONS.items() if s in LIVE and t.status}
+    assert {
+        Status.OK,
+        Status.UPSTREAM_UNAVAILABLE,
+        Status.IDLE_TIMEOUT,
+        Status.TLS_ERROR,
+        Status.HANDSHAKE_FAILED,
+        Status.SHUTDOWN,
+        VERDICT,
+    } == recorded
+
+
+def test_theStagesWayIsTheTables() -> None:
+    """
+    decided -> (handshaking) -> connecting -> relaying -> closing ->
+    logged, as the stages report it.
+    """
+    record = ConnectionRecord("l", "198.51.100.7:1", 0.0, 0.0)
+    state: State | None = State.DECIDED
+    for event, expected in [
+        (Event.HANDSHAKE, State.HANDSHAKING),
+        (Event.HANDSHAKE_DONE, State.DECIDED),
+        (Event.CONNECT, State.CONNECTING),
+        (Event.CONNECTED, State.RELAYING),
+        (Event.IDLE, State.CLOSING),
+        (Event.SHUT_DOWN, State.CLOSING),
+        (Event.LOG, State.LOGGED),
+    ]:
+        assert state is not None
+        state = apply(state, event, record, f"after {event.value}")
+        assert state is expected, event
+    assert (record.status, record.reason) == (Status.IDLE_TIMEOUT, "after idle")
+
+
+@given(
+    st.lists(st.sampled_from(sorted(STAGE_EVENTS | {Event.SHUT_DOWN}, key=str))),
+    st.sampled_from([None, Status.DENIED, Status.BAD_CLIENT_HELLO]),
+)
+def test_aStageRecordsOneStatusTheFirstCause(
+    events: list[Event], refusal: Status | None
+) -> None:
+    """
+    Whatever a stage reports, from C{decided} until it is logged: the
+    status is set once, by the first transition that records one (a cause
+    on the way to C{closing}, or C{ok} at the end), and never changed.
+    """
+    record = ConnectionRecord("l", "198.51.100.7:1", 0.0, 0.0)
+    state = State.DECIDED
+    first: object = None
+    for event in [*events, Event.LOG]:
+        transition = TRANSITIONS.get((state, event))
+        target = apply(state, event, record, event.value, refusal or Status.DENIED)
+        if transition is None:
+            assert target is None
+            continue
+        assert target is transition.target
+        if first is None and transition.status is not None:
+            first = (
+                refusal or Status.DENIED
+                if transition.status is VERDICT
+                else transition.status
+            )
+        state = target
+    assert state is State.LOGGED
+    assert first is not None
+    assert record.status == first
 
 
 @given(st.lists(st.sampled_from(list(Event)), max_size=30))
@@ -155,6 +251,7 @@ _action = st.one_of(
     st.tuples(st.just("advance"), st.sampled_from([0.5, 3.0, 11.0])),
     st.just(("fin", None)),
     st.just(("shutdown", None)),
+    st.tuples(st.just("stage"), st.sampled_from(sorted(STAGE_EVENTS, key=str))),
 )
 
 
@@ -195,6 +292,7 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
         transport.protocol = protocol
         protocol.makeConnection(transport)
         finished = False
+        disallowed = 0
         for kind, value in actions:
             if not transport.connected:
                 break
@@ -211,6 +309,9 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
                 protocol.readConnectionLost()
             elif kind == "shutdown":
                 protocol.shutdown()
+            elif kind == "stage" and listener.stages:
+                # What a stage reports: the table takes it or logs it.
+                disallowed += not protocol.report(value, "stage", Status.DENIED)
         if transport.connected:
             transport.loseConnection()
         assert listener.ended_ == [protocol]
@@ -218,8 +319,9 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
         # A connection handed to its stage ends there; any other was given
         # its status on the way to closing.
         assert [stage.lost for stage in listener.stages] in ([], [True])
-        assert record.status is not None or listener.stages
-        assert errors == []
+        # Every connection's status was set by the table: a cause, or ok.
+        assert record.status is not None
+        assert len(errors) == disallowed
     finally:
         gateway.preread._log = original
 

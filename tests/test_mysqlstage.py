@@ -48,7 +48,7 @@ from gateway.mysql import (
 from gateway.mysqlstage import SWITCH_PLUGIN, MySQLConnection, Refusal, Wiring
 from gateway.session import Timeouts, UpstreamRuntime
 from gateway.upstream import IServerChooser
-from tests.transports import HalfCloseableTransport
+from tests.transports import HalfCloseableTransport, TableOwner
 
 CA = trustme.CA()
 SERVER_CERTIFICATE = CA.issue_cert("db.example.test")
@@ -174,10 +174,13 @@ class StageTestCase(SynchronousTestCase):
             ended=self.end,
         )
         self.client = HalfCloseableTransport()
+        self.owner = TableOwner(self.record)
+        self.addCleanup(lambda: self.assertEqual(self.owner.refused, []))
         self.stage = MySQLConnection(
             wiring,
             self.client,
             self.record,
+            self.owner,
         )
         self.client.protocol = Forward(self.stage)
         self.stage.start(b"")

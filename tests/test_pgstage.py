@@ -723,7 +723,7 @@ class TerminationTests(ListenerTestCase):
         self.assertEqual(
             received, AUTHENTICATION_OK + BACKEND_KEY_DATA + READY_FOR_QUERY
         )
-        owner = self.factory.cancelKeys.get(KEY)
+        owner = self.factory.strategyState.get(KEY)
         assert owner is not None
         self.assertEqual(owner.server, DB1)
 
@@ -739,11 +739,11 @@ class TerminationTests(ListenerTestCase):
 
         # The session ends: its key is forgotten.
         upstream.connectionLost(Failure(ConnectionError()))
-        self.assertEqual(len(self.factory.cancelKeys), 0)
+        self.assertEqual(len(self.factory.strategyState), 0)
 
     def test_cancelInsideTLSGoesToTheKeyOwner(self) -> None:
         owner = CancelOwner(DB1, UpstreamRuntime("one", OneServer(DB1), 1))
-        self.factory.cancelKeys.add(KEY, owner)
+        self.factory.strategyState.add(KEY, owner)
         protocol, transport, client = self.handshake(b"db2.example.test")
         client.sendall(cancelRequest(KEY))
         self.pump(protocol, transport, client)

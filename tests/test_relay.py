@@ -20,9 +20,10 @@ from zope.interface.verify import verifyObject
 from gateway import fastpath
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
+from gateway.lifecycle import Event, State
 from gateway.relay import IRelay, PortableRelay
 from tests.helpers import fastPathOnly
-from tests.transports import HalfCloseableTransport
+from tests.transports import HalfCloseableTransport, TableOwner
 
 
 class RelayTests(SynchronousTestCase):
@@ -41,6 +42,7 @@ class RelayTests(SynchronousTestCase):
             self.clock,
             60.0,
             lambda: self.done.append(True),
+            owner=TableOwner(self.record, State.RELAYING),
         )
 
     def test_providesIRelay(self) -> None:
@@ -121,8 +123,8 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.record.status, "idle_timeout")
 
     def test_abortRecordsFirstCauseOnly(self) -> None:
-        self.relay.abort("shutdown", "gateway stopped")
-        self.relay.abort("idle_timeout", "late")
+        self.relay.abort(Event.SHUT_DOWN, "gateway stopped")
+        self.relay.abort(Event.IDLE, "late")
         self.assertEqual(self.record.status, "shutdown")
         self.assertTrue(self.client.aborted and self.upstream.aborted)
 

@@ -35,10 +35,11 @@ from zope.interface.verify import verifyObject
 
 from gateway import fastpath, splicerelay
 from gateway.accesslog import ConnectionRecord
+from gateway.lifecycle import Event, State
 from gateway.relay import IRelay, PortableRelay
 from gateway.splicerelay import PipePool, SpliceRelay, spliceUnavailable, startRelay
 from tests.helpers import fastPathOnly
-from tests.transports import HalfCloseableTransport
+from tests.transports import HalfCloseableTransport, TableOwner
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux splice only"),
@@ -161,6 +162,7 @@ class Relayed:
             self.reactor,
             self._idleTimeout,
             lambda: self.done.append(True),
+            owner=TableOwner(self.record, State.RELAYING),
             reactor=self.reactor,
             head=self._head,
             pipes=self.pipes,
@@ -248,7 +250,7 @@ class Relayed:
         for peer in (self.clientPeer, self.upstreamPeer):
             peer.close()
         if self.relay is not None:
-            self.relay.abort("shutdown", "test over")
+            self.relay.abort(Event.SHUT_DOWN, "test over")
         self.turn(0.02)
         self._port.stopListening()
         self._listener.close()
@@ -504,8 +506,8 @@ def test_abortRecordsTheFirstCauseAndResetsBoth(
     harness = relayed()
     relay = harness.relay
     assert relay is not None
-    relay.abort("shutdown", "gateway stopped")
-    relay.abort("idle_timeout", "late")
+    relay.abort(Event.SHUT_DOWN, "gateway stopped")
+    relay.abort(Event.IDLE, "late")
     harness.waitForReset(harness.clientPeer)
     harness.waitForReset(harness.upstreamPeer)
     harness.finish()
@@ -628,6 +630,7 @@ def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
             client,
             upstream,
             record,
+            TableOwner(record, State.RELAYING),
             60.0,
             lambda: None,
             [b"hello", b" there"],
@@ -662,6 +665,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
             client,
             upstream,
             record,
+            TableOwner(record, State.RELAYING),
             60.0,
             lambda: None,
             [b"hello"],
@@ -680,7 +684,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     (event,) = [e for e in events if e.get("log_namespace") == "gateway.splicerelay"]
     assert event["log_level"].name == "debug"
     assert event["setting"] == "auto"
-    relay.abort("shutdown", "test over")
+    relay.abort(Event.SHUT_DOWN, "test over")
 
 
 def test_urgentDataNeitherStallsNorSpins(

@@ -47,6 +47,7 @@ from gateway.upstream import (
     Pool,
     localError,
 )
+from tests.transports import TableOwner
 
 from .transports import HalfCloseableTransport
 
@@ -385,11 +386,14 @@ class SessionAccountingTests(SynchronousTestCase):
             listener="web", client="198.51.100.1:5000", accepted=0.0, started=0.0
         )
         self.ended: list[bool] = []
+        self.owner = TableOwner(self.record)
+        self.addCleanup(lambda: self.assertEqual(self.owner.refused, []))
         self.session = Session(
             self.reactor,
             self.reactor,
             self.client,  # type: ignore[arg-type]
             self.record,
+            self.owner,
             UpstreamRuntime("app", self.pool, 3),
             "198.51.100.1",
             Timeouts(connect=5.0, idle=60.0),

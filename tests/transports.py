@@ -2,6 +2,8 @@
 In-memory transports for protocol tests.
 """
 
+from typing import Any
+
 from twisted.internet.testing import StringTransportWithDisconnection
 
 
@@ -33,3 +35,31 @@ class PromptClientTransport(HalfCloseableTransport):
         super().loseWriteConnection()
         if self.connected and self.protocol is not None:
             self.protocol.readConnectionLost()  # type: ignore[attr-defined]
+
+
+class TableOwner:
+    """
+    A connection's owner for a stage tested without its
+    L{gateway.preread.PrereadProtocol}: it applies the same table
+    (L{gateway.lifecycle.apply}) from C{decided} and keeps every event
+    the table did not allow in C{refused}.
+    """
+
+    def __init__(self, record: Any, state: Any = None) -> None:
+        from gateway.lifecycle import State
+
+        self.record = record
+        self.state = State.DECIDED if state is None else state
+        self.events: list[Any] = []
+        self.refused: list[tuple[Any, Any]] = []
+
+    def report(self, event: Any, reason: Any = None, status: Any = None) -> bool:
+        from gateway.lifecycle import apply
+
+        self.events.append(event)
+        target = apply(self.state, event, self.record, reason, status)
+        if target is None:
+            self.refused.append((self.state, event))
+            return False
+        self.state = target
+        return True

@@ -1,0 +1,54 @@
+"""
+Every provider of the connection core's zope interfaces provides them
+whole: the stage a connection is handed to (L{IStage}), what a
+termination stage drives (L{ITerminatedSession}) and what a TLS layer
+reports to (L{ITLSEvents}).
+
+The interfaces declare methods only, so an instance made without its
+constructor (which needs a running connection) is enough for
+C{verifyObject} to check every method and its signature, and that the
+class declares the interface.
+"""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface import Interface
+from zope.interface.verify import verifyObject
+
+from gateway.acmechallenge import ChallengeStage
+from gateway.health import _Probe
+from gateway.mysqlstage import MySQLConnection, ServerLeg, _TerminatedLogin
+from gateway.passthrough import PassthroughStage
+from gateway.pgstage import StartupReader
+from gateway.preread import IStage
+from gateway.session import Session, UpstreamProtocol
+from gateway.terminate import ITerminatedSession, TerminationStage
+from gateway.tlstransport import ITLSEvents
+
+PROVIDERS: list[tuple[type[Interface], type]] = [
+    (IStage, PassthroughStage),
+    (IStage, TerminationStage),
+    (IStage, MySQLConnection),
+    (IStage, ChallengeStage),
+    (ITerminatedSession, Session),
+    (ITerminatedSession, StartupReader),
+    (ITerminatedSession, _TerminatedLogin),
+    (ITLSEvents, UpstreamProtocol),
+    (ITLSEvents, TerminationStage),
+    (ITLSEvents, ServerLeg),
+    (ITLSEvents, _Probe),
+    (ITLSEvents, ChallengeStage),
+]
+
+
+@pytest.mark.parametrize(
+    ("interface", "provider"),
+    PROVIDERS,
+    ids=[f"{i.__name__}-{p.__name__}" for i, p in PROVIDERS],
+)
+def test_providerProvidesTheInterface(
+    interface: type[Interface], provider: type
+) -> None:
+    assert interface.implementedBy(provider)
+    assert verifyObject(interface, provider.__new__(provider))
