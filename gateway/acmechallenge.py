@@ -21,6 +21,7 @@ from gateway.accesslog import ConnectionRecord
 from gateway.decision import offersOnlyAcmeTLS
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.preread import IStage
+from gateway.timers import cancel
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
 
@@ -120,7 +121,5 @@ class ChallengeStage:
         self._transport.abortConnection()
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None

@@ -284,8 +284,7 @@ class AcmeManager:
 
     def _schedule(self, name: str, delay: float) -> None:
         managed = self._managed[name]
-        if managed.timer is not None and managed.timer.active():
-            managed.timer.cancel()
+        cancel(managed.timer)
         managed.timer = self._reactor.callLater(
             min(max(delay, 0.0), MAX_SLEEP), self._check, name
         )

@@ -88,6 +88,7 @@ from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.strategy import IProtocolStrategy
 from gateway.terminate import ITerminatedSession, TerminationStage
+from gateway.timers import cancel
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
@@ -494,10 +495,8 @@ class ServerLeg(Protocol):
             self._unusable(reason.getErrorMessage())
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
 
 
 @implementer(ITerminatedSession)
@@ -1067,10 +1066,8 @@ class MySQLConnection:
         )
 
     def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel(self._timer)
+        self._timer = None
 
 
 @implementer(IProtocolStrategy)

@@ -49,6 +49,7 @@ from gateway.contexts import Contexts, buildContexts, servedCertificates
 from gateway.loading import loadChecked, takeContexts
 from gateway.servedcerts import ServedCertificates
 from gateway.signals import IReloadable
+from gateway.timers import cancel
 
 if TYPE_CHECKING:
     from gateway.tlspolicy import ServerTLS
@@ -481,8 +482,7 @@ class Supervisor(Service):
         and the old ones retire.
         """
         self._pending = None
-        if pending.timer.active():
-            pending.timer.cancel()
+        cancel(pending.timer)
         old = [w for w in self._workers if w.generation == self._generation]
         self._generation = pending.generation
         self.config = pending.config
@@ -511,8 +511,7 @@ class Supervisor(Service):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        if pending.timer.active():
-            pending.timer.cancel()
+        cancel(pending.timer)
         for worker in list(self._workers):
             if worker.generation == pending.generation:
                 worker.stopping = True
