@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,46 @@ ACCESS_LOG_KEYS = frozenset(
 )
 
 
+#: Ports handed out by L{freePort}: below Linux's ephemeral range
+#: (32768-60999), where no outgoing connection (a gateway's to its
+#: upstream, a client's) can take one between the test choosing it and the
+#: process it is for binding it; a block of its own for each pytest-xdist
+#: worker, so parallel tests never choose the same one.
+_PORT_BLOCK = 800
+_PORT_BASE = 20000
+
+
+def _portCandidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    start = _PORT_BASE + (index % 15) * _PORT_BLOCK
+    offset = random.randrange(_PORT_BLOCK)
+    while True:
+        for step in range(_PORT_BLOCK):
+            yield start + (offset + step) % _PORT_BLOCK
+        offset = 0
+
+
+_candidates: Iterator[int] | None = None
+
+
 def freePort() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago and that no other
+    test of this run will be given (see L{_PORT_BASE}).
+    """
+    global _candidates
+    if _candidates is None:
+        _candidates = _portCandidates()
+    for _ in range(_PORT_BLOCK):
+        port = next(_candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this worker's block")
 
 
 def gatewayEnvironment() -> dict[str, str]:
