@@ -687,16 +687,20 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     relay.abort(Event.SHUT_DOWN, "test over")
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["copying", "splicing"])
 def test_urgentDataNeitherStallsNorSpins(
-    relayed: Callable[..., Relayed], monkeypatch: pytest.MonkeyPatch
+    relayed: Callable[..., Relayed], monkeypatch: pytest.MonkeyPatch, bulk: bool
 ) -> None:
     """
     C{splice} stops at TCP urgent data and, non-blocking, says "try again"
     while epoll keeps saying "readable": the relay reads past it with
     C{recv}, which drops the urgent byte as the portable relay's reads do,
-    instead of spinning.
+    instead of spinning.  A flow that copies (small reads) drops it the
+    same way.
     """
     harness = relayed()
+    assert harness.relay is not None
+    harness.relay._toUpstream._bulk = bulk
     reads: list[None] = []
     original = splicerelay._Flow.sourceReadable
 
@@ -725,3 +729,53 @@ def test_urgentDataNeitherStallsNorSpins(
         == b"more"
     )
     assert harness.record.bytesIn == 10
+
+
+def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
+    relayed: Callable[..., Relayed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A flow copies small reads through the shared buffer, splices once a
+    read fills it, and copies again after a splice moved less: through
+    every switch, each byte arrives once and in order, and is counted.
+    """
+    harness = relayed()
+    splices: list[int] = []
+    original = splicerelay._splice
+    assert original is not None
+
+    def counted(source: int, sink: int, count: int, flags: int = 0) -> int:
+        moved = original(source, sink, count, flags=flags)
+        splices.append(moved)
+        return moved
+
+    monkeypatch.setattr(splicerelay, "_splice", counted)
+    sent = bytearray()
+    got = bytearray()
+
+    def send(data: bytes) -> None:
+        sent.extend(data)
+        got.extend(
+            harness.exchange(harness.clientPeer, data, harness.upstreamPeer, len(data))
+        )
+
+    send(b"GET /small HTTP/1.1\r\n\r\n")
+    assert splices == [], "a small read is copied"
+    send(pattern(4 * MiB, 7))
+    assert sum(splices) > 0, "bulk is spliced"
+    before = len(splices)
+    send(b"a" * 100)  # the splice that reads this moves less: copy again
+    send(b"b" * 100)
+    assert len(splices) <= before + 2
+    for _ in range(3):
+        done = len(splices)
+        send(b"c" * 200)
+        assert len(splices) == done, "small reads are copied again"
+    assert bytes(got) == bytes(sent)
+    assert harness.record.bytesIn == len(sent)
+    answer = pattern(300, 8)
+    assert (
+        harness.exchange(harness.upstreamPeer, answer, harness.clientPeer, 300)
+        == answer
+    )
+    assert harness.record.bytesOut == 300
