@@ -16,6 +16,7 @@ buffers nothing but what it already had.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import attrs
@@ -32,9 +33,15 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
+from gateway.directconnect import DirectConnect, literalAddress
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.relay import IRelay
-from gateway.splicerelay import startRelay
+from gateway.splicerelay import (
+    directHub,
+    spliceUnavailable,
+    startDirectRelay,
+    startRelay,
+)
 from gateway.strategy import IUpstreamOpening
 from gateway.terminate import ITerminatedSession
 from gateway.timers import cancel
@@ -231,6 +238,18 @@ class UpstreamProtocol(Protocol):
             self._session.upstreamRefused(self, reason.getErrorMessage())
 
 
+@attrs.define(slots=True)
+class _DirectAttempt:
+    """
+    An upstream attempt that L{gateway.directconnect} makes: what
+    L{Session} knows of an attempt, without a protocol (there is no
+    transport until the relay owns the socket).
+    """
+
+    server: ServerConfig
+    transport: None = None
+
+
 @implementer(ITerminatedSession)
 class Session:
     """
@@ -264,6 +283,11 @@ class Session:
     @ivar _attempt: the upstream connection being made (connecting or in
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
+    @ivar _hub: where a connection that will be spliced connects its
+        upstream directly (L{gateway.directconnect}), or L{None}: it goes
+        through Twisted's C{connectTCP}, as every connection does with
+        the fast paths off, with TLS or an opening towards the upstream,
+        and for a server given by name.
     """
 
     def __init__(
@@ -304,8 +328,13 @@ class Session:
         self._triesLeft = upstream.tries
         self._tried: frozenset[ServerConfig] = frozenset()
         self._picked: ServerConfig | None = None
-        self._connector: IConnector | None = None
-        self._attempt: UpstreamProtocol | None = None
+        self._connector: IConnector | DirectConnect | None = None
+        self._attempt: UpstreamProtocol | _DirectAttempt | None = None
+        self._hub = (
+            directHub(relay, reactor, client)
+            if upstream.tls is None and opening is None
+            else None
+        )
         self._clientEOF = False
         self._clientGone = False
         self._lastError = "no server available"
@@ -372,6 +401,11 @@ class Session:
         self._tried |= {server}
         self._picked = server
         self._record.upstream = server.address
+        if self._hub is not None and server.host is not None:
+            address = literalAddress(server.host, server.port or 0)
+            if address is not None:
+                self._connectDirectly(server, *address)
+                return
         attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
         self._connector = connectServer(
             self._reactor,
@@ -381,7 +415,62 @@ class Session:
             lambda reason: self._connectFailed(attempt, reason),
         )
 
-    def _connectFailed(self, attempt: UpstreamProtocol, reason: Failure) -> None:
+    def _connectDirectly(
+        self, server: ServerConfig, family: int, address: tuple[object, ...]
+    ) -> None:
+        assert self._hub is not None
+        direct = self._attempt = _DirectAttempt(server)
+        connector = self._connector = DirectConnect(
+            self._hub,
+            self._clock,
+            lambda sock: self._connectedDirectly(direct, sock),
+            lambda reason: self._connectFailed(direct, reason),
+        )
+        connector.start(family, address, self._timeouts.connect)
+
+    def _connectedDirectly(self, attempt: _DirectAttempt, sock: socket.socket) -> None:
+        """
+        L{gateway.directconnect} connected the upstream socket: the splice
+        relay takes it, as L{upstreamReady} starts a relay for a transport.
+        """
+        self._attempt = self._connector = None
+        self._upstream.chooser.connectSucceeded(attempt.server)
+        if self._clientGone:
+            sock.close()
+            self._finish()
+            return
+        if self._proxyHeader is not None:
+            self._pending.insert(0, self._proxyHeader())
+        pending, self._pending = self._pending, []
+        why = spliceUnavailable(self._relaySetting, self._client, None)
+        if why is not None:
+            # Checked when the upstream was chosen (directHub), and nothing
+            # is written to a passthrough client before its relay: a bug.
+            sock.close()
+            self._owner.report(
+                Event.UPSTREAM_UNAVAILABLE, f"gateway error: cannot splice: {why}"
+            )
+            self._client.abortConnection()
+            return
+        self._owner.report(Event.CONNECTED)
+        self.relay = relay = startDirectRelay(
+            self._relaySetting,
+            self._reactor,
+            self._clock,
+            self._client,
+            sock,
+            self._record,
+            self._owner,
+            self._timeouts.idle,
+            self._finish,
+            pending,
+        )
+        if self._clientEOF:
+            relay.clientReadClosed()
+
+    def _connectFailed(
+        self, attempt: UpstreamProtocol | _DirectAttempt, reason: Failure
+    ) -> None:
         local = localError(reason)
         if local is None:
             self.upstreamRefused(attempt, reason.getErrorMessage())
@@ -399,7 +488,9 @@ class Session:
         self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
         self._client.loseConnection()
 
-    def upstreamRefused(self, attempt: UpstreamProtocol, reason: str) -> None:
+    def upstreamRefused(
+        self, attempt: UpstreamProtocol | _DirectAttempt, reason: str
+    ) -> None:
         """
         The server of C{attempt} cannot take this connection (refused,
         timed out, closed or failed TLS verification before it was ready):

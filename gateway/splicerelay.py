@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -45,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
-from gateway.fastpath import Hub, hasUnsentBytes, hubFor, hubReaders, send
+from gateway.fastpath import HUBS, Hub, hasUnsentBytes, hubFor, hubReaders, send
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.portable import PORTABLE, SPLICE
 from gateway.relay import IRelay, PortableRelay, reset
@@ -149,7 +150,7 @@ PIPES = PipePool()
 
 
 def spliceUnavailable(
-    setting: str, client: RelayTransport, upstream: RelayTransport
+    setting: str, client: RelayTransport, upstream: RelayTransport | None
 ) -> str | None:
     """
     Why a connection cannot use the splice relay, or L{None} if it can.
@@ -165,6 +166,10 @@ def spliceUnavailable(
     which the splice relay sends before anything else.)
 
     @param setting: the listener's C{relay} key.
+    @param upstream: L{None} for an upstream socket that is not connected
+        yet and will be the relay's own (L{gateway.directconnect}): a TCP
+        socket to an IP address with nothing written to it, which splice
+        always takes.
     """
     if setting == "portable":
         return "relay = portable"
@@ -173,6 +178,8 @@ def spliceUnavailable(
     if _splice is None:
         return f"relay = {setting}, but this platform has no splice"
     for side, transport in (("client", client), ("upstream", upstream)):
+        if transport is None:
+            continue
         if not isinstance(transport, tcp.Connection):
             kind = type(transport).__name__
             return f"relay = {setting}, but the {side} side is a {kind}"
@@ -183,6 +190,59 @@ def spliceUnavailable(
         if hasUnsentBytes(transport):
             return f"relay = {setting}, but the {side} side has unsent bytes"
     return None
+
+
+def directHub(setting: str, reactor: object, client: RelayTransport) -> Hub | None:
+    """
+    The splice hub to connect a connection's upstream in
+    (L{gateway.directconnect}), when the connection will be spliced
+    whatever its upstream: its C{relay} setting, the platform and its
+    client side allow it.  L{None} otherwise: the upstream is connected
+    by Twisted, and L{startRelay} chooses.
+
+    Only a hub that exists: the first relay of a process makes it
+    (L{startRelay}), where a hub that cannot be made (no descriptor left)
+    leaves that connection to the reactor; made here, before the upstream
+    socket, it could take the descriptor that socket needed.
+    """
+    if spliceUnavailable(setting, client, None) is not None:
+        return None
+    return HUBS.get(reactor)  # type: ignore[call-overload, no-any-return]
+
+
+def startDirectRelay(
+    setting: str,
+    reactor: object,
+    clock: IReactorTime,
+    client: RelayTransport,
+    upstream: socket.socket,
+    record: ConnectionRecord,
+    owner: ConnectionOwner,
+    idleTimeout: float,
+    done: Callable[[], None],
+    pending: Sequence[bytes],
+) -> SpliceRelay:
+    """
+    Splice a connection whose upstream socket L{gateway.directconnect}
+    connected: the relay owns that socket from now on.  The client side
+    must still be spliceable (L{spliceUnavailable} with no upstream).
+    """
+    _log.debug(
+        "relay {where}: splice (relay = {setting})",
+        where=f"{record.client} -> {record.upstream}",
+        setting=setting,
+    )
+    return SpliceRelay(
+        client,  # type: ignore[arg-type]
+        upstream,
+        record,
+        clock,
+        idleTimeout,
+        done,
+        owner=owner,
+        reactor=IReactorFDSet(reactor),
+        head=b"".join(pending),
+    )
 
 
 def startRelay(
@@ -267,6 +327,19 @@ class _State(enum.Enum):
     CLOSING = "closing"
 
 
+class _Close(enum.Enum):
+    #: both FINs went out and nothing is left to send.
+    CLEAN = "clean"
+    #: pass a reset on: RST, not FIN.
+    RESET = "reset"
+    #: stop at once (C{abortConnection}).
+    ABORT = "abort"
+
+
+#: C{SO_LINGER} on, zero seconds: C{close} sends RST.
+_LINGER0 = struct.pack("ii", 1, 0)
+
+
 class _FlowState(enum.Enum):
     #: the source may send more.
     OPEN = "open"
@@ -306,12 +379,16 @@ class _Socket:
         self,
         relay: SpliceRelay,
         side: str,
-        transport: tcp.Connection,
+        end: tcp.Connection | socket.socket,
         hub: Hub,
     ) -> None:
         self.side = side
-        self.transport = transport
-        self.socket = transport.getHandle()
+        if isinstance(end, socket.socket):
+            self.transport: tcp.Connection | None = None
+            self.socket = end
+        else:
+            self.transport = end
+            self.socket = end.getHandle()
         self.fd = self.socket.fileno()
         self.reading = False
         self.writing = False
@@ -323,6 +400,32 @@ class _Socket:
     def connect(self, outgoing: _Flow, incoming: _Flow) -> None:
         self._outgoing = outgoing
         self._incoming = incoming
+
+    def close(self, how: _Close) -> None:
+        """
+        End the socket (the relay has unregistered it): give it back to its
+        Twisted transport, whose C{connectionLost} then reaches the session
+        as it always does, or, for a socket the relay owns
+        (L{gateway.directconnect}), close it here and tell the relay it is
+        lost.
+        """
+        transport = self.transport
+        if transport is not None:
+            if how is _Close.CLEAN:
+                transport.connectionLost(Failure(ConnectionDone()))
+            elif how is _Close.RESET:
+                reset(transport)
+            else:
+                transport.abortConnection()
+            return
+        if self.fd < 0:
+            return
+        if how is _Close.RESET:
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+        self.socket.close()
+        self.fd = -1
+        self._relay.ownedLost(self)
 
     def startReading(self) -> None:
         if not self.reading:
@@ -649,7 +752,7 @@ class SpliceRelay:
     def __init__(
         self,
         client: tcp.Connection,
-        upstream: tcp.Connection,
+        upstream: tcp.Connection | socket.socket,
         record: ConnectionRecord,
         clock: IReactorTime,
         idleTimeout: float,
@@ -661,6 +764,8 @@ class SpliceRelay:
         pipes: PipePool = PIPES,
     ) -> None:
         """
+        @param upstream: the upstream's Twisted transport, or its socket,
+            which the relay then owns and closes (L{gateway.directconnect}).
         @param head: bytes for the upstream ahead of everything spliced:
             the session's pending bytes (the ClientHello), given here rather
             than written to the upstream transport, whose buffer nobody
@@ -684,9 +789,10 @@ class SpliceRelay:
         self._upstream.connect(self._toClient, self._toUpstream)
         # The session paused the client; nothing is buffered on either
         # transport (spliceUnavailable checked), so this hands both over.
-        for transport in (client, upstream):
-            transport.stopReading()
-            transport.stopWriting()
+        for end in (self._client, self._upstream):
+            if end.transport is not None:
+                end.transport.stopReading()
+                end.transport.stopWriting()
         self._lastActivity = clock.seconds()
         self._timer: IDelayedCall | None = clock.callLater(idleTimeout, self._checkIdle)
         # The session runs in the upstream transport's connectionMade, from
@@ -739,7 +845,7 @@ class SpliceRelay:
             # reports a socket shut both ways as a hang-up, which Twisted
             # takes for a connection lost "in a non-clean fashion".
             for end in (self._client, self._upstream):
-                end.transport.connectionLost(Failure(ConnectionDone()))
+                end.close(_Close.CLEAN)
 
     def broken(self, end: _Socket, error: OSError | str) -> None:
         """
@@ -753,8 +859,8 @@ class SpliceRelay:
         self._stop()
         self._record.extra.setdefault("closed_by", f"{end.side}_reset")
         other = self._upstream if end is self._client else self._client
-        reset(other.transport)
-        end.transport.abortConnection()
+        other.close(_Close.RESET)
+        end.close(_Close.ABORT)
 
     def failed(self, why: str, event: Event | None = None) -> None:
         """
@@ -771,7 +877,7 @@ class SpliceRelay:
         self._stop()
         self._record.extra.setdefault("closed_by", "gateway_error")
         for end in (self._client, self._upstream):
-            reset(end.transport)
+            end.close(_Close.RESET)
 
     def _warn(self, why: str) -> None:
         _log.warn(
@@ -789,6 +895,13 @@ class SpliceRelay:
     def upstreamLost(self, reason: Failure) -> None:
         self._lost(self._client, "upstream")
 
+    def ownedLost(self, end: _Socket) -> None:
+        """
+        A socket the relay owns (no Twisted transport) was closed: what a
+        transport's C{connectionLost} is for the others.
+        """
+        self._lost(self._client if end is self._upstream else self._upstream, end.side)
+
     def _lost(self, other: _Socket, side: str) -> None:
         self._open -= 1
         if self._state is not _State.CLOSING:
@@ -796,7 +909,7 @@ class SpliceRelay:
             # closed the transport under the relay.  End it as a reset.
             self._stop()
             self._record.extra.setdefault("closed_by", f"{side}_reset")
-            reset(other.transport)
+            other.close(_Close.RESET)
         if self._open == 0 and self._done is not None:
             done, self._done = self._done, None
             done()
@@ -807,7 +920,7 @@ class SpliceRelay:
         self._owner.report(event, reason)
         self._stop()
         for end in (self._client, self._upstream):
-            end.transport.abortConnection()
+            end.close(_Close.ABORT)
 
     def _stop(self) -> None:
         """
