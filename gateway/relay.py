@@ -108,6 +108,68 @@ def reset(transport: RelayTransport) -> None:
     transport.abortConnection()
 
 
+class ResetAfterFlush:
+    """
+    Reset a TCP transport once Twisted has written what it holds for it.
+
+    When one peer of a relay resets, the other is reset too (L{reset}); but
+    the portable relay's transports keep a write buffer, and what the lost
+    peer sent just before its reset may still be in it.  Aborting at once
+    would drop those bytes, which the peer did send.  So the buffer drains
+    first: registered as a pull producer and followed by
+    C{loseConnection}, this object is asked for more data (its
+    C{resumeProducing}) only once the transport's buffer is empty, and it
+    answers with the reset.  A reader that never drains the buffer is cut
+    after C{timeout} seconds, as an idle connection would be; L{cut} resets
+    at once (a shutdown that will not wait).
+
+    A transport without a socket of its own (TLS over TCP) is reset at
+    once, as before: its C{loseConnection} would say C{close_notify}, a
+    clean end, which a reset must not.
+    """
+
+    __slots__ = ("_armed", "_deadline", "_transport")
+
+    def __init__(
+        self, transport: RelayTransport, clock: IReactorTime, timeout: float
+    ) -> None:
+        self._transport: RelayTransport | None = transport
+        self._deadline: IDelayedCall | None = None
+        self._armed = False
+        if getattr(transport, "socket", None) is None:
+            self.cut()
+            return
+        transport.unregisterProducer()
+        # A pull producer is asked for data at once on registration; only
+        # the calls after loseConnection mean "the buffer is empty".
+        transport.registerProducer(self, False)
+        self._armed = True
+        self._deadline = clock.callLater(timeout, self.cut)
+        transport.loseConnection()
+
+    def resumeProducing(self) -> None:
+        if self._armed:
+            self.cut()
+
+    def stopProducing(self) -> None:
+        # The transport is gone (lost or aborted): nothing left to reset.
+        self._transport = None
+        self._stopDeadline()
+
+    def cut(self) -> None:
+        """
+        Reset now, flushed or not.
+        """
+        transport, self._transport = self._transport, None
+        self._stopDeadline()
+        if transport is not None:
+            reset(transport)
+
+    def _stopDeadline(self) -> None:
+        cancel(self._deadline)
+        self._deadline = None
+
+
 @implementer(IRelay)
 class PortableRelay:
     """
@@ -145,6 +207,7 @@ class PortableRelay:
         "_closing",
         "_countBytes",
         "_done",
+        "_flushing",
         "_idleTimeout",
         "_lastActivity",
         "_open",
@@ -182,6 +245,7 @@ class PortableRelay:
         self._clientEOF = False
         self._upstreamEOF = False
         self._closing = False
+        self._flushing: ResetAfterFlush | None = None
         self._lastActivity = clock.seconds()
         self._timer: IDelayedCall | None = clock.callLater(idleTimeout, self._checkIdle)
         if readers is None:
@@ -249,13 +313,25 @@ class PortableRelay:
             self._closing = True
             self._stopTimer()
             self._record.extra.setdefault("closed_by", f"{side}_reset")
-            reset(other)
+            halfClosed = self._upstreamEOF if side == "upstream" else self._clientEOF
+            if halfClosed:
+                # Its FIN is out, so what it was sent has been written.
+                reset(other)
+            else:
+                self._flushing = ResetAfterFlush(other, self._clock, self._idleTimeout)
+        if self._open == 0:
+            self._stopFlushing()
         if self._open == 0 and self._done is not None:
             done, self._done = self._done, None
             done()
 
     def abort(self, event: Event, reason: str) -> None:
         if self._closing:
+            # Still flushing to the peer that outlived a reset: stop
+            # waiting for it.
+            flushing, self._flushing = self._flushing, None
+            if flushing is not None:
+                flushing.cut()
             return
         self._owner.report(event, reason)
         self._closing = True
@@ -263,6 +339,11 @@ class PortableRelay:
         self._stopReaders()
         for transport in (self._client, self._upstream):
             transport.abortConnection()
+
+    def _stopFlushing(self) -> None:
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            flushing.stopProducing()
 
     def _stopReaders(self) -> None:
         if self._readers is not None:

@@ -299,3 +299,178 @@ def test_theDirectPathNeedsTwistedsInternals() -> None:
 
     assert not fastpath.hasInternals(Renamed, ("_aborting", "_tempDataLen"))
     assert fastpath.hasInternals(Renamed, ("_aborting", "_pendingLength"))
+
+
+# -- a reset reaches the other peer after what it was sent --------------------------
+
+
+def _relayTo(
+    transport: tcp.Connection, clock: Clock, idleTimeout: float = 60.0
+) -> tuple[PortableRelay, HalfCloseableTransport, ConnectionRecord, list[bool]]:
+    """
+    A portable relay whose client is the real TCP C{transport} and whose
+    upstream is in memory.
+    """
+    upstream = HalfCloseableTransport()
+    upstream.protocol = Protocol()
+    record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0)
+    done: list[bool] = []
+    relay = PortableRelay(
+        transport,
+        upstream,
+        record,
+        clock,
+        idleTimeout,
+        lambda: done.append(True),
+        owner=TableOwner(record, State.RELAYING),
+    )
+    return relay, upstream, record, done
+
+
+def _lostBy(relay: PortableRelay, reactor: EPollReactor) -> None:
+    """
+    Let the client transport's abort run (Twisted closes the socket on the
+    next reactor turn), then tell the relay it is lost.
+    """
+    reactor.runUntilCurrent()
+    relay.clientLost(Failure(ConnectionLost()))
+
+
+def _receiveUntilReset(far: socket.socket) -> bytes:
+    received = b""
+    while True:
+        try:
+            chunk = far.recv(1 << 16)
+        except ConnectionResetError:
+            return received
+        assert chunk, f"FIN after {len(received)} bytes, not a reset"
+        received += chunk
+
+
+def test_anUpstreamResetWaitsForWhatTheClientWasSent(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    The upstream sent its last bytes and reset: the bytes still in
+    Twisted's buffer for the client go out first, then the reset.
+    """
+    transport, far, reactor = wire
+    clock = Clock()
+    relay, _upstream, record, done = _relayTo(transport, clock)
+    transport.write(b"the last words")
+    relay.upstreamLost(Failure(ConnectionLost()))
+    assert not transport._aborting
+    assert record.extra["closed_by"] == "upstream_reset"
+    transport.doWrite()
+    _lostBy(relay, reactor)
+    assert _receiveUntilReset(far) == b"the last words"
+    assert done == [True]
+    assert clock.getDelayedCalls() == []
+
+
+def test_withNothingQueuedTheResetComesOnTheNextWriteTurn(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    transport, far, reactor = wire
+    clock = Clock()
+    relay, _upstream, _record, done = _relayTo(transport, clock)
+    relay.upstreamLost(Failure(ConnectionLost()))
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    _lostBy(relay, reactor)
+    assert _receiveUntilReset(far) == b""
+    assert done == [True]
+    assert clock.getDelayedCalls() == []
+
+
+def test_aClientThatNeverReadsIsResetAtTheIdleTimeout(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    Waiting for the buffer to drain is bounded: a reader that never takes
+    the bytes is reset after C{idle_timeout}, as an idle peer would be.
+    """
+    transport, far, reactor = wire
+    clock = Clock()
+    relay, _upstream, _record, done = _relayTo(transport, clock, idleTimeout=30.0)
+    transport.write(b"never written")
+    relay.upstreamLost(Failure(ConnectionLost()))
+    clock.advance(29.9)
+    assert not transport._aborting
+    clock.advance(0.1)
+    assert transport._aborting
+    _lostBy(relay, reactor)
+    assert _receiveUntilReset(far) == b""
+    assert done == [True]
+
+
+def test_anAbortCutsTheWaitForTheBuffer(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    A shutdown that will not wait (the drain timeout, a second signal)
+    resets at once what is still flushing.
+    """
+    transport, far, reactor = wire
+    clock = Clock()
+    relay, _upstream, _record, done = _relayTo(transport, clock)
+    transport.write(b"dropped")
+    relay.upstreamLost(Failure(ConnectionLost()))
+    relay.abort(Event.SHUT_DOWN, "gateway stopped")
+    assert transport._aborting
+    _lostBy(relay, reactor)
+    assert _receiveUntilReset(far) == b""
+    assert done == [True]
+    assert clock.getDelayedCalls() == []
+
+
+def test_aClientResetWaitsForWhatTheUpstreamWasSent(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    The same the other way: the real transport is the upstream's.
+    """
+    transport, far, reactor = wire
+    clock = Clock()
+    client = HalfCloseableTransport()
+    client.protocol = Protocol()
+    record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0)
+    done: list[bool] = []
+    relay = PortableRelay(
+        client,
+        transport,
+        record,
+        clock,
+        60.0,
+        lambda: done.append(True),
+        owner=TableOwner(record, State.RELAYING),
+    )
+    transport.write(b"request tail")
+    relay.clientLost(Failure(ConnectionLost()))
+    assert record.extra["closed_by"] == "client_reset"
+    transport.doWrite()
+    reactor.runUntilCurrent()
+    relay.upstreamLost(Failure(ConnectionLost()))
+    assert _receiveUntilReset(far) == b"request tail"
+    assert done == [True]
+
+
+def test_aPeerThatHalfClosedIsResetAtOnce(
+    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
+) -> None:
+    """
+    After the upstream's FIN the client was half-closed, so all it was
+    sent is written: the upstream's later reset reaches it at once.
+    """
+    transport, far, reactor = wire
+    clock = Clock()
+    relay, _upstream, _record, done = _relayTo(transport, clock)
+    relay.upstreamData(b"response")
+    relay.upstreamReadClosed()
+    transport.doWrite()
+    relay.upstreamLost(Failure(ConnectionLost()))
+    assert transport._aborting
+    _lostBy(relay, reactor)
+    assert far.recv(100) == b"response"
+    assert far.recv(100) == b""
+    assert done == [True]

@@ -49,6 +49,9 @@ def _start(
 ) -> Gateway:
     gw = Gateway(iniText, tmp_path / "gateway")
     if bare:
+        # The missing platform alone must turn the fast paths off, also
+        # when the whole suite runs with TLSGATEWAY_PORTABLE=1.
+        monkeypatch.delenv("TLSGATEWAY_PORTABLE", raising=False)
         gw.command = [
             sys.executable,
             "-c",
