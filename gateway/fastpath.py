@@ -23,6 +23,9 @@ them are here, in this one module, and nowhere else in L{gateway}:
   - L{Hub}, L{HubReader}, L{hubReaders}: the epoll hub nested in the
     reactor, and its reader of a Twisted TCP transport, a copy of
     C{tcp.Connection.doRead} calling C{transport._dataReceived}.
+  - L{acceptExclusively}: a worker's shared listening socket registered
+    with C{EPOLLEXCLUSIVE} in the reactor's epoll set (C{_poller},
+    C{_reads}, C{_writes}).
 
 Each has a fallback on public APIs only, taken when the internal is missing
 (another release) and whenever C{TLSGATEWAY_PORTABLE=1} is set
@@ -766,3 +769,59 @@ def hubFor(reactor: IReactorFDSet) -> Hub:
     if hub is None:
         hub = HUBS[reactor] = Hub(reactor)
     return hub
+
+
+# --- shared listening sockets ---------------------------------------------
+
+
+#: C{EPOLLEXCLUSIVE} (Linux 4.5 and later), where Python has it.
+_EXCLUSIVE: Final[int] = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+def acceptExclusively(reactor: object, port: object) -> bool:
+    """
+    Wake only one of the processes sharing C{port}'s listening socket per
+    new connection, as NGINX does with C{EPOLLEXCLUSIVE}; say whether it
+    was done.
+
+    With C{workers > 1} every worker's reactor watches the same listening
+    socket, and by default the kernel wakes them all for each connection:
+    one accepts it, the others find nothing (C{accept4} fails with
+    C{EAGAIN}), each after a full reactor turn.  C{EPOLLEXCLUSIVE} can only
+    be given when a descriptor is added to an epoll set, and Twisted's
+    C{addReader} does not give it, so the port's registration in the
+    reactor's own epoll set (C{EPollReactor._poller}, C{_reads},
+    C{_writes}) is made again with it.  Twisted's later C{stopReading}
+    unregisters it as usual; a C{startReading} after that registers it
+    without the flag, which costs wake-ups, never connections.
+
+    Fallback (no epoll, the fast paths off, another reactor or release):
+    nothing is done, and every worker wakes as before.
+    """
+    if PORTABLE or not _EXCLUSIVE:
+        return False
+    poller = getattr(reactor, "_poller", None)
+    reads = getattr(reactor, "_reads", None)
+    writes = getattr(reactor, "_writes", None)
+    fileno = getattr(port, "fileno", None)
+    if (
+        not isinstance(poller, select.epoll)
+        or not isinstance(reads, set)
+        or not isinstance(writes, set)
+        or fileno is None
+    ):
+        return False
+    fd = fileno()
+    if fd not in reads or fd in writes:
+        return False
+    try:
+        poller.unregister(fd)
+    except OSError:
+        return False
+    try:
+        poller.register(fd, select.EPOLLIN | _EXCLUSIVE)
+    except OSError:
+        # A kernel without the flag: put back what Twisted had.
+        poller.register(fd, select.EPOLLIN)
+        return False
+    return True

@@ -32,6 +32,7 @@ from gateway.accesslog import AccessLog
 from gateway.acmemanager import AcmeManager
 from gateway.config import ConfigError, GatewayConfig
 from gateway.contexts import Contexts, buildContexts, servedCertificates, withAcme
+from gateway.fastpath import acceptExclusively
 from gateway.health import HealthChecker
 from gateway.listener import ListenerFactory
 from gateway.loading import loadChecked, takeContexts
@@ -367,6 +368,8 @@ class GatewayService(Service):
         if inherited is not None:
             fd, family = inherited
             port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
+            # Shared with the other workers: one of them woken per connection.
+            acceptExclusively(reactor, port)
             return port
         # Stream server endpoints for tcp, tcp6 and unix listen synchronously,
         # so the result is known before startService returns and a port that

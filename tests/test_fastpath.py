@@ -21,7 +21,7 @@ from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 
 from gateway import fastpath
@@ -193,3 +193,81 @@ def test_theSwitchTurnsEveryFastPathOff() -> None:
         check=True,
     )
     assert result.stdout.split() == ["False", "False", "False", "None"]
+
+
+# -- one worker woken per connection ----------------------------------------------
+
+
+def _epollMasks(poller: select.epoll) -> dict[int, int]:
+    """
+    The event mask of each descriptor in C{poller}, as the kernel holds
+    it (C{/proc/self/fdinfo}).
+    """
+    masks = {}
+    with open(f"/proc/self/fdinfo/{poller.fileno()}") as info:
+        for line in info:
+            if line.startswith("tfd:"):
+                fields = line.split()
+                masks[int(fields[1])] = int(fields[3], 16)
+    return masks
+
+
+@pytest.fixture
+def sharedPort() -> Iterator[tuple[EPollReactor, tcp.Port, socket.socket]]:
+    """
+    A listening socket adopted by an epoll reactor, as a worker adopts the
+    one its supervisor hands down.
+    """
+    reactor = EPollReactor()
+    listening = socket.create_server(("127.0.0.1", 0))
+    listening.setblocking(False)
+    port = reactor.adoptStreamPort(
+        listening.fileno(), socket.AF_INET, Factory.forProtocol(Protocol)
+    )
+    yield reactor, port, listening
+    port.stopListening()
+    listening.close()
+    reactor._poller.close()  # type: ignore[attr-defined]
+
+
+@fastPathOnly
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="no EPOLLEXCLUSIVE")
+def test_aSharedListeningSocketWakesOneWorker(
+    sharedPort: tuple[EPollReactor, tcp.Port, socket.socket],
+) -> None:
+    reactor, port, _listening = sharedPort
+    fd = port.fileno()
+    assert not _epollMasks(reactor._poller)[fd] & select.EPOLLEXCLUSIVE
+    assert fastpath.acceptExclusively(reactor, port)
+    mask = _epollMasks(reactor._poller)[fd]
+    assert mask & select.EPOLLEXCLUSIVE
+    assert mask & select.EPOLLIN
+    # Twisted still knows it as a reader, and its stopReading still works.
+    assert port in reactor.getReaders()
+    port.stopReading()
+    assert fd not in _epollMasks(reactor._poller)
+    port.startReading()
+    assert fd in _epollMasks(reactor._poller)
+
+
+def test_aSharedListeningSocketAcceptsAfterTheChange(
+    sharedPort: tuple[EPollReactor, tcp.Port, socket.socket],
+) -> None:
+    """
+    Exclusive or not (the fallback leaves Twisted's registration alone),
+    the reactor is told of a waiting connection.
+    """
+    reactor, port, listening = sharedPort
+    fastpath.acceptExclusively(reactor, port)
+    with socket.create_connection(listening.getsockname()):
+        events = reactor._poller.poll(5)
+    assert (port.fileno(), select.EPOLLIN) in events
+
+
+def test_acceptExclusivelyFallsBackWithoutTheReactorsInternals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = type("P", (), {"fileno": lambda self: 3})()
+    assert not fastpath.acceptExclusively(MemoryReactor(), port)
+    monkeypatch.setattr(fastpath, "PORTABLE", True)
+    assert not fastpath.acceptExclusively(EPollReactor(), port)

@@ -37,6 +37,8 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import fastPathOnly
+
 from .backends import (
     Backend,
     TLSStream,
@@ -782,6 +784,55 @@ def test_bothWorkersAcceptAndAKilledWorkerIsReplacedWithoutFailures(
     assert made > killedAt, "no connection was made after the kill"
     assert f"worker {victim} died" in gw.output()
     assert childPids(gw.pid) == {first[1], replacement}
+
+
+def _listeningInode(port: int) -> str:
+    """The socket inode listening on 127.0.0.1:C{port} (C{/proc/net/tcp})."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _exclusivelyWatched(pid: int) -> set[str]:
+    """
+    The socket inodes that process C{pid} watches in an epoll set with
+    C{EPOLLEXCLUSIVE}, read from its C{/proc/PID/fdinfo}.
+    """
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                fields = line.split()
+                if fields[:1] == ["tfd:"] and int(fields[3], 16) & (1 << 28):
+                    target = os.readlink(f"/proc/{pid}/fd/{fields[1]}")
+                    inodes.add(target.removeprefix("socket:[").rstrip("]"))
+    return inodes
+
+
+@fastPathOnly
+def test_eachWorkerWatchesTheSharedSocketExclusively(
+    supervised: StartGateway, backend: StartBackend, client: ssl.SSLContext
+) -> None:
+    """
+    One worker is woken per new connection, not all of them (as NGINX
+    does with C{EPOLLEXCLUSIVE}): each worker's reactor holds the shared
+    listening socket with that flag, and both still serve.
+    """
+    web = backend("web", names=[EXACT])
+    port = freePort()
+    gw = supervised(workersIni(port, web.address), command="module")
+    workers = workersStarted(gw)
+    waitForWorkers(gw, 2)
+    inode = _listeningInode(port)
+    for pid in workers:
+        assert inode in _exclusivelyWatched(pid), (pid, gw.explain())
+    assert manyGets(gw.port, client, EXACT, 100, 20) == ["web"] * 100
+    served = {e["worker_pid"] for e in gw.waitForEntries(100, timeout=10)}
+    assert served == set(workers), (served, workers, gw.explain())
 
 
 def test_sighupWithWorkersMovesNewConnectionsWhileAnEstablishedOneStreamsOn(
