@@ -29,11 +29,25 @@ import socket
 from collections.abc import Callable
 
 from twisted.internet.error import TimeoutError, UserError, getConnectError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTime
 from twisted.python.failure import Failure
 
-from gateway.fastpath import Hub
+from gateway.fastpath import HUB_READER, HUBS, Hub
 from gateway.timers import cancel
+
+
+def adoptionHub(reactor: object) -> Hub | None:
+    """
+    The hub to connect an upstream in that the reactor then adopts
+    (L{gateway.upstream.adoptConnected}), for a connection that is not
+    spliced; L{None} to use Twisted's connector: the fast paths are off
+    (L{gateway.portable}) or lack what they need, the reactor adopts no
+    sockets, or no hub exists yet (the first relay of a process makes it,
+    as for L{gateway.splicerelay.directHub}).
+    """
+    if not HUB_READER or not IReactorSocket.providedBy(reactor):
+        return None
+    return HUBS.get(reactor)  # type: ignore[call-overload, no-any-return]
 
 
 @functools.lru_cache(maxsize=4096)

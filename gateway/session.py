@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.interfaces import (
@@ -33,7 +34,7 @@ from zope.interface import implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.config import ServerConfig
-from gateway.directconnect import DirectConnect, literalAddress
+from gateway.directconnect import DirectConnect, adoptionHub, literalAddress
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.relay import IRelay
 from gateway.splicerelay import (
@@ -50,9 +51,13 @@ from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import (
     IServerChooser,
     UpstreamTLSPolicy,
+    adoptConnected,
     connectServer,
     localError,
 )
+
+if TYPE_CHECKING:
+    from gateway.fastpath import Hub
 
 
 @attrs.frozen
@@ -335,6 +340,7 @@ class Session:
             if upstream.tls is None and opening is None
             else None
         )
+        self._adoptionHub = adoptionHub(reactor) if self._hub is None else None
         self._clientEOF = False
         self._clientGone = False
         self._lastError = "no server available"
@@ -407,6 +413,11 @@ class Session:
                 self._connectDirectly(server, *address)
                 return
         attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
+        if self._adoptionHub is not None and server.host is not None:
+            address = literalAddress(server.host, server.port or 0)
+            if address is not None:
+                self._connectForAdoption(attempt, self._adoptionHub, *address)
+                return
         self._connector = connectServer(
             self._reactor,
             server,
@@ -427,6 +438,37 @@ class Session:
             lambda reason: self._connectFailed(direct, reason),
         )
         connector.start(family, address, self._timeouts.connect)
+
+    def _connectForAdoption(
+        self,
+        attempt: UpstreamProtocol,
+        hub: Hub,
+        family: int,
+        address: tuple[object, ...],
+    ) -> None:
+        """
+        Connect the socket of a relay that is not spliced (a terminated
+        connection, TLS or an opening towards the upstream) without
+        Twisted's connector, then give it to the reactor
+        (L{adoptConnected}): from there on it is an ordinary Twisted
+        transport of C{attempt}, as C{connectTCP} would have made.
+        """
+        connector = self._connector = DirectConnect(
+            hub,
+            self._clock,
+            lambda sock: self._adopt(attempt, sock),
+            lambda reason: self._connectFailed(attempt, reason),
+        )
+        connector.start(family, address, self._timeouts.connect)
+
+    def _adopt(self, attempt: UpstreamProtocol, sock: socket.socket) -> None:
+        # A client that left stopped the connect (clientLost), which then
+        # failed: a connected socket means the client is still there.
+        self._connector = None
+        try:
+            adoptConnected(self._reactor, sock, attempt)  # type: ignore[arg-type]
+        except OSError:
+            self._connectFailed(attempt, Failure())
 
     def _connectedDirectly(self, attempt: _DirectAttempt, sock: socket.socket) -> None:
         """

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -43,12 +44,13 @@ from twisted.internet.interfaces import (
     IConnector,
     IHostnameResolver,
     IHostResolution,
+    IReactorSocket,
     IReactorTCP,
     IReactorTime,
     IReactorUNIX,
     IResolutionReceiver,
 )
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -553,3 +555,36 @@ def connectServer(
     assert server.host is not None
     assert server.port is not None
     return reactor.connectTCP(server.host, server.port, factory, timeout=timeout)
+
+
+class _AdoptedFactory(ServerFactory):
+    """
+    Gives the reactor the one protocol an adopted socket is for.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol
+
+
+def adoptConnected(
+    reactor: IReactorSocket, sock: socket.socket, protocol: Protocol
+) -> None:
+    """
+    Make C{sock}, connected by L{gateway.directconnect}, the transport of
+    C{protocol}: Twisted's public C{adoptStreamConnection}, which builds a
+    TCP transport on a copy of the descriptor and calls
+    C{protocol.makeConnection} before it returns.  C{sock} itself is
+    closed either way; an C{OSError} (no descriptor for the copy) is the
+    caller's to report as a failed connect.
+    """
+    try:
+        reactor.adoptStreamConnection(
+            sock.fileno(), sock.family, _AdoptedFactory(protocol)
+        )
+    finally:
+        sock.close()

@@ -10,12 +10,14 @@ each case is compared with what C{connectTCP} gives for the same address.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.error import (
     ConnectionRefusedError,
     TimeoutError,
@@ -26,6 +28,7 @@ from twisted.python.failure import Failure
 
 from gateway import fastpath
 from gateway.directconnect import DirectConnect, literalAddress
+from gateway.upstream import adoptConnected
 from tests.helpers import fastPathOnly
 
 pytestmark = [
@@ -210,5 +213,56 @@ def test_stopConnectingReportsUserErrorOnceAndClosesTheSocket(
     while time.monotonic() < deadline:
         reactor.iterate(0.005)
     assert made.outcomes == 1, "nothing more once stopped"
+    assert openFds() - before == set()
+    server.close()
+
+
+def test_anAdoptedSocketIsAnOrdinaryTwistedTransport(
+    reactor: EPollReactor, attempt: Callable[[], Attempt]
+) -> None:
+    """
+    A connection that is not spliced takes its directly connected socket
+    to the reactor (L{adoptConnected}): the protocol is connected at once
+    on a Twisted TCP transport, bytes go both ways, and the socket the
+    connect made is closed (the transport holds its own descriptor).
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    before = openFds()
+    made = attempt()
+    made.connector.start(socket.AF_INET, server.getsockname(), 5)
+    made.spin("connected")
+    (sock,) = made.connected
+
+    class Recorder(Protocol):
+        received = b""
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
+
+    protocol = Recorder()
+    adoptConnected(reactor, sock, protocol)
+    assert sock.fileno() == -1
+    transport = protocol.transport
+    assert isinstance(transport, tcp.Connection)
+    assert transport.getPeer().port == server.getsockname()[1]
+    peer, _ = server.accept()
+    transport.write(b"to the upstream")
+    peer.settimeout(5)
+    deadline = time.monotonic() + 5
+    got = b""
+    while len(got) < len(b"to the upstream"):
+        assert time.monotonic() < deadline
+        reactor.iterate(0.005)
+        with contextlib.suppress(BlockingIOError, TimeoutError):
+            peer.setblocking(False)
+            got += peer.recv(100)
+    assert got == b"to the upstream"
+    peer.sendall(b"from the upstream")
+    while protocol.received != b"from the upstream":
+        assert time.monotonic() < deadline
+        reactor.iterate(0.005)
+    transport.abortConnection()
+    reactor.iterate(0)
+    peer.close()
     assert openFds() - before == set()
     server.close()
