@@ -18,6 +18,8 @@ from typing import IO, Any, Protocol
 
 import attrs
 
+from gateway.ja4 import ja4
+
 
 @attrs.define(slots=True, eq=False)
 class ConnectionRecord:
@@ -41,7 +43,10 @@ class ConnectionRecord:
     started: float
     sni: str | None = None
     alpn: tuple[str, ...] = ()
-    ja4: str | None = None
+    _ja4: str | None = None
+    #: The parsed ClientHello (L{gateway.clienthello.ClientHello}), once
+    #: pre-read: its JA4 fingerprint is computed from it when first read.
+    hello: Any = None
     action: str | None = None
     upstream: str | None = None
     status: str | None = None
@@ -50,6 +55,21 @@ class ConnectionRecord:
     bytesOut: int = 0
     ended: float | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def ja4(self) -> str | None:
+        """
+        The client's JA4 fingerprint, computed only when something reads
+        it (the access log, C{deny_ja4}, the status page): with
+        C{access_log = off} and no C{deny_ja4}, no connection pays for it.
+        """
+        if self._ja4 is None and self.hello is not None:
+            self._ja4 = ja4(self.hello)
+        return self._ja4
+
+    @ja4.setter
+    def ja4(self, value: str | None) -> None:
+        self._ja4 = value
 
     def fail(self, status: str, reason: str | None = None) -> None:
         """

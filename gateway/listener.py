@@ -359,7 +359,9 @@ class ListenerFactory(ServerFactory):
         stage its route's action calls for.
         """
         config = self.config
-        verdict = decide(self.policy, hello, "", fingerprint=protocol.record.ja4)
+        # The fingerprint is computed only for a deny_ja4 to check.
+        fingerprint = protocol.record.ja4 if self.policy.denyJA4 else None
+        verdict = decide(self.policy, hello, "", fingerprint=fingerprint)
         if isinstance(verdict, Reject):
             if verdict.action is not None:
                 protocol.record.action = verdict.action

@@ -61,7 +61,6 @@ from gateway.accesslog import ConnectionRecord
 from gateway.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.config import ServerConfig
 from gateway.decision import deniedFingerprint
-from gateway.ja4 import ja4
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.mysql import (
     CLIENT_PLUGIN_AUTH,
@@ -730,7 +729,7 @@ class MySQLConnection:
         record = self._record
         record.sni = self._serverName = hello.serverName
         record.alpn = hello.alpn
-        record.ja4 = ja4(hello)
+        record.hello = hello
         choice = self.wiring.choose(hello)
         if isinstance(choice, Refusal):
             self._refuse(choice.status, choice.reason)
@@ -1113,7 +1112,9 @@ class MySQLStrategy:
         assert listener.tls is not None
 
         def choose(hello: ClientHello | None) -> Any:
-            denied = deniedFingerprint(policy, protocol.record.ja4)
+            denied = deniedFingerprint(
+                policy, protocol.record.ja4 if policy.denyJA4 else None
+            )
             if denied is not None:
                 return Refusal(denied.status, denied.reason)
             serverName = None if hello is None else hello.serverName

@@ -57,7 +57,6 @@ from gateway.clienthello import (
     NotTLS,
 )
 from gateway.decision import BY_STATUS, Alert, Reject
-from gateway.ja4 import ja4
 from gateway.lifecycle import Event, State, apply
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
@@ -314,7 +313,7 @@ class PrereadProtocol(Protocol):
         self._hello = hello
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
-        self.record.ja4 = ja4(hello)
+        self.record.hello = hello
         self.report(Event.SERVE)
         self._handTo(self._listener.handoff(self, hello, self._reader.buffered))
 

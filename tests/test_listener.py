@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.accesslog import ConnectionRecord
 from gateway.alerts import AlertDescription, alertRecord
 from gateway.config import ListenerConfig, RouteConfig, ServerConfig
+from gateway.ja4 import ja4
 from gateway.listener import ListenerFactory
 from gateway.pgstage import OneServer
 from gateway.preread import PrereadProtocol
@@ -175,6 +176,21 @@ class AccessControlTests(ListenerTestCase):
         self.assertIn("deny_ja4", record.reason)
         self.assertEqual(record.bytesIn, len(HELLO))
         self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_theJA4IsComputedOnlyWhenRead(self) -> None:
+        """
+        Without a C{deny_ja4}, routing a connection does not compute its
+        fingerprint; the access log (or anything else) that reads it gets
+        the one the ClientHello gives.
+        """
+        self.makeFactory()
+        protocol, _ = self.connect()
+        protocol.dataReceived(HELLO)
+        record = protocol.record
+        self.assertIsNotNone(record.hello)
+        self.assertIsNone(record._ja4)
+        self.assertEqual(record.ja4, ja4(record.hello))
+        self.assertEqual(record.fields()["ja4"], ja4(record.hello))
 
     def test_otherJA4Passes(self) -> None:
         self.assertAllowed(
