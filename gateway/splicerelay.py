@@ -215,7 +215,7 @@ def startDirectRelay(
     reactor: object,
     clock: IReactorTime,
     client: RelayTransport,
-    upstream: socket.socket,
+    upstream: object,
     record: ConnectionRecord,
     owner: ConnectionOwner,
     idleTimeout: float,
@@ -223,9 +223,11 @@ def startDirectRelay(
     pending: Sequence[bytes],
 ) -> SpliceRelay:
     """
-    Splice a connection whose upstream socket L{gateway.directconnect}
-    connected: the relay owns that socket from now on.  The client side
-    must still be spliceable (L{spliceUnavailable} with no upstream).
+    The splice relay between C{client} and C{upstream}, said in the debug
+    log: a Twisted TCP transport (L{startRelay} chose splice), or a socket
+    that L{gateway.directconnect} connected, which the relay then owns
+    (the client side must still be spliceable: L{spliceUnavailable} with
+    no upstream).
     """
     _log.debug(
         "relay {where}: splice (relay = {setting})",
@@ -234,7 +236,7 @@ def startDirectRelay(
     )
     return SpliceRelay(
         client,  # type: ignore[arg-type]
-        upstream,
+        upstream,  # type: ignore[arg-type]
         record,
         clock,
         idleTimeout,
@@ -279,19 +281,17 @@ def startRelay(
             # connection is relayed all the same, by the reactor.
             why = f"relay = {setting}, but no splice hub: {e.strerror}"
     if why is None:
-        _log.debug(
-            "relay {where}: splice (relay = {setting})", where=where, setting=setting
-        )
-        return SpliceRelay(
-            client,  # type: ignore[arg-type]
-            upstream,  # type: ignore[arg-type]
-            record,
+        return startDirectRelay(
+            setting,
+            reactor,
             clock,
+            client,
+            upstream,
+            record,
+            owner,
             idleTimeout,
             done,
-            owner=owner,
-            reactor=IReactorFDSet(reactor),
-            head=b"".join(pending),
+            pending,
         )
     _log.debug("relay {where}: portable ({why})", where=where, why=why)
     if pending:
@@ -601,17 +601,10 @@ class _Flow:
         except OSError as e:
             self._relay.broken(self._source, e)
             return
-        if not count:
-            self.end()
+        if not self._received(count):
             return
         if count == _COPY_SIZE:
             self._bulk = True
-        record = self._record
-        if self._countIn:
-            record.bytesIn += count
-        if self._countOut:
-            record.bytesOut += count
-        self._relay.active()
         try:
             sent = self._sink.socket.send(_COPY_VIEW[:count])
         except BlockingIOError:
@@ -642,16 +635,26 @@ class _Flow:
         except OSError as e:
             self._relay.broken(self._source, e)
             return
-        if not data:
-            self.end()
+        if not self._received(len(data)):
             return
-        if self._countIn:
-            self._record.bytesIn += len(data)
-        if self._countOut:
-            self._record.bytesOut += len(data)
-        self._relay.active()
         self.hold(data)
         self.sinkWritable()
+
+    def _received(self, count: int) -> bool:
+        """
+        A read of the source returned C{count} bytes: count them as the
+        flow's direction says, or end the flow at the source's EOF.
+        @return: whether there are bytes to pass on.
+        """
+        if not count:
+            self.end()
+            return False
+        if self._countIn:
+            self._record.bytesIn += count
+        if self._countOut:
+            self._record.bytesOut += count
+        self._relay.active()
+        return True
 
     def sinkWritable(self) -> None:
         assert _splice is not None
