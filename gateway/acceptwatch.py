@@ -1,6 +1,8 @@
 """
-Connections Twisted closes at accept, out of descriptors: each still gets
-its access-log line.
+What Twisted's listening ports do at accept that the gateway must see:
+connections Twisted closes out of descriptors (each still gets its
+access-log line), and a shared listening socket that another process shut
+down (a quiet end, not a traceback).
 
 When C{accept()} fails with C{EMFILE}, Twisted's TCP port releases a
 descriptor it keeps in reserve, accepts every connection waiting in the
@@ -17,14 +19,28 @@ C{upstream_unavailable}, a local resource error).
 This leans on Twisted's log message, not its API: should a Twisted release
 word it differently, the sockets are closed exactly as before, without
 their lines (C{tests/integration/test_reliability.py} notices).
+
+With C{workers > 1} the listening sockets are shared with the supervisor,
+which shuts its copy down when it stops or when a reload removes the
+listener (so that the port refuses connections at once).  A worker that
+is woken for that before its own signal arrives finds C{accept()} failing
+with C{EINVAL} (the socket no longer listens), which Twisted's port does
+not expect: it logs an unhandled error with a traceback and stays
+registered with the reactor, woken again at once by a socket that is
+readable for good.  For a shared port, L{watch} first asks the socket
+whether it still listens (C{SO_ACCEPTCONN}, one C{getsockopt} per
+readiness event) and, if not, ends the port as any lost descriptor,
+with one info line.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.internet.error import ConnectionDone
+from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from zope.interface import provider
 
 #: The message Twisted logs for each socket it accepts and closes at EMFILE.
@@ -43,6 +59,7 @@ class ClosedAtAccept(Protocol):
 #: The listener whose port's C{doRead} is running, if any.
 _reading: list[ClosedAtAccept] = []
 _observing = False
+_log = Logger()
 
 
 @provider(ILogObserver)
@@ -52,11 +69,16 @@ def _observe(event: LogEvent) -> None:
     _reading[-1].closedAtAccept(event.get("address"))
 
 
-def watch(port: Any, listener: Callable[[], ClosedAtAccept | None]) -> None:
+def watch(
+    port: Any, listener: Callable[[], ClosedAtAccept | None], *, shared: bool = False
+) -> None:
     """
     Give each socket C{port} closes at EMFILE to C{listener()} (called at
     each read: a reload gives a port a new factory).  A port that is not
     read through C{doRead} (not one of Twisted's own) is left alone.
+
+    @param shared: the listening socket is shared with the supervisor
+        (a worker's), which may shut it down: a read finds that out first.
     """
     global _observing
     original = getattr(port, "doRead", None)
@@ -67,6 +89,15 @@ def watch(port: Any, listener: Callable[[], ClosedAtAccept | None]) -> None:
         _observing = True
 
     def doRead() -> object:
+        if shared and not _listening(port):
+            _log.info(
+                "{port}: the listening socket was shut down (by the supervisor,"
+                " which holds it too): stopped accepting on it",
+                port=port,
+            )
+            # Returned, a reason makes the reactor drop the port and call
+            # its connectionLost, as for any descriptor that went away.
+            return ConnectionDone("the listening socket was shut down")
         current = listener()
         if current is None:
             return original()
@@ -77,3 +108,17 @@ def watch(port: Any, listener: Callable[[], ClosedAtAccept | None]) -> None:
             _reading.pop()
 
     port.doRead = doRead
+
+
+def _listening(port: Any) -> bool:
+    """
+    C{port}'s socket still listens (a socket shut down does not), or it
+    cannot be told (then Twisted's C{accept} finds out as before).
+    """
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return True
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return True

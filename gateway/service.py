@@ -353,7 +353,11 @@ class GatewayService(Service):
                 except StartupError as e:
                     errors.append(f"listener {listener.name}: {e}")
                     continue
-                watch(port, partial(getattr, port, "factory", None))
+                watch(
+                    port,
+                    partial(getattr, port, "factory", None),
+                    shared=description in self._inherited,
+                )
                 self._log.info(
                     "listener {listener} listening on {description}",
                     listener=listener.name,
