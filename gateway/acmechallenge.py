@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,7 +21,7 @@ from gateway.accesslog import ConnectionRecord
 from gateway.decision import offersOnlyAcmeTLS
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.preread import IStage
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
 
@@ -56,11 +56,11 @@ class ChallengeStage:
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
         self._tls = TLSTransport(connection, transport, self, countOut=record)
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
 
     def start(self, buffered: bytes) -> None:
         self._owner.report(Event.HANDSHAKE)
-        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self._timer = later(self._clock, self._timeout, self._timedOut)
         self._tls.ciphertextReceived(buffered)
 
     # client transport events

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTi
 from twisted.python.failure import Failure
 
 from gateway.fastpath import HUB_READER, HUBS, Hub
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 
 
 def adoptionHub(reactor: object) -> Hub | None:
@@ -108,7 +108,7 @@ class DirectConnect:
         self._connected: Callable[[socket.socket], None] | None = connected
         self._failed = failed
         self._socket: socket.socket | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | IDelayedCall | None = None
         self.fd = -1
         self.writing = False
 
@@ -132,7 +132,7 @@ class DirectConnect:
         if result not in (0, errno.EINPROGRESS):
             self._later(result)
             return
-        self._timer = self._clock.callLater(timeout, self._timedOut)
+        self._timer = later(self._clock, timeout, self._timedOut)
         self.writing = True
         self._hub.update(self)
 

@@ -47,7 +47,6 @@ import attrs
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
     IConnector,
-    IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
@@ -87,7 +86,7 @@ from gateway.session import Timeouts, UpstreamRuntime
 from gateway.splicerelay import startRelay
 from gateway.strategy import IProtocolStrategy
 from gateway.terminate import ITerminatedSession, TerminationStage
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import connectServer
@@ -287,7 +286,7 @@ class ServerLeg(Protocol):
         self.greeting: Greeting | None = None
         self._state = _LegState.GREETING
         self._reader = PacketReader()
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self._tls: TLSTransport | None = None
         self._secured: Callable[[], None] | None = None
         self._relay: IRelay | None = None
@@ -306,8 +305,8 @@ class ServerLeg(Protocol):
         if self._proxyHeader is not None:
             self.transport.write(self._proxyHeader())
         wiring = self._dialer.wiring
-        self._timer = wiring.clock.callLater(
-            wiring.timeouts.connect, self._greetingTimedOut
+        self._timer = later(
+            wiring.clock, wiring.timeouts.connect, self._greetingTimedOut
         )
 
     def _greetingTimedOut(self) -> None:
@@ -556,7 +555,7 @@ class MySQLConnection:
         self._reader = PacketReader()
         self._hello = ClientHelloReader(wiring.maxHello)
         self._serverName: str | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self._dialer: _Dialer | None = None
         self._greetingLeg: ServerLeg | None = None
         self._leg: ServerLeg | None = None
@@ -1043,8 +1042,10 @@ class MySQLConnection:
         self, expired: Callable[[], None], delay: float | None = None
     ) -> None:
         self._stopTimer()
-        self._timer = self.wiring.clock.callLater(
-            self.wiring.prereadTimeout if delay is None else delay, expired
+        self._timer = later(
+            self.wiring.clock,
+            self.wiring.prereadTimeout if delay is None else delay,
+            expired,
         )
 
     def _authActive(self) -> None:

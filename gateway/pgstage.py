@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -74,7 +74,7 @@ from gateway.strategy import (
     PreambleError,
 )
 from gateway.terminate import ITerminatedSession
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlsstrategy import misdirectedPostgres
 from gateway.tlstransport import TLSTransport
 from gateway.upstream import FirstServer
@@ -397,14 +397,14 @@ class StartupReader:
         self._ended: Callable[[], None] | None = ended
         self._reader = PreambleReader(encrypted=True)
         self._session: Session | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self._refused = False
 
     def connect(self) -> None:
         """
         The handshake is done: wait for the startup message.
         """
-        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self._timer = later(self._clock, self._timeout, self._timedOut)
 
     def clientData(self, data: bytes) -> None:
         if self._session is not None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTime,
 )
@@ -61,7 +60,7 @@ from gateway.lifecycle import Event, State, apply
 from gateway.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 from gateway.strategy import IPreamble, IProtocolStrategy, PreambleError
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlsstrategy import TLS
 from gateway.transports import relayTransport
 from gateway.vocabulary import Status
@@ -196,7 +195,7 @@ class PrereadProtocol(Protocol):
         self._clock = clock
         self._timeout = timeout
         self._reader = ClientHelloReader(maxSize)
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self._next: IStage | None = None
         self._speaksTLS = readHello and strategy.speaksTLSFirst
         self._hello: ClientHello | None = None
@@ -241,7 +240,7 @@ class PrereadProtocol(Protocol):
         return Event.SERVE
 
     def connectionMade(self) -> None:
-        self._timer = self._clock.callLater(self._timeout, self._timedOut)
+        self._timer = later(self._clock, self._timeout, self._timedOut)
         refusal = self._listener.accepted(self)
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.alert)
@@ -414,7 +413,7 @@ class PrereadProtocol(Protocol):
         if self._readClosed or loseWriteConnection is None:
             self.transport.loseConnection()
             return
-        self._timer = self._clock.callLater(REFUSAL_LINGER, self._lingerOver)
+        self._timer = later(self._clock, REFUSAL_LINGER, self._lingerOver)
         loseWriteConnection()
 
     def _lingerOver(self) -> None:

@@ -16,14 +16,14 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
 from gateway.lifecycle import ConnectionOwner, Event
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.transports import RelayTransport
 
 #: SO_LINGER with a zero timeout: close() then sends RST instead of FIN.
@@ -134,7 +134,7 @@ class ResetAfterFlush:
         self, transport: RelayTransport, clock: IReactorTime, timeout: float
     ) -> None:
         self._transport: RelayTransport | None = transport
-        self._deadline: IDelayedCall | None = None
+        self._deadline: Deadline | None = None
         self._armed = False
         if getattr(transport, "socket", None) is None:
             self.cut()
@@ -144,7 +144,7 @@ class ResetAfterFlush:
         # the calls after loseConnection mean "the buffer is empty".
         transport.registerProducer(self, False)
         self._armed = True
-        self._deadline = clock.callLater(timeout, self.cut)
+        self._deadline = later(clock, timeout, self.cut)
         transport.loseConnection()
 
     def resumeProducing(self) -> None:
@@ -247,7 +247,7 @@ class PortableRelay:
         self._closing = False
         self._flushing: ResetAfterFlush | None = None
         self._lastActivity = clock.seconds()
-        self._timer: IDelayedCall | None = clock.callLater(idleTimeout, self._checkIdle)
+        self._timer: Deadline | None = later(clock, idleTimeout, self._checkIdle)
         if readers is None:
             client.registerProducer(upstream, True)
             upstream.registerProducer(client, True)
@@ -358,9 +358,7 @@ class PortableRelay:
         if idle >= self._idleTimeout:
             self.abort(Event.IDLE, f"no bytes for {idle:.1f}s")
         else:
-            self._timer = self._clock.callLater(
-                self._idleTimeout - idle, self._checkIdle
-            )
+            self._timer = later(self._clock, self._idleTimeout - idle, self._checkIdle)
 
     def _stopTimer(self) -> None:
         cancel(self._timer)

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import attrs
 from twisted.internet.interfaces import (
     IConnector,
-    IDelayedCall,
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
@@ -45,7 +44,7 @@ from gateway.splicerelay import (
 )
 from gateway.strategy import IUpstreamOpening
 from gateway.terminate import ITerminatedSession
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport, relayTransport
 from gateway.upstream import (
@@ -115,7 +114,7 @@ class UpstreamProtocol(Protocol):
         self._tls: TLSTransport | None = None
         self._relay: IRelay | None = None
         self._answer: IUpstreamOpening | None = None
-        self._answerTimer: IDelayedCall | None = None
+        self._answerTimer: Deadline | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -126,8 +125,10 @@ class UpstreamProtocol(Protocol):
         )
         if opening is not None:
             self._answer = answer = opening()
-            self._answerTimer = self._session.clock.callLater(
-                self._session.timeouts.connect, self._answerTimedOut
+            self._answerTimer = later(
+                self._session.clock,
+                self._session.timeouts.connect,
+                self._answerTimedOut,
             )
             self.transport.write(answer.request)
             return

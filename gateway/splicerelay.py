@@ -36,7 +36,6 @@ from typing import Final
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IReactorFDSet,
     IReactorTime,
     IReadWriteDescriptor,
@@ -50,7 +49,7 @@ from gateway.fastpath import HUBS, Hub, hasUnsentBytes, hubFor, hubReaders, send
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.portable import PORTABLE, SPLICE
 from gateway.relay import IRelay, PortableRelay, reset
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.transports import RelayTransport
 
 #: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist
@@ -797,7 +796,7 @@ class SpliceRelay:
                 end.transport.stopReading()
                 end.transport.stopWriting()
         self._lastActivity = clock.seconds()
-        self._timer: IDelayedCall | None = clock.callLater(idleTimeout, self._checkIdle)
+        self._timer: Deadline | None = later(clock, idleTimeout, self._checkIdle)
         # The session runs in the upstream transport's connectionMade, from
         # the reactor's dispatch of its connect; the reactor may call the
         # transport's doWrite next for the same event.  That cannot touch
@@ -948,6 +947,4 @@ class SpliceRelay:
         if idle >= self._idleTimeout:
             self.abort(Event.IDLE, f"no bytes for {idle:.1f}s")
         else:
-            self._timer = self._clock.callLater(
-                self._idleTimeout - idle, self._checkIdle
-            )
+            self._timer = later(self._clock, self._idleTimeout - idle, self._checkIdle)

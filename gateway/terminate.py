@@ -15,14 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gateway.accesslog import ConnectionRecord
 from gateway.lifecycle import ConnectionOwner, Event
 from gateway.preread import IStage
-from gateway.timers import cancel
+from gateway.timers import Deadline, cancel, later
 from gateway.tlstransport import ITLSEvents, TLSTransport
 from gateway.transports import RelayTransport
 
@@ -98,11 +98,11 @@ class TerminationStage:
         self._session = makeSession(self._tls)
         self._handshakeTimeout = handshakeTimeout
         self._handshakeStarted = clock.seconds()
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
 
     def start(self, buffered: bytes) -> None:
         self._owner.report(Event.HANDSHAKE)
-        self._timer = self._clock.callLater(self._handshakeTimeout, self._timedOut)
+        self._timer = later(self._clock, self._handshakeTimeout, self._timedOut)
         self._tls.ciphertextReceived(buffered)
 
     # client transport events

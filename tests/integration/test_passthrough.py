@@ -8,9 +8,11 @@ the right place, byte for byte" from "something answered".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import selectors
 import signal
 import socket
 import ssl
@@ -488,6 +490,63 @@ def test_silentClientIsClosedAtPrereadTimeout(gateway: Any, backend: Any) -> Non
     assert entry["sni"] is None, entry
     assert entry["upstream"] is None, entry
     assert default.accepted == 0
+
+
+def test_eachSilentClientIsClosedAtItsOwnDeadline(
+    gateway: Any, backend: Any, client: ssl.SSLContext
+) -> None:
+    """
+    Many pre-read deadlines pending at once, set at different moments
+    (they share the gateway's one timer wheel): each connection is closed
+    no earlier than its own timeout and well within a second after it, each
+    ends with one access-log line, and a connection relaying meanwhile is
+    not disturbed.
+    """
+    echo = backend("echo", "echo", names=[EXACT])
+    gw = gateway(
+        gatewayIni(
+            freePort(),
+            upstream="up",
+            upstreams={"up": echo.address},
+            listenerKeys={"preread_timeout": "1s"},
+        )
+    )
+    stream = tlsConnect(gw.port, client, EXACT)
+    silent: dict[socket.socket, float] = {}
+    closedAfter: list[float] = []
+    try:
+        with selectors.DefaultSelector() as selector:
+            for _ in range(30):
+                sock = connect(gw.port)
+                sock.setblocking(False)
+                silent[sock] = time.monotonic()
+                selector.register(sock, selectors.EVENT_READ)
+                time.sleep(0.03)
+            stream.send(b"still here")
+            assert stream.recv() == b"still here"
+            deadline = time.monotonic() + 10
+            while silent and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    with contextlib.suppress(ConnectionResetError):
+                        assert sock.recv(100) == b""
+                    closedAfter.append(time.monotonic() - silent.pop(sock))
+                    selector.unregister(sock)
+                    sock.close()
+        stream.send(b"and still")
+        assert stream.recv() == b"and still"
+    finally:
+        stream.close()
+        for sock in silent:
+            sock.close()
+    assert not silent, f"{len(silent)} never closed\n{gw.explain()}"
+    assert min(closedAfter) >= 0.95, f"{sorted(closedAfter)}\n{gw.explain()}"
+    assert max(closedAfter) <= 2.0, f"{sorted(closedAfter)}\n{gw.explain()}"
+    entries = gw.waitForEntries(31)
+    assert len(entries) == 31, entries
+    statuses = sorted(entry["status"] for entry in entries)
+    assert statuses == ["ok"] + ["preread_timeout"] * 30, statuses
 
 
 def test_plainTextIsBadClientHelloAndReachesNoBackend(
