@@ -143,9 +143,10 @@ def serve(
     """
     from twisted.internet import reactor
 
-    from gateway.logs import consoleObserver
+    from gateway.logs import consoleObserver, setLevel
     from gateway.service import StartupError
 
+    setLevel(logLevel)
     globalLogBeginner.beginLoggingTo(
         [consoleObserver(logLevel, worker)], redirectStandardIO=False
     )

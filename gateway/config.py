@@ -38,6 +38,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import difflib
+import functools
 import io
 import ipaddress
 import os
@@ -730,10 +731,13 @@ def _formatAddress(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class ServerConfig:
     """
     One line of C{servers}: a TCP C{host:port} or a C{unix:/path}.
+
+    Hashed (pools key their state by server) and named (every access-log
+    line) once per connection or more: both are computed once.
 
     @ivar host: a host name or IP address (IPv6 without brackets), or
         L{None} for a UNIX socket.
@@ -748,7 +752,7 @@ class ServerConfig:
     fail_timeout: float = attrs.field(default=10.0, validator=v.ge(0))
     backup: bool = False
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         """
         The server as logs show it: C{host:port}, C{[v6]:port} or

@@ -38,6 +38,14 @@ from zope.interface import implementer
 #: three.
 LEVELS = ("debug", "info", "warn", "error", "critical")
 
+#: Whether a C{debug} event can reach an observer.  A Twisted C{Logger}
+#: builds and publishes every event before any observer filters it (about
+#: 10 us each), too much for a line per connection nobody reads; code on a
+#: connection's path asks this first.  L{True} until the process's own log
+#: is set up (L{setLevel}), so an application that embeds the gateway and
+#: filters events itself sees them all.
+DEBUG = True
+
 #: Twisted's per-port and per-factory lines (legacy C{log.msg} text from
 #: C{twisted.internet.tcp} and C{unix}, and C{Factory.doStart}/C{doStop}).
 _CHATTER = re.compile(
@@ -116,6 +124,16 @@ def filtered(
         observer = _Worker(observer, worker)
     minimum = LogLevel.levelWithName(level)
     return FilteringLogObserver(observer, [_Level(minimum)])
+
+
+def setLevel(level: str) -> None:
+    """
+    The process's log takes events at C{level} and above: set by the
+    gateway's own processes when they set up their log (L{gateway.cli},
+    L{gateway.tap}), never by an application that embeds the gateway.
+    """
+    global DEBUG
+    DEBUG = LogLevel.levelWithName(level) <= LogLevel.debug
 
 
 def consoleObserver(

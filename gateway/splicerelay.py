@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+import gateway.logs
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import HUBS, Hub, hasUnsentBytes, hubFor, hubReaders, send
 from gateway.lifecycle import ConnectionOwner, Event
@@ -228,11 +229,12 @@ def startDirectRelay(
     (the client side must still be spliceable: L{spliceUnavailable} with
     no upstream).
     """
-    _log.debug(
-        "relay {where}: splice (relay = {setting})",
-        where=f"{record.client} -> {record.upstream}",
-        setting=setting,
-    )
+    if gateway.logs.DEBUG:
+        _log.debug(
+            "relay {where}: splice (relay = {setting})",
+            where=f"{record.client} -> {record.upstream}",
+            setting=setting,
+        )
     return SpliceRelay(
         client,  # type: ignore[arg-type]
         upstream,  # type: ignore[arg-type]
@@ -271,7 +273,6 @@ def startRelay(
     @param countBytes: see L{PortableRelay}.
     """
     why = spliceUnavailable(setting, client, upstream)
-    where = f"{record.client} -> {record.upstream}"
     if why is None:
         try:
             hubFor(reactor)  # type: ignore[arg-type]
@@ -292,7 +293,9 @@ def startRelay(
             done,
             pending,
         )
-    _log.debug("relay {where}: portable ({why})", where=where, why=why)
+    if gateway.logs.DEBUG:
+        where = f"{record.client} -> {record.upstream}"
+        _log.debug("relay {where}: portable ({why})", where=where, why=why)
     if pending:
         send(upstream, pending[0] if len(pending) == 1 else b"".join(pending))
     readers = hubReaders(reactor, client, upstream)

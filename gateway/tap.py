@@ -58,10 +58,11 @@ class _TwistdRoot(MultiService):
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
         if hasattr(parent, "setComponent"):
-            from gateway.logs import twistdObserver
+            from gateway.logs import setLevel, twistdObserver
 
             observer = twistdObserver(self._serverOptions, self._logLevel)
             if observer is not None:
+                setLevel(self._logLevel)
                 parent.setComponent(ILogObserver, observer)
 
     def startService(self) -> None:

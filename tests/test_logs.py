@@ -8,6 +8,7 @@ import io
 
 from twisted.logger import LogLevel, formatEvent
 
+from gateway import logs
 from gateway.logs import consoleObserver, isChatter, twistdObserver
 
 
@@ -78,3 +79,20 @@ def test_twistdObserverFollowsTwistdsOptions(tmp_path: object) -> None:
     assert twistdObserver({"logger": "x.y", "nodaemon": True}, "info") is None
     assert twistdObserver({"logfile": "-", "nodaemon": False}, "info") is None
     assert twistdObserver({"nodaemon": True, "logfile": None}, "info") is not None
+
+
+def test_debugSwitchFollowsTheProcessLevel() -> None:
+    """
+    L{gateway.logs.DEBUG} starts on (an embedding application filters
+    events itself) and follows the level the gateway's process sets.
+    """
+    assert logs.DEBUG is True
+    try:
+        logs.setLevel("info")
+        assert logs.DEBUG is False
+        logs.setLevel("warn")
+        assert logs.DEBUG is False
+        logs.setLevel("debug")
+        assert logs.DEBUG is True
+    finally:
+        logs.DEBUG = True
