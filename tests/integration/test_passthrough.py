@@ -93,6 +93,18 @@ def relayingTo(gateway: Any, address: str, relay: str) -> Gateway:
     )
 
 
+def echoing(gateway: Any, backend: Any, **keys: Any) -> tuple[Gateway, Backend]:
+    """
+    A gateway whose one listener relays every name to a new echo backend,
+    with C{keys} for L{gatewayIni} (C{listenerKeys}, C{gatewayKeys}).
+    """
+    echo = backend("echo", "echo", names=[EXACT])
+    gw = gateway(
+        gatewayIni(freePort(), upstream="up", upstreams={"up": echo.address}, **keys)
+    )
+    return gw, echo
+
+
 #: The relays the relay guarantees are checked with (listener key `relay`);
 #: the splice relay is a fast path, off with TLSGATEWAY_PORTABLE=1.
 RELAYS = pytest.mark.parametrize(
@@ -502,15 +514,7 @@ def test_eachSilentClientIsClosedAtItsOwnDeadline(
     ends with one access-log line, and a connection relaying meanwhile is
     not disturbed.
     """
-    echo = backend("echo", "echo", names=[EXACT])
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": echo.address},
-            listenerKeys={"preread_timeout": "1s"},
-        )
-    )
+    gw, _ = echoing(gateway, backend, listenerKeys={"preread_timeout": "1s"})
     stream = tlsConnect(gw.port, client, EXACT)
     silent: dict[socket.socket, float] = {}
     closedAfter: list[float] = []
@@ -527,13 +531,13 @@ def test_eachSilentClientIsClosedAtItsOwnDeadline(
             deadline = time.monotonic() + 10
             while silent and time.monotonic() < deadline:
                 for key, _ in selector.select(timeout=0.5):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
                     with contextlib.suppress(ConnectionResetError):
-                        assert sock.recv(100) == b""
-                    closedAfter.append(time.monotonic() - silent.pop(sock))
-                    selector.unregister(sock)
-                    sock.close()
+                        assert ready.recv(100) == b""
+                    closedAfter.append(time.monotonic() - silent.pop(ready))
+                    selector.unregister(ready)
+                    ready.close()
         stream.send(b"and still")
         assert stream.recv() == b"and still"
     finally:
@@ -776,15 +780,7 @@ def test_sigtermDrainsAnEstablishedConnectionThenExitsZero(
 def test_drainTimeoutClosesWhatIsLeftAsShutdown(
     gateway: Any, backend: Any, client: ssl.SSLContext
 ) -> None:
-    echo = backend("echo", "echo", names=[EXACT])
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": echo.address},
-            gatewayKeys={"drain_timeout": "1s"},
-        )
-    )
+    gw, _ = echoing(gateway, backend, gatewayKeys={"drain_timeout": "1s"})
     stream = tlsConnect(gw.port, client, EXACT)
     try:
         stream.send(b"ping")
@@ -805,15 +801,11 @@ def test_drainTimeoutClosesWhatIsLeftAsShutdown(
 def test_idleRelayedConnectionIsClosedAtIdleTimeout(
     gateway: Any, backend: Any, client: ssl.SSLContext, relay: str
 ) -> None:
-    echo = backend("echo", "echo", names=[EXACT])
-    gw = gateway(
-        gatewayIni(
-            freePort(),
-            upstream="up",
-            upstreams={"up": echo.address},
-            listenerKeys={"idle_timeout": "1s", "relay": relay},
-            gatewayKeys={"log_level": "debug"},
-        )
+    gw, echo = echoing(
+        gateway,
+        backend,
+        listenerKeys={"idle_timeout": "1s", "relay": relay},
+        gatewayKeys={"log_level": "debug"},
     )
     stream = tlsConnect(gw.port, client, EXACT)
     try:
