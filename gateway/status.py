@@ -228,21 +228,37 @@ def mergeSnapshots(
     workers: Sequence[tuple[int, int | None]],
     snapshots: Mapping[int, Snapshot],
     served: ServedCertificates,
+    retiring: Sequence[tuple[int, int | None, Snapshot | None]] = (),
 ) -> Snapshot:
     """
     The supervisor's page: what its workers report, added up.
+
+    Workers that a reload replaced serve their established connections
+    until the last one ends.  Those connections are counted where they
+    belong (their listener's and their server's C{active}, as one process
+    counts the connections of its older generations), and the workers are
+    listed, marked C{retiring}; their server health is not merged: it is
+    the previous configuration's.
 
     @param workers: (number, pid) of every worker of the running
         generation, in order.
     @param snapshots: the last snapshot of each worker that wrote one; a
         snapshot from an older pid (a worker that was replaced) is left
         out.
+    @param retiring: (number, pid, last snapshot or L{None}) of each worker
+        of an older generation still running (two generations may each
+        have a worker 1).
     """
     now = time.time()
     current = {
         number: snapshot
         for number, snapshot in snapshots.items()
         if dict(workers).get(number) == snapshot.get("gateway", {}).get("pid")
+    }
+    old = {
+        pid: snapshot
+        for _, pid, snapshot in retiring
+        if snapshot is not None and snapshot.get("gateway", {}).get("pid") == pid
     }
     listenerActive: dict[str, int] = {}
     servers: dict[tuple[str, str], dict[str, Any]] = {}
@@ -263,6 +279,15 @@ def mergeSnapshots(
         for failure in snapshot.get("recent_failures", []):
             failures.append({**failure, "worker": number})
     failures.sort(key=lambda f: f.get("time") or "", reverse=True)
+    for snapshot in old.values():
+        for listener in snapshot.get("listeners", []):
+            name = listener["name"]
+            listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
+        for upstream in snapshot.get("upstreams", []):
+            for server in upstream["servers"]:
+                known = servers.get((upstream["name"], server["server"]))
+                if known is not None:
+                    known["active"] += server["active"]
     reporting = len(current)
     upstreams = []
     for name, upstream in config.upstreams.items():
@@ -290,20 +315,33 @@ def mergeSnapshots(
                 "servers": rows,
             }
         )
-    workerRows = []
-    for number, pid in workers:
-        reported = current.get(number)
+    processes: list[tuple[int, int | None, Snapshot | None, bool]] = [
+        (n, p, current.get(n), False) for n, p in workers
+    ]
+    processes += [(n, p, old.get(p), True) for n, p, _ in retiring]
+    workerRows: list[dict[str, Any]] = []
+    for workerNumber, workerPid, reported, retired in processes:
         generated = None if reported is None else reported["gateway"]["generated"]
         age = None
-        if generated is not None:
-            age = round(now - datetime.fromisoformat(generated).timestamp())
+        active = None
+        if reported is not None:
+            age = round(now - datetime.fromisoformat(str(generated)).timestamp())
+            active = sum(item["active"] for item in reported.get("listeners", []))
         workerRows.append(
-            {"worker": number, "pid": pid, "reported": generated, "age_s": age}
+            {
+                "worker": workerNumber,
+                "pid": workerPid,
+                "reported": generated,
+                "age_s": age,
+                "active": active,
+                "retiring": retired,
+            }
         )
     return {
         "gateway": {
             "pid": os.getpid(),
             "workers": len(workers),
+            "retiring_workers": len(retiring),
             "config": config.path,
             "generated": _now(),
         },
@@ -474,13 +512,23 @@ def renderHTML(snapshot: Snapshot) -> bytes:
             "<tr>"
             + _cell(w["worker"], "num")
             + _cell(w["pid"], "num")
+            + (
+                _cell("retiring: finishing its connections", "partial")
+                if w.get("retiring")
+                else _cell("serving")
+            )
+            + _cell(w.get("active"), "num")
             + _cell(w["reported"] or "not yet", None if w["reported"] else "down")
             + _cell(w["age_s"], "num")
             + "</tr>"
             for w in snapshot["worker_processes"]
         ]
         parts.append(
-            _table(["worker", "pid", "last report", "seconds ago"], rows, "no workers")
+            _table(
+                ["worker", "pid", "state", "connections", "last report", "seconds ago"],
+                rows,
+                "no workers",
+            )
         )
     parts.append("</body></html>")
     return "\n".join(parts).encode("utf-8")

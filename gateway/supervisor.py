@@ -291,15 +291,27 @@ class Supervisor(Service):
     def statusSnapshot(self) -> dict[str, Any]:
         """
         The status page: the running generation's workers' snapshots,
-        added up.
+        added up, with the connections that workers a reload replaced are
+        still finishing.  (A pending reload's new workers serve nothing
+        yet: they are left out until it applies.)
         """
         from gateway.status import mergeSnapshots, readSnapshots
 
         workers = sorted(
             (w.number, w.pid) for w in self._workers if w.generation == self._generation
         )
-        snapshots = readSnapshots(self._metricsDir, workers)
-        return mergeSnapshots(self.config, workers, snapshots, self.served)
+        retiring = [
+            (w.number, w.pid, readSnapshots(self._metricsDir, [(w.number, w.pid)]))
+            for w in sorted(self._workers, key=lambda w: (w.generation, w.number))
+            if w.generation < self._generation
+        ]
+        return mergeSnapshots(
+            self.config,
+            workers,
+            readSnapshots(self._metricsDir, workers),
+            self.served,
+            [(number, pid, found.get(number)) for number, pid, found in retiring],
+        )
 
     def _startGeneration(self) -> None:
         self._generation += 1

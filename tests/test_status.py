@@ -109,34 +109,33 @@ def test_localSnapshotReadsPoolsAndCounts() -> None:
     json.dumps(snapshot)  # what /status.json serves
 
 
+def worker(pid: int, active: int, up: bool, failures: list[str]) -> dict[str, object]:
+    """A worker's snapshot: C{active} connections on web and on app's server."""
+    return {
+        "gateway": {
+            "pid": pid,
+            "generated": datetime.datetime.now(datetime.UTC).isoformat(),
+        },
+        "listeners": [{"name": "web", "active": active}],
+        "upstreams": [
+            {
+                "name": "app",
+                "servers": [
+                    {
+                        "server": "127.0.0.1:9000",
+                        "up": up,
+                        "state": "up" if up else "down: health check failing",
+                        "active": active,
+                    }
+                ],
+            }
+        ],
+        "recent_failures": [{"time": t, "status": "no_route"} for t in failures],
+    }
+
+
 def test_workersSnapshotsAddUpAndStaleOnesAreLeftOut(tmp_path: Path) -> None:
     config = load_config_text(CONFIG, "gw.ini", checkFiles=False)
-
-    def worker(
-        pid: int, active: int, up: bool, failures: list[str]
-    ) -> dict[str, object]:
-        return {
-            "gateway": {
-                "pid": pid,
-                "generated": datetime.datetime.now(datetime.UTC).isoformat(),
-            },
-            "listeners": [{"name": "web", "active": active}],
-            "upstreams": [
-                {
-                    "name": "app",
-                    "servers": [
-                        {
-                            "server": "127.0.0.1:9000",
-                            "up": up,
-                            "state": "up" if up else "down: health check failing",
-                            "active": active,
-                        }
-                    ],
-                }
-            ],
-            "recent_failures": [{"time": t, "status": "no_route"} for t in failures],
-        }
-
     snapshots = {
         1: worker(101, 2, True, ["2026-01-01T00:00:01"]),
         2: worker(102, 3, False, ["2026-01-01T00:00:02"]),
@@ -162,6 +161,50 @@ def test_workersSnapshotsAddUpAndStaleOnesAreLeftOut(tmp_path: Path) -> None:
     assert readSnapshots(str(tmp_path), [(1, os.getpid()), (2, 102)]) == {
         1: snapshots[1]
     }
+
+
+def test_retiringWorkersConnectionsCountButNotTheirHealth() -> None:
+    """
+    Workers a reload replaced still finish their connections: those count
+    on the listener and the server (as one process counts its older
+    generations'), the workers are listed as retiring with their own
+    count, and their view of the server's health (the previous
+    configuration's) is not merged.  Two old generations may each have a
+    worker 1; a snapshot from another pid is not theirs.
+    """
+    config = load_config_text(CONFIG, "gw.ini", checkFiles=False)
+    current = {1: worker(201, 1, True, []), 2: worker(202, 0, True, [])}
+    retiring = [
+        (1, 101, worker(101, 2, False, ["2026-01-01T00:00:01"])),
+        (1, 51, worker(51, 1, False, [])),
+        (2, 102, worker(999, 7, False, [])),  # not its own snapshot
+        (2, 52, None),  # none written yet
+    ]
+    merged = mergeSnapshots(config, [(1, 201), (2, 202)], current, served(), retiring)
+    assert merged["listeners"][0]["active"] == 1 + 2 + 1
+    [server] = merged["upstreams"][0]["servers"]
+    assert (server["active"], server["state"], server["workers"]) == (4, "up", 2)
+    assert merged["recent_failures"] == []
+    assert (merged["gateway"]["workers"], merged["gateway"]["retiring_workers"]) == (
+        2,
+        4,
+    )
+    rows = [
+        (w["worker"], w["pid"], w["active"], w["retiring"])
+        for w in merged["worker_processes"]
+    ]
+    assert rows == [
+        (1, 201, 1, False),
+        (2, 202, 0, False),
+        (1, 101, 2, True),
+        (1, 51, 1, True),
+        (2, 102, None, True),
+        (2, 52, None, True),
+    ]
+    page = renderHTML(merged).decode()
+    assert page.count("retiring: finishing its connections") == 4
+    assert page.count("<td>serving</td>") == 2
+    json.dumps(merged)
 
 
 def test_pageEscapesWhatClientsSentAndRefreshesItself() -> None:

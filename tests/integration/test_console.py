@@ -343,6 +343,77 @@ def test_workersStatusAddsUpEveryWorkerAndLabelsIt(
     ]
 
 
+def test_workersStatusShowsRetiringWorkersUntilTheirLastConnection(
+    gateway: GatewayStarter, backend: BackendStarter, client: ssl.SSLContext
+) -> None:
+    """
+    C{workers = 2} and a reload (C{SIGHUP}) while a connection is open: the
+    old workers finish it, and the page keeps counting it (on its listener,
+    as one process does) and lists them as retiring, each with its own
+    count, until the last connection ends and they exit.
+    """
+    echo = backend("echo.test", "echo")
+    metricsPort, port = freePort(), freePort()
+    ini = gatewayIni(
+        port,
+        upstream="echo",
+        upstreams={"echo": f"127.0.0.1:{echo.port}"},
+        gatewayKeys={
+            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
+            "workers": "2",
+        },
+    )
+    gw = gateway(ini, command="module")
+    waitUntil(
+        lambda: gw.output().count("tlsgateway ready") >= 3, 20, lambda: gw.explain()
+    )
+    held = client.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=10),
+        server_hostname="echo.test",
+    )
+    try:
+        held.sendall(b"before")
+        assert held.recv(100) == b"before"
+        gw.sendSignal(signal.SIGHUP)
+        gw.waitForOutput("reloaded: generation 2", 20)
+
+        def retiringWithTheConnection() -> bool:
+            status = statusJSON(metricsPort)
+            old = [w for w in status["worker_processes"] if w["retiring"]]
+            return (
+                status["gateway"]["retiring_workers"] == 2
+                and len(old) == 2
+                and sum(w["active"] or 0 for w in old) == 1
+            )
+
+        waitUntil(
+            retiringWithTheConnection,
+            10,
+            lambda: json.dumps(statusJSON(metricsPort), indent=1),
+        )
+        status = statusJSON(metricsPort)
+        assert status["gateway"]["workers"] == 2
+        assert status["listeners"][0]["active"] == 1
+        serving = [w for w in status["worker_processes"] if not w["retiring"]]
+        assert [w["worker"] for w in serving] == [1, 2]
+        page = fetch(metricsPort, "/status").decode()
+        assert page.count("retiring: finishing its connections") == 2
+        held.sendall(b"after")
+        assert held.recv(100) == b"after"
+    finally:
+        held.close()
+
+    def retired() -> bool:
+        status = statusJSON(metricsPort)
+        return (
+            status["gateway"]["retiring_workers"] == 0
+            and status["listeners"][0]["active"] == 0
+        )
+
+    waitUntil(retired, 15, lambda: json.dumps(statusJSON(metricsPort), indent=1))
+    assert "retiring" not in fetch(metricsPort, "/status").decode()
+
+
 # -- the gateway's own log ---------------------------------------------------------
 
 
