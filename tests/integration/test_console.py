@@ -55,6 +55,19 @@ def statusJSON(port: int) -> dict[str, Any]:
     return result
 
 
+def meteredIni(port: int, upstreamPort: int, metricsPort: int, **keys: str) -> str:
+    """
+    A gateway relaying C{port} to 127.0.0.1:C{upstreamPort}, with C{/metrics}
+    and C{/status} on C{metricsPort} and C{keys} in C{[gateway]}.
+    """
+    return gatewayIni(
+        port,
+        upstream="app",
+        upstreams={"app": f"127.0.0.1:{upstreamPort}"},
+        gatewayKeys={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1", **keys},
+    )
+
+
 def expirySeconds(port: int) -> dict[str, float]:
     text = fetch(port, "/metrics").decode()
     return {
@@ -354,15 +367,7 @@ def test_workersStatusShowsRetiringWorkersUntilTheirLastConnection(
     """
     echo = backend("echo.test", "echo")
     metricsPort, port = freePort(), freePort()
-    ini = gatewayIni(
-        port,
-        upstream="echo",
-        upstreams={"echo": f"127.0.0.1:{echo.port}"},
-        gatewayKeys={
-            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
-            "workers": "2",
-        },
-    )
+    ini = meteredIni(port, echo.port, metricsPort, workers="2")
     gw = gateway(ini, command="module")
     waitUntil(
         lambda: gw.output().count("tlsgateway ready") >= 3, 20, lambda: gw.explain()
@@ -428,15 +433,7 @@ def test_debugLevelAndPidfileWithTlsgatewayRun(
     """
     app = backend("app.test")
     metricsPort, port = freePort(), freePort()
-    ini = gatewayIni(
-        port,
-        upstream="app",
-        upstreams={"app": f"127.0.0.1:{app.port}"},
-        gatewayKeys={
-            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
-            "log_level": "debug",
-        },
-    )
+    ini = meteredIni(port, app.port, metricsPort, log_level="debug")
     pidfile = tmp_path / "gw.pid"
     gw = Gateway(ini, tmp_path / "gw", command="module")
     gw.command += ["--pidfile", str(pidfile)]
