@@ -11,10 +11,8 @@ portable one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import socket
 import struct
-import termios
 from collections.abc import Callable
 from typing import Protocol
 
@@ -101,30 +99,13 @@ def reset(transport: RelayTransport) -> None:
     """
     Close a TCP transport with RST, so a reset on one side of the relay
     reaches the other side as a reset and not as a clean end of stream
-    (which a peer could take for a complete response).  For TLS over TCP,
-    the TCP connection under it is the one reset.
+    (which a peer could take for a complete response).
     """
-    sock = getattr(getattr(transport, "wire", transport), "socket", None)
+    sock = getattr(transport, "socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
     transport.abortConnection()
-
-
-def unsentBytes(transport: RelayTransport) -> int:
-    """
-    How many bytes the kernel holds for C{transport}'s socket that its
-    peer has not acknowledged (C{SIOCOUTQ}, Linux's C{TIOCOUTQ} on a TCP
-    socket); 0 where it cannot say.
-    """
-    sock = getattr(transport, "socket", None)
-    if sock is None:
-        return 0
-    try:
-        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, ValueError):
-        return 0
-    return int(struct.unpack("i", answer)[0])
 
 
 class ResetAfterFlush:
@@ -142,61 +123,33 @@ class ResetAfterFlush:
     after C{timeout} seconds, as an idle connection would be; L{cut} resets
     at once (a shutdown that will not wait).
 
-    Twisted's buffer is not the last one: an RST also throws away what the
-    kernel holds unsent or unacknowledged for the socket, and a TLS record
-    cut short that way is lost whole to the peer.  So once Twisted's
-    buffer is empty, the reset waits (checking each tick of
-    L{gateway.timers}) until the peer has acknowledged every byte
-    (L{unsentBytes}), within the same C{timeout}.
-
-    TLS over TCP (a L{gateway.tlstransport.TLSTransport}) waits the same
-    way for the TCP connection under it: what the peer sent is encrypted
-    as it is written, so it is all in that buffer already.  The TLS layer
-    is closed for writing first, so that no C{close_notify} (a clean end,
-    which a reset must not pass for) goes out.  A transport with no socket
-    under it is reset at once.
+    A transport without a socket of its own (TLS over TCP) is reset at
+    once, as before: its C{loseConnection} would say C{close_notify}, a
+    clean end, which a reset must not.
     """
 
-    __slots__ = ("_armed", "_clock", "_deadline", "_poll", "_transport", "_wire")
+    __slots__ = ("_armed", "_deadline", "_transport")
 
     def __init__(
         self, transport: RelayTransport, clock: IReactorTime, timeout: float
     ) -> None:
         self._transport: RelayTransport | None = transport
-        self._clock = clock
         self._deadline: Deadline | None = None
-        self._poll: Deadline | None = None
         self._armed = False
-        wire: RelayTransport = getattr(transport, "wire", transport)
-        self._wire = wire
-        if getattr(wire, "socket", None) is None:
+        if getattr(transport, "socket", None) is None:
             self.cut()
             return
-        closeWrites = getattr(transport, "closeWrites", None)
-        if closeWrites is not None:
-            closeWrites()
-        wire.unregisterProducer()
+        transport.unregisterProducer()
         # A pull producer is asked for data at once on registration; only
         # the calls after loseConnection mean "the buffer is empty".
-        wire.registerProducer(self, False)
+        transport.registerProducer(self, False)
         self._armed = True
         self._deadline = later(clock, timeout, self.cut)
-        wire.loseConnection()
+        transport.loseConnection()
 
     def resumeProducing(self) -> None:
         if self._armed:
-            # Twisted's buffer is empty; now the kernel's.
-            self._armed = False
-            self._whenAcknowledged()
-
-    def _whenAcknowledged(self) -> None:
-        self._poll = None
-        if self._transport is None:
-            return
-        if unsentBytes(self._wire):
-            self._poll = later(self._clock, 0, self._whenAcknowledged)
-            return
-        self.cut()
+            self.cut()
 
     def stopProducing(self) -> None:
         # The transport is gone (lost or aborted): nothing left to reset.
@@ -215,8 +168,6 @@ class ResetAfterFlush:
     def _stopDeadline(self) -> None:
         cancel(self._deadline)
         self._deadline = None
-        cancel(self._poll)
-        self._poll = None
 
 
 @implementer(IRelay)

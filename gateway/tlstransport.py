@@ -326,14 +326,6 @@ class TLSTransport:
         self._writeClosed = True
         self._transport.abortConnection()
 
-    def closeWrites(self) -> None:
-        """
-        Write nothing more, not even C{close_notify}: the connection is to
-        be reset once the records already written have gone out
-        (L{gateway.relay.ResetAfterFlush}).
-        """
-        self._writeClosed = True
-
     def _shutdownTLS(self) -> None:
         if self._writeClosed or self._failed or not self.handshakeDone:
             return

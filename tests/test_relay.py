@@ -2,9 +2,7 @@
 The portable relay, driven through in-memory transports and a fake clock.
 """
 
-import contextlib
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,8 +21,7 @@ from gateway import fastpath
 from gateway.accesslog import ConnectionRecord
 from gateway.fastpath import halfClose, send
 from gateway.lifecycle import Event, State
-from gateway.relay import IRelay, PortableRelay, unsentBytes
-from gateway.timers import RESOLUTION
+from gateway.relay import IRelay, PortableRelay
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport, TableOwner
 
@@ -380,41 +377,6 @@ def test_withNothingQueuedTheResetComesOnTheNextWriteTurn(
     relay.upstreamLost(Failure(ConnectionLost()))
     assert transport in reactor.getWriters()
     transport.doWrite()
-    _lostBy(relay, reactor)
-    assert _receiveUntilReset(far) == b""
-    assert done == [True]
-    assert clock.getDelayedCalls() == []
-
-
-def test_theResetWaitsForThePeerToAcknowledgeWhatTheKernelHolds(
-    wire: tuple[tcp.Connection, socket.socket, EPollReactor],
-) -> None:
-    """
-    Twisted's buffer is empty but the kernel still holds bytes the peer
-    has not acknowledged (it is not reading): an RST now would throw them
-    away, so the reset waits, a tick at a time, until they are taken.
-    """
-    transport, far, reactor = wire
-    clock = Clock()
-    relay, _upstream, _record, done = _relayTo(transport, clock)
-    sent = 0
-    with contextlib.suppress(BlockingIOError):
-        while sent < 64 << 20:
-            sent += transport.socket.send(b"x" * 65536)
-    assert unsentBytes(transport) > 0
-    relay.upstreamLost(Failure(ConnectionLost()))
-    transport.doWrite()  # Twisted's buffer is empty at once
-    clock.advance(1)
-    assert not transport._aborting
-    received = 0
-    while received < sent:
-        received += len(far.recv(1 << 20))
-    for _ in range(100):
-        clock.advance(RESOLUTION)
-        if transport._aborting:
-            break
-        time.sleep(0.01)
-    assert transport._aborting
     _lostBy(relay, reactor)
     assert _receiveUntilReset(far) == b""
     assert done == [True]

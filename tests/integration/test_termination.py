@@ -20,7 +20,6 @@ import hashlib
 import re
 import socket
 import ssl
-import struct
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -1062,66 +1061,6 @@ def test_postQuantumGroupForBundledOpenSslAndX25519ForDebianOpenSsl(
     entry = lastEntry(gw, 2)
     assertTerminatedOk(entry, app)
     assert entry["tls_group"].lower() == X25519, entry
-
-
-# -- a reset reaches the client after what it was sent ---------------------------------------
-
-
-def test_anUpstreamResetReachesTheClientAfterAllItSent(
-    gateway: Any, gwCert: ServerCertificate, client: ssl.SSLContext
-) -> None:
-    """
-    The upstream sends its last bytes and resets.  The client, reading
-    slowly (a small receive buffer, and not reading at first), still gets
-    every one of them, encrypted, and then the reset: no C{close_notify},
-    which could pass for a complete answer, and no reset that drops what
-    the gateway or its kernel held for it (an RST discards the socket's
-    unacknowledged bytes, and a TLS record cut short is lost whole).
-    """
-    payload = bytes(range(256)) * 240  # 60 KiB: more than the kernel holds
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.settimeout(10)
-        gw = gateway(
-            terminatingIni(
-                freePort(),
-                certificate=gwCert,
-                upstream="raw",
-                upstreams={"raw": f"127.0.0.1:{server.getsockname()[1]}"},
-            )
-        )
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.settimeout(10)
-        raw.connect(("127.0.0.1", gw.port))
-        # Not suppress_ragged_eofs: an end without close_notify must show.
-        stream = client.wrap_socket(
-            raw, server_hostname=GW_NAME, suppress_ragged_eofs=False
-        )
-        with stream:
-            stream.sendall(b"go")
-            upstream, _ = server.accept()
-            with upstream:
-                upstream.settimeout(10)
-                assert upstream.recv(10) == b"go"
-                upstream.sendall(payload)
-                time.sleep(0.5)  # the gateway reads it all...
-                upstream.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-            time.sleep(0.5)  # ...and sees the reset before the client reads
-            received = bytearray()
-
-            def readAll() -> None:
-                while chunk := stream.recv(65536):
-                    received.extend(chunk)
-
-            # A reset, or an end without close_notify: never a clean end.
-            with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
-                readAll()
-    assert len(received) == len(payload), gw.explain()
-    assert received == payload
-    entry = lastEntry(gw, 1)
-    assert entry["closed_by"] == "upstream_reset", entry
 
 
 # -- a handshake that never completes -----------------------------------------------------
