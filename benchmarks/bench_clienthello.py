@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import capturedHellos
 
-from gateway.clienthello import NEED_MORE, ClientHelloReader
+from gateway.wire.clienthello import NEED_MORE, ClientHelloReader
 
 HELLOS = capturedHellos()
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest import capturedHellos
 
-from gateway import ja4 as ja4module
-from gateway.clienthello import ClientHello, ClientHelloReader
+from gateway.wire import ja4 as ja4module
+from gateway.wire.clienthello import ClientHello, ClientHelloReader
 
 HELLOS = {
     name: hello

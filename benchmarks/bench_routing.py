@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 
-from gateway.routing import Router
+from gateway.core.routing import Router
 
 
 @attrs.frozen

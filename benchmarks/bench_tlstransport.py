@@ -15,8 +15,8 @@ from typing import Any
 import trustme
 from OpenSSL import SSL
 
-from gateway.accesslog import ConnectionRecord
-from gateway.tlstransport import TLSTransport
+from gateway.rules.accesslog import ConnectionRecord
+from gateway.tls.transport import TLSTransport
 
 CA = trustme.CA()
 LEAF = CA.issue_cert("bench.example")

@@ -2,7 +2,7 @@
 tlsgateway: a dual-mode TLS gateway (SNI passthrough and termination) on Twisted.
 
 The public names are imported lazily, so that importing a pure module such
-as L{gateway.clienthello} does not pull in Twisted or OpenSSL.
+as L{gateway.wire.clienthello} does not pull in Twisted or OpenSSL.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.config import ConfigError
-    from gateway.loading import load_config
-    from gateway.service import GatewayService
+    from gateway.run.loading import load_config
+    from gateway.run.service import GatewayService
 
 __all__ = ["ConfigError", "GatewayService", "load_config"]
 
 _PUBLIC = {
     "ConfigError": "gateway.config",
-    "load_config": "gateway.loading",
-    "GatewayService": "gateway.service",
+    "load_config": "gateway.run.loading",
+    "GatewayService": "gateway.run.service",
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.portable import PORTABLE
+from gateway.fast.portable import PORTABLE
 
 #: The checkout's root: where a fresh interpreter finds the C{gateway} package.
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def frameworksImportedBy(module: str) -> list[str]:
     return loaded
 
 
-#: For a test of a fast path itself (L{gateway.fastpath}): skipped in the
+#: For a test of a fast path itself (L{gateway.fast.internals}): skipped in the
 #: suite's run with C{TLSGATEWAY_PORTABLE=1}, which turns every fast path
 #: off.  The normal run runs it; the portable run checks the fallbacks.
 fastPathOnly = pytest.mark.skipif(

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import trustme
 
-from gateway.units import parseDuration
+from gateway.core.units import parseDuration
 
 try:
     import yaml

@@ -40,9 +40,9 @@ from gateway.config import (
     ServerConfig,
     UpstreamConfig,
 )
-from gateway.loading import load_config
-from gateway.routing import normalizePattern
-from gateway.service import GatewayService, StartupError
+from gateway.core.routing import normalizePattern
+from gateway.run.loading import load_config
+from gateway.run.service import GatewayService, StartupError
 from gateway.testing import makeClientHello
 from tests.transports import HalfCloseableTransport
 

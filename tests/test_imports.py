@@ -18,8 +18,11 @@ import gateway
 PACKAGE = Path(gateway.__file__).parent
 
 
-def _moduleName(path: Path) -> str:
-    return "gateway" if path.stem == "__init__" else f"gateway.{path.stem}"
+def _moduleName(path: Path, folder: Path) -> str:
+    parts = ["gateway", *path.relative_to(folder).with_suffix("").parts]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def importGraph(folder: Path = PACKAGE) -> dict[str, set[str]]:
@@ -27,7 +30,7 @@ def importGraph(folder: Path = PACKAGE) -> dict[str, set[str]]:
     The modules of the package in C{folder}, each with the modules of the
     package it imports anywhere in its source.
     """
-    modules = {_moduleName(path): path for path in folder.glob("*.py")}
+    modules = {_moduleName(path, folder): path for path in folder.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         imported: set[str] = set()
@@ -37,7 +40,11 @@ def importGraph(folder: Path = PACKAGE) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(["gateway", base] if base else ["gateway"])
+                    package = name.split(".")
+                    if path.stem != "__init__":
+                        package.pop()
+                    package = package[: len(package) - node.level + 1]
+                    base = ".".join([*package, base] if base else package)
                 imported.add(base)
                 # from gateway import config: the submodule config
                 imported.update(f"{base}.{alias.name}" for alias in node.names)
@@ -85,12 +92,12 @@ def test_theGatewaysModulesImportOneAnotherWithoutACycle() -> None:
 def test_theGraphSeesFunctionLevelImports() -> None:
     """
     The graph is the one the check above needs: it has the function-level
-    imports (L{gateway.cli} imports L{gateway.loading} inside C{_load}).
+    imports (L{gateway.cli.main} imports L{gateway.run.loading} inside C{_load}).
     """
     graph = importGraph()
-    assert "gateway.loading" in graph["gateway.cli"]
-    assert "gateway.config" in graph["gateway.loading"]
-    assert "gateway.contexts" not in graph["gateway.config"]
+    assert "gateway.run.loading" in graph["gateway.cli.main"]
+    assert "gateway.config" in graph["gateway.run.loading"]
+    assert "gateway.tls.contexts" not in graph["gateway.config"]
 
 
 def test_aCycleIsFoundAndNamed(tmp_path: Path) -> None:
@@ -99,16 +106,18 @@ def test_aCycleIsFoundAndNamed(tmp_path: Path) -> None:
     function the import that closes it sits.
     """
     (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "__init__.py").write_text("")
     (tmp_path / "config.py").write_text(
-        "def load():\n    from gateway.contexts import build\n"
+        "def load():\n    from gateway.tls.contexts import build\n"
     )
-    (tmp_path / "contexts.py").write_text("from gateway import tlspolicy\n")
-    (tmp_path / "tlspolicy.py").write_text("from gateway.config import Problem\n")
+    (tmp_path / "tls" / "contexts.py").write_text("from . import policy\n")
+    (tmp_path / "tls" / "policy.py").write_text("from gateway.config import Problem\n")
     (tmp_path / "units.py").write_text("import os\n")
     assert findCycle(importGraph(tmp_path)) == [
         "gateway.config",
-        "gateway.contexts",
-        "gateway.tlspolicy",
+        "gateway.tls.contexts",
+        "gateway.tls.policy",
         "gateway.config",
     ]
 

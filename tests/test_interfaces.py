@@ -16,15 +16,15 @@ import pytest
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
-from gateway.acmechallenge import ChallengeStage
-from gateway.health import _Probe
-from gateway.mysqlstage import MySQLConnection, ServerLeg, _TerminatedLogin
-from gateway.passthrough import PassthroughStage
-from gateway.pgstage import StartupReader
-from gateway.preread import IStage
-from gateway.session import Session, UpstreamProtocol
-from gateway.terminate import ITerminatedSession, TerminationStage
-from gateway.tlstransport import ITLSEvents
+from gateway.acme.challenge import ChallengeStage
+from gateway.connection.health import _Probe
+from gateway.connection.passthrough import PassthroughStage
+from gateway.connection.preread import IStage
+from gateway.connection.session import Session, UpstreamProtocol
+from gateway.connection.terminate import ITerminatedSession, TerminationStage
+from gateway.protocols.mysql import MySQLConnection, ServerLeg, _TerminatedLogin
+from gateway.protocols.postgres import StartupReader
+from gateway.tls.transport import ITLSEvents
 
 PROVIDERS: list[tuple[type[Interface], type]] = [
     (IStage, PassthroughStage),

@@ -40,13 +40,13 @@ class PromptClientTransport(HalfCloseableTransport):
 class TableOwner:
     """
     A connection's owner for a stage tested without its
-    L{gateway.preread.PrereadProtocol}: it applies the same table
-    (L{gateway.lifecycle.apply}) from C{decided} and keeps every event
+    L{gateway.connection.preread.PrereadProtocol}: it applies the same table
+    (L{gateway.rules.lifecycle.apply}) from C{decided} and keeps every event
     the table did not allow in C{refused}.
     """
 
     def __init__(self, record: Any, state: Any = None) -> None:
-        from gateway.lifecycle import State
+        from gateway.rules.lifecycle import State
 
         self.record = record
         self.state = State.DECIDED if state is None else state
@@ -54,7 +54,7 @@ class TableOwner:
         self.refused: list[tuple[Any, Any]] = []
 
     def report(self, event: Any, reason: Any = None, status: Any = None) -> bool:
-        from gateway.lifecycle import apply
+        from gateway.rules.lifecycle import apply
 
         self.events.append(event)
         target = apply(self.state, event, self.record, reason, status)

@@ -67,6 +67,9 @@ _PORT_BASE = 20000
 def _portCandidates() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
+    # Two suites on one machine (two checkouts, say) keep apart by giving
+    # one of them another first block.
+    index += int(os.environ.get("TLSGATEWAY_TEST_PORT_SLOT", "0"))
     start = _PORT_BASE + (index % 15) * _PORT_BLOCK
     offset = random.randrange(_PORT_BLOCK)
     while True:

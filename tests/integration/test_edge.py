@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from gateway.alerts import AlertDescription, alertRecord
-from gateway.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
 from gateway.testing import makeClientHello
+from gateway.wire.alerts import AlertDescription, alertRecord
+from gateway.wire.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
 
 from .backends import IO_TIMEOUT, TLSStream, readUntilTcpEof
 from .harness import (

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.postgres import SSL_REQUEST
+from gateway.wire.postgres import SSL_REQUEST
 
 from .harness import (
     CertificateAuthority,

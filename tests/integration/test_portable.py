@@ -39,7 +39,7 @@ for name in [n for n in dir(select) if n.lower().startswith("epoll")]:
     delattr(select, name)
 if hasattr(os, "splice"):
     del os.splice
-from gateway.cli import main
+from gateway.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

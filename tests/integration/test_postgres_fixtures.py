@@ -1,6 +1,6 @@
 """
 Self-test of the PostgreSQL fixtures (L{tests.integration.postgres}), and of
-L{gateway.postgres} against what real PostgreSQL clients and servers send.
+L{gateway.wire.postgres} against what real PostgreSQL clients and servers send.
 
 No gateway is involved: these tests show that the servers and clients the
 gateway's end-to-end tests rely on behave as those tests will assume (a
@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.clienthello import ClientHello, ClientHelloReader
-from gateway.postgres import (
+from gateway.wire.clienthello import ClientHello, ClientHelloReader
+from gateway.wire.postgres import (
     SSL_REQUEST,
     BackendKeyDataScanner,
     CancelKey,

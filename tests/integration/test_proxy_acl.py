@@ -30,8 +30,9 @@ from typing import Any
 
 import pytest
 
-from gateway.alerts import AlertDescription, alertRecord
-from gateway.proxyprotocol import (
+from gateway.testing import makeClientHello
+from gateway.wire.alerts import AlertDescription, alertRecord
+from gateway.wire.proxyprotocol import (
     NEED_MORE,
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -44,7 +45,6 @@ from gateway.proxyprotocol import (
     connectionHeader,
     encode,
 )
-from gateway.testing import makeClientHello
 
 from .backends import IO_TIMEOUT, TLSStream, expectClosed, readUntilTcpEof, waitUntil
 from .harness import (

@@ -10,7 +10,7 @@ from twisted.application.service import ServiceMaker
 
 tlsgateway = ServiceMaker(
     "tlsgateway",
-    "gateway.tap",
+    "gateway.cli.tap",
     "TLS gateway: SNI passthrough and TLS termination",
     "tlsgateway",
 )

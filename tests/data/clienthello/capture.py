@@ -9,7 +9,7 @@ its handshake, which is expected).  Loopback only; every client runs with a
 timeout and is killed by its own process handle if it outlives it.
 
 The listener walks records with its own few lines rather than with
-C{gateway.clienthello}, so that the test data does not depend on the code it
+C{gateway.wire.clienthello}, so that the test data does not depend on the code it
 tests.
 """
 

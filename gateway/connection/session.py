@@ -1,0 +1,669 @@
+"""
+After the route is chosen: reach an upstream, then relay.
+
+A L{Session} connects to a server of the chosen upstream (retrying the next
+one when a connect fails, while no upstream has sent a byte), optionally
+opens the connection as the client's protocol does (an
+L{gateway.protocols.strategy.IUpstreamOpening}) and does a verified TLS
+handshake with it, replays what the client already sent, and starts the
+relay.  The client side is given to it as a transport: the
+raw TCP transport in passthrough, the L{TLSTransport} of a terminated
+connection otherwise; so the same code serves both modes.
+
+The client stays paused while the upstream is being reached, so the gateway
+buffers nothing but what it already had.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.internet.interfaces import (
+    IConnector,
+    IHalfCloseableProtocol,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config import ServerConfig
+from gateway.connection.relay import IRelay
+from gateway.connection.terminate import ITerminatedSession
+from gateway.connection.timers import Deadline, cancel, later
+from gateway.connection.upstream import (
+    IServerChooser,
+    UpstreamTLSPolicy,
+    adoptConnected,
+    connectServer,
+    localError,
+)
+from gateway.core.transports import RelayTransport, relayTransport
+from gateway.fast.directconnect import DirectConnect, adoptionHub, literalAddress
+from gateway.fast.splice import (
+    directHub,
+    spliceUnavailable,
+    startDirectRelay,
+    startRelay,
+)
+from gateway.protocols.strategy import IUpstreamOpening
+from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.lifecycle import ConnectionOwner, Event
+from gateway.tls.transport import ITLSEvents, TLSTransport
+
+if TYPE_CHECKING:
+    from gateway.fast.internals import Hub
+
+
+@attrs.frozen
+class UpstreamRuntime:
+    """
+    One C{[upstream:NAME]} of one configuration generation, as sessions use it.
+
+    @ivar tries: C{next_upstream_tries}.
+    @ivar tls: how to re-encrypt to its servers, or L{None} for plaintext.
+    """
+
+    name: str
+    chooser: IServerChooser
+    tries: int
+    tls: UpstreamTLSPolicy | None = None
+
+
+@attrs.frozen
+class Timeouts:
+    connect: float
+    idle: float
+
+
+@implementer(IHalfCloseableProtocol, ITLSEvents)
+class UpstreamProtocol(Protocol):
+    """
+    The upstream side of a session.  With re-encryption it owns the TLS
+    layer and reports the upstream as ready only once the handshake is done
+    and the certificate verified: not one byte of the client's plaintext
+    goes out before that.
+
+    With an opening (L{gateway.protocols.strategy.IUpstreamOpening}: a protocol
+    whose upstream connection starts with an exchange before TLS, as
+    the PostgreSQL strategy does), its request goes on the raw socket
+    first (after the PROXY header, which must come first), then TLS only
+    once the server's answer says so.  Any other answer makes the server
+    unusable for this connection, like a refused connect: the session
+    tries the next one.
+
+    @ivar _answer: the opening, while its answer is awaited.
+    @ivar _answerTimer: bounds that wait by C{connect_timeout}: a server
+        that accepts and says nothing is as unusable as one that does not
+        accept.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        server: ServerConfig,
+        tls: UpstreamTLSPolicy | None,
+    ) -> None:
+        self._session = session
+        self.server = server
+        self._tlsPolicy = tls
+        self._tls: TLSTransport | None = None
+        self._relay: IRelay | None = None
+        self._answer: IUpstreamOpening | None = None
+        self._answerTimer: Deadline | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        opening = self._session.opening
+        self._session.sendProxyHeader(
+            relayTransport(self.transport),
+            raw=self._tlsPolicy is not None or opening is not None,
+        )
+        if opening is not None:
+            self._answer = answer = opening()
+            self._answerTimer = later(
+                self._session.clock,
+                self._session.timeouts.connect,
+                self._answerTimedOut,
+            )
+            self.transport.write(answer.request)
+            return
+        self._secure()
+
+    def _secure(self) -> None:
+        """
+        The raw connection is ready for what goes first: the relay (when
+        the gateway does no TLS towards this server) or the gateway's TLS
+        handshake.
+        """
+        assert self.transport is not None
+        if self._tlsPolicy is None:
+            self._relay = self._session.upstreamReady(
+                self, relayTransport(self.transport), self.server
+            )
+            return
+        self._tls = TLSTransport(
+            self._tlsPolicy.connectionFor(self.server),
+            self.transport,  # type: ignore[arg-type]
+            self,
+        )
+        self._tls.startHandshake()
+
+    def _readAnswer(self, data: bytes) -> None:
+        assert self._answer is not None
+        answer = self._answer.feed(data)
+        if answer is None:
+            return
+        self._answer = None
+        self._stopAnswerTimer()
+        if isinstance(answer, str):
+            self._unusable(answer)
+            return
+        self._secure()
+
+    def _answerTimedOut(self) -> None:
+        self._answerTimer = None
+        assert self._answer is not None
+        self._unusable(self._answer.describeTimeout(self._session.timeouts.connect))
+
+    def _stopAnswerTimer(self) -> None:
+        cancel(self._answerTimer)
+        self._answerTimer = None
+
+    def _unusable(self, reason: str) -> None:
+        assert self.transport is not None
+        self._answer = None
+        self._stopAnswerTimer()
+        self._session.upstreamRefused(self, reason)
+        relayTransport(self.transport).abortConnection()
+
+    # TLSEvents, with re-encryption
+
+    def tlsHandshakeDone(self) -> None:
+        assert self._tls is not None
+        assert self._tlsPolicy is not None
+        problem = self._tlsPolicy.verify(self._tls.connection, self.server)
+        if problem is not None:
+            self.tlsHandshakeFailed(problem)
+            return
+        self._relay = self._session.upstreamReady(self, self._tls, self.server)
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        assert self.transport is not None
+        self._session.upstreamRefused(self, f"TLS: {reason}")
+        relayTransport(self.transport).abortConnection()
+
+    def tlsData(self, data: bytes) -> None:
+        assert self._relay is not None
+        watcher = self._session.upstreamWatcher
+        if watcher is not None:
+            watcher(data)
+        self._relay.upstreamData(data)
+
+    def tlsReadClosed(self) -> None:
+        if self._relay is not None:
+            self._relay.upstreamReadClosed()
+
+    def tlsError(self, reason: str) -> None:
+        self._session.upstreamTLSError(self.server, reason)
+
+    # transport events
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.ciphertextReceived(data)
+        elif self._relay is not None:
+            watcher = self._session.upstreamWatcher
+            if watcher is not None:
+                watcher(data)
+            self._relay.upstreamData(data)
+        elif self._answer is not None:
+            self._readAnswer(data)
+
+    def readConnectionLost(self) -> None:
+        if self._tls is not None:
+            self._tls.ciphertextEnded()
+        elif self._relay is not None:
+            self._relay.upstreamReadClosed()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopAnswerTimer()
+        if self._relay is not None:
+            self._relay.upstreamLost(reason)
+        else:
+            # Closed before it became ready (awaiting the opening's answer,
+            # during the TLS handshake, or after a failed one, which the
+            # session then ignores).
+            self._session.upstreamRefused(self, reason.getErrorMessage())
+
+
+@attrs.define(slots=True)
+class _DirectAttempt:
+    """
+    An upstream attempt that L{gateway.fast.directconnect} makes: what
+    L{Session} knows of an attempt, without a protocol (there is no
+    transport until the relay owns the socket).
+    """
+
+    server: ServerConfig
+    transport: None = None
+
+
+@implementer(ITerminatedSession)
+class Session:
+    """
+    @ivar relay: the relay, once the upstream is ready.
+    @ivar opening: makes each upstream connection's opening (see
+        L{UpstreamProtocol}), or L{None} for none: the client protocol's
+        (L{gateway.protocols.strategy.IProtocolStrategy.opening}).
+    @ivar upstreamWatcher: called with each chunk of what the upstream sends
+        the client, at the plaintext level, before it is relayed; L{None}
+        when nothing watches (the usual case: the hot path pays one
+        attribute read).  It may set this back to L{None} once it has seen
+        what it wanted.  Chunks reach it only through the portable relay,
+        so it is for terminated connections (the splice relay never shows
+        a byte to Python).
+    @ivar _relaySetting: the listener's C{relay} key, for
+        L{gateway.fast.splice.startRelay}.
+    @ivar _proxyHeader: builds the PROXY header for each upstream
+        connection, or L{None} without C{proxy_protocol}.  Built when the
+        connection is made, not before: a terminated connection's TLS
+        facts exist only once its handshake is done.
+    @ivar _client: the client's plaintext transport (raw TCP in
+        passthrough, TLS in termination).
+    @ivar _pending: client bytes to replay to the upstream before relaying
+        (the ClientHello in passthrough; early plaintext in termination).
+    @ivar _tried: servers that failed for this connection.
+    @ivar _picked: the server of the current attempt or connection, until
+        the chooser is told it is over (C{connectFailed} or C{released}),
+        so its active-connection count is exact.
+    @ivar _failureAlert: the TLS alert a passthrough client is sent when
+        no server can be reached (C{internal_error}), or L{None}.
+    @ivar _attempt: the upstream connection being made (connecting or in
+        its TLS handshake), so a client that leaves can cancel it and late
+        reports from abandoned attempts can be told apart.
+    @ivar _hub: where a connection that will be spliced connects its
+        upstream directly (L{gateway.fast.directconnect}), or L{None}: it goes
+        through Twisted's C{connectTCP}, as every connection does with
+        the fast paths off, with TLS or an opening towards the upstream,
+        and for a server given by name.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        client: RelayTransport,
+        record: ConnectionRecord,
+        owner: ConnectionOwner,
+        upstream: UpstreamRuntime,
+        clientKey: str,
+        timeouts: Timeouts,
+        ended: Callable[[], None],
+        *,
+        countBytes: bool,
+        relay: str = "portable",
+        proxyHeader: Callable[[], bytes] | None = None,
+        opening: Callable[[], IUpstreamOpening] | None = None,
+        failureAlert: bytes | None = None,
+    ) -> None:
+        self.relay: IRelay | None = None
+        self._failureAlert = failureAlert
+        self.opening = opening
+        self.upstreamWatcher: Callable[[bytes], None] | None = None
+        self._relaySetting = relay
+        self._proxyHeader = proxyHeader
+        self._reactor = reactor
+        self._clock = clock
+        self._client = client
+        self._record = record
+        self._owner = owner
+        self._upstream = upstream
+        self._clientKey = clientKey
+        self._timeouts = timeouts
+        self._ended: Callable[[], None] | None = ended
+        self._countBytes = countBytes
+        self._pending: list[bytes] = []
+        self._triesLeft = upstream.tries
+        self._tried: frozenset[ServerConfig] = frozenset()
+        self._picked: ServerConfig | None = None
+        self._connector: IConnector | DirectConnect | None = None
+        self._attempt: UpstreamProtocol | _DirectAttempt | None = None
+        self._hub = (
+            directHub(relay, reactor, client)
+            if upstream.tls is None and opening is None
+            else None
+        )
+        self._adoptionHub = adoptionHub(reactor) if self._hub is None else None
+        self._clientEOF = False
+        self._clientGone = False
+        self._lastError = "no server available"
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    @property
+    def server(self) -> ServerConfig | None:
+        """
+        The server of the current attempt or connection: once the upstream
+        is ready, the one the relay talks to.
+        """
+        return self._picked
+
+    def sendProxyHeader(self, upstream: RelayTransport, *, raw: bool) -> None:
+        """
+        Start a new upstream connection with the listener's PROXY protocol
+        header (C{proxy_protocol}), if it has one.
+
+        @param raw: the connection is about to start TLS, so the header is
+            written on the raw transport now, before the handshake.
+            Otherwise it goes ahead of the replayed client bytes rather
+            than to the transport, so that a splice relay, which sends
+            those first and itself, keeps it first as well.
+        """
+        if self._proxyHeader is None:
+            return
+        header = self._proxyHeader()
+        if raw:
+            upstream.write(header)
+        else:
+            self._pending.insert(0, header)
+
+    def connect(self, pending: bytes = b"") -> None:
+        if pending:
+            self._pending.append(pending)
+        self._client.pauseProducing()
+        self._owner.report(Event.CONNECT)
+        self._connectNext()
+
+    def _connectNext(self) -> None:
+        server = (
+            self._upstream.chooser.pick(self._clientKey, self._tried)
+            if self._triesLeft > 0
+            else None
+        )
+        if server is None:
+            self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
+            if self._failureAlert is not None:
+                # Nothing was relayed yet: the client still waits for the
+                # server's first flight, so it can be told in TLS.
+                if self._countBytes:
+                    self._record.bytesOut += len(self._failureAlert)
+                self._client.write(self._failureAlert)
+            self._client.loseConnection()
+            return
+        self._triesLeft -= 1
+        self._tried |= {server}
+        self._picked = server
+        self._record.upstream = server.address
+        if self._hub is not None and server.host is not None:
+            address = literalAddress(server.host, server.port or 0)
+            if address is not None:
+                self._connectDirectly(server, *address)
+                return
+        attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
+        if self._adoptionHub is not None and server.host is not None:
+            address = literalAddress(server.host, server.port or 0)
+            if address is not None:
+                self._connectForAdoption(attempt, self._adoptionHub, *address)
+                return
+        self._connector = connectServer(
+            self._reactor,
+            server,
+            attempt,
+            self._timeouts.connect,
+            lambda reason: self._connectFailed(attempt, reason),
+        )
+
+    def _connectDirectly(
+        self, server: ServerConfig, family: int, address: tuple[object, ...]
+    ) -> None:
+        assert self._hub is not None
+        direct = self._attempt = _DirectAttempt(server)
+        connector = self._connector = DirectConnect(
+            self._hub,
+            self._clock,
+            lambda sock: self._connectedDirectly(direct, sock),
+            lambda reason: self._connectFailed(direct, reason),
+        )
+        connector.start(family, address, self._timeouts.connect)
+
+    def _connectForAdoption(
+        self,
+        attempt: UpstreamProtocol,
+        hub: Hub,
+        family: int,
+        address: tuple[object, ...],
+    ) -> None:
+        """
+        Connect the socket of a relay that is not spliced (a terminated
+        connection, TLS or an opening towards the upstream) without
+        Twisted's connector, then give it to the reactor
+        (L{adoptConnected}): from there on it is an ordinary Twisted
+        transport of C{attempt}, as C{connectTCP} would have made.
+        """
+        connector = self._connector = DirectConnect(
+            hub,
+            self._clock,
+            lambda sock: self._adopt(attempt, sock),
+            lambda reason: self._connectFailed(attempt, reason),
+        )
+        connector.start(family, address, self._timeouts.connect)
+
+    def _adopt(self, attempt: UpstreamProtocol, sock: socket.socket) -> None:
+        # A client that left stopped the connect (clientLost), which then
+        # failed: a connected socket means the client is still there.
+        self._connector = None
+        try:
+            adoptConnected(self._reactor, sock, attempt)  # type: ignore[arg-type]
+        except OSError:
+            self._connectFailed(attempt, Failure())
+
+    def _connectedDirectly(self, attempt: _DirectAttempt, sock: socket.socket) -> None:
+        """
+        L{gateway.fast.directconnect} connected the upstream socket: the splice
+        relay takes it, as L{upstreamReady} starts a relay for a transport.
+        """
+        self._attempt = self._connector = None
+        self._upstream.chooser.connectSucceeded(attempt.server)
+        if self._clientGone:
+            sock.close()
+            self._finish()
+            return
+        if self._proxyHeader is not None:
+            self._pending.insert(0, self._proxyHeader())
+        pending, self._pending = self._pending, []
+        why = spliceUnavailable(self._relaySetting, self._client, None)
+        if why is not None:
+            # Checked when the upstream was chosen (directHub), and nothing
+            # is written to a passthrough client before its relay: a bug.
+            sock.close()
+            self._owner.report(
+                Event.UPSTREAM_UNAVAILABLE, f"gateway error: cannot splice: {why}"
+            )
+            self._client.abortConnection()
+            return
+        self._owner.report(Event.CONNECTED)
+        self.relay = relay = startDirectRelay(
+            self._relaySetting,
+            self._reactor,
+            self._clock,
+            self._client,
+            sock,
+            self._record,
+            self._owner,
+            self._timeouts.idle,
+            self._finish,
+            pending,
+        )
+        if self._clientEOF:
+            relay.clientReadClosed()
+
+    def _connectFailed(
+        self, attempt: UpstreamProtocol | _DirectAttempt, reason: Failure
+    ) -> None:
+        local = localError(reason)
+        if local is None:
+            self.upstreamRefused(attempt, reason.getErrorMessage())
+            return
+        if attempt is not self._attempt:
+            return
+        # The gateway's own resources ran out, not the server: it does not
+        # count against the server, and no other server is tried.
+        # The server is released, not failed; the client's close finishes.
+        self._attempt = self._connector = None
+        self._lastError = f"{attempt.server.address}: {local}"
+        if self._clientGone:
+            self._finish()
+            return
+        self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
+        self._client.loseConnection()
+
+    def upstreamRefused(
+        self, attempt: UpstreamProtocol | _DirectAttempt, reason: str
+    ) -> None:
+        """
+        The server of C{attempt} cannot take this connection (refused,
+        timed out, closed or failed TLS verification before it was ready):
+        try the next one.  Reports about an attempt already given up on are
+        ignored.
+        """
+        if attempt is not self._attempt:
+            return
+        self._attempt = self._connector = None
+        if self._clientGone:
+            self._finish()
+            return
+        self._picked = None
+        self._upstream.chooser.connectFailed(attempt.server)
+        self._lastError = f"{attempt.server.address}: {reason}"
+        self._connectNext()
+
+    def upstreamTLSError(self, server: ServerConfig, reason: str) -> None:
+        """
+        The upstream broke TLS after the handshake (re-encryption): its
+        connection is closing, and the relay ends both sides.
+        """
+        self._owner.report(Event.TLS_ERROR, f"upstream {server.address}: {reason}")
+        self._record.extra.setdefault("closed_by", "upstream_tls_error")
+
+    def upstreamReady(
+        self, protocol: UpstreamProtocol, upstream: RelayTransport, server: ServerConfig
+    ) -> IRelay:
+        self._attempt = self._connector = None
+        self._upstream.chooser.connectSucceeded(server)
+        if self._clientGone:
+            upstream.loseConnection()
+            self.relay = discard = _Discard(self._finish)
+            return discard
+        pending, self._pending = self._pending, []
+        self._owner.report(Event.CONNECTED)
+        self.relay = startRelay(
+            self._relaySetting,
+            self._reactor,
+            self._clock,
+            self._client,
+            upstream,
+            self._record,
+            self._owner,
+            self._timeouts.idle,
+            self._finish,
+            pending,
+            countBytes=self._countBytes,
+        )
+        if self._clientEOF:
+            self.relay.clientReadClosed()
+        return self.relay
+
+    # client events (plaintext level)
+
+    def clientData(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.clientData(data)
+        else:
+            if self._countBytes:
+                self._record.bytesIn += len(data)
+            self._pending.append(data)
+
+    def clientReadClosed(self) -> None:
+        if self.relay is not None:
+            self.relay.clientReadClosed()
+        else:
+            self._clientEOF = True
+
+    def clientLost(self, reason: Failure) -> None:
+        if self.relay is not None:
+            self.relay.clientLost(reason)
+            return
+        self._clientGone = True
+        attempt = self._attempt
+        if attempt is None:
+            self._finish()
+        elif attempt.transport is None:
+            # Still connecting: stop; the failed connect then finishes.
+            assert self._connector is not None
+            self._connector.stopConnecting()
+        else:
+            # Connected, TLS handshake in progress: its close finishes.
+            relayTransport(attempt.transport).abortConnection()
+
+    def shutdown(self) -> None:
+        if self.relay is not None:
+            self.relay.abort(Event.SHUT_DOWN, "gateway stopped")
+        else:
+            self._owner.report(Event.SHUT_DOWN, "gateway stopped")
+            self._client.abortConnection()
+
+    def _finish(self) -> None:
+        if self._picked is not None:
+            picked, self._picked = self._picked, None
+            self._upstream.chooser.released(picked)
+        if self._ended is not None:
+            ended, self._ended = self._ended, None
+            self._record.ended = self._clock.seconds()
+            ended()
+
+
+@implementer(IRelay)
+class _Discard:
+    """
+    Stands in for the relay when the client left before the upstream
+    became ready: the upstream connection is closed unused.  The client
+    side is gone already, so its events cannot come.
+    """
+
+    def __init__(self, finish: Callable[[], None]) -> None:
+        self._finish = finish
+
+    def clientData(self, data: bytes) -> None:
+        pass
+
+    def clientReadClosed(self) -> None:
+        pass
+
+    def clientLost(self, reason: Failure) -> None:
+        pass
+
+    def abort(self, event: Event, reason: str) -> None:
+        pass
+
+    def upstreamData(self, data: bytes) -> None:
+        pass
+
+    def upstreamReadClosed(self) -> None:
+        pass
+
+    def upstreamLost(self, reason: Failure) -> None:
+        self._finish()

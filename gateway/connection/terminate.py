@@ -1,0 +1,162 @@
+"""
+The termination stage: the gateway does the TLS handshake itself.
+
+The pre-read ClientHello goes into OpenSSL as the first bytes of the
+connection (nothing is lost and nothing is read twice), with the context
+that was chosen for the server name already known from the pre-read: no
+servername callback, so no code runs inside the handshake that could fail
+open to a default certificate.  Once the handshake is done the session
+connects upstream and relays plaintext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from gateway.connection.preread import IStage
+from gateway.connection.timers import Deadline, cancel, later
+from gateway.core.transports import RelayTransport
+from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.lifecycle import ConnectionOwner, Event
+from gateway.tls.transport import ITLSEvents, TLSTransport
+
+
+class ITerminatedSession(Interface):
+    """
+    What the stage drives once the handshake is done: a
+    L{gateway.connection.session.Session}, or what the protocol strategy reads first
+    (L{gateway.protocols.strategy.IProtocolStrategy.terminated}), such as
+    the L{gateway.protocols.postgres.StartupReader} that reads the startup message
+    before it starts one.
+    """
+
+    def connect() -> None:
+        """
+        The handshake is done: start (connect upstream, or read first).
+        """
+
+    def clientData(data: bytes) -> None:
+        """
+        The client's next plaintext.
+        """
+
+    def clientReadClosed() -> None:
+        """
+        The client closed its side (inside TLS, or the socket's).
+        """
+
+    def clientLost(reason: Failure) -> None:
+        """
+        The client connection is gone.
+        """
+
+    def shutdown() -> None:
+        """
+        The gateway stops: end the connection now.
+        """
+
+
+@implementer(IStage, ITLSEvents)
+class TerminationStage:
+    """
+    @ivar _tls: the client's TLS layer: ciphertext from the socket in,
+        plaintext to the session out.
+    @ivar _timer: the handshake deadline (the listener's
+        C{preread_timeout}, which bounds everything a client must send
+        before it is served).
+    @ivar _handshakeStarted: reactor time the handshake began, for the
+        handshake-duration histogram.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        transport: RelayTransport,
+        record: ConnectionRecord,
+        owner: ConnectionOwner,
+        context: SSL.Context,
+        makeSession: Callable[[TLSTransport], ITerminatedSession],
+        handshakeTimeout: float,
+        describe: Callable[[SSL.Connection], dict[str, Any]],
+        handshakeTimed: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._clock = clock
+        self._transport = transport
+        self._record = record
+        self._owner = owner
+        self._describe = describe
+        self._handshakeTimed = handshakeTimed
+        connection = SSL.Connection(context, None)
+        connection.set_accept_state()
+        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._session = makeSession(self._tls)
+        self._handshakeTimeout = handshakeTimeout
+        self._handshakeStarted = clock.seconds()
+        self._timer: Deadline | None = None
+
+    def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.HANDSHAKE)
+        self._timer = later(self._clock, self._handshakeTimeout, self._timedOut)
+        self._tls.ciphertextReceived(buffered)
+
+    # client transport events
+
+    def dataReceived(self, data: bytes) -> None:
+        self._record.bytesIn += len(data)
+        self._tls.ciphertextReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self._tls.ciphertextEnded()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stopTimer()
+        self._session.clientLost(reason)
+
+    def shutdown(self) -> None:
+        self._stopTimer()
+        self._session.shutdown()
+
+    # TLS events
+
+    def tlsHandshakeDone(self) -> None:
+        self._stopTimer()
+        self._handshakeTimed(self._clock.seconds() - self._handshakeStarted)
+        self._record.extra.update(self._describe(self._tls.connection))
+        self._owner.report(Event.HANDSHAKE_DONE)
+        self._session.connect()
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        self._stopTimer()
+        self._owner.report(Event.HANDSHAKE_FAILED, reason)
+        self._transport.loseConnection()
+
+    def tlsData(self, data: bytes) -> None:
+        self._session.clientData(data)
+
+    def tlsReadClosed(self) -> None:
+        self._session.clientReadClosed()
+
+    def tlsError(self, reason: str) -> None:
+        # The TLS layer sent the alert and closes the socket; the session
+        # sees the client go as it sees any close, and the first cause
+        # recorded is this one.
+        self._owner.report(Event.TLS_ERROR, reason)
+        self._record.extra.setdefault("closed_by", "client_tls_error")
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._owner.report(
+            Event.HANDSHAKE_FAILED,
+            f"handshake timeout: not done after {self._handshakeTimeout:g}s",
+        )
+        self._transport.abortConnection()
+
+    def _stopTimer(self) -> None:
+        cancel(self._timer)
+        self._timer = None

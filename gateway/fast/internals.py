@@ -1,0 +1,827 @@
+"""
+The quarantine: every use of Twisted's and pyOpenSSL's private attributes.
+
+The gateway's fast paths save system calls, Python frames and copies that
+the public APIs of Twisted and pyOpenSSL cannot avoid, by reaching into
+their internals.  Internals move between releases without notice, so all of
+them are here, in this one module, and nowhere else in L{gateway}:
+
+  - L{send} and L{halfClose}: a direct C{send}/C{shutdown} on an idle
+    Twisted TCP transport instead of a reactor turn and two C{epoll_ctl}
+    (C{tcp.Connection}'s C{_writeDisconnecting}, C{_aborting},
+    C{_tempDataLen}, C{_closeWriteConnection}).
+  - L{unsentBytes}: what a TCP transport still holds to send, which decides
+    whether the splice relay may take its socket over.
+  - L{rawHandles}, L{rawFeed}, L{rawReadPlaintext}, L{rawDrain},
+    L{rawWrite}: the TLS data path through OpenSSL's functions directly, on
+    the pyOpenSSL connection's C{SSL*} and memory C{BIO*}s (the cffi
+    binding C{OpenSSL._util} and C{Connection._ssl}, C{_into_ssl},
+    C{_from_ssl}), with one reused buffer.
+  - L{setGroups}, L{refuseEarlyData}: two context settings pyOpenSSL has no
+    call for (C{Context._context}).
+  - L{sessionReused}, L{verifyErrorText}: two facts pyOpenSSL does not tell.
+  - L{Hub}, L{HubReader}, L{hubReaders}: the epoll hub nested in the
+    reactor, and its reader of a Twisted TCP transport, a copy of
+    C{tcp.Connection.doRead} calling C{transport._dataReceived}.
+  - L{acceptExclusively}: a worker's shared listening socket registered
+    with C{EPOLLEXCLUSIVE} in the reactor's epoll set (C{_poller},
+    C{_reads}, C{_writes}).
+
+Each has a fallback on public APIs only, taken when the internal is missing
+(another release) and whenever C{TLSGATEWAY_PORTABLE=1} is set
+(L{gateway.fast.portable}, the one switch): then nothing here touches a private
+attribute, and the fallbacks are what every connection runs on.  The rest
+of the gateway calls the public functions of this module and never the
+internals themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import weakref
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IHalfCloseableDescriptor,
+    IPushProducer,
+    IReactorFDSet,
+    IReadDescriptor,
+)
+from twisted.internet.main import CONNECTION_LOST
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.fast.portable import EPOLL, PORTABLE
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
+    from gateway.core.transports import RelayTransport
+
+
+_log = Logger()
+
+
+# --- TCP transports ------------------------------------------------------
+
+
+def hasInternals(cls: type, names: tuple[str, ...]) -> bool:
+    """
+    C{cls} (a Twisted transport class) has every one of C{names}, as a
+    class attribute or as one that the C{__init__} or C{write} of a class
+    in its MRO sets on the instance (which is how Twisted keeps
+    C{_tempDataLen}): the check that turns a fast path off, at import, on
+    a Twisted release that renamed what it uses.
+    """
+    known = set(dir(cls))
+    for klass in cls.__mro__:
+        for method in ("__init__", "write"):
+            code = getattr(vars(klass).get(method), "__code__", None)
+            known.update(getattr(code, "co_names", ()))
+    return all(name in known for name in names)
+
+
+#: Direct sends and half-closes (L{send}, L{halfClose}): the fast paths are
+#: on and this Twisted has what they use.
+DIRECT_TCP: Final = not PORTABLE and hasInternals(
+    tcp.Connection,
+    (
+        "_writeDisconnecting",
+        "_writeDisconnected",
+        "_aborting",
+        "_tempDataLen",
+        "_closeWriteConnection",
+    ),
+)
+#: Hub readers (L{HubReader}): epoll is there and wanted, and this
+#: Twisted has what the copy of its C{doRead} uses.
+HUB_READER: Final = EPOLL and hasInternals(
+    tcp.Connection, ("_aborting", "_dataReceived")
+)
+
+
+def send(transport: RelayTransport, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it at once when that is safe.
+
+    Twisted's C{write} never sends: it queues, registers the socket for
+    writability (an C{epoll_ctl}), sends on the reactor's next turn, and
+    unregisters it (another C{epoll_ctl}).  For a relay that forwards a
+    request per read, that is three system calls and a reactor turn per
+    chunk instead of one C{send}; on a keep-alive TLS connection it was
+    the largest cost after OpenSSL.  So on a TCP transport with nothing
+    queued, this sends directly; what the kernel does not take (or an
+    error) goes to C{write} as before, so ordering, backpressure
+    (Twisted's buffer and producer pauses) and error reporting stay
+    Twisted's.  Any other transport (TLS, tests) gets C{write}.
+    """
+    if isinstance(transport, tcp.Connection) and idleTCP(transport):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Twisted's own send meets the error again, and reports it
+            # through connectionLost as it always does.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def idleTCP(transport: object) -> bool:
+    """
+    C{transport} is a plain TCP transport, open, and has nothing queued:
+    what Twisted would do on its next writable event can be done now.
+    Never with the fast paths off (L{gateway.fast.portable}), nor on a Twisted
+    without what this uses (L{DIRECT_TCP}).
+    """
+    return bool(
+        DIRECT_TCP
+        and isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._aborting
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and not transport.TLS
+    )
+
+
+def halfClose(transport: RelayTransport) -> None:
+    """
+    Send FIN on C{transport} (C{loseWriteConnection}), at once when nothing
+    is queued before it.
+
+    Twisted's C{loseWriteConnection} always registers for writability and
+    shuts the socket down on the next reactor turn, after its buffer has
+    drained: with an empty buffer, two C{epoll_ctl} and a turn for a
+    C{shutdown}.  This does what that turn would do (the C{shutdown} and
+    the protocol's C{writeConnectionLost}) now, and marks the transport
+    write-closed as Twisted does, so that a later C{loseConnection} closes
+    it at once too; with bytes still queued it is Twisted's, unchanged.
+    """
+    if not (isinstance(transport, tcp.Connection) and idleTCP(transport)):
+        transport.loseWriteConnection()
+        return
+    transport._writeDisconnecting = True
+    transport._writeDisconnected = True
+    transport._closeWriteConnection()
+
+
+def endpointBinding(endpoint: object) -> tuple[object, str, str]:
+    """
+    What a Twisted server endpoint will bind, read from the endpoint
+    object that C{serverFromString} made (Twisted has no public call for
+    it): C{(port, interface, UNIX path)}, from C{_port}, C{_interface} and
+    C{_address}.  Where an endpoint type (or a Twisted release) has none
+    of them: C{None}, C{""} and C{""}, so that the configuration checks
+    that use them (a port out of range, an interface that is not an
+    address, two listeners on one address) pass the endpoint as they
+    would one they cannot judge.
+    """
+    return (
+        getattr(endpoint, "_port", None),
+        str(getattr(endpoint, "_interface", "") or ""),
+        str(getattr(endpoint, "_address", "") or ""),
+    )
+
+
+# --- OpenSSL ------------------------------------------------------------
+
+
+#: Read size of the direct calls, whose one buffer is allocated once: large
+#: enough for what a 256 KiB relay read (L{_BULK_READ}) becomes in one read.
+_RAW_CHUNK = 2**19
+
+# The data path, once the handshake is done, calls OpenSSL through the cffi
+# binding pyOpenSSL itself uses (OpenSSL._util), on the SSL object and
+# memory BIOs of the pyOpenSSL connection.  Each pyOpenSSL call allocates
+# its own buffer, copies out of it, and turns "no more data" into an
+# exception, which its own code then catches: measured on one small
+# request and its answer, 7.3 us in this module, 2.7 us of it OpenSSL's.
+# Calling the same four functions directly (SSL_read, SSL_write, BIO_read,
+# BIO_write) with one reused buffer does the same work for 2.7 us.  The
+# handshake, shutdown and everything else stay on pyOpenSSL's API: that
+# is where its callbacks (certificate verification, ALPN, OCSP) run and
+# report errors, and none of them runs after the handshake.  Should a
+# pyOpenSSL release move these internals, L{rawHandles} finds out and the
+# public API is used instead, slower and otherwise the same.
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _SSL_read = _lib.SSL_read
+    _SSL_write = _lib.SSL_write
+    _SSL_get_error = _lib.SSL_get_error
+    _BIO_read = _lib.BIO_read
+    _BIO_write = _lib.BIO_write
+    _ERR_clear_error = _lib.ERR_clear_error
+    _ERR_get_error = _lib.ERR_get_error
+    _ERR_reason_error_string = _lib.ERR_reason_error_string
+    _WANT_READ = _lib.SSL_ERROR_WANT_READ
+    _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
+    #: One buffer for every connection: the reactor is single-threaded and
+    #: every read is copied out of it at once.
+    _BUFFER = _ffi.new("char[]", _RAW_CHUNK)
+    _VIEW = _ffi.buffer(_BUFFER)
+except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSSL
+    _lib = None
+
+#: The direct OpenSSL calls on the data path (L{rawHandles}): the fast
+#: paths are on and this pyOpenSSL has the binding.
+DIRECT_TLS: Final = not PORTABLE and _lib is not None
+
+
+# Two context settings pyOpenSSL has no call for, through the same binding
+# and the context's C{SSL_CTX*} (C{Context._context}).  Each has a public
+# fallback, used when either is missing from a pyOpenSSL release.
+
+
+def _contextHandle(context: SSL.Context) -> Any:
+    if _lib is None:
+        return None
+    return getattr(context, "_context", None)
+
+
+def setGroups(context: SSL.Context, names: tuple[str, ...]) -> bool:
+    """
+    Set the key exchange groups a context offers and accepts, preferred
+    first (C{SSL_CTX_set1_groups_list}, which the binding spells with its
+    older name C{SSL_CTX_set1_curves_list}).
+
+    Without the binding, a single elliptic curve still goes through the
+    public C{Context.set_tmp_ecdh}, which OpenSSL 3 turns into that one
+    group; anything else cannot be set.
+
+    @return: whether OpenSSL took the list (it refuses a name it does not
+        know, or one list with nothing usable in it).
+    """
+    handle = _contextHandle(context)
+    setList = getattr(_lib, "SSL_CTX_set1_curves_list", None)
+    if handle is not None and setList is not None:
+        ok = bool(setList(handle, ":".join(names).encode("ascii")))
+        _lib.ERR_clear_error()
+        return ok
+    if len(names) == 1:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        curves: dict[str, ec.EllipticCurve] = {
+            "secp256r1": ec.SECP256R1(),
+            "prime256v1": ec.SECP256R1(),
+            "p-256": ec.SECP256R1(),
+            "secp384r1": ec.SECP384R1(),
+            "p-384": ec.SECP384R1(),
+            "secp521r1": ec.SECP521R1(),
+            "p-521": ec.SECP521R1(),
+        }
+        curve = curves.get(names[0].lower())
+        if curve is not None:
+            context.set_tmp_ecdh(curve)
+            return True
+    return False
+
+
+def refuseEarlyData(context: SSL.Context) -> bool:
+    """
+    Make sure a server context never accepts TLS 1.3 early data (0-RTT):
+    C{SSL_CTX_set_max_early_data(ctx, 0)}, which is also what its tickets
+    then announce, so clients do not even try.
+
+    OpenSSL's default is already 0, and the gateway never calls
+    C{SSL_read_early_data}, without which OpenSSL accepts none; this sets
+    it explicitly so a changed default cannot open it.  Without the
+    binding the default stays, which is the same value.
+
+    @return: whether the setting was made explicitly.
+    """
+    handle = _contextHandle(context)
+    setMax = getattr(_lib, "SSL_CTX_set_max_early_data", None)
+    if handle is None or setMax is None:
+        return False
+    return bool(setMax(handle, 0))
+
+
+def rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
+    """
+    The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
+    calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
+    that is not on memory BIOs, or the fast paths off: L{gateway.fast.portable}).
+    """
+    if not DIRECT_TLS:
+        return None
+    ssl = getattr(connection, "_ssl", None)
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    if ssl is None or into is None or out is None:
+        return None
+    return ssl, into, out
+
+
+#: The reason logged when OpenSSL fails a record without saying why.
+UNKNOWN_TLS_ERROR: Final = "TLS error after the handshake"
+
+
+def _queuedReasons() -> str:
+    """
+    Empty OpenSSL's error queue (so nothing stays behind for the next
+    connection's calls to find) and say what it held, as L{describeError}
+    does for a pyOpenSSL exception.
+    """
+    reasons = []
+    while code := _ERR_get_error():
+        text = _ERR_reason_error_string(code)
+        reasons.append(
+            _ffi.string(text).decode("ascii", "replace")
+            if text != _ffi.NULL
+            else f"OpenSSL error {code:#x}"
+        )
+    return "; ".join(dict.fromkeys(reasons)) or UNKNOWN_TLS_ERROR
+
+
+def rawFeed(into: Any, data: bytes) -> int:
+    """
+    Put ciphertext into the memory BIO C{into} (of L{rawHandles}).
+
+    @return: how many bytes it took; the caller hands the rest to
+        pyOpenSSL's C{bio_write}, which raises as it always did.
+    """
+    count: int = _BIO_write(into, data, len(data))
+    return count if count > 0 else 0
+
+
+def rawReadPlaintext(ssl: Any) -> tuple[list[bytes], bool, str | None]:
+    """
+    Decrypt everything the ciphertext fed so far completes
+    (C{SSL_read} until it wants more).
+
+    @return: the plaintext chunks; whether the peer's C{close_notify}
+        came; OpenSSL's reason when a record failed (what pyOpenSSL would
+        raise as an C{SSL.Error}), else L{None}.
+    """
+    chunks: list[bytes] = []
+    while True:
+        count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
+        if count > 0:
+            chunks.append(_VIEW[:count])
+            continue
+        error = _SSL_get_error(ssl, count)
+        if error == _ZERO_RETURN:
+            return chunks, True, None
+        if error != _WANT_READ:
+            return chunks, False, _queuedReasons()
+        return chunks, False, None
+
+
+def rawDrain(out: Any) -> bytes | None:
+    """
+    Everything OpenSSL wrote to the memory BIO C{out}, or L{None} when it
+    holds nothing.  A read shorter than the buffer emptied it.
+    """
+    count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+    if count <= 0:
+        return None
+    data: bytes = _VIEW[:count]
+    if count == _RAW_CHUNK:
+        chunks = [data]
+        while count == _RAW_CHUNK:
+            count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+            if count <= 0:
+                break
+            chunks.append(_VIEW[:count])
+        data = b"".join(chunks)
+    return data
+
+
+def rawWrite(ssl: Any, data: bytes) -> bytes:
+    """
+    Encrypt C{data} (C{SSL_write}) into the connection's memory BIO.
+
+    A memory BIO never fills, so one call takes it all.
+
+    @return: what it did not take (an error), for pyOpenSSL's
+        C{sendall}, which raises as it always did; usually C{b""}.
+    """
+    written = _SSL_write(ssl, data, len(data))
+    if written == len(data):
+        return b""
+    if written <= 0:
+        _ERR_clear_error()
+        return data
+    return data[written:]
+
+
+def sessionReused(connection: SSL.Connection) -> bool:
+    """
+    The connection's handshake resumed a session (C{SSL_session_reused}),
+    which pyOpenSSL does not tell.  Without the binding: L{False}, so a resumed session's certificate is reported as
+    the session's and this connection's both (the PROXY v2 SSL TLV).
+    """
+    if _lib is None:
+        return False
+    ssl = getattr(connection, "_ssl", None)
+    if ssl is None:  # pragma: no cover - another pyOpenSSL
+        return False
+    return bool(_lib.SSL_session_reused(ssl))
+
+
+def verifyErrorText(number: int) -> str:
+    """
+    OpenSSL's words for a certificate verification error number
+    (C{X509_verify_cert_error_string}); without the binding, the number
+    alone.
+    """
+    describe = getattr(_lib, "X509_verify_cert_error_string", None)
+    if describe is None:
+        return f"verification error {number}"
+    return bytes(_ffi.string(describe(number))).decode("ascii", "replace")
+
+
+def hasUnsentBytes(transport: tcp.Connection) -> bool:
+    """
+    C{transport} still holds bytes to send: Twisted's buffer
+    (C{dataBuffer} past C{offset}) or the writes not yet joined into it
+    (C{_tempDataLen}).  Where a Twisted release has no C{_tempDataLen},
+    the answer is yes (it cannot be told), which keeps the splice relay
+    off that connection.
+    """
+    temporary = getattr(transport, "_tempDataLen", None)
+    if temporary is None:
+        return True
+    return bool(len(transport.dataBuffer) - transport.offset + temporary)
+
+
+# --- the hub ------------------------------------------------------------
+
+
+# getattr: importing this module must work where there is no epoll (the
+# portable relay is then the only one, and no hub is ever made).
+_IN: Final[int] = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLPRI", 0)
+_OUT: Final[int] = getattr(select, "EPOLLOUT", 0)
+_HANGUP: Final[int] = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
+
+
+class HubEnd(Protocol):
+    """
+    What the hub calls: a splice relay's socket or a L{HubReader}.
+    """
+
+    fd: int
+    side: str
+    reading: bool
+    writing: bool
+
+    def doRead(self) -> None: ...
+
+    def doWrite(self) -> None: ...
+
+    def connectionLost(self, reason: Failure) -> None: ...
+
+
+@implementer(IReadDescriptor)
+class Hub:
+    """
+    The spliced sockets of one reactor, in an epoll set of their own that
+    is itself one reader of the reactor.
+
+    Why not register each socket with the reactor: Twisted's dispatch of an
+    event (the poll loop, C{callWithLogger}, two context managers,
+    C{_doReadOrWrite}) costs about 1.4 us in Python, more than the relay's
+    own work for a small request; the hub takes the events of all its
+    sockets from one readiness event and calls the relay directly, for
+    0.2 us each.  On C{pass-rps} that is two events per request.
+
+    The rules are Twisted's own (L{twisted.internet.posixbase}'s
+    C{_doReadOrWrite}): readable first, then writable if the socket is
+    still registered for it; a hang-up or error without input, or an
+    exception from the relay, drops the socket and calls its
+    C{connectionLost}.  The hub's epoll descriptor lives as long as the
+    reactor (the reactor's C{disconnectAll} at shutdown reaches every
+    socket through the hub's C{connectionLost}).
+
+    @ivar _sockets: the registered sockets by descriptor.
+    @ivar _added: registered with the reactor.
+    """
+
+    def __init__(self, reactor: IReactorFDSet) -> None:
+        # Weakly: the hub is the value of a weak-keyed table whose key is
+        # the reactor, which a strong reference would keep alive forever.
+        self._reactor = weakref.ref(reactor)
+        self._epoll = select.epoll()
+        self._sockets: dict[int, HubEnd] = {}
+        self._added = False
+
+    def update(self, end: HubEnd) -> None:
+        """
+        Make the epoll registration of C{end} match its C{reading} and
+        C{writing}.
+        """
+        fd = end.fd
+        mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
+        known = self._sockets.get(fd)
+        if not mask:
+            if known is end:
+                del self._sockets[fd]
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+            return
+        if known is end:
+            self._epoll.modify(fd, mask)
+            return
+        if known is not None:
+            # The descriptor was closed and reused under a relay that
+            # forgot it: the kernel dropped it from the set already.
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+        self._sockets[fd] = end
+        self._epoll.register(fd, mask)
+        if not self._added:
+            reactor = self._reactor()
+            if reactor is not None:
+                self._added = True
+                reactor.addReader(self)
+
+    def _drop(self, end: HubEnd, reason: Failure) -> None:
+        if self._sockets.get(end.fd) is end:
+            del self._sockets[end.fd]
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(end.fd)
+        end.connectionLost(reason)
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "splice"
+
+    def doRead(self) -> None:
+        try:
+            events = self._epoll.poll(0)
+        except InterruptedError:
+            return
+        sockets = self._sockets
+        for fd, mask in events:
+            end = sockets.get(fd)
+            if end is None:
+                continue
+            try:
+                if mask & _IN:
+                    end.doRead()
+                elif mask & _HANGUP:
+                    self._drop(end, Failure(ConnectionLost("hang-up")))
+                    continue
+                if mask & _OUT and end.writing and sockets.get(fd) is end:
+                    end.doWrite()
+            except Exception:  # noqa: BLE001 - as the reactor's own dispatch does
+                failure = Failure()
+                _log.failure("splice relay {side} socket", failure, side=end.side)
+                self._drop(end, failure)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped the hub (it is stopping): every socket is lost.
+        """
+        self._added = False
+        for end in list(self._sockets.values()):
+            self._drop(end, reason)
+
+    def close(self) -> None:
+        """
+        Close the epoll set (tests; a running gateway keeps its hub).
+        """
+        reactor = self._reactor()
+        if self._added and reactor is not None:
+            reactor.removeReader(self)
+        self._added = False
+        self._epoll.close()
+        if reactor is not None and HUBS.get(reactor) is self:
+            del HUBS[reactor]
+
+
+@implementer(IReadDescriptor, IPushProducer)
+class HubReader:
+    """
+    Reads a Twisted TCP transport's socket from the hub instead of the
+    reactor, for the portable relay.
+
+    Each readable event runs the transport's own C{doRead} (its C{recv}
+    and its protocol's C{dataReceived}), and what that returns is handled
+    as the reactor handles it (C{_disconnectSelectable}): end of stream is
+    C{readConnectionLost} for a half-closeable transport, anything else
+    C{connectionLost}.  Only the reactor's dispatch around it is saved:
+    about 1.4 us of the 10 us a terminated keep-alive request costs.
+    Writing stays the transport's (L{gateway.connection.relay.send}, Twisted's
+    buffer when the kernel's is full).
+
+    It is the streaming producer the relay registers with the other side,
+    so a full write buffer there pauses reading here.
+
+    @ivar reading: registered with the hub.
+    """
+
+    __slots__ = ("_hub", "_size", "fd", "reading", "side", "transport")
+
+    #: The hub asks: a reader never waits to write.
+    writing = False
+
+    def __init__(self, hub: Hub, transport: tcp.Connection, side: str) -> None:
+        self._hub = hub
+        self.transport = transport
+        self.fd = transport.fileno()
+        self.side = side
+        self.reading = False
+        self._size = transport.bufferSize
+
+    def start(self) -> None:
+        if not self.reading:
+            # Take the reading over from the reactor.
+            self.transport.stopReading()
+            self.reading = True
+            self._hub.update(self)
+
+    def stop(self) -> None:
+        if self.reading:
+            self.reading = False
+            self._hub.update(self)
+
+    # IPushProducer, for the other side's transport
+
+    def pauseProducing(self) -> None:
+        self.stop()
+
+    def resumeProducing(self) -> None:
+        if not self.transport.disconnected:
+            self.start()
+
+    def stopProducing(self) -> None:
+        # What the transport itself does as a producer (FileDescriptor).
+        self.stop()
+        self.transport.stopProducing()
+
+    # IReadDescriptor, for the hub
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"relay-{self.side}"
+
+    def doRead(self) -> None:
+        """
+        Twisted's C{tcp.Connection.doRead}, with a read size that grows.
+
+        Twisted reads 64 KiB at a time.  A read that fills that is a bulk
+        transfer, and for it four times as much per C{recv} (and per
+        C{SSL_write} and C{send} behind it) takes about a tenth off the CPU
+        per byte of C{term-mbps}; small reads keep the small size, whose
+        buffer is cheaper to allocate (a larger one costs a small request
+        more than it saves).  An aborted transport reads nothing more, as
+        Twisted's C{abortConnection} arranges for its own C{doRead}.
+        """
+        transport = self.transport
+        if transport._aborting or transport.disconnected:
+            self.stop()
+            return
+        try:
+            data = transport.socket.recv(self._size)
+        except BlockingIOError:
+            return
+        except OSError:
+            why: object = CONNECTION_LOST
+        else:
+            if len(data) == self._size and self._size < _BULK_READ:
+                self._size = _BULK_READ
+            why = transport._dataReceived(data)
+        if why is None:
+            return
+        self.stop()
+        if isinstance(why, ConnectionDone) and IHalfCloseableDescriptor.providedBy(
+            self.transport
+        ):
+            self.transport.readConnectionLost(Failure(why))
+        else:
+            self.transport.connectionLost(Failure(why))
+
+    def doWrite(self) -> None:  # pragma: no cover - never registered to write
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The hub dropped it: an exception in the protocol's code, a
+        # hang-up, or the reactor stopping with the connection open (when
+        # the reactor may have reached the transport itself first).
+        self.reading = False
+        if not self.transport.disconnected:
+            self.transport.connectionLost(reason)
+
+
+#: Read size of a L{HubReader} once a read filled Twisted's 64 KiB.
+_BULK_READ: Final = 1 << 18
+
+
+def hubReaders(
+    reactor: object, client: RelayTransport, upstream: RelayTransport
+) -> tuple[HubReader, HubReader] | None:
+    """
+    Hub readers for the TCP sockets under C{client} and C{upstream} (a
+    L{TLSTransport}'s C{wire}), or L{None} to let the reactor read them:
+    no epoll, the fast paths off (L{gateway.fast.portable}) or a Twisted
+    without what L{HubReader} uses (L{HUB_READER}), a reactor that
+    takes no file descriptors, or a transport that is not
+    a plain, open Twisted TCP (or UNIX) connection.
+    """
+    if not HUB_READER or not IReactorFDSet.providedBy(reactor):
+        return None
+    wires = []
+    for transport in (client, upstream):
+        wire = getattr(transport, "wire", transport)
+        if (
+            not isinstance(wire, tcp.Connection)
+            or wire.TLS
+            or not wire.connected
+            or wire.disconnecting
+        ):
+            return None
+        wires.append(wire)
+    try:
+        hub = hubFor(reactor)
+    except OSError:
+        return None  # no descriptor for the hub (EMFILE): the reactor reads
+    return HubReader(hub, wires[0], "client"), HubReader(hub, wires[1], "upstream")
+
+
+#: The hub of each reactor that ran a splice relay.
+HUBS: weakref.WeakKeyDictionary[IReactorFDSet, Hub] = weakref.WeakKeyDictionary()
+
+
+def hubFor(reactor: IReactorFDSet) -> Hub:
+    """
+    The hub of C{reactor}, made on first use.
+    """
+    hub = HUBS.get(reactor)
+    if hub is None:
+        hub = HUBS[reactor] = Hub(reactor)
+    return hub
+
+
+# --- shared listening sockets ---------------------------------------------
+
+
+#: C{EPOLLEXCLUSIVE} (Linux 4.5 and later), where Python has it.
+_EXCLUSIVE: Final[int] = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+def acceptExclusively(reactor: object, port: object) -> bool:
+    """
+    Wake only one of the processes sharing C{port}'s listening socket per
+    new connection, as NGINX does with C{EPOLLEXCLUSIVE}; say whether it
+    was done.
+
+    With C{workers > 1} every worker's reactor watches the same listening
+    socket, and by default the kernel wakes them all for each connection:
+    one accepts it, the others find nothing (C{accept4} fails with
+    C{EAGAIN}), each after a full reactor turn.  C{EPOLLEXCLUSIVE} can only
+    be given when a descriptor is added to an epoll set, and Twisted's
+    C{addReader} does not give it, so the port's registration in the
+    reactor's own epoll set (C{EPollReactor._poller}, C{_reads},
+    C{_writes}) is made again with it.  Twisted's later C{stopReading}
+    unregisters it as usual; a C{startReading} after that registers it
+    without the flag, which costs wake-ups, never connections.
+
+    Fallback (no epoll, the fast paths off, another reactor or release):
+    nothing is done, and every worker wakes as before.
+    """
+    if PORTABLE or not _EXCLUSIVE:
+        return False
+    poller = getattr(reactor, "_poller", None)
+    reads = getattr(reactor, "_reads", None)
+    writes = getattr(reactor, "_writes", None)
+    fileno = getattr(port, "fileno", None)
+    if (
+        not isinstance(poller, select.epoll)
+        or not isinstance(reads, set)
+        or not isinstance(writes, set)
+        or fileno is None
+    ):
+        return False
+    fd = fileno()
+    if fd not in reads or fd in writes:
+        return False
+    try:
+        poller.unregister(fd)
+    except OSError:
+        return False
+    try:
+        poller.register(fd, select.EPOLLIN | _EXCLUSIVE)
+    except OSError:
+        # A kernel without the flag: put back what Twisted had.
+        poller.register(fd, select.EPOLLIN)
+        return False
+    return True

@@ -1,0 +1,170 @@
+"""
+The gateway's own log (not the access log): C{[gateway] log_level}, Twisted's
+chatter, and a worker id on every line a worker writes.
+
+At C{info}, the default, an operator reads what changed: listeners opened,
+reloads, servers going down and up, warnings.  Nothing is logged per
+connection (the access log has one line for each) and nothing per
+C{/metrics} scrape.  Twisted's own start/stop chatter for every port
+("ListenerFactory starting on 443", "(TCP Port 443 Closed)", "Starting
+factory ...") repeats what the gateway says itself, so it is demoted to
+C{debug}.
+
+Under twistd the gateway does not own the log observer: twistd builds it
+from C{--logfile}/C{--syslog}/C{-n}.  L{twistdObserver} builds the same
+observer from the same options, filtered, for the application's
+C{ILogObserver} component, which twistd uses when it is set.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from typing import IO, Any, cast
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    PredicateResult,
+    textFileLogObserver,
+)
+from zope.interface import implementer
+
+#: The levels C{--log-level} accepts; C{[gateway] log_level} takes the first
+#: three.
+LEVELS = ("debug", "info", "warn", "error", "critical")
+
+#: Whether a C{debug} event can reach an observer.  A Twisted C{Logger}
+#: builds and publishes every event before any observer filters it (about
+#: 10 us each), too much for a line per connection nobody reads; code on a
+#: connection's path asks this first.  L{True} until the process's own log
+#: is set up (L{setLevel}), so an application that embeds the gateway and
+#: filters events itself sees them all.
+DEBUG = True
+
+#: Twisted's per-port and per-factory lines (legacy C{log.msg} text from
+#: C{twisted.internet.tcp} and C{unix}, and C{Factory.doStart}/C{doStop}).
+_CHATTER = re.compile(
+    r"\S.* starting on \S+"
+    r"|\((?:\S+ )?Port \S+ Closed\)"
+    r"|(?:Starting|Stopping) factory .*",
+    re.DOTALL,
+)
+
+
+def isChatter(event: LogEvent) -> bool:
+    """
+    Whether C{event} is one of Twisted's port or factory start/stop lines.
+    """
+    message = event.get("message")
+    if isinstance(message, tuple) and message:
+        return bool(_CHATTER.fullmatch(" ".join(str(part) for part in message)))
+    text = event.get("log_format")
+    return isinstance(text, str) and text.startswith(
+        ("Starting factory", "Stopping factory")
+    )
+
+
+@implementer(ILogFilterPredicate)
+class _Level:
+    """
+    A filter predicate: events at C{minimum} or above pass, chatter counts
+    as C{debug}.
+    """
+
+    def __init__(self, minimum: LogLevel) -> None:
+        self._minimum = minimum
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        level = event.get("log_level", LogLevel.info)
+        if not isinstance(level, type(LogLevel.info)):
+            level = LogLevel.info
+        if level >= LogLevel.info and isChatter(event):
+            level = LogLevel.debug
+        result = PredicateResult.yes if level >= self._minimum else PredicateResult.no
+        return cast(PredicateResult, result)
+
+
+@implementer(ILogObserver)
+class _Worker:
+    """
+    Name the worker in the C{[system]} part of every line it writes:
+    C{[worker 2 gateway.run.service#info]}.  Workers share the supervisor's
+    standard error, so without it their lines cannot be told apart.
+    """
+
+    def __init__(self, observer: ILogObserver, worker: int) -> None:
+        self._observer = observer
+        self._label = f"worker {worker}"
+
+    def __call__(self, event: LogEvent) -> None:
+        event = dict(event)
+        level = event.get("log_level")
+        system = event.get("log_system")
+        if system is None or system == "-":
+            namespace = event.get("log_namespace", "-")
+            name = getattr(level, "name", None)
+            system = f"{namespace}#{name}" if name else namespace
+        event["log_system"] = f"{self._label} {system}"
+        self._observer(event)
+
+
+def filtered(
+    observer: ILogObserver, level: str = "info", worker: int | None = None
+) -> ILogObserver:
+    """
+    C{observer}, seeing only events at C{level} or above (Twisted's
+    chatter as C{debug}), each labelled with C{worker} when given.
+    """
+    if worker is not None:
+        observer = _Worker(observer, worker)
+    minimum = LogLevel.levelWithName(level)
+    return FilteringLogObserver(observer, [_Level(minimum)])
+
+
+def setLevel(level: str) -> None:
+    """
+    The process's log takes events at C{level} and above: set by the
+    gateway's own processes when they set up their log (L{gateway.cli.main},
+    L{gateway.cli.tap}), never by an application that embeds the gateway.
+    """
+    global DEBUG
+    DEBUG = LogLevel.levelWithName(level) <= LogLevel.debug
+
+
+def consoleObserver(
+    level: str = "info", worker: int | None = None, output: IO[str] | None = None
+) -> ILogObserver:
+    """
+    The observer of C{tlsgateway run} and of workers: standard error.
+    """
+    return filtered(
+        textFileLogObserver(sys.stderr if output is None else output), level, worker
+    )
+
+
+def twistdObserver(serverOptions: Mapping[str, Any], level: str) -> ILogObserver | None:
+    """
+    The observer twistd would build from its options (C{-n}, C{--logfile}),
+    filtered by C{level}; L{None} where twistd's own choice must stand:
+    C{--syslog}, C{--logger}, or C{--logfile -} without C{-n} (which
+    twistd refuses with its own message).
+    """
+    if serverOptions.get("syslog") or serverOptions.get("logger"):
+        return None
+    name = serverOptions.get("logfile") or ""
+    nodaemon = bool(serverOptions.get("nodaemon"))
+    output: IO[str]
+    if name == "-" or (nodaemon and not name):
+        if not nodaemon:
+            return None
+        output = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile
+
+        output = LogFile.fromFullPath(name or "twistd.log")
+    return filtered(textFileLogObserver(output), level)

@@ -1,0 +1,365 @@
+"""
+TLS over a TCP transport, through pyOpenSSL memory BIOs.
+
+Why not Twisted's C{TLSMemoryBIOProtocol}: it cannot half-close (a
+C{close_notify} from the peer closes both directions at once), it hands the
+ClientHello to OpenSSL only through its own protocol events, and it counts
+nothing.  The gateway needs all three: the pre-read ClientHello fed in as is,
+a C{close_notify} relayed as a half-close exactly as a FIN is in
+passthrough, and the bytes on the wire for the access log.  What remains is
+small: feed ciphertext in, take plaintext and ciphertext out.
+
+L{TLSTransport} is the plaintext side's transport: the relay writes to it,
+registers producers on it and half-closes it exactly as it does a TCP
+transport, so one relay serves passthrough and termination.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import Interface, implementer
+
+from gateway.core.transports import RelayTransport
+from gateway.fast.internals import (
+    UNKNOWN_TLS_ERROR,
+    halfClose,
+    rawDrain,
+    rawFeed,
+    rawHandles,
+    rawReadPlaintext,
+    rawWrite,
+    send,
+)
+from gateway.rules.accesslog import ConnectionRecord
+
+#: Read size for the memory BIOs: large enough that one 64 KiB socket read
+#: is usually one call, small enough that pyOpenSSL's per-call buffer
+#: allocation stays cheap.
+_CHUNK = 2**17
+
+
+class ITLSEvents(Interface):
+    """
+    What a L{TLSTransport} reports to the session that owns it.
+    """
+
+    def tlsHandshakeDone() -> None:
+        """
+        The handshake completed.
+        """
+
+    def tlsHandshakeFailed(reason: str) -> None:
+        """
+        The handshake failed: C{reason} for the access log.
+        """
+
+    def tlsData(data: bytes) -> None:
+        """
+        Plaintext from the peer.
+        """
+
+    def tlsReadClosed() -> None:
+        """
+        The peer closed its side (close_notify, or the socket's FIN).
+        """
+
+    def tlsError(reason: str) -> None:
+        """
+        A TLS error after the handshake (a corrupt record, a bad KeyUpdate,
+        an unexpected message): OpenSSL's alert has been sent and the
+        connection is being closed.
+
+        @param reason: OpenSSL's reason, for the access log.
+        """
+
+
+def describeError(error: BaseException) -> str:
+    """
+    A one-line reason from an OpenSSL error, for the access log.
+
+    pyOpenSSL errors carry a list of C{(library, function, reason)} tuples;
+    the reasons (C{no shared cipher}, C{unsupported protocol}, C{peer did
+    not return a certificate}) are what an operator needs.  They never
+    contain key material.
+    """
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [str(item[-1]) for item in error.args[0] if item]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
+    if isinstance(error, SSL.SysCallError):
+        return "connection closed during the handshake"
+    return str(error) or type(error).__name__
+
+
+@implementer(IPushProducer)
+class TLSTransport:
+    """
+    @ivar connection: the OpenSSL connection, for the access log (version,
+        cipher, group, peer certificate) and for upstream verification.
+    @ivar handshakeDone: the handshake completed; plaintext flows from now.
+    @ivar _transport: the TCP transport carrying the ciphertext.
+    @ivar _countOut: the record whose C{bytesOut} counts ciphertext written
+        to the client, or L{None} on the upstream side.
+    @ivar _readClosed: the peer's C{close_notify} (or its FIN) was reported.
+    @ivar _writeClosed: we sent C{close_notify}; nothing may be written.
+    """
+
+    __slots__ = (
+        "_countOut",
+        "_events",
+        "_failed",
+        "_raw",
+        "_readClosed",
+        "_transport",
+        "_writeClosed",
+        "connection",
+        "handshakeDone",
+    )
+
+    def __init__(
+        self,
+        connection: SSL.Connection,
+        transport: RelayTransport,
+        events: ITLSEvents,
+        countOut: ConnectionRecord | None = None,
+    ) -> None:
+        self.connection = connection
+        self.handshakeDone = False
+        self._transport = transport
+        self._events = events
+        self._countOut = countOut
+        self._readClosed = False
+        self._writeClosed = False
+        self._failed = False
+        # The direct OpenSSL calls (gateway.fast.internals), or None: pyOpenSSL.
+        self._raw = rawHandles(connection)
+
+    # ciphertext in
+
+    def startHandshake(self) -> None:
+        """
+        Client side: send the ClientHello.
+        """
+        self._handshake()
+
+    def ciphertextReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        raw = self._raw
+        written = 0
+        if raw is not None and type(data) is bytes:
+            written = rawFeed(raw[1], data)
+        if written < len(data):
+            # No direct call, or it failed: pyOpenSSL raises as it always did.
+            self.connection.bio_write(data[written:] if written else data)
+        if not self.handshakeDone:
+            self._handshake()
+            if not self.handshakeDone:
+                return
+        self._readPlaintext()
+
+    def ciphertextEnded(self) -> None:
+        """
+        The TCP peer sent FIN.  Without a C{close_notify} first this is a
+        truncation in TLS terms, but clients do it all the time; the relay
+        treats it as the end of the stream, as NGINX does.
+        """
+        if self.handshakeDone:
+            self._reportReadClosed()
+        elif not self._failed:
+            self._fail("connection closed during the handshake")
+
+    def _handshake(self) -> None:
+        try:
+            self.connection.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return
+        except SSL.Error as e:
+            self._flush()  # the alert tells the peer why
+            self._fail(describeError(e))
+            return
+        self.handshakeDone = True
+        self._flush()
+        self._events.tlsHandshakeDone()
+
+    def _fail(self, reason: str) -> None:
+        self._failed = True
+        self._events.tlsHandshakeFailed(reason)
+
+    def _readPlaintext(self) -> None:
+        """
+        Decrypt everything the last ciphertext completed and hand it on in
+        one piece.
+
+        C{SSL_read} returns at most one record (16 KiB) per call, so a
+        64 KiB socket read is four of them; delivered one by one, each
+        would be a C{send} of its own upstream.  Joined, it is one.
+        """
+        if self._readClosed:
+            self._flush()
+            return
+        raw = self._raw
+        if raw is not None:
+            chunks, ended, broken = rawReadPlaintext(raw[0])
+        else:
+            chunks = []
+            ended = False
+            broken = None
+            recv = self.connection.recv
+            while True:
+                try:
+                    chunks.append(recv(_CHUNK))
+                except SSL.WantReadError:
+                    break
+                except SSL.ZeroReturnError:
+                    ended = True
+                    break
+                except SSL.Error as e:
+                    broken = describeError(e) or UNKNOWN_TLS_ERROR
+                    break
+        if chunks:
+            self._events.tlsData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if broken is not None:
+            self._broken(broken)
+            return
+        if ended:
+            self._reportReadClosed()
+        self._flush()
+
+    def _broken(self, reason: str) -> None:
+        """
+        A corrupt record, a bad KeyUpdate or an unexpected message after
+        the handshake: the stream cannot go on, and must not be taken for
+        a clean end.  Send the alert OpenSSL queued, as any TLS server
+        does, so the peer learns why (a reset would tell it nothing and
+        could discard the alert), then close.
+
+        The producer registered on the wire (the relay's other side) is
+        taken off first: a paused one would be resumed instead of the
+        close ever happening.
+        """
+        self._failed = True
+        self._writeClosed = True
+        self._flush()
+        self._events.tlsError(reason)
+        if getattr(self._transport, "producer", None) is not None:
+            self._transport.unregisterProducer()
+        self._transport.loseConnection()
+
+    def _reportReadClosed(self) -> None:
+        if not self._readClosed:
+            self._readClosed = True
+            self._events.tlsReadClosed()
+
+    # ciphertext out
+
+    def _flush(self) -> None:
+        """
+        Send what OpenSSL wrote to the memory BIO, in one C{send}.
+
+        A memory BIO read returns everything it holds up to the size asked
+        for, so a read shorter than L{_CHUNK} emptied it: only a full one
+        needs another read (and the C{WantReadError} that ends it).
+        """
+        raw = self._raw
+        if raw is not None:
+            drained = rawDrain(raw[2])
+            if drained is None:
+                return
+            data = drained
+        else:
+            read = self.connection.bio_read
+            try:
+                data = read(_CHUNK)
+            except SSL.WantReadError:
+                return
+            if len(data) == _CHUNK:
+                chunks = [data]
+                while True:
+                    try:
+                        chunk = read(_CHUNK)
+                    except SSL.WantReadError:
+                        break
+                    chunks.append(chunk)
+                    if len(chunk) < _CHUNK:
+                        break
+                data = b"".join(chunks)
+        if self._countOut is not None:
+            self._countOut.bytesOut += len(data)
+        send(self._transport, data)
+
+    # the plaintext side's transport (what the relay calls)
+
+    def write(self, data: bytes) -> None:
+        if self._writeClosed or self._failed or not data:
+            return
+        raw = self._raw
+        if raw is not None and type(data) is bytes:
+            # What the direct call did not take (an error) goes to
+            # sendall, which raises as it always did.
+            rest = rawWrite(raw[0], data)
+            if rest:
+                self.connection.sendall(rest)
+        else:
+            self.connection.sendall(data)
+        self._flush()
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: C{close_notify}, then FIN.  The peer may go on sending.
+        """
+        self._shutdownTLS()
+        halfClose(self._transport)
+
+    def loseConnection(self) -> None:
+        self._shutdownTLS()
+        self._transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self._writeClosed = True
+        self._transport.abortConnection()
+
+    def _shutdownTLS(self) -> None:
+        if self._writeClosed or self._failed or not self.handshakeDone:
+            return
+        self._writeClosed = True
+        try:
+            self.connection.shutdown()
+        except SSL.Error:
+            return
+        self._flush()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()  # type: ignore[attr-defined]
+
+    @property
+    def wire(self) -> RelayTransport:
+        """
+        The TCP transport that carries the ciphertext.
+        """
+        return self._transport
+
+    def getPeer(self) -> Any:
+        return self._transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self._transport.getHost()

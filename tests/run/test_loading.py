@@ -1,0 +1,202 @@
+"""
+Loading a configuration: the one entry point that converts the INI file
+and checks every file it names, and certificates read once per start or
+reload (the contexts the check built are the ones served).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from twisted.internet.testing import MemoryReactorClock
+
+from gateway.config import ConfigError
+from gateway.run import loading
+from gateway.run.loading import load_config, load_config_text, loadChecked, takeContexts
+from gateway.run.service import GatewayService
+from gateway.run.supervisor import Supervisor
+
+INI = """\
+[gateway]
+access_log = {folder}/access.log
+
+[listener:web]
+listen = tcp:0:interface=127.0.0.1
+mode = terminate
+certificate = {folder}/site.pem
+private_key = {folder}/site.key
+upstream = app
+
+[upstream:app]
+servers = 127.0.0.1:9
+tls = on
+tls_ca = {folder}/ca.pem
+"""
+
+
+def writeFiles(folder: Path, name: str) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert(name)
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "site.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "site.key"))
+    os.chmod(folder / "site.key", 0o600)
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+
+
+@pytest.fixture
+def gatewayIni(tmp_path: Path) -> Path:
+    writeFiles(tmp_path, "one.example.test")
+    path = tmp_path / "gateway.ini"
+    path.write_text(INI.format(folder=tmp_path))
+    return path
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Counter[str]:
+    """
+    How often each certificate, key and CA file is opened, by its name.
+    """
+    counts: Counter[str] = Counter()
+    names = {str(tmp_path / name) for name in ("site.pem", "site.key", "ca.pem")}
+    realOpen = builtins.open
+
+    def countingOpen(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, str | os.PathLike) and os.fspath(file) in names:
+            counts[os.path.basename(os.fspath(file))] += 1
+        return realOpen(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", countingOpen)
+    return counts
+
+
+ONCE = {"site.pem": 1, "site.key": 1, "ca.pem": 1}
+
+
+def servedNames(service: GatewayService) -> list[tuple[str, ...]]:
+    return [c.names for c in service.served]
+
+
+def test_aStartReadsEachFileOnce(gatewayIni: Path, reads: Counter[str]) -> None:
+    """
+    C{GatewayService(load_config(path))}, the embedding API (and what
+    C{run} and twistd do): the check reads each file, the start serves
+    what the check built.
+    """
+    service = GatewayService(load_config(gatewayIni), MemoryReactorClock())
+    service.startService()
+    try:
+        assert reads == ONCE
+        assert servedNames(service) == [("one.example.test",)]
+    finally:
+        service.stopService()
+
+
+def test_aReloadReadsEachFileOnceAndServesTheNewOnes(
+    gatewayIni: Path, reads: Counter[str], tmp_path: Path
+) -> None:
+    service = GatewayService(load_config(gatewayIni), MemoryReactorClock())
+    service.startService()
+    try:
+        writeFiles(tmp_path, "two.example.test")
+        reads.clear()
+        assert service.reload()
+        assert reads == ONCE
+        assert servedNames(service) == [("two.example.test",)]
+    finally:
+        service.stopService()
+
+
+def test_aSecondStartOfTheSameConfigurationReadsTheFilesAgain(
+    gatewayIni: Path, reads: Counter[str]
+) -> None:
+    """
+    The checked contexts go to one start only: they are that service's
+    own (an ACME certificate is swapped into them), so another service on
+    the same configuration builds its own.
+    """
+    config = load_config(gatewayIni)
+    first = GatewayService(config, MemoryReactorClock())
+    first.startService()
+    second = GatewayService(config, MemoryReactorClock())
+    second.startService()
+    try:
+        assert reads == {name: 2 for name in ONCE}
+        assert first._current is not None
+        assert second._current is not None
+        assert first._current.servers["web"] is not second._current.servers["web"]
+    finally:
+        first.stopService()
+        second.stopService()
+
+
+def test_theSupervisorShowsTheCheckedCertificatesWithoutReadingThemAgain(
+    gatewayIni: Path, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(gatewayIni)
+    supervisor = Supervisor(config, MemoryReactorClock())
+    monkeypatch.setattr(supervisor, "_openPorts", lambda config: None)
+    monkeypatch.setattr(supervisor, "_startGeneration", lambda: None)
+    supervisor.startService()
+    try:
+        assert reads == ONCE
+        assert [c.names for c in supervisor.served] == [("one.example.test",)]
+    finally:
+        supervisor.stopService()
+
+
+def test_contextsAreTakenOnceAndOnlyForTheirConfiguration(gatewayIni: Path) -> None:
+    config = load_config(gatewayIni)
+    other = load_config(gatewayIni)
+    assert config == other
+    first = takeContexts(config)
+    assert first is not None
+    assert takeContexts(config) is None
+    assert takeContexts(other) is not None
+
+
+def test_aConfigurationThatIsGoneLeavesNothingKept(gatewayIni: Path) -> None:
+    before = len(loading._checked)
+    load_config(gatewayIni)
+    assert len(loading._checked) == before
+
+
+def test_loadCheckedReportsFileProblemsWithTheOthers(
+    gatewayIni: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "site.key").write_text("not a key\n")
+    gatewayIni.write_text(gatewayIni.read_text() + "typo = 1\n")
+    with pytest.raises(ConfigError) as caught:
+        loadChecked(gatewayIni)
+    found = str(caught.value)
+    assert "[upstream:app] typo: unknown key" in found
+    assert "[listener:web] private_key:" in found
+
+
+def test_acmeCertificatesSwappedIntoCheckedContextsAreTheOnesABuildServes(
+    tmp_path: Path,
+) -> None:
+    """
+    A start serves the checked contexts with the ACME manager's
+    certificates swapped in (L{withAcme}): what building them with those
+    certificates would serve, without reading the files again.
+    """
+    from gateway.tls.contexts import buildContexts, servedCertificates, withAcme
+    from tests.acme.test_acme import ACME, LISTENER, SITE, _issued
+
+    config = load_config_text(ACME + SITE + LISTENER, str(tmp_path / "gw.ini"))
+    issued = _issued(tmp_path, "example.com", "www.example.com")
+    acme = {"site": issued}.get
+    built = buildContexts(config, acme)
+    swapped = withAcme(buildContexts(config), acme)
+    assert swapped.problems == built.problems == []
+    assert servedCertificates(swapped.servers.values(), config) == (
+        servedCertificates(built.servers.values(), config)
+    )
+    assert swapped.servers["web"].certificates == (issued,)
+    swapped.servers["web"].contextFor("www.example.com")

@@ -1,0 +1,231 @@
+"""
+The memory-BIO TLS layer, against a pyOpenSSL client in memory.
+"""
+
+import contextlib
+import socket
+
+import pytest
+import trustme
+from OpenSSL import SSL
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.fast import internals as fastpath
+from gateway.rules.accesslog import ConnectionRecord
+from gateway.tls.transport import TLSTransport
+from tests.helpers import fastPathOnly
+from tests.transports import HalfCloseableTransport
+
+CA = trustme.CA()
+LEAF = CA.issue_cert("tls.example.test")
+
+
+def serverContext() -> SSL.Context:
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    LEAF.configure_cert(context)
+    return context
+
+
+def clientConnection(maxVersion: int | None = None) -> SSL.Connection:
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    CA.configure_trust(context)
+    context.set_verify(SSL.VERIFY_PEER)
+    if maxVersion is not None:
+        context.set_max_proto_version(maxVersion)
+    connection = SSL.Connection(context, None)
+    connection.set_tlsext_host_name(b"tls.example.test")
+    connection.set_connect_state()
+    return connection
+
+
+class Events:
+    def __init__(self) -> None:
+        self.done = False
+        self.failed: list[str] = []
+        self.errors: list[str] = []
+        self.data: list[bytes] = []
+        self.closed = False
+
+    def tlsHandshakeDone(self) -> None:
+        self.done = True
+
+    def tlsHandshakeFailed(self, reason: str) -> None:
+        self.failed.append(reason)
+
+    def tlsData(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def tlsReadClosed(self) -> None:
+        self.closed = True
+
+    def tlsError(self, reason: str) -> None:
+        self.errors.append(reason)
+
+
+class TLSTransportTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.wire = HalfCloseableTransport()
+        self.events = Events()
+        self.record = ConnectionRecord("l", "c", 0.0, 0.0)
+        server = SSL.Connection(serverContext(), None)
+        server.set_accept_state()
+        self.tls = TLSTransport(server, self.wire, self.events, countOut=self.record)
+
+    def pump(self, client: SSL.Connection) -> None:
+        """
+        Move bytes both ways until neither side has anything to say.
+        """
+        for _ in range(10):
+            moved = False
+            with contextlib.suppress(SSL.WantReadError):
+                out = client.bio_read(2**20)
+                self.tls.ciphertextReceived(out)
+                moved = True
+            sent = self.wire.value()
+            if sent:
+                self.wire.clear()
+                client.bio_write(sent)
+                moved = True
+            # WantReadError, or the alert of a refused handshake.
+            with contextlib.suppress(SSL.Error):
+                client.do_handshake()
+            if not moved:
+                return
+
+    def handshake(self) -> SSL.Connection:
+        client = clientConnection()
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        self.pump(client)
+        return client
+
+    def test_handshakeThenDataBothWays(self) -> None:
+        client = self.handshake()
+        self.assertTrue(self.events.done)
+        client.sendall(b"ping")
+        self.pump(client)
+        self.assertEqual(b"".join(self.events.data), b"ping")
+        self.tls.write(b"pong" * 10000)
+        self.pump(client)
+        received = b""
+        with contextlib.suppress(SSL.WantReadError):
+            while True:
+                received += client.recv(65536)
+        self.assertEqual(received, b"pong" * 10000)
+
+    def test_wireBytesAreCounted(self) -> None:
+        self.handshake()
+        before = self.record.bytesOut
+        self.assertGreater(before, 0)
+        self.tls.write(b"x" * 1000)
+        self.assertGreater(self.record.bytesOut, before + 1000)
+
+    def test_closeNotifyIsAHalfClose(self) -> None:
+        """
+        The client's close_notify ends its direction only: the gateway can
+        still send, as after a FIN in passthrough.
+        """
+        client = self.handshake()
+        client.shutdown()
+        self.pump(client)
+        self.assertTrue(self.events.closed)
+        self.assertFalse(self.wire.writeClosed)
+        self.tls.write(b"late answer")
+        self.pump(client)
+        self.assertEqual(client.recv(100), b"late answer")
+
+    def test_loseWriteConnectionSendsCloseNotifyThenFin(self) -> None:
+        client = self.handshake()
+        self.tls.loseWriteConnection()
+        self.assertTrue(self.wire.writeClosed)
+        self.pump(client)
+        with self.assertRaises(SSL.ZeroReturnError):
+            client.recv(100)
+        client.sendall(b"still talking")
+        self.pump(client)
+        self.assertEqual(b"".join(self.events.data), b"still talking")
+
+    def test_aCorruptRecordSendsTheAlertThenCloses(self) -> None:
+        """
+        A record whose MAC fails after the handshake: the events hear
+        OpenSSL's reason, the alert OpenSSL queued goes out, and the wire
+        is closed, not reset; nothing after it is decrypted.
+        """
+        client = self.handshake()
+        client.sendall(b"fine")
+        record = bytearray(client.bio_read(65536))
+        record[-1] ^= 1
+        self.wire.clear()
+        self.wire.protocol = Protocol()
+        self.tls.ciphertextReceived(bytes(record))
+        self.assertEqual(len(self.events.errors), 1)
+        self.assertIn("bad record mac", self.events.errors[0])
+        self.assertFalse(self.wire.aborted)
+        self.assertFalse(self.wire.connected)
+        client.bio_write(self.wire.value())
+        with self.assertRaisesRegex(SSL.Error, "alert bad record mac"):
+            client.recv(100)
+        self.tls.write(b"nothing more")
+        self.tls.ciphertextReceived(b"\x17\x03\x03\x00\x10" + bytes(16))
+        self.assertEqual(len(self.events.errors), 1)
+        self.assertEqual(self.events.data, [])
+
+    def test_oldProtocolFailsWithAReason(self) -> None:
+        context = serverContext()
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        server = SSL.Connection(context, None)
+        server.set_accept_state()
+        self.tls = TLSTransport(server, self.wire, self.events)
+        client = clientConnection(maxVersion=SSL.TLS1_2_VERSION)
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        self.pump(client)
+        self.assertFalse(self.events.done)
+        self.assertEqual(len(self.events.failed), 1)
+        self.assertIn("protocol", self.events.failed[0])
+
+    def test_finDuringHandshakeFails(self) -> None:
+        self.tls.ciphertextEnded()
+        self.assertEqual(self.events.failed, ["connection closed during the handshake"])
+
+
+class PublicAPITLSTransportTests(TLSTransportTests):
+    """
+    The same, through pyOpenSSL's public API only: what the layer falls
+    back to when the direct OpenSSL calls are not available.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.tls._raw = None
+
+
+@fastPathOnly
+def test_directCallsAreUsedOnMemoryBIOs() -> None:
+    """
+    With today's pyOpenSSL the data path calls OpenSSL directly; a
+    connection on a socket (no memory BIOs) cannot.
+    """
+    server = SSL.Connection(serverContext(), None)
+    tls = TLSTransport(server, HalfCloseableTransport(), Events())
+    assert tls._raw is not None
+    a, b = socket.socketpair()
+    try:
+        onSocket = TLSTransport(
+            SSL.Connection(serverContext(), a), HalfCloseableTransport(), Events()
+        )
+        assert onSocket._raw is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_theFastPathsOffMeanPyOpenSSLsAPI(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With C{TLSGATEWAY_PORTABLE=1} (or no binding) no connection gets the
+    direct calls; L{PublicAPITLSTransportTests} runs that path.
+    """
+    monkeypatch.setattr(fastpath, "DIRECT_TLS", False)
+    server = SSL.Connection(serverContext(), None)
+    assert TLSTransport(server, HalfCloseableTransport(), Events())._raw is None

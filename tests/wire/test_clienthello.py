@@ -1,0 +1,1249 @@
+"""
+Tests for L{gateway.wire.clienthello}: real captured hellos, every way TCP and
+the record layer can cut them, and malformed input that must fail with a
+L{ClientHelloError} and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from OpenSSL import SSL
+
+from gateway.testing import makeClientHello, splitIntoRecords
+from gateway.wire import clienthello
+from gateway.wire.clienthello import (
+    NEED_MORE,
+    BadLength,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloReader,
+    ClientHelloTooLarge,
+    NotTLS,
+    isGrease,
+)
+from tests.helpers import frameworksImportedBy
+
+DATA = Path(__file__).parents[1] / "data" / "clienthello"
+ROOT = Path(__file__).parents[2]
+
+HELLO = makeClientHello("api.example.com", [b"h2", b"http/1.1"])
+PARSED = ClientHelloReader().feed(HELLO)
+
+# Few examples each: the reader is cheap, but the suite must stay fast.
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+# Hand-built hellos, for the malformed cases a real client never sends.
+
+
+def vector(lengthSize: int, data: bytes) -> bytes:
+    return len(data).to_bytes(lengthSize, "big") + data
+
+
+def extension(extensionType: int, data: bytes) -> bytes:
+    return extensionType.to_bytes(2, "big") + vector(2, data)
+
+
+def sni(*names: bytes, nameType: int = 0) -> bytes:
+    return extension(
+        0, vector(2, b"".join(bytes([nameType]) + vector(2, n) for n in names))
+    )
+
+
+def alpn(*protocols: bytes) -> bytes:
+    return extension(16, vector(2, b"".join(vector(1, p) for p in protocols)))
+
+
+def helloBody(
+    *extensions: bytes,
+    version: bytes = b"\x03\x03",
+    sessionId: bytes = b"\x20" + bytes(32),
+    ciphers: bytes = vector(2, b"\x13\x01\x13\x02"),
+    compression: bytes = b"\x01\x00",
+    extensionsBlock: bytes | None = None,
+) -> bytes:
+    if extensionsBlock is None:
+        extensionsBlock = vector(2, b"".join(extensions))
+    return version + bytes(32) + sessionId + ciphers + compression + extensionsBlock
+
+
+def handshake(body: bytes, messageType: int = 1, length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    return bytes([messageType]) + size.to_bytes(3, "big") + body
+
+
+def record(
+    fragment: bytes,
+    contentType: int = 22,
+    version: bytes = b"\x03\x01",
+    length: int | None = None,
+) -> bytes:
+    size = len(fragment) if length is None else length
+    return bytes([contentType]) + version + size.to_bytes(2, "big") + fragment
+
+
+def wrap(body: bytes) -> bytes:
+    return record(handshake(body))
+
+
+def feedAll(chunks: Iterable[bytes], maxSize: int = 16384) -> ClientHello:
+    """
+    Feed C{chunks}, checking that every one but the last gets L{NEED_MORE}.
+    """
+    reader = ClientHelloReader(maxSize)
+    pieces = list(chunks)
+    for piece in pieces[:-1]:
+        assert reader.feed(piece) is NEED_MORE
+    result = reader.feed(pieces[-1])
+    assert isinstance(result, ClientHello)
+    assert reader.buffered == b"".join(pieces)
+    return result
+
+
+def outcome(chunks: Iterable[bytes], maxSize: int = 16384) -> object:
+    """
+    The reader's final answer to C{chunks}: a hello, L{NEED_MORE}, or an
+    error as (class, message), so that answers can be compared.
+    """
+    reader = ClientHelloReader(maxSize)
+    result: object = NEED_MORE
+    try:
+        for chunk in chunks:
+            result = reader.feed(chunk)
+    except ClientHelloError as e:
+        return (type(e), str(e))
+    return result
+
+
+def cut(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    edges = [0, *sorted(set(cuts)), len(data)]
+    return [data[a:b] for a, b in pairwise(edges)]
+
+
+def oneByteAtATime(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+# Real hellos.
+
+CAPTURED = [
+    # file, SNI, ALPN, supported_versions
+    (
+        "openssl_s_client",
+        "example.com",
+        ("h2", "http/1.1"),
+        (0x304, 0x303, 0x302, 0x301),
+    ),
+    ("python_ssl", "python.example.com", (), (0x304, 0x303)),
+    ("curl", "curl.example.com", ("h2", "http/1.1"), (0x304, 0x303, 0x302, 0x301)),
+    ("pyopenssl_pq", "pq.example.com", ("h2", "http/1.1"), (0x304, 0x303)),
+]
+
+
+@pytest.mark.parametrize(("name", "serverName", "protocols", "versions"), CAPTURED)
+def test_capturedHelloParses(
+    name: str, serverName: str, protocols: tuple[str, ...], versions: tuple[int, ...]
+) -> None:
+    data = (DATA / f"{name}.bin").read_bytes()
+    hello = ClientHelloReader().feed(data)
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName == serverName
+    assert hello.alpn == protocols
+    assert hello.legacyVersion == 0x0303
+    assert hello.supportedVersions == versions
+    assert hello.highestVersion == 0x0304
+    assert hello.ciphers
+    assert 0x1301 in hello.ciphers
+    assert {0, 10, 13, 43} <= set(hello.extensions)
+    assert hello.signatureAlgorithms
+    assert hello.supportedGroups
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CAPTURED])
+def test_capturedHelloFedOneByteAtATime(name: str) -> None:
+    data = (DATA / f"{name}.bin").read_bytes()
+    assert feedAll(oneByteAtATime(data)) == ClientHelloReader().feed(data)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CAPTURED])
+def test_capturedHelloInOneByteRecords(name: str) -> None:
+    """
+    A hello cut into records of one handshake byte each is six times as
+    long on the wire and still reads the same.
+    """
+    data = (DATA / f"{name}.bin").read_bytes()
+    split = splitIntoRecords(data, [1])
+    assert len(split) == 6 * (len(data) - 5)
+    assert feedAll([split], maxSize=len(split)) == ClientHelloReader().feed(data)
+
+
+def test_postQuantumHelloIsLargerThanAnMTU() -> None:
+    """
+    The bundled OpenSSL offers an X25519MLKEM768 key share, which puts its
+    hello over 1,200 bytes: too big for one packet on many paths.
+    """
+    data = (DATA / "pyopenssl_pq.bin").read_bytes()
+    assert len(data) > 1200
+    hello = ClientHelloReader().feed(data)
+    assert isinstance(hello, ClientHello)
+    assert 0x11EC in hello.supportedGroups
+    fresh = makeClientHello("pq.example.com")
+    assert len(fresh) > 1200
+    assert feedAll([fresh[:1000], fresh[1000:]]).serverName == "pq.example.com"
+
+
+def test_makeClientHelloOffersWhatItIsGiven() -> None:
+    assert isinstance(PARSED, ClientHello)
+    assert PARSED.serverName == "api.example.com"
+    assert PARSED.alpn == ("h2", "http/1.1")
+    assert PARSED.highestVersion == 0x0304
+
+
+def test_noServerNameIsNone() -> None:
+    hello = ClientHelloReader().feed(makeClientHello())
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName is None
+    assert hello.alpn == ()
+    assert 0 not in hello.extensions
+    assert 16 not in hello.extensions
+
+
+def test_tls12OnlyClientSendsNoSupportedVersions() -> None:
+    hello = ClientHelloReader().feed(
+        makeClientHello("old.example.com", maxVersion=SSL.TLS1_2_VERSION)
+    )
+    assert isinstance(hello, ClientHello)
+    assert hello.supportedVersions == ()
+    assert hello.highestVersion == 0x0303
+    assert hello.serverName == "old.example.com"
+
+
+def test_helloWithoutExtensions() -> None:
+    """
+    TLS 1.2 allows a ClientHello that ends after its compression methods.
+    """
+    hello = feedAll([wrap(helloBody(extensionsBlock=b""))])
+    assert hello == ClientHello(
+        serverName=None, legacyVersion=0x0303, ciphers=(0x1301, 0x1302)
+    )
+
+
+def test_serverNameIsLowerCasedWithoutTrailingDot() -> None:
+    hello = feedAll([makeClientHello("API.Example.COM.")])
+    assert hello.serverName == "api.example.com"
+
+
+def test_serverNameMayHaveUnderscoresAndDigits() -> None:
+    hello = feedAll([wrap(helloBody(sni(b"_srv.node-01.Example.com")))])
+    assert hello.serverName == "_srv.node-01.example.com"
+
+
+def serverNames(*entries: tuple[int, bytes]) -> bytes:
+    """A server_name extension listing C{(name_type, name)} entries."""
+    return extension(
+        0,
+        vector(2, b"".join(bytes([kind]) + vector(2, name) for kind, name in entries)),
+    )
+
+
+def test_aNameTypeOtherThanHostNameFailsClosed() -> None:
+    """
+    A server_name list mixing name types (a type-1 entry, then a
+    host_name) is refused: OpenSSL refuses the same bytes, so routing on
+    the host_name would route a hello the server then reads differently.
+    """
+    data = wrap(helloBody(serverNames((1, b"x"), (0, b"a.example"))))
+    with pytest.raises(ClientHelloError, match="type 1, not host_name"):
+        ClientHelloReader().feed(data)
+
+
+def test_aNameTypeAfterTheHostNameFailsClosed() -> None:
+    data = wrap(helloBody(serverNames((0, b"a.example"), (5, b"x"))))
+    with pytest.raises(ClientHelloError, match="type 5, not host_name"):
+        ClientHelloReader().feed(data)
+
+
+@FAST
+@given(
+    before=st.lists(st.tuples(st.integers(1, 255), st.binary(min_size=1, max_size=20))),
+    after=st.lists(st.tuples(st.integers(1, 255), st.binary(min_size=1, max_size=20))),
+)
+def test_anyListWithAnotherNameTypeFailsClosed(
+    before: list[tuple[int, bytes]], after: list[tuple[int, bytes]]
+) -> None:
+    """
+    Wherever entries of other types sit around the host_name, the hello is
+    a L{ClientHelloError}, never a routed name, fed whole or byte by byte.
+    """
+    if not (before or after):
+        return
+    data = wrap(helloBody(serverNames(*before, (0, b"a.example"), *after)))
+    with pytest.raises(ClientHelloError):
+        ClientHelloReader().feed(data)
+    result = outcome(oneByteAtATime(data))
+    assert isinstance(result, tuple)
+    assert result[0] is ClientHelloError
+
+
+def test_alpnIsDecodedAsLatin1() -> None:
+    hello = feedAll([wrap(helloBody(alpn(b"h2", b"\xff\x00x")))])
+    assert hello.alpn == ("h2", "\xff\x00x")
+    assert hello.alpn[1].encode("latin-1") == b"\xff\x00x"
+
+
+def test_fieldsKeepTheClientsOrderAndGrease() -> None:
+    body = helloBody(
+        extension(0x1A1A, b""),
+        extension(43, vector(1, b"\x2a\x2a\x03\x04\x03\x03")),
+        extension(13, vector(2, b"\x04\x03\x08\x04")),
+        extension(10, vector(2, b"\x3a\x3a\x00\x1d")),
+        ciphers=vector(2, b"\x0a\x0a\x13\x01"),
+    )
+    hello = feedAll([wrap(body)])
+    assert hello.extensions == (0x1A1A, 43, 13, 10)
+    assert hello.supportedVersions == (0x2A2A, 0x0304, 0x0303)
+    assert hello.signatureAlgorithms == (0x0403, 0x0804)
+    assert hello.supportedGroups == (0x3A3A, 0x001D)
+    assert hello.ciphers == (0x0A0A, 0x1301)
+    assert hello.highestVersion == 0x0304
+
+
+def test_highestVersionSkipsGrease() -> None:
+    assert (
+        ClientHello(None, supportedVersions=(0xFAFA, 0x0303)).highestVersion == 0x0303
+    )
+    assert (
+        ClientHello(
+            None, supportedVersions=(0x7A7A,), legacyVersion=0x0303
+        ).highestVersion
+        == 0x0303
+    )
+    assert ClientHello(None, legacyVersion=0x0301).highestVersion == 0x0301
+
+
+def test_isGrease() -> None:
+    grease = {0x0A0A + 0x1010 * i for i in range(16)}
+    assert {v for v in range(0x10000) if isGrease(v)} == grease
+
+
+# Segmentation: TCP and the record layer may cut anywhere.
+
+
+@FAST
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(HELLO) - 1), unique=True))
+def test_anySegmentationGivesTheSameHello(cuts: list[int]) -> None:
+    assert feedAll(cut(HELLO, cuts)) == PARSED
+
+
+def test_oneByteFeeds() -> None:
+    assert feedAll(oneByteAtATime(HELLO)) == PARSED
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=600), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=12),
+)
+def test_anyRecordSplitGivesTheSameHello(sizes: list[int], cuts: list[int]) -> None:
+    """
+    Record boundaries and TCP boundaries are independent of each other and
+    of the handshake message; none of them changes the hello.
+    """
+    data = splitIntoRecords(HELLO, sizes)
+    cuts = [c for c in cuts if c < len(data)]
+    assert feedAll(cut(data, cuts), maxSize=len(data)) == PARSED
+
+
+def test_helloInOneByteRecordsFedOneByteAtATime() -> None:
+    data = splitIntoRecords(HELLO, [1])
+    assert feedAll(oneByteAtATime(data), maxSize=len(data)) == PARSED
+
+
+def test_multiKilobyteHelloInSeveralRecords() -> None:
+    """
+    A hello of several KB (say, more post-quantum key shares) split into
+    records as a client might, under the default limit.
+    """
+    body = helloBody(sni(b"big.example.com"), extension(51, bytes(6000)), alpn(b"h2"))
+    data = splitIntoRecords(wrap(body), [2000])
+    assert len(data) > 6000
+    assert data.count(b"\x16\x03\x01\x07\xd0") == 3
+    hello = feedAll(cut(data, range(1, len(data), 1400)))
+    assert hello.serverName == "big.example.com"
+    assert hello.alpn == ("h2",)
+    assert hello.extensions == (0, 51, 16)
+
+
+def test_helloLargerThanARecordNeedsTwo() -> None:
+    """
+    A ClientHello over 2^14 bytes cannot fit in one record; with a limit
+    that allows it, it reassembles from full-size records.
+    """
+    body = helloBody(sni(b"huge.example.com"), extension(51, bytes(20000)))
+    data = splitIntoRecords(wrap(body), [2**14])
+    assert data.count(b"\x16\x03\x01\x40\x00") == 1
+    assert feedAll([data], maxSize=64 * 1024).serverName == "huge.example.com"
+    with pytest.raises(ClientHelloTooLarge):
+        ClientHelloReader(16384).feed(data)
+
+
+def test_theDefaultLimitHoldsAHelloInOneFullRecord() -> None:
+    """
+    A ClientHello may fill one record: 2^14 bytes of fragment, 16,389 on
+    the wire.  The default limit holds it, and one spread over several
+    full records too.
+    """
+    body = helloBody(sni(b"full.example.com"), extension(21, bytes(16384 - 4 - 106)))
+    data = wrap(body)
+    assert len(data) == 16389, len(data)
+    hello = ClientHelloReader().feed(data)
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName == "full.example.com"
+    several = splitIntoRecords(
+        wrap(helloBody(sni(b"big.example.com"), extension(21, bytes(40000)))), [2**14]
+    )
+    hello = ClientHelloReader().feed(several)
+    assert isinstance(hello, ClientHello)
+    assert hello.serverName == "big.example.com"
+
+
+def test_truncatedInputNeedsMore() -> None:
+    """
+    Every proper prefix is a hello not yet complete, never an error: only
+    the caller's timeout can tell a slow client from a dead one.
+    """
+    data = splitIntoRecords(HELLO, [700])
+    for end in range(len(data)):
+        reader = ClientHelloReader()
+        assert reader.feed(data[:end]) is NEED_MORE
+        assert reader.buffered == data[:end]
+
+
+def test_bytesAfterTheHelloAreBufferedNotParsed() -> None:
+    """
+    Bytes after the hello's records (a client that speaks early) stay in
+    C{buffered} for the handoff, whatever they are.
+    """
+    after = record(b"\x01", contentType=20, version=b"\x03\x03") + b"junk"
+    reader = ClientHelloReader()
+    assert reader.feed(HELLO + after) == PARSED
+    assert reader.buffered == HELLO + after
+
+
+def test_feedAfterTheHelloAppendsAndReturnsIt() -> None:
+    reader = ClientHelloReader()
+    assert reader.feed(HELLO) == PARSED
+    assert reader.feed(b"more") == PARSED
+    assert reader.buffered == HELLO + b"more"
+
+
+def test_feedAfterAnErrorRaisesItAgain() -> None:
+    reader = ClientHelloReader()
+    with pytest.raises(NotTLS) as first:
+        reader.feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(NotTLS) as second:
+        reader.feed(HELLO)
+    assert second.value is first.value
+    assert reader.buffered == b"GET / HTTP/1.1\r\n"
+
+
+# The size bound.
+
+
+def test_tooLarge() -> None:
+    reader = ClientHelloReader(maxSize=1000)
+    with pytest.raises(ClientHelloTooLarge) as e:
+        reader.feed(HELLO)
+    assert e.value.reason == "too_large"
+    assert "1000" in str(e.value)
+
+
+def test_tooLargeIsSeenFromTheHeaders() -> None:
+    """
+    A hello whose lengths cannot fit is refused from its headers, before
+    the client spends the bytes.
+    """
+    reader = ClientHelloReader(maxSize=1000)
+    with pytest.raises(ClientHelloTooLarge):
+        reader.feed(HELLO[:5])
+    reader = ClientHelloReader(maxSize=1000)
+    with pytest.raises(ClientHelloTooLarge, match="cannot fit"):
+        reader.feed(splitIntoRecords(HELLO, [4, 500])[:9])
+
+
+def test_tooLargeWhenRecordOverheadExceedsTheLimit() -> None:
+    """
+    Small records make a hello that fits the limit as one record overflow
+    it: the limit counts what is buffered, headers included.
+    """
+    data = splitIntoRecords(HELLO, [1])
+    for maxSize in (len(HELLO), len(data) - 1):
+        reader = ClientHelloReader(maxSize)
+        results: list[object] = []
+        with contextlib.suppress(ClientHelloTooLarge):
+            for byte in oneByteAtATime(data):
+                results.append(reader.feed(byte))
+                assert len(reader.buffered) <= maxSize
+        assert set(results) == {NEED_MORE}
+        assert len(results) < len(data)
+        with pytest.raises(ClientHelloTooLarge):
+            reader.feed(b"")
+    assert feedAll([data], maxSize=len(data)) == PARSED
+
+
+def test_helloEndingAtTheLimitFits() -> None:
+    assert feedAll([HELLO + b"x" * 100], maxSize=len(HELLO)) == PARSED
+
+
+@FAST
+@given(
+    maxSize=st.integers(min_value=1, max_value=2 * len(HELLO)),
+    chunk=st.integers(min_value=1, max_value=2000),
+    sizes=st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=4),
+)
+def test_neverBuffersBeyondTheLimit(maxSize: int, chunk: int, sizes: list[int]) -> None:
+    """
+    While the answer is L{NEED_MORE}, at most C{maxSize} bytes are held;
+    so at most C{maxSize} plus one chunk are ever buffered.
+    """
+    data = splitIntoRecords(HELLO, sizes) + b"\x17" * 3000
+    reader = ClientHelloReader(maxSize)
+    try:
+        for start in range(0, len(data), chunk):
+            result = reader.feed(data[start : start + chunk])
+            if result is NEED_MORE:
+                assert len(reader.buffered) <= maxSize
+            else:
+                assert result == PARSED
+                assert len(data) - 3000 <= maxSize
+                return
+    except ClientHelloTooLarge:
+        assert len(reader.buffered) <= maxSize + chunk
+        return
+    raise AssertionError("neither a hello nor ClientHelloTooLarge")
+
+
+# Malformed input.
+
+GOOD_SNI = sni(b"ok.example.com")
+
+MALFORMED: list[tuple[str, bytes, type[ClientHelloError], str]] = [
+    # name, input, error class, words of the message
+    ("garbage", b"\x00\x01\x02\x03\x04\x05", NotTLS, "not a TLS handshake record"),
+    ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", NotTLS, "plaintext"),
+    ("sslv2", bytes.fromhex("802e0100020015000000100700c0"), NotTLS, "SSLv2"),
+    ("application data first", record(b"x", contentType=23), NotTLS, "type 22"),
+    ("alert first", record(b"\x02\x28", contentType=21), NotTLS, "first byte 0x15"),
+    (
+        "record version 0x02xx",
+        record(b"\x01", version=b"\x02\x01"),
+        NotTLS,
+        "record version 0x02xx",
+    ),
+    ("record version 0x1603", b"\x16\x16\x03", NotTLS, "record version 0x16xx"),
+    ("zero-length record", record(b""), BadLength, "zero-length"),
+    ("record over 2^14", record(b"", length=2**14 + 1), BadLength, "16385"),
+    (
+        "second record not handshake",
+        record(handshake(helloBody())[:10]) + record(b"\x01", contentType=20),
+        ClientHelloError,
+        "content type 20",
+    ),
+    (
+        "second record bad version",
+        record(handshake(helloBody())[:10]) + record(b"\x01", version=b"\x00\x03"),
+        ClientHelloError,
+        "record version 0x00xx",
+    ),
+    (
+        "second record zero-length",
+        record(handshake(helloBody())[:10]) + record(b""),
+        BadLength,
+        "zero-length",
+    ),
+    ("server hello", wrap(helloBody())[:5] + b"\x02", ClientHelloError, "type 2"),
+    (
+        "hello request",
+        record(handshake(b"", messageType=0)),
+        ClientHelloError,
+        "type 0",
+    ),
+    (
+        "handshake shorter than record",
+        record(handshake(helloBody() + b"\x00\x00", length=len(helloBody()))),
+        BadLength,
+        "only handshake message",
+    ),
+    (
+        "second handshake message in the record",
+        record(handshake(helloBody()) + handshake(b"", messageType=1)),
+        BadLength,
+        "only handshake message",
+    ),
+    (
+        "records longer than the hello",
+        record(handshake(helloBody())[:20])
+        + record(handshake(helloBody())[20:] + b"x"),
+        BadLength,
+        "only handshake message",
+    ),
+    (
+        "handshake longer than its body",
+        record(handshake(helloBody(), length=len(helloBody()) + 2) + b"\x00\x00"),
+        BadLength,
+        "2 bytes left over at the end of the ClientHello",
+    ),
+    ("empty hello", wrap(b""), BadLength, "legacy_version"),
+    (
+        "legacy_version not TLS",
+        wrap(helloBody(version=b"\x02\x00")),
+        ClientHelloError,
+        "0x0200",
+    ),
+    ("short random", wrap(b"\x03\x03" + bytes(20)), BadLength, "random"),
+    (
+        "session id of 33 bytes",
+        wrap(helloBody(sessionId=b"\x21" + bytes(33))),
+        BadLength,
+        "legacy_session_id",
+    ),
+    (
+        "odd cipher list",
+        wrap(helloBody(ciphers=vector(2, b"\x13\x01\x13"))),
+        BadLength,
+        "odd",
+    ),
+    ("no ciphers", wrap(helloBody(ciphers=vector(2, b""))), BadLength, "cipher_suites"),
+    (
+        "no compression",
+        wrap(helloBody(compression=b"\x00")),
+        BadLength,
+        "legacy_compression_methods",
+    ),
+    (
+        "extensions length too long",
+        wrap(helloBody(extensionsBlock=b"\x00\x40" + GOOD_SNI)),
+        BadLength,
+        "extensions needs 64 bytes",
+    ),
+    (
+        "junk after the extensions",
+        wrap(helloBody(extensionsBlock=vector(2, GOOD_SNI) + b"\x00")),
+        BadLength,
+        "1 byte left over at the end of the ClientHello",
+    ),
+    (
+        "half an extension header",
+        wrap(helloBody(extensionsBlock=vector(2, b"\x00"))),
+        BadLength,
+        "extension type",
+    ),
+    (
+        "extension longer than the block",
+        wrap(helloBody(extensionsBlock=vector(2, b"\x00\x17\x00\x05\x00"))),
+        BadLength,
+        "extension 23",
+    ),
+    (
+        "duplicate extension",
+        wrap(helloBody(extension(23, b""), extension(23, b""))),
+        ClientHelloError,
+        "extension 23 more than once",
+    ),
+    (
+        "duplicate SNI extension",
+        wrap(helloBody(GOOD_SNI, GOOD_SNI)),
+        ClientHelloError,
+        "server_name extension more than once",
+    ),
+    (
+        "empty SNI extension",
+        wrap(helloBody(extension(0, b""))),
+        BadLength,
+        "server_name list",
+    ),
+    (
+        "empty SNI list",
+        wrap(helloBody(extension(0, vector(2, b"")))),
+        BadLength,
+        "server_name list",
+    ),
+    (
+        "SNI list longer than extension",
+        wrap(helloBody(extension(0, b"\x00\x20\x00\x00\x03abc"))),
+        BadLength,
+        "server_name list needs 32 bytes",
+    ),
+    (
+        "SNI list shorter than extension",
+        wrap(helloBody(extension(0, vector(2, b"\x00\x00\x03abc") + b"\x00"))),
+        BadLength,
+        "end of the server_name extension",
+    ),
+    (
+        "SNI name longer than list",
+        wrap(helloBody(extension(0, vector(2, b"\x00\x00\x09abc")))),
+        BadLength,
+        "host_name needs 9 bytes",
+    ),
+    (
+        "SNI name shorter than list",
+        wrap(helloBody(extension(0, vector(2, b"\x00\x00\x02abc")))),
+        BadLength,
+        "length of server_name host_name",
+    ),
+    ("empty SNI name", wrap(helloBody(sni(b""))), BadLength, "host_name is 0 bytes"),
+    ("SNI name only a dot", wrap(helloBody(sni(b"."))), ClientHelloError, "empty"),
+    ("SNI NUL", wrap(helloBody(sni(b"a\x00.example.com"))), ClientHelloError, "0x00"),
+    (
+        "SNI non-ASCII",
+        wrap(helloBody(sni("café.example".encode()))),
+        ClientHelloError,
+        "0xc3",
+    ),
+    ("SNI space", wrap(helloBody(sni(b"a b.example"))), ClientHelloError, "0x20"),
+    (
+        "SNI empty label",
+        wrap(helloBody(sni(b"a..example"))),
+        ClientHelloError,
+        "empty label",
+    ),
+    (
+        "SNI leading dot",
+        wrap(helloBody(sni(b".example"))),
+        ClientHelloError,
+        "empty label",
+    ),
+    (
+        "SNI label too long",
+        wrap(helloBody(sni(b"a" * 64 + b".example"))),
+        ClientHelloError,
+        "63",
+    ),
+    (
+        "SNI name too long",
+        wrap(helloBody(sni(b"a." * 127 + b"ab"))),
+        ClientHelloError,
+        "253",
+    ),
+    (
+        "two host_names",
+        wrap(helloBody(sni(b"a.example", b"b.example"))),
+        ClientHelloError,
+        "more than one host_name",
+    ),
+    (
+        "only another name type",
+        wrap(helloBody(sni(b"a.example", nameType=1))),
+        ClientHelloError,
+        "type 1, not host_name",
+    ),
+    (
+        "empty ALPN list",
+        wrap(helloBody(extension(16, vector(2, b"")))),
+        BadLength,
+        "protocol_name_list",
+    ),
+    (
+        "empty ALPN protocol",
+        wrap(helloBody(alpn(b"h2", b""))),
+        BadLength,
+        "ALPN protocol name is 0 bytes",
+    ),
+    (
+        "ALPN list longer than extension",
+        wrap(helloBody(extension(16, b"\x00\x09\x02h2"))),
+        BadLength,
+        "protocol_name_list needs 9 bytes",
+    ),
+    (
+        "ALPN name longer than list",
+        wrap(helloBody(extension(16, vector(2, b"\x05h2")))),
+        BadLength,
+        "ALPN protocol name needs 5 bytes",
+    ),
+    (
+        "ALPN junk after list",
+        wrap(helloBody(extension(16, vector(2, b"\x02h2") + b"\x00"))),
+        BadLength,
+        "end of the application_layer_protocol_negotiation",
+    ),
+    (
+        "odd supported_versions",
+        wrap(helloBody(extension(43, vector(1, b"\x03\x04\x03")))),
+        BadLength,
+        "odd",
+    ),
+    (
+        "empty supported_versions",
+        wrap(helloBody(extension(43, vector(1, b"")))),
+        BadLength,
+        "supported_versions list",
+    ),
+    (
+        "odd signature_algorithms",
+        wrap(helloBody(extension(13, vector(2, b"\x04\x03\x08")))),
+        BadLength,
+        "odd",
+    ),
+    (
+        "odd supported_groups",
+        wrap(helloBody(extension(10, vector(2, b"\x00\x1d\x00")))),
+        BadLength,
+        "odd",
+    ),
+    (
+        "supported_groups junk",
+        wrap(helloBody(extension(10, vector(2, b"\x00\x1d") + b"\x00"))),
+        BadLength,
+        "end of the supported_groups",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "errorClass", "words"),
+    [pytest.param(*case[1:], id=case[0]) for case in MALFORMED],
+)
+def test_malformedInputIsRefused(
+    data: bytes, errorClass: type[ClientHelloError], words: str
+) -> None:
+    """
+    Each malformation gets its class and a message that says what is wrong,
+    and the answer is the same whether it arrives at once or byte by byte.
+    """
+    reader = ClientHelloReader()
+    with pytest.raises(ClientHelloError) as e:
+        reader.feed(data)
+    assert type(e.value) is errorClass
+    assert e.value.reason == errorClass.reason
+    assert words in str(e.value)
+    assert outcome(oneByteAtATime(data)) == (errorClass, str(e.value))
+
+
+def test_reasonsAreSlugs() -> None:
+    assert ClientHelloError.reason == "malformed"
+    assert NotTLS.reason == "not_tls"
+    assert ClientHelloTooLarge.reason == "too_large"
+    assert BadLength.reason == "bad_length"
+    assert all(
+        issubclass(c, ClientHelloError)
+        for c in (NotTLS, ClientHelloTooLarge, BadLength)
+    )
+
+
+def test_recordVersionsOf03xxAreAccepted() -> None:
+    for version in (b"\x03\x00", b"\x03\x01", b"\x03\x03", b"\x03\x04"):
+        assert (
+            feedAll([splitIntoRecords(HELLO, [2**14], int.from_bytes(version, "big"))])
+            == PARSED
+        )
+
+
+# Only ClientHelloError may leave the reader.
+
+
+@FAST
+@given(data=st.binary(max_size=300))
+def test_arbitraryBytesOnlyRaiseClientHelloError(data: bytes) -> None:
+    outcome([data])
+
+
+@FAST
+@given(
+    prefix=st.integers(min_value=0, max_value=len(HELLO)),
+    junk=st.binary(min_size=1, max_size=200),
+    cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=5),
+)
+def test_prefixAndJunkOnlyRaiseClientHelloError(
+    prefix: int, junk: bytes, cuts: list[int]
+) -> None:
+    """
+    A valid start followed by junk reaches the deep parts of the parser;
+    whatever happens there is a L{ClientHelloError}, and the same one
+    however the bytes are cut.
+    """
+    data = HELLO[:prefix] + junk
+    whole = outcome([data])
+    assert outcome(cut(data, [c for c in cuts if c < len(data)])) == whole
+
+
+@FAST
+@given(
+    position=st.integers(min_value=0, max_value=len(HELLO) - 1),
+    value=st.integers(min_value=0, max_value=255),
+    maxSize=st.sampled_from([200, 1000, 16384]),
+)
+def test_mutatedHelloOnlyRaisesClientHelloError(
+    position: int, value: int, maxSize: int
+) -> None:
+    """
+    One byte changed anywhere (a length, a count, a name) gives a hello or
+    a L{ClientHelloError}, the same at once and byte by byte.
+    """
+    data = bytearray(splitIntoRecords(HELLO, [300]))
+    data[position] = value
+    whole = outcome([bytes(data)], maxSize)
+    assert outcome(oneByteAtATime(bytes(data)), maxSize) == whole
+
+
+@FAST
+@given(
+    body=st.binary(max_size=120),
+    length=st.integers(min_value=0, max_value=200),
+    sizes=st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=3),
+)
+def test_randomHelloBodiesOnlyRaiseClientHelloError(
+    body: bytes, length: int, sizes: list[int]
+) -> None:
+    """
+    Well-framed records around a random body, so that the body parser (not
+    the record layer) sees arbitrary bytes.
+    """
+    framed = splitIntoRecords(record(handshake(body, length=length)), sizes)
+    outcome([framed])
+    outcome([wrap(b"\x03\x03" + body)])
+
+
+@FAST
+@given(
+    extensionType=st.sampled_from([0, 10, 13, 16, 43]),
+    data=st.binary(max_size=40),
+)
+def test_randomExtensionDataOnlyRaisesClientHelloError(
+    extensionType: int, data: bytes
+) -> None:
+    """
+    Each extension the reader parses gets arbitrary contents.
+    """
+    outcome([wrap(helloBody(extension(extensionType, data)))])
+
+
+# Real hellos, damaged: every check of the body parser is reached, and
+# whatever it answers is a hello or a ClientHelloError, the same however
+# the bytes are cut into records and reads.
+
+CAPTURED_BODIES = [path.read_bytes()[9:] for path in sorted(DATA.glob("*.bin"))]
+BODIES = [*CAPTURED_BODIES, HELLO[9:]]
+
+
+def assertSameAnswerAnyway(body: bytes) -> None:
+    """
+    C{body} as one record read at once, and as one-byte records read one
+    byte at a time, gets the same hello or the same error.
+    """
+    data = wrap(body)
+    whole = outcome([data], maxSize=6 * len(data))
+    assert whole is not NEED_MORE
+    split = splitIntoRecords(data, [1])
+    assert outcome(oneByteAtATime(split), maxSize=len(split)) == whole
+
+
+def test_everyCapturedBodyParses() -> None:
+    for body in BODIES:
+        assert isinstance(outcome([wrap(body)]), ClientHello)
+
+
+@FAST
+@given(
+    index=st.integers(min_value=0, max_value=len(BODIES) - 1),
+    changes=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2000), st.integers(0, 255)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_mutatedCapturedHellosOnlyRaiseClientHelloError(
+    index: int, changes: list[tuple[int, int]]
+) -> None:
+    """
+    Bytes changed anywhere in real hellos: lengths, counts, names, types.
+    """
+    body = bytearray(BODIES[index])
+    for position, value in changes:
+        body[position % len(body)] = value
+    assertSameAnswerAnyway(bytes(body))
+
+
+@FAST
+@given(
+    index=st.integers(min_value=0, max_value=len(BODIES) - 1),
+    cut=st.integers(min_value=0, max_value=2000),
+    junk=st.binary(max_size=8),
+)
+def test_truncatedCapturedHellosOnlyRaiseClientHelloError(
+    index: int, cut: int, junk: bytes
+) -> None:
+    body = BODIES[index]
+    assertSameAnswerAnyway(body[: cut % (len(body) + 1)] + junk)
+
+
+@FAST
+@given(
+    extensionType=st.sampled_from([0, 10, 13, 16, 43, 0xFF01]),
+    data=st.binary(max_size=40),
+    again=st.booleans(),
+)
+def test_arbitraryExtensionDataBesideOthers(
+    extensionType: int, data: bytes, again: bool
+) -> None:
+    extensions = [extension(extensionType, data), extension(0x002D, b"\x01\x01")]
+    if again:
+        extensions.append(extension(extensionType, data))
+    assertSameAnswerAnyway(helloBody(*extensions))
+
+
+@pytest.mark.parametrize(
+    "hostName", [b"ok.example", b"Upper.Example.", b"bad name", b"a..b", b"x" * 64]
+)
+def test_serverNamesBesideOtherEntries(hostName: bytes) -> None:
+    assertSameAnswerAnyway(helloBody(sni(hostName)))
+    assertSameAnswerAnyway(helloBody(sni(hostName, nameType=1)))
+    assertSameAnswerAnyway(helloBody(sni(hostName, hostName)))
+
+
+# The whole message, for one hello per check whose words MALFORMED does
+# not pin down, and for hellos with two faults: the first in wire order is
+# reported, and a vector's contents before bytes left over after it.
+
+EXACT: list[tuple[str, bytes, type[ClientHelloError], str]] = [
+    (
+        "session id runs past the body",
+        b"\x03\x03" + bytes(32) + b"\x05ab",
+        BadLength,
+        "legacy_session_id needs 5 bytes but the ClientHello has only 2 left",
+    ),
+    (
+        "no cipher_suites length",
+        b"\x03\x03" + bytes(32) + b"\x00\x00",
+        BadLength,
+        "length of cipher_suites needs 2 bytes but the ClientHello has only 1 left",
+    ),
+    (
+        "cipher_suites of 65535 bytes",
+        helloBody(ciphers=b"\xff\xff"),
+        BadLength,
+        "cipher_suites is 65535 bytes long; it must be 2 to 65534 bytes",
+    ),
+    (
+        "cipher_suites run past the body, and odd",
+        b"\x03\x03" + bytes(32) + b"\x00\x00\x07\x13\x01",
+        BadLength,
+        "cipher_suites needs 7 bytes but the ClientHello has only 2 left",
+    ),
+    (
+        "no compression methods length",
+        b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01",
+        BadLength,
+        "length of legacy_compression_methods needs 1 bytes but the ClientHello"
+        " has only 0 left",
+    ),
+    (
+        "half an extensions length",
+        helloBody(extensionsBlock=b"\x00"),
+        BadLength,
+        "length of extensions needs 2 bytes but the ClientHello has only 1 left",
+    ),
+    (
+        "a known extension's length cut short",
+        helloBody(extensionsBlock=vector(2, b"\x00\x10\x00")),
+        BadLength,
+        "length of the application_layer_protocol_negotiation extension needs 2"
+        " bytes but extensions has only 1 left",
+    ),
+    (
+        "an unknown extension's length cut short",
+        helloBody(extensionsBlock=vector(2, b"\x00\x17\x00")),
+        BadLength,
+        "length of extension 23 needs 2 bytes but extensions has only 1 left",
+    ),
+    (
+        "a known extension runs past the block",
+        helloBody(extensionsBlock=vector(2, b"\x00\x0a\x00\x05\x00")),
+        BadLength,
+        "the supported_groups extension needs 5 bytes but extensions has only 1 left",
+    ),
+    (
+        "duplicate that also runs past the block",
+        helloBody(extensionsBlock=vector(2, extension(23, b"") + b"\x00\x17\x00\x05")),
+        BadLength,
+        "extension 23 needs 5 bytes but extensions has only 0 left",
+    ),
+    (
+        "server_name list length cut short",
+        helloBody(extension(0, b"\x00")),
+        BadLength,
+        "length of server_name list needs 2 bytes but the server_name extension"
+        " has only 1 left",
+    ),
+    (
+        "host_name length cut short",
+        helloBody(extension(0, vector(2, b"\x00\x00"))),
+        BadLength,
+        "length of server_name host_name needs 2 bytes but server_name list has"
+        " only 1 left",
+    ),
+    (
+        "a bad name is reported before junk after the list",
+        helloBody(extension(0, vector(2, b"\x00" + vector(2, b"a b")) + b"\x00")),
+        ClientHelloError,
+        "server name b'a b' contains byte 0x20; only ASCII letters, digits, '-',"
+        " '_' and '.' are allowed (IDNs arrive as A-labels)",
+    ),
+    (
+        "junk after a good server_name list",
+        helloBody(extension(0, vector(2, b"\x00" + vector(2, b"a.example")) + b"xy")),
+        BadLength,
+        "2 bytes left over at the end of the server_name extension",
+    ),
+    (
+        "a short entry is reported before another name type",
+        helloBody(extension(0, vector(2, b"\x01\x00\x05ab"))),
+        BadLength,
+        "server_name host_name needs 5 bytes but server_name list has only 2 left",
+    ),
+    (
+        "the host_name after another name type",
+        helloBody(serverNames((7, b"x"), (0, b"a.example"))),
+        ClientHelloError,
+        "server_name extension has a name of type 7, not host_name (RFC 6066 3;"
+        " OpenSSL refuses it)",
+    ),
+    (
+        "a second host_name",
+        helloBody(serverNames((0, b"a.example"), (0, b"b.example"))),
+        ClientHelloError,
+        "server_name extension has more than one host_name (RFC 6066 3)",
+    ),
+    (
+        "ALPN list of one byte",
+        helloBody(extension(16, vector(2, b"\x00"))),
+        BadLength,
+        "ALPN protocol_name_list is 1 bytes long; it must be 2 to 65535 bytes",
+    ),
+    (
+        "ALPN list length cut short",
+        helloBody(extension(16, b"\x00")),
+        BadLength,
+        "length of ALPN protocol_name_list needs 2 bytes but the"
+        " application_layer_protocol_negotiation extension has only 1 left",
+    ),
+    (
+        "empty supported_versions extension",
+        helloBody(extension(43, b"")),
+        BadLength,
+        "length of supported_versions list needs 1 bytes but the"
+        " supported_versions extension has only 0 left",
+    ),
+    (
+        "supported_versions of 255 bytes",
+        helloBody(extension(43, b"\xff" + bytes(255))),
+        BadLength,
+        "supported_versions list is 255 bytes long; it must be 2 to 254 bytes",
+    ),
+    (
+        "supported_versions run past the extension",
+        helloBody(extension(43, b"\x04\x03\x04")),
+        BadLength,
+        "supported_versions list needs 4 bytes but the supported_versions"
+        " extension has only 2 left",
+    ),
+    (
+        "supported_versions junk",
+        helloBody(extension(43, vector(1, b"\x03\x04") + b"\x00")),
+        BadLength,
+        "1 byte left over at the end of the supported_versions extension",
+    ),
+    (
+        "signature_algorithms of 65535 bytes",
+        helloBody(extension(13, b"\xff\xff")),
+        BadLength,
+        "signature_algorithms list is 65535 bytes long; it must be 2 to 65534 bytes",
+    ),
+    (
+        "supported_groups of 65535 bytes",
+        helloBody(extension(10, b"\xff\xff")),
+        BadLength,
+        "supported_groups list needs 65535 bytes but the supported_groups"
+        " extension has only 0 left",
+    ),
+    (
+        "signature_algorithms length cut short",
+        helloBody(extension(13, b"\x00")),
+        BadLength,
+        "length of signature_algorithms list needs 2 bytes but the"
+        " signature_algorithms extension has only 1 left",
+    ),
+    (
+        "signature_algorithms junk",
+        helloBody(extension(13, vector(2, b"\x04\x03") + b"\x00\x00")),
+        BadLength,
+        "2 bytes left over at the end of the signature_algorithms extension",
+    ),
+    (
+        "a fault in an early extension is reported before a duplicate",
+        helloBody(extension(10, vector(2, b"\x00")), GOOD_SNI, GOOD_SNI),
+        BadLength,
+        "supported_groups list is 1 bytes long; it must be 2 to 65535 bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "errorClass", "message"),
+    [pytest.param(*case[1:], id=case[0]) for case in EXACT],
+)
+def test_malformedBodyMessages(
+    body: bytes, errorClass: type[ClientHelloError], message: str
+) -> None:
+    assert outcome([wrap(body)]) == (errorClass, message)
+    assertSameAnswerAnyway(body)
+
+
+def test_helloesFromOneClientShareTheirLists() -> None:
+    """
+    Two hellos from the same client stack hold the very same tuples, so an
+    idle connection does not keep a private copy of some 70 code points.
+    """
+    first = ClientHelloReader().feed(makeClientHello("a.example", [b"h2"]))
+    second = ClientHelloReader().feed(makeClientHello("b.example", [b"h2"]))
+    assert isinstance(first, ClientHello)
+    assert isinstance(second, ClientHello)
+    assert first.serverName != second.serverName
+    for field in ("ciphers", "extensions", "signatureAlgorithms", "supportedGroups"):
+        assert getattr(first, field) is getattr(second, field)
+
+
+def test_sharedListsAreBounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A client that varies its lists on purpose cannot grow the shared copies
+    without bound: past the limit they start over.
+    """
+    monkeypatch.setattr(clienthello, "_MAX_SHARED", 8)
+    monkeypatch.setattr(clienthello, "_SHARED", {})
+    for suite in range(0x1300, 0x1340):
+        body = helloBody(ciphers=vector(2, suite.to_bytes(2, "big")))
+        hello = ClientHelloReader().feed(wrap(body))
+        assert isinstance(hello, ClientHello)
+        assert hello.ciphers == (suite,)
+        assert len(clienthello._SHARED) <= 8
+
+
+# Layering.
+
+
+def test_readerImportsNeitherTwistedNorOpenSSL() -> None:
+    """
+    The reader is sans-I/O: importing it must not pull in Twisted or
+    OpenSSL (STYLE section 2).
+    """
+    assert frameworksImportedBy("gateway.wire.clienthello") == []
