@@ -8,8 +8,10 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
+from twisted.logger import ILogObserver, LogEvent
 
 from gateway.fast.portable import PORTABLE
 
@@ -48,3 +50,13 @@ def frameworksImportedBy(module: str) -> list[str]:
 fastPathOnly = pytest.mark.skipif(
     PORTABLE, reason="tests a fast path, and TLSGATEWAY_PORTABLE=1 turns it off"
 )
+
+
+def appendingTo(events: list[LogEvent]) -> ILogObserver:
+    """
+    A log observer that appends each event to C{events}.
+
+    A bound C{list.append} observes as well as any observer, but provides
+    L{ILogObserver} only by duck typing, which the type checker cannot see.
+    """
+    return cast(ILogObserver, events.append)

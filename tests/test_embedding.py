@@ -18,14 +18,14 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -211,12 +211,14 @@ class EmbeddedServiceTests(SynchronousTestCase):
         (_, factory, _, _) = self.reactor.tcpServers[-1]
         client = HalfCloseableTransport(peerAddress=CLIENT)
         protocol = factory.buildProtocol(CLIENT)
+        assert protocol is not None
         client.protocol = protocol
         protocol.makeConnection(client)
         protocol.dataReceived(HELLO)
         host, port, connectFactory, timeout, _ = self.reactor.tcpClients[-1]
         self.assertEqual((host, port, timeout), ("192.0.2.10", 443, 10.0))
-        upstreamProtocol: Protocol = connectFactory.buildProtocol(None)
+        upstreamProtocol = connectFactory.buildProtocol(None)
+        assert isinstance(upstreamProtocol, Protocol)
         upstream = HalfCloseableTransport()
         upstream.protocol = upstreamProtocol
         upstreamProtocol.makeConnection(upstream)
@@ -307,8 +309,9 @@ class EmbeddedServiceTests(SynchronousTestCase):
         self.assertEqual([p.listening for p in self.reactor.ports], [False])
         self.assertNoResult(stopped)
         self.reactor.advance(DRAIN / 2)
-        client.protocol.readConnectionLost()
-        upstream.protocol.readConnectionLost()
+        for side in (client, upstream):
+            assert IHalfCloseableProtocol.providedBy(side.protocol)
+            cast(IHalfCloseableProtocol, side.protocol).readConnectionLost()
         self.successResultOf(stopped)
         [entry] = self.accessLogEntries()
         self.assertEqual(

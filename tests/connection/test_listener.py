@@ -7,9 +7,11 @@ header gives, and the PROXY header sent upstream; in memory, no sockets.
 from __future__ import annotations
 
 import ipaddress
+from typing import cast
 
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -108,9 +110,11 @@ class ListenerTestCase(SynchronousTestCase):
         host, port, factory, _, _ = self.reactor.tcpClients[-1]
         self.assertEqual((host, port), ("192.0.2.99", 5432))
         upstream = factory.buildProtocol(None)
+        assert upstream is not None
         transport = StringTransport()
         upstream.makeConnection(transport)
-        return transport.value()
+        sent: bytes = transport.value()
+        return sent
 
 
 class AccessControlTests(ListenerTestCase):
@@ -558,7 +562,9 @@ class RefusalAlertTests(ListenerTestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(HELLO)
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        factory.clientConnectionFailed(
+            cast(IConnector, None), Failure(ConnectionRefusedError())
+        )
         [record] = self.log.records
         self.assertEqual(record.status, "upstream_unavailable")
         alert = alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303)

@@ -2,10 +2,14 @@
 The pre-read protocol, driven through an in-memory transport and clock.
 """
 
-from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from typing import Any
 
-from gateway.connection.preread import REFUSAL_LINGER, PrereadProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from gateway.connection.preread import REFUSAL_LINGER, IStage, PrereadProtocol
 from gateway.core.vocabulary import Status
 from gateway.protocols.postgres import POSTGRES
 from gateway.protocols.tls import TCP
@@ -26,6 +30,7 @@ from tests.transports import HalfCloseableTransport, PromptClientTransport
 HELLO = makeClientHello("db.example.com", [b"h2"])
 
 
+@implementer(IStage)
 class RecordingStage:
     def __init__(self) -> None:
         self.received: list[bytes] = []
@@ -38,7 +43,7 @@ class RecordingStage:
     def readConnectionLost(self) -> None:
         self.eof = True
 
-    def connectionLost(self, reason: object) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         self.lost = True
 
     def shutdown(self) -> None:
@@ -69,9 +74,19 @@ class RecordingListener:
 
     def handoff(
         self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> RecordingStage:
+    ) -> IStage | Reject:
         self.handoffs.append((hello, buffered))
         return self.stage
+
+    def handoffPlaintext(
+        self, protocol: PrereadProtocol, start: object
+    ) -> IStage | Reject:
+        raise AssertionError("these connections all start with TLS")
+
+    def handoffAtAccept(
+        self, protocol: PrereadProtocol, buffered: bytes
+    ) -> IStage | Reject:
+        raise AssertionError("these connections all read a ClientHello")
 
     def ended(self, protocol: PrereadProtocol) -> None:
         self.endings.append(protocol.record)
@@ -231,7 +246,7 @@ class ProxyHeaderTests(SynchronousTestCase):
     def test_garbageHeaderIsBadProxyHeaderWithItsReason(self) -> None:
         self.protocol.dataReceived(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n")
         self.assertEqual(self.record.status, "bad_proxy_header")
-        self.assertTrue(self.record.reason.startswith("bad_address: "))
+        self.assertTrue(str(self.record.reason).startswith("bad_address: "))
 
     def test_slowHeaderTimesOutAsBadProxyHeader(self) -> None:
         self.protocol.dataReceived(WIRE[:10])
@@ -283,7 +298,7 @@ class RefusalAlertTests(SynchronousTestCase):
     """
 
     def connect(
-        self, refuseAtAccept: str | None = None, **keys: bool
+        self, refuseAtAccept: str | None = None, **keys: Any
     ) -> tuple[PrereadProtocol, HalfCloseableTransport]:
         self.clock = MemoryReactorClock()
         self.listener = RecordingListener()

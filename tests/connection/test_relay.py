@@ -161,7 +161,7 @@ def wire() -> Iterator[tuple[tcp.Connection, socket.socket, EPollReactor]]:
     yield transport, far, reactor
     near.close()
     far.close()
-    reactor._poller.close()  # type: ignore[attr-defined]
+    reactor._poller.close()
 
 
 @fastPathOnly
@@ -231,7 +231,7 @@ def test_halfCloseSendsFinAtOnce(
     assert far.recv(100) == b"last words"
     assert far.recv(100) == b""
     assert transport._writeDisconnected
-    assert transport.protocol.writeLost
+    assert transport.protocol.writeLost  # type: ignore[attr-defined]
     far.sendall(b"the other way still works")
     assert transport.socket.recv(100) == b"the other way still works"
 
@@ -279,7 +279,7 @@ def test_halfCloseWithTheFastPathsOffIsTwistedsLoseWriteConnection(
     transport.doWrite()
     assert far.recv(100) == b"last words"
     assert far.recv(100) == b""
-    assert transport.protocol.writeLost
+    assert transport.protocol.writeLost  # type: ignore[attr-defined]
     far.sendall(b"the other way still works")
     assert transport.socket.recv(100) == b"the other way still works"
 

@@ -389,7 +389,7 @@ class SessionAccountingTests(SynchronousTestCase):
         self.session = Session(
             self.reactor,
             self.reactor,
-            self.client,  # type: ignore[arg-type]
+            self.client,
             self.record,
             self.owner,
             UpstreamRuntime("app", self.pool, 3),

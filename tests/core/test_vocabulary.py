@@ -43,4 +43,5 @@ def test_writtenAsPlainStrings() -> None:
     assert json.dumps({"status": Status.TLS_ERROR}) == '{"status": "tls_error"}'
     assert f"{Status.NO_ROUTE}" == "no_route"
     assert str(Action.TCP) == "tcp"
-    assert Mode.TERMINATE == "terminate"
+    assert str(Mode.TERMINATE) == "terminate"
+    assert Mode("terminate") is Mode.TERMINATE

@@ -7,9 +7,11 @@ descriptors): C{tests/integration/test_reliability.py}.
 from __future__ import annotations
 
 import socket
+from typing import cast
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -77,12 +79,12 @@ def test_aSharedSocketShutDownElsewhereEndsThePortQuietly() -> None:
         listening.shutdown(socket.SHUT_RDWR)
         why = port.doRead()
         assert isinstance(why, ConnectionDone)
-        reactor._disconnectSelectable(port, why, True)  # type: ignore[attr-defined]
+        reactor._disconnectSelectable(port, why, True)
         assert not port.connected
         assert port not in reactor.getReaders()
     finally:
         listening.close()
-        reactor._poller.close()  # type: ignore[attr-defined]
+        reactor._poller.close()
 
 
 def test_aListeningSharedSocketIsReadAsBefore() -> None:
@@ -109,8 +111,8 @@ def test_aListeningSharedSocketIsReadAsBefore() -> None:
             assert len(made) == 1
         for protocol in made:
             assert protocol.transport is not None
-            protocol.transport.abortConnection()
+            cast(ITCPTransport, protocol.transport).abortConnection()
         port.stopListening()
     finally:
         listening.close()
-        reactor._poller.close()  # type: ignore[attr-defined]
+        reactor._poller.close()

@@ -76,7 +76,7 @@ def reactor() -> Iterator[EPollReactor]:
     yield made
     fastpath.hubFor(made).close()
     made.removeAll()
-    made._poller.close()  # type: ignore[attr-defined]
+    made._poller.close()
 
 
 @pytest.fixture

@@ -227,7 +227,7 @@ def sharedPort() -> Iterator[tuple[EPollReactor, tcp.Port, socket.socket]]:
     yield reactor, port, listening
     port.stopListening()
     listening.close()
-    reactor._poller.close()  # type: ignore[attr-defined]
+    reactor._poller.close()
 
 
 @fastPathOnly

@@ -39,7 +39,7 @@ from gateway.fast import splice as splicerelay
 from gateway.fast.splice import PipePool, SpliceRelay, spliceUnavailable, startRelay
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
-from tests.helpers import fastPathOnly
+from tests.helpers import appendingTo, fastPathOnly
 from tests.transports import HalfCloseableTransport, TableOwner
 
 pytestmark = [
@@ -132,7 +132,7 @@ class Relayed:
         )
         # The reactor's splice hub lives as long as the reactor: made now,
         # so that it is not taken for a descriptor a relay leaked.
-        splicerelay.hubFor(self.reactor)
+        fastpath.hubFor(self.reactor)
         self.baseline = openFds()
         self.clientPeer = socket.create_connection(
             ("127.0.0.1", self._port.getHost().port)
@@ -149,10 +149,10 @@ class Relayed:
         if side.side == "client":
             self.client = side
             assert side.transport is not None
-            side.transport.pauseProducing()  # as the session does
+            side.transport.pauseProducing()  # type: ignore[attr-defined]  # as the session does
             factory = ClientFactory.forProtocol(lambda: Side(self, "upstream"))
             host, port = self._listener.getsockname()
-            self.reactor.connectTCP(host, port, factory)
+            self.reactor.connectTCP(host, port, factory)  # type: ignore[arg-type]
             return
         self.upstream = side
         assert self.client is not None
@@ -256,9 +256,9 @@ class Relayed:
         self._port.stopListening()
         self._listener.close()
         self.pipes.close()
-        splicerelay.hubFor(self.reactor).close()
+        fastpath.hubFor(self.reactor).close()
         self.reactor.removeAll()
-        self.reactor._poller.close()  # type: ignore[attr-defined]
+        self.reactor._poller.close()
 
 
 @pytest.fixture
@@ -443,7 +443,7 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
     """
     harness = relayed()
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(appendingTo(events))
 
     def broken(flow: splicerelay._Flow) -> None:
         raise RuntimeError("a bug")
@@ -454,7 +454,7 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
         harness.waitForReset(harness.upstreamPeer)
         harness.spin(lambda: harness.done, "done")
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(appendingTo(events))
     assert harness.record.extra["closed_by"] == "client_reset"
     failures = [e["log_failure"] for e in events if "log_failure" in e]
     assert [str(f.value) for f in failures] == ["a bug"]
@@ -553,7 +553,7 @@ def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
         hub.close()
     near.close()
     far.close()
-    reactor._poller.close()  # type: ignore[attr-defined]
+    reactor._poller.close()
 
 
 def test_spliceIsChosenForTwoTcpSockets(
@@ -618,7 +618,7 @@ def test_portableWhileTwistedHoldsUnsentBytes(
 
 def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(appendingTo(events))
     client, upstream = HalfCloseableTransport(), HalfCloseableTransport()
     client.pauseProducing()
     record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0, upstream="u:1")
@@ -638,7 +638,7 @@ def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
             countBytes=True,
         )
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(appendingTo(events))
     assert isinstance(relay, PortableRelay)
     assert upstream.value() == b"hello there"
     assert client.producerState == "producing"
@@ -655,7 +655,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     tcpPair: tuple[tcp.Connection, tcp.Connection],
 ) -> None:
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(appendingTo(events))
     client, upstream = tcpPair
     record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0, upstream="u:1")
     try:
@@ -673,7 +673,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
             countBytes=True,
         )
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(appendingTo(events))
     assert isinstance(relay, SpliceRelay)
     # Started at once: the pending bytes went straight out on the socket
     # (whose other end is the client transport's, in this pair), not
@@ -746,7 +746,7 @@ def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
     assert original is not None
 
     def counted(source: int, sink: int, count: int, flags: int = 0) -> int:
-        moved = original(source, sink, count, flags=flags)
+        moved: int = original(source, sink, count, flags=flags)
         splices.append(moved)
         return moved
 

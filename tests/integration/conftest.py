@@ -102,7 +102,8 @@ def backend(ca: CertificateAuthority) -> Iterator[BackendStarter]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed:
-        for index, process in enumerate(item.stash.get(_gatewaysKey, []), 1):
+        started: list[Gateway] = item.stash.get(_gatewaysKey, [])
+        for index, process in enumerate(started, 1):
             report.sections.append((f"gateway {index}", process.explain(60)))
     return report
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import pytest
@@ -240,7 +240,7 @@ class Gateway:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> Gateway:
+    def start(self) -> Self:
         with self.logPath.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command,

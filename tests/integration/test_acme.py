@@ -258,7 +258,7 @@ def test_renewedUnderALiveConnection(
             assert fresh.getpeercert(binary_form=True) != old
             fresh.sendall(b"new")
             assert fresh.recv(100) == b"new"
-    live = None
+    del live
     entries = process.waitForEntries(2, predicate=lambda e: e["alpn"] == [])
     assert all(e["status"] == "ok" for e in entries), entries
     assert server.issued() >= 2

@@ -410,7 +410,7 @@ def test_workersStatusShowsRetiringWorkersUntilTheirLastConnection(
 
     def retired() -> bool:
         status = statusJSON(metricsPort)
-        return (
+        return bool(
             status["gateway"]["retiring_workers"] == 0
             and status["listeners"][0]["active"] == 0
         )

@@ -293,7 +293,9 @@ def mtlsGet(
             while chunk := tls.recv(65536):
                 response += chunk
             return Fetched(
-                okBody(response) if response else None, tls.session, tls.session_reused
+                okBody(response) if response else None,
+                tls.session,
+                bool(tls.session_reused),
             )
     except (ssl.SSLError, ConnectionError):
         return Fetched(None)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .backends import Backend
+from .conftest import BackendStarter
 from .harness import (
     BIN,
     REPO_ROOT,
@@ -65,7 +65,8 @@ def start(
 ) -> Embedded:
     process = Embedded(argv, directory, iniText)
     started.append(process)
-    return process.start()
+    process.start()
+    return process
 
 
 def httpsGet(port: int, context: ssl.SSLContext, serverName: str) -> str:
@@ -95,7 +96,7 @@ def processesRunning(*needles: str) -> list[int]:
 
 def test_embedScriptRelaysTlsNextToItsOwnServiceAndExitsZeroOnSigterm(
     embedded: list[Embedded],
-    backend: type[Backend],
+    backend: BackendStarter,
     ca: CertificateAuthority,
     tmp_path: Path,
 ) -> None:
@@ -159,7 +160,7 @@ def test_embedScriptExitsOneWhenItsPortIsTaken(
 
 def test_contractTacFileRunsUnderTwistd(
     embedded: list[Embedded],
-    backend: type[Backend],
+    backend: BackendStarter,
     ca: CertificateAuthority,
     tmp_path: Path,
 ) -> None:

@@ -256,12 +256,16 @@ def test_directTLSWithPostgres17(
             {"one": servers(db1), "two": servers(db2)},
         )
     )
-    direct = {"client": pg17, "sslnegotiation": "direct"}
-    assertReached(db1.psql(WHO, port=gw.ports["pg"], **direct), "db1 tls")
-    assertReached(db2.psql(WHO, port=gw.ports["pg"], **direct), "db2 tls")
+    pgPort = gw.ports["pg"]
+    for cluster, expected in ((db1, "db1 tls"), (db2, "db2 tls")):
+        reached = cluster.psql(WHO, client=pg17, port=pgPort, sslnegotiation="direct")
+        assertReached(reached, expected)
     # The PostgreSQL 17 client with the traditional SSLRequest, too.
     assertReached(db2.psql(WHO, port=gw.ports["pg"], client=pg17), "db2 tls")
-    assertReached(db1.psql(WHO, port=gw.ports["term"], **direct), "db1 plain")
+    assertReached(
+        db1.psql(WHO, client=pg17, port=gw.ports["term"], sslnegotiation="direct"),
+        "db1 plain",
+    )
 
     for entry in waitForEntries(gw, "pg", 3):
         assert (entry["action"], entry["status"]) == ("passthrough", "ok")
@@ -304,8 +308,8 @@ def test_terminationToPlaintextAndReencrypted(
     assert "channel binding" in bound.stderr, bound.explain()
     assertReached(db2.psql(WHO, port=port, channel_binding="disable"), "db2 tls")
 
-    plain, bound, secure = waitForEntries(gw, "term", 3)
-    for entry, cluster in ((plain, db1), (bound, db2), (secure, db2)):
+    plain, boundEntry, secure = waitForEntries(gw, "term", 3)
+    for entry, cluster in ((plain, db1), (boundEntry, db2), (secure, db2)):
         assert entry["action"] == "terminate"
         assert entry["upstream"] == f"127.0.0.1:{cluster.port}"
         assert (entry["db_user"], entry["db_name"]) == ("tlsgw", "postgres")

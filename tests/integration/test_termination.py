@@ -41,6 +41,7 @@ from .backends import (
     tlsConnect,
     uploadPattern,
 )
+from .conftest import GatewayStarter
 from .harness import (
     CertificateAuthority,
     Gateway,
@@ -760,7 +761,7 @@ def test_mixedListenerPassesThroughOneNameAndTerminatesAnother(
 
 
 def reencryptingGateway(
-    gateway: Any,
+    gateway: GatewayStarter,
     certificate: ServerCertificate,
     upstream: Backend,
     **upstreamKeys: str,

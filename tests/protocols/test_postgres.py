@@ -477,6 +477,7 @@ class ListenerTestCase(SynchronousTestCase):
         host, port, factory, _, _ = self.reactor.tcpClients[index]
         self.assertEqual((host, port), (server.host, server.port))
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, Protocol)
         transport = HalfCloseableTransport()
         transport.protocol = protocol
         protocol.makeConnection(transport)
@@ -560,13 +561,14 @@ class PassthroughTests(ListenerTestCase):
         protocol.dataReceived(HELLO)
         upstream, upstreamTransport = self.upstream()
         self.assertEqual(upstreamTransport.value(), SSL_REQUEST)
-        self.assertTrue(transport.producerState == "paused")  # type: ignore[attr-defined]
+        self.assertTrue(transport.producerState == "paused")
         upstream.dataReceived(b"S")
         self.assertEqual(upstreamTransport.value(), SSL_REQUEST + HELLO)
         upstream.dataReceived(b"\x16\x03\x03 server hello")
         self.assertEqual(transport.value(), b"S\x16\x03\x03 server hello")
         self.assertEqual(protocol.record.action, "passthrough")
-        self.assertEqual(self.reactor.getDelayedCalls()[0].time, 600.0)  # idle only
+        (idle,) = self.reactor.getDelayedCalls()
+        self.assertEqual(idle.getTime(), 600.0)  # idle only
 
     def test_proxyHeaderGoesBeforeTheSSLRequest(self) -> None:
         self.makeFactory(proxy_protocol="v1")
@@ -667,6 +669,13 @@ class TerminationTests(ListenerTestCase):
         )
         self.makeFactory(routes=routes, mode="terminate")
 
+    @property
+    def registry(self) -> CancelRegistry:
+        """The listener's cancel keys: what C{protocol = postgres} keeps."""
+        registry = self.factory.strategyState
+        assert isinstance(registry, CancelRegistry)
+        return registry
+
     def handshake(
         self, serverName: bytes = b"db1.example.test"
     ) -> tuple[PrereadProtocol, HalfCloseableTransport, SSL.Connection]:
@@ -723,7 +732,7 @@ class TerminationTests(ListenerTestCase):
         self.assertEqual(
             received, AUTHENTICATION_OK + BACKEND_KEY_DATA + READY_FOR_QUERY
         )
-        owner = self.factory.strategyState.get(KEY)
+        owner = self.registry.get(KEY)
         assert owner is not None
         self.assertEqual(owner.server, DB1)
 
@@ -739,11 +748,11 @@ class TerminationTests(ListenerTestCase):
 
         # The session ends: its key is forgotten.
         upstream.connectionLost(Failure(ConnectionError()))
-        self.assertEqual(len(self.factory.strategyState), 0)
+        self.assertEqual(len(self.registry), 0)
 
     def test_cancelInsideTLSGoesToTheKeyOwner(self) -> None:
         owner = CancelOwner(DB1, UpstreamRuntime("one", OneServer(DB1), 1))
-        self.factory.strategyState.add(KEY, owner)
+        self.registry.add(KEY, owner)
         protocol, transport, client = self.handshake(b"db2.example.test")
         client.sendall(cancelRequest(KEY))
         self.pump(protocol, transport, client)

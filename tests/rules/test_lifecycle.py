@@ -34,6 +34,7 @@ from gateway.rules.lifecycle import (
 from gateway.testing import makeClientHello
 from gateway.wire.postgres import SSL_REQUEST
 from gateway.wire.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
+from tests.helpers import appendingTo
 from tests.transports import HalfCloseableTransport
 
 HELLO = makeClientHello("db.example.com", [b"h2"])
@@ -270,13 +271,13 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
 ) -> None:
     errors: list[dict[str, Any]] = []
     original = gateway.connection.preread._log
-    gateway.connection.preread._log = Logger(observer=errors.append)
+    gateway.connection.preread._log = Logger(observer=appendingTo(errors))
     try:
         clock = MemoryReactorClock()
         listener = Listener(refuseAt)
         record = ConnectionRecord("l", "198.51.100.7:1", 0.0, 0.0)
         protocol = PrereadProtocol(
-            listener,  # type: ignore[arg-type]
+            listener,
             record,
             clock,
             10,
@@ -329,11 +330,11 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
 def test_anEventTheTableDoesNotAllowIsLogged() -> None:
     errors: list[dict[str, Any]] = []
     original = gateway.connection.preread._log
-    gateway.connection.preread._log = Logger(observer=errors.append)
+    gateway.connection.preread._log = Logger(observer=appendingTo(errors))
     try:
         listener = Listener(None)
         protocol = PrereadProtocol(
-            listener,  # type: ignore[arg-type]
+            listener,
             ConnectionRecord("l", "198.51.100.7:1", 0.0, 0.0),
             MemoryReactorClock(),
             10,

@@ -27,6 +27,7 @@ from gateway.run.service import GatewayService
 from gateway.run.signals import IReloadable, SignalHandling
 from gateway.run.supervisor import Supervisor
 from gateway.tls.contexts import buildContexts
+from tests.helpers import appendingTo
 
 
 class RecordingReactor:
@@ -206,13 +207,13 @@ def test_sigquitToTheSupervisorLeavesTheWorkersServing(
         "gateway.run.supervisor._Worker.signal", lambda w, n: signalled.append(n)
     )
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(appendingTo(events))
     try:
         handling = SignalHandling(reactor, service)
         handling._retire(signal.SIGQUIT, None)
         for call in reactor.calls:
             call()
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(appendingTo(events))
     assert signalled == []
     assert any("a supervisor does not retire" in e["log_format"] for e in events)

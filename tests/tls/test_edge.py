@@ -28,8 +28,10 @@ from OpenSSL._util import lib as _lib
 
 from gateway.config import (
     ConfigError,
+    ConfigWarning,
     ListenerConfig,
     Location,
+    Problem,
 )
 from gateway.run.loading import load_config, load_config_text
 from gateway.tls.policy import ServerTLS, TLSHandshakeError, unknownGroups
@@ -404,7 +406,9 @@ def test_untrustedClientReasonSaysWhy(pki: PKI) -> None:
     )
 
 
-def fromConfig(pki: PKI, *paths: str) -> tuple[Any, list[Any], list[str]]:
+def fromConfig(
+    pki: PKI, *paths: str
+) -> tuple[ServerTLS | None, list[Problem], list[ConfigWarning]]:
     listener = ListenerConfig(
         name="web",
         listen=("tcp:0",),

@@ -10,10 +10,11 @@ import trustme
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gateway.fast import internals as fastpath
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.tls.transport import TLSTransport
+from gateway.tls.transport import ITLSEvents, TLSTransport
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
@@ -39,6 +40,7 @@ def clientConnection(maxVersion: int | None = None) -> SSL.Connection:
     return connection
 
 
+@implementer(ITLSEvents)
 class Events:
     def __init__(self) -> None:
         self.done = False
