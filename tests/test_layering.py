@@ -45,8 +45,6 @@ PURE = ["wire", "core", "rules"]
 #: Imports that still point up a layer: the typed seams of the
 #: restructuring remove them.
 KNOWN_UPWARD = {
-    # Endpoint strings are checked with the fast path's binding options.
-    ("gateway.config", "gateway.fast.internals"),
     # The listener builds the ACME challenge stage and finds the strategy by
     # protocol; the owner and the session call the strategy's hooks.
     ("gateway.connection.listener", "gateway.acme.challenge"),

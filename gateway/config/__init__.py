@@ -486,10 +486,12 @@ def _endpointHint(description: str) -> str | None:
     return None
 
 
-def _makeEndpoint(description: str) -> object:
+def _makeEndpoint(description: str) -> tuple[object, tuple[object, str, str]]:
     """
     Build the endpoint a description stands for, on a reactor that
     listens on nothing, to learn whether Twisted can read it.
+
+    @return: the endpoint, and what it binds (L{_bindingInMemory}).
     """
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
@@ -505,15 +507,15 @@ def _makeEndpoint(description: str) -> object:
             f"{description!r} would decrypt TLS before the gateway reads the"
             " ClientHello: use tcp: (and mode = terminate to terminate TLS)"
         )
+    reactor = MemoryReactor()
     try:
-        endpoint = serverFromString(MemoryReactor(), description)
+        endpoint = serverFromString(reactor, description)
     except Exception as e:  # noqa: BLE001 - endpoint parsers raise anything
         raise ValueError(
             f"{description!r} is not a Twisted server endpoint: {e}"
         ) from None
-    from gateway.fast.internals import endpointBinding
-
-    port, interface, _ = endpointBinding(endpoint)
+    binding = _bindingInMemory(endpoint, reactor)
+    port, interface, _ = binding
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"{description!r}: port {port} is not in 0..65535")
     if interface:
@@ -523,7 +525,37 @@ def _makeEndpoint(description: str) -> object:
             raise ValueError(
                 f"{description!r}: interface {interface!r} is not an IP address"
             ) from None
-    return endpoint
+    return endpoint, binding
+
+
+def _bindingInMemory(endpoint: object, reactor: object) -> tuple[object, str, str]:
+    """
+    What a Twisted server endpoint would bind: C{(port, interface, UNIX
+    path)}, learnt by letting it listen on C{reactor}, a C{MemoryReactor},
+    which records the call (Twisted has no public way to ask an endpoint).
+    An endpoint that listens some other way gives C{None}, C{""} and
+    C{""}, so that the checks that use them (a port out of range, an
+    interface that is not an address, two listeners on one address) pass
+    it as one they cannot judge.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpoint
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    assert isinstance(reactor, MemoryReactor)
+    if not IStreamServerEndpoint.providedBy(endpoint):
+        return None, "", ""
+    try:
+        listening = endpoint.listen(Factory.forProtocol(Protocol))
+    except Exception:  # noqa: BLE001 - an endpoint that cannot listen here
+        return None, "", ""
+    listening.addErrback(lambda _: None)
+    if reactor.tcpServers:
+        port, _, _, interface = reactor.tcpServers[0]
+        return port, str(interface or ""), ""
+    if reactor.unixServers:
+        return None, "", str(reactor.unixServers[0][0])
+    return None, "", ""
 
 
 def _endpoint(text: str, folder: str) -> str:
@@ -547,11 +579,8 @@ def _bindingOf(description: str) -> tuple[object, ...] | None:
     @return: L{None} for what cannot clash (port 0 is a fresh port each
         time) or what this function does not know.
     """
-    from gateway.fast.internals import endpointBinding
-
-    endpoint = _makeEndpoint(description)
+    endpoint, (port, interface, path) = _makeEndpoint(description)
     kind = type(endpoint).__name__
-    port, interface, path = endpointBinding(endpoint)
     if kind in ("TCP4ServerEndpoint", "TCP6ServerEndpoint"):
         if not port:
             return None

@@ -175,24 +175,6 @@ def halfClose(transport: RelayTransport) -> None:
     transport._closeWriteConnection()
 
 
-def endpointBinding(endpoint: object) -> tuple[object, str, str]:
-    """
-    What a Twisted server endpoint will bind, read from the endpoint
-    object that C{serverFromString} made (Twisted has no public call for
-    it): C{(port, interface, UNIX path)}, from C{_port}, C{_interface} and
-    C{_address}.  Where an endpoint type (or a Twisted release) has none
-    of them: C{None}, C{""} and C{""}, so that the configuration checks
-    that use them (a port out of range, an interface that is not an
-    address, two listeners on one address) pass the endpoint as they
-    would one they cannot judge.
-    """
-    return (
-        getattr(endpoint, "_port", None),
-        str(getattr(endpoint, "_interface", "") or ""),
-        str(getattr(endpoint, "_address", "") or ""),
-    )
-
-
 # --- OpenSSL ------------------------------------------------------------
 
 

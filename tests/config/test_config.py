@@ -1557,3 +1557,27 @@ def test_nginxHintsNameKeysThatExist() -> None:
         assert nginx not in ours or "belongs in" in hint, nginx
         for key in re.findall(r"\b([a-z_]+) =", hint):
             assert key in ours, (nginx, key)
+
+
+def test_whatAnEndpointBindsIsLearntInMemory() -> None:
+    """
+    The checks of listen addresses learn what an endpoint binds by letting
+    it listen on a C{MemoryReactor}: public API, nothing bound.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    from gateway.config import _bindingInMemory
+
+    for description, expected in [
+        ("tcp:8443:interface=127.0.0.1", (8443, "127.0.0.1", "")),
+        ("tcp6:443:interface=\\:\\:1", (443, "::1", "")),
+        ("tcp:443", (443, "", "")),
+        ("unix:/run/gw.sock", (None, "", "/run/gw.sock")),
+    ]:
+        reactor = MemoryReactor()
+        assert _bindingInMemory(serverFromString(reactor, description), reactor) == (
+            expected
+        )
+    # Not an endpoint at all: nothing to judge.
+    assert _bindingInMemory(object(), MemoryReactor()) == (None, "", "")

@@ -19,7 +19,6 @@ import pytest
 import trustme
 from OpenSSL import SSL
 from twisted.internet import tcp
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
@@ -95,15 +94,6 @@ def test_verifyErrorText(noBinding: None) -> None:
 
 def test_verifyErrorTextWithTheBinding() -> None:
     assert fastpath.verifyErrorText(10) == "certificate has expired"
-
-
-def test_endpointBinding() -> None:
-    endpoint = serverFromString(MemoryReactor(), "tcp:8443:interface=127.0.0.1")
-    assert fastpath.endpointBinding(endpoint) == (8443, "127.0.0.1", "")
-    unix = serverFromString(MemoryReactor(), "unix:/run/gw.sock")
-    assert fastpath.endpointBinding(unix)[2] == "/run/gw.sock"
-    # An endpoint type (or a release) without them: nothing to judge.
-    assert fastpath.endpointBinding(object()) == (None, "", "")
 
 
 def test_unsentBytesUnknownMeansYes() -> None:
