@@ -57,7 +57,6 @@ KNOWN_UPWARD = {
     ("gateway.fast.directconnect", "gateway.connection.timers"),
     ("gateway.fast.splice", "gateway.connection.relay"),
     ("gateway.fast.splice", "gateway.connection.timers"),
-    ("gateway.fast.splice", "gateway.run.logs"),
 }
 
 

@@ -44,9 +44,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-import gateway.run.logs
 from gateway.connection.relay import IRelay, PortableRelay, reset
 from gateway.connection.timers import Deadline, cancel, later
+from gateway.core import verbosity
 from gateway.core.transports import RelayTransport
 from gateway.fast.internals import HUBS, Hub, hasUnsentBytes, hubFor, hubReaders, send
 from gateway.fast.portable import PORTABLE, SPLICE
@@ -229,7 +229,7 @@ def startDirectRelay(
     (the client side must still be spliceable: L{spliceUnavailable} with
     no upstream).
     """
-    if gateway.run.logs.DEBUG:
+    if verbosity.DEBUG:
         _log.debug(
             "relay {where}: splice (relay = {setting})",
             where=f"{record.client} -> {record.upstream}",
@@ -293,7 +293,7 @@ def startRelay(
             done,
             pending,
         )
-    if gateway.run.logs.DEBUG:
+    if verbosity.DEBUG:
         where = f"{record.client} -> {record.upstream}"
         _log.debug("relay {where}: portable ({why})", where=where, why=why)
     if pending:

@@ -34,17 +34,12 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from gateway.core import verbosity
+
 #: The levels C{--log-level} accepts; C{[gateway] log_level} takes the first
 #: three.
 LEVELS = ("debug", "info", "warn", "error", "critical")
 
-#: Whether a C{debug} event can reach an observer.  A Twisted C{Logger}
-#: builds and publishes every event before any observer filters it (about
-#: 10 us each), too much for a line per connection nobody reads; code on a
-#: connection's path asks this first.  L{True} until the process's own log
-#: is set up (L{setLevel}), so an application that embeds the gateway and
-#: filters events itself sees them all.
-DEBUG = True
 
 #: Twisted's per-port and per-factory lines (legacy C{log.msg} text from
 #: C{twisted.internet.tcp} and C{unix}, and C{Factory.doStart}/C{doStop}).
@@ -132,8 +127,7 @@ def setLevel(level: str) -> None:
     gateway's own processes when they set up their log (L{gateway.cli.main},
     L{gateway.cli.tap}), never by an application that embeds the gateway.
     """
-    global DEBUG
-    DEBUG = LogLevel.levelWithName(level) <= LogLevel.debug
+    verbosity.DEBUG = LogLevel.levelWithName(level) <= LogLevel.debug
 
 
 def consoleObserver(

@@ -8,6 +8,7 @@ import io
 
 from twisted.logger import LogLevel, formatEvent
 
+from gateway.core import verbosity
 from gateway.run import logs
 from gateway.run.logs import consoleObserver, isChatter, twistdObserver
 
@@ -83,16 +84,16 @@ def test_twistdObserverFollowsTwistdsOptions(tmp_path: object) -> None:
 
 def test_debugSwitchFollowsTheProcessLevel() -> None:
     """
-    L{gateway.run.logs.DEBUG} starts on (an embedding application filters
+    L{gateway.core.verbosity.DEBUG} starts on (an embedding application filters
     events itself) and follows the level the gateway's process sets.
     """
-    assert logs.DEBUG is True
+    assert verbosity.DEBUG is True
     try:
         logs.setLevel("info")
-        assert logs.DEBUG is False
+        assert verbosity.DEBUG is False
         logs.setLevel("warn")
-        assert logs.DEBUG is False
+        assert verbosity.DEBUG is False
         logs.setLevel("debug")
-        assert logs.DEBUG is True
+        assert verbosity.DEBUG is True
     finally:
-        logs.DEBUG = True
+        verbosity.DEBUG = True
