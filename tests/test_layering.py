@@ -53,10 +53,6 @@ KNOWN_UPWARD = {
     ("gateway.connection.preread", "gateway.protocols.strategy"),
     ("gateway.connection.preread", "gateway.protocols.tls"),
     ("gateway.connection.session", "gateway.protocols.strategy"),
-    # The fast relays use the connection's deadlines and relay interface.
-    ("gateway.fast.directconnect", "gateway.connection.timers"),
-    ("gateway.fast.splice", "gateway.connection.relay"),
-    ("gateway.fast.splice", "gateway.connection.timers"),
 }
 
 

@@ -196,7 +196,7 @@ class PortableRelay:
         chunk, which would cost a heap operation per read on the hot path.
     @ivar _readers: what reads the two TCP sockets for their transports
         (client's, upstream's), when that is not the reactor itself (see
-        L{gateway.fast.splice.startRelay}): they are the producers
+        L{gateway.connection.splicerelay.startRelay}): they are the producers
         registered with the other side, and stop when the relay closes.
     """
 

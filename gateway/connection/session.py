@@ -32,7 +32,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
+from gateway.connection.directconnect import DirectConnect, adoptionHub, literalAddress
 from gateway.connection.relay import IRelay
+from gateway.connection.splicerelay import (
+    directHub,
+    spliceUnavailable,
+    startDirectRelay,
+    startRelay,
+)
 from gateway.connection.terminate import ITerminatedSession
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.connection.upstream import (
@@ -43,13 +50,6 @@ from gateway.connection.upstream import (
     localError,
 )
 from gateway.core.transports import RelayTransport, relayTransport
-from gateway.fast.directconnect import DirectConnect, adoptionHub, literalAddress
-from gateway.fast.splice import (
-    directHub,
-    spliceUnavailable,
-    startDirectRelay,
-    startRelay,
-)
 from gateway.protocols.strategy import IUpstreamOpening
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner, Event
@@ -247,7 +247,7 @@ class UpstreamProtocol(Protocol):
 @attrs.define(slots=True)
 class _DirectAttempt:
     """
-    An upstream attempt that L{gateway.fast.directconnect} makes: what
+    An upstream attempt that L{gateway.connection.directconnect} makes: what
     L{Session} knows of an attempt, without a protocol (there is no
     transport until the relay owns the socket).
     """
@@ -271,7 +271,7 @@ class Session:
         so it is for terminated connections (the splice relay never shows
         a byte to Python).
     @ivar _relaySetting: the listener's C{relay} key, for
-        L{gateway.fast.splice.startRelay}.
+        L{gateway.connection.splicerelay.startRelay}.
     @ivar _proxyHeader: builds the PROXY header for each upstream
         connection, or L{None} without C{proxy_protocol}.  Built when the
         connection is made, not before: a terminated connection's TLS
@@ -290,7 +290,7 @@ class Session:
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
     @ivar _hub: where a connection that will be spliced connects its
-        upstream directly (L{gateway.fast.directconnect}), or L{None}: it goes
+        upstream directly (L{gateway.connection.directconnect}), or L{None}: it goes
         through Twisted's C{connectTCP}, as every connection does with
         the fast paths off, with TLS or an opening towards the upstream,
         and for a server given by name.
@@ -473,7 +473,7 @@ class Session:
 
     def _connectedDirectly(self, attempt: _DirectAttempt, sock: socket.socket) -> None:
         """
-        L{gateway.fast.directconnect} connected the upstream socket: the splice
+        L{gateway.connection.directconnect} connected the upstream socket: the splice
         relay takes it, as L{upstreamReady} starts a relay for a transport.
         """
         self._attempt = self._connector = None

@@ -575,7 +575,7 @@ def adoptConnected(
     reactor: IReactorSocket, sock: socket.socket, protocol: Protocol
 ) -> None:
     """
-    Make C{sock}, connected by L{gateway.fast.directconnect}, the transport of
+    Make C{sock}, connected by L{gateway.connection.directconnect}, the transport of
     C{protocol}: Twisted's public C{adoptStreamConnection}, which builds a
     TCP transport on a copy of the descriptor and calls
     C{protocol.makeConnection} before it returns.  C{sock} itself is

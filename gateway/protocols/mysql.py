@@ -60,12 +60,12 @@ from gateway.config import ServerConfig
 from gateway.connection.preread import IStage
 from gateway.connection.relay import IRelay
 from gateway.connection.session import Timeouts, UpstreamRuntime
+from gateway.connection.splicerelay import startRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.connection.upstream import connectServer
 from gateway.core.transports import RelayTransport, relayTransport
 from gateway.core.vocabulary import Action, Status
-from gateway.fast.splice import startRelay
 from gateway.protocols.strategy import IProtocolStrategy
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import deniedFingerprint

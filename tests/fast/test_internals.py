@@ -169,7 +169,7 @@ def test_theSwitchTurnsEveryFastPathOff() -> None:
     at import): every fast path is off, and the splice relay with them.
     """
     code = (
-        "from gateway.fast import internals as fastpath, splice as splicerelay; "
+        "from gateway.fast import internals as fastpath; from gateway.connection import splicerelay; "
         "print(fastpath.DIRECT_TCP, fastpath.DIRECT_TLS, fastpath.HUB_READER, "
         "splicerelay._splice)"
     )

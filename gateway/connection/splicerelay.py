@@ -167,7 +167,7 @@ def spliceUnavailable(
 
     @param setting: the listener's C{relay} key.
     @param upstream: L{None} for an upstream socket that is not connected
-        yet and will be the relay's own (L{gateway.fast.directconnect}): a TCP
+        yet and will be the relay's own (L{gateway.connection.directconnect}): a TCP
         socket to an IP address with nothing written to it, which splice
         always takes.
     """
@@ -195,7 +195,7 @@ def spliceUnavailable(
 def directHub(setting: str, reactor: object, client: RelayTransport) -> Hub | None:
     """
     The splice hub to connect a connection's upstream in
-    (L{gateway.fast.directconnect}), when the connection will be spliced
+    (L{gateway.connection.directconnect}), when the connection will be spliced
     whatever its upstream: its C{relay} setting, the platform and its
     client side allow it.  L{None} otherwise: the upstream is connected
     by Twisted, and L{startRelay} chooses.
@@ -225,7 +225,7 @@ def startDirectRelay(
     """
     The splice relay between C{client} and C{upstream}, said in the debug
     log: a Twisted TCP transport (L{startRelay} chose splice), or a socket
-    that L{gateway.fast.directconnect} connected, which the relay then owns
+    that L{gateway.connection.directconnect} connected, which the relay then owns
     (the client side must still be spliceable: L{spliceUnavailable} with
     no upstream).
     """
@@ -408,7 +408,7 @@ class _Socket:
         End the socket (the relay has unregistered it): give it back to its
         Twisted transport, whose C{connectionLost} then reaches the session
         as it always does, or, for a socket the relay owns
-        (L{gateway.fast.directconnect}), close it here and tell the relay it is
+        (L{gateway.connection.directconnect}), close it here and tell the relay it is
         lost.
         """
         transport = self.transport
@@ -770,7 +770,7 @@ class SpliceRelay:
     ) -> None:
         """
         @param upstream: the upstream's Twisted transport, or its socket,
-            which the relay then owns and closes (L{gateway.fast.directconnect}).
+            which the relay then owns and closes (L{gateway.connection.directconnect}).
         @param head: bytes for the upstream ahead of everything spliced:
             the session's pending bytes (the ClientHello), given here rather
             than written to the upstream transport, whose buffer nobody

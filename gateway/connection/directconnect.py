@@ -1,7 +1,7 @@
 """
 Connect a spliced passthrough connection's upstream without Twisted.
 
-A passthrough connection relayed by splice (L{gateway.fast.splice}) never
+A passthrough connection relayed by splice (L{gateway.connection.splicerelay}) never
 shows a byte of its upstream socket to Python, so a Twisted transport for
 it would only be built, handed over and torn down again: a C{Connector},
 an address resolution for what is already an IP address, a reactor turn
@@ -43,7 +43,7 @@ def adoptionHub(reactor: object) -> Hub | None:
     spliced; L{None} to use Twisted's connector: the fast paths are off
     (L{gateway.fast.portable}) or lack what they need, the reactor adopts no
     sockets, or no hub exists yet (the first relay of a process makes it,
-    as for L{gateway.fast.splice.directHub}).
+    as for L{gateway.connection.splicerelay.directHub}).
     """
     if not HUB_READER or not IReactorSocket.providedBy(reactor):
         return None

@@ -33,10 +33,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gateway.connection import splicerelay
 from gateway.connection.relay import IRelay, PortableRelay
+from gateway.connection.splicerelay import (
+    PipePool,
+    SpliceRelay,
+    spliceUnavailable,
+    startRelay,
+)
 from gateway.fast import internals as fastpath
-from gateway.fast import splice as splicerelay
-from gateway.fast.splice import PipePool, SpliceRelay, spliceUnavailable, startRelay
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import appendingTo, fastPathOnly
@@ -642,7 +647,9 @@ def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
     assert isinstance(relay, PortableRelay)
     assert upstream.value() == b"hello there"
     assert client.producerState == "producing"
-    (event,) = [e for e in events if e.get("log_namespace") == "gateway.fast.splice"]
+    (event,) = [
+        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
+    ]
     assert event["log_level"].name == "debug"
     assert event["where"] == "127.0.0.1:1 -> u:1"
     assert (
@@ -682,7 +689,9 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     assert relay._toUpstream.head == b""
     assert upstream._tempDataLen == 0
     assert client.getHandle().recv(100) == b"hello"
-    (event,) = [e for e in events if e.get("log_namespace") == "gateway.fast.splice"]
+    (event,) = [
+        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
+    ]
     assert event["log_level"].name == "debug"
     assert event["setting"] == "auto"
     relay.abort(Event.SHUT_DOWN, "test over")

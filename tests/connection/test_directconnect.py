@@ -1,6 +1,6 @@
 """
 Upstream connects without Twisted's client machinery
-(L{gateway.fast.directconnect}), on a private epoll reactor and its splice hub,
+(L{gateway.connection.directconnect}), on a private epoll reactor and its splice hub,
 against real loopback sockets; every wait is bounded.
 
 The failures must read exactly as Twisted's connector reports them, since
@@ -26,9 +26,9 @@ from twisted.internet.error import (
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
+from gateway.connection.directconnect import DirectConnect, literalAddress
 from gateway.connection.upstream import adoptConnected
 from gateway.fast import internals as fastpath
-from gateway.fast.directconnect import DirectConnect, literalAddress
 from tests.helpers import fastPathOnly
 
 pytestmark = [
