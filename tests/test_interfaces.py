@@ -16,7 +16,7 @@ import pytest
 from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
-from gateway.acme.challenge import ChallengeStage
+from gateway.connection.challenge import ChallengeStage
 from gateway.connection.health import _Probe
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage

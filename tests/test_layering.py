@@ -45,9 +45,8 @@ PURE = ["wire", "core", "rules"]
 #: Imports that still point up a layer: the typed seams of the
 #: restructuring remove them.
 KNOWN_UPWARD = {
-    # The listener builds the ACME challenge stage and finds the strategy by
-    # protocol; the owner and the session call the strategy's hooks.
-    ("gateway.connection.listener", "gateway.acme.challenge"),
+    # The listener finds the strategy by protocol; the owner and the
+    # session call the strategy's hooks.
     ("gateway.connection.listener", "gateway.protocols.strategy"),
     ("gateway.connection.listener", "gateway.protocols.table"),
     ("gateway.connection.preread", "gateway.protocols.strategy"),

@@ -1,3 +1,3 @@
 """
-ACME certificates: the account and orders (L{gateway.acme.issuer}), renewals (L{gateway.acme.manager}), the state directory, and the C{tls-alpn-01} challenge stage.
+ACME certificates: the account and orders (L{gateway.acme.issuer}), renewals (L{gateway.acme.manager}), the state directory; the stage that answers a C{tls-alpn-01} validation is L{gateway.connection.challenge}.
 """

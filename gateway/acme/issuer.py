@@ -10,7 +10,7 @@ the reactor.  No Twisted here.
 The library no longer ships C{tls-alpn-01} (RFC 8737): the challenge and
 its response are registered below, and L{challengeCertificate} builds the
 self-signed certificate that the gateway presents to the validation
-connection (L{gateway.acme.challenge}).
+connection (L{gateway.connection.challenge}).
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from gateway.acme.challenge import ChallengeStage
 from gateway.config import ListenerConfig
+from gateway.connection.challenge import ChallengeStage
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage, PrereadProtocol
 from gateway.connection.session import Session, Timeouts, UpstreamRuntime

@@ -22,7 +22,6 @@ import trustme
 from cryptography import x509
 from OpenSSL import SSL
 
-from gateway.acme.challenge import offersOnlyAcmeTLS
 from gateway.acme.issuer import Issuer, challengeCertificate, newKeyPEM
 from gateway.acme.manager import ChallengeResponder, renewalTime, retryDelay
 from gateway.acme.state import Locked, StateDirectory, writePrivate
@@ -34,6 +33,7 @@ from gateway.config import (
     GatewayConfig,
     Location,
 )
+from gateway.connection.challenge import offersOnlyAcmeTLS
 from gateway.run.loading import load_config_text
 from gateway.tls.contexts import servedCertificates
 from gateway.tls.policy import (
