@@ -147,9 +147,12 @@ class ConfigError(Exception):
 
     @ivar problems: in file order.
     @ivar partial: when the INI text itself has problems, what of it did
-        convert (sections and keys with problems left out), so that the
-        files it names can be checked too and reported with these problems
-        in one run (L{gateway.run.loading}); else L{None}.
+        convert (keys with problems left out), so that the files it names
+        can be checked too and reported with these problems in one run
+        (L{gateway.run.loading}); else L{None}.
+    @ivar drafts: the sections of C{partial} that have problems of their
+        own (a listener with a typo still has its certificate checked):
+        built from the keys that converted, for their files only.
     @cvar reason: stable slug for logs and metrics.
     """
 
@@ -158,6 +161,7 @@ class ConfigError(Exception):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: p.line or 0)
         self.partial: GatewayConfig | None = None
+        self.drafts: frozenset[str] = frozenset()
         super().__init__(self.problems)
 
     def __str__(self) -> str:
@@ -1205,6 +1209,7 @@ class _Loader:
     certificateNames: set[str] = attrs.Factory(set)
     hasAcme: bool = False
     partial: GatewayConfig | None = None
+    drafts: dict[str, Any] = attrs.Factory(dict)
 
     def problem(
         self, line: int | None, section: str | None, key: str | None, message: str
@@ -1293,9 +1298,41 @@ class _Loader:
         if self.problems:
             # What did convert, so that its files are checked too and
             # reported with these problems: one edit fixes them all.
-            self.partial = config
+            self.partial = self._withDrafts(config)
             raise ConfigError(self.problems)
         return config
+
+    def _draft(self, model: type[Any], section: _Section, **kwargs: Any) -> None:
+        """
+        Keep what converted of a section that has problems, so that the
+        files it names are checked with the rest (L{ConfigError.drafts}).
+        A required key that did not convert is left empty: a draft is
+        never served, so the model's validators are not run.
+        """
+        for field in attrs.fields(model):
+            if field.default is attrs.NOTHING and field.name not in kwargs:
+                kwargs[field.name] = ()
+        kwargs.update(name=section.sub, location=self._location(section))
+        with attrs.validators.disabled(), contextlib.suppress(TypeError, ValueError):
+            self.drafts[section.name] = model(**kwargs)
+
+    def _withDrafts(self, config: GatewayConfig) -> GatewayConfig:
+        drafts = self.drafts.values()
+        return attrs.evolve(
+            config,
+            listeners=(
+                *config.listeners,
+                *(d for d in drafts if isinstance(d, ListenerConfig)),
+            ),
+            upstreams={
+                **config.upstreams,
+                **{d.name: d for d in drafts if isinstance(d, UpstreamConfig)},
+            },
+            certificates={
+                **config.certificates,
+                **{d.name: d for d in drafts if isinstance(d, CertificateConfig)},
+            },
+        )
 
     def _checkShadowed(self, sections: Sequence[_Section]) -> None:
         """
@@ -1527,6 +1564,7 @@ class _Loader:
             if "names" in items:
                 problem("names", "names is for acme = on (the files name themselves)")
         if len(self.problems) != before:
+            self._draft(CertificateConfig, section, **kwargs)
             return None
         return CertificateConfig(
             name=section.sub, location=self._location(section), **kwargs
@@ -1555,6 +1593,7 @@ class _Loader:
                 continue
             servers.append(server)
         if len(self.problems) != before:
+            self._draft(UpstreamConfig, section, servers=tuple(servers), **kwargs)
             return None
         return UpstreamConfig(
             name=section.sub,
@@ -1761,6 +1800,7 @@ class _Loader:
         self._edgeChecks(section, settings, mode, routes, problem)
 
         if len(self.problems) != before:
+            self._draft(ListenerConfig, section, routes=tuple(routes), **settings)
             return None
         return ListenerConfig(
             name=section.sub,
@@ -1940,6 +1980,7 @@ def parseConfigText(text: str, path: str = "<string>") -> GatewayConfig:
         return loader.load()
     except ConfigError as e:
         e.partial = loader.partial
+        e.drafts = frozenset(loader.drafts)
         raise
 
 

@@ -76,7 +76,14 @@ def loadCheckedText(text: str, path: str = "<string>") -> Loaded:
         # that a typo and a bad key are reported in one run, not one after
         # the other.
         problems = list(e.problems)
-        problems += buildContexts(e.partial).problems
+        problems += [
+            problem
+            for problem in buildContexts(e.partial).problems
+            # A section with problems of its own is checked for what its
+            # files say; what it lacks (a certificate to terminate with)
+            # the conversion already reported, in its own words.
+            if problem.key is not None or problem.section not in e.drafts
+        ]
         problems += _accessLogProblems(e.partial.gateway, path)
         raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)

@@ -31,6 +31,7 @@ from gateway.tls.policy import (
     ServerTLS,
     TLSConfigError,
     UpstreamTLS,
+    loadCertificate,
     readCertificates,
     unknownGroups,
 )
@@ -122,6 +123,7 @@ def buildContexts(
                     "off: upstream certificates and names are not verified",
                 )
             )
+    problems += unusedCertificateProblems(config)
     if config.acme is not None:
         problems += acmeProblems(config.acme)
     # A [certificate:NAME] shared by listeners is loaded once per listener:
@@ -129,6 +131,39 @@ def buildContexts(
     return Contexts(
         servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     )
+
+
+def unusedCertificateProblems(config: GatewayConfig) -> list[Problem]:
+    """
+    Load the C{[certificate:NAME]} files no listener names yet: C{check}
+    loads every certificate and key, so a section waiting for its listener
+    does not hide a missing or mismatched file until it is used.
+    """
+    used = {name for listener in config.listeners for name in listener.certificates}
+    problems = []
+    for name, certificate in config.certificates.items():
+        if name in used or certificate.certificate is None:
+            continue
+        if certificate.private_key is None:
+            continue  # reported by the conversion
+        try:
+            loadCertificate(
+                certificate.certificate,
+                certificate.private_key,
+                certificate.ocsp_response,
+            )
+        except TLSConfigError as e:
+            location = certificate.location
+            problems.append(
+                Problem(
+                    location.path,
+                    location.lineOf(e.key),
+                    f"certificate:{name}",
+                    e.key,
+                    str(e),
+                )
+            )
+    return problems
 
 
 def withAcme(contexts: Contexts, acme: AcmeCertificates) -> Contexts:
