@@ -21,6 +21,7 @@ from gateway.run import loading
 from gateway.run.loading import load_config, load_config_text, loadChecked, takeContexts
 from gateway.run.service import GatewayService
 from gateway.run.supervisor import Supervisor
+from tests.run.mistakes import unmatched, writeMistakes
 
 INI = """\
 [gateway]
@@ -321,3 +322,19 @@ def test_aCertificateNoListenerNamesYetIsLoadedToo(tmp_path: Path) -> None:
         "gw.ini:7: [certificate:later] private_key: the private key in other.key"
         " does not match the certificate in site.pem"
     ]
+
+
+def test_oneFileWithEveryKindOfMistakeHasEachNamed(tmp_path: Path) -> None:
+    """
+    The regression file of "every problem at once": a duplicate section
+    whose first copy has mistakes, every bad entry of a list, a bad port
+    and a bad weight on one server line, missing and unreadable files in
+    listeners with other mistakes, a key mismatch behind certbot's links:
+    each is one problem at its line, section and key, and nothing else is.
+    """
+    path, expected = writeMistakes(tmp_path)
+    assert len(expected) >= 20
+    with pytest.raises(ConfigError) as caught:
+        loadChecked(path)
+    printed = [str(problem) for problem in caught.value.problems]
+    assert unmatched(printed, expected, str(path)) == []
