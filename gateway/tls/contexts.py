@@ -33,6 +33,7 @@ from gateway.tls.policy import (
     UpstreamTLS,
     loadCertificate,
     readCertificates,
+    readPrivateKey,
     unknownGroups,
 )
 from gateway.tls.served import ServedCertificate
@@ -124,6 +125,7 @@ def buildContexts(
                 )
             )
     problems += unusedCertificateProblems(config)
+    problems += loneFileProblems(config)
     if config.acme is not None:
         problems += acmeProblems(config.acme)
     # A [certificate:NAME] shared by listeners is loaded once per listener:
@@ -162,6 +164,34 @@ def unusedCertificateProblems(config: GatewayConfig) -> list[Problem]:
                     e.key,
                     str(e),
                 )
+            )
+    return problems
+
+
+def loneFileProblems(config: GatewayConfig) -> list[Problem]:
+    """
+    Read a certificate named without its C{private_key}, or a key without
+    its C{certificate}: the missing half is a problem of the conversion
+    (C{certificate needs private_key}), and the half that is there may
+    have its own, reported in the same run.
+    """
+    pairs = [
+        (f"listener:{s.name}", s.location, s.certificate, s.private_key)
+        for s in config.listeners
+    ] + [
+        (f"certificate:{c.name}", c.location, c.certificate, c.private_key)
+        for c in config.certificates.values()
+    ]
+    problems = []
+    for section, location, certificate, key in pairs:
+        try:
+            if certificate is not None and key is None:
+                readCertificates(certificate, "certificate")
+            elif key is not None and certificate is None:
+                readPrivateKey(key)
+        except TLSConfigError as e:
+            problems.append(
+                Problem(location.path, location.lineOf(e.key), section, e.key, str(e))
             )
     return problems
 

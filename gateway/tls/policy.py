@@ -84,6 +84,7 @@ __all__ = [
     "describe",
     "loadCertificate",
     "readCertificates",
+    "readPrivateKey",
     "unknownGroups",
 ]
 
@@ -544,6 +545,18 @@ def readCertificates(path: str, key: str) -> tuple[x509.Certificate, ...]:
     @raise TLSConfigError: unreadable, or no certificate in it.
     """
     return _readCertificates(path, key)
+
+
+def readPrivateKey(path: str) -> str:
+    """
+    Read a private key file on its own, when the configuration names no
+    certificate beside it: still worth a check, in the same run.
+
+    @return: the key type (C{RSA}, C{EC}, C{Ed25519}, C{Ed448}).
+    @raise TLSConfigError: unreadable, no key or more than one, encrypted,
+        or a kind of key that cannot sign a TLS 1.3 handshake.
+    """
+    return _readPrivateKey(path, _read(path, "private_key"))[0]
 
 
 def loadCertificate(

@@ -338,3 +338,27 @@ def test_oneFileWithEveryKindOfMistakeHasEachNamed(tmp_path: Path) -> None:
         loadChecked(path)
     printed = [str(problem) for problem in caught.value.problems]
     assert unmatched(printed, expected, str(path)) == []
+
+
+def test_aCertificateOrKeyWithoutItsPairIsReadAllTheSame(tmp_path: Path) -> None:
+    (tmp_path / "not-a-key.pem").write_text("hello\n")
+    assert problemsOf(
+        tmp_path,
+        "[listener:web]\n"
+        "listen = tcp:0\n"
+        "upstream = app\n"
+        "certificate = gone.pem\n"  # 4
+        "\n"
+        "[certificate:half]\n"
+        "private_key = not-a-key.pem\n"  # 7
+        "\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:8080\n",
+    ) == [
+        "gw.ini:4: [listener:web] certificate: certificate needs private_key",
+        "gw.ini:4: [listener:web] certificate: cannot read gone.pem: No such file"
+        " or directory",
+        "gw.ini:6: [certificate:half] certificate: required key is missing",
+        "gw.ini:7: [certificate:half] private_key: not-a-key.pem: no private key"
+        " found: expected PEM (-----BEGIN PRIVATE KEY-----)",
+    ]
