@@ -204,3 +204,39 @@ def test_aListNamesEachOfItsBadEntriesOnce(
     )
     named = [line.split(": ", 3)[2].split("'")[1] for line in found]
     assert named == [entry for entry in entries if entry in bad]
+
+
+_FLAGS = {
+    "weight": ("weight=3", "weight=x"),
+    "max_fails": ("max_fails=0", "max_fails=-1"),
+    "fail_timeout": ("fail_timeout=5s", "fail_timeout=soon"),
+    "backup": ("backup", "backup=yes"),
+}
+
+
+@given(
+    badAddress=st.booleans(),
+    flags=st.dictionaries(st.sampled_from(sorted(_FLAGS)), st.booleans()),
+)
+def test_aServerLineNamesEachOfItsBadParts(
+    badAddress: bool, flags: dict[str, bool]
+) -> None:
+    """
+    Whatever else is wrong on the line, each bad part is one problem, in
+    the order written, and a good line is a server.
+    """
+    address = "127.0.0.1:70000" if badAddress else "127.0.0.1:7000"
+    tokens = [_FLAGS[name][bad] for name, bad in flags.items()]
+    text = LISTENER + f"\n[upstream:app]\nservers = {' '.join([address, *tokens])}\n"
+    wrong = (["127.0.0.1:70000"] if badAddress else []) + [
+        _FLAGS[name][1] for name, bad in flags.items() if bad
+    ]
+    if not wrong:
+        [server] = parseConfigText(text, "gw.ini").upstreams["app"].servers
+        assert server.port == 7000
+        return
+    found = problems(text)
+    assert len(found) == len(wrong)
+    for line, part in zip(found, wrong, strict=True):
+        assert line.startswith("gw.ini:6: [upstream:app] servers: ")
+        assert part in line
