@@ -46,7 +46,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from attrs import validators as v
@@ -92,6 +92,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _UNIX_ENDPOINT = re.compile(r"unix:(address=)?((?:\\.|[^:\\])*)(.*)", re.DOTALL)
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
 
 
 # --- problems ---------------------------------------------------------------
@@ -146,9 +147,12 @@ class ConfigError(Exception):
 
     @ivar problems: in file order.
     @ivar partial: when the INI text itself has problems, what of it did
-        convert (sections and keys with problems left out), so that the
-        files it names can be checked too and reported with these problems
-        in one run (L{gateway.run.loading}); else L{None}.
+        convert (keys with problems left out), so that the files it names
+        can be checked too and reported with these problems in one run
+        (L{gateway.run.loading}); else L{None}.
+    @ivar drafts: the sections of C{partial} that have problems of their
+        own (a listener with a typo still has its certificate checked):
+        built from the keys that converted, for their files only.
     @cvar reason: stable slug for logs and metrics.
     """
 
@@ -157,6 +161,7 @@ class ConfigError(Exception):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: p.line or 0)
         self.partial: GatewayConfig | None = None
+        self.drafts: frozenset[str] = frozenset()
         super().__init__(self.problems)
 
     def __str__(self) -> str:
@@ -164,6 +169,45 @@ class ConfigError(Exception):
 
 
 # --- value parsers: text in, value out, ValueError with an operator message --
+
+
+class _Invalid(ValueError):
+    """
+    Several things wrong with one value, each reported as a problem of its
+    own at the value's key: one run names every bad entry of a list and
+    every bad flag of a server line, not only the first.
+    """
+
+    def __init__(self, messages: Sequence[str]) -> None:
+        super().__init__(messages[0])
+        self.messages = tuple(messages)
+
+
+def _messages(error: ValueError | TypeError) -> list[str]:
+    """
+    The operator messages an error carries: one, or each of an L{_Invalid}.
+    """
+    if isinstance(error, _Invalid):
+        return list(error.messages)
+    return [str(error.args[0] if error.args else error)]
+
+
+def _eachItem(items: Iterable[str], convert: Callable[[str], _T]) -> list[_T]:
+    """
+    Convert every item of a list, going on past a bad one.
+
+    @raise _Invalid: naming every item that did not convert.
+    """
+    converted: list[_T] = []
+    messages: list[str] = []
+    for item in items:
+        try:
+            converted.append(convert(item))
+        except ValueError as e:
+            messages += _messages(e)
+    if messages:
+        raise _Invalid(messages)
+    return converted
 
 
 def _choice(text: str, *allowed: str) -> str:
@@ -263,7 +307,8 @@ def _acmeNames(text: str) -> tuple[str, ...]:
     wildcard names (RFC 8737, section 3) nor, here, IP addresses.
     """
     names: list[str] = []
-    for item in parseList(text):
+
+    def acmeName(item: str) -> str:
         if item.startswith("*"):
             raise ValueError(
                 f"{item!r}: tls-alpn-01 cannot validate wildcard names: list each name"
@@ -281,6 +326,9 @@ def _acmeNames(text: str) -> tuple[str, ...]:
         if name in names:
             raise ValueError(f"{item!r} is listed twice")
         names.append(name)
+        return name
+
+    _eachItem(parseList(text), acmeName)
     if not names:
         raise ValueError("is empty")
     return tuple(names)
@@ -299,19 +347,19 @@ def _sectionNames(text: str) -> tuple[str, ...]:
     names = parseList(text)
     if not names:
         raise ValueError("is empty")
-    return tuple(_sectionName(name) for name in names)
+    return tuple(_eachItem(names, _sectionName))
 
 
 def _protocols(text: str) -> tuple[str, ...]:
-    chosen = set()
-    for item in re.split(r"[\s,]+", text.strip()):
-        if not item:
-            continue
+    def protocol(item: str) -> str:
         if item.lower() in _OLD_PROTOCOLS:
             raise ValueError(f"{item} is not allowed: only TLSv1.2 and TLSv1.3")
         if item.lower() not in _PROTOCOLS:
             raise ValueError(f"{item!r} is not a TLS version (use TLSv1.2, TLSv1.3)")
-        chosen.add(_PROTOCOLS[item.lower()])
+        return _PROTOCOLS[item.lower()]
+
+    items = [item for item in re.split(r"[\s,]+", text.strip()) if item]
+    chosen = set(_eachItem(items, protocol))
     if not chosen:
         raise ValueError("is empty (use TLSv1.2, TLSv1.3)")
     return tuple(sorted(chosen))
@@ -325,8 +373,8 @@ def _passthroughProtocols(text: str) -> tuple[str, ...] | None:
     items = [item for item in re.split(r"[\s,]+", text.strip()) if item]
     if [item.lower() for item in items] == ["any"]:
         return None
-    chosen = set()
-    for item in items:
+
+    def version(item: str) -> str:
         if item.lower() == "any":
             raise ValueError("any cannot be combined with versions")
         if item.lower() not in _PASSTHROUGH_NAMES:
@@ -334,7 +382,9 @@ def _passthroughProtocols(text: str) -> tuple[str, ...] | None:
                 f"{item!r} is not a TLS version (use any, or some of TLSv1,"
                 " TLSv1.1, TLSv1.2, TLSv1.3)"
             )
-        chosen.add(_PASSTHROUGH_NAMES[item.lower()])
+        return _PASSTHROUGH_NAMES[item.lower()]
+
+    chosen = set(_eachItem(items, version))
     if not chosen:
         raise ValueError("is empty (use any, or some of TLSv1 TLSv1.1 TLSv1.2 TLSv1.3)")
     return tuple(sorted(chosen, key=PASSTHROUGH_VERSIONS.__getitem__))
@@ -358,7 +408,8 @@ def _groups(text: str) -> tuple[str, ...]:
     if not stripped:
         raise ValueError("is empty (use names such as X25519MLKEM768:X25519:secp256r1)")
     names: list[str] = []
-    for item in stripped.split(":"):
+
+    def group(item: str) -> str:
         name = item.strip()
         if not _GROUP.fullmatch(name):
             raise ValueError(
@@ -368,6 +419,9 @@ def _groups(text: str) -> tuple[str, ...]:
         if name.lower() in (n.lower() for n in names):
             raise ValueError(f"{name} is listed twice")
         names.append(name)
+        return name
+
+    _eachItem(stripped.split(":"), group)
     return tuple(names)
 
 
@@ -395,13 +449,15 @@ def _paths(text: str, folder: str) -> tuple[str, ...]:
 
 
 def _alpnList(text: str) -> tuple[str, ...]:
-    protocols = parseList(text)
-    for protocol in protocols:
-        if not all("!" <= c <= "~" for c in protocol) or len(protocol) > 255:
+
+    def protocol(item: str) -> str:
+        if not all("!" <= c <= "~" for c in item) or len(item) > 255:
             raise ValueError(
-                f"{protocol!r} is not an ALPN protocol: printable ASCII, at most 255 bytes"
+                f"{item!r} is not an ALPN protocol: printable ASCII, at most 255 bytes"
             )
-    return protocols
+        return item
+
+    return tuple(_eachItem(parseList(text), protocol))
 
 
 def _networks(text: str) -> tuple[_Network, ...]:
@@ -411,40 +467,57 @@ def _networks(text: str) -> tuple[_Network, ...]:
     Host bits are an error, not silently cleared: C{10.0.0.1/8} is more
     likely a typo for C{10.0.0.1/32} than a way to write C{10.0.0.0/8}.
     """
-    networks: list[_Network] = []
-    for item in parseList(text):
-        if item.lower() == "all":
-            networks += [
-                ipaddress.IPv4Network("0.0.0.0/0"),
-                ipaddress.IPv6Network("::/0"),
-            ]
-            continue
+    return tuple(
+        network for each in _eachItem(parseList(text), _network) for network in each
+    )
+
+
+def _network(item: str) -> tuple[_Network, ...]:
+    if item.lower() == "all":
+        return (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0"))
+    try:
+        return (ipaddress.ip_network(item),)
+    except ValueError:
         try:
-            networks.append(ipaddress.ip_network(item))
+            loose = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            try:
-                loose = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{item!r} is not an IP address or CIDR network"
-                ) from None
-            raise ValueError(
-                f"{item!r} has host bits set (did you mean {loose}?)"
-            ) from None
-    return tuple(networks)
+            raise ValueError(_badNetwork(item)) from None
+        raise ValueError(
+            f"{item!r} has host bits set (did you mean {loose}?)"
+        ) from None
+
+
+def _badNetwork(item: str) -> str:
+    """
+    What is wrong with a network that does not parse: its address, or a
+    prefix length too long for the address (C{10.0.0.0/33}).
+    """
+    address, slash, prefix = item.partition("/")
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{item!r} is not an IP address or CIDR network"
+    if slash:
+        bits = parsed.max_prefixlen
+        return (
+            f"{item!r}: /{prefix} is not a prefix length for"
+            f" IPv{parsed.version} (use 0..{bits})"
+        )
+    return f"{item!r} is not an IP address or CIDR network"
 
 
 def _ja4List(text: str) -> tuple[str, ...]:
-    fingerprints = []
-    for item in parseList(text):
+
+    def fingerprint(item: str) -> str:
         if not _JA4.fullmatch(item):
             raise ValueError(
                 f"{item!r} is not a JA4 fingerprint"
                 " (like t13d1516h2_8daaf6152771_02713d6af862)"
             )
         head, _, hashes = item.partition("_")
-        fingerprints.append(f"{head}_{hashes.lower()}")
-    return tuple(fingerprints)
+        return f"{head}_{hashes.lower()}"
+
+    return tuple(_eachItem(parseList(text), fingerprint))
 
 
 def _absoluteUnixEndpoint(description: str, folder: str) -> str:
@@ -568,7 +641,9 @@ def _endpoints(text: str, folder: str) -> tuple[str, ...]:
     descriptions = parseList(text)
     if not descriptions:
         raise ValueError("is empty")
-    return tuple(_endpoint(description, folder) for description in descriptions)
+    return tuple(
+        _eachItem(descriptions, lambda description: _endpoint(description, folder))
+    )
 
 
 def _bindingOf(description: str) -> tuple[object, ...] | None:
@@ -962,6 +1037,16 @@ class ListenerConfig:
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
+#: The model of each kind of section.
+_MODELS: Mapping[str, type[Any]] = {
+    "gateway": GatewaySettings,
+    "acme": AcmeSettings,
+    "listener": ListenerConfig,
+    "upstream": UpstreamConfig,
+    "certificate": CertificateConfig,
+}
+
+
 def _frozenMapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
@@ -1005,6 +1090,10 @@ class _Scan:
         (line number, text without comment).
     @ivar sectionAt: line number -> the section the line belongs to.
     @ivar duplicates: (line, section, key, message) for each repeat.
+    @ivar shadowed: (section, key, line, value lines) of each assignment
+        that a later one of the same key replaced (configparser keeps the
+        last, also across two copies of a section): converted too, so a
+        duplicate does not hide what is wrong with the value it replaced.
     """
 
     lines: list[str]
@@ -1013,6 +1102,7 @@ class _Scan:
     values: dict[tuple[str, str], list[tuple[int, str]]] = attrs.Factory(dict)
     sectionAt: dict[int, str] = attrs.Factory(dict)
     duplicates: list[tuple[int, str, str | None, str]] = attrs.Factory(list)
+    shadowed: list[tuple[str, str, int, list[tuple[int, str]]]] = attrs.Factory(list)
 
 
 _COMMENTS = ("#", ";")
@@ -1100,6 +1190,8 @@ def _scan(text: str) -> _Scan:
             )
         else:
             firstSeen[key] = number
+        if key in scan.values:
+            scan.shadowed.append((*key, scan.keys[key], scan.values[key]))
         scan.keys[key] = number  # configparser keeps the last value
         first = assignment["value"].strip()
         scan.values[key] = [(number, first)] if first else []
@@ -1146,6 +1238,7 @@ class _Loader:
     certificateNames: set[str] = attrs.Factory(set)
     hasAcme: bool = False
     partial: GatewayConfig | None = None
+    drafts: dict[str, Any] = attrs.Factory(dict)
 
     def problem(
         self, line: int | None, section: str | None, key: str | None, message: str
@@ -1214,6 +1307,7 @@ class _Loader:
                 certificate = self._certificate(section)
                 if certificate is not None:
                     certificates[certificate.name] = certificate
+        self._checkShadowed(sections)
         self._checkBindings(bindings)
         self._checkMySQLHealthChecks(sections, listeners, upstreams)
         self._checkAcmeNames(certificates.values())
@@ -1233,9 +1327,77 @@ class _Loader:
         if self.problems:
             # What did convert, so that its files are checked too and
             # reported with these problems: one edit fixes them all.
-            self.partial = config
+            self.partial = self._withDrafts(config)
             raise ConfigError(self.problems)
         return config
+
+    def _draft(self, model: type[Any], section: _Section, **kwargs: Any) -> None:
+        """
+        Keep what converted of a section that has problems, so that the
+        files it names are checked with the rest (L{ConfigError.drafts}).
+        A required key that did not convert is left empty: a draft is
+        never served, so the model's validators are not run.
+        """
+        for field in attrs.fields(model):
+            if field.default is attrs.NOTHING and field.name not in kwargs:
+                kwargs[field.name] = ()
+        kwargs.update(name=section.sub, location=self._location(section))
+        with attrs.validators.disabled(), contextlib.suppress(TypeError, ValueError):
+            self.drafts[section.name] = model(**kwargs)
+
+    def _withDrafts(self, config: GatewayConfig) -> GatewayConfig:
+        drafts = self.drafts.values()
+        return attrs.evolve(
+            config,
+            listeners=(
+                *config.listeners,
+                *(d for d in drafts if isinstance(d, ListenerConfig)),
+            ),
+            upstreams={
+                **config.upstreams,
+                **{d.name: d for d in drafts if isinstance(d, UpstreamConfig)},
+            },
+            certificates={
+                **config.certificates,
+                **{d.name: d for d in drafts if isinstance(d, CertificateConfig)},
+            },
+        )
+
+    def _checkShadowed(self, sections: Sequence[_Section]) -> None:
+        """
+        Convert each value a duplicate key (or a duplicate section's key)
+        replaced, as its section converts that key, and report its
+        problems at its own lines: the duplicate is reported, and so is
+        whatever else is wrong there, in one run.
+        """
+        byName = {section.name: section for section in sections}
+        for name, key, line, lines in self.scan.shadowed:
+            section = byName.get(name)
+            model = _MODELS.get(section.kind) if section is not None else None
+            if section is None or model is None or not lines:
+                continue
+            if key == "servers" and model is UpstreamConfig:
+                for number, text in lines:
+                    try:
+                        self._server(text)
+                    except ValueError as e:
+                        for message in _messages(e):
+                            self.problem(number, name, key, message)
+                continue
+            if key == "routes" and model is ListenerConfig:
+                self._routes(section, [(number, text) for number, text in lines])
+                continue
+            field = attrs.fields_dict(model).get(key)
+            parse: _Parse | None = None if field is None else field.metadata.get("ini")
+            if field is None or parse is None:
+                continue  # an unknown key is reported at its last line
+            try:
+                value = parse("\n".join(text for _, text in lines), self.folder)
+                if field.validator is not None:
+                    field.validator(None, field, value)
+            except (ValueError, TypeError) as e:
+                for message in _messages(e):
+                    self.problem(line, name, key, message)
 
     def _checkAcmeNames(self, certificates: Iterable[CertificateConfig]) -> None:
         """
@@ -1375,9 +1537,8 @@ class _Loader:
                 if field.validator is not None:
                     field.validator(None, field, value)
             except (ValueError, TypeError) as e:
-                self.problem(
-                    line, section.name, field.name, str(e.args[0] if e.args else e)
-                )
+                for message in _messages(e):
+                    self.problem(line, section.name, field.name, message)
             else:
                 kwargs[field.name] = value
         known = {
@@ -1432,6 +1593,7 @@ class _Loader:
             if "names" in items:
                 problem("names", "names is for acme = on (the files name themselves)")
         if len(self.problems) != before:
+            self._draft(CertificateConfig, section, **kwargs)
             return None
         return CertificateConfig(
             name=section.sub, location=self._location(section), **kwargs
@@ -1455,10 +1617,12 @@ class _Loader:
             try:
                 server = self._server(text)
             except ValueError as e:
-                self.problem(line, section.name, "servers", e.args[0])
+                for message in _messages(e):
+                    self.problem(line, section.name, "servers", message)
                 continue
             servers.append(server)
         if len(self.problems) != before:
+            self._draft(UpstreamConfig, section, servers=tuple(servers), **kwargs)
             return None
         return UpstreamConfig(
             name=section.sub,
@@ -1478,13 +1642,22 @@ class _Loader:
                 " line below 'servers ='"
             )
         address, *flags = text.split()
-        host, port, path = _serverAddress(address, self.folder)
+        # Every bad part of the line is reported, not only the first.
+        messages: list[str] = []
+        host, port, path = None, None, None
+        try:
+            host, port, path = _serverAddress(address, self.folder)
+        except ValueError as e:
+            messages.append(e.args[0])
         options: dict[str, Any] = {}
+        given: set[str] = set()
         for token in flags:
             name, equals, value = token.partition("=")
             name = name.lower()
-            if name in options:
-                raise ValueError(f"{name} is given twice")
+            if name in given:
+                messages.append(f"{name} is given twice")
+                continue
+            given.add(name)
             try:
                 if name == "backup" and not equals:
                     options[name] = True
@@ -1497,22 +1670,31 @@ class _Loader:
                 else:
                     raise LookupError(token)
             except ValueError as e:
-                raise ValueError(f"{token}: {e.args[0]}") from None
+                messages.append(f"{token}: {e.args[0]}")
             except LookupError:
-                raise ValueError(
+                messages.append(
                     f"unknown server flag {token!r} (use weight=N, max_fails=N,"
                     " fail_timeout=DURATION or backup)"
-                ) from None
+                )
+        if messages:
+            raise _Invalid(messages)
         return ServerConfig(host=host, port=port, path=path, **options)
 
-    def _routes(self, section: _Section) -> list[RouteConfig]:
+    def _routes(
+        self, section: _Section, lines: Sequence[tuple[int | None, str]] | None = None
+    ) -> list[RouteConfig]:
         """
         Read C{routes}, one C{PATTERN UPSTREAM [passthrough|terminate]} per
         line, reporting each problem at its route's own line.
+
+        @param lines: the lines to read, when not the section's C{routes}
+            (a value a duplicate C{routes} replaced).
         """
         routes: list[RouteConfig] = []
         seen: dict[str, int | None] = {}
-        for line, text in self._valueLines(section, "routes"):
+        if lines is None:
+            lines = self._valueLines(section, "routes")
+        for line, text in lines:
             before = len(self.problems)
 
             def problem(message: str, line: int | None = line) -> None:
@@ -1647,6 +1829,7 @@ class _Loader:
         self._edgeChecks(section, settings, mode, routes, problem)
 
         if len(self.problems) != before:
+            self._draft(ListenerConfig, section, routes=tuple(routes), **settings)
             return None
         return ListenerConfig(
             name=section.sub,
@@ -1826,6 +2009,7 @@ def parseConfigText(text: str, path: str = "<string>") -> GatewayConfig:
         return loader.load()
     except ConfigError as e:
         e.partial = loader.partial
+        e.drafts = frozenset(loader.drafts)
         raise
 
 

@@ -24,11 +24,14 @@ import os
 import weakref
 
 import attrs
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
 
 from gateway.config import (
     ConfigError,
     GatewayConfig,
     GatewaySettings,
+    ListenerConfig,
     Problem,
     parseConfig,
     parseConfigText,
@@ -38,6 +41,8 @@ from gateway.tls.contexts import Contexts, buildContexts
 
 __all__ = [
     "Loaded",
+    "listenProblem",
+    "listenReason",
     "loadChecked",
     "loadCheckedText",
     "load_config",
@@ -76,7 +81,14 @@ def loadCheckedText(text: str, path: str = "<string>") -> Loaded:
         # that a typo and a bad key are reported in one run, not one after
         # the other.
         problems = list(e.problems)
-        problems += buildContexts(e.partial).problems
+        problems += [
+            problem
+            for problem in buildContexts(e.partial).problems
+            # A section with problems of its own is checked for what its
+            # files say; what it lacks (a certificate to terminate with)
+            # the conversion already reported, in its own words.
+            if problem.key is not None or problem.section not in e.drafts
+        ]
         problems += _accessLogProblems(e.partial.gateway, path)
         raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)
@@ -160,6 +172,35 @@ def takeContexts(config: GatewayConfig) -> Contexts | None:
     if entry is None or entry[0]() is not config:
         return None
     return entry[1]
+
+
+def listenProblem(listener: ListenerConfig, description: str, reason: str) -> Problem:
+    """
+    A C{listen} endpoint that would not open at start or reload, at its
+    listener's C{listen} key, as C{check} reports problems: with several
+    listeners (and workers, where the supervisor opens them all), the
+    operator learns which one clashes, not only an address.
+    """
+    location = listener.location
+    return Problem(
+        location.path,
+        location.lineOf("listen"),
+        f"listener:{listener.name}",
+        "listen",
+        f"cannot listen on {description}: {reason}",
+    )
+
+
+def listenReason(failure: Failure) -> str:
+    """
+    Why an endpoint did not listen, in the system's words (C{Address
+    already in use}) rather than Twisted's sentence around them, which
+    repeats the address.
+    """
+    error = failure.value
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        return error.socketError.strerror or str(error.socketError)
+    return failure.getErrorMessage()
 
 
 def _accessLogProblems(settings: GatewaySettings, path: str) -> list[Problem]:

@@ -39,7 +39,7 @@ from gateway.fast.internals import acceptExclusively
 from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
-from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
 from gateway.run.metrics import Metrics
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
@@ -51,6 +51,17 @@ class StartupError(Exception):
     """
     A listener could not be opened (address in use, permission denied).
     """
+
+
+class _CannotListen(StartupError):
+    """
+    One endpoint did not listen; whoever opened it for a listener or for
+    C{metrics} says which (L{gateway.run.loading.listenProblem}).
+    """
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {description}: {reason}")
+        self.reason = reason
 
 
 class Generation:
@@ -350,8 +361,8 @@ class GatewayService(Service):
                     port = self._ports[description] = self._open(
                         reactor, description, factory
                     )
-                except StartupError as e:
-                    errors.append(f"listener {listener.name}: {e}")
+                except _CannotListen as e:
+                    errors.append(str(listenProblem(listener, description, e.reason)))
                     continue
                 watch(
                     port,
@@ -381,11 +392,9 @@ class GatewayService(Service):
         result: list[IListeningPort | Failure] = []
         serverFromString(reactor, description).listen(factory).addBoth(result.append)
         if not result:
-            raise StartupError(f"{description}: did not listen at once")
+            raise _CannotListen(description, "did not listen at once")
         if isinstance(result[0], Failure):
-            raise StartupError(
-                f"cannot listen on {description}: {result[0].getErrorMessage()}"
-            )
+            raise _CannotListen(description, listenReason(result[0]))
         return result[0]
 
     def _closePorts(self, descriptions: list[str]) -> None:

@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
-from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
 from gateway.run.signals import IReloadable
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
@@ -213,17 +213,29 @@ class Supervisor(Service):
         )
 
     def _openPorts(self, config: GatewayConfig) -> None:
-        wanted = {d for listener in config.listeners for d in listener.listen}
-        for description in sorted(wanted - self._ports.keys()):
-            result: list[Any] = []
-            endpoint = serverFromString(self._reactor, description)
-            endpoint.listen(_NoAccept()).addBoth(result.append)
-            if not result or isinstance(result[0], Failure):
-                error = result[0].getErrorMessage() if result else "did not listen"
-                raise RuntimeError(f"cannot listen on {description}: {error}")
-            port = result[0]
-            port.stopReading()
-            self._ports[description] = port
+        """
+        Open every endpoint of C{config} not open yet, for the workers.
+
+        @raise RuntimeError: naming, at its listener's C{listen} key, each
+            endpoint that did not open (those that did stay open).
+        """
+        errors: list[str] = []
+        for listener in config.listeners:
+            for description in listener.listen:
+                if description in self._ports:
+                    continue
+                result: list[Any] = []
+                endpoint = serverFromString(self._reactor, description)
+                endpoint.listen(_NoAccept()).addBoth(result.append)
+                if not result or isinstance(result[0], Failure):
+                    reason = listenReason(result[0]) if result else "did not listen"
+                    errors.append(str(listenProblem(listener, description, reason)))
+                    continue
+                port = result[0]
+                port.stopReading()
+                self._ports[description] = port
+        if errors:
+            raise RuntimeError("\n".join(errors))
 
     def _serve(self, config: GatewayConfig, contexts: Contexts | None) -> None:
         """

@@ -31,7 +31,9 @@ from gateway.tls.policy import (
     ServerTLS,
     TLSConfigError,
     UpstreamTLS,
+    loadCertificate,
     readCertificates,
+    readPrivateKey,
     unknownGroups,
 )
 from gateway.tls.served import ServedCertificate
@@ -122,6 +124,8 @@ def buildContexts(
                     "off: upstream certificates and names are not verified",
                 )
             )
+    problems += unusedCertificateProblems(config)
+    problems += loneFileProblems(config)
     if config.acme is not None:
         problems += acmeProblems(config.acme)
     # A [certificate:NAME] shared by listeners is loaded once per listener:
@@ -129,6 +133,67 @@ def buildContexts(
     return Contexts(
         servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     )
+
+
+def unusedCertificateProblems(config: GatewayConfig) -> list[Problem]:
+    """
+    Load the C{[certificate:NAME]} files no listener names yet: C{check}
+    loads every certificate and key, so a section waiting for its listener
+    does not hide a missing or mismatched file until it is used.
+    """
+    used = {name for listener in config.listeners for name in listener.certificates}
+    problems = []
+    for name, certificate in config.certificates.items():
+        if name in used or certificate.certificate is None:
+            continue
+        if certificate.private_key is None:
+            continue  # reported by the conversion
+        try:
+            loadCertificate(
+                certificate.certificate,
+                certificate.private_key,
+                certificate.ocsp_response,
+            )
+        except TLSConfigError as e:
+            location = certificate.location
+            problems.append(
+                Problem(
+                    location.path,
+                    location.lineOf(e.key),
+                    f"certificate:{name}",
+                    e.key,
+                    str(e),
+                )
+            )
+    return problems
+
+
+def loneFileProblems(config: GatewayConfig) -> list[Problem]:
+    """
+    Read a certificate named without its C{private_key}, or a key without
+    its C{certificate}: the missing half is a problem of the conversion
+    (C{certificate needs private_key}), and the half that is there may
+    have its own, reported in the same run.
+    """
+    pairs = [
+        (f"listener:{s.name}", s.location, s.certificate, s.private_key)
+        for s in config.listeners
+    ] + [
+        (f"certificate:{c.name}", c.location, c.certificate, c.private_key)
+        for c in config.certificates.values()
+    ]
+    problems = []
+    for section, location, certificate, key in pairs:
+        try:
+            if certificate is not None and key is None:
+                readCertificates(certificate, "certificate")
+            elif key is not None and certificate is None:
+                readPrivateKey(key)
+        except TLSConfigError as e:
+            problems.append(
+                Problem(location.path, location.lineOf(e.key), section, e.key, str(e))
+            )
+    return problems
 
 
 def withAcme(contexts: Contexts, acme: AcmeCertificates) -> Contexts:

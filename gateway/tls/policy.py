@@ -84,6 +84,7 @@ __all__ = [
     "describe",
     "loadCertificate",
     "readCertificates",
+    "readPrivateKey",
     "unknownGroups",
 ]
 
@@ -239,13 +240,32 @@ class LoadedCertificate:
         return self.chain[0]
 
 
+def _shownPath(path: str) -> str:
+    """
+    A path as configured and, behind symbolic links, what each points to
+    (C{live/x/privkey.pem -> ../../archive/x/privkey3.pem}): certbot's
+    C{live/} files are links into C{archive/}, and the file that is wrong
+    is the one a link leads to.
+    """
+    hops = [path]
+    current = path
+    for _ in range(8):  # a loop of links is named, not followed forever
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break
+        hops.append(target)
+        current = os.path.join(os.path.dirname(current), target)
+    return " -> ".join(hops)
+
+
 def _read(path: str, key: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
         raise TLSConfigError(
-            f"cannot read {path}: {e.strerror or e}", path=path, key=key
+            f"cannot read {_shownPath(path)}: {e.strerror or e}", path=path, key=key
         ) from None
 
 
@@ -527,6 +547,18 @@ def readCertificates(path: str, key: str) -> tuple[x509.Certificate, ...]:
     return _readCertificates(path, key)
 
 
+def readPrivateKey(path: str) -> str:
+    """
+    Read a private key file on its own, when the configuration names no
+    certificate beside it: still worth a check, in the same run.
+
+    @return: the key type (C{RSA}, C{EC}, C{Ed25519}, C{Ed448}).
+    @raise TLSConfigError: unreadable, no key or more than one, encrypted,
+        or a kind of key that cannot sign a TLS 1.3 handshake.
+    """
+    return _readPrivateKey(path, _read(path, "private_key"))[0]
+
+
 def loadCertificate(
     certificatePath: str, keyPath: str, ocspPath: str | None = None
 ) -> LoadedCertificate:
@@ -561,14 +593,14 @@ def loadCertificate(
         )
         if owner is not None:
             message = (
-                f"the private key in {keyPath} belongs to certificate #{owner}"
-                f" in {certificatePath}, not the first one: put the server's"
-                " own certificate first, then its issuers"
+                f"the private key in {_shownPath(keyPath)} belongs to certificate"
+                f" #{owner} in {_shownPath(certificatePath)}, not the first one:"
+                " put the server's own certificate first, then its issuers"
             )
         else:
             message = (
-                f"the private key in {keyPath} does not match the certificate"
-                f" in {certificatePath}"
+                f"the private key in {_shownPath(keyPath)} does not match the"
+                f" certificate in {_shownPath(certificatePath)}"
             )
         raise TLSConfigError(message, path=keyPath, key="private_key")
     warnings = _chainWarnings(certificatePath, chain, now)
@@ -1433,8 +1465,8 @@ class ServerTLS:
                     else issued
                 )
                 continue
-            assert config.certificate is not None
-            assert config.private_key is not None
+            if config.certificate is None or config.private_key is None:
+                continue  # a section with problems (ConfigError.drafts)
             sources.append(
                 (
                     section,

@@ -624,6 +624,6 @@ def test_twistdStartFailureIsOneLineAndExitsOne(
     assert "Traceback" not in output
     failures = [line for line in output.splitlines() if "cannot listen" in line]
     assert len(failures) == 1, output
-    assert f"127.0.0.1:{port}" in failures[0]
+    assert f"[listener:web] listen: cannot listen on tcp:{port}:" in failures[0]
     assert "critical" in failures[0]
     assert not (tmp_path / "gw.pid").exists()

@@ -21,6 +21,7 @@ from gateway.run import loading
 from gateway.run.loading import load_config, load_config_text, loadChecked, takeContexts
 from gateway.run.service import GatewayService
 from gateway.run.supervisor import Supervisor
+from tests.run.mistakes import unmatched, writeMistakes
 
 INI = """\
 [gateway]
@@ -200,3 +201,164 @@ def test_acmeCertificatesSwappedIntoCheckedContextsAreTheOnesABuildServes(
     )
     assert swapped.servers["web"].certificates == (issued,)
     swapped.servers["web"].contextFor("www.example.com")
+
+
+def problemsOf(tmp_path: Path, text: str) -> list[str]:
+    """
+    What C{check} says of C{text} as C{gw.ini} in C{tmp_path}, with the
+    folder shortened to C{.}.
+    """
+    path = tmp_path / "gw.ini"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        loadChecked(path)
+    return [str(p).replace(f"{tmp_path}/", "") for p in caught.value.problems]
+
+
+def test_theFilesOfSectionsWithProblemsAreCheckedToo(tmp_path: Path) -> None:
+    """
+    A listener, an upstream or a certificate with a typo still has its
+    files read: a missing certificate and an unreadable key are named in
+    the same run as the typo, and a listener naming a certificate section
+    with problems is not told that section is undefined.
+    """
+    writeFiles(tmp_path, "site.test")
+    (tmp_path / "folder.key").mkdir()
+    assert problemsOf(
+        tmp_path,
+        "[listener:one]\n"  # 1
+        "listen = tcp:0\n"
+        "mode = terminate\n"
+        "upstream = app\n"
+        "certificates = shared\n"  # 5
+        "\n"
+        "[listener:two]\n"  # 7
+        "listen = tcp:0\n"
+        "mode = terminate\n"
+        "upstream = app\n"
+        "certificate = missing.pem\n"  # 11
+        "private_key = site.key\n"
+        "bogus = 1\n"  # 13
+        "\n"
+        "[listener:three]\n"  # 15
+        "listen = tcp:0\n"
+        "mode = terminate\n"
+        "upstream = app\n"
+        "certificate = site.pem\n"
+        "private_key = folder.key\n"  # 20
+        "client_ca = missing-ca.pem\n"  # 21
+        "verify_client = on\n"
+        "preread_timeout = -1\n"  # 23
+        "\n"
+        "[certificate:shared]\n"  # 25
+        "certificate = site.pem\n"
+        "private_key = missing.key\n"  # 27
+        "wrong = 1\n"  # 28
+        "\n"
+        "[upstream:app]\n"  # 30
+        "servers = 127.0.0.1:8080\n"
+        "tls = on\n"
+        "tls_ca = missing-upstream-ca.pem\n"  # 33
+        "balance = x\n",  # 34
+    ) == [
+        "gw.ini:11: [listener:two] certificate: cannot read missing.pem:"
+        " No such file or directory",
+        "gw.ini:13: [listener:two] bogus: unknown key",
+        "gw.ini:20: [listener:three] private_key: cannot read folder.key:"
+        " Is a directory",
+        "gw.ini:21: [listener:three] client_ca: cannot read missing-ca.pem:"
+        " No such file or directory",
+        "gw.ini:23: [listener:three] preread_timeout: '-1' is negative: a duration"
+        " must be 0 or more",
+        "gw.ini:27: [certificate:shared] private_key: cannot read missing.key:"
+        " No such file or directory",
+        "gw.ini:28: [certificate:shared] wrong: unknown key",
+        "gw.ini:33: [upstream:app] tls_ca: cannot read missing-upstream-ca.pem:"
+        " No such file or directory",
+        "gw.ini:34: [upstream:app] balance: 'x' is not one of round_robin,"
+        " least_conn, random, hash",
+    ]
+
+
+def test_whatASectionWithProblemsLacksIsSaidOnce(tmp_path: Path) -> None:
+    """
+    Only its files are news: a terminating listener without certificates
+    is told so by the conversion, not a second time by the TLS check.
+    """
+    assert problemsOf(
+        tmp_path,
+        "[listener:web]\n"
+        "listen = tcp:0\n"
+        "mode = terminate\n"  # 3
+        "upstream = app\n"
+        "bogus = 1\n"  # 5
+        "\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:8080\n",
+    ) == [
+        "gw.ini:3: [listener:web] mode: mode = terminate needs certificate and"
+        " private_key, or certificates",
+        "gw.ini:5: [listener:web] bogus: unknown key",
+    ]
+
+
+def test_aCertificateNoListenerNamesYetIsLoadedToo(tmp_path: Path) -> None:
+    writeFiles(tmp_path, "site.test")
+    other = trustme.CA().issue_cert("other.test")
+    other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    assert problemsOf(
+        tmp_path,
+        "[listener:web]\n"
+        "listen = tcp:0\n"
+        "upstream = app\n"
+        "\n"
+        "[certificate:later]\n"
+        "certificate = site.pem\n"
+        "private_key = other.key\n"  # 7
+        "\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:8080\n",
+    ) == [
+        "gw.ini:7: [certificate:later] private_key: the private key in other.key"
+        " does not match the certificate in site.pem"
+    ]
+
+
+def test_oneFileWithEveryKindOfMistakeHasEachNamed(tmp_path: Path) -> None:
+    """
+    The regression file of "every problem at once": a duplicate section
+    whose first copy has mistakes, every bad entry of a list, a bad port
+    and a bad weight on one server line, missing and unreadable files in
+    listeners with other mistakes, a key mismatch behind certbot's links:
+    each is one problem at its line, section and key, and nothing else is.
+    """
+    path, expected = writeMistakes(tmp_path)
+    assert len(expected) >= 20
+    with pytest.raises(ConfigError) as caught:
+        loadChecked(path)
+    printed = [str(problem) for problem in caught.value.problems]
+    assert unmatched(printed, expected, str(path)) == []
+
+
+def test_aCertificateOrKeyWithoutItsPairIsReadAllTheSame(tmp_path: Path) -> None:
+    (tmp_path / "not-a-key.pem").write_text("hello\n")
+    assert problemsOf(
+        tmp_path,
+        "[listener:web]\n"
+        "listen = tcp:0\n"
+        "upstream = app\n"
+        "certificate = gone.pem\n"  # 4
+        "\n"
+        "[certificate:half]\n"
+        "private_key = not-a-key.pem\n"  # 7
+        "\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:8080\n",
+    ) == [
+        "gw.ini:4: [listener:web] certificate: certificate needs private_key",
+        "gw.ini:4: [listener:web] certificate: cannot read gone.pem: No such file"
+        " or directory",
+        "gw.ini:6: [certificate:half] certificate: required key is missing",
+        "gw.ini:7: [certificate:half] private_key: not-a-key.pem: no private key"
+        " found: expected PEM (-----BEGIN PRIVATE KEY-----)",
+    ]

@@ -45,6 +45,7 @@ from gateway.tls.policy import (
     _Stapler,
     describe,
     loadCertificate,
+    readCertificates,
     weakCiphers,
 )
 
@@ -482,6 +483,69 @@ def test_keyOfALaterCertificateSaysTheLeafMustComeFirst(pki: PKI) -> None:
     swapped = pki.files.write("swapped.crt", issuer.bytes() + other.bytes())
     with pytest.raises(TLSConfigError, match="belongs to certificate #2"):
         loadCertificate(swapped, pki.api.key)
+
+
+def certbotLayout(root: Path, certificate: bytes, key: bytes) -> tuple[str, str]:
+    """
+    certbot's layout: C{live/x/*.pem} are relative links to the numbered
+    files of C{archive/x/}.
+
+    @return: the live certificate and key paths, as an INI file names them.
+    """
+    archive, live = root / "archive" / "x", root / "live" / "x"
+    archive.mkdir(parents=True)
+    live.mkdir(parents=True)
+    (archive / "fullchain3.pem").write_bytes(certificate)
+    (archive / "privkey3.pem").write_bytes(key)
+    os.chmod(archive / "privkey3.pem", 0o600)
+    (live / "fullchain.pem").symlink_to("../../archive/x/fullchain3.pem")
+    (live / "privkey.pem").symlink_to("../../archive/x/privkey3.pem")
+    return str(live / "fullchain.pem"), str(live / "privkey.pem")
+
+
+def test_aMismatchBehindSymlinksNamesTheLinksAndTheFilesTheyPointTo(
+    pki: PKI, tmp_path: Path
+) -> None:
+    certificate, key = certbotLayout(
+        tmp_path,
+        pki.rsa.leaf.cert_chain_pems[0].bytes(),
+        pki.ecdsa.leaf.private_key_pem.bytes(),
+    )
+    with pytest.raises(TLSConfigError) as caught:
+        loadCertificate(certificate, key)
+    assert str(caught.value) == (
+        f"the private key in {key} -> ../../archive/x/privkey3.pem does not match"
+        f" the certificate in {certificate} -> ../../archive/x/fullchain3.pem"
+    )
+    assert caught.value.path == key
+
+
+def test_aDanglingLinkNamesWhereItPoints(pki: PKI, tmp_path: Path) -> None:
+    certificate, key = certbotLayout(
+        tmp_path,
+        pki.rsa.leaf.cert_chain_pems[0].bytes(),
+        pki.rsa.leaf.private_key_pem.bytes(),
+    )
+    os.remove(tmp_path / "archive" / "x" / "privkey3.pem")
+    with pytest.raises(TLSConfigError) as caught:
+        loadCertificate(certificate, key)
+    assert str(caught.value) == (
+        f"cannot read {key} -> ../../archive/x/privkey3.pem: No such file or directory"
+    )
+
+
+def test_aChainOfLinksIsNamedHopByHopAndALoopEnds(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("/nowhere/c")
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(TLSConfigError) as chain:
+        readCertificates(str(tmp_path / "a"), "client_ca")
+    assert str(chain.value).startswith(
+        f"cannot read {tmp_path / 'a'} -> b -> /nowhere/c:"
+    )
+    with pytest.raises(TLSConfigError) as loop:
+        readCertificates(str(tmp_path / "loop"), "client_ca")
+    assert str(loop.value).count("-> loop") == 8
 
 
 @pytest.mark.parametrize("format", ["pkcs8", "traditional"])
