@@ -242,10 +242,13 @@ def reload(args: argparse.Namespace) -> int:
     """
     C{tlsgateway reload}: check the configuration, then send the running
     gateway C{SIGHUP}.  Checking first means a typo is reported here, on
-    the operator's terminal, rather than only in the gateway's log.
+    the operator's terminal, rather than only in the gateway's log.  Only
+    a process that is a gateway is signalled (L{gateway.cli.target}).
     """
     if args.config is not None and _load(args.config) is None:
         return 1
+    from gateway.cli.target import refusal
+
     pid = args.pid
     if pid is None:
         if args.pidfile is None:
@@ -257,6 +260,10 @@ def reload(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"{args.pidfile}: cannot read a pid: {e}", file=sys.stderr)  # noqa: T201
             return 1
+    problem = refusal(pid, args.pidfile)
+    if problem is not None:
+        print(f"tlsgateway reload: {problem}", file=sys.stderr)  # noqa: T201
+        return 1
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as e:

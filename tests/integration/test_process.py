@@ -1,0 +1,131 @@
+"""
+The process model, end to end (issue 23): C{tlsgateway reload} signals
+only a gateway; a daemonized C{twistd} writes C{access_log = -} to its log
+file; a gateway that drops privileges checks its files at start and still
+reloads after the drop; the last reload's time, result and reason on
+C{/status}, C{/status.json} and C{/metrics}; C{SIGHUP} in an embedding
+C{.tac}.
+
+Every test drives real processes, started and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .backends import waitUntil
+from .harness import Gateway, freePort, runCommand
+
+pytestmark = pytest.mark.timeout(90)
+
+RELOADED = "#info] reloaded"
+
+StartGateway = Callable[..., Gateway]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        if f.read().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A C{sleep 60} that is no gateway, stopped by PID at teardown."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    process.kill()
+    process.wait(5)
+
+
+def plainIni(port: int, upstreamPort: int, **gatewayKeys: str) -> str:
+    """A one-listener passthrough gateway; C{gatewayKeys} added to C{[gateway]}."""
+    gateway = {"access_log": "access.log", "access_log_format": "json"}
+    gateway.update(gatewayKeys)
+    lines = ["[gateway]", *(f"{k} = {v}" for k, v in gateway.items())]
+    lines += [
+        "",
+        "[listener:web]",
+        f"listen = tcp:{port}:interface=127.0.0.1",
+        "upstream = app",
+        "",
+        "[upstream:app]",
+        f"servers = 127.0.0.1:{upstreamPort}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def reloadCommand(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", "reload", *arguments]
+
+
+# -- tlsgateway reload --pid / --pidfile ------------------------------------------
+
+
+def test_reloadRefusesAProcessThatIsNotAGateway(
+    sleeper: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """
+    C{--pid} of a C{sleep}: refused with its command line, exit 1, and the
+    sleep lives on.  A pid file holding its number: the same.
+    """
+    result = runCommand(reloadCommand("--pid", str(sleeper.pid)), tmp_path)
+    assert result.returncode == 1, result
+    assert f"process {sleeper.pid} is not a tlsgateway" in result.stderr, result
+    assert "sleep 60" in result.stderr
+    assert "sent SIGHUP" not in result.stdout
+    pidfile = tmp_path / "gw.pid"
+    pidfile.write_text(f"{sleeper.pid}\n")
+    result = runCommand(reloadCommand("--pidfile", str(pidfile)), tmp_path)
+    assert result.returncode == 1, result
+    assert f"(from {pidfile}) is not a tlsgateway" in result.stderr, result
+    time.sleep(0.5)  # a SIGHUP, had one been sent, would have ended it by now
+    assert sleeper.poll() is None
+    assert alive(sleeper.pid)
+
+
+def test_reloadRefusesAStalePidfile(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    pidfile = tmp_path / "gw.pid"
+    pidfile.write_text(f"{gone.pid}\n")
+    result = runCommand(reloadCommand("--pidfile", str(pidfile)), tmp_path)
+    assert result.returncode == 1, result
+    assert f"no process {gone.pid} (from {pidfile}): the pid file is stale" in (
+        result.stderr
+    ), result
+
+
+@pytest.mark.parametrize("command", ["twistd", "module", "script"])
+def test_reloadSignalsARealGateway(
+    gateway: StartGateway, tmp_path: Path, command: str
+) -> None:
+    """
+    Each way of starting a gateway is recognised and reloaded: C{twistd
+    tlsgateway} by its pid file, C{python -m gateway} and the
+    C{tlsgateway} script by pid.
+    """
+    gw = gateway(plainIni(freePort(), freePort()), command=command)
+    target = (
+        ["--pidfile", str(gw.directory / "twistd.pid")]
+        if command == "twistd"
+        else ["--pid", str(gw.pid)]
+    )
+    result = runCommand(reloadCommand(*target), tmp_path)
+    assert result.returncode == 0, result
+    assert f"sent SIGHUP to {gw.pid}" in result.stdout
+    waitUntil(lambda: RELOADED in gw.output(), 10, gw.explain)
+    assert gw.running()
