@@ -47,6 +47,7 @@ from zope.interface import implementer
 from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
 from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
@@ -165,6 +166,9 @@ class _PendingReload:
 @implementer(IReloadable)
 class Supervisor(Service):
     """
+    @ivar reloads: the outcome of the last reload, and counts, for the
+        status page and the metrics (the workers never reload: a reload
+        replaces them).
     @ivar _ports: listening sockets by C{listen} description.
     @ivar _workers: every worker process alive, all generations.
     @ivar _crashes: crashes in a row, for the restart back-off.
@@ -195,6 +199,7 @@ class Supervisor(Service):
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
         self._servers: list[ServerTLS] = []
+        self.reloads = ReloadHistory(lambda: self._reactor.seconds())
 
     # start
 
@@ -206,6 +211,7 @@ class Supervisor(Service):
         self._openPorts(self.config)
         self._startMetrics()
         self._startGeneration()
+        self.reloads.started()
         self._log.info(
             "tlsgateway ready: supervisor {pid}, {workers} worker(s)",
             pid=os.getpid(),
@@ -276,6 +282,7 @@ class Supervisor(Service):
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metricsDir)
         registry.register(ExpiryCollector(self.served))
+        registry.register(ReloadCollector(self.reloads))
         result: list[Any] = []
         serverFromString(self._reactor, self.config.gateway.metrics).listen(
             metricsSite(registry, StatusResource(self.statusSnapshot))
@@ -305,13 +312,15 @@ class Supervisor(Service):
             for w in sorted(self._workers, key=lambda w: (w.generation, w.number))
             if w.generation < self._generation
         ]
-        return mergeSnapshots(
+        snapshot = mergeSnapshots(
             self.config,
             workers,
             readSnapshots(self._metricsDir, workers),
             self.served,
             [(number, pid, found.get(number)) for number, pid, found in retiring],
         )
+        snapshot["reload"] = self.reloads.snapshot()
+        return snapshot
 
     def _startGeneration(self) -> None:
         self._generation += 1
@@ -447,6 +456,10 @@ class Supervisor(Service):
             self._log.warn("not reloading: stopping")
             return
         if self._pending is not None:
+            self.reloads.refused(
+                f"the previous reload (generation {self._pending.generation})"
+                " is still starting its workers"
+            )
             self._log.warn(
                 "reload refused: the previous reload (generation {generation})"
                 " is still starting its workers; send SIGHUP again once it is done",
@@ -510,6 +523,7 @@ class Supervisor(Service):
         # before closing it, and shutdown() acts on the socket every copy
         # shares, so the port refuses connections from now on.
         self._closeUnused()
+        self.reloads.applied()
         self._log.info("reloaded: generation {generation}", generation=self._generation)
 
     def _notReady(self) -> None:
@@ -532,6 +546,7 @@ class Supervisor(Service):
         self._refused(reason)
 
     def _refused(self, reason: str) -> None:
+        self.reloads.refused(reason)
         self._log.error(
             "reload refused: {reason}\nthe running configuration stays",
             reason=reason,

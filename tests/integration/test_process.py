@@ -12,14 +12,19 @@ Every test drives real processes, started and stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .backends import waitUntil
 from .harness import Gateway, freePort, runCommand
@@ -129,3 +134,79 @@ def test_reloadSignalsARealGateway(
     assert f"sent SIGHUP to {gw.pid}" in result.stdout
     waitUntil(lambda: RELOADED in gw.output(), 10, gw.explain)
     assert gw.running()
+
+
+# -- the last reload on /status, /status.json and /metrics --------------------------
+
+
+def fetch(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def reloadMetrics(port: int) -> dict[str, float]:
+    values = {}
+    for family in text_string_to_metric_families(fetch(port, "/metrics")):
+        for sample in family.samples:
+            if sample.name == "tlsgateway_reloads_total":
+                values[sample.labels["result"]] = sample.value
+            elif sample.name.startswith("tlsgateway_config_last_reload"):
+                values["last_success"] = sample.value
+    return values
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_theLastReloadIsOnTheStatusPageAndInTheMetrics(
+    gateway: StartGateway, workers: int
+) -> None:
+    """
+    A reload of a broken file is refused: C{/status.json} says so with the
+    problem's file and line, C{/status} shows it, and C{/metrics} counts it
+    while the last-success time stays the start's; the file fixed, the
+    next reload applies and all three move on.
+    """
+    metricsPort = freePort()
+    keys = {"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"}
+    if workers > 1:
+        keys["workers"] = str(workers)
+    good = plainIni(freePort(), freePort(), **keys)
+    started = time.time()
+    gw = gateway(good, command="module")
+    if workers > 1:
+        waitUntil(lambda: gw.output().count("ready") > workers, 20, gw.explain)
+    status = json.loads(fetch(metricsPort, "/status.json"))["reload"]
+    assert status["result"] is None
+    metrics = reloadMetrics(metricsPort)
+    assert metrics["applied"] == metrics["refused"] == 0
+    assert started - 1 <= metrics["last_success"] <= time.time()
+
+    broken = good.replace("upstream = app", "upstream = app\nmode = sideways")
+    gw.configPath.write_text(broken)
+    gw.sendSignal(signal.SIGHUP)
+    waitUntil(lambda: "reload refused" in gw.output(), 10, gw.explain)
+    status = json.loads(fetch(metricsPort, "/status.json"))["reload"]
+    assert status["result"] == "refused", status
+    line = broken.splitlines().index("mode = sideways") + 1
+    assert f"{gw.configPath}:{line}: [listener:web] mode" in status["reason"], status
+    refusedAt = datetime.fromisoformat(status["time"]).timestamp()
+    assert started - 1 <= refusedAt <= time.time()
+    page = fetch(metricsPort, "/status")
+    assert 'last reload <span class="down">refused</span>' in page
+    assert "[listener:web] mode" in page
+    after = reloadMetrics(metricsPort)
+    assert (after["applied"], after["refused"]) == (0, 1)
+    assert after["last_success"] == metrics["last_success"]
+
+    gw.configPath.write_text(good)
+    gw.sendSignal(signal.SIGHUP)
+    waitUntil(lambda: RELOADED in gw.output(), 20, gw.explain)
+    status = json.loads(fetch(metricsPort, "/status.json"))["reload"]
+    assert (status["result"], status["reason"]) == ("applied", None), status
+    assert status["applied"] == 1
+    assert status["refused"] == 1
+    assert 'last reload <span class="up">applied</span>' in fetch(
+        metricsPort, "/status"
+    )
+    final = reloadMetrics(metricsPort)
+    assert (final["applied"], final["refused"]) == (1, 1)
+    assert final["last_success"] >= refusedAt
