@@ -26,14 +26,26 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .backends import waitUntil
-from .harness import Gateway, freePort, runCommand
+from .backends import Backend, waitUntil
+from .harness import (
+    BIN,
+    CertificateAuthority,
+    Gateway,
+    freePort,
+    gatewayIni,
+    httpsFetch,
+    okBody,
+    runCommand,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 RELOADED = "#info] reloaded"
 
 StartGateway = Callable[..., Gateway]
+StartBackend = Callable[..., Backend]
+
+APP = "app.example.test"
 
 
 def alive(pid: int) -> bool:
@@ -210,3 +222,69 @@ def test_theLastReloadIsOnTheStatusPageAndInTheMetrics(
     final = reloadMetrics(metricsPort)
     assert (final["applied"], final["refused"]) == (1, 1)
     assert final["last_success"] >= refusedAt
+
+
+# -- SIGHUP in an embedding application ---------------------------------------------
+
+SITE_TAC = """\
+from twisted.application.internet import TCPServer
+from twisted.application.service import Application
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from gateway import GatewayService, installReloadOnSIGHUP, load_config
+
+application = Application("site and gateway")
+service = GatewayService(load_config("gateway.ini"))
+service.setServiceParent(application)
+installReloadOnSIGHUP(service)
+
+root = Resource()
+root.putChild(b"hello", Data(b"site says hello", "text/plain"))
+TCPServer({port}, Site(root), interface="127.0.0.1").setServiceParent(application)
+"""
+
+
+def test_sighupReloadsAGatewayEmbeddedNextToAWebSite(
+    embedded: list[Gateway],
+    backend: StartBackend,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+) -> None:
+    """
+    A C{.tac} with a web site next to the gateway, under C{twistd -ny}:
+    C{SIGHUP} reloads the gateway (a route moves to another backend), the
+    process lives, and the web site still answers.
+    """
+    one = backend("one", names=[APP])
+    two = backend("two", names=[APP])
+    port, sitePort = freePort(), freePort()
+    ini = gatewayIni(port, routes=[(APP, "app")], upstreams={"app": one.address})
+    process = Gateway(ini, tmp_path / "tac")
+    (process.directory / "app.tac").write_text(SITE_TAC.format(port=sitePort))
+    process.command = [str(BIN / "twistd"), "-n", "-y", "app.tac"]
+    embedded.append(process)
+    process.start()
+    context = ca.clientContext()
+    assert okBody(httpsFetch(port, context, APP, APP)[0]) == "one"
+    assert fetch(sitePort, "/hello") == "site says hello"
+
+    process.configPath.write_text(
+        gatewayIni(port, routes=[(APP, "app")], upstreams={"app": two.address})
+    )
+    process.sendSignal(signal.SIGHUP)
+    waitUntil(lambda: RELOADED in process.output(), 10, process.explain)
+    assert process.running(), process.explain()
+    assert okBody(httpsFetch(port, context, APP, APP)[0]) == "two"
+    assert fetch(sitePort, "/hello") == "site says hello"
+    assert process.running()
+
+
+@pytest.fixture
+def embedded() -> Iterator[list[Gateway]]:
+    """Processes a test started from an argv of its own, stopped by PID."""
+    started: list[Gateway] = []
+    yield started
+    for process in started:
+        process.stop()
