@@ -116,6 +116,12 @@ def makeService(options: Options) -> IService:
     from gateway.cli.main import makeTop
 
     serverOptions = getattr(options, "parent", None) or {}
+    if serverOptions and not serverOptions.get("nodaemon"):
+        from gateway.run.logs import sendStandardOutputToLog
+
+        # A daemon's standard output is /dev/null: access_log = - goes to
+        # twistd's log (--logfile, --syslog) instead.
+        sendStandardOutputToLog()
     level = config.gateway.log_level
     root = _TwistdRoot(serverOptions, level)
     makeTop(config, reactor, logLevel=level).setServiceParent(root)

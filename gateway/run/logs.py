@@ -28,6 +28,7 @@ from twisted.logger import (
     ILogFilterPredicate,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     PredicateResult,
     textFileLogObserver,
@@ -80,6 +81,10 @@ class _Level:
         self._minimum = minimum
 
     def __call__(self, event: LogEvent) -> PredicateResult:
+        if event.get("log_namespace") == ACCESS_NAMESPACE:
+            # An access log sent here (a daemon's access_log = -) is
+            # the operator's record of every connection, not chatter.
+            return cast(PredicateResult, PredicateResult.yes)
         level = event.get("log_level", LogLevel.info)
         if not isinstance(level, type(LogLevel.info)):
             level = LogLevel.info
@@ -168,3 +173,62 @@ def twistdObserver(serverOptions: Mapping[str, Any], level: str) -> ILogObserver
 
         output = LogFile.fromFullPath(name or "twistd.log")
     return filtered(textFileLogObserver(output), level)
+
+
+# --- access_log = - in a daemon -----------------------------------------------
+
+#: The namespace of access-log lines sent to the process's log.
+ACCESS_NAMESPACE = "tlsgateway.access"
+
+#: Where C{access_log = -} writes, when not to standard output (L{None}).
+_standardOutput: IO[str] | None = None
+
+
+class LogLines:
+    """
+    A text file that turns each line written to it into one event of the
+    process's log, in L{ACCESS_NAMESPACE}: what C{access_log = -} writes
+    to once standard output is gone.
+
+    A daemon (C{twistd} without C{-n}) has its standard output on
+    C{/dev/null}: the lines written there were silently lost.  Its log
+    (C{--logfile}, C{--syslog}) is where an operator looks instead.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._log = Logger(namespace=ACCESS_NAMESPACE)
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.info("{line}", line=line)
+        return len(text)
+
+    def flush(self) -> None:
+        """
+        Nothing is buffered but a line without its newline yet.
+        """
+
+    def close(self) -> None:
+        """
+        The process's log is not the access log's to close.
+        """
+
+
+def sendStandardOutputToLog() -> None:
+    """
+    From now on C{access_log = -} writes to the process's log (see
+    L{LogLines}): called by C{twistd tlsgateway} when it daemonizes.
+    """
+    global _standardOutput
+    _standardOutput = cast(IO[str], LogLines())
+
+
+def standardOutput() -> IO[str] | None:
+    """
+    Where C{access_log = -} writes: L{None} for standard output, or the
+    process's log once L{sendStandardOutputToLog} was called.
+    """
+    return _standardOutput

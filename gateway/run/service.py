@@ -40,6 +40,7 @@ from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
 from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.logs import standardOutput
 from gateway.run.metrics import Metrics
 from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
@@ -262,6 +263,7 @@ class GatewayService(Service):
                 metrics=self._metrics,
                 extra=extra,
                 recent=self.recent,
+                standardOutput=standardOutput(),
             )
         except OSError as e:
             raise StartupError(_cannotOpenLog(settings.access_log, e)) from None

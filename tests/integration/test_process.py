@@ -288,3 +288,65 @@ def embedded() -> Iterator[list[Gateway]]:
     yield started
     for process in started:
         process.stop()
+
+
+# -- a daemon's access_log = - ---------------------------------------------------------
+
+
+def readPid(pidfile: Path, timeout: float = 10.0) -> int:
+    waitUntil(pidfile.exists, timeout, f"no {pidfile}")
+    return int(pidfile.read_text().strip())
+
+
+def stopByPidfile(pidfile: Path) -> None:
+    """SIGTERM the daemon whose pid is in C{pidfile}, and wait for it to go."""
+    if not pidfile.exists():
+        return
+    pid = int(pidfile.read_text().strip())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    waitUntil(lambda: not alive(pid), 15, f"daemon {pid} still running")
+
+
+def test_aDaemonWritesTheAccessLogToTwistdsLogFile(
+    backend: StartBackend, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """
+    C{twistd --pidfile P -l L tlsgateway} without C{-n}, C{access_log}
+    left at its default C{-}: the daemon's standard output is
+    C{/dev/null}, and the access-log line goes to L.
+    """
+    app = backend("app", names=[APP])
+    port = freePort()
+    config = tmp_path / "gateway.ini"
+    config.write_text(
+        f"[listener:web]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+        f"upstream = app\n\n[upstream:app]\nservers = {app.address}\n"
+    )
+    pidfile, logfile = tmp_path / "gw.pid", tmp_path / "gw.log"
+    argv = [
+        str(BIN / "twistd"),
+        "--pidfile",
+        str(pidfile),
+        "-l",
+        str(logfile),
+        "tlsgateway",
+        "--config",
+        str(config),
+    ]
+    try:
+        started = runCommand(argv, tmp_path)
+        assert started.returncode == 0, started
+        pid = readPid(pidfile)
+        waitUntil(
+            lambda: "tlsgateway ready" in logfile.read_text(), 10, lambda: str(pid)
+        )
+        assert os.readlink(f"/proc/{pid}/fd/1") == "/dev/null"
+        assert okBody(httpsFetch(port, ca.clientContext(), APP, APP)[0]) == "app"
+        waitUntil(lambda: f"sni={APP}" in logfile.read_text(), 10, logfile.read_text)
+        [line] = [x for x in logfile.read_text().splitlines() if f"sni={APP}" in x]
+        assert "[tlsgateway.access#info] " in line
+        assert "listener=web" in line
+        assert "status=ok" in line
+    finally:
+        stopByPidfile(pidfile)

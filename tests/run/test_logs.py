@@ -96,3 +96,28 @@ def test_debugSwitchFollowsTheProcessLevel() -> None:
         assert logs.DEBUG is True
     finally:
         logs.DEBUG = True
+
+
+def test_logLinesEmitEachWholeLineAsAnAccessEvent() -> None:
+    """
+    A daemon's C{access_log = -}: each line written becomes one event, a
+    line split across writes included; a filter at C{warn} still passes
+    them (they are the access log, not chatter).
+    """
+    from twisted.logger import LogPublisher
+
+    from gateway.run.logs import ACCESS_NAMESPACE, LogLines
+
+    output = io.StringIO()
+    publisher = LogPublisher(consoleObserver("warn", output=output))
+    lines = LogLines()
+    lines._log.observer = publisher
+    lines.write("listener=web status=ok\nlistener=w")
+    lines.write("eb status=no_route\n")
+    lines.flush()
+    written = output.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in written] == [
+        "listener=web status=ok",
+        "listener=web status=no_route",
+    ]
+    assert all(f"[{ACCESS_NAMESPACE}#info]" in line for line in written)
