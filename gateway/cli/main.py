@@ -150,6 +150,9 @@ def serve(
     globalLogBeginner.beginLoggingTo(
         [consoleObserver(logLevel, worker)], redirectStandardIO=False
     )
+    account = _account(config, checkFiles=worker is None)
+    if account is False:
+        return 1
     if pidfile is not None:
         problem = _claimPidfile(pidfile)
         if problem is not None:
@@ -162,6 +165,15 @@ def serve(
         _log.critical("{error}", error=str(e))
         _releasePidfile(pidfile)
         return 1
+    if account is not None and (inherited or config.gateway.workers == 1):
+        # Listening and logging: the drop comes after both.  A supervisor
+        # keeps its privileges (see gateway.run.privileges).
+        problem = _drop(config, account)
+        if problem is not None:
+            _log.critical("{error}", error=problem)
+            top.stopService()
+            _releasePidfile(pidfile)
+            return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     if inherited:
         # After the signal handlers (SignalHandling installs them when the
@@ -171,6 +183,47 @@ def serve(
     reactor.run()
     _releasePidfile(pidfile)
     return 0
+
+
+def _account(config: GatewayConfig, checkFiles: bool) -> Any:
+    """
+    The account of C{[gateway] user}/C{group}, after checking (unless
+    C{checkFiles} is false: a worker, whose supervisor checked) that it
+    can read every file a reload reads.
+
+    @return: the account, L{None} for no drop, or C{False} after logging
+        why the gateway cannot start.
+    """
+    from gateway.run.privileges import (
+        AccountError,
+        configuredAccount,
+        unreadableFiles,
+    )
+
+    try:
+        account = configuredAccount(config)
+        problems = (
+            []
+            if account is None or not checkFiles
+            else (unreadableFiles(config, account))
+        )
+    except AccountError as e:
+        problems = [f"[gateway] user/group: {e}"]
+    for problem in problems:
+        _log.critical("{error}", error=problem)
+    return False if problems else account
+
+
+def _drop(config: GatewayConfig, account: Any) -> str | None:
+    from gateway.run.privileges import AccountError, dropPrivileges, handOver
+
+    handOver(config, account)
+    try:
+        dropPrivileges(account)
+    except AccountError as e:
+        return f"[gateway] user/group: {e}"
+    _log.info("serving as {account}", account=str(account))
+    return None
 
 
 def _claimPidfile(path: str) -> str | None:

@@ -194,12 +194,27 @@ class Supervisor(Service):
         self._crashes = 0
         self._stopping = False
         self._metricsDir = tempfile.mkdtemp(prefix="tlsgateway-metrics-")
+        self._shareMetrics(config)
         self._metricsPort: IListeningPort | None = None
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
         self._servers: list[ServerTLS] = []
         self.reloads = ReloadHistory(lambda: self._reactor.seconds())
+
+    def _shareMetrics(self, config: GatewayConfig) -> None:
+        """
+        Workers that drop their privileges (C{[gateway] user}) write their
+        metrics and status files in the supervisor's folder as that user.
+        """
+        from gateway.run.privileges import AccountError, chownFolder, configuredAccount
+
+        try:
+            account = configuredAccount(config)
+        except AccountError:
+            return  # reported by the load; the workers will not start either
+        if account is not None:
+            chownFolder(self._metricsDir, account)
 
     # start
 
@@ -512,6 +527,7 @@ class Supervisor(Service):
         self._generation = pending.generation
         self.config = pending.config
         self._serve(pending.config, pending.contexts)
+        self._shareMetrics(pending.config)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections

@@ -12,11 +12,16 @@ Every test drives real processes, started and stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from .backends import Backend, waitUntil
@@ -31,11 +37,13 @@ from .harness import (
     BIN,
     CertificateAuthority,
     Gateway,
+    GatewayFailed,
     freePort,
     gatewayIni,
     httpsFetch,
     okBody,
     runCommand,
+    writeLeaf,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -350,3 +358,190 @@ def test_aDaemonWritesTheAccessLogToTwistdsLogFile(
         assert "status=ok" in line
     finally:
         stopByPidfile(pidfile)
+
+
+# -- dropping privileges -------------------------------------------------------------
+
+asRoot = pytest.mark.skipif(
+    os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)"
+)
+NOBODY = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else 65534
+
+
+@pytest.fixture
+def sharedFolder() -> Iterator[Path]:
+    """
+    A folder the C{nobody} account can reach: pytest's own temporary
+    folders are private to root.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tlsgateway-privileges-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def servedSerial(port: int, ca: CertificateAuthority) -> int:
+    """The serial number of the certificate the gateway's handshake shows."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ca.clientContext().wrap_socket(raw, server_hostname=APP) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True) or b""
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def leafFor(ca: CertificateAuthority, folder: Path, readable: bool) -> int:
+    """
+    Write a leaf for L{APP} as C{site-cert.pem} and C{site-key.pem}, the key
+    0600 root's own, or 0640 root:nogroup when C{readable} (by nobody,
+    through its group); its serial number.
+    """
+    leaf = ca.ca.issue_cert(APP)
+    written = writeLeaf(folder, "site", leaf, APP)
+    written.certificatePath.chmod(0o644)
+    if readable:
+        os.chown(written.privateKeyPath, 0, grp.getgrnam("nogroup").gr_gid)
+        written.privateKeyPath.chmod(0o640)
+    pem = leaf.cert_chain_pems[0].bytes()
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def terminatingIni(folder: Path, port: int, metricsPort: int, **keys: str) -> str:
+    gateway = {
+        "access_log": str(folder / "access.log"),
+        "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
+        **keys,
+    }
+    lines = ["[gateway]", *(f"{k} = {v}" for k, v in gateway.items())]
+    lines += [
+        "",
+        "[listener:web]",
+        f"listen = tcp:{port}:interface=127.0.0.1",
+        "mode = terminate",
+        f"certificate = {folder / 'site-cert.pem'}",
+        f"private_key = {folder / 'site-key.pem'}",
+        "upstream = app",
+        "",
+        "[upstream:app]",
+        "servers = 127.0.0.1:9",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def uidsOf(pid: int) -> list[int]:
+    """Real, effective, saved and file-system uid of C{pid}."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+#: How each way of starting drops to nobody.
+DROPS = {
+    "twistd": ({}, ["--uid", "nobody", "--gid", "nogroup"]),
+    "run": ({"user": "nobody"}, []),
+    "run-workers": ({"user": "nobody", "group": "nogroup", "workers": "2"}, []),
+}
+
+
+def privilegedGateway(
+    embedded: list[Gateway], folder: Path, how: str, ini: str
+) -> Gateway:
+    _, twistdOptions = DROPS[how]
+    process = Gateway(ini, folder / f"gw-{len(embedded)}")
+    configPath = str(process.configPath)
+    if how == "twistd":
+        process.command = [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            *twistdOptions,
+            "tlsgateway",
+            "--config",
+            configPath,
+        ]
+    else:
+        process.command = [sys.executable, "-m", "gateway", "run", "-c", configPath]
+    embedded.append(process)
+    return process
+
+
+@asRoot
+@pytest.mark.parametrize("how", sorted(DROPS))
+def test_aKeyTheAccountCannotReadIsRefusedAtStart(
+    embedded: list[Gateway],
+    ca: CertificateAuthority,
+    sharedFolder: Path,
+    how: str,
+) -> None:
+    """
+    A 0600 key of root's, and a gateway that will serve as nobody: it
+    refuses to start (exit 1), naming the key and the key's line, rather
+    than failing every reload after the drop.
+    """
+    leafFor(ca, sharedFolder, readable=False)
+    keys, _ = DROPS[how]
+    ini = terminatingIni(sharedFolder, freePort(), freePort(), **keys)
+    process = privilegedGateway(embedded, sharedFolder, how, ini)
+    with pytest.raises(GatewayFailed, match="exited with 1"):
+        process.start()
+    line = ini.splitlines().index(f"private_key = {sharedFolder / 'site-key.pem'}") + 1
+    expected = (
+        f"{process.configPath}:{line}: [listener:web] private_key:"
+        f" {sharedFolder / 'site-key.pem'} is not readable by user nobody"
+    )
+    assert expected in process.output(), process.output()
+    assert "Permission denied" in process.output()
+    assert f"{sharedFolder / 'site-cert.pem'} is not" not in process.output()
+
+
+@asRoot
+@pytest.mark.parametrize("how", sorted(DROPS))
+def test_afterTheDropAReloadReadsTheRenewedCertificate(
+    embedded: list[Gateway],
+    ca: CertificateAuthority,
+    sharedFolder: Path,
+    how: str,
+) -> None:
+    """
+    The key readable by nobody's group: the gateway starts, serves as
+    nobody (its workers, with C{workers}: the supervisor keeps root to
+    bind what a reload adds), and a renewal followed by C{SIGHUP} is
+    applied: the next handshake shows the new certificate.
+    """
+    first = leafFor(ca, sharedFolder, readable=True)
+    port, metricsPort = freePort(), freePort()
+    keys, _ = DROPS[how]
+    ini = terminatingIni(sharedFolder, port, metricsPort, **keys)
+    process = privilegedGateway(embedded, sharedFolder, how, ini)
+    process.start()
+    workers = int(keys.get("workers", "1"))
+    if workers > 1:
+        waitUntil(lambda: len(workerPids(metricsPort)) == workers, 20, process.explain)
+        assert uidsOf(process.pid) == [0, 0, 0, 0]
+        servers = workerPids(metricsPort)
+    else:
+        servers = [process.pid]
+    for pid in servers:
+        assert uidsOf(pid) == [NOBODY] * 4, process.explain()
+    assert servedSerial(port, ca) == first
+
+    second = leafFor(ca, sharedFolder, readable=True)
+    process.sendSignal(signal.SIGHUP)
+    waitUntil(lambda: RELOADED in process.output(), 20, process.explain)
+    status = json.loads(fetch(metricsPort, "/status.json"))["reload"]
+    assert status["result"] == "applied", (status, process.explain())
+    assert servedSerial(port, ca) == second
+    if workers > 1:
+        waitUntil(lambda: set(workerPids(metricsPort)) - set(servers), 20, str)
+        for pid in workerPids(metricsPort):
+            assert uidsOf(pid) == [NOBODY] * 4
+
+
+def workerPids(metricsPort: int) -> list[int]:
+    status = json.loads(fetch(metricsPort, "/status.json"))
+    return [
+        w["pid"]
+        for w in status.get("worker_processes", [])
+        if w["reported"] and not w["retiring"]
+    ]
