@@ -18,6 +18,7 @@ C{ILogObserver} component, which twistd uses when it is set.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
+    InvalidLogLevelError,
     LogEvent,
     Logger,
     LogLevel,
@@ -232,3 +234,46 @@ def standardOutput() -> IO[str] | None:
     process's log once L{sendStandardOutputToLog} was called.
     """
     return _standardOutput
+
+
+#: A line of a worker's log as L{consoleObserver} writes it:
+#: C{2026-12-01T10:00:00+0000 [worker 1 gateway.x#info] text}.
+_LOGGED = re.compile(r"\S+ \[([^\]]*)\] (.*)", re.DOTALL)
+_LEVEL = re.compile(r"#(\w+)$")
+
+
+class Relay:
+    """
+    A worker's standard output (its access log, with C{access_log = -})
+    and standard error (its log), read by a supervisor whose own are gone
+    (a daemon), each line passed on to the supervisor's log.
+
+    An access-log line goes on as L{LogLines} sends one; a log line keeps
+    the worker's label and level, so it reads as it would have on a
+    terminal.
+    """
+
+    def __init__(self) -> None:
+        self._partial: dict[int, bytes] = {}
+        self._access = LogLines()
+        self._log = Logger(namespace="gateway.run.supervisor")
+
+    def received(self, fd: int, data: bytes) -> None:
+        lines = (self._partial.pop(fd, b"") + data).split(b"\n")
+        self._partial[fd] = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if fd == 1:
+                self._access.write(line + "\n")
+                continue
+            match = _LOGGED.fullmatch(line)
+            if match is None:
+                self._log.info("{line}", line=line)
+                continue
+            system, text = match.groups()
+            found = _LEVEL.search(system)
+            level = LogLevel.info
+            if found is not None:
+                with contextlib.suppress(InvalidLogLevelError):
+                    level = LogLevel.levelWithName(found[1])
+            self._log.emit(level, "{line}", line=text, log_system=system)

@@ -47,6 +47,7 @@ from zope.interface import implementer
 from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
 from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.logs import Relay, standardOutput
 from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
@@ -127,6 +128,9 @@ class _Worker(ProcessProtocol):
                 os.kill(self.pid, number)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in (1, 2) and self.supervisor.relay is not None:
+            self.supervisor.relay.received(childFD, data)
+            return
         if childFD == self.readyFD and not self.ready and READY.strip() in data:
             self.ready = True
             self.supervisor.workerReady(self)
@@ -169,6 +173,9 @@ class Supervisor(Service):
     @ivar reloads: the outcome of the last reload, and counts, for the
         status page and the metrics (the workers never reload: a reload
         replaces them).
+    @ivar relay: what passes the workers' output on to this process's log,
+        when this process is a daemon; else L{None} (they share its
+        standard output and error).
     @ivar _ports: listening sockets by C{listen} description.
     @ivar _workers: every worker process alive, all generations.
     @ivar _crashes: crashes in a row, for the restart back-off.
@@ -201,6 +208,9 @@ class Supervisor(Service):
         self._pending: _PendingReload | None = None
         self._servers: list[ServerTLS] = []
         self.reloads = ReloadHistory(lambda: self._reactor.seconds())
+        # A daemon's standard output and error are /dev/null: its workers'
+        # (their access log, their log) come through pipes to its log.
+        self.relay = None if standardOutput() is None else Relay()
 
     def _shareMetrics(self, config: GatewayConfig) -> None:
         """
@@ -345,6 +355,8 @@ class Supervisor(Service):
     def _spawn(self, generation: int, number: int) -> None:
         fds = {}
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        if self.relay is not None:
+            childFDs.update({1: "r", 2: "r"})
         for description, port in self._ports.items():
             fd = port.fileno()  # type: ignore[attr-defined]
             family = port.socket.family  # type: ignore[attr-defined]

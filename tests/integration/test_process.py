@@ -316,18 +316,22 @@ def stopByPidfile(pidfile: Path) -> None:
     waitUntil(lambda: not alive(pid), 15, f"daemon {pid} still running")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_aDaemonWritesTheAccessLogToTwistdsLogFile(
-    backend: StartBackend, ca: CertificateAuthority, tmp_path: Path
+    backend: StartBackend, ca: CertificateAuthority, tmp_path: Path, workers: int
 ) -> None:
     """
     C{twistd --pidfile P -l L tlsgateway} without C{-n}, C{access_log}
     left at its default C{-}: the daemon's standard output is
-    C{/dev/null}, and the access-log line goes to L.
+    C{/dev/null}, and the access-log line goes to L.  With workers, their
+    access-log lines and their own log lines go there too, through the
+    supervisor.
     """
     app = backend("app", names=[APP])
     port = freePort()
     config = tmp_path / "gateway.ini"
     config.write_text(
+        f"[gateway]\nworkers = {workers}\n\n"
         f"[listener:web]\nlisten = tcp:{port}:interface=127.0.0.1\n"
         f"upstream = app\n\n[upstream:app]\nservers = {app.address}\n"
     )
@@ -347,8 +351,17 @@ def test_aDaemonWritesTheAccessLogToTwistdsLogFile(
         assert started.returncode == 0, started
         pid = readPid(pidfile)
         waitUntil(
-            lambda: "tlsgateway ready" in logfile.read_text(), 10, lambda: str(pid)
+            lambda: (
+                logfile.read_text().count("tlsgateway ready")
+                == (1 if workers == 1 else 1 + workers)
+            ),
+            20,
+            logfile.read_text,
         )
+        if workers > 1:
+            assert "[worker 2 gateway.run.service.GatewayService#info]" in (
+                logfile.read_text()
+            )
         assert os.readlink(f"/proc/{pid}/fd/1") == "/dev/null"
         assert okBody(httpsFetch(port, ca.clientContext(), APP, APP)[0]) == "app"
         waitUntil(lambda: f"sni={APP}" in logfile.read_text(), 10, logfile.read_text)

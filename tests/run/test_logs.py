@@ -121,3 +121,30 @@ def test_logLinesEmitEachWholeLineAsAnAccessEvent() -> None:
         "listener=web status=no_route",
     ]
     assert all(f"[{ACCESS_NAMESPACE}#info]" in line for line in written)
+
+
+def test_relayPassesAWorkersLinesOnWithTheirLabelAndLevel() -> None:
+    """
+    A daemon supervisor's workers: their log lines keep their worker label
+    and level, their access-log lines become access events, and a line
+    split across reads is passed on whole.
+    """
+    from twisted.logger import LogPublisher
+
+    from gateway.run.logs import Relay
+
+    output = io.StringIO()
+    publisher = LogPublisher(consoleObserver("info", output=output))
+    relay = Relay()
+    relay._log.observer = publisher
+    relay._access._log.observer = publisher
+    relay.received(2, b"2026-12-01T10:00:00+0000 [worker 2 gateway.x#warn] disk ")
+    relay.received(2, b"full\n2026-12-01T10:00:00+0000 [worker 1 gateway.y#debug] x\n")
+    relay.received(1, b"listener=web status=ok\n")
+    relay.received(2, b"not a log line\n")
+    written = [line.split(" ", 1)[1] for line in output.getvalue().splitlines()]
+    assert written == [
+        "[worker 2 gateway.x#warn] disk full",
+        "[tlsgateway.access#info] listener=web status=ok",
+        "[gateway.run.supervisor#info] not a log line",
+    ]
