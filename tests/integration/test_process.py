@@ -452,6 +452,7 @@ def uidsOf(pid: int) -> list[int]:
 #: How each way of starting drops to nobody.
 DROPS = {
     "twistd": ({}, ["--uid", "nobody", "--gid", "nogroup"]),
+    "twistd-user": ({"user": "nobody"}, []),
     "run": ({"user": "nobody"}, []),
     "run-workers": ({"user": "nobody", "group": "nogroup", "workers": "2"}, []),
 }
@@ -463,7 +464,7 @@ def privilegedGateway(
     _, twistdOptions = DROPS[how]
     process = Gateway(ini, folder / f"gw-{len(embedded)}")
     configPath = str(process.configPath)
-    if how == "twistd":
+    if how.startswith("twistd"):
         process.command = [
             str(BIN / "twistd"),
             "-n",
