@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger, globalLogBeginner
 
 from gateway.config import ConfigError, GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.run.privileges import Account
 
 _log = Logger()
 
@@ -150,8 +153,10 @@ def serve(
     globalLogBeginner.beginLoggingTo(
         [consoleObserver(logLevel, worker)], redirectStandardIO=False
     )
-    account = _account(config, checkFiles=worker is None)
-    if account is False:
+    account, problems = _account(config, checkFiles=worker is None)
+    for line in problems:
+        _log.critical("{error}", error=line)
+    if problems:
         return 1
     if pidfile is not None:
         problem = _claimPidfile(pidfile)
@@ -185,14 +190,16 @@ def serve(
     return 0
 
 
-def _account(config: GatewayConfig, checkFiles: bool) -> Any:
+def _account(
+    config: GatewayConfig, checkFiles: bool
+) -> tuple[Account | None, list[str]]:
     """
-    The account of C{[gateway] user}/C{group}, after checking (unless
-    C{checkFiles} is false: a worker, whose supervisor checked) that it
-    can read every file a reload reads.
+    The account of C{[gateway] user}/C{group}, and why the gateway cannot
+    start as it: each file a reload reads that it cannot (unless
+    C{checkFiles} is false: a worker, whose supervisor checked).
 
-    @return: the account, L{None} for no drop, or C{False} after logging
-        why the gateway cannot start.
+    @return: the account (L{None}: no drop) and the problems, one line
+        each.
     """
     from gateway.run.privileges import (
         AccountError,
@@ -208,13 +215,16 @@ def _account(config: GatewayConfig, checkFiles: bool) -> Any:
             else (unreadableFiles(config, account))
         )
     except AccountError as e:
-        problems = [f"[gateway] user/group: {e}"]
-    for problem in problems:
-        _log.critical("{error}", error=problem)
-    return False if problems else account
+        return None, [f"[gateway] user/group: {e}"]
+    return account, problems
 
 
-def _drop(config: GatewayConfig, account: Any) -> str | None:
+def _drop(config: GatewayConfig, account: Account) -> str | None:
+    """
+    Serve as C{account} from now on, once listening and logging.
+
+    @return: why the drop failed, or L{None}.
+    """
     from gateway.run.privileges import AccountError, dropPrivileges, handOver
 
     handOver(config, account)
