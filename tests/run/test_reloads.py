@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.testing import MemoryReactorClock
 
@@ -157,3 +159,31 @@ def test_theSupervisorRecordsARefusedReload(tmp_path: Path) -> None:
         assert "[gateway] workers" in reload["reason"]
     finally:
         shutil.rmtree(supervisor._metricsDir, ignore_errors=True)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 1e6)), max_size=30))
+def test_anyHistoryCountsEachResultAndKeepsTheLastSuccess(
+    events: list[tuple[bool, float]],
+) -> None:
+    clock = Ticks()
+    history = ReloadHistory(clock)
+    history.started()
+    lastSuccess = clock.now
+    for applied, later in events:
+        clock.now += later
+        if applied:
+            history.applied()
+            lastSuccess = clock.now
+        else:
+            history.refused("reason")
+    assert history.counts == {
+        "applied": sum(1 for a, _ in events if a),
+        "refused": sum(1 for a, _ in events if not a),
+    }
+    assert history.lastSuccess == lastSuccess
+    last = history.snapshot()
+    if events:
+        assert last["result"] == ("applied" if events[-1][0] else "refused")
+        assert (last["reason"] is None) == events[-1][0]
+    else:
+        assert last["result"] is None
