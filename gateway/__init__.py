@@ -13,13 +13,15 @@ if TYPE_CHECKING:
     from gateway.config import ConfigError
     from gateway.run.loading import load_config
     from gateway.run.service import GatewayService
+    from gateway.run.signals import installReloadOnSIGHUP
 
-__all__ = ["ConfigError", "GatewayService", "load_config"]
+__all__ = ["ConfigError", "GatewayService", "installReloadOnSIGHUP", "load_config"]
 
 _PUBLIC = {
     "ConfigError": "gateway.config",
     "load_config": "gateway.run.loading",
     "GatewayService": "gateway.run.service",
+    "installReloadOnSIGHUP": "gateway.run.signals",
 }
 
 

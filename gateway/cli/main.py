@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger, globalLogBeginner
 
 from gateway.config import ConfigError, GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.run.privileges import Account
 
 _log = Logger()
 
@@ -150,6 +153,11 @@ def serve(
     globalLogBeginner.beginLoggingTo(
         [consoleObserver(logLevel, worker)], redirectStandardIO=False
     )
+    account, problems = _account(config, checkFiles=worker is None)
+    for line in problems:
+        _log.critical("{error}", error=line)
+    if problems:
+        return 1
     if pidfile is not None:
         problem = _claimPidfile(pidfile)
         if problem is not None:
@@ -162,6 +170,15 @@ def serve(
         _log.critical("{error}", error=str(e))
         _releasePidfile(pidfile)
         return 1
+    if account is not None and (inherited or config.gateway.workers == 1):
+        # Listening and logging: the drop comes after both.  A supervisor
+        # keeps its privileges (see gateway.run.privileges).
+        problem = _drop(config, account)
+        if problem is not None:
+            _log.critical("{error}", error=problem)
+            top.stopService()
+            _releasePidfile(pidfile)
+            return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     if inherited:
         # After the signal handlers (SignalHandling installs them when the
@@ -171,6 +188,52 @@ def serve(
     reactor.run()
     _releasePidfile(pidfile)
     return 0
+
+
+def _account(
+    config: GatewayConfig, checkFiles: bool
+) -> tuple[Account | None, list[str]]:
+    """
+    The account of C{[gateway] user}/C{group}, and why the gateway cannot
+    start as it: each file a reload reads that it cannot (unless
+    C{checkFiles} is false: a worker, whose supervisor checked).
+
+    @return: the account (L{None}: no drop) and the problems, one line
+        each.
+    """
+    from gateway.run.privileges import (
+        AccountError,
+        configuredAccount,
+        unreadableFiles,
+    )
+
+    try:
+        account = configuredAccount(config)
+        problems = (
+            []
+            if account is None or not checkFiles
+            else (unreadableFiles(config, account))
+        )
+    except AccountError as e:
+        return None, [f"[gateway] user/group: {e}"]
+    return account, problems
+
+
+def _drop(config: GatewayConfig, account: Account) -> str | None:
+    """
+    Serve as C{account} from now on, once listening and logging.
+
+    @return: why the drop failed, or L{None}.
+    """
+    from gateway.run.privileges import AccountError, dropPrivileges, handOver
+
+    handOver(config, account)
+    try:
+        dropPrivileges(account)
+    except AccountError as e:
+        return f"[gateway] user/group: {e}"
+    _log.info("serving as {account}", account=str(account))
+    return None
 
 
 def _claimPidfile(path: str) -> str | None:
@@ -242,10 +305,13 @@ def reload(args: argparse.Namespace) -> int:
     """
     C{tlsgateway reload}: check the configuration, then send the running
     gateway C{SIGHUP}.  Checking first means a typo is reported here, on
-    the operator's terminal, rather than only in the gateway's log.
+    the operator's terminal, rather than only in the gateway's log.  Only
+    a process that is a gateway is signalled (L{gateway.cli.target}).
     """
     if args.config is not None and _load(args.config) is None:
         return 1
+    from gateway.cli.target import refusal
+
     pid = args.pid
     if pid is None:
         if args.pidfile is None:
@@ -257,6 +323,10 @@ def reload(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"{args.pidfile}: cannot read a pid: {e}", file=sys.stderr)  # noqa: T201
             return 1
+    problem = refusal(pid, args.pidfile)
+    if problem is not None:
+        print(f"tlsgateway reload: {problem}", file=sys.stderr)  # noqa: T201
+        return 1
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as e:

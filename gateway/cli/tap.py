@@ -14,7 +14,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
-from gateway.config import ConfigError
+from gateway.config import ConfigError, GatewayConfig
 from gateway.run.loading import load_config
 
 _USAGE = "twistd -n tlsgateway --config /etc/tlsgateway/gateway.ini"
@@ -116,7 +116,51 @@ def makeService(options: Options) -> IService:
     from gateway.cli.main import makeTop
 
     serverOptions = getattr(options, "parent", None) or {}
+    _checkAccount(config, serverOptions)
+    if serverOptions and not serverOptions.get("nodaemon"):
+        from gateway.run.logs import sendStandardOutputToLog
+
+        # A daemon's standard output is /dev/null: access_log = - goes to
+        # twistd's log (--logfile, --syslog) instead.
+        sendStandardOutputToLog()
     level = config.gateway.log_level
     root = _TwistdRoot(serverOptions, level)
     makeTop(config, reactor, logLevel=level).setServiceParent(root)
     return root
+
+
+def _checkAccount(config: GatewayConfig, serverOptions: Mapping[str, Any]) -> None:
+    """
+    With C{--uid}/C{--gid}, twistd drops privileges before the gateway
+    starts, and every reload runs as that account: refuse to start, naming
+    each file it cannot read, here, on the terminal that started twistd.
+
+    C{[gateway] user}/C{group} stand in for C{--uid}/C{--gid} when those
+    are not given, so one configuration means the same under C{tlsgateway
+    run} and twistd.
+    """
+    from gateway.run.privileges import (
+        AccountError,
+        accountFor,
+        handOver,
+        unreadableFiles,
+    )
+
+    uid, gid = serverOptions.get("uid"), serverOptions.get("gid")
+    fromConfig = uid is None and gid is None
+    if fromConfig:
+        uid, gid = config.gateway.user, config.gateway.group
+    try:
+        account = accountFor(uid, gid)
+        problems = [] if account is None else unreadableFiles(config, account)
+    except AccountError as e:
+        account, problems = None, [f"[gateway] user/group: {e}"]
+    for problem in problems:
+        sys.stderr.write(f"{problem}\n")
+    if problems:
+        raise SystemExit(1)
+    if account is not None:
+        handOver(config, account)
+    if account is not None and fromConfig and isinstance(serverOptions, dict):
+        # twistd drops to these after daemonizing, as for --uid/--gid.
+        serverOptions["uid"], serverOptions["gid"] = account.uid, account.gid

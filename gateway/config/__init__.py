@@ -238,6 +238,20 @@ def _workers(text: str) -> int:
         ) from None
 
 
+_ACCOUNT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.$-]*")
+
+
+def _account(text: str) -> str:
+    """
+    A user or group name, or a numeric id: whether it exists is checked
+    where the accounts are (L{gateway.run.loading}), not here.
+    """
+    value = _text(text)
+    if not _ACCOUNT.fullmatch(value):
+        raise ValueError(f"{value!r} is not a user or group name, nor a number")
+    return value
+
+
 def _positiveDuration(text: str) -> float:
     seconds = parseDuration(text)
     if seconds <= 0:
@@ -828,6 +842,10 @@ class GatewaySettings:
     metrics: str | None = attrs.field(default=None, metadata=_iniFolder(_endpoint))
     drain_timeout: float = attrs.field(default=30.0, metadata=_ini(parseDuration))
     log_level: str = _choiceField("info", "debug", "info", "warn")
+    # `tlsgateway run` binds its listeners, then serves as this account
+    # (gateway.run.privileges); twistd has --uid/--gid for the same.
+    user: str | None = attrs.field(default=None, metadata=_ini(_account))
+    group: str | None = attrs.field(default=None, metadata=_ini(_account))
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 

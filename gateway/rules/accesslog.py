@@ -178,8 +178,12 @@ class LogDestination:
     owned: bool = False
 
     @classmethod
-    def open(cls, destination: str) -> LogDestination:
+    def open(
+        cls, destination: str, standardOutput: IO[str] | None = None
+    ) -> LogDestination:
         """
+        @param standardOutput: what C{-} means, when not the process's
+            standard output (a daemon's is gone: its log takes the lines).
         @raise OSError: the file cannot be opened for appending (its folder
             does not exist, permission, a directory by that name).
         """
@@ -188,7 +192,7 @@ class LogDestination:
         if destination == "-":
             # sys.__stdout__, not sys.stdout: twistd may have redirected
             # sys.stdout into its own log, which would prefix every line.
-            return cls(destination, sys.__stdout__)
+            return cls(destination, standardOutput or sys.__stdout__)
         return cls(destination, open(destination, "a", encoding="utf-8"), owned=True)
 
     def close(self) -> None:
@@ -208,6 +212,7 @@ class AccessLog:
     cost is one C{write} per connection, not per chunk relayed.
 
     @ivar _recent: also given every record, for the status page.
+    @ivar _standardOutput: what C{-} means, when not standard output.
     @ivar _extra: fields added to every line (C{worker_pid} with several
         workers, so an operator can tell which process served what).
     """
@@ -220,8 +225,10 @@ class AccessLog:
         metrics: ConnectionMetrics | None = None,
         extra: dict[str, Any] | None = None,
         recent: RecentConnections | None = None,
+        standardOutput: IO[str] | None = None,
     ) -> None:
         self._destination = destination
+        self._standardOutput = standardOutput
         self._recent = recent
         self._format = FORMATS[format]
         self._file: IO[str] | None = None
@@ -245,7 +252,7 @@ class AccessLog:
         """
         if destination == self._destination:
             return None
-        return LogDestination.open(destination)
+        return LogDestination.open(destination, self._standardOutput)
 
     def use(self, prepared: LogDestination | None, format: str) -> None:
         """
@@ -284,7 +291,7 @@ class AccessLog:
             until it can be).
         """
         self.close()
-        self._current = LogDestination.open(self._destination)
+        self._current = LogDestination.open(self._destination, self._standardOutput)
         self._file = self._current.file
 
     def write(self, record: ConnectionRecord) -> None:

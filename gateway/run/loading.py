@@ -90,9 +90,11 @@ def loadCheckedText(text: str, path: str = "<string>") -> Loaded:
             if problem.key is not None or problem.section not in e.drafts
         ]
         problems += _accessLogProblems(e.partial.gateway, path)
+        problems += _accountProblems(e.partial.gateway, path)
         raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)
     problems = contexts.problems + _accessLogProblems(config.gateway, path)
+    problems += _accountProblems(config.gateway, path)
     if problems:
         raise ConfigError(problems)
     config = attrs.evolve(
@@ -231,3 +233,23 @@ def _accessLogProblems(settings: GatewaySettings, path: str) -> list[Problem]:
         return []
     line = settings.location.keys.get("access_log")
     return [Problem(path, line, "gateway", "access_log", message)]
+
+
+def _accountProblems(settings: GatewaySettings, path: str) -> list[Problem]:
+    """
+    C{[gateway] user} or C{group} naming an account this machine does not
+    have: C{check} says so rather than C{run} failing to drop.
+    """
+    from gateway.run.privileges import AccountError, accountFor
+
+    problems = []
+    for key in ("user", "group"):
+        value = getattr(settings, key)
+        if value is None:
+            continue
+        try:
+            accountFor(value, None) if key == "user" else accountFor(None, value)
+        except AccountError as e:
+            line = settings.location.keys.get(key)
+            problems.append(Problem(path, line, "gateway", key, str(e)))
+    return problems

@@ -18,6 +18,7 @@ C{ILogObserver} component, which twistd uses when it is set.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Mapping
@@ -27,7 +28,9 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
+    InvalidLogLevelError,
     LogEvent,
+    Logger,
     LogLevel,
     PredicateResult,
     textFileLogObserver,
@@ -75,6 +78,10 @@ class _Level:
         self._minimum = minimum
 
     def __call__(self, event: LogEvent) -> PredicateResult:
+        if event.get("log_namespace") == ACCESS_NAMESPACE:
+            # An access log sent here (a daemon's access_log = -) is
+            # the operator's record of every connection, not chatter.
+            return cast(PredicateResult, PredicateResult.yes)
         level = event.get("log_level", LogLevel.info)
         if not isinstance(level, type(LogLevel.info)):
             level = LogLevel.info
@@ -162,3 +169,105 @@ def twistdObserver(serverOptions: Mapping[str, Any], level: str) -> ILogObserver
 
         output = LogFile.fromFullPath(name or "twistd.log")
     return filtered(textFileLogObserver(output), level)
+
+
+# --- access_log = - in a daemon -----------------------------------------------
+
+#: The namespace of access-log lines sent to the process's log.
+ACCESS_NAMESPACE = "tlsgateway.access"
+
+#: Where C{access_log = -} writes, when not to standard output (L{None}).
+_standardOutput: IO[str] | None = None
+
+
+class LogLines:
+    """
+    A text file that turns each line written to it into one event of the
+    process's log, in L{ACCESS_NAMESPACE}: what C{access_log = -} writes
+    to once standard output is gone.
+
+    A daemon (C{twistd} without C{-n}) has its standard output on
+    C{/dev/null}: the lines written there were silently lost.  Its log
+    (C{--logfile}, C{--syslog}) is where an operator looks instead.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._log = Logger(namespace=ACCESS_NAMESPACE)
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.info("{line}", line=line)
+        return len(text)
+
+    def flush(self) -> None:
+        """
+        Nothing is buffered but a line without its newline yet.
+        """
+
+    def close(self) -> None:
+        """
+        The process's log is not the access log's to close.
+        """
+
+
+def sendStandardOutputToLog() -> None:
+    """
+    From now on C{access_log = -} writes to the process's log (see
+    L{LogLines}): called by C{twistd tlsgateway} when it daemonizes.
+    """
+    global _standardOutput
+    _standardOutput = cast(IO[str], LogLines())
+
+
+def standardOutput() -> IO[str] | None:
+    """
+    Where C{access_log = -} writes: L{None} for standard output, or the
+    process's log once L{sendStandardOutputToLog} was called.
+    """
+    return _standardOutput
+
+
+#: A line of a worker's log as L{consoleObserver} writes it:
+#: C{2026-12-01T10:00:00+0000 [worker 1 gateway.x#info] text}.
+_LOGGED = re.compile(r"\S+ \[([^\]]*)\] (.*)", re.DOTALL)
+_LEVEL = re.compile(r"#(\w+)$")
+
+
+class Relay:
+    """
+    A worker's standard output (its access log, with C{access_log = -})
+    and standard error (its log), read by a supervisor whose own are gone
+    (a daemon), each line passed on to the supervisor's log.
+
+    An access-log line goes on as L{LogLines} sends one; a log line keeps
+    the worker's label and level, so it reads as it would have on a
+    terminal.
+    """
+
+    def __init__(self) -> None:
+        self._partial: dict[int, bytes] = {}
+        self._access = LogLines()
+        self._log = Logger(namespace="gateway.run.supervisor")
+
+    def received(self, fd: int, data: bytes) -> None:
+        lines = (self._partial.pop(fd, b"") + data).split(b"\n")
+        self._partial[fd] = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if fd == 1:
+                self._access.write(line + "\n")
+                continue
+            match = _LOGGED.fullmatch(line)
+            if match is None:
+                self._log.info("{line}", line=line)
+                continue
+            system, text = match.groups()
+            found = _LEVEL.search(system)
+            level = LogLevel.info
+            if found is not None:
+                with contextlib.suppress(InvalidLogLevelError):
+                    level = LogLevel.levelWithName(found[1])
+            self._log.emit(level, "{line}", line=text, log_system=system)

@@ -40,7 +40,9 @@ from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
 from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
+from gateway.run.logs import standardOutput
 from gateway.run.metrics import Metrics
+from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates, withAcme
@@ -193,6 +195,8 @@ class GatewayService(Service):
     @ivar pools: the upstream pools of the running configuration, by
         upstream name; C{pools[name].serverStates()} is what the
         C{tlsgateway_upstream_server_up} metric reads.
+    @ivar reloads: the outcome of the last reload, and counts, for the
+        status page and the metrics.
     @ivar _ports: the listening ports by C{listen} description, closed
         first when stopping so that no connection is accepted during the
         drain.
@@ -234,6 +238,7 @@ class GatewayService(Service):
         self._acme: AcmeManager | None = None
         self.served = ServedCertificates()
         self.recent = RecentFailures()
+        self.reloads = ReloadHistory(lambda: self._getReactor().seconds())
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -269,6 +274,7 @@ class GatewayService(Service):
                 metrics=self._metrics,
                 extra=extra,
                 recent=self.recent,
+                standardOutput=standardOutput(),
             )
         except OSError as e:
             raise StartupError(_cannotOpenLog(settings.access_log, e)) from None
@@ -295,6 +301,7 @@ class GatewayService(Service):
             self._log.warn("{warning}", warning=warning)
         self._current = generation
         self._sampleCertificates()
+        self.reloads.started()
         generation.startPools(reactor)
         if self._acme is not None:
             self._acme.start()
@@ -419,6 +426,7 @@ class GatewayService(Service):
             from gateway.run.status import StatusResource
 
             self._metrics.registry.register(ExpiryCollector(self.served))
+            self._metrics.registry.register(ReloadCollector(self.reloads))
             try:
                 self._metricsPort = self._open(
                     reactor,
@@ -481,7 +489,7 @@ class GatewayService(Service):
         for generation in self._generations():
             for name, factory in generation.factories.items():
                 active[name] = active.get(name, 0) + len(factory.active)
-        return localSnapshot(
+        snapshot = localSnapshot(
             self.config,
             active,
             self.pools,
@@ -489,6 +497,8 @@ class GatewayService(Service):
             self.served,
             self._getReactor().seconds,
         )
+        snapshot["reload"] = self.reloads.snapshot()
+        return snapshot
 
     # reload
 
@@ -567,6 +577,7 @@ class GatewayService(Service):
             self._retired.append(old)
         generation.startPools(reactor)
         self._accessLog.use(log, config.gateway.access_log_format)
+        self.reloads.applied()
         self._log.info(
             "reloaded {path}: {count} listener(s)",
             path=config.path,
@@ -575,6 +586,7 @@ class GatewayService(Service):
         return True
 
     def _refused(self, reason: str) -> None:
+        self.reloads.refused(reason)
         self._log.error(
             "reload refused: {reason}\nthe running configuration stays",
             reason=reason,

@@ -1,7 +1,8 @@
 """
 Signal handling for the gateway's own process (C{twistd tlsgateway} and
-C{tlsgateway run}); an application that embeds L{GatewayService} keeps its
-own signal policy and does not use this.
+C{tlsgateway run}).  An application that embeds L{GatewayService} keeps its
+own signal policy; L{installReloadOnSIGHUP} gives it the gateway's
+C{SIGHUP}, and nothing else.
 """
 
 from __future__ import annotations
@@ -132,3 +133,42 @@ class SignalHandling(Service):
             return
         self._log.info("received SIGQUIT: retiring after the last connection")
         self._reactor.callFromThread(self._target.retire)
+
+
+def installReloadOnSIGHUP(service: IReloadable, reactor: Any = None) -> None:
+    """
+    Make C{SIGHUP} reload an embedded gateway, as it does C{twistd
+    tlsgateway} and C{tlsgateway run}, instead of ending the process (the
+    signal's default action, which takes the embedding application's
+    other services down with it).
+
+    Call it from the main thread, in a C{.tac} file or before the reactor
+    runs.  Only C{SIGHUP} is taken: the application keeps its own policy
+    for every other signal.  The handler only schedules
+    C{service.reload()} on the reactor; a reload that is refused is
+    logged and shown on the status page, and the process goes on serving
+    the running configuration.  A service that is not running (stopped,
+    or not started yet) is not reloaded: a reload would open the
+    listening ports a stop has just closed.
+
+    @param service: a L{gateway.run.service.GatewayService} (or anything
+        with a C{reload()}).
+    @param reactor: the reactor the service runs on; L{None} for the
+        global one, imported when the signal arrives.
+    """
+    log = Logger(namespace="gateway.run.signals")
+
+    def reload() -> None:
+        if getattr(service, "running", True):
+            service.reload()
+        else:
+            log.info("received SIGHUP: the gateway is not running, not reloading")
+
+    def onSIGHUP(number: int, frame: object) -> None:
+        target = reactor
+        if target is None:
+            from twisted.internet import reactor as target
+        log.info("received SIGHUP: reloading the configuration")
+        target.callFromThread(reload)
+
+    signal.signal(signal.SIGHUP, onSIGHUP)

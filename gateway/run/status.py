@@ -391,6 +391,29 @@ def _stateClass(server: Mapping[str, Any]) -> str:
     return "up" if server["state"].startswith("up") else "down"
 
 
+def _reloadLines(reload: Mapping[str, Any] | None) -> list[str]:
+    """
+    The last reload, under the page's heading: a refused one in red with
+    its reason, since the running configuration is then older than the
+    file on disk.
+    """
+    if reload is None:
+        return []
+    since = f"configuration applied {html.escape(str(reload['last_success']))}"
+    counts = f"reloads: {reload['applied']} applied, {reload['refused']} refused"
+    if reload["result"] is None:
+        return [f'<p class="meta">{since} &middot; no reload since the start</p>']
+    css = "up" if reload["result"] == "applied" else "down"
+    lines = [
+        f'<p class="meta">{since} &middot; last reload'
+        f' <span class="{css}">{html.escape(reload["result"])}</span>'
+        f" at {html.escape(str(reload['time']))} &middot; {counts}</p>"
+    ]
+    if reload["reason"]:
+        lines.append(f'<pre class="down">{html.escape(reload["reason"])}</pre>')
+    return lines
+
+
 def renderHTML(snapshot: Snapshot) -> bytes:
     """
     The snapshot as a page that reads without JavaScript.
@@ -414,6 +437,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         f" {html.escape(gateway['generated'])} &middot; refreshes every"
         f' {REFRESH_SECONDS}s &middot; <a href="/status.json">JSON</a>'
         ' &middot; <a href="/metrics">metrics</a></p>',
+        *_reloadLines(snapshot.get("reload")),
         "<h2>Listeners</h2>",
     ]
     rows = [

@@ -47,6 +47,8 @@ from zope.interface import implementer
 from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
 from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
+from gateway.run.logs import Relay, standardOutput
+from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
@@ -126,6 +128,9 @@ class _Worker(ProcessProtocol):
                 os.kill(self.pid, number)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD in (1, 2) and self.supervisor.relay is not None:
+            self.supervisor.relay.received(childFD, data)
+            return
         if childFD == self.readyFD and not self.ready and READY.strip() in data:
             self.ready = True
             self.supervisor.workerReady(self)
@@ -165,6 +170,12 @@ class _PendingReload:
 @implementer(IReloadable)
 class Supervisor(Service):
     """
+    @ivar reloads: the outcome of the last reload, and counts, for the
+        status page and the metrics (the workers never reload: a reload
+        replaces them).
+    @ivar relay: what passes the workers' output on to this process's log,
+        when this process is a daemon; else L{None} (they share its
+        standard output and error).
     @ivar _ports: listening sockets by C{listen} description.
     @ivar _workers: every worker process alive, all generations.
     @ivar _crashes: crashes in a row, for the restart back-off.
@@ -190,11 +201,30 @@ class Supervisor(Service):
         self._crashes = 0
         self._stopping = False
         self._metricsDir = tempfile.mkdtemp(prefix="tlsgateway-metrics-")
+        self._shareMetrics(config)
         self._metricsPort: IListeningPort | None = None
         self.served = ServedCertificates()
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
         self._servers: list[ServerTLS] = []
+        self.reloads = ReloadHistory(lambda: self._reactor.seconds())
+        # A daemon's standard output and error are /dev/null: its workers'
+        # (their access log, their log) come through pipes to its log.
+        self.relay = None if standardOutput() is None else Relay()
+
+    def _shareMetrics(self, config: GatewayConfig) -> None:
+        """
+        Workers that drop their privileges (C{[gateway] user}) write their
+        metrics and status files in the supervisor's folder as that user.
+        """
+        from gateway.run.privileges import AccountError, chownFolder, configuredAccount
+
+        try:
+            account = configuredAccount(config)
+        except AccountError:
+            return  # reported by the load; the workers will not start either
+        if account is not None:
+            chownFolder(self._metricsDir, account)
 
     # start
 
@@ -206,6 +236,7 @@ class Supervisor(Service):
         self._openPorts(self.config)
         self._startMetrics()
         self._startGeneration()
+        self.reloads.started()
         self._log.info(
             "tlsgateway ready: supervisor {pid}, {workers} worker(s)",
             pid=os.getpid(),
@@ -288,6 +319,7 @@ class Supervisor(Service):
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self._metricsDir)
         registry.register(ExpiryCollector(self.served))
+        registry.register(ReloadCollector(self.reloads))
         result: list[Any] = []
         serverFromString(self._reactor, self.config.gateway.metrics).listen(
             metricsSite(registry, StatusResource(self.statusSnapshot))
@@ -317,13 +349,15 @@ class Supervisor(Service):
             for w in sorted(self._workers, key=lambda w: (w.generation, w.number))
             if w.generation < self._generation
         ]
-        return mergeSnapshots(
+        snapshot = mergeSnapshots(
             self.config,
             workers,
             readSnapshots(self._metricsDir, workers),
             self.served,
             [(number, pid, found.get(number)) for number, pid, found in retiring],
         )
+        snapshot["reload"] = self.reloads.snapshot()
+        return snapshot
 
     def _startGeneration(self) -> None:
         self._generation += 1
@@ -333,6 +367,8 @@ class Supervisor(Service):
     def _spawn(self, generation: int, number: int) -> None:
         fds = {}
         childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        if self.relay is not None:
+            childFDs.update({1: "r", 2: "r"})
         for description, port in self._ports.items():
             fd = port.fileno()  # type: ignore[attr-defined]
             family = port.socket.family  # type: ignore[attr-defined]
@@ -459,6 +495,10 @@ class Supervisor(Service):
             self._log.warn("not reloading: stopping")
             return
         if self._pending is not None:
+            self.reloads.refused(
+                f"the previous reload (generation {self._pending.generation})"
+                " is still starting its workers"
+            )
             self._log.warn(
                 "reload refused: the previous reload (generation {generation})"
                 " is still starting its workers; send SIGHUP again once it is done",
@@ -511,6 +551,7 @@ class Supervisor(Service):
         self._generation = pending.generation
         self.config = pending.config
         self._serve(pending.config, pending.contexts)
+        self._shareMetrics(pending.config)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
@@ -522,6 +563,7 @@ class Supervisor(Service):
         # before closing it, and shutdown() acts on the socket every copy
         # shares, so the port refuses connections from now on.
         self._closeUnused()
+        self.reloads.applied()
         self._log.info("reloaded: generation {generation}", generation=self._generation)
 
     def _notReady(self) -> None:
@@ -544,6 +586,7 @@ class Supervisor(Service):
         self._refused(reason)
 
     def _refused(self, reason: str) -> None:
+        self.reloads.refused(reason)
         self._log.error(
             "reload refused: {reason}\nthe running configuration stays",
             reason=reason,

@@ -97,3 +97,55 @@ def test_debugSwitchFollowsTheProcessLevel() -> None:
         assert verbosity.DEBUG is True
     finally:
         verbosity.DEBUG = True
+
+
+def test_logLinesEmitEachWholeLineAsAnAccessEvent() -> None:
+    """
+    A daemon's C{access_log = -}: each line written becomes one event, a
+    line split across writes included; a filter at C{warn} still passes
+    them (they are the access log, not chatter).
+    """
+    from twisted.logger import LogPublisher
+
+    from gateway.run.logs import ACCESS_NAMESPACE, LogLines
+
+    output = io.StringIO()
+    publisher = LogPublisher(consoleObserver("warn", output=output))
+    lines = LogLines()
+    lines._log.observer = publisher
+    lines.write("listener=web status=ok\nlistener=w")
+    lines.write("eb status=no_route\n")
+    lines.flush()
+    written = output.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in written] == [
+        "listener=web status=ok",
+        "listener=web status=no_route",
+    ]
+    assert all(f"[{ACCESS_NAMESPACE}#info]" in line for line in written)
+
+
+def test_relayPassesAWorkersLinesOnWithTheirLabelAndLevel() -> None:
+    """
+    A daemon supervisor's workers: their log lines keep their worker label
+    and level, their access-log lines become access events, and a line
+    split across reads is passed on whole.
+    """
+    from twisted.logger import LogPublisher
+
+    from gateway.run.logs import Relay
+
+    output = io.StringIO()
+    publisher = LogPublisher(consoleObserver("info", output=output))
+    relay = Relay()
+    relay._log.observer = publisher
+    relay._access._log.observer = publisher
+    relay.received(2, b"2026-12-01T10:00:00+0000 [worker 2 gateway.x#warn] disk ")
+    relay.received(2, b"full\n2026-12-01T10:00:00+0000 [worker 1 gateway.y#debug] x\n")
+    relay.received(1, b"listener=web status=ok\n")
+    relay.received(2, b"not a log line\n")
+    written = [line.split(" ", 1)[1] for line in output.getvalue().splitlines()]
+    assert written == [
+        "[worker 2 gateway.x#warn] disk full",
+        "[tlsgateway.access#info] listener=web status=ok",
+        "[gateway.run.supervisor#info] not a log line",
+    ]

@@ -217,3 +217,34 @@ def test_sigquitToTheSupervisorLeavesTheWorkersServing(
         globalLogPublisher.removeObserver(appendingTo(events))
     assert signalled == []
     assert any("a supervisor does not retire" in e["log_format"] for e in events)
+
+
+@pytest.fixture
+def sighupRestored() -> Iterator[None]:
+    previous = signal.getsignal(signal.SIGHUP)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
+def test_installedSIGHUPReloadsARunningEmbeddedService(sighupRestored: None) -> None:
+    """
+    C{gateway.installReloadOnSIGHUP}: the handler schedules the reload on
+    the reactor (nothing runs inside the handler), and a service that is
+    not running is not reloaded.
+    """
+    import gateway
+
+    reactor, target = RecordingReactor(), RecordingTarget()
+    target.running = True  # type: ignore[attr-defined]
+    gateway.installReloadOnSIGHUP(target, reactor)
+    handler = signal.getsignal(signal.SIGHUP)
+    assert callable(handler)
+    handler(signal.SIGHUP, None)
+    assert target.reloads == 0
+    [scheduled] = reactor.calls
+    scheduled()
+    assert target.reloads == 1
+    target.running = False  # type: ignore[attr-defined]
+    handler(signal.SIGHUP, None)
+    reactor.calls[-1]()
+    assert target.reloads == 1
