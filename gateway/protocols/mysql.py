@@ -68,7 +68,7 @@ from gateway.core.vocabulary import Action, Status
 from gateway.fast.splice import startRelay
 from gateway.protocols.strategy import IProtocolStrategy
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.rules.decision import deniedFingerprint
+from gateway.rules.decision import deniedFingerprint, noRouteReason
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
 from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
@@ -961,9 +961,7 @@ class MySQLConnection:
         if self._relay is not None:
             self._relay.clientReadClosed()
         elif self._state is not _State.OVER:
-            self._refuse(
-                Status.BAD_CLIENT_HELLO, f"client closed while {self._state.value}"
-            )
+            self._refuse(self._leftStatus(), f"client closed while {self._state.value}")
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
@@ -974,11 +972,23 @@ class MySQLConnection:
             self._owner.report(
                 Event.REFUSE,
                 f"connection lost while {self._state.value}",
-                Status.BAD_CLIENT_HELLO,
+                self._leftStatus(),
             )
         self._state = _State.OVER
         self._abortLegs()
         self._end()
+
+    def _leftStatus(self) -> Status:
+        """
+        The status of a client that left before the relay: a ClientHello
+        it stopped in the middle of is a bad one; otherwise it closed
+        before sending anything to route on, or right after its TLS
+        handshake (rejecting the certificate it was shown), and is
+        C{client_closed}.
+        """
+        if self._state is _State.HELLO and self._hello.buffered:
+            return Status.BAD_CLIENT_HELLO
+        return Status.CLIENT_CLOSED
 
     def stop(self) -> None:
         """
@@ -1123,7 +1133,7 @@ class MySQLStrategy:
             if relay is None:
                 return Refusal(
                     Status.NO_ROUTE,
-                    f"no route for server name {serverName!r}"
+                    noRouteReason(serverName)
                     if hello is not None
                     else "no default route for a client without TLS",
                 )

@@ -402,12 +402,24 @@ def _hello(policy: Policy, hello: ClientHello, fingerprint: str | None) -> Verdi
         policy.single if router is None else router.match(hello.serverName, hello.alpn)
     )
     if relay is None:
-        return Reject(Status.NO_ROUTE, f"no route for server name {hello.serverName!r}")
+        return Reject(Status.NO_ROUTE, noRouteReason(hello.serverName))
     if policy.passthroughVersions is not None and relay.action is not Action.TERMINATE:
         refused = _versionRefused(policy, hello, relay.action)
         if refused is not None:
             return refused
     return relay
+
+
+def noRouteReason(serverName: str | None) -> str:
+    """
+    The C{reason} of a C{no_route} refusal, in words: a client that sent no
+    server name (an IP address in the URL, a health check, a scanner) is
+    told apart from one whose name matches no route, and the log never
+    reads a language's C{None}.
+    """
+    if serverName is None:
+        return "no server name (SNI) and no default route"
+    return f"no route for server name {serverName!r}"
 
 
 def offersOnlyAcmeTLS(alpn: tuple[str, ...]) -> bool:

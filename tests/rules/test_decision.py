@@ -135,6 +135,13 @@ def test_routing() -> None:
     assert decide(rules, ClientHello("x.example"), "") == Reject(
         Status.NO_ROUTE, "no route for server name 'x.example'"
     )
+    # No SNI: said in words, never "None".
+    refused = decide(rules, ClientHello(None), "")
+    assert refused == Reject(
+        Status.NO_ROUTE, "no server name (SNI) and no default route"
+    )
+    assert isinstance(refused, Reject)
+    assert "None" not in refused.reason
 
 
 def test_passthroughProtocolsRefusesWithProtocolVersionAfterRouting() -> None:
