@@ -275,17 +275,20 @@ class Policy:
             return self.single
         return self.router.match(serverName, alpn)
 
-    def greeting(self) -> str:
+    def greetings(self) -> tuple[str, ...]:
         """
-        The upstream whose server greets a client before it is routed (a
-        C{protocol = mysql} listener): C{upstream}, the C{default} route's,
-        or the first route's.
+        The upstreams whose servers may greet a client before it is routed
+        (a C{protocol = mysql} listener), in the order to try them:
+        C{upstream}, or the C{default} route's (the first route's without
+        one), then every other upstream of the listener's routes, once each.
         """
         if self.router is None:
             assert self.single is not None
-            return self.single.upstream
+            return (self.single.upstream,)
         default = self.router.match(None)
-        return (default or self.config.routes[0]).upstream
+        first = (default or self.config.routes[0]).upstream
+        others = (route.upstream for route in self.config.routes)
+        return tuple(dict.fromkeys((first, *others)))
 
 
 def decide(

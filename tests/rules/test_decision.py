@@ -232,3 +232,24 @@ def test_atAcceptOneRuleRefusesOrTheClientIsAdmitted(
             assert verdict.reason.startswith("max_connections_per_client")
     else:
         assert verdict is ADMIT
+
+
+def test_greetingsStartWithTheDefaultRouteThenTheListenersOthers() -> None:
+    """
+    A MySQL listener's greeting may come from any of its upstreams, the
+    default route's first, each once.
+    """
+    rules = policy(
+        routes=(
+            RouteConfig("a.example", "alpha"),
+            RouteConfig("b.example", "beta"),
+            RouteConfig("c.example", "alpha"),
+            RouteConfig("default", "gamma"),
+        )
+    )
+    assert rules.greetings() == ("gamma", "alpha", "beta")
+    noDefault = policy(
+        routes=(RouteConfig("a.example", "alpha"), RouteConfig("b.example", "beta"))
+    )
+    assert noDefault.greetings() == ("alpha", "beta")
+    assert policy(upstream="app").greetings() == ("app",)
