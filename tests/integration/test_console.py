@@ -328,7 +328,9 @@ def test_statusPageMarksBackupsSaysWhyAServerIsDownAndCountsTraffic(
         # (A rate counts whole seconds: the one the connections ended in
         # must be over.)
         [listener] = statusJSON(metricsPort)["listeners"]
-        return listener["connections_total"] == 10 and listener["connections_per_s"] > 0
+        return bool(
+            listener["connections_total"] == 10 and listener["connections_per_s"] > 0
+        )
 
     waitUntil(counted, 10, lambda: json.dumps(statusJSON(metricsPort), indent=1))
     status = statusJSON(metricsPort)
