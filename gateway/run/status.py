@@ -448,11 +448,13 @@ p.meta { color: #666; margin: 0; }
 table { border-collapse: collapse; min-width: 40em; }
 th, td { text-align: left; padding: .25em .8em; border-bottom: 1px solid #ddd; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .up { color: #11722b; font-weight: 600; }
 .down { color: #b00020; font-weight: 600; }
 .partial { color: #9a6700; font-weight: 600; }
 .none { color: #666; font-style: italic; }
+p.note { color: #666; margin: 0 0 .4em; font-size: .9em; }
+td.health { min-width: 16em; }
 td.when { white-space: nowrap; }
 """
 
@@ -476,11 +478,11 @@ def _stateClass(server: Mapping[str, Any]) -> str:
     return "up" if server["state"].startswith("up") else "down"
 
 
-_TRAFFIC_HEADERS = (
-    "connections (ended)",
-    f"per second (last {RATE_WINDOW}s)",
-    "bytes in",
-    "bytes out",
+_TRAFFIC_HEADERS = ("total", "per s", "bytes in", "bytes out")
+
+_TRAFFIC_NOTE = (
+    f"total and per s: connections ended (per second over the last {RATE_WINDOW}s);"
+    " bytes from and to the clients; counted as each connection ends"
 )
 
 
@@ -548,6 +550,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         f' {REFRESH_SECONDS}s &middot; <a href="/status.json">JSON</a>'
         ' &middot; <a href="/metrics">metrics</a></p>',
         "<h2>Listeners</h2>",
+        f'<p class="note">{html.escape(_TRAFFIC_NOTE)}</p>',
     ]
     rows = [
         "<tr>"
@@ -589,7 +592,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
                     if server.get("backup")
                     else _cell("primary")
                 )
-                + _cell(server["state"], _stateClass(server))
+                + _cell(server["state"], f"{_stateClass(server)} health")
                 + _cell(_since(server.get("down_since")), "when")
                 + _cell(server["active"], "num")
                 + _trafficCells(server)

@@ -364,7 +364,7 @@ def test_statusPageMarksBackupsSaysWhyAServerIsDownAndCountsTraffic(
     assert '<td class="partial">backup</td>' in page
     assert down["state"] in page
     assert down["down_since"][:19].replace("T", " ") in page
-    assert "per second (last 10s)" in page
+    assert "connections ended (per second over the last 10s)" in page
     assert '<td class="num">10</td>' in page
     assert "none since the gateway started (at " in page
 

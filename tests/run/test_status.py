@@ -314,7 +314,7 @@ def test_pageMarksBackupsAndShowsWhyAndSinceATotalsAndRates() -> None:
     assert snapshot["upstreams"][0]["servers"][1]["down_since"][:16] in (
         page.replace(" ", "T")
     )
-    assert "per second (last 10s)" in page
+    assert "connections ended (per second over the last 10s)" in page
     assert ">2.5 kB<" in page
     assert ">3.4 MB<" in page
     assert "none since the gateway started (at " in page
