@@ -11,11 +11,13 @@ C{no_route} with C{sni} null and a reason in words.
 from __future__ import annotations
 
 import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import (
     CertificateAuthority,
@@ -45,17 +47,37 @@ def strangerCA(tmp_path: Path) -> Path:
     return path
 
 
-def startRouted(gateway: Any, backend: Any, certificate: ServerCertificate) -> Gateway:
+def startRouted(
+    gateway: Any,
+    backend: Any,
+    certificate: ServerCertificate,
+    metricsPort: int | None = None,
+) -> Gateway:
     """A terminating gateway with one route (no default) to a plaintext backend."""
     app = backend("app", tls=False)
-    return gateway(  # type: ignore[no-any-return]
-        terminatingIni(
-            freePort(),
-            certificate=certificate,
-            routes=[(GW_NAME, "app")],
-            upstreams={"app": app.address},
-        )
+    text = terminatingIni(
+        freePort(),
+        certificate=certificate,
+        routes=[(GW_NAME, "app")],
+        upstreams={"app": app.address},
     )
+    if metricsPort is not None:
+        metrics = f"metrics = tcp:{metricsPort}:interface=127.0.0.1\n"
+        text = text.replace("[gateway]\n", "[gateway]\n" + metrics, 1)
+    return gateway(text)  # type: ignore[no-any-return]
+
+
+def connectionsByStatus(metricsPort: int) -> dict[str, float]:
+    url = f"http://127.0.0.1:{metricsPort}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tlsgateway_connections"
+        for sample in family.samples
+        if sample.name == "tlsgateway_connections_total"
+    }
 
 
 def entryFor(gw: Gateway, client: tuple[str, int]) -> dict[str, Any]:
@@ -66,7 +88,8 @@ def entryFor(gw: Gateway, client: tuple[str, int]) -> dict[str, Any]:
 def test_connectAndCloseIsClientClosedAndGarbageABadHello(
     gateway: Any, backend: Any, gwCert: ServerCertificate
 ) -> None:
-    gw = startRouted(gateway, backend, gwCert)
+    metricsPort = freePort()
+    gw = startRouted(gateway, backend, gwCert, metricsPort)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
         silent = sock.getsockname()
     entry = entryFor(gw, silent)
@@ -93,6 +116,11 @@ def test_connectAndCloseIsClientClosedAndGarbageABadHello(
     entry = entryFor(gw, truncated)
     assert entry["status"] == "bad_client_hello", entry
     assert "before a complete ClientHello" in entry["reason"], entry
+    # The metrics count them under the same words.
+    assert connectionsByStatus(metricsPort) == {
+        "client_closed": 1.0,
+        "bad_client_hello": 2.0,
+    }
 
 
 def test_clientRejectingTheCertificateIsClientClosed(
