@@ -2,8 +2,9 @@
 In-memory transports for protocol tests.
 """
 
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import StringTransportWithDisconnection
 
 
@@ -63,3 +64,8 @@ class TableOwner:
             return False
         self.state = target
         return True
+
+
+#: What the tests pass as the connector of a connect that failed: the
+#: factories under test never look at it.
+NO_CONNECTOR = cast(IConnector, None)

@@ -56,7 +56,8 @@ def _load(path: str) -> GatewayConfig | None:
 
 def check(args: argparse.Namespace) -> int:
     """
-    Like C{nginx -t}: everything that can be known without listening.
+    Like C{nginx -t}: everything that can be known without listening;
+    and, as a warning only, upstream host names that do not resolve now.
 
     Warnings go to standard error, as problems do, each flushed before
     C{configuration OK} is printed on standard output: in a terminal, or
@@ -65,7 +66,9 @@ def check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
-    for warning in config.warnings:
+    from gateway.run.resolution import unresolvedServers
+
+    for warning in (*config.warnings, *unresolvedServers(config)):
         print(warning, file=sys.stderr, flush=True)  # noqa: T201
     print("configuration OK", flush=True)  # noqa: T201
     return 0

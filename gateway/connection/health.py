@@ -337,8 +337,10 @@ class HealthChecker:
         before = self.states.get(member, HealthState())
         after = before.observe(passed, self._rise, self._fall)
         self.states[member] = after
+        member.checkError = None if passed else why
         if after.up == before.up:
             return
+        member.downSince = None if after.up else self._reactor.seconds()
         self._pool.setHealthy(member, after.up)
         if after.up:
             self._log.info(

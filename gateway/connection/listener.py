@@ -54,7 +54,12 @@ from gateway.config import ListenerConfig
 from gateway.connection.challenge import ChallengeStage
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage, PrereadProtocol
-from gateway.connection.session import Session, Timeouts, UpstreamRuntime
+from gateway.connection.session import (
+    FailureNotice,
+    Session,
+    Timeouts,
+    UpstreamRuntime,
+)
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.transports import RelayTransport
@@ -538,7 +543,7 @@ class ListenerFactory(ServerFactory):
         relay: str = "portable",
         opening: Callable[[], IUpstreamOpening] | None = None,
         onEnd: Callable[[], None] | None = None,
-        failureAlert: bytes | None = None,
+        failureAlert: FailureNotice | None = None,
     ) -> Session:
         """
         The session that takes a connection to C{upstream}.
@@ -549,7 +554,8 @@ class ListenerFactory(ServerFactory):
         @param onEnd: called when the session ends, before the listener
             logs it.
         @param failureAlert: written to the client when no server can be
-            reached (passthrough: the client waits for a ServerHello).
+            reached (passthrough: the client waits for a ServerHello; a
+            terminated PostgreSQL client for its server's first message).
         """
         clientKey = self.clientKeyOf(protocol)
 

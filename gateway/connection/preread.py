@@ -325,6 +325,11 @@ class PrereadProtocol(Protocol):
             self.report(Event.CLIENT_CLOSED)
             assert self.transport is not None
             self.transport.loseConnection()
+        elif not self.record.bytesIn:
+            # Nothing to route on, nothing malformed: the client left.
+            self._refuse(
+                None, "client closed before sending anything", None, Event.CLIENT_CLOSED
+            )
         elif state is State.PROXY_HEADER:
             assert self._proxyReader is not None
             try:
@@ -334,7 +339,7 @@ class PrereadProtocol(Protocol):
         elif state is State.PREAMBLE:
             assert self._preamble is not None
             self._refuse(
-                None, self._preamble.describeEnd(), BY_STATUS, Event.CLIENT_CLOSED
+                None, self._preamble.describeEnd(), BY_STATUS, Event.STOPPED_SHORT
             )
         else:
             # A TLS server sends no alert to a client that stopped short.
@@ -343,9 +348,9 @@ class PrereadProtocol(Protocol):
                 None,
                 f"client closed after {got} bytes, before a complete ClientHello"
                 if got
-                else "client closed before sending anything",
+                else "client closed before sending its ClientHello",
                 None,
-                Event.CLIENT_CLOSED,
+                Event.STOPPED_SHORT if got else Event.CLIENT_CLOSED,
             )
 
     def writeConnectionLost(self) -> None:
@@ -356,7 +361,12 @@ class PrereadProtocol(Protocol):
         if self._next is not None:
             self._next.connectionLost(reason)
             return
-        self.report(Event.LOST, "connection lost during pre-read")
+        if self.record.bytesIn or self.state is State.CLOSING:
+            self.report(Event.LOST, "connection lost during pre-read")
+        else:
+            self.report(
+                Event.CLIENT_CLOSED, "connection lost before the client sent anything"
+            )
         self.record.ended = self._clock.seconds()
         self._listener.ended(self)
 

@@ -59,6 +59,13 @@ if TYPE_CHECKING:
     from gateway.fast.internals import Hub
 
 
+FailureNotice = bytes | Callable[[str], bytes]
+"""
+What a client is told when no server can take its connection: fixed bytes,
+or a function of the last error (C{host:port: reason}) that gives them.
+"""
+
+
 @attrs.frozen
 class UpstreamRuntime:
     """
@@ -284,8 +291,10 @@ class Session:
     @ivar _picked: the server of the current attempt or connection, until
         the chooser is told it is over (C{connectFailed} or C{released}),
         so its active-connection count is exact.
-    @ivar _failureAlert: the TLS alert a passthrough client is sent when
-        no server can be reached (C{internal_error}), or L{None}.
+    @ivar _failureAlert: what the client is sent when no server can be
+        reached, or L{None}: the TLS alert of a passthrough client
+        (C{internal_error}), or a function of the last error giving the
+        bytes (a terminated PostgreSQL client's C{ErrorResponse}).
     @ivar _attempt: the upstream connection being made (connecting or in
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
@@ -312,7 +321,7 @@ class Session:
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
         opening: Callable[[], IUpstreamOpening] | None = None,
-        failureAlert: bytes | None = None,
+        failureAlert: FailureNotice | None = None,
     ) -> None:
         self.relay: IRelay | None = None
         self._failureAlert = failureAlert
@@ -395,14 +404,7 @@ class Session:
             else None
         )
         if server is None:
-            self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
-            if self._failureAlert is not None:
-                # Nothing was relayed yet: the client still waits for the
-                # server's first flight, so it can be told in TLS.
-                if self._countBytes:
-                    self._record.bytesOut += len(self._failureAlert)
-                self._client.write(self._failureAlert)
-            self._client.loseConnection()
+            self._unavailable()
             return
         self._triesLeft -= 1
         self._tried |= {server}
@@ -528,7 +530,23 @@ class Session:
         if self._clientGone:
             self._finish()
             return
+        self._unavailable()
+
+    def _unavailable(self) -> None:
+        """
+        No server can take the connection: log it, tell the client in its
+        own protocol if it has a way to hear it, and close.
+        """
         self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
+        notice = self._failureAlert
+        if callable(notice):
+            notice = notice(self._lastError)
+        if notice is not None:
+            # Nothing was relayed yet: the client still waits for the
+            # server's first words, so it can be told instead.
+            if self._countBytes:
+                self._record.bytesOut += len(notice)
+            self._client.write(notice)
         self._client.loseConnection()
 
     def upstreamRefused(

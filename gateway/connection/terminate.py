@@ -22,9 +22,10 @@ from zope.interface import Interface, implementer
 from gateway.connection.preread import IStage
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import RelayTransport
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner, Event
-from gateway.tls.transport import ITLSEvents, TLSTransport
+from gateway.tls.transport import ITLSEvents, TLSTransport, clientGaveUp
 
 
 class ITerminatedSession(Interface):
@@ -133,7 +134,11 @@ class TerminationStage:
 
     def tlsHandshakeFailed(self, reason: str) -> None:
         self._stopTimer()
-        self._owner.report(Event.HANDSHAKE_FAILED, reason)
+        gaveUp = clientGaveUp(reason)
+        if gaveUp is None:
+            self._owner.report(Event.HANDSHAKE_FAILED, reason)
+        else:
+            self._owner.report(Event.REFUSE, gaveUp, Status.CLIENT_CLOSED)
         self._transport.loseConnection()
 
     def tlsData(self, data: bytes) -> None:

@@ -159,6 +159,10 @@ class Member:
     @ivar failedUntil: the end of the current unavailability, if any.
     @ivar healthy: the verdict of the active health checks (always
         C{True} without them).
+    @ivar checkError: why the last health check failed, or L{None} when
+        it passed (or none ran): the status page's cause of a server down.
+    @ivar downSince: the pool clock's time the health checks took the
+        server down, or L{None} while they have not.
     """
 
     def __init__(self, server: ServerConfig, configured: ServerConfig) -> None:
@@ -169,6 +173,8 @@ class Member:
         self.firstFail = 0.0
         self.failedUntil: float | None = None
         self.healthy = True
+        self.checkError: str | None = None
+        self.downSince: float | None = None
 
     # the balancers' view (gateway.core.balancers.Candidate)
 

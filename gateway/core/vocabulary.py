@@ -26,6 +26,7 @@ class Status(enum.StrEnum):
     LIMITED = "limited"
     PREREAD_TIMEOUT = "preread_timeout"
     BAD_CLIENT_HELLO = "bad_client_hello"
+    CLIENT_CLOSED = "client_closed"
     BAD_PROXY_HEADER = "bad_proxy_header"
     HANDSHAKE_FAILED = "handshake_failed"
     TLS_ERROR = "tls_error"

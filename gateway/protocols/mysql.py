@@ -68,7 +68,7 @@ from gateway.core.transports import RelayTransport, relayTransport
 from gateway.core.vocabulary import Action, Status
 from gateway.protocols.strategy import IProtocolStrategy
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.rules.decision import deniedFingerprint
+from gateway.rules.decision import deniedFingerprint, noRouteReason
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
 from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
@@ -128,7 +128,10 @@ class Wiring:
     """
     What one C{protocol = mysql} connection needs from its listener.
 
-    @ivar greeting: the upstream whose server greets the client.
+    @ivar greetings: the upstreams whose servers may greet the client, in
+        the order they are tried: the default route's (or C{upstream}, or
+        the first route's) first, then the listener's other upstreams, so
+        that one dead server never takes a whole listener down.
     @ivar choose: the upstream for a ClientHello (or, for a plaintext
         client, for L{None}: C{upstream} or the C{default} route), or a
         L{Refusal} (C{no_route}, C{denied}).
@@ -148,7 +151,7 @@ class Wiring:
     maxHello: int
     clientKey: str
     allowPlaintext: bool
-    greeting: UpstreamRuntime
+    greetings: tuple[UpstreamRuntime, ...]
     choose: Callable[[ClientHello | None], UpstreamRuntime | Refusal]
     contextFor: Callable[[str | None], SSL.Context]
     describe: Callable[[SSL.Connection], dict[str, Any]]
@@ -568,13 +571,15 @@ class MySQLConnection:
         self._nextSequence = 0
         self._relay: IRelay | None = None
         self._ended = False
+        self._greetingsLeft = list(wiring.greetings)
+        self._greetingErrors: list[str] = []
 
     # -- the client's raw transport (a preread Stage) ------------------------
 
     def start(self, buffered: bytes) -> None:
         self._owner.report(Event.CONNECT)
         self._early = buffered
-        self._dial(self.wiring.greeting, self.wiring.proxyHeader(None, None))
+        self._dialGreeting()
 
     def dataReceived(self, data: bytes) -> None:
         if self._termination is not None:
@@ -619,10 +624,33 @@ class MySQLConnection:
         self._dialer = _Dialer(self, upstream, proxyHeader)
         self._dialer.start()
 
+    def _dialGreeting(self) -> None:
+        """
+        Dial the next upstream that may greet the client (its servers in
+        turn, as the dialer does): any server of the listener's upstreams
+        can, since the client is re-authenticated against the one its
+        server name routes to.
+        """
+        upstream = self._greetingsLeft.pop(0)
+        self._dial(upstream, self.wiring.proxyHeader(None, None))
+
     def dialFailed(self, dialer: _Dialer, reason: str) -> None:
         if dialer is not self._dialer:
             return
         self._dialer = None
+        if self._state is _State.GREETING:
+            self._greetingErrors.append(f"upstream {dialer.upstream.name}: {reason}")
+            if self._greetingsLeft:
+                self._dialGreeting()
+                return
+            names = ", ".join(repr(u.name) for u in self.wiring.greetings)
+            self._refuse(
+                Status.UPSTREAM_UNAVAILABLE,
+                "; ".join(self._greetingErrors),
+                f"tlsgateway: no MySQL server of upstream {names} is available",
+                sequence=self._nextSequence,
+            )
+            return
         self._refuse(
             Status.UPSTREAM_UNAVAILABLE,
             reason,
@@ -961,9 +989,7 @@ class MySQLConnection:
         if self._relay is not None:
             self._relay.clientReadClosed()
         elif self._state is not _State.OVER:
-            self._refuse(
-                Status.BAD_CLIENT_HELLO, f"client closed while {self._state.value}"
-            )
+            self._refuse(self._leftStatus(), f"client closed while {self._state.value}")
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
@@ -974,11 +1000,23 @@ class MySQLConnection:
             self._owner.report(
                 Event.REFUSE,
                 f"connection lost while {self._state.value}",
-                Status.BAD_CLIENT_HELLO,
+                self._leftStatus(),
             )
         self._state = _State.OVER
         self._abortLegs()
         self._end()
+
+    def _leftStatus(self) -> Status:
+        """
+        The status of a client that left before the relay: a ClientHello
+        it stopped in the middle of is a bad one; otherwise it closed
+        before sending anything to route on, or right after its TLS
+        handshake (rejecting the certificate it was shown), and is
+        C{client_closed}.
+        """
+        if self._state is _State.HELLO and self._hello.buffered:
+            return Status.BAD_CLIENT_HELLO
+        return Status.CLIENT_CLOSED
 
     def stop(self) -> None:
         """
@@ -1123,7 +1161,7 @@ class MySQLStrategy:
             if relay is None:
                 return Refusal(
                     Status.NO_ROUTE,
-                    f"no route for server name {serverName!r}"
+                    noRouteReason(serverName)
                     if hello is not None
                     else "no default route for a client without TLS",
                 )
@@ -1146,7 +1184,9 @@ class MySQLStrategy:
                 maxHello=config.preread_buffer_size,
                 clientKey=listener.clientKeyOf(protocol),
                 allowPlaintext=config.allow_plaintext,
-                greeting=listener.upstreams[policy.greeting()],
+                greetings=tuple(
+                    listener.upstreams[name] for name in policy.greetings()
+                ),
                 choose=choose,
                 contextFor=listener.tls.contextFor,
                 describe=listener.tls.describe,

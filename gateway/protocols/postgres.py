@@ -58,6 +58,7 @@ from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import TLSTransport
 from gateway.wire.clienthello import _NeedMore
 from gateway.wire.postgres import (
+    CONNECTION_FAILURE,
     GSS_REFUSED,
     INVALID_AUTHORIZATION,
     NEED_MORE,
@@ -100,6 +101,7 @@ __all__ = [
     "noteStartup",
     "plaintextRefused",
     "startTerminated",
+    "upstreamUnreachable",
 ]
 
 PlaintextStart = StartupMessage | CancelRequest
@@ -133,6 +135,22 @@ def plaintextRefused() -> bytes:
         "this gateway accepts PostgreSQL connections over TLS only: connect with "
         "sslmode=require or stronger (allow_plaintext is off)",
         INVALID_AUTHORIZATION,
+    )
+
+
+def upstreamUnreachable(upstream: str, error: str) -> bytes:
+    """
+    The C{ErrorResponse} a terminated client gets when no server of its
+    upstream can be reached.
+
+    SQLSTATE 08006 (C{connection_failure}) and FATAL, as libpq reports a
+    server it cannot reach, so psql prints the cause instead of "SSL
+    connection has been closed unexpectedly"; the message names the
+    upstream and the last server's error, what an operator looks for first.
+    """
+    return errorResponse(
+        f"tlsgateway: cannot reach upstream {upstream!r}: {error}",
+        CONNECTION_FAILURE,
     )
 
 
@@ -399,6 +417,7 @@ class StartupReader:
         self._session: Session | None = None
         self._timer: Deadline | None = None
         self._refused = False
+        self._received = 0
 
     def connect(self) -> None:
         """
@@ -412,6 +431,7 @@ class StartupReader:
             return
         if self._refused:
             return
+        self._received += len(data)
         try:
             event = self._reader.feed(data)
         except PostgresError as e:
@@ -430,21 +450,17 @@ class StartupReader:
         if self._session is not None:
             self._session.clientReadClosed()
         elif not self._refused:
-            self._refuse(
-                Status.BAD_CLIENT_HELLO,
-                "client closed before its PostgreSQL startup packet",
-            )
+            # As libpq does when it rejects the certificate it was shown
+            # (sslmode=verify-full) or is only probing: not a bad hello.
+            self._refuse(*self._endedEarly("closed"))
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
         if self._session is not None:
             self._session.clientLost(reason)
             return
-        self._owner.report(
-            Event.REFUSE,
-            "connection lost before the startup packet",
-            Status.BAD_CLIENT_HELLO,
-        )
+        status, why = self._endedEarly("lost")
+        self._owner.report(Event.REFUSE, why, status)
         if self._ended is not None:
             ended, self._ended = self._ended, None
             self._record.ended = self._clock.seconds()
@@ -463,6 +479,25 @@ class StartupReader:
         self._stopTimer()
         self._owner.report(Event.REFUSE, reason, status)
         self._client.loseConnection()
+
+    def _endedEarly(self, how: str) -> tuple[Status, str]:
+        """
+        Why a client that closed (or lost) its connection before its
+        startup packet was whole is refused: C{client_closed} if it sent
+        nothing after the handshake, a truncated (bad) startup packet
+        otherwise.
+        """
+        if self._received:
+            return (
+                Status.BAD_CLIENT_HELLO,
+                f"client {how} after {self._received} bytes of its PostgreSQL"
+                " startup packet",
+            )
+        return (
+            Status.CLIENT_CLOSED,
+            f"client {how} right after the TLS handshake, before its PostgreSQL"
+            " startup packet",
+        )
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -584,6 +619,7 @@ class PostgresStrategy:
                     tls.connection,
                     opening=self.opening(target.tls is not None),
                     onEnd=onEnd,
+                    failureAlert=lambda error: upstreamUnreachable(target.name, error),
                 ),
             )
 

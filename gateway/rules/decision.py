@@ -275,17 +275,20 @@ class Policy:
             return self.single
         return self.router.match(serverName, alpn)
 
-    def greeting(self) -> str:
+    def greetings(self) -> tuple[str, ...]:
         """
-        The upstream whose server greets a client before it is routed (a
-        C{protocol = mysql} listener): C{upstream}, the C{default} route's,
-        or the first route's.
+        The upstreams whose servers may greet a client before it is routed
+        (a C{protocol = mysql} listener), in the order to try them:
+        C{upstream}, or the C{default} route's (the first route's without
+        one), then every other upstream of the listener's routes, once each.
         """
         if self.router is None:
             assert self.single is not None
-            return self.single.upstream
+            return (self.single.upstream,)
         default = self.router.match(None)
-        return (default or self.config.routes[0]).upstream
+        first = (default or self.config.routes[0]).upstream
+        others = (route.upstream for route in self.config.routes)
+        return tuple(dict.fromkeys((first, *others)))
 
 
 def decide(
@@ -402,12 +405,24 @@ def _hello(policy: Policy, hello: ClientHello, fingerprint: str | None) -> Verdi
         policy.single if router is None else router.match(hello.serverName, hello.alpn)
     )
     if relay is None:
-        return Reject(Status.NO_ROUTE, f"no route for server name {hello.serverName!r}")
+        return Reject(Status.NO_ROUTE, noRouteReason(hello.serverName))
     if policy.passthroughVersions is not None and relay.action is not Action.TERMINATE:
         refused = _versionRefused(policy, hello, relay.action)
         if refused is not None:
             return refused
     return relay
+
+
+def noRouteReason(serverName: str | None) -> str:
+    """
+    The C{reason} of a C{no_route} refusal, in words: a client that sent no
+    server name (an IP address in the URL, a health check, a scanner) is
+    told apart from one whose name matches no route, and the log never
+    reads a language's C{None}.
+    """
+    if serverName is None:
+        return "no server name (SNI) and no default route"
+    return f"no route for server name {serverName!r}"
 
 
 def offersOnlyAcmeTLS(alpn: tuple[str, ...]) -> bool:

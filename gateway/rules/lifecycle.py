@@ -73,6 +73,7 @@ class Event(enum.Enum):
     BAD_INPUT = "bad input"
     TIME_OUT = "time out"
     CLIENT_CLOSED = "client closed"
+    STOPPED_SHORT = "client closed mid-message"
     LOST = "connection lost"
     SHUT_DOWN = "shut down"
     LOG = "log"
@@ -153,13 +154,20 @@ _TABLE: dict[tuple[State, Event], Transition] = {
     (State.CLIENT_HELLO, Event.TIME_OUT): Transition(
         State.CLOSING, Status.PREREAD_TIMEOUT
     ),
-    (State.PREAMBLE, Event.CLIENT_CLOSED): Transition(
+    # A client that leaves before sending a byte is not a bad hello: a
+    # port scan, a balancer's TCP check, a client that gave up.  One that
+    # stops in the middle of its hello sent a truncated, so bad, one.
+    **{
+        (s, Event.CLIENT_CLOSED): Transition(State.CLOSING, Status.CLIENT_CLOSED)
+        for s in _PREREAD
+    },
+    (State.PREAMBLE, Event.STOPPED_SHORT): Transition(
         State.CLOSING, Status.BAD_CLIENT_HELLO
     ),
-    (State.CLIENT_HELLO, Event.CLIENT_CLOSED): Transition(
+    (State.CLIENT_HELLO, Event.STOPPED_SHORT): Transition(
         State.CLOSING, Status.BAD_CLIENT_HELLO
     ),
-    (State.ACCEPTED, Event.LOST): Transition(State.CLOSING, Status.BAD_CLIENT_HELLO),
+    (State.ACCEPTED, Event.LOST): Transition(State.CLOSING, Status.CLIENT_CLOSED),
     (State.PROXY_HEADER, Event.LOST): Transition(
         State.CLOSING, Status.BAD_PROXY_HEADER
     ),

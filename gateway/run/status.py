@@ -37,6 +37,7 @@ from twisted.web.server import Request
 
 from gateway.config import GatewayConfig
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.run.traffic import RATE_WINDOW, Traffic, emptyFields
 from gateway.tls.served import ServedCertificates
 
 #: How many failed connections the page remembers (per process).
@@ -52,12 +53,17 @@ class RecentFailures:
     """
     A ring of the last connections that did not end C{ok}: bounded, so a
     flood of refused connections costs a fixed amount of memory.
+
+    The access log hands it every record, so it also counts them all, per
+    listener and server (L{traffic}).
     """
 
     def __init__(self, size: int = RECENT_FAILURES) -> None:
         self._entries: deque[dict[str, Any]] = deque(maxlen=size)
+        self.traffic = Traffic()
 
     def add(self, record: ConnectionRecord) -> None:
+        self.traffic.add(record)
         if record.status in (None, "ok"):
             return
         fields = record.fields()
@@ -86,6 +92,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _isoTime(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def _certificates(served: ServedCertificates) -> list[dict[str, Any]]:
     now = time.time()
     return [
@@ -102,7 +112,9 @@ def _certificates(served: ServedCertificates) -> list[dict[str, Any]]:
 
 
 def _listeners(
-    config: GatewayConfig, active: Callable[[str], int]
+    config: GatewayConfig,
+    active: Callable[[str], int],
+    traffic: Callable[[str], dict[str, Any]],
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -112,9 +124,36 @@ def _listeners(
             "protocol": listener.protocol,
             "routes": len(listener.routes),
             "active": active(listener.name),
+            **traffic(listener.name),
         }
         for listener in config.listeners
     ]
+
+
+def _memberState(member: Any, usable: bool, now: float) -> dict[str, Any]:
+    """
+    A pool member's health for the page: C{state} in words with its
+    cause, and since when it is down (C{down_since}, wall-clock ISO time,
+    from the pool clock's C{now}).
+    """
+    since: float | None = None
+    if not member.healthy:
+        reason = "health check failing"
+        if member.checkError:
+            reason += f": {member.checkError}"
+        since = member.downSince
+    elif usable:
+        return {"state": "up", "down_reason": None, "down_since": None}
+    else:
+        left = max(0.0, (member.failedUntil or now) - now)
+        reason = f"failed connects (max_fails), retried in {left:.0f}s"
+        if member.failedUntil is not None:
+            since = member.failedUntil - member.server.fail_timeout
+    return {
+        "state": f"down: {reason}",
+        "down_reason": reason,
+        "down_since": None if since is None else _isoTime(time.time() - (now - since)),
+    }
 
 
 def localSnapshot(
@@ -135,25 +174,22 @@ def localSnapshot(
         connects from one whose C{fail_timeout} is over.
     """
     now = clock()
+    traffic = recent.traffic
     upstreams = []
     for name, upstream in config.upstreams.items():
         pool = pools.get(name)
         servers = []
         for member in () if pool is None else pool.members():
             assert pool is not None
-            if not member.healthy:
-                state = "down: health check failing"
-            elif pool.usable(member, now):
-                state = "up"
-            else:
-                left = max(0.0, (member.failedUntil or now) - now)
-                state = f"down: failed connects (max_fails), retried in {left:.0f}s"
+            health = _memberState(member, pool.usable(member, now), now)
             servers.append(
                 {
                     "server": member.key,
-                    "up": state == "up",
-                    "state": state,
+                    "backup": member.server.backup,
+                    "up": health["state"] == "up",
+                    **health,
                     "active": member.active,
+                    **traffic.server(member.key),
                 }
             )
         upstreams.append(
@@ -170,8 +206,11 @@ def localSnapshot(
             "workers": 1,
             "config": config.path,
             "generated": _now(),
+            "started": _isoTime(traffic.started),
         },
-        "listeners": _listeners(config, lambda n: listenerActive.get(n, 0)),
+        "listeners": _listeners(
+            config, lambda n: listenerActive.get(n, 0), traffic.listener
+        ),
         "upstreams": upstreams,
         "recent_failures": recent.newestFirst(),
         "certificates": _certificates(served),
@@ -179,6 +218,19 @@ def localSnapshot(
 
 
 # --- several workers -------------------------------------------------------------
+
+_SUMMED = ("connections_total", "connections_per_s", "bytes_in", "bytes_out")
+
+
+def _addTraffic(into: dict[str, Any], reported: Mapping[str, Any]) -> None:
+    """
+    Add one worker's totals and rates for a listener or server to
+    C{into}: each worker counts its own connections, so they add up.
+    """
+    for key in _SUMMED:
+        into[key] = into.get(key, 0) + reported.get(key, 0)
+    into["connections_per_s"] = round(into["connections_per_s"], 1)
+
 
 _PREFIX = "status-worker-"
 
@@ -261,21 +313,33 @@ def mergeSnapshots(
         if snapshot is not None and snapshot.get("gateway", {}).get("pid") == pid
     }
     listenerActive: dict[str, int] = {}
+    listenerTraffic: dict[str, dict[str, Any]] = {}
     servers: dict[tuple[str, str], dict[str, Any]] = {}
     failures = []
     for number, snapshot in current.items():
         for listener in snapshot.get("listeners", []):
             name = listener["name"]
             listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
+            _addTraffic(listenerTraffic.setdefault(name, emptyFields()), listener)
         for upstream in snapshot.get("upstreams", []):
             for server in upstream["servers"]:
                 key = (upstream["name"], server["server"])
                 merged = servers.setdefault(
-                    key, {"server": server["server"], "active": 0, "up_workers": 0}
+                    key,
+                    {
+                        "server": server["server"],
+                        "backup": server.get("backup", False),
+                        "active": 0,
+                        "up_workers": 0,
+                        **emptyFields(),
+                    },
                 )
                 merged["active"] += server["active"]
+                _addTraffic(merged, server)
                 merged["up_workers"] += 1 if server["up"] else 0
                 merged.setdefault("states", {})[number] = server["state"]
+                if server.get("down_since"):
+                    merged.setdefault("since", []).append(server["down_since"])
         for failure in snapshot.get("recent_failures", []):
             failures.append({**failure, "worker": number})
     failures.sort(key=lambda f: f.get("time") or "", reverse=True)
@@ -283,11 +347,13 @@ def mergeSnapshots(
         for listener in snapshot.get("listeners", []):
             name = listener["name"]
             listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
+            _addTraffic(listenerTraffic.setdefault(name, emptyFields()), listener)
         for upstream in snapshot.get("upstreams", []):
             for server in upstream["servers"]:
                 known = servers.get((upstream["name"], server["server"]))
                 if known is not None:
                     known["active"] += server["active"]
+                    _addTraffic(known, server)
     reporting = len(current)
     upstreams = []
     for name, upstream in config.upstreams.items():
@@ -306,7 +372,18 @@ def mergeSnapshots(
             details = sorted(set(merged.pop("states").values()) - {"up"})
             if details:
                 state += f" ({'; '.join(details)})"
-            rows.append({**merged, "workers": reporting, "up": up > 0, "state": state})
+            since = sorted(merged.pop("since", []))
+            rows.append(
+                {
+                    **merged,
+                    "workers": reporting,
+                    "up": up > 0,
+                    "state": state,
+                    "down_reason": "; ".join(d.removeprefix("down: ") for d in details)
+                    or None,
+                    "down_since": since[0] if since else None,
+                }
+            )
         upstreams.append(
             {
                 "name": name,
@@ -337,6 +414,9 @@ def mergeSnapshots(
                 "retiring": retired,
             }
         )
+    started = sorted(
+        s["gateway"]["started"] for s in current.values() if "started" in s["gateway"]
+    )
     return {
         "gateway": {
             "pid": os.getpid(),
@@ -344,8 +424,13 @@ def mergeSnapshots(
             "retiring_workers": len(retiring),
             "config": config.path,
             "generated": _now(),
+            "started": started[0] if started else None,
         },
-        "listeners": _listeners(config, lambda n: listenerActive.get(n, 0)),
+        "listeners": _listeners(
+            config,
+            lambda n: listenerActive.get(n, 0),
+            lambda n: listenerTraffic.get(n, emptyFields()),
+        ),
         "upstreams": upstreams,
         "recent_failures": failures[:RECENT_FAILURES],
         "certificates": _certificates(served),
@@ -363,11 +448,13 @@ p.meta { color: #666; margin: 0; }
 table { border-collapse: collapse; min-width: 40em; }
 th, td { text-align: left; padding: .25em .8em; border-bottom: 1px solid #ddd; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .up { color: #11722b; font-weight: 600; }
 .down { color: #b00020; font-weight: 600; }
 .partial { color: #9a6700; font-weight: 600; }
 .none { color: #666; font-style: italic; }
+p.note { color: #666; margin: 0 0 .4em; font-size: .9em; }
+td.health { min-width: 16em; }
 td.when { white-space: nowrap; }
 """
 
@@ -414,6 +501,54 @@ def _reloadLines(reload: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+_TRAFFIC_HEADERS = ("total", "per s", "bytes in", "bytes out")
+
+_TRAFFIC_NOTE = (
+    f"total and per s: connections ended (per second over the last {RATE_WINDOW}s);"
+    " bytes from and to the clients; counted as each connection ends"
+)
+
+
+def _size(count: int) -> str:
+    """Bytes for a reader: C{512 B}, C{1.5 kB}, C{3.2 MB} (powers of 1000)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _trafficCells(item: Mapping[str, Any]) -> str:
+    return (
+        _cell(item.get("connections_total", 0), "num")
+        + _cell(item.get("connections_per_s", 0), "num")
+        + _cell(_size(item.get("bytes_in", 0)), "num")
+        + _cell(_size(item.get("bytes_out", 0)), "num")
+    )
+
+
+def _since(iso: str | None) -> str | None:
+    """2026-12-01T23:10:11+00:00 -> 2026-12-01 23:10:11 (UTC, as the log)."""
+    return None if iso is None else iso[:19].replace("T", " ")
+
+
+def _noFailures(gateway: Mapping[str, Any]) -> str:
+    """
+    What an empty failures table says: since when it has been counting.
+    With workers, that is since the running workers started, which after
+    a reload is the reload, not the gateway's start.
+    """
+    started = _since(gateway.get("started"))
+    at = f" (at {started} UTC)" if started else ""
+    if gateway["workers"] > 1:
+        return (
+            f"none since the current workers started{at}: the workers a reload"
+            " replaced took theirs with them"
+        )
+    return f"none since the gateway started{at}"
+
+
 def renderHTML(snapshot: Snapshot) -> bytes:
     """
     The snapshot as a page that reads without JavaScript.
@@ -439,6 +574,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         ' &middot; <a href="/metrics">metrics</a></p>',
         *_reloadLines(snapshot.get("reload")),
         "<h2>Listeners</h2>",
+        f'<p class="note">{html.escape(_TRAFFIC_NOTE)}</p>',
     ]
     rows = [
         "<tr>"
@@ -448,12 +584,21 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         + _cell(listener["protocol"])
         + _cell(listener["routes"] or "upstream", "num")
         + _cell(listener["active"], "num")
+        + _trafficCells(listener)
         + "</tr>"
         for listener in snapshot["listeners"]
     ]
     parts.append(
         _table(
-            ["listener", "listen", "mode", "protocol", "routes", "active connections"],
+            [
+                "listener",
+                "listen",
+                "mode",
+                "protocol",
+                "routes",
+                "active connections",
+                *_TRAFFIC_HEADERS,
+            ],
             rows,
             "no listeners",
         )
@@ -466,8 +611,15 @@ def renderHTML(snapshot: Snapshot) -> bytes:
                 "<tr>"
                 + _cell(upstream["name"])
                 + _cell(server["server"])
-                + _cell(server["state"], _stateClass(server))
+                + (
+                    _cell("backup", "partial")
+                    if server.get("backup")
+                    else _cell("primary")
+                )
+                + _cell(server["state"], f"{_stateClass(server)} health")
+                + _cell(_since(server.get("down_since")), "when")
                 + _cell(server["active"], "num")
+                + _trafficCells(server)
                 + _cell(upstream["balance"])
                 + _cell(upstream["health_check"])
                 + "</tr>"
@@ -477,8 +629,11 @@ def renderHTML(snapshot: Snapshot) -> bytes:
             [
                 "upstream",
                 "server",
+                "role",
                 "health",
+                "down since",
                 "active connections",
+                *_TRAFFIC_HEADERS,
                 "balance",
                 "health_check",
             ],
@@ -508,7 +663,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
             else:
                 cells.append(_cell(value, "down" if key == "status" else None))
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append(_table(headers, rows, "none since the gateway started"))
+    parts.append(_table(headers, rows, _noFailures(gateway)))
     parts.append("<h2>Certificates</h2>")
     rows = []
     for certificate in snapshot["certificates"]:

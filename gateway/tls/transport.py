@@ -90,8 +90,43 @@ def describeError(error: BaseException) -> str:
         if reasons:
             return "; ".join(dict.fromkeys(reasons))
     if isinstance(error, SSL.SysCallError):
-        return "connection closed during the handshake"
+        return CLOSED_DURING_HANDSHAKE
     return str(error) or type(error).__name__
+
+
+CLOSED_DURING_HANDSHAKE = "connection closed during the handshake"
+"""The reason of a handshake the peer ended by closing its socket."""
+
+_REJECTION_ALERTS = (
+    "alert bad certificate",
+    "alert unsupported certificate",
+    "alert certificate revoked",
+    "alert certificate expired",
+    "alert certificate unknown",
+    "alert unknown ca",
+)
+
+
+def clientGaveUp(reason: str) -> str | None:
+    """
+    Whether a failed server-side handshake was the client's choice, not
+    the gateway's refusal: the client rejected the gateway's certificate
+    (its alert, as OpenSSL names one it received: C{tlsv1 alert unknown
+    ca}) or closed its socket in the middle.
+
+    The access log keeps C{handshake_failed} for what the gateway refused
+    (its TLS policy); a client that did not trust the certificate it was
+    shown, as C{psql} with C{sslmode=verify-full} or a browser does, has
+    nothing wrong with its hello and is logged C{client_closed}.
+
+    @param reason: L{describeError}'s reason for the failure.
+    @return: the reason to log, or L{None} when the gateway refused.
+    """
+    if reason == CLOSED_DURING_HANDSHAKE:
+        return "client closed during the TLS handshake"
+    if any(alert in reason for alert in _REJECTION_ALERTS):
+        return f"client rejected the gateway's certificate ({reason})"
+    return None
 
 
 @implementer(IPushProducer)
@@ -170,7 +205,7 @@ class TLSTransport:
         if self.handshakeDone:
             self._reportReadClosed()
         elif not self._failed:
-            self._fail("connection closed during the handshake")
+            self._fail(CLOSED_DURING_HANDSHAKE)
 
     def _handshake(self) -> None:
         try:

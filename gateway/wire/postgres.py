@@ -42,6 +42,7 @@ import attrs
 from gateway.wire.clienthello import NEED_MORE, _NeedMore
 
 __all__ = [
+    "CONNECTION_FAILURE",
     "GSS_REFUSED",
     "INVALID_AUTHORIZATION",
     "MAX_STARTUP_LENGTH",
@@ -116,6 +117,12 @@ encryption, and the client then sends an C{SSLRequest} or a startup message.
 
 PROTOCOL_VIOLATION: Final = "08P01"
 """SQLSTATE C{protocol_violation}, the default code of L{errorResponse}."""
+
+CONNECTION_FAILURE: Final = "08006"
+"""
+SQLSTATE C{connection_failure}: the gateway could not reach any server of
+the upstream a terminated client was routed to.
+"""
 
 INVALID_AUTHORIZATION: Final = "28000"
 """

@@ -212,6 +212,29 @@ class CheckerTests(SynchronousTestCase):
             self.refuse(2 * round)
             self.assertEqual(self.up()["192.0.2.1:443"], round < 3)
 
+    def test_aDownServerKeepsItsLastErrorAndSinceWhen(self) -> None:
+        """
+        The status page's cause and "since": the last failed check's
+        error, and the clock's time the server went down; both cleared
+        when it comes back.
+        """
+        member = self.pool.members()[0]
+        self.accept(0)
+        self.assertEqual((member.checkError, member.downSince), (None, None))
+        for round in range(1, 4):
+            self.reactor.advance(5)
+            self.refuse(2 * round)
+        self.assertIn("refused", member.checkError or "")
+        self.assertEqual(member.downSince, 15)
+        self.reactor.advance(5)
+        self.refuse(8)
+        self.assertEqual(member.downSince, 15)  # down since the fall, not later
+        for round in range(5, 7):
+            self.reactor.advance(5)
+            self.accept(2 * round)
+        self.assertTrue(member.healthy)
+        self.assertEqual((member.checkError, member.downSince), (None, None))
+
     def test_aSilentServerFailsAtTheTimeout(self) -> None:
         _, _, factory, _ = self.probes()[0]
         connector = self.reactor.connectors[0]

@@ -7,11 +7,9 @@ header gives, and the PROXY header sent upstream; in memory, no sockets.
 from __future__ import annotations
 
 import ipaddress
-from typing import cast
 
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -34,7 +32,7 @@ from gateway.wire.proxyprotocol import (
     ProxyHeaderReader,
     encode,
 )
-from tests.transports import HalfCloseableTransport, PromptClientTransport
+from tests.transports import NO_CONNECTOR, HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com")
 
@@ -562,9 +560,7 @@ class RefusalAlertTests(ListenerTestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(HELLO)
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
-        factory.clientConnectionFailed(
-            cast(IConnector, None), Failure(ConnectionRefusedError())
-        )
+        factory.clientConnectionFailed(NO_CONNECTOR, Failure(ConnectionRefusedError()))
         [record] = self.log.records
         self.assertEqual(record.status, "upstream_unavailable")
         alert = alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303)

@@ -156,6 +156,23 @@ class PrereadTests(SynchronousTestCase):
         self.assertEqual(self.record.status, "bad_client_hello")
         self.assertEqual(self.listener.handoffs, [])
 
+    def test_clientFinWithoutAByteIsClientClosed(self) -> None:
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.record.status, "client_closed")
+        self.assertEqual(self.record.reason, "client closed before sending anything")
+        self.assertFalse(self.transport.connected)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_resetWithoutAByteIsClientClosed(self) -> None:
+        self.protocol.connectionLost()
+        self.assertEqual(self.record.status, "client_closed")
+        self.assertEqual(self.listener.endings, [self.record])
+
+    def test_resetInsideTheHelloIsBadClientHello(self) -> None:
+        self.protocol.dataReceived(HELLO[:20])
+        self.protocol.connectionLost()
+        self.assertEqual(self.record.status, "bad_client_hello")
+
     def test_clientFinBeforeHelloIsBadClientHello(self) -> None:
         self.protocol.dataReceived(HELLO[:20])
         self.protocol.readConnectionLost()
@@ -270,10 +287,14 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertIn("truncated", self.record.reason)
         self.assertFalse(self.transport.connected)
 
-    def test_closeBeforeAnythingIsMissing(self) -> None:
+    def test_closeBeforeAnythingIsClientClosed(self) -> None:
+        """
+        A balancer's TCP check (connect, close) sent no header to be bad:
+        the client closed.
+        """
         self.protocol.readConnectionLost()
-        self.assertEqual(self.record.status, "bad_proxy_header")
-        self.assertIn("missing", self.record.reason)
+        self.assertEqual(self.record.status, "client_closed")
+        self.assertEqual(self.record.reason, "client closed before sending anything")
 
     def test_lostDuringTheHeader(self) -> None:
         self.protocol.dataReceived(WIRE[:3])

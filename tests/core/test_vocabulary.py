@@ -9,7 +9,7 @@ import json
 
 from gateway.core.vocabulary import Action, Mode, Status
 
-#: The contract's statuses (CONTRACT.md, "Access log", plus tls_error).
+#: The contract's statuses (CONTRACT.md, "Access log", plus tls_error and client_closed).
 CONTRACT_STATUSES = {
     "ok",
     "no_route",
@@ -17,6 +17,7 @@ CONTRACT_STATUSES = {
     "limited",
     "preread_timeout",
     "bad_client_hello",
+    "client_closed",
     "bad_proxy_header",
     "handshake_failed",
     "tls_error",

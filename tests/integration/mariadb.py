@@ -63,8 +63,12 @@ class MariaDBServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def _userOptions(self) -> list[str]:
-        # mariadbd refuses to run as root unless told to.
-        return ["--user=root"] if os.geteuid() == 0 else []
+        # mariadbd refuses to run as root unless told to.  Temporary files
+        # go in the server's own folder: in the shared /tmp, servers
+        # bootstrapped at once can collide on the names of their temporary
+        # tables.
+        user = ["--user=root"] if os.geteuid() == 0 else []
+        return [*user, f"--tmpdir={self.directory}"]
 
     def start(
         self,

@@ -284,6 +284,91 @@ def test_activeConnectionsShowWhileOpen(
     )
 
 
+def test_statusPageMarksBackupsSaysWhyAServerIsDownAndCountsTraffic(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+) -> None:
+    """
+    A primary server, a backup and a dead server under TCP health checks:
+    Chromium renders the backup marked, the dead one down with its check's
+    error and since when, and each listener's and server's connections
+    (total, per second) and bytes after ten real connections;
+    C{/status.json} says the same.
+    """
+    requireTools(CHROMIUM)
+    app = backend("app.test", mode="echo")
+    spare = backend("spare.test", mode="echo")
+    metricsPort, port, dead = freePort(), freePort(), freePort()
+    ini = gatewayIni(
+        port,
+        upstream="app",
+        upstreams={
+            "app": [
+                f"127.0.0.1:{app.port}",
+                f"127.0.0.1:{dead}",
+                f"127.0.0.1:{spare.port} backup",
+            ]
+        },
+        gatewayKeys={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
+    )
+    ini += "health_check = tcp\nhealth_interval = 1s\n"
+    gateway(ini)
+    context = ca.clientContext()
+    for _ in range(10):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="app.test") as tls,
+        ):
+            tls.sendall(b"ping")
+            assert tls.recv(4) == b"ping"
+
+    def counted() -> bool:
+        # (A rate counts whole seconds: the one the connections ended in
+        # must be over.)
+        [listener] = statusJSON(metricsPort)["listeners"]
+        return bool(
+            listener["connections_total"] == 10 and listener["connections_per_s"] > 0
+        )
+
+    waitUntil(counted, 10, lambda: json.dumps(statusJSON(metricsPort), indent=1))
+    status = statusJSON(metricsPort)
+    [listener] = status["listeners"]
+    assert listener["connections_per_s"] > 0, listener
+    assert listener["bytes_in"] > 10 * 4, listener
+    assert listener["bytes_out"] > 10 * 4, listener
+    servers = {s["server"]: s for s in status["upstreams"][0]["servers"]}
+    primary = servers[f"127.0.0.1:{app.port}"]
+    down = servers[f"127.0.0.1:{dead}"]
+    backup = servers[f"127.0.0.1:{spare.port}"]
+    assert (primary["backup"], backup["backup"], down["backup"]) == (
+        False,
+        True,
+        False,
+    )
+    assert primary["connections_total"] == 10, primary
+    assert primary["bytes_out"] == listener["bytes_out"], primary
+    assert backup["connections_total"] == 0, backup
+    assert down["up"] is False, down
+    assert down["state"].startswith("down: health check failing: "), down
+    assert "refused" in down["down_reason"].lower(), down
+    since = datetime.datetime.fromisoformat(down["down_since"])
+    assert abs((datetime.datetime.now(datetime.UTC) - since).total_seconds()) < 60
+
+    dom = chromium(
+        f"http://127.0.0.1:{metricsPort}/status", tmp_path / "profile", "--dump-dom"
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert '<td class="partial">backup</td>' in page
+    assert down["state"] in page
+    assert down["down_since"][:19].replace("T", " ") in page
+    assert "connections ended (per second over the last 10s)" in page
+    assert '<td class="num">10</td>' in page
+    assert "none since the gateway started (at " in page
+
+
 def test_workersStatusAddsUpEveryWorkerAndLabelsIt(
     gateway: GatewayStarter,
     backend: BackendStarter,
@@ -403,6 +488,9 @@ def test_workersStatusShowsRetiringWorkersUntilTheirLastConnection(
         assert [w["worker"] for w in serving] == [1, 2]
         page = fetch(metricsPort, "/status").decode()
         assert page.count("retiring: finishing its connections") == 2
+        # The new workers saw no failure: said of them, not of the gateway.
+        assert "none since the current workers started" in page, page
+        assert "none since the gateway started" not in page
         held.sendall(b"after")
         assert held.recv(100) == b"after"
     finally:

@@ -565,3 +565,61 @@ def test_withoutADefaultTheFirstRouteGreetsAndNoSNIIsNoRoute(
     assert (routed["status"], routed["upstream"]) == ("ok", f"127.0.0.1:{alpha.port}")
     assert (refused["status"], refused["sni"]) == ("no_route", None)
     assert refused["upstream"] == f"127.0.0.1:{beta.port}"  # the greeting's
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_aDeadDefaultServerDoesNotTakeTheListenerDown(
+    gateway: GatewayStarter,
+    servers: dict[str, MariaDBServer],
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    """
+    The default route's only server is down: the greeting comes from a
+    live server of another route, so that route still works (PyMySQL,
+    routed by SNI and re-authenticated there); the default route itself
+    answers with an error naming its upstream.  And a default route whose
+    first server is dead greets (and serves) from its next one.
+    """
+    alpha = servers["alpha"]
+    terminate = {
+        "mode": "terminate",
+        "protocol": "mysql",
+        "certificate": str(gatewayCertificate.certificatePath),
+        "private_key": str(gatewayCertificate.privateKeyPath),
+    }
+    dead = f"127.0.0.1:{freePort()}"  # nothing listens there
+    text = mysqlIni(
+        servers,
+        ca,
+        gatewayCertificate,
+        downdefault={**terminate, "routes": ["alpha.test alpha", "default down"]},
+        halfdown={**terminate, "routes": ["beta.test beta", "default half"]},
+    )
+    text += "\n" + iniSection("upstream:down", {"servers": dead})
+    text += "\n" + iniSection(
+        "upstream:half", {"servers": [dead, f"127.0.0.1:{alpha.port}"]}
+    )
+    gw = gateway(text)
+
+    with pymysqlConnect(gw, ca, "alpha.test", "downdefault") as connection:
+        assert who(connection) == (alpha.port, "")
+    routed = gw.waitForLog(lambda e: e["listener"] == "downdefault")
+    assert (routed["status"], routed["sni"]) == ("ok", "alpha.test"), routed
+    assert routed["upstream"] == f"127.0.0.1:{alpha.port}", routed
+
+    # No SNI (the mariadb client): the default route, whose server is down.
+    result = mariadbCLI(
+        alpha, gw.ports["downdefault"], "SELECT 1", "--ssl", f"--ssl-ca={ca.pemPath}"
+    )
+    assert result.returncode != 0, result
+    assert "no MySQL server of upstream 'down'" in result.stderr, result.stderr
+    refused = entries(gw, "downdefault", 2)[1]
+    assert refused["status"] == "upstream_unavailable", refused
+    assert dead in refused["reason"], refused
+
+    # The default route's first server is dead, its second alive.
+    result = mariadbCLI(
+        alpha, gw.ports["halfdown"], "SELECT @@port", "--ssl", f"--ssl-ca={ca.pemPath}"
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, str(alpha.port)), result

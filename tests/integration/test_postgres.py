@@ -45,6 +45,8 @@ from .postgres import (
     Installation,
     PostgresCluster,
     PsqlResult,
+    conninfo,
+    runPsql,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -586,3 +588,49 @@ def test_mariadbThroughTCPMode(gateway: GatewayStarter, tmp_path: Path) -> None:
     [entry] = waitForEntries(gw, "mysql", 1)
     assert (entry["action"], entry["status"]) == ("tcp", "ok")
     assert entry["upstream"] == f"127.0.0.1:{server.port}"
+
+
+def test_terminationWithEveryServerDownTellsPsqlWhy(
+    gateway: GatewayStarter,
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+    pgdebian: Installation,
+) -> None:
+    """
+    Every server of the routed upstream is down: psql prints the
+    gateway's C{ErrorResponse}, naming the upstream and the last server's
+    error, instead of "SSL connection has been closed unexpectedly".
+    """
+    dead = [f"127.0.0.1:{freePort()}" for _ in range(2)]
+    gw = gateway(
+        gatewayIni(
+            {
+                "term": {
+                    "protocol": "postgres",
+                    "routes": ["db1.test orders"],
+                    **termination(gatewayCertificate),
+                },
+            },
+            {"orders": {"servers": dead}},
+        )
+    )
+    result = runPsql(
+        pgdebian,
+        conninfo(
+            host="db1.test",
+            hostaddr="127.0.0.1",
+            port=gw.ports["term"],
+            user="tlsgw",
+            dbname="postgres",
+            sslmode="verify-full",
+            sslrootcert=ca.pemPath,
+        ),
+        "SELECT 1",
+    )
+    assert result.returncode != 0, result.explain()
+    assert "cannot reach upstream 'orders'" in result.stderr, result.explain()
+    assert any(server in result.stderr for server in dead), result.explain()
+    assert "closed unexpectedly" not in result.stderr, result.explain()
+    [entry] = waitForEntries(gw, "term", 1)
+    assert entry["status"] == "upstream_unavailable", entry
+    assert entry["action"] == "terminate", entry

@@ -48,7 +48,7 @@ from gateway.wire.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
-from tests.transports import HalfCloseableTransport, TableOwner
+from tests.transports import NO_CONNECTOR, HalfCloseableTransport, TableOwner
 
 CA = trustme.CA()
 SERVER_CERTIFICATE = CA.issue_cert("db.example.test")
@@ -149,6 +149,7 @@ class StageTestCase(SynchronousTestCase):
         self.greetingUpstream = UpstreamRuntime("alpha", self.greetingServers, 2)
         self.otherUpstream = UpstreamRuntime("beta", self.otherServers, 1)
         self.route: UpstreamRuntime | Refusal = self.greetingUpstream
+        self.greetings: tuple[UpstreamRuntime, ...] = (self.greetingUpstream,)
         self.ended = 0
         self.record = ConnectionRecord(
             listener="mysql", client="198.51.100.7:5000", accepted=0, started=0
@@ -165,7 +166,7 @@ class StageTestCase(SynchronousTestCase):
             maxHello=65536,
             clientKey="198.51.100.7",
             allowPlaintext=self.allowPlaintext,
-            greeting=self.greetingUpstream,
+            greetings=self.greetings,
             choose=self.choose,
             contextFor=self.contextFor,
             describe=lambda connection: {},
@@ -236,6 +237,43 @@ class MySQLConnectionTests(StageTestCase):
         self.assertEqual(self.record.upstream, DB1.address)
         self.assertEqual(self.greetingServers.events, [("succeeded", DB1)])
 
+    def test_theNextUpstreamGreetsWhenTheFirstsServersAreDown(self) -> None:
+        """
+        Every server of the default route's upstream is down: a server of
+        the listener's next upstream greets, so its routes still work.
+        """
+        self.greetings = (self.greetingUpstream, self.otherUpstream)
+        self.start()
+        for _ in range(2):
+            _, _, factory, _, _ = self.reactor.tcpClients[-1]
+            factory.clientConnectionFailed(
+                NO_CONNECTOR, Failure(ConnectionRefusedError())
+            )
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        host, port, *_ = self.reactor.tcpClients[-1]
+        self.assertEqual((host, port), (DB3.host, DB3.port))
+        self.greet(SCRAMBLE_B)
+        [packet] = self.clientSent()
+        self.assertEqual(parseGreeting(packet.payload).scramble, SCRAMBLE_B)
+        self.assertEqual(self.record.upstream, DB3.address)
+        self.assertEqual(self.otherServers.events, [("succeeded", DB3)])
+
+    def test_noServerOfAnyUpstreamGreetsNamesThemAll(self) -> None:
+        self.greetings = (self.greetingUpstream, self.otherUpstream)
+        self.start()
+        for _ in range(3):
+            _, _, factory, _, _ = self.reactor.tcpClients[-1]
+            factory.clientConnectionFailed(
+                NO_CONNECTOR, Failure(ConnectionRefusedError())
+            )
+        [packet] = self.clientSent()
+        error = ErrPacket.parse(packet.payload)
+        self.assertIn("'alpha', 'beta'", error.message)
+        self.assertEqual(self.record.status, "upstream_unavailable")
+        reason = self.record.reason or ""
+        self.assertIn(f"upstream alpha: {DB2.address}", reason)
+        self.assertIn(f"upstream beta: {DB3.address}", reason)
+
     def test_serverSendingBytesAfterItsGreetingIsAFailedConnect(self) -> None:
         self.start()
         leg, transport = self.connectLeg()
@@ -275,7 +313,8 @@ class MySQLConnectionTests(StageTestCase):
         self.client.loseConnection()
         self.assertTrue(transport.aborted)
         self.assertEqual(self.ended, 1)
-        self.assertEqual(self.record.status, "bad_client_hello")
+        # It had sent nothing to route on: not a bad hello.
+        self.assertEqual(self.record.status, "client_closed")
 
     def test_sslRequestTimesOut(self) -> None:
         self.start()

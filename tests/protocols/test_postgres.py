@@ -57,7 +57,7 @@ from gateway.wire.postgres import (
     decodeErrorResponse,
 )
 from gateway.wire.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
-from tests.transports import HalfCloseableTransport
+from tests.transports import NO_CONNECTOR, HalfCloseableTransport
 
 HELLO = makeClientHello("db1.example.test", [b"postgresql"])
 GSSENC_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x30"
@@ -770,6 +770,49 @@ class TerminationTests(ListenerTestCase):
         )
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(protocol.record.status, "bad_client_hello")
+
+    def test_unreachableUpstreamIsToldInAnErrorResponse(self) -> None:
+        """
+        Every server of the route's upstream is down: the client reads a
+        FATAL C{ErrorResponse} (08006) naming the upstream and the error,
+        inside TLS, then the connection closes.
+        """
+        protocol, transport, client = self.handshake()
+        client.sendall(STARTUP)
+        self.pump(protocol, transport, client)
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(NO_CONNECTOR, Failure(ConnectionRefusedError()))
+        received = self.pump(protocol, transport, client)
+        error = decodeErrorResponse(received)
+        self.assertEqual((error.code, error.severity), ("08006", "FATAL"))
+        self.assertIn("upstream 'one'", error.message)
+        self.assertIn(DB1.address, error.message)
+        self.assertFalse(transport.connected)
+        [record] = self.log.records
+        self.assertEqual(record.status, "upstream_unavailable")
+
+    def test_closeRightAfterTheHandshakeIsClientClosed(self) -> None:
+        """
+        libpq rejecting the certificate after the handshake
+        (C{sslmode=verify-full}) closes before its startup packet: not a
+        bad hello.
+        """
+        protocol, _, client = self.handshake()
+        client.shutdown()
+        protocol.dataReceived(client.bio_read(2**16))
+        protocol.readConnectionLost()
+        [record] = self.log.records
+        self.assertEqual(record.status, "client_closed")
+        self.assertIn("right after the TLS handshake", record.reason or "")
+
+    def test_closeInsideTheStartupPacketIsBadClientHello(self) -> None:
+        protocol, transport, client = self.handshake()
+        client.sendall(STARTUP[:6])
+        self.pump(protocol, transport, client)
+        protocol.readConnectionLost()
+        [record] = self.log.records
+        self.assertEqual(record.status, "bad_client_hello")
+        self.assertIn("6 bytes", record.reason or "")
 
     def test_silentClientAfterTheHandshakeTimesOut(self) -> None:
         _, transport, _ = self.handshake()

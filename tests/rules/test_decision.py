@@ -135,6 +135,13 @@ def test_routing() -> None:
     assert decide(rules, ClientHello("x.example"), "") == Reject(
         Status.NO_ROUTE, "no route for server name 'x.example'"
     )
+    # No SNI: said in words, never "None".
+    refused = decide(rules, ClientHello(None), "")
+    assert refused == Reject(
+        Status.NO_ROUTE, "no server name (SNI) and no default route"
+    )
+    assert isinstance(refused, Reject)
+    assert "None" not in refused.reason
 
 
 def test_passthroughProtocolsRefusesWithProtocolVersionAfterRouting() -> None:
@@ -225,3 +232,24 @@ def test_atAcceptOneRuleRefusesOrTheClientIsAdmitted(
             assert verdict.reason.startswith("max_connections_per_client")
     else:
         assert verdict is ADMIT
+
+
+def test_greetingsStartWithTheDefaultRouteThenTheListenersOthers() -> None:
+    """
+    A MySQL listener's greeting may come from any of its upstreams, the
+    default route's first, each once.
+    """
+    rules = policy(
+        routes=(
+            RouteConfig("a.example", "alpha"),
+            RouteConfig("b.example", "beta"),
+            RouteConfig("c.example", "alpha"),
+            RouteConfig("default", "gamma"),
+        )
+    )
+    assert rules.greetings() == ("gamma", "alpha", "beta")
+    noDefault = policy(
+        routes=(RouteConfig("a.example", "alpha"), RouteConfig("b.example", "beta"))
+    )
+    assert noDefault.greetings() == ("alpha", "beta")
+    assert policy(upstream="app").greetings() == ("app",)

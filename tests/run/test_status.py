@@ -24,6 +24,7 @@ from gateway.run.status import (
     renderHTML,
     writeSnapshot,
 )
+from gateway.run.traffic import Traffic
 from gateway.tls.served import ExpiryCollector, ServedCertificate, ServedCertificates
 
 CONFIG = """\
@@ -34,7 +35,7 @@ upstream = app
 [upstream:app]
 servers =
     127.0.0.1:9000
-    127.0.0.1:9001
+    127.0.0.1:9001 backup
 """
 
 
@@ -81,7 +82,10 @@ def test_localSnapshotReadsPoolsAndCounts() -> None:
     pool = Pool(config.upstreams["app"], clock)
     first, second = pool.members()
     first.active = 2
+    clock.advance(1000)
     second.healthy = False
+    second.checkError = "Connection was refused by other side"
+    second.downSince = clock.seconds() - 90
     recent = RecentFailures()
     recent.add(record("denied"))
     snapshot = localSnapshot(
@@ -95,14 +99,29 @@ def test_localSnapshotReadsPoolsAndCounts() -> None:
             "protocol": "tls",
             "routes": 0,
             "active": 2,
+            "connections_total": 1,
+            "connections_per_s": 0.0,
+            "bytes_in": 0,
+            "bytes_out": 0,
         }
     ]
     [upstream] = snapshot["upstreams"]
-    assert [(s["server"], s["up"], s["active"]) for s in upstream["servers"]] == [
-        ("127.0.0.1:9000", True, 2),
-        ("127.0.0.1:9001", False, 0),
+    assert [
+        (s["server"], s["backup"], s["up"], s["active"]) for s in upstream["servers"]
+    ] == [
+        ("127.0.0.1:9000", False, True, 2),
+        ("127.0.0.1:9001", True, False, 0),
     ]
-    assert upstream["servers"][1]["state"] == "down: health check failing"
+    down = upstream["servers"][1]
+    assert down["state"] == (
+        "down: health check failing: Connection was refused by other side"
+    )
+    assert down["down_reason"] == (
+        "health check failing: Connection was refused by other side"
+    )
+    since = datetime.datetime.fromisoformat(down["down_since"])
+    assert abs((now() - since).total_seconds() - 90) < 5
+    assert upstream["servers"][0]["down_since"] is None
     assert [f["status"] for f in snapshot["recent_failures"]] == ["denied"]
     [certificate] = snapshot["certificates"]
     assert (certificate["name"], certificate["days_left"]) == ("api", 9)
@@ -110,22 +129,37 @@ def test_localSnapshotReadsPoolsAndCounts() -> None:
 
 
 def worker(pid: int, active: int, up: bool, failures: list[str]) -> dict[str, object]:
-    """A worker's snapshot: C{active} connections on web and on app's server."""
+    """
+    A worker's snapshot: C{active} connections on web and on app's server,
+    and as many ended, of 100 bytes each way, at one a second.
+    """
+    traffic = {
+        "connections_total": active,
+        "connections_per_s": 1.0,
+        "bytes_in": 100 * active,
+        "bytes_out": 100 * active,
+    }
     return {
         "gateway": {
             "pid": pid,
             "generated": datetime.datetime.now(datetime.UTC).isoformat(),
+            "started": f"2026-01-01T00:00:{pid % 60:02d}+00:00",
         },
-        "listeners": [{"name": "web", "active": active}],
+        "listeners": [{"name": "web", "active": active, **traffic}],
         "upstreams": [
             {
                 "name": "app",
                 "servers": [
                     {
                         "server": "127.0.0.1:9000",
+                        "backup": False,
                         "up": up,
-                        "state": "up" if up else "down: health check failing",
+                        "state": "up" if up else "down: health check failing: refused",
+                        "down_since": None
+                        if up
+                        else f"2026-01-01T00:01:{pid % 60:02d}",
                         "active": active,
+                        **traffic,
                     }
                 ],
             }
@@ -144,7 +178,16 @@ def test_workersSnapshotsAddUpAndStaleOnesAreLeftOut(tmp_path: Path) -> None:
     assert merged["listeners"][0]["active"] == 5
     [server] = merged["upstreams"][0]["servers"]
     assert (server["active"], server["up_workers"], server["workers"]) == (5, 1, 2)
-    assert server["state"] == "up on 1 of 2 workers (down: health check failing)"
+    assert server["state"] == (
+        "up on 1 of 2 workers (down: health check failing: refused)"
+    )
+    assert server["down_reason"] == "health check failing: refused"
+    assert server["down_since"] == "2026-01-01T00:01:42"
+    # Each worker counts its own connections: totals and rates add up.
+    assert (server["connections_total"], server["bytes_in"]) == (5, 500)
+    listener = merged["listeners"][0]
+    assert (listener["connections_total"], listener["connections_per_s"]) == (5, 2.0)
+    assert merged["gateway"]["started"] == "2026-01-01T00:00:41+00:00"
     assert [(f["worker"], f["time"]) for f in merged["recent_failures"]] == [
         (2, "2026-01-01T00:00:02"),
         (1, "2026-01-01T00:00:01"),
@@ -182,8 +225,10 @@ def test_retiringWorkersConnectionsCountButNotTheirHealth() -> None:
     ]
     merged = mergeSnapshots(config, [(1, 201), (2, 202)], current, served(), retiring)
     assert merged["listeners"][0]["active"] == 1 + 2 + 1
+    assert merged["listeners"][0]["connections_total"] == 1 + 2 + 1
     [server] = merged["upstreams"][0]["servers"]
     assert (server["active"], server["state"], server["workers"]) == (4, "up", 2)
+    assert (server["down_reason"], server["down_since"]) == (None, None)
     assert merged["recent_failures"] == []
     assert (merged["gateway"]["workers"], merged["gateway"]["retiring_workers"]) == (
         2,
@@ -204,7 +249,75 @@ def test_retiringWorkersConnectionsCountButNotTheirHealth() -> None:
     page = renderHTML(merged).decode()
     assert page.count("retiring: finishing its connections") == 4
     assert page.count("<td>serving</td>") == 2
+    # No failures yet: since the new workers started, not the gateway.
+    assert "none since the current workers started (at 2026-01-01 00:00:21 UTC)" in page
+    assert "none since the gateway started" not in page
     json.dumps(merged)
+
+
+def test_trafficCountsEndedConnectionsAndTheirRate() -> None:
+    """
+    Totals and bytes per listener and server, and connections per second
+    over the last ten whole seconds; a connection no server took counts on
+    its listener only.
+    """
+    clock = Clock()
+    clock.advance(100)
+    traffic = Traffic(clock.seconds)
+    for second in range(20):
+        entry = record(None)
+        entry.upstream = "127.0.0.1:9000"
+        entry.bytesIn, entry.bytesOut = 10, 1000
+        for _ in range(3 if second >= 10 else 1):
+            traffic.add(entry)
+        clock.advance(1)
+    unavailable = record("upstream_unavailable")
+    unavailable.upstream = "127.0.0.1:9001"
+    traffic.add(unavailable)
+    assert traffic.listener("web") == {
+        "connections_total": 41,
+        "connections_per_s": 3.0,
+        "bytes_in": 400,
+        "bytes_out": 40000,
+    }
+    assert traffic.server("127.0.0.1:9000")["connections_total"] == 40
+    assert traffic.server("127.0.0.1:9001")["connections_total"] == 0
+    clock.advance(5)
+    assert traffic.listener("web")["connections_per_s"] == 1.6  # 15 + 1 in 10s
+    clock.advance(60)
+    assert traffic.listener("web")["connections_per_s"] == 0.0
+    assert traffic.listener("other") == {
+        "connections_total": 0,
+        "connections_per_s": 0.0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+    }
+
+
+def test_pageMarksBackupsAndShowsWhyAndSinceATotalsAndRates() -> None:
+    config = load_config_text(CONFIG, "gw.ini", checkFiles=False)
+    clock = Clock()
+    clock.advance(1000)
+    pool = Pool(config.upstreams["app"], clock)
+    _, backup = pool.members()
+    backup.healthy = False
+    backup.checkError = "TLS: certificate verify failed"
+    backup.downSince = clock.seconds() - 30
+    recent = RecentFailures()
+    entry = record(None)
+    entry.bytesIn, entry.bytesOut = 2_500, 3_400_000
+    recent.add(entry)
+    snapshot = localSnapshot(config, {}, {"app": pool}, recent, served(), clock.seconds)
+    page = renderHTML(snapshot).decode()
+    assert '<td class="partial">backup</td>' in page
+    assert "down: health check failing: TLS: certificate verify failed" in page
+    assert snapshot["upstreams"][0]["servers"][1]["down_since"][:16] in (
+        page.replace(" ", "T")
+    )
+    assert "connections ended (per second over the last 10s)" in page
+    assert ">2.5 kB<" in page
+    assert ">3.4 MB<" in page
+    assert "none since the gateway started (at " in page
 
 
 def test_pageEscapesWhatClientsSentAndRefreshesItself() -> None:

@@ -14,7 +14,12 @@ from zope.interface import implementer
 
 from gateway.fast import internals as fastpath
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.tls.transport import ITLSEvents, TLSTransport
+from gateway.tls.transport import (
+    CLOSED_DURING_HANDSHAKE,
+    ITLSEvents,
+    TLSTransport,
+    clientGaveUp,
+)
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
@@ -231,3 +236,26 @@ def test_theFastPathsOffMeanPyOpenSSLsAPI(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(fastpath, "DIRECT_TLS", False)
     server = SSL.Connection(serverContext(), None)
     assert TLSTransport(server, HalfCloseableTransport(), Events())._raw is None
+
+
+def test_aClientRejectingTheCertificateGaveUp() -> None:
+    """
+    The alerts a client sends about the gateway's certificate, and a close
+    in the middle, are the client's choice; the gateway's own refusals are
+    not.
+    """
+    for alert in ("tlsv1 alert unknown ca", "sslv3 alert bad certificate"):
+        reason = clientGaveUp(alert)
+        assert reason is not None
+        assert alert in reason
+        assert "rejected the gateway's certificate" in reason
+    assert clientGaveUp(CLOSED_DURING_HANDSHAKE) == (
+        "client closed during the TLS handshake"
+    )
+    for refused in (
+        "no shared cipher",
+        "unsupported protocol",
+        "peer did not return a certificate",
+        "certificate verify failed",
+    ):
+        assert clientGaveUp(refused) is None
