@@ -319,6 +319,9 @@ _LISTEN_IGNORED = {"reuseport", "default_server", "so_keepalive", "deferred", "b
 
 def _convertServer(context: _Context, server: Directive, body: list[Directive]) -> None:
     draft = context.draft
+    for directive in [d for d in body if not d.args and d.block is None]:
+        draft.note(directive.line, directive.text, "has no value: left out")
+        body = [d for d in body if d is not directive]
     listens = [d for d in body if d.name == "listen" and d.args]
     first = listens[0].args[0] if listens else str(server.line)
     listener = draft.addListener(

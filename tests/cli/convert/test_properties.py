@@ -257,3 +257,116 @@ def test_theConvertersImportNeitherTwistedNorOpenSSL() -> None:
             n for n in names if n.split(".")[0] in ("twisted", "OpenSSL")
         ]
     assert {k: v for k, v in found.items() if v} == {}
+
+
+NGINX_NAMES = sorted(
+    {line.split()[0].rstrip(";") for line in SERVER_LINES + UPSTREAM_LINES + LISTENS}
+    | {"proxy_pass", "map", "upstream", "server", "ssl_client_certificate", "ssl_crl"}
+    | {"proxy_ssl_trusted_certificate", "proxy_ssl_name", "proxy_ssl_verify"}
+    | {"ssl_session_cache", "ssl_conf_command", "ssl_alpn", "include", "hostnames"}
+)
+WORDS = [
+    "on",
+    "off",
+    "443",
+    "10.0.0.1:443",
+    "$backend",
+    "u1",
+    "all",
+    "5s",
+    "x",
+    "a.example.com",
+]
+
+
+@st.composite
+def nginxDirectives(draw: st.DrawFn) -> str:
+    """Any known directive name with any few arguments, in and out of order."""
+    names = st.sampled_from(NGINX_NAMES)
+    args = st.lists(st.sampled_from(WORDS), max_size=3)
+    body = [
+        f"        {draw(names)} {' '.join(draw(args))};"
+        for _ in range(draw(st.integers(0, 12)))
+    ]
+    upstream = [
+        f"        {draw(names)} {' '.join(draw(args))};"
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    return "\n".join(
+        [
+            "stream {",
+            "    upstream u1 {",
+            *upstream,
+            "    }",
+            "    map $ssl_preread_server_name $backend {",
+            *upstream,
+            "    }",
+            "    server {",
+            "        listen 443;",
+            *body,
+            "    }",
+            "}",
+            "",
+        ]
+    )
+
+
+HAPROXY_KEYWORDS = sorted(
+    {line.split()[0] for line in BACKEND_LINES + FRONTEND_LINES}
+    | {"server", "default-server", "timeout", "option", "bind", "tcp-request", "acl"}
+)
+HAPROXY_WORDS = [
+    "if",
+    "unless",
+    "{",
+    "}",
+    "!",
+    "||",
+    "-i",
+    "-m",
+    "end",
+    "req_ssl_sni",
+    "src",
+    "10.0.0.1",
+    ":443",
+    "s1",
+    "10.0.0.1:443",
+    "check",
+    "inter",
+    "ssl",
+    "crt",
+    "b1",
+    "connect",
+    "content",
+    "reject",
+    "5s",
+]
+
+
+@st.composite
+def haproxyKeywords(draw: st.DrawFn) -> str:
+    """Any known keyword with any few arguments, in every kind of section."""
+    keywords = st.sampled_from(HAPROXY_KEYWORDS)
+    args = st.lists(st.sampled_from(HAPROXY_WORDS), max_size=5)
+    lines = []
+    for section in ("defaults", "backend b1", "frontend f1", "listen l1"):
+        lines.append(section)
+        if section != "defaults":
+            lines += [f"    bind :44{len(lines)}", "    server s0 10.0.0.1:443"]
+        lines += [
+            f"    {draw(keywords)} {' '.join(draw(args))}"
+            for _ in range(draw(st.integers(0, 8)))
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nginxDirectives())
+def test_nginxDirectivesWithAnyArgumentsNeverCrash(text: str) -> None:
+    _convertsToLoadableIni("nginx", text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(haproxyKeywords())
+def test_haproxyKeywordsWithAnyArgumentsNeverCrash(text: str) -> None:
+    _convertsToLoadableIni("haproxy", text)
