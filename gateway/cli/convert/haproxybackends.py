@@ -134,6 +134,7 @@ def convertBackend(
     health: dict[str, str] = {}
     proxy: dict[str, int] = {}
     balance, helloCheck = None, False
+    checks: list[str] = []  # per server: "", "tcp" or "tls" (check-ssl)
     for line in [*inherited, *section.lines]:
         ownLine = line in section.lines
         keyword, args = line.words[0], line.words[1:]
@@ -148,8 +149,10 @@ def convertBackend(
         elif keyword == "server" and len(args) >= 2:
             server = _server(draft, line, [*defaultServer, *args[2:]], args[1], health)
             if server is not None:
-                upstream.servers.append(server[0])
-                proxy[server[1]] = proxy.get(server[1], 0) + 1
+                text, version, check = server
+                upstream.servers.append(text)
+                proxy[version] = proxy.get(version, 0) + 1
+                checks.append(check)
         elif not ownLine or keyword in FRONTEND_KEYWORDS:
             continue
         elif line.words[:2] == ("option", "tcp-check"):
@@ -162,11 +165,18 @@ def convertBackend(
             draft.note(line.number, line.text, _backendReason(keyword))
     if balance is not None:
         upstream.keys["balance"] = balance
-    if helloCheck and "health_check" in health:
-        health["health_check"] = "tls"
-    upstream.keys.update(health)
-    if "health_check" in health:
+    if any(checks):
+        tls = helloCheck or "tls" in checks
+        upstream.keys["health_check"] = "tls" if tls else "tcp"
+        upstream.keys.update(health)
         upstream.keys.setdefault("health_interval", "2s")  # HAProxy's inter
+        if not all(checks):
+            draft.note(
+                section.number,
+                f"{section.kind} {section.name}",
+                "only some servers have check: the gateway checks every server"
+                " of an upstream",
+            )
     chosen = max(proxy, key=lambda v: proxy[v]) if proxy else ""
     if len(proxy) > 1:
         draft.note(
@@ -176,7 +186,7 @@ def convertBackend(
         )
     own = [line for line in section.lines if line.words[0] == "timeout"]
     found = readTimeouts(inherited, draft, own=False)
-    found.update(readTimeouts(own, draft, own=section.kind == "backend"))
+    found.update(readTimeouts(own, draft, own=section.kind in ("backend", "listen")))
     if not upstream.servers:
         return None
     return Backend(upstream.name, chosen, found)
@@ -194,10 +204,12 @@ def _backendReason(keyword: str) -> str:
 
 def _server(
     draft: Draft, line: Line, params: list[str], address: str, health: dict[str, str]
-) -> tuple[str, str] | None:
+) -> tuple[str, str, str] | None:
     """
-    The C{servers} line for an HAProxy C{server}, and the PROXY protocol
-    version it wants (C{""} for none), or None when it is left out.
+    The C{servers} line for an HAProxy C{server}, the PROXY protocol
+    version it wants and its check (C{""} for none, C{tcp}, C{tls}), or
+    None when it is left out; its C{inter}, C{rise} and C{fall} go into
+    C{health}.
     """
     endpoint = _serverAddress(address)
     if endpoint is None:
@@ -206,7 +218,7 @@ def _server(
         )
         return None
     flags: list[str] = []
-    proxy = ""
+    proxy = check = ""
     values: dict[str, str] = {}
     i = 0
     while i < len(params):
@@ -220,9 +232,7 @@ def _server(
         value = params[i + 1] if arity and i + 1 < len(params) else ""
         i += 1 + arity
         if word in ("check", "check-ssl"):
-            health["health_check"] = (
-                "tls" if word == "check-ssl" else health.get("health_check", "tcp")
-            )
+            check = "tls" if word == "check-ssl" or check == "tls" else "tcp"
         elif word in ("inter", "rise", "fall"):
             values[word] = value
         elif word.startswith("send-proxy"):
@@ -237,12 +247,14 @@ def _server(
         elif word == "disabled":
             draft.note(line.number, line.text, "disabled: left out")
             return None
-        elif word in ("no-check", "enabled", "no-backup", "no-send-proxy"):
+        elif word == "no-check":
+            check = ""
+        elif word in ("enabled", "no-backup", "no-send-proxy"):
             continue
         else:
             draft.note(line.number, line.text, f"{word}: no equivalent, left out")
     _healthKeys(draft, line, values, health)
-    return " ".join([endpoint, *flags]), proxy
+    return " ".join([endpoint, *flags]), proxy, check
 
 
 def _healthKeys(

@@ -164,6 +164,7 @@ class _Frontend:
         lambda: {"connection": [], "content": []}
     )
     helloAccepted: bool = False
+    binds: list[tuple[Line, set[str]]] = attrs.Factory(list)
 
 
 #: Keywords of a listen section that its backend half converts.
@@ -227,10 +228,24 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
         and section.name in context.backends
     ):
         state.default = (section.name, Line(("server",), section.number))
+    _mixedBinds(draft, state)
     mode = "terminate" if state.terminate else "passthrough" if state.preread else "tcp"
     listener.keys["mode"] = mode
     used = _routes(context, listener, state, mode)
     _listenerKeys(context, listener, section, inherited, state, used, mode)
+
+
+def _mixedBinds(draft: Draft, state: _Frontend) -> None:
+    """HAProxy sets C{ssl} and C{accept-proxy} per bind, the gateway per listener."""
+    used = set().union(*(found for _, found in state.binds)) if state.binds else set()
+    for line, found in state.binds:
+        for option in sorted(used - found):
+            draft.note(
+                line.number,
+                line.text,
+                f"without {option} beside binds with it: the gateway sets it for"
+                " every address of a listener; give this bind a frontend of its own",
+            )
 
 
 def _bind(context: Proxies, listener: Listener, line: Line, state: _Frontend) -> None:
@@ -244,6 +259,7 @@ def _bind(context: Proxies, listener: Listener, line: Line, state: _Frontend) ->
         else:
             listener.listen.append((endpoint, line.number))
     options = line.words[2:]
+    state.binds.append((line, {o for o in options if o in ("ssl", "accept-proxy")}))
     i = 0
     while i < len(options):
         word = options[i]

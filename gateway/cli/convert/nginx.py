@@ -327,27 +327,7 @@ def _convertServer(context: _Context, server: Directive, body: list[Directive]) 
     listener = draft.addListener(
         f"stream-{first.rpartition(':')[2]}", server.line, "server"
     )
-    terminate = acceptProxy = False
-    for listen in listens:
-        endpoint = _listenEndpoint(listen.args[0])
-        if endpoint is None or "udp" in listen.args:
-            draft.note(
-                listen.line,
-                listen.text,
-                "UDP is not relayed" if endpoint else "needs an IP address or a port",
-            )
-            continue
-        for flag in listen.args[1:]:
-            if flag == "ssl":
-                terminate = True
-            elif flag == "proxy_protocol":
-                acceptProxy = True
-            else:
-                reason = "not needed" if flag.split("=")[0] in _LISTEN_IGNORED else ""
-                draft.note(
-                    listen.line, listen.text, f"{flag}: {reason or 'no equivalent'}"
-                )
-        listener.listen.append((endpoint, listen.line))
+    terminate, acceptProxy = _listens(draft, listener, listens)
     _mergeDualStack(listener)
     byName: dict[str, list[Directive]] = {}
     for directive in body:
@@ -377,6 +357,50 @@ def _convertServer(context: _Context, server: Directive, body: list[Directive]) 
             )
             continue
         _unknown(draft, directive)
+
+
+def _listens(
+    draft: Draft, listener: Listener, listens: list[Directive]
+) -> tuple[bool, bool]:
+    """
+    The listener's endpoints from C{listen} lines.
+
+    @return: whether it terminates TLS (C{ssl}) and expects a PROXY header
+        (C{proxy_protocol}).  NGINX sets both per address, the gateway per
+        listener: an address without the flag beside one with it is named.
+    """
+    flags: list[tuple[Directive, set[str]]] = []
+    for listen in listens:
+        endpoint = _listenEndpoint(listen.args[0])
+        if endpoint is None or "udp" in listen.args:
+            draft.note(
+                listen.line,
+                listen.text,
+                "UDP is not relayed" if endpoint else "needs an IP address or a port",
+            )
+            continue
+        found = set()
+        for flag in listen.args[1:]:
+            if flag in ("ssl", "proxy_protocol"):
+                found.add(flag)
+            else:
+                reason = "not needed" if flag.split("=")[0] in _LISTEN_IGNORED else ""
+                draft.note(
+                    listen.line, listen.text, f"{flag}: {reason or 'no equivalent'}"
+                )
+        flags.append((listen, found))
+        listener.listen.append((endpoint, listen.line))
+    used = set().union(*(found for _, found in flags)) if flags else set()
+    for listen, found in flags:
+        for flag in sorted(used - found):
+            draft.note(
+                listen.line,
+                listen.text,
+                f"without {flag} beside addresses with it: the gateway sets it for"
+                " every address of a listener; give this address a server block"
+                " of its own",
+            )
+    return "ssl" in used, "proxy_protocol" in used
 
 
 def _mergeDualStack(listener: Listener) -> None:

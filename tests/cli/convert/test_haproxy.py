@@ -297,3 +297,22 @@ def test_sectionsBeforeAnyLineAreAnError() -> None:
 )
 def test_haproxyTimesDefaultToMilliseconds(text: str, expected: float) -> None:
     assert haproxyTime(text) == pytest.approx(expected)
+
+
+def test_checksOnSomeServersOnlyAreNamed() -> None:
+    text = """\
+listen app
+    mode tcp
+    bind 127.0.0.1:8443
+    bind 127.0.0.1:8444 accept-proxy
+    timeout check 5s
+    server a 10.0.0.1:443 check fall 5
+    server b 10.0.0.2:443 check-ssl
+    server c 10.0.0.3:443 no-check
+"""
+    conversion, config = converted("haproxy", text)
+    upstream = config.upstreams["app"]
+    assert (upstream.health_check, upstream.health_fall) == ("tls", 5)
+    assert "only some servers have check" in noteAt(conversion, 1)
+    assert "without accept-proxy beside binds with it" in noteAt(conversion, 3)
+    assert "no equivalent" in noteAt(conversion, 5)

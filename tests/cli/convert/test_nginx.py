@@ -283,3 +283,20 @@ def test_nginxTimes(text: str, expected: float) -> None:
 def test_notNginxTimes(text: str) -> None:
     with pytest.raises(ValueError, match="NGINX time"):
         seconds(text)
+
+
+def test_addressWithoutSslBesideOneWithItIsNamed() -> None:
+    text = """\
+stream {
+    server {
+        listen 8443 ssl;
+        listen 8080;
+        ssl_certificate site.pem;
+        ssl_certificate_key site.key;
+        proxy_pass 127.0.0.1:8000;
+    }
+}
+"""
+    conversion, config = converted("nginx", text, folder="/etc/nginx")
+    assert config.listeners[0].mode == "terminate"
+    assert "without ssl beside addresses with it" in noteAt(conversion, 4)
