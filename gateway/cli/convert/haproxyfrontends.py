@@ -112,8 +112,12 @@ def noFolders(path: str) -> Sequence[str] | None:
 
 
 def _bindEndpoint(address: str) -> str | None:
-    for prefix in ("ipv4@", "ipv6@"):
-        address = address.removeprefix(prefix)
+    """The Twisted endpoint for an HAProxy C{bind} address, or None."""
+    if address.startswith("ipv6@"):
+        address = address[5:]
+        if address.rpartition(":")[0] in ("", "*"):
+            address = ":::" + address.rpartition(":")[2]  # every IPv6 address
+    address = address.removeprefix("ipv4@")
     if address.startswith("unix@"):
         return "unix:" + address[5:]
     if address.startswith("/"):

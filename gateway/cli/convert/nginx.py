@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -27,12 +27,11 @@ from gateway.cli.convert.draft import (
     formatDuration,
     parseNetwork,
 )
-from gateway.cli.convert.nginxsyntax import Directive, parseNginx
+from gateway.cli.convert.nginxsyntax import TIME, Directive, parseNginx, seconds
+from gateway.cli.convert.nginxtls import nginxDuration, terminationKeys
 
 __all__ = ["convertNginx"]
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_TIME_PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w)?")
 _SIZE = re.compile(r"[0-9]+[kKmMgG]?")
 _HOST_PORT = re.compile(
     r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s]+)):(?P<port>[0-9]+)"
@@ -56,17 +55,6 @@ _NOT_NEEDED = {
     "map_hash_max_size": "NGINX internals",
     "map_hash_bucket_size": "NGINX internals",
 }
-
-
-def seconds(text: str) -> float:
-    """
-    An NGINX time (C{30s}, C{1m30s}, C{500ms}; bare numbers are seconds).
-
-    @raise ValueError: for anything else.
-    """
-    if not text or _TIME_PART.sub("", text):
-        raise ValueError(f"{text!r} is not an NGINX time")
-    return sum(int(n) * _UNITS[unit or "s"] for n, unit in _TIME_PART.findall(text))
 
 
 @attrs.define
@@ -340,7 +328,7 @@ def _convertServer(context: _Context, server: Directive, body: list[Directive]) 
     upstreams = _destination(context, listener, byName.get("proxy_pass", []), mode)
     handled = _serverKeys(context, listener, byName, upstreams)
     if terminate:
-        handled |= _termination(context, listener, byName)
+        handled |= terminationKeys(draft, context.path, listener, byName)
     for directive in body:
         if directive.name in handled or directive.name in (
             "listen",
@@ -496,14 +484,6 @@ def _upstreamFor(context: _Context, target: str, line: int) -> str | None:
     return upstream.name
 
 
-def _duration(draft: Draft, directive: Directive) -> str | None:
-    try:
-        return formatDuration(seconds(directive.args[0]))
-    except (ValueError, IndexError):
-        draft.note(directive.line, directive.text, "not an NGINX time")
-        return None
-
-
 _TIMEOUTS = {
     "proxy_connect_timeout": "connect_timeout",
     "proxy_timeout": "idle_timeout",
@@ -522,7 +502,7 @@ def _serverKeys(
     handled = set(_TIMEOUTS)
     for name, key in _TIMEOUTS.items():
         for directive in byName.get(name, ()):
-            value = _duration(draft, directive)
+            value = nginxDuration(draft, directive)
             if value is not None and value != "0s":
                 listener.keys[key] = value
     for directive in byName.get("preread_buffer_size", ()):
@@ -639,7 +619,7 @@ def _upstreamKeys(
         keys["health_check"] = "tcp"
         for option in directive.args:
             name, _, value = option.partition("=")
-            if name == "interval" and _TIME_PART.fullmatch(value):
+            if name == "interval" and TIME.fullmatch(value):
                 keys["health_interval"] = formatDuration(seconds(value))
             elif name in ("passes", "fails") and value.isdigit():
                 keys["health_rise" if name == "passes" else "health_fall"] = value
@@ -675,84 +655,3 @@ def _accessLog(context: _Context, directives: list[Directive]) -> None:
             "log formats are not converted: the gateway writes its own fields"
             " (access_log_format = text or json)",
         )
-
-
-_TLS_KEYS: dict[str, tuple[str, Callable[[tuple[str, ...]], str | None]]] = {
-    "ssl_ciphers": ("ciphers", lambda a: a[0]),
-    "ssl_prefer_server_ciphers": ("prefer_server_ciphers", lambda a: a[0]),
-    "ssl_alpn": ("alpn", lambda a: ", ".join(a)),
-    "ssl_session_tickets": ("session_tickets", lambda a: a[0]),
-    "ssl_ecdh_curve": ("groups", lambda a: None if a[0] == "auto" else a[0]),
-    "ssl_verify_client": (
-        "verify_client",
-        lambda a: a[0] if a[0] in ("on", "off", "optional") else None,
-    ),
-    "ssl_session_cache": (
-        "session_cache",
-        lambda a: "off" if a[0] in ("off", "none") else "on",
-    ),
-}
-
-
-def _termination(
-    context: _Context, listener: Listener, byName: dict[str, list[Directive]]
-) -> set[str]:
-    """The termination keys of a C{listen ... ssl} server; the names handled."""
-    draft = context.draft
-    handled = {"ssl_certificate", "ssl_certificate_key"}
-    certificates = [
-        context.path(d.args[0]) for d in byName.get("ssl_certificate", ()) if d.args
-    ]
-    keys = [
-        context.path(d.args[0]) for d in byName.get("ssl_certificate_key", ()) if d.args
-    ]
-    if len(certificates) != len(keys) or any("$" in p for p in certificates + keys):
-        draft.note(
-            listener.line,
-            "ssl_certificate",
-            "certificates and keys do not pair up (or use variables)",
-        )
-    elif len(certificates) == 1:
-        listener.keys["certificate"] = certificates[0]
-        listener.keys["private_key"] = keys[0]
-    elif certificates:
-        names = [
-            draft.addCertificate(
-                os.path.basename(c).partition(".")[0], c, k, listener.line
-            )
-            for c, k in zip(certificates, keys, strict=True)
-        ]
-        listener.keys["certificates"] = ", ".join(names)
-    for directive in byName.get("ssl_protocols", ()):
-        handled.add(directive.name)
-        kept = [p for p in directive.args if p in ("TLSv1.2", "TLSv1.3")]
-        if len(kept) != len(directive.args):
-            draft.note(
-                directive.line, directive.text, "the gateway never offers below TLSv1.2"
-            )
-        if kept:
-            listener.keys["protocols"] = " ".join(kept)
-    for name, (key, convert) in _TLS_KEYS.items():
-        for directive in byName.get(name, ()):
-            value = convert(directive.args) if directive.args else None
-            if value is not None:
-                listener.keys[key] = value
-                handled.add(name)
-    for directive in byName.get("ssl_client_certificate", ()):
-        listener.keys["client_ca"] = context.path(directive.args[0])
-        handled.add(directive.name)
-    if byName.get("ssl_crl"):
-        listener.keys["client_crl"] = ", ".join(
-            context.path(d.args[0]) for d in byName["ssl_crl"]
-        )
-        handled.add("ssl_crl")
-    for directive in byName.get("ssl_session_timeout", ()):
-        value = _duration(draft, directive)
-        if value is not None:
-            listener.keys["session_ticket_lifetime"] = value
-        handled.add(directive.name)
-    for directive in byName.get("ssl_conf_command", ()):
-        if directive.args[:1] == ("Ciphersuites",) and len(directive.args) == 2:
-            listener.keys["ciphersuites"] = directive.args[1]
-            handled.add(directive.name)
-    return handled

@@ -10,11 +10,18 @@ C{${name}} is a variable, not a block.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from gateway.cli.convert.draft import ConvertError
 
-__all__ = ["Directive", "parseNginx"]
+__all__ = ["TIME", "Directive", "parseNginx", "seconds"]
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+#: One part of an NGINX time: C{1m30s} is two.
+TIME = re.compile(r"([0-9]+)(ms|s|m|h|d|w)?")
 
 
 @attrs.frozen
@@ -141,3 +148,14 @@ def parseNginx(text: str) -> tuple[Directive, ...]:
             f"the block of '{stack[-1][1]}' is never closed", stack[-1][3]
         )
     return tuple(current)
+
+
+def seconds(text: str) -> float:
+    """
+    An NGINX time (C{30s}, C{1m30s}, C{500ms}; bare numbers are seconds).
+
+    @raise ValueError: for anything else.
+    """
+    if not text or TIME.sub("", text):
+        raise ValueError(f"{text!r} is not an NGINX time")
+    return sum(int(n) * _UNITS[unit or "s"] for n, unit in TIME.findall(text))

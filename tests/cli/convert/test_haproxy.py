@@ -316,3 +316,23 @@ listen app
     assert "only some servers have check" in noteAt(conversion, 1)
     assert "without accept-proxy beside binds with it" in noteAt(conversion, 3)
     assert "no equivalent" in noteAt(conversion, 5)
+
+
+@pytest.mark.parametrize(
+    ("bind", "endpoint"),
+    [
+        (":443", "tcp:443"),
+        ("*:443", "tcp:443"),
+        ("0.0.0.0:443", "tcp:443"),
+        ("ipv4@127.0.0.1:443", "tcp:443:interface=127.0.0.1"),
+        (":::443", "tcp6:443:interface=\\:\\:"),
+        ("[::1]:443", "tcp6:443:interface=\\:\\:1"),
+        ("ipv6@:443", "tcp6:443:interface=\\:\\:"),
+        ("unix@/run/gw.sock", "unix:/run/gw.sock"),
+        ("/run/gw.sock", "unix:/run/gw.sock"),
+    ],
+)
+def test_bindAddressesBecomeEndpoints(bind: str, endpoint: str) -> None:
+    text = f"frontend fe\n    bind {bind}\n    default_backend be\nbackend be\n    server s 10.0.0.1:443\n"
+    _conversion, config = converted("haproxy", text)
+    assert config.listeners[0].listen == (endpoint,)

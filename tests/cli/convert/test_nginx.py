@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.cli.convert import ConvertError, convert
-from gateway.cli.convert.nginx import seconds
+from gateway.cli.convert.nginxsyntax import seconds
 
 from .helpers import converted, noteAt, sections
 
