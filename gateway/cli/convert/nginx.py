@@ -37,6 +37,8 @@ _HOST_PORT = re.compile(
     r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s]+)):(?P<port>[0-9]+)"
 )
 _SNI = "$ssl_preread_server_name"
+#: The server name once NGINX has terminated TLS (listen ... ssl).
+_TERMINATED_SNI = "$ssl_server_name"
 _CLIENT_KEYS = {"$binary_remote_addr", "$remote_addr"}
 
 #: Directives that exist only for NGINX's own process model or buffers.
@@ -59,9 +61,13 @@ _NOT_NEEDED = {
 
 @attrs.define
 class _Map:
-    """A C{map $ssl_preread_server_name $var} block, read."""
+    """
+    A C{map $ssl_preread_server_name $var} block (or C{$ssl_server_name},
+    which NGINX knows once it terminated TLS), read.
+    """
 
     line: int
+    key: str
     hostnames: bool = False
     entries: list[tuple[str, str, int]] = attrs.Factory(list)
 
@@ -192,14 +198,14 @@ def _readMap(context: _Context, directive: Directive) -> None:
         _unknown(draft, directive)
         return
     key, variable = directive.args
-    if key != _SNI:
+    if key not in (_SNI, _TERMINATED_SNI):
         draft.note(
             directive.line,
             directive.text,
             f"a map of {key}: the gateway routes on the server name ({_SNI}) only",
         )
         return
-    found = _Map(directive.line)
+    found = _Map(directive.line, key)
     for entry in directive.block:
         if entry.name == "hostnames" and not entry.args:
             found.hostnames = True
@@ -421,11 +427,17 @@ def _destination(
     target = directive.args[0] if directive.args else ""
     if target in context.maps:
         found = context.maps[target]
-        if mode == "tcp":
+        known = {_SNI: "passthrough", _TERMINATED_SNI: "terminate"}[found.key]
+        if mode != known:
+            why = {
+                "tcp": "ssl_preread is off",
+                "terminate": "TLS is terminated before the preread phase",
+                "passthrough": "it does not terminate TLS",
+            }[mode]
             draft.note(
                 directive.line,
                 directive.text,
-                "ssl_preread is off, so NGINX never knows a server name: only"
+                f"NGINX never knows {found.key} in this server ({why}): only"
                 " the map's default applies",
             )
             default = [value for key, value, _ in found.entries if key == "default"]

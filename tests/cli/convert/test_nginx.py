@@ -205,7 +205,7 @@ stream {
     conversion, config = converted("nginx", text)
     assert config.listeners[0].mode == "tcp"
     assert config.listeners[0].upstream == "two"
-    assert "ssl_preread is off" in noteAt(conversion, 5)
+    assert "(ssl_preread is off): only the map's default" in noteAt(conversion, 5)
 
 
 def test_mapOnAnotherVariableIsNamed() -> None:
@@ -300,3 +300,36 @@ stream {
     conversion, config = converted("nginx", text, folder="/etc/nginx")
     assert config.listeners[0].mode == "terminate"
     assert "without ssl beside addresses with it" in noteAt(conversion, 4)
+
+
+def test_terminatingServerRoutesOnSslServerName() -> None:
+    text = """\
+stream {
+    map $ssl_server_name $app { a.example.com one; default two; }
+    map $ssl_preread_server_name $raw { a.example.com one; default two; }
+    upstream one { server 10.0.0.1:8080; }
+    upstream two { server 10.0.0.2:8080; }
+    server {
+        listen 8443 ssl;
+        ssl_certificate site.pem;
+        ssl_certificate_key site.key;
+        proxy_pass $app;
+    }
+    server {
+        listen 9443 ssl;
+        ssl_certificate site.pem;
+        ssl_certificate_key site.key;
+        ssl_preread on;
+        proxy_pass $raw;
+    }
+}
+"""
+    conversion, config = converted("nginx", text, folder="/etc/nginx")
+    routed, preread = config.listeners
+    assert [(r.pattern, r.upstream) for r in routed.routes] == [
+        ("a.example.com", "one"),
+        ("default", "two"),
+    ]
+    # NGINX terminates before its preread phase: only the default applies.
+    assert preread.upstream == "two"
+    assert "terminated before the preread phase" in noteAt(conversion, 17)
