@@ -162,7 +162,9 @@ class _Frontend:
     inspect: float | None = None
     crts: list[tuple[str, Line]] = attrs.Factory(list)
     tls: dict[str, str] = attrs.Factory(dict)
-    routes: list[tuple[str, str, Line]] = attrs.Factory(list)
+    #: (pattern, backend, line, whether HAProxy reads the name after
+    #: terminating TLS: ssl_fc_sni, rather than from the ClientHello)
+    routes: list[tuple[str, str, Line, bool]] = attrs.Factory(list)
     default: tuple[str, Line] | None = None
     rules: dict[str, list[AccessRule]] = attrs.Factory(
         lambda: {"connection": [], "content": []}
@@ -338,7 +340,7 @@ def _useBackend(
         return
     try:
         groups = parseCondition(condition, acls)
-        patterns: list[str] = []
+        patterns: list[tuple[str, bool]] = []
         for group in groups:
             terms = [term for term in group if not isHelloCheck(term)]
             if len(terms) != 1 or terms[0].negated:
@@ -346,12 +348,13 @@ def _useBackend(
                     "only one positive server-name test per alternative converts"
                 )
             for criterion in terms[0].criteria:
-                patterns += sniPatterns(criterion)
+                after = criterion.fetch == "ssl_fc_sni"
+                patterns += [(p, after) for p in sniPatterns(criterion)]
     except Unconvertible as e:
         draft.note(line.number, line.text, str(e))
         return
     state.preread = True
-    state.routes += [(pattern, name, line) for pattern in patterns]
+    state.routes += [(pattern, name, line, after) for pattern, after in patterns]
 
 
 def _tcpRequest(
@@ -444,7 +447,7 @@ def _routes(
     """Set the listener's routes or upstream; the upstream names it uses."""
     draft = context.draft
     kept: list[tuple[str, str, Line]] = []
-    for pattern, backend, line in state.routes:
+    for pattern, backend, line, afterTermination in state.routes:
         upstream = _upstreamOf(context, backend, line)
         if upstream is None:
             continue
@@ -453,6 +456,19 @@ def _routes(
                 line.number,
                 line.text,
                 "needs tcp-request inspect-delay to see a server name",
+            )
+            continue
+        if afterTermination != (mode == "terminate"):
+            fetch, why = (
+                ("ssl_fc_sni", "no ssl bind")
+                if afterTermination
+                else ("req_ssl_sni", "it reads the decrypted bytes")
+            )
+            draft.note(
+                line.number,
+                line.text,
+                f"HAProxy never knows {fetch} in this frontend ({why}): the rule"
+                " never matches",
             )
             continue
         if not _shadowed(draft, kept, pattern, upstream, line):

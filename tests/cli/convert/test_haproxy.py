@@ -336,3 +336,31 @@ def test_bindAddressesBecomeEndpoints(bind: str, endpoint: str) -> None:
     text = f"frontend fe\n    bind {bind}\n    default_backend be\nbackend be\n    server s 10.0.0.1:443\n"
     _conversion, config = converted("haproxy", text)
     assert config.listeners[0].listen == (endpoint,)
+
+
+def test_serverNameFetchMustFitWhereHaproxyReadsIt() -> None:
+    text = """\
+frontend pass
+    bind :443
+    tcp-request inspect-delay 5s
+    use_backend one if { ssl_fc_sni -i a.example.com }
+    use_backend one if { req_ssl_sni -i b.example.com }
+    default_backend two
+frontend term
+    bind :8443 ssl crt /etc/haproxy/site.pem
+    use_backend one if { req_ssl_sni -i a.example.com }
+    use_backend one if { ssl_fc_sni -i b.example.com }
+    default_backend two
+backend one
+    server s 10.0.0.1:8080
+backend two
+    server s 10.0.0.2:8080
+"""
+    conversion, config = converted("haproxy", text)
+    passthrough, terminate = config.listeners
+    assert [r.pattern for r in passthrough.routes] == ["b.example.com", "default"]
+    assert [r.pattern for r in terminate.routes] == ["b.example.com", "default"]
+    assert "never knows ssl_fc_sni in this frontend (no ssl bind)" in noteAt(
+        conversion, 4
+    )
+    assert "never knows req_ssl_sni" in noteAt(conversion, 9)
