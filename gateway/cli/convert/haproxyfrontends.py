@@ -33,6 +33,7 @@ from gateway.cli.convert.haproxybackends import (
     haproxyTime,
     readTimeouts,
 )
+from gateway.cli.convert.haproxylimits import Counters, isCounter, limitFor
 from gateway.cli.convert.haproxyrules import (
     Criterion,
     Unconvertible,
@@ -170,6 +171,8 @@ class _Frontend:
         lambda: {"connection": [], "content": []}
     )
     helloAccepted: bool = False
+    counters: Counters = attrs.Factory(Counters)
+    limits: dict[str, str] = attrs.Factory(dict)
     binds: list[tuple[Line, set[str]]] = attrs.Factory(list)
 
 
@@ -201,6 +204,11 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
                 )
             except Unconvertible as e:
                 draft.note(line.number, line.text, str(e))
+        elif line.words[0] == "stick-table":
+            try:
+                state.counters.readTable(line.words[1:])
+            except ValueError:
+                draft.note(line.number, line.text, "not an HAProxy time")
     for line in section.lines:
         keyword, args = line.words[0], line.words[1:]
         if keyword == "bind" and args:
@@ -213,7 +221,7 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
             _tcpRequest(draft, line, acls, state)
         elif keyword == "maxconn" and args and args[0].isdigit():
             listener.keys["max_connections"] = args[0]
-        elif keyword in ("acl", "timeout", "mode") or (
+        elif keyword in ("acl", "timeout", "mode", "stick-table") or (
             section.kind == "listen"
             and (
                 keyword in _BACKEND_KEYWORDS
@@ -368,6 +376,13 @@ def _tcpRequest(
             draft.note(line.number, line.text, "not an HAProxy time")
         state.preread = True
         return
+    if args[0] == "connection" and args[1:] in (
+        ("track-sc0", "src"),
+        ("track-sc1", "src"),
+        ("track-sc2", "src"),
+    ):
+        state.counters.tracked.add(int(args[1][-1]))
+        return
     if (
         len(args) < 2
         or args[0] not in ("connection", "content")
@@ -406,6 +421,12 @@ def _tcpRequest(
                 state.preread = True
                 return  # the gateway refuses what is not a ClientHello
             raise Unconvertible("this ClientHello test has no equivalent")
+        if all(isCounter(c) for c in term.criteria):
+            if accept or term.negated or len(term.criteria) != 1:
+                raise Unconvertible("only 'reject if { COUNTER gt N }' converts")
+            key, value = limitFor(term.criteria[0], state.counters)
+            state.limits[key] = value
+            return
         networks = _networks(draft, line, term.criteria)
     except Unconvertible as e:
         draft.note(line.number, line.text, str(e))
@@ -582,6 +603,7 @@ def _listenerKeys(
     if state.inspect and mode != "tcp":
         listener.keys["preread_timeout"] = formatDuration(state.inspect)
     _accessKeys(draft, listener, state)
+    listener.keys.update(state.limits)
     if mode == "terminate":
         listener.keys.update(state.tls)
         _certificates(context, listener, state)

@@ -364,3 +364,31 @@ backend two
         conversion, 4
     )
     assert "never knows req_ssl_sni" in noteAt(conversion, 9)
+
+
+def test_stickTableCountersBecomePerClientLimits() -> None:
+    text = """\
+frontend fe
+    bind :443
+    stick-table type ip size 100k expire 30s store conn_cur,conn_rate(1s)
+    tcp-request connection track-sc0 src
+    tcp-request connection reject if { sc_conn_cur(0) gt 20 }
+    tcp-request connection reject if { sc0_conn_rate ge 11 }
+    default_backend be
+frontend slow
+    bind :444
+    stick-table type ip size 100k expire 30s store conn_rate(10s)
+    tcp-request connection track-sc1 src
+    tcp-request connection reject if { sc_conn_rate(1) gt 100 }
+    tcp-request connection reject if { sc_conn_cur(0) gt 5 }
+    default_backend be
+backend be
+    server s 10.0.0.1:443
+"""
+    conversion, config = converted("haproxy", text)
+    fe, slow = config.listeners
+    assert fe.max_connections_per_client == 20
+    assert str(fe.max_connection_rate) == "10/s"
+    assert slow.max_connection_rate is None
+    assert "per second or per minute" in noteAt(conversion, 12)
+    assert "sticky counter 0 does not track src" in noteAt(conversion, 13)
