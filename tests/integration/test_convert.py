@@ -3,7 +3,8 @@ C{tlsgateway convert}, end to end: a real C{nginx.conf} and a real
 C{haproxy.cfg}, each accepted by the real C{nginx -t} and C{haproxy -c},
 each run by the real NGINX or HAProxy to see where it sends two (three)
 server names; then converted, checked, and run by a real C{tlsgateway}
-process, which must send the same names to the same backends.
+process (C{tlsgateway run}), which must send the same names to the same
+backends.
 """
 
 from __future__ import annotations
@@ -99,19 +100,13 @@ def routedTo(port: int, client: ssl.SSLContext, names: Sequence[str]) -> dict[st
 
 
 def convertAndCheck(kind: str, source: Path, expectNotes: Sequence[str]) -> str:
-    """Run C{tlsgateway convert} and C{tlsgateway check} on its output."""
+    """
+    Run C{tlsgateway convert} and C{tlsgateway check} on its output; the
+    INI text, which names C{expectNotes} on standard error and at its top.
+    """
     output = source.parent / "converted.ini"
     converted = runCommand(
-        [
-            str(BIN / "python"),
-            "-m",
-            "gateway",
-            "convert",
-            kind,
-            str(source),
-            "-o",
-            str(output),
-        ],
+        [str(BIN / "tlsgateway"), "convert", kind, str(source), "-o", str(output)],
         cwd=source.parent,
     )
     assert converted.returncode == 0, converted.stderr
@@ -119,7 +114,7 @@ def convertAndCheck(kind: str, source: Path, expectNotes: Sequence[str]) -> str:
         assert text in converted.stderr, converted.stderr
         assert text in output.read_text()
     checked = runCommand(
-        [str(BIN / "python"), "-m", "gateway", "check", "--config", str(output)],
+        [str(BIN / "tlsgateway"), "check", "--config", str(output)],
         cwd=source.parent,
     )
     assert checked.returncode == 0, checked.stderr
@@ -190,7 +185,7 @@ stream {{
             "nginx.conf:5: events {...}: ",
         ],
     )
-    process = gateway(ini, command="module")
+    process = gateway(ini, command="script")
     assert routedTo(port, client, NAMES) == byNginx
     assert process.running()
 
@@ -290,6 +285,6 @@ backend plain_b
     )
     assert "health_interval = 2s" in ini
     assert "certificates = a, b" in ini
-    process = gateway(ini, command="module")
+    process = gateway(ini, command="script")
     assert (routedTo(sni, client, NAMES), routedTo(term, client, NAMES)) == byHaproxy
     assert process.running()
