@@ -19,13 +19,13 @@ from __future__ import annotations
 from gateway.cli.convert.draft import Draft
 from gateway.cli.convert.haproxybackends import convertBackend
 from gateway.cli.convert.haproxyfrontends import (
-    NOT_NEEDED,
     ListFolder,
     Proxies,
     bindOption,
     convertFrontend,
     noFolders,
 )
+from gateway.cli.convert.haproxyreasons import reasonFor
 from gateway.cli.convert.haproxysyntax import Line, Section, parseHaproxy
 
 __all__ = ["convertHaproxy"]
@@ -113,13 +113,11 @@ def _global(context: Proxies, section: Section) -> None:
         elif keyword == "ssl-default-bind-options":
             for option in args:
                 bindOption(context.bindDefaults, option, args, draft, line)
-        elif keyword in NOT_NEEDED:
-            draft.note(line.number, line.text, NOT_NEEDED[keyword])
         else:
-            draft.note(line.number, line.text, "no equivalent in the gateway")
+            draft.note(line.number, line.text, reasonFor(line.words))
 
 
-_DEFAULTS_KNOWN = {"mode", "timeout", "balance", "default-server", "option"}
+_DEFAULTS_KNOWN = {"mode", "timeout", "balance", "default-server", "option", "maxconn"}
 
 
 def _defaults(draft: Draft, section: Section) -> list[Line]:
@@ -133,6 +131,5 @@ def _defaults(draft: Draft, section: Section) -> list[Line]:
         ):
             kept.append(line)
         else:
-            reason = NOT_NEEDED.get(keyword, "no equivalent in the gateway")
-            draft.note(line.number, line.text, reason)
+            draft.note(line.number, line.text, reasonFor(line.words))
     return kept

@@ -34,6 +34,7 @@ from gateway.cli.convert.haproxybackends import (
     readTimeouts,
 )
 from gateway.cli.convert.haproxylimits import Counters, isCounter, limitFor
+from gateway.cli.convert.haproxyreasons import reasonFor
 from gateway.cli.convert.haproxyrules import (
     Criterion,
     Unconvertible,
@@ -46,7 +47,6 @@ from gateway.cli.convert.haproxyrules import (
 from gateway.cli.convert.haproxysyntax import Line, Section
 
 __all__ = [
-    "NOT_NEEDED",
     "ListFolder",
     "Proxies",
     "bindOption",
@@ -73,19 +73,6 @@ _BIND_ARITY = {
         " group uid gid namespace proto severity-output",
         1,
     ),
-}
-
-
-NOT_NEEDED = {
-    "log": "the gateway writes one access-log line per connection (access_log)",
-    "daemon": "twistd daemonizes; tlsgateway run stays in the foreground",
-    "chroot": "not supported: run the gateway in a container or with systemd's sandboxing",
-    "user": "run the gateway as that user with twistd --uid",
-    "group": "run the gateway as that group with twistd --gid",
-    "pidfile": "use tlsgateway run --pidfile FILE, or twistd's --pidfile",
-    "stats": "the gateway's status page is [gateway] metrics, at /status",
-    "nbthread": "the gateway scales with processes: [gateway] workers",
-    "master-worker": "the gateway's supervisor starts with [gateway] workers",
 }
 
 
@@ -209,6 +196,9 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
                 state.counters.readTable(line.words[1:])
             except ValueError:
                 draft.note(line.number, line.text, "not an HAProxy time")
+    for line in [*inherited, *section.lines]:
+        if line.words[0] == "maxconn" and line.words[1:2] and line.words[1].isdigit():
+            listener.keys["max_connections"] = line.words[1]
     for line in section.lines:
         keyword, args = line.words[0], line.words[1:]
         if keyword == "bind" and args:
@@ -219,14 +209,16 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
             state.default = (args[0], line)
         elif keyword == "tcp-request" and args:
             _tcpRequest(draft, line, acls, state)
-        elif keyword == "maxconn" and args and args[0].isdigit():
-            listener.keys["max_connections"] = args[0]
-        elif keyword in ("acl", "timeout", "mode", "stick-table") or (
-            section.kind == "listen"
-            and (
-                keyword in _BACKEND_KEYWORDS
-                or line.words[:2]
-                in (("option", "ssl-hello-chk"), ("option", "tcp-check"))
+        elif (
+            (keyword == "maxconn" and args and args[0].isdigit())
+            or keyword in ("acl", "timeout", "mode", "stick-table")
+            or (
+                section.kind == "listen"
+                and (
+                    keyword in _BACKEND_KEYWORDS
+                    or line.words[:2]
+                    in (("option", "ssl-hello-chk"), ("option", "tcp-check"))
+                )
             )
         ):
             continue
@@ -234,7 +226,7 @@ def convertFrontend(context: Proxies, section: Section, inherited: list[Line]) -
             draft.note(
                 line.number,
                 line.text,
-                NOT_NEEDED.get(keyword, "no equivalent in the gateway"),
+                reasonFor(line.words),
             )
     if (
         state.default is None

@@ -392,3 +392,24 @@ backend be
     assert slow.max_connection_rate is None
     assert "per second or per minute" in noteAt(conversion, 12)
     assert "sticky counter 0 does not track src" in noteAt(conversion, 13)
+
+
+def test_defaultsMaxconnIsEachFrontendsLimit() -> None:
+    text = """\
+defaults
+    mode tcp
+    maxconn 500
+    option redispatch
+frontend one
+    bind :443
+    default_backend be
+frontend two
+    bind :444
+    maxconn 20
+    default_backend be
+backend be
+    server s 10.0.0.1:443
+"""
+    conversion, config = converted("haproxy", text)
+    assert [listener.max_connections for listener in config.listeners] == [500, 20]
+    assert "next_upstream_tries" in noteAt(conversion, 4)
