@@ -106,6 +106,8 @@ def _global(context: Proxies, section: Section) -> None:
         keyword, args = line.words[0], line.words[1:]
         if keyword == "crt-base" and args:
             context.crtBase = args[0]
+        elif keyword == "ca-base" and args:
+            context.caBase = args[0]
         elif keyword == "ssl-default-bind-ciphers" and args:
             context.bindDefaults["ciphers"] = args[0]
         elif keyword == "ssl-default-bind-ciphersuites" and args:

@@ -85,6 +85,7 @@ class Proxies:
     folder: str | None
     listFolder: ListFolder
     crtBase: str = ""
+    caBase: str = ""
     bindDefaults: dict[str, str] = attrs.Factory(dict)
     backends: dict[str, Backend | None] = attrs.Factory(dict)
 
@@ -304,9 +305,9 @@ def _bindKeyword(
     elif word == "ssl-min-ver" and value in VERSIONS:
         bindOption(tls, value, ["ssl-min-ver"], draft, line)
     elif word == "ca-file":
-        tls["client_ca"] = context.path(value)
+        tls["client_ca"] = context.path(value, context.caBase)
     elif word == "crl-file":
-        tls["client_crl"] = context.path(value)
+        tls["client_crl"] = context.path(value, context.caBase)
     elif word == "verify" and value in ("none", "optional", "required"):
         tls["verify_client"] = {
             "none": "off",

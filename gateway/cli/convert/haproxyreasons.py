@@ -29,6 +29,7 @@ _OPTIONS = {
     "dontlognull": "the gateway logs every connection, refused ones included",
     "redispatch": "the gateway retries on other servers: next_upstream_tries",
     "log-health-checks": "the gateway logs every server going down or up",
+    "httplog": "HTTP logging: the gateway relays TLS and TCP, not HTTP",
 }
 
 

@@ -413,3 +413,20 @@ backend be
     conversion, config = converted("haproxy", text)
     assert [listener.max_connections for listener in config.listeners] == [500, 20]
     assert "next_upstream_tries" in noteAt(conversion, 4)
+
+
+def test_clientCertificatesFromCaBase() -> None:
+    text = """\
+global
+    ca-base /etc/haproxy/ca
+frontend mtls
+    bind :8443 ssl crt /etc/haproxy/site.pem ca-file clients.pem verify required crl-file clients.crl
+    default_backend be
+backend be
+    server s 127.0.0.1:8080
+"""
+    _conversion, config = converted("haproxy", text)
+    (listener,) = config.listeners
+    assert listener.client_ca == "/etc/haproxy/ca/clients.pem"
+    assert listener.verify_client == "on"
+    assert listener.client_crl == ("/etc/haproxy/ca/clients.crl",)
