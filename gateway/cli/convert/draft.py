@@ -380,7 +380,8 @@ class Draft:
     def render(self) -> str:
         """The INI text: a header, the notes as comments, then the sections."""
         self._settle()
-        self.notes.sort(key=lambda note: note.line or 0)
+        # A stream-level directive inherited by several servers is named once.
+        self.notes[:] = sorted(dict.fromkeys(self.notes), key=lambda n: n.line or 0)
         out = [
             f"# Converted by 'tlsgateway convert {self.kind}' from {self.source}.",
             "# Review it, then: tlsgateway check --config THIS_FILE",

@@ -333,3 +333,16 @@ stream {
     # NGINX terminates before its preread phase: only the default applies.
     assert preread.upstream == "two"
     assert "terminated before the preread phase" in noteAt(conversion, 17)
+
+
+def test_anInheritedDirectiveIsNamedOnce() -> None:
+    text = """\
+stream {
+    ssl_protocols TLSv1.1 TLSv1.3;
+    server { listen 8443 ssl; ssl_certificate a.pem; ssl_certificate_key a.key; proxy_pass 10.0.0.1:80; }
+    server { listen 9443 ssl; ssl_certificate a.pem; ssl_certificate_key a.key; proxy_pass 10.0.0.1:80; }
+}
+"""
+    conversion, config = converted("nginx", text, folder="/etc/nginx")
+    assert [listener.protocols for listener in config.listeners] == [("TLSv1.3",)] * 2
+    assert [n.line for n in conversion.notes] == [2]
