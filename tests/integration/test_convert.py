@@ -288,3 +288,89 @@ backend plain_b
     process = gateway(ini, command="script")
     assert (routedTo(sni, client, NAMES), routedTo(term, client, NAMES)) == byHaproxy
     assert process.running()
+
+
+def plainGet(port: int, source: str) -> str:
+    """Connect from C{source} to 127.0.0.1:C{port} over plain TCP; read to EOF."""
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0)
+    ) as sock:
+        data = bytearray()
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.decode().strip()
+
+
+def test_haproxySendProxyV2ReachesTheBackendThroughTheGateway(
+    tmp_path: Path, gateway: Callable[..., Gateway]
+) -> None:
+    """
+    A plain TCP frontend (no ClientHello read: C{mode = tcp}) whose server
+    has C{send-proxy-v2}: the backend, an NGINX that reads the header, sees
+    the client's own address through HAProxy and through the gateway alike.
+    """
+    requireTools("haproxy", "nginx")
+    if not os.path.exists(NGINX_STREAM_MODULE):
+        pytest.skip("NGINX's stream module is not installed")
+    folder = tmp_path / "proxied"
+    folder.mkdir()
+    peer, front = freePort(), freePort()
+    peerConf = folder / "peer.conf"
+    peerConf.write_text(
+        f"""\
+load_module {NGINX_STREAM_MODULE};
+pid {folder}/peer.pid;
+error_log stderr notice;
+events {{ worker_connections 64; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{peer} proxy_protocol;
+        return "$proxy_protocol_addr\\n";
+    }}
+}}
+"""
+    )
+    cfg = folder / "haproxy.cfg"
+    cfg.write_text(
+        f"""\
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend plain_in
+    bind 127.0.0.1:{front}
+    default_backend addresses
+
+backend addresses
+    server peer 127.0.0.1:{peer} send-proxy-v2
+"""
+    )
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    peerArgv = [
+        "nginx",
+        "-p",
+        str(folder),
+        "-e",
+        "stderr",
+        "-c",
+        str(peerConf),
+        "-g",
+        "daemon off;",
+    ]
+    with running(peerArgv, peer, folder / "peer.log"):
+        with running(["haproxy", "-db", "-f", str(cfg)], front, folder / "haproxy.log"):
+            assert plainGet(front, "127.0.0.2") == "127.0.0.2"
+        ini = convertAndCheck("haproxy", cfg, [])
+        assert "mode = tcp" in ini
+        assert "proxy_protocol = v2" in ini
+        gateway(ini, command="script")
+        assert plainGet(front, "127.0.0.3") == "127.0.0.3"
