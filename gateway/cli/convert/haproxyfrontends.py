@@ -582,10 +582,15 @@ def _listenerKeys(
             )
         if first.proxyProtocol:
             listener.keys["proxy_protocol"] = first.proxyProtocol
-        timeouts = {
-            **timeouts,
-            **{k: v for k, v in first.timeouts.items() if k != "client"},
-        }
+
+        if any(_backendTimeouts(b) != _backendTimeouts(first) for b in backends):
+            draft.note(
+                listener.line,
+                listener.origin,
+                "its backends differ in timeouts; the gateway keeps them per"
+                " listener: its default backend's",
+            )
+        timeouts = {**timeouts, **_backendTimeouts(first)}
     if "connect" in timeouts and timeouts["connect"] > 0:
         listener.keys["connect_timeout"] = formatDuration(timeouts["connect"])
     idle = timeouts.get("tunnel") or max(
@@ -600,6 +605,11 @@ def _listenerKeys(
     if mode == "terminate":
         listener.keys.update(state.tls)
         _certificates(context, listener, state)
+
+
+def _backendTimeouts(backend: Backend) -> dict[str, float]:
+    """A backend's timeouts, without the client's (a frontend's own)."""
+    return {k: v for k, v in backend.timeouts.items() if k != "client"}
 
 
 def _accessKeys(draft: Draft, listener: Listener, state: _Frontend) -> None:

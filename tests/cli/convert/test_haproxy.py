@@ -430,3 +430,24 @@ backend be
     assert listener.client_ca == "/etc/haproxy/ca/clients.pem"
     assert listener.verify_client == "on"
     assert listener.client_crl == ("/etc/haproxy/ca/clients.crl",)
+
+
+def test_backendsWithDifferentTimeoutsAreNamed() -> None:
+    text = """\
+frontend fe
+    bind :443
+    tcp-request inspect-delay 5s
+    use_backend slow if { req_ssl_sni -i slow.example.com }
+    default_backend fast
+backend slow
+    timeout server 1h
+    server s 10.0.0.1:443
+backend fast
+    timeout server 30s
+    timeout connect 2000
+    server f 10.0.0.2:443
+"""
+    conversion, config = converted("haproxy", text)
+    (listener,) = config.listeners
+    assert (listener.idle_timeout, listener.connect_timeout) == (30, 2)
+    assert "differ in timeouts" in noteAt(conversion, 1)
