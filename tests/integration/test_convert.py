@@ -124,16 +124,24 @@ def convertAndCheck(kind: str, source: Path, expectNotes: Sequence[str]) -> str:
 
 def test_nginxStreamConfigurationRoutesTheSameThroughTheGateway(
     tmp_path: Path,
+    ca: CertificateAuthority,
     backend: Callable[..., Backend],
     gateway: Callable[..., Gateway],
     client: ssl.SSLContext,
 ) -> None:
+    """
+    Passthrough by a map of C{$ssl_preread_server_name}, and termination
+    routed by a map of C{$ssl_server_name}.
+    """
     requireTools("nginx")
     if not os.path.exists(NGINX_STREAM_MODULE):
         pytest.skip("NGINX's stream module is not installed")
     a = backend("backend-a", names=("a.example.test",))
     b = backend("backend-b", names=("b.example.test", "x.other.test"))
-    port = freePort()
+    plainA = backend("plain-a", tls=False)
+    plainB = backend("plain-b", tls=False)
+    served = ca.issue(*NAMES)
+    port, term = freePort(), freePort()
     folder = tmp_path / "nginx"
     folder.mkdir()
     conf = folder / "nginx.conf"
@@ -161,6 +169,18 @@ stream {{
         proxy_connect_timeout 5s;
         proxy_timeout 1m;
     }}
+
+    map $ssl_server_name $plain {{
+        a.example.test   127.0.0.1:{plainA.port};
+        default          127.0.0.1:{plainB.port};
+    }}
+    server {{
+        listen 127.0.0.1:{term} ssl;
+        ssl_certificate     {served.certificatePath};
+        ssl_certificate_key {served.privateKeyPath};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_pass $plain;
+    }}
 }}
 """
     )
@@ -170,12 +190,19 @@ stream {{
     )
     assert tested.returncode == 0, tested.stderr
     with running([*base, "-g", "daemon off;"], port, folder / "nginx.log"):
-        byNginx = routedTo(port, client, NAMES)
-    assert byNginx == {
-        "a.example.test": "backend-a",
-        "b.example.test": "backend-b",
-        "x.other.test": "backend-b",
-    }
+        byNginx = routedTo(port, client, NAMES), routedTo(term, client, NAMES)
+    assert byNginx == (
+        {
+            "a.example.test": "backend-a",
+            "b.example.test": "backend-b",
+            "x.other.test": "backend-b",
+        },
+        {
+            "a.example.test": "plain-a",
+            "b.example.test": "plain-b",
+            "x.other.test": "plain-b",
+        },
+    )
     ini = convertAndCheck(
         "nginx",
         conf,
@@ -186,7 +213,7 @@ stream {{
         ],
     )
     process = gateway(ini, command="script")
-    assert routedTo(port, client, NAMES) == byNginx
+    assert (routedTo(port, client, NAMES), routedTo(term, client, NAMES)) == byNginx
     assert process.running()
 
 
