@@ -102,6 +102,12 @@ def convertNginx(text: str, source: str, folder: str | None = None) -> Draft:
     context = _Context(Draft(source, "nginx"), folder)
     draft = context.draft
     streams = [d for d in directives if d.name == "stream"]
+    blocks = {d.name for d in directives if d.block is not None}
+    if not streams and blocks & {"server", "upstream", "map"} and "http" not in blocks:
+        # The contents of a stream block, as a file included from one
+        # (stream { include /etc/nginx/stream.d/*.conf; }) holds them.
+        _convertStream(context, directives)
+        return draft
     for directive in directives:
         if directive.name == "stream":
             continue
@@ -126,7 +132,8 @@ def _unknown(draft: Draft, directive: Directive) -> None:
     reason = _NOT_NEEDED.get(directive.name)
     if directive.name == "include":
         reason = (
-            "included files are not read: paste their contents in and convert again"
+            "included files are not read: convert each one itself (a file of"
+            " stream-block contents converts as that block), or paste it in"
         )
     draft.note(directive.line, directive.text, reason or "no equivalent in the gateway")
 

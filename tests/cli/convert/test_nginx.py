@@ -346,3 +346,17 @@ stream {
     conversion, config = converted("nginx", text, folder="/etc/nginx")
     assert [listener.protocols for listener in config.listeners] == [("TLSv1.3",)] * 2
     assert [n.line for n in conversion.notes] == [2]
+
+
+def test_aFileIncludedInStreamConvertsAsItsContents() -> None:
+    text = """\
+upstream app { server 10.0.0.1:443; }
+server {
+    listen 443;
+    ssl_preread on;
+    proxy_pass app;
+}
+"""
+    conversion, config = converted("nginx", text)
+    assert config.listeners[0].upstream == "app"
+    assert conversion.notes == ()
