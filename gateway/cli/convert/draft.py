@@ -314,6 +314,7 @@ class Draft:
             if not upstream.servers:
                 self.note(upstream.line, upstream.origin, "no server left to convert")
                 del self.upstreams[name]
+        self._mergeDualStack()
         bound: dict[str, str] = {}
         for listener in list(self.listeners):
             self._settleRoutes(listener)
@@ -348,6 +349,37 @@ class Draft:
             if problem is not None:
                 self.note(listener.line, listener.origin, f"not converted: {problem}")
                 self.listeners.remove(listener)
+
+    def _mergeDualStack(self) -> None:
+        """
+        C{tcp:443} beside C{tcp6:443:interface=\\:\\:} (NGINX's C{listen 443}
+        and C{listen [::]:443}, HAProxy's C{bind :443} and C{bind :::443}):
+        on Linux the IPv6 socket accepts IPv4 too, and beside it the IPv4 one
+        would find the port taken at start.  Keep the IPv6 one, which serves
+        both: silently in one listener, with a note across two.
+        """
+        anyIPv6 = {
+            endpoint.split(":")[1]: listener.name
+            for listener in self.listeners
+            for endpoint, _ in listener.listen
+            if endpoint.startswith("tcp6:") and endpoint.endswith(":interface=\\:\\:")
+        }
+        for listener in self.listeners:
+            kept = []
+            for endpoint, line in listener.listen:
+                owner = None
+                if endpoint.startswith("tcp:") and endpoint[4:].isdigit():
+                    owner = anyIPv6.get(endpoint[4:])
+                if owner is None:
+                    kept.append((endpoint, line))
+                elif owner != listener.name:
+                    self.note(
+                        line,
+                        endpoint,
+                        f"[listener:{owner}] listens on tcp6:{endpoint[4:]}"
+                        ":interface=\\:\\:, which accepts IPv4 too on Linux",
+                    )
+            listener.listen = kept
 
     def _settleRoutes(self, listener: Listener) -> None:
         seen: dict[str, str] = {}

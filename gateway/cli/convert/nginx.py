@@ -329,7 +329,6 @@ def _convertServer(context: _Context, server: Directive, body: list[Directive]) 
         f"stream-{first.rpartition(':')[2]}", server.line, "server"
     )
     terminate, acceptProxy = _listens(draft, listener, listens)
-    _mergeDualStack(listener)
     byName: dict[str, list[Directive]] = {}
     for directive in body:
         byName.setdefault(directive.name, []).append(directive)
@@ -402,20 +401,6 @@ def _listens(
                 " of its own",
             )
     return "ssl" in used, "proxy_protocol" in used
-
-
-def _mergeDualStack(listener: Listener) -> None:
-    """
-    C{listen 443} beside C{listen [::]:443}: on Linux, the gateway's
-    C{tcp6:443:interface=\\:\\:} accepts IPv4 too, and beside it C{tcp:443}
-    would find the port taken; keep the IPv6 one, which serves both.
-    """
-    endpoints = [e for e, _ in listener.listen]
-    for endpoint in endpoints:
-        if endpoint.startswith("tcp:") and ":interface=" not in endpoint:
-            port = endpoint[4:]
-            if f"tcp6:{port}:interface=\\:\\:" in endpoints:
-                listener.listen = [(e, n) for e, n in listener.listen if e != endpoint]
 
 
 def _destination(

@@ -451,3 +451,29 @@ backend fast
     (listener,) = config.listeners
     assert (listener.idle_timeout, listener.connect_timeout) == (30, 2)
     assert "differ in timeouts" in noteAt(conversion, 1)
+
+
+def test_ipv4AnyBesideIpv6AnyOnOnePortKeepsTheIpv6One() -> None:
+    text = """\
+frontend both
+    bind :443
+    bind :::443
+    default_backend be
+frontend v4
+    bind :8443
+    default_backend be
+frontend v6
+    bind :::8443 v4v6
+    default_backend be
+backend be
+    server s 10.0.0.1:443
+"""
+    conversion, config = converted("haproxy", text)
+    assert [listener.listen for listener in config.listeners] == [
+        ("tcp6:443:interface=\\:\\:",),
+        ("tcp6:8443:interface=\\:\\:",),
+    ]
+    assert (
+        "[listener:v6] listens on tcp6:8443:interface=\\:\\:, which accepts IPv4 too"
+        in noteAt(conversion, 6)
+    )
