@@ -312,6 +312,8 @@ def _listenEndpoint(address: str) -> str | None:
         return f"tcp6:{port}:interface={interface}"
     if not re.fullmatch(r"[0-9.]+", match["host"]):
         return None
+    if match["host"] == "0.0.0.0":  # noqa: S104 (NGINX's every address, as "listen 443")
+        return f"tcp:{port}"
     return f"tcp:{port}:interface={match['host']}"
 
 

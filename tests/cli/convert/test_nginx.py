@@ -360,3 +360,21 @@ server {
     conversion, config = converted("nginx", text)
     assert config.listeners[0].upstream == "app"
     assert conversion.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("listen", "endpoint"),
+    [
+        ("443", "tcp:443"),
+        ("*:443", "tcp:443"),
+        ("0.0.0.0:443", "tcp:443"),
+        ("127.0.0.1:443", "tcp:443:interface=127.0.0.1"),
+        ("[::]:443", "tcp6:443:interface=\\:\\:"),
+        ("[::1]:443", "tcp6:443:interface=\\:\\:1"),
+        ("unix:/run/gw.sock", "unix:/run/gw.sock"),
+    ],
+)
+def test_listenAddressesBecomeEndpoints(listen: str, endpoint: str) -> None:
+    text = f"stream {{ server {{ listen {listen}; proxy_pass 10.0.0.1:443; }} }}\n"
+    _conversion, config = converted("nginx", text)
+    assert config.listeners[0].listen == (endpoint,)
