@@ -1,5 +1,6 @@
 """
-The C{tlsgateway} command: C{run}, C{check} and C{demo}.
+The C{tlsgateway} command: C{run}, C{check}, C{reload}, C{demo} and
+C{convert}.
 """
 
 from __future__ import annotations
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,check,reload,demo}",
+        metavar="{run,check,reload,demo,convert}",
     )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
@@ -412,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         " into FOLDER (etc/tls for a checkout) and exit",
     )
     sub.set_defaults(func=demo)
+    from gateway.cli.convert.command import addConvertCommand
+
+    addConvertCommand(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
