@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,check,reload,demo}",
+        metavar="{run,check,reload,demo,ech-keygen}",
     )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
@@ -339,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         " into FOLDER (etc/tls for a checkout) and exit",
     )
     sub.set_defaults(func=demo)
+    from gateway.cli.echkeygen import addParser
+
+    addParser(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -46,6 +46,7 @@ class AlertDescription(enum.IntEnum):
     """
 
     HANDSHAKE_FAILURE = 40
+    ILLEGAL_PARAMETER = 47
     ACCESS_DENIED = 49
     DECODE_ERROR = 50
     PROTOCOL_VERSION = 70
