@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, PyHPKEError
 from pyhpke.context_interface import ContextInterface
 
+from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.wire.ech import (
     AEAD_AES_128_GCM,
     AEAD_AES_256_GCM,
@@ -43,8 +44,11 @@ from gateway.wire.ech import (
     SymmetricSuite,
     decodeInner,
     encodeConfigList,
+    helloMessage,
+    helloRecords,
     outerAAD,
     parseConfigList,
+    parseExtension,
 )
 
 __all__ = [
@@ -52,8 +56,10 @@ __all__ = [
     "ECHKey",
     "ECHKeyFileError",
     "ECHKeyring",
+    "ECHOutcome",
     "Opened",
     "generateKeyFile",
+    "openHello",
     "parseKeyFile",
 ]
 
@@ -302,3 +308,55 @@ class ECHKeyring:
             f"no ECH key here opens config id {ech.configId} (version"
             f" 0x{ECH_VERSION:04x})"
         )
+
+
+@attrs.frozen
+class ECHOutcome:
+    """
+    What the pre-read does with a hello that has an ECH extension.
+
+    @ivar result: the access log's C{ech}: C{offered}, C{decrypted} or
+        C{rejected}.
+    @ivar hello: the hello to route on (the inner one once decrypted).
+    @ivar buffered: the bytes to send upstream (the inner hello's records
+        in place of the outer's, then whatever followed them).
+    @ivar opened: the decrypted ECH, for a second ClientHello.
+    """
+
+    result: str
+    hello: ClientHello
+    buffered: bytes
+    opened: Opened | None = None
+
+
+def openHello(
+    keyring: ECHKeyring | None, hello: ClientHello, buffered: bytes
+) -> ECHOutcome:
+    """
+    Decrypt the ECH of C{hello} (whose records are C{buffered}) if this
+    listener has keys.
+
+    @raise ECHError: the extension, or the inner hello it decrypts to, is
+        malformed: the connection is refused with C{e.alert}.  A hello that
+        no key here opens is not an error: it is routed on its outer name.
+    """
+    assert hello.ech is not None
+    if keyring is None:
+        return ECHOutcome("offered", hello, buffered)
+    ech = parseExtension(hello.ech)
+    if not isinstance(ech, OuterECH):
+        # A client that believes it talks to a backend: nothing to open.
+        return ECHOutcome("offered", hello, buffered)
+    message = helloMessage(buffered)
+    assert message is not None, "the reader returned a complete hello"
+    try:
+        opened = keyring.open(message.body)
+    except ECHDecryptError:
+        return ECHOutcome("rejected", hello, buffered)
+    records = helloRecords(opened.inner, message.recordVersion)
+    try:
+        inner = ClientHelloReader(len(records) + 1).feed(records)
+    except ClientHelloError as e:
+        raise ECHError(f"the inner ClientHello: {e}") from None
+    assert isinstance(inner, ClientHello)
+    return ECHOutcome("decrypted", inner, records + buffered[message.end :], opened)
