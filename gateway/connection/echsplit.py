@@ -147,6 +147,10 @@ class ECHPassthroughStage(PassthroughStage):
         rest = self._client[message.end :]
         self._client = b""
         self._watching = False
+        _log.debug(
+            "ECH: HelloRetryRequest: the second ClientHello was decrypted and"
+            " sent on as its inner hello"
+        )
         self._session.clientData(helloRecords(inner, message.recordVersion) + rest)
 
     def _refuse(self, error: ECHError) -> None:

@@ -135,7 +135,8 @@ def test_splitModeRoutesOnTheInnerName(
     Two hidden names reach their two backends, which hold no keys and
     accept ECH because they receive the inner hello; the access log shows
     the inner name as C{sni}, the public name as C{outer_sni}, and the
-    metric counts them.  A client without ECH is served as before.
+    metric counts them.  A client without ECH is served as before; a
+    hidden name without a route is C{no_route}.
     """
     servers = {name: goServer() for name in NAMES}
     path, configs = keyFile(tmp_path, "ech.pem", 5)
@@ -163,11 +164,18 @@ def test_splitModeRoutesOnTheInnerName(
     assert entry["ech"] is None
     assert entry["outer_sni"] is None
     assert entry["sni"] == "b.example"
+    hidden = connect(echtool, gw, ca, "c.example", configs)
+    assert "unrecognized name" in hidden["error"], hidden
+    entry = entryFor(gw, 4)
+    assert entry["status"] == "no_route"
+    assert entry["sni"] == "c.example"
+    assert entry["ech"] == "decrypted"
+    assert entry["outer_sni"] == "public.example"
     with urllib.request.urlopen(
         f"http://127.0.0.1:{metricsPort}/metrics", timeout=5
     ) as response:
         metrics = response.read().decode()
-    assert 'tlsgateway_ech_total{listener="web",result="decrypted"} 2.0' in metrics
+    assert 'tlsgateway_ech_total{listener="web",result="decrypted"} 3.0' in metrics
     assert "PRIVATE" not in gw.output()
     assert path.read_text().split("\n")[1] not in gw.output()
 
@@ -187,13 +195,15 @@ def test_helloRetryRequest(
     """
     servers = {"a.example": goServer("-curves", "p256"), "public.example": goServer()}
     path, configs = keyFile(tmp_path, "ech.pem", 1)
-    gw = gateway(splitIni(freePort(), servers, str(path)))
+    ini = splitIni(freePort(), servers, str(path))
+    gw = gateway(ini.replace("[gateway]\n", "[gateway]\nlog_level = debug\n", 1))
     result = connect(echtool, gw, ca, "a.example", configs, curves="x25519,p256")
     assert result["ech_accepted"] is True, (result, gw.explain())
     assert result["answer"].startswith("server=a.example ")
     entry = entryFor(gw, 1)
     assert entry["ech"] == "decrypted"
     assert entry["sni"] == "a.example"
+    gw.waitForOutput("HelloRetryRequest: the second ClientHello was decrypted")
 
 
 def test_keysTheClientDidNotUse(
