@@ -402,3 +402,25 @@ def test_echKeygenCommand(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "0 to 255" in bad.stderr
+
+
+_RING = ECHKeyring(parseKeyFile(generateKeyFile("public.example", 1)[0]))
+
+
+@given(
+    st.integers(0, 255),
+    st.sampled_from([0, 1, 2, 3, 0x99]),
+    st.binary(max_size=40),
+    st.binary(min_size=1, max_size=80),
+)
+def test_openGarbage(configId: int, aead: int, enc: bytes, payload: bytes) -> None:
+    """
+    An outer hello with any config id, suite, enc and payload gives an
+    L{ECHError} (never another exception): mostly L{ECHDecryptError},
+    which routes on the outer name.
+    """
+    ech = bytes([0, 0, 1, 0, aead, configId]) + len(enc).to_bytes(2, "big") + enc
+    ech += len(payload).to_bytes(2, "big") + payload
+    body = _hello(_sni(b"public.example") + _extension(EXT_ECH, ech))
+    with pytest.raises(ECHError):
+        _RING.open(body)
