@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, PyHPKEError
 from pyhpke.context_interface import ContextInterface
 
+from gateway.wire.alerts import AlertDescription
 from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from gateway.wire.ech import (
     AEAD_AES_128_GCM,
@@ -86,10 +87,13 @@ class ECHDecryptError(ECHError):
     The ECH cannot be opened with the keys here (unknown config id, other
     suite, wrong key): the client encrypted to a config this gateway does
     not hold.  Not the client's fault, so not refused: the connection is
-    routed on its outer name, whose server sends retry configs.
+    routed on its outer name, whose server sends retry configs.  Only a
+    second ClientHello that does not open is refused, with
+    C{decrypt_error} (RFC 9849 section 7.1.1).
     """
 
     reason = "ech_decrypt_failed"
+    alert = AlertDescription.DECRYPT_ERROR
 
 
 class ECHKeyFileError(ECHError):
