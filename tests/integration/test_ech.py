@@ -176,8 +176,17 @@ def test_splitModeRoutesOnTheInnerName(
     ) as response:
         metrics = response.read().decode()
     assert 'tlsgateway_ech_total{listener="web",result="decrypted"} 3.0' in metrics
+    secret = path.read_text().split("\n")[1]
     assert "PRIVATE" not in gw.output()
-    assert path.read_text().split("\n")[1] not in gw.output()
+    assert secret not in gw.output()
+    for page in ("/status", "/status.json"):
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metricsPort}{page}", timeout=5
+        ) as response:
+            shown = response.read().decode()
+        assert "web" in shown
+        assert secret not in shown
+        assert "PRIVATE" not in shown
 
 
 def test_helloRetryRequest(
