@@ -47,6 +47,10 @@ _HANDSHAKE: Final = 22
 _SERVER_HELLO: Final = 2
 #: Record header, handshake header, legacy_version, random.
 _SERVER_HELLO_HEAD: Final = 5 + 4 + 2 + 32
+#: Bound on the client bytes held while the stage watches: a second
+#: ClientHello is the size of the first, far below this; a client that
+#: sends more without the backend answering only pins this much.
+MAX_HELD: Final = 2**17
 
 
 @implementer(IStage)
@@ -63,6 +67,7 @@ class ECHPassthroughStage(PassthroughStage):
         hold its ServerHello's random.
     @ivar _client: client bytes not yet passed on (a handshake record
         being assembled).
+    @ivar _refused: the connection was refused here and is closing.
     """
 
     def __init__(
@@ -73,16 +78,27 @@ class ECHPassthroughStage(PassthroughStage):
         self._clientTransport = client
         self._version = version
         self._watching = True
+        self._refused = False
         self._retry = False
         self._upstreamHead = b""
         self._client = b""
         session.upstreamWatcher = self._upstreamData
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # the connection is closing: nothing more goes upstream
         if not self._watching:
             self._session.clientData(data)
             return
         self._client += data
+        if len(self._client) > MAX_HELD:
+            self._refuse(
+                ECHError(
+                    f"{len(self._client)} bytes of handshake records held without"
+                    " a complete second ClientHello"
+                )
+            )
+            return
         self._passClientRecords()
 
     def _upstreamData(self, data: bytes) -> None:
@@ -159,6 +175,7 @@ class ECHPassthroughStage(PassthroughStage):
         the alert RFC 9849 gives and both sides close.
         """
         self._watching = False
+        self._refused = True
         self._client = b""
         alert = alertRecord(error.alert, self._version)
         self._clientTransport.write(alert)

@@ -16,7 +16,7 @@ from pyhpke.context_interface import ContextInterface
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.connection.echsplit import ECHPassthroughStage
+from gateway.connection.echsplit import MAX_HELD, ECHPassthroughStage
 from gateway.connection.preread import PrereadProtocol
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.wire.ech import EXT_ECH, helloRecords
@@ -230,6 +230,21 @@ class StageTests(SynchronousTestCase):
         self.assertIsNone(self.session.upstreamWatcher)
         self.stage.dataReceived(b"\x10next")
         self.assertEqual(self.session.sent, [b"\x16\x03\x03\x00", b"\x10next"])
+
+    def test_heldBytesAreBounded(self) -> None:
+        """
+        Handshake records held while the backend has not answered are
+        bounded: past L{MAX_HELD}, the connection is refused.
+        """
+        record = b"\x16\x03\x03\x40\x00" + bytes(2**14)
+        for _ in range(MAX_HELD // len(record)):
+            self.stage.dataReceived(record)
+        self.assertFalse(self.session.stopped)
+        self.stage.dataReceived(record)
+        self.assertTrue(self.session.stopped)
+        self.assertEqual(self.transport.value(), b"\x15\x03\x03\x00\x02\x02\x32")
+        self.stage.dataReceived(b"after")
+        self.assertEqual(self.session.sent, [])
 
     def test_secondHelloThatDoesNotOpenIsRefused(self) -> None:
         """
