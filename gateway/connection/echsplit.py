@@ -26,6 +26,7 @@ from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage
 from gateway.connection.session import Session
 from gateway.core.transports import RelayTransport
+from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event
 from gateway.wire.alerts import alertRecord
 from gateway.wire.ech import (
@@ -71,9 +72,15 @@ class ECHPassthroughStage(PassthroughStage):
     """
 
     def __init__(
-        self, session: Session, opened: Opened, client: RelayTransport, version: int
+        self,
+        session: Session,
+        opened: Opened,
+        client: RelayTransport,
+        version: int,
+        record: ConnectionRecord,
     ) -> None:
         super().__init__(session)
+        self._record = record
         self._opened = opened
         self._clientTransport = client
         self._version = version
@@ -167,7 +174,11 @@ class ECHPassthroughStage(PassthroughStage):
             "ECH: HelloRetryRequest: the second ClientHello was decrypted and"
             " sent on as its inner hello"
         )
-        self._session.clientData(helloRecords(inner, message.recordVersion) + rest)
+        records = helloRecords(inner, message.recordVersion)
+        # bytes_in counts what the client sent: the outer hello, not the
+        # inner one the relay is given (and counts) in its place.
+        self._record.bytesIn += message.end - len(records)
+        self._session.clientData(records + rest)
 
     def _refuse(self, error: ECHError) -> None:
         """

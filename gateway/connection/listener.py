@@ -437,6 +437,7 @@ class ListenerFactory(ServerFactory):
                     opened,
                     transport,  # type: ignore[arg-type]
                     recordVersion(hello),
+                    record,
                 )
             )
         stage.start(buffered)

@@ -185,11 +185,13 @@ class StageTests(SynchronousTestCase):
         opened = ECHKeyring(_KEYS).open(first[9:])
         self.session = _Session()
         self.transport = PromptClientTransport()
+        self.record = ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0)
         self.stage = ECHPassthroughStage(
             self.session,  # type: ignore[arg-type]
             opened,
             self.transport,
             0x0303,
+            self.record,
         )
 
     def test_secondHelloAfterRetryIsReplaced(self) -> None:
@@ -214,6 +216,8 @@ class StageTests(SynchronousTestCase):
         self.assertIn(b"2" * 32, replaced)
         self.assertNotIn(b"public.example", replaced)
         self.assertTrue(replaced.endswith(b"\x17rest"))
+        # What the relay will count for it, plus this, is what was sent.
+        self.assertEqual(self.record.bytesIn + len(replaced), len(second) + 5)
         self.stage.dataReceived(b"later")
         self.assertEqual(self.session.sent[2:], [b"later"])
 
