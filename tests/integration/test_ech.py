@@ -271,6 +271,33 @@ def test_noKeysOffered(
     assert entry["outer_sni"] == "public.example"
 
 
+def test_workers(
+    echtool: Path,  # noqa: F811
+    ca: CertificateAuthority,
+    gateway: GatewayStarter,
+    goServer: Callable[..., GoServer],
+    tmp_path: Path,
+) -> None:
+    """
+    With C{workers = 2}, the workers read the keys themselves: connections,
+    whichever worker accepts them, are decrypted.
+    """
+    path, configs = keyFile(tmp_path, "ech.pem", 6)
+    servers = {"a.example": goServer(), "public.example": goServer()}
+    ini = splitIni(freePort(), servers, str(path))
+    gw = gateway(ini.replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    deadline = time.monotonic() + 20
+    while gw.output().count("tlsgateway ready") < 3:
+        assert time.monotonic() < deadline, gw.explain()
+        time.sleep(0.05)
+    for _ in range(4):
+        result = connect(echtool, gw, ca, "a.example", configs)
+        assert result["ech_accepted"] is True, (result, gw.explain())
+    entries = gw.waitForEntries(4)
+    assert {e["ech"] for e in entries} == {"decrypted"}
+    assert {e["sni"] for e in entries} == {"a.example"}
+
+
 def test_rotationAcrossAReload(
     echtool: Path,  # noqa: F811
     ca: CertificateAuthority,
