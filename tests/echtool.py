@@ -57,6 +57,7 @@ def buildEchtool(tmpFactory: pytest.TempPathFactory) -> Path:
         "GOFLAGS": "",
         "GOPROXY": "off",
         "GOTOOLCHAIN": "local",
+        "GOENV": "off",
         "CGO_ENABLED": "0",
     }
     subprocess.run(

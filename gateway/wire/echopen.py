@@ -80,6 +80,12 @@ _PEM: Final = re.compile(
     r"-----BEGIN ([A-Z ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL
 )
 _INFO_PREFIX: Final = b"tls ech\x00"
+#: A public name: what clients put in the outer SNI (RFC 9849 section 4
+#: wants a DNS name, not an IP address literal).
+_DNS_NAME: Final = re.compile(
+    r"(?=.*[a-z])([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
+    r"(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 
 
 class ECHDecryptError(ECHError):
@@ -188,8 +194,11 @@ def generateKeyFile(publicName: str, configId: int) -> tuple[str, bytes]:
     """
     if not 0 <= configId <= 255:
         raise ValueError(f"config id {configId} is not 0 to 255")
-    if not publicName or len(publicName) > 255 or not publicName.isascii():
-        raise ValueError(f"public name {publicName!r} is not an ASCII DNS name")
+    publicName = publicName.lower().rstrip(".")
+    if not _DNS_NAME.fullmatch(publicName) or len(publicName) > 253:
+        raise ValueError(
+            f"public name {publicName!r} is not a DNS name (IDNs as A-labels)"
+        )
     key = X25519PrivateKey.generate()
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -200,7 +209,7 @@ def generateKeyFile(publicName: str, configId: int) -> tuple[str, bytes]:
         public,
         _GENERATED_SUITES,
         0,
-        publicName.lower().rstrip("."),
+        publicName,
     )
     configList = encodeConfigList([config])
     pem = key.private_bytes(

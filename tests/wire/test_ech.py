@@ -402,6 +402,9 @@ def test_echKeygenCommand(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "0 to 255" in bad.stderr
+    for name in ("two words", "", "10.0.0.1", "-x.example", "é.example"):
+        with pytest.raises(ValueError, match="not a DNS name"):
+            generateKeyFile(name, 1)
 
 
 _RING = ECHKeyring(parseKeyFile(generateKeyFile("public.example", 1)[0]))
