@@ -234,7 +234,8 @@ def test_keysTheClientDidNotUse(
         "a.example": goServer(),
         "public.example": goServer("-echkey", str(current)),
     }
-    gw = gateway(splitIni(freePort(), servers, str(current)))
+    metricsPort = freePort()
+    gw = gateway(splitIni(freePort(), servers, str(current), metricsPort))
     result = connect(echtool, gw, ca, "a.example", staleConfigs)
     assert "retry_configs" in result, (result, gw.explain())
     assert result["retry_configs"] == currentConfigs
@@ -245,6 +246,14 @@ def test_keysTheClientDidNotUse(
     again = connect(echtool, gw, ca, "a.example", result["retry_configs"])
     assert again["ech_accepted"] is True
     assert entryFor(gw, 2)["ech"] == "decrypted"
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{metricsPort}/metrics", timeout=5
+    ) as response:
+        metrics = response.read().decode()
+    for outcome in ("rejected", "decrypted"):
+        assert f'tlsgateway_ech_total{{listener="web",result="{outcome}"}} 1.0' in (
+            metrics
+        )
 
 
 def test_noKeysOffered(
