@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import ocsp
 
+from gateway.wire.echopen import generateKeyFile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO_ROOT / "etc").glob("*.ini"))
 
@@ -53,10 +55,11 @@ FILE_KEYS = (
     "tls_ca",
     "ocsp_response",
     "client_crl",
+    "ech_keys",
 )
 
 #: The keys whose value is a comma-separated list of files.
-LIST_KEYS = ("client_crl",)
+LIST_KEYS = ("client_crl", "ech_keys")
 
 #: The keys whose values name folders the gateway creates and writes
 #: (C{[acme] state_dir}): moved like absolute file paths, created by nobody,
@@ -216,6 +219,11 @@ class _Files:
                     self._write(items[key], self._root.cert_pem.bytes())
             for value in _names(items.get("client_crl", "")):
                 self._write(value, self._crl())
+            for configId, value in enumerate(_names(items.get("ech_keys", ""))):
+                # A fresh key per file, each with its own config id (a
+                # rotation lists several): as tlsgateway ech-keygen writes.
+                text, _ = generateKeyFile("public.example.com", configId)
+                self._write(value, text.encode("ascii"), private=True)
 
     def _crl(self) -> bytes:
         """

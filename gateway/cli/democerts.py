@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.wire.echopen import generateKeyFile
+
 #: Server certificates the examples name: file stem -> names.
 SERVERS: dict[str, tuple[str, ...]] = {
     "example.com": ("example.com", "www.example.com"),
@@ -219,4 +221,7 @@ def writeExampleCertificates(folder: str | os.PathLike[str]) -> list[Path]:
     written.append(
         _write(out / "clients.crl", crl.public_bytes(serialization.Encoding.PEM))
     )
+    # etc/ech-split.ini: an ECH key file, as tlsgateway ech-keygen writes.
+    echKey, _ = generateKeyFile("public.example.com", 1)
+    written.append(_write(out / "ech.pem", echKey.encode("ascii"), private=True))
     return written

@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,check,reload,demo,convert}",
+        metavar="{run,check,reload,demo,convert,ech-keygen}",
     )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
@@ -416,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.cli.convert.command import addConvertCommand
 
     addConvertCommand(commands)
+
+    from gateway.cli.echkeygen import addParser
+
+    addParser(commands)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

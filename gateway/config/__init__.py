@@ -1052,6 +1052,9 @@ class ListenerConfig:
         validator=[v.ge(1), v.le(MAX_TICKET_LIFETIME)],
     )
     client_crl: tuple[str, ...] = attrs.field(default=(), metadata=_iniFolder(_paths))
+    #: Encrypted Client Hello key files (split mode, docs/ech.rst): read and
+    #: checked by gateway.tls.echkeys, like certificates.
+    ech_keys: tuple[str, ...] = attrs.field(default=(), metadata=_iniFolder(_paths))
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
@@ -1845,6 +1848,8 @@ class _Loader:
             self._mysqlPassthrough(section, routes, hasUpstream, mode)
 
         self._edgeChecks(section, settings, mode, routes, problem)
+        if "ech_keys" in items:
+            _checkECHKeys(settings, mode, routes, problem)
 
         if len(self.problems) != before:
             self._draft(ListenerConfig, section, routes=tuple(routes), **settings)
@@ -2058,3 +2063,28 @@ def parseConfig(path: str | os.PathLike[str]) -> GatewayConfig:
     """
     text, name = readConfigFile(path)
     return parseConfigText(text, name)
+
+
+def _checkECHKeys(
+    settings: Mapping[str, Any],
+    mode: str | None,
+    routes: Sequence[RouteConfig],
+    problem: Callable[[str | None, str], None],
+) -> None:
+    """
+    C{ech_keys} is split mode: the inner ClientHello goes on to a backend
+    that terminates it.  Terminating it here (shared mode) would need ECH
+    in pyOpenSSL, which has none (docs/ech.rst).
+    """
+    if mode != "passthrough" or settings.get("protocol", "tls") != "tls":
+        problem(
+            "ech_keys",
+            "ech_keys needs mode = passthrough and protocol = tls: the gateway"
+            " decrypts the ClientHello and passes the inner one on (split mode)",
+        )
+    elif any(route.action == "terminate" for route in routes):
+        problem(
+            "ech_keys",
+            "a route terminates TLS: with ech_keys every route must pass"
+            " through (the gateway cannot terminate an encrypted ClientHello)",
+        )

@@ -52,6 +52,7 @@ from twisted.logger import Logger
 
 from gateway.config import ListenerConfig
 from gateway.connection.challenge import ChallengeStage
+from gateway.connection.echsplit import ECHPassthroughStage
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage, PrereadProtocol
 from gateway.connection.session import (
@@ -82,6 +83,7 @@ from gateway.tls.policy import CertificatePending
 from gateway.tls.transport import TLSTransport
 from gateway.wire.alerts import AlertDescription, alertRecord, recordVersion
 from gateway.wire.clienthello import ClientHello
+from gateway.wire.echopen import ECHKeyring
 from gateway.wire.proxyprotocol import (
     TLV,
     ProxyAddress,
@@ -208,8 +210,10 @@ class ListenerFactory(ServerFactory):
         idle: Callable[[], None] = lambda: None,
         strategyState: object = _FRESH,
         acme: AcmeChallenges | None = None,
+        ech: ECHKeyring | None = None,
     ) -> None:
         self.config = config
+        self._ech = ech
         self._acme = acme
         self.active: set[PrereadProtocol] = set()
         self.upstreams = upstreams
@@ -256,6 +260,7 @@ class ListenerFactory(ServerFactory):
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
             strategy=self.strategy,
+            ech=self._ech,
         )
         self.active.add(protocol)
         self.accessLog.accepted(self.config.name)
@@ -415,17 +420,29 @@ class ListenerFactory(ServerFactory):
                 self.accessLog.handshake,
             )
         else:
-            stage = PassthroughStage(
-                self.session(
-                    protocol,
+            # A decrypted ECH hello may be followed by a second one that
+            # must be seen (echsplit): the portable relay shows it.
+            opened = protocol.echOpened
+            session = self.session(
+                protocol,
+                transport,  # type: ignore[arg-type]
+                upstream,
+                hello.serverName,
+                relay=config.relay if opened is None else "portable",
+                opening=self.strategy.opening(True),
+                failureAlert=alertRecord(
+                    AlertDescription.INTERNAL_ERROR, recordVersion(hello)
+                ),
+            )
+            stage = (
+                PassthroughStage(session)
+                if opened is None
+                else ECHPassthroughStage(
+                    session,
+                    opened,
                     transport,  # type: ignore[arg-type]
-                    upstream,
-                    hello.serverName,
-                    relay=config.relay,
-                    opening=self.strategy.opening(True),
-                    failureAlert=alertRecord(
-                        AlertDescription.INTERNAL_ERROR, recordVersion(hello)
-                    ),
+                    recordVersion(hello),
+                    record,
                 )
             )
         stage.start(buffered)

@@ -62,6 +62,8 @@ from gateway.wire.clienthello import (
     ClientHelloReader,
     NotTLS,
 )
+from gateway.wire.ech import ECHError
+from gateway.wire.echopen import ECHKeyring, Opened, openHello
 from gateway.wire.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.wire.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
@@ -171,6 +173,9 @@ class PrereadProtocol(Protocol):
     @ivar _hello: the parsed ClientHello, once read: its version is the
         record version of an alert.
     @ivar _readClosed: the client's FIN has arrived.
+    @ivar _ech: the listener's ECH keys (C{ech_keys}), or L{None}.
+    @ivar echOpened: the decrypted ECH of a hello routed on its inner name
+        (L{gateway.connection.echsplit}), for the stage that sends it on.
     """
 
     def __init__(
@@ -183,8 +188,11 @@ class PrereadProtocol(Protocol):
         acceptProxy: bool = False,
         *,
         strategy: IProtocolStrategy = TLS,
+        ech: ECHKeyring | None = None,
     ) -> None:
         self.record = record
+        self._ech = ech
+        self.echOpened: Opened | None = None
         self.proxyHeader: ProxyHeader | None = None
         self.state = State.ACCEPTED
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
@@ -310,11 +318,21 @@ class PrereadProtocol(Protocol):
             return
         self._stopTimer()
         self._hello = hello
+        buffered = self._reader.buffered
+        if hello.ech is not None:
+            try:
+                ech = openHello(self._ech, hello, buffered)
+            except ECHError as e:
+                self.record.ech, self.record.outerSni = "rejected", hello.serverName
+                self._refuse(None, f"{e.reason}: {e}", e.alert, Event.BAD_INPUT)
+                return
+            self.record.ech, self.record.outerSni = ech.result, hello.serverName
+            hello, buffered, self.echOpened = ech.hello, ech.buffered, ech.opened
         self.record.sni = hello.serverName
         self.record.alpn = hello.alpn
         self.record.hello = hello
         self.report(Event.SERVE)
-        self._handTo(self._listener.handoff(self, hello, self._reader.buffered))
+        self._handTo(self._listener.handoff(self, hello, buffered))
 
     def readConnectionLost(self) -> None:
         self._readClosed = True

@@ -54,6 +54,10 @@ class ConnectionRecord:
     bytesIn: int = 0
     bytesOut: int = 0
     ended: float | None = None
+    #: Encrypted Client Hello: C{offered}, C{decrypted} or C{rejected}, and
+    #: the outer hello's name (L{None} without ECH).
+    ech: str | None = None
+    outerSni: str | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -99,6 +103,8 @@ class ConnectionRecord:
             "bytes_in": self.bytesIn,
             "bytes_out": self.bytesOut,
             "duration_ms": round(duration * 1000),
+            "ech": self.ech,
+            "outer_sni": self.outerSni,
         }
         if self.reason is not None:
             out["reason"] = self.reason

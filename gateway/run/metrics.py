@@ -82,6 +82,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._ech = Counter(
+            "tlsgateway_ech",
+            "ClientHellos with Encrypted Client Hello, by what the gateway did:"
+            " offered (no keys), decrypted, rejected.",
+            ["listener", "result"],
+            registry=self.registry,
+        )
+
     def accepted(self, listener: str) -> None:
         self._active.labels(listener).inc()
 
@@ -89,6 +97,8 @@ class Metrics:
         listener = record.listener
         self._active.labels(listener).dec()
         self._connections.labels(listener, record.status or "ok").inc()
+        if record.ech is not None:
+            self._ech.labels(listener, record.ech).inc()
         if record.bytesIn:
             self._bytes.labels(listener, "in").inc(record.bytesIn)
         if record.bytesOut:

@@ -132,6 +132,7 @@ class Generation:
                 idle=idle,
                 strategyState=states.stateFor(listener.name, strategyFor(listener)),
                 acme=None if not acme else acme.challenges,
+                ech=contexts.ech.get(listener.name),
             )
             for listener in config.listeners
         }

@@ -24,6 +24,7 @@ from gateway.config import (
     ListenerConfig,
     Problem,
 )
+from gateway.tls.echkeys import loadECHKeys
 from gateway.tls.policy import (
     AcmeCertificates,
     LoadedCertificate,
@@ -37,6 +38,7 @@ from gateway.tls.policy import (
     unknownGroups,
 )
 from gateway.tls.served import ServedCertificate
+from gateway.wire.echopen import ECHKeyring
 
 
 def terminates(listener: ListenerConfig) -> bool:
@@ -69,6 +71,8 @@ class Contexts:
     upstreams: dict[str, UpstreamTLS]
     problems: list[Problem]
     warnings: list[ConfigWarning]
+    #: The ECH keys of each listener with C{ech_keys} (L{gateway.tls.echkeys}).
+    ech: dict[str, ECHKeyring] = attrs.field(factory=dict)
 
 
 def buildContexts(
@@ -82,7 +86,12 @@ def buildContexts(
     upstreams: dict[str, UpstreamTLS] = {}
     problems: list[Problem] = []
     warnings: list[ConfigWarning] = []
+    ech: dict[str, ECHKeyring] = {}
     for listener in config.listeners:
+        keyring, found = loadECHKeys(listener)
+        problems += found
+        if keyring is not None:
+            ech[listener.name] = keyring
         if not terminates(listener):
             # Nothing is built for it, but a group name is still checked,
             # so a typo fails now rather than when a route terminates.
@@ -131,7 +140,11 @@ def buildContexts(
     # A [certificate:NAME] shared by listeners is loaded once per listener:
     # report what is wrong with it once.
     return Contexts(
-        servers, upstreams, list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
+        servers,
+        upstreams,
+        list(dict.fromkeys(problems)),
+        list(dict.fromkeys(warnings)),
+        ech,
     )
 
 

@@ -48,6 +48,8 @@ _EXT_SUPPORTED_GROUPS: Final = 10
 _EXT_SIGNATURE_ALGORITHMS: Final = 13
 _EXT_ALPN: Final = 16
 _EXT_SUPPORTED_VERSIONS: Final = 43
+#: encrypted_client_hello (RFC 9849): kept raw, read by L{gateway.wire.ech}.
+_EXT_ECH: Final = 0xFE0D
 _EXTENSION_NAMES: Final = {
     _EXT_SERVER_NAME: "server_name",
     _EXT_SUPPORTED_GROUPS: "supported_groups",
@@ -157,6 +159,9 @@ class ClientHello:
     @ivar extensions: extension types.
     @ivar signatureAlgorithms: the signature_algorithms extension.
     @ivar supportedGroups: the supported_groups extension.
+    @ivar ech: the C{extension_data} of the encrypted_client_hello
+        extension, undecoded (L{gateway.wire.ech.parseExtension} reads
+        it), or L{None} without one.
     """
 
     serverName: str | None
@@ -167,6 +172,7 @@ class ClientHello:
     extensions: tuple[int, ...] = ()
     signatureAlgorithms: tuple[int, ...] = ()
     supportedGroups: tuple[int, ...] = ()
+    ech: bytes | None = attrs.field(default=None, repr=False)
 
     @property
     def highestVersion(self) -> int:
@@ -576,6 +582,7 @@ def _parseClientHello(body: bytes) -> ClientHello:
     signatureAlgorithms: tuple[int, ...] = ()
     supportedGroups: tuple[int, ...] = ()
     extensionTypes: list[int] = []
+    ech: bytes | None = None
     # Absent extensions are legal for TLS 1.2 (RFC 5246 7.4.1.2).
     if i < end:
         if i + 2 > end:
@@ -604,6 +611,9 @@ def _parseClientHello(body: bytes) -> ClientHello:
                 )
             seen.add(extensionType)
             extensionTypes.append(extensionType)
+            if extensionType == _EXT_ECH:
+                ech = body[start:i]
+                continue
             if extensionType not in _EXTENSION_NAMES:
                 # Not read, only checked for length and skipped.
                 continue
@@ -630,6 +640,7 @@ def _parseClientHello(body: bytes) -> ClientHello:
         extensions=_shared(tuple(extensionTypes)),
         signatureAlgorithms=_shared(signatureAlgorithms),
         supportedGroups=_shared(supportedGroups),
+        ech=ech,
     )
 
 

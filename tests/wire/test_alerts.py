@@ -95,8 +95,10 @@ def pendingClient(version: int | None = None) -> tuple[SSL.Connection, bytes]:
 # How OpenSSL reports each alert it receives (curl and Python show the same).
 OPENSSL_SAYS = {
     AlertDescription.HANDSHAKE_FAILURE: "alert handshake failure",
+    AlertDescription.ILLEGAL_PARAMETER: "alert illegal parameter",
     AlertDescription.ACCESS_DENIED: "tlsv1 alert access denied",
     AlertDescription.DECODE_ERROR: "tlsv1 alert decode error",
+    AlertDescription.DECRYPT_ERROR: "alert decrypt error",
     AlertDescription.PROTOCOL_VERSION: "tlsv1 alert protocol version",
     AlertDescription.INTERNAL_ERROR: "tlsv1 alert internal error",
     AlertDescription.UNRECOGNIZED_NAME: "tlsv1 unrecognized name",
