@@ -1,0 +1,113 @@
+"""
+A throwaway single-node etcd for tests: Debian's C{etcd-server} on
+loopback, its own data directory, free ports.
+
+C{stop} and C{start} again keep the data directory and the ports, so a
+test can take etcd away under a running fleet and bring the same store
+back.  C{etcdctl} (Debian's C{etcd-client}) runs against it with
+L{Etcd.ctl}.  A missing binary fails the test: a skipped cluster test
+would hide a missing dependency (C{.ci/run} installs both packages).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import freePort
+
+
+def _binary(name: str, package: str) -> str:
+    path = shutil.which(name)
+    assert path is not None, (
+        f"{name} is not installed: the cluster tests need Debian's {package}"
+        f" package (apt-get install {package})"
+    )
+    return path
+
+
+class Etcd:
+    """
+    One etcd process, started by L{start}, stopped by L{stop} (by its pid).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.clientPort = freePort()
+        self.peerPort = freePort()
+        self.url = f"http://127.0.0.1:{self.clientPort}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.logPath = directory / "etcd.log"
+
+    def start(self, timeout: float = 20.0) -> Etcd:
+        peer = f"http://127.0.0.1:{self.peerPort}"
+        command = [
+            _binary("etcd", "etcd-server"),
+            "--name=default",
+            f"--data-dir={self.directory / 'data'}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+        ]
+        with self.logPath.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.logPath.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:  # noqa: S310
+                    if b'"true"' in r.read():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("etcd did not start:\n" + self.logPath.read_text()[-3000:])
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        """
+        Run C{etcdctl} (API v3) against this etcd; its standard output.
+        """
+        result = subprocess.run(
+            [_binary("etcdctl", "etcd-client"), f"--endpoints={self.url}", *args],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """
+    A running etcd, stopped after the test.
+    """
+    server = Etcd(tmp_path / "etcd")
+    server.directory.mkdir()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
