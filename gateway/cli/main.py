@@ -119,6 +119,10 @@ def makeTop(
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
+    if config.cluster is not None and isinstance(main, GatewayService):
+        from gateway.run.fleet import Fleet
+
+        Fleet(main, config.cluster, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     SignalHandling(reactor, main).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 

@@ -39,7 +39,7 @@ from gateway.fast.internals import acceptExclusively
 from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
-from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.loading import Loaded, loadChecked, takeContexts
 from gateway.run.metrics import Metrics
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
@@ -223,6 +223,11 @@ class GatewayService(Service):
         self._acme: AcmeManager | None = None
         self.served = ServedCertificates()
         self.recent = RecentFailures()
+        #: Set by a fleet (L{gateway.run.fleet}): what a reload serves is
+        #: the file as read, passed through this (the stored routes and
+        #: upstreams merged in); and the C{cluster} part of the status.
+        self.merge: Callable[[Loaded], Loaded] | None = None
+        self.clusterStatus: Callable[[], dict[str, Any]] | None = None
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
@@ -472,7 +477,7 @@ class GatewayService(Service):
         for generation in self._generations():
             for name, factory in generation.factories.items():
                 active[name] = active.get(name, 0) + len(factory.active)
-        return localSnapshot(
+        snapshot = localSnapshot(
             self.config,
             active,
             self.pools,
@@ -480,6 +485,9 @@ class GatewayService(Service):
             self.served,
             self._getReactor().seconds,
         )
+        if self.clusterStatus is not None:
+            snapshot["cluster"] = self.clusterStatus()
+        return snapshot
 
     # reload
 
@@ -510,6 +518,8 @@ class GatewayService(Service):
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return False
+        if self.merge is not None:
+            loaded = self.merge(loaded)
         config = loaded.config
         try:
             log = self._accessLog.prepare(config.gateway.access_log)

@@ -11,6 +11,7 @@ would hide a missing dependency (C{.ci/run} installs both packages).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,8 +20,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from .harness import freePort
 
@@ -100,13 +99,13 @@ class Etcd:
         return result.stdout.decode()
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
+@contextlib.contextmanager
+def runningEtcd(directory: Path) -> Iterator[Etcd]:
     """
-    A running etcd, stopped after the test.
+    A running etcd in C{directory}, stopped on leaving.
     """
-    server = Etcd(tmp_path / "etcd")
-    server.directory.mkdir()
+    directory.mkdir(parents=True, exist_ok=True)
+    server = Etcd(directory)
     try:
         yield server.start()
     finally:

@@ -1,0 +1,225 @@
+"""
+A fleet of gateways through etcd, end to end: real C{tlsgateway run}
+replicas with C{[cluster]}, a throwaway etcd (Debian's C{etcd-server}),
+tenants written with C{etcdctl}, real TLS clients.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .backends import waitUntil
+from .conftest import BackendStarter, GatewayStarter
+from .etcd import Etcd, runningEtcd
+from .harness import Gateway, freePort, httpsFetch, okBody
+
+PREFIX = "/tlsgateway/"
+
+
+def fleetIni(port: int, statusPort: int, etcdURL: str, name: str, app: str) -> str:
+    return f"""\
+[gateway]
+access_log = access.log
+access_log_format = json
+metrics = tcp:{statusPort}:interface=127.0.0.1
+
+[listener:web]
+listen = tcp:{port}:interface=127.0.0.1
+routes =
+    www.example.com app
+
+[upstream:app]
+servers = {app}
+
+[cluster]
+etcd = {etcdURL}
+name = {name}
+lease_ttl = 3s
+"""
+
+
+@pytest.fixture(name="etcd")
+def etcdServer(tmp_path: Path) -> Iterator[Etcd]:
+    with runningEtcd(tmp_path / "etcd") as server:
+        yield server
+
+
+class Replica:
+    """
+    One gateway of the fleet: its process, its listener and status ports.
+    """
+
+    def __init__(self, process: Gateway, statusPort: int, name: str) -> None:
+        self.process = process
+        self.port = process.port
+        self.statusPort = statusPort
+        self.name = name
+
+    def status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.statusPort}/status.json"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            result: dict[str, Any] = json.loads(response.read())
+        return result
+
+    def page(self) -> str:
+        url = f"http://127.0.0.1:{self.statusPort}/status"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+
+def startFleet(
+    gateway: GatewayStarter, etcd: Etcd, app: str, count: int = 2
+) -> list[Replica]:
+    replicas = []
+    for number in range(1, count + 1):
+        port, statusPort, name = freePort(), freePort(), f"edge-{number}"
+        process = gateway(
+            fleetIni(port, statusPort, etcd.url, name, app), command="module"
+        )
+        replicas.append(Replica(process, statusPort, name))
+    for replica in replicas:
+        waitUntil(
+            lambda replica=replica: replica.status()["cluster"]["members"],
+            10,
+            lambda replica=replica: replica.process.explain(),
+        )
+    return replicas
+
+
+def routedTo(port: int, client: ssl.SSLContext, name: str) -> str | None:
+    """
+    The body the backend behind C{name} answers through the gateway, or
+    L{None} when the gateway does not route C{name}.
+    """
+    try:
+        response, _, _ = httpsFetch(port, client, name, name)
+    except (OSError, ssl.SSLError):
+        return None
+    return okBody(response) if response else None
+
+
+def echoes(port: int, client: ssl.SSLContext, name: str) -> bool:
+    """
+    Whether a new connection for C{name} reaches an echo backend.
+    """
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        client.wrap_socket(raw, server_hostname=name) as stream,
+    ):
+        stream.sendall(b"ping\n")
+        return stream.recv(100) == b"ping\n"
+
+
+def test_aTenantAddedWithEtcdctlIsRoutedOnEveryReplicaThenRemoved(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    client: ssl.SSLContext,
+    etcd: Etcd,
+) -> None:
+    app = backend("app", mode="echo", names=["www.example.com"])
+    tenant = backend("tenant", names=["tenant.example.com"])
+    replicas = startFleet(gateway, etcd, app.address)
+    # An established connection, through each replica, that must survive.
+    streams = []
+    for replica in replicas:
+        raw = socket.create_connection(("127.0.0.1", replica.port), timeout=10)
+        stream = client.wrap_socket(raw, server_hostname="www.example.com")
+        stream.sendall(b"before\n")
+        assert stream.recv(100) == b"before\n"
+        streams.append(stream)
+    for replica in replicas:
+        assert routedTo(replica.port, client, "tenant.example.com") is None
+
+    etcd.ctl("put", PREFIX + "upstreams/tenant", f"servers = {tenant.address}")
+    etcd.ctl("put", PREFIX + "routes/web/tenant.example.com", "tenant")
+    written = time.monotonic()
+    for replica in replicas:
+        waitUntil(
+            lambda replica=replica: (
+                routedTo(replica.port, client, "tenant.example.com") == "tenant"
+            ),
+            2.0 - (time.monotonic() - written),
+            lambda replica=replica: (
+                "not routed within 2 s of the write\n" + replica.process.explain()
+            ),
+        )
+    for replica in replicas:
+        status = replica.status()["cluster"]
+        assert status["applied"] == [
+            "upstreams/tenant",
+            "routes/web/tenant.example.com",
+        ]
+        assert status["refused"] == []
+
+    etcd.ctl("del", PREFIX + "routes/web/tenant.example.com")
+    deleted = time.monotonic()
+    for replica in replicas:
+        waitUntil(
+            lambda replica=replica: (
+                routedTo(replica.port, client, "tenant.example.com") is None
+            ),
+            2.0 - (time.monotonic() - deleted),
+            lambda replica=replica: (
+                "still routed 2 s after the delete\n" + replica.process.explain()
+            ),
+        )
+        # The file's own route never moved.
+        assert echoes(replica.port, client, "www.example.com")
+    for stream in streams:
+        stream.sendall(b"after\n")
+        assert stream.recv(100) == b"after\n"
+        stream.close()
+
+
+def test_aBadValueIsRefusedAloneTheRestApplies(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    client: ssl.SSLContext,
+    etcd: Etcd,
+) -> None:
+    app = backend("app", names=["www.example.com"])
+    tenant = backend("tenant", names=["good.example.com"])
+    etcd.ctl("put", PREFIX + "upstreams/good", f"servers = {tenant.address}")
+    etcd.ctl("put", PREFIX + "upstreams/broken", "servers = 127.0.0.1:1 weight=0")
+    etcd.ctl("put", PREFIX + "upstreams/app", "servers = 127.0.0.1:1")
+    etcd.ctl("put", PREFIX + "routes/web/bad.example.com", "nowhere")
+    etcd.ctl("put", PREFIX + "routes/web/www.example.com", "good")
+    etcd.ctl("put", PREFIX + "routes/web/good.example.com", "good")
+    replicas = startFleet(gateway, etcd, app.address)
+    for replica in replicas:
+        waitUntil(
+            lambda replica=replica: (
+                routedTo(replica.port, client, "good.example.com") == "tenant"
+            ),
+            10,
+            replica.process.explain,
+        )
+        # The file wins for its own pattern.
+        assert routedTo(replica.port, client, "www.example.com") == "app"
+        cluster = replica.status()["cluster"]
+        assert cluster["applied"] == ["upstreams/good", "routes/web/good.example.com"]
+        refused = {r["key"]: r["reason"] for r in cluster["refused"]}
+        assert sorted(refused) == [
+            "routes/web/bad.example.com",
+            "routes/web/www.example.com",
+            "upstreams/app",
+            "upstreams/broken",
+        ]
+        assert (
+            "upstream 'nowhere' is not defined" in refused["routes/web/bad.example.com"]
+        )
+        assert "0 is too small" in refused["upstreams/broken"]
+        page = replica.page()
+        assert "/tlsgateway/routes/web/bad.example.com" in page
+        replica.process.waitForOutput(
+            "cluster key /tlsgateway/routes/web/bad.example.com refused"
+        )
