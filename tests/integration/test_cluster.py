@@ -223,3 +223,115 @@ def test_aBadValueIsRefusedAloneTheRestApplies(
         replica.process.waitForOutput(
             "cluster key /tlsgateway/routes/web/bad.example.com refused"
         )
+
+
+def memberNames(replica: Replica) -> list[str]:
+    return [member["name"] for member in replica.status()["cluster"]["members"]]
+
+
+def test_membersAreListedAndAKilledReplicaDisappearsAfterItsLease(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    etcd: Etcd,
+) -> None:
+    app = backend("app", names=["www.example.com"])
+    one, two, three = startFleet(gateway, etcd, app.address, count=3)
+    for replica in (one, two, three):
+        waitUntil(
+            lambda replica=replica: (
+                memberNames(replica) == ["edge-1", "edge-2", "edge-3"]
+            ),
+            10,
+            replica.process.explain,
+        )
+    members = {m["name"]: m for m in one.status()["cluster"]["members"]}
+    assert members["edge-2"]["listeners"] == {
+        "web": [f"tcp:{two.port}:interface=127.0.0.1"]
+    }
+    assert members["edge-2"]["pid"] == two.process.pid
+    assert members["edge-2"]["version"]
+    assert members["edge-2"]["started"]
+    waitUntil(
+        lambda: all(
+            (m.get("last_reload") or {}).get("result") == "applied"
+            for m in one.status()["cluster"]["members"]
+        ),
+        10,
+        "a member without its last reload",
+    )
+    assert "edge-3" in one.page()
+
+    # SIGKILL: no goodbye; the key goes when the lease (3 s) runs out.
+    two.process.kill()
+    for replica in (one, three):
+        waitUntil(
+            lambda replica=replica: memberNames(replica) == ["edge-1", "edge-3"],
+            3 + 10,
+            replica.process.explain,
+        )
+    # A clean stop gives the lease back: gone at once.
+    three.process.stop()
+    assert "edge-3" not in etcd.ctl("get", "--prefix", PREFIX + "members/")
+    waitUntil(lambda: memberNames(one) == ["edge-1"], 5, one.process.explain)
+
+
+def test_etcdStoppedUnderLoadNothingFailsAndItCatchesUpOnReturn(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    client: ssl.SSLContext,
+    etcd: Etcd,
+) -> None:
+    import threading
+
+    app = backend("app", names=["www.example.com"])
+    late = backend("late", names=["late.example.com"])
+    etcd.ctl("put", PREFIX + "upstreams/late", f"servers = {late.address}")
+    replicas = startFleet(gateway, etcd, app.address)
+    done = threading.Event()
+    outcomes: list[str | None] = []
+
+    def load() -> None:
+        deadline = time.monotonic() + 90
+        for turn in range(5000):
+            if done.is_set() or time.monotonic() > deadline:
+                return
+            replica = replicas[turn % len(replicas)]
+            outcomes.append(routedTo(replica.port, client, "www.example.com"))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        etcd.stop()
+        for replica in replicas:
+            waitUntil(
+                lambda replica=replica: not replica.status()["cluster"]["reachable"],
+                10,
+                replica.process.explain,
+            )
+            assert "etcd unreachable since" in replica.page()
+        time.sleep(3)  # several retries, each failing
+        for replica in replicas:
+            assert replica.process.output().count("etcd unreachable") == 1
+        etcd.start()
+        etcd.ctl("put", PREFIX + "routes/web/late.example.com", "late")
+        for replica in replicas:
+            waitUntil(
+                lambda replica=replica: (
+                    routedTo(replica.port, client, "late.example.com") == "late"
+                ),
+                15,
+                replica.process.explain,
+            )
+            assert replica.status()["cluster"]["reachable"]
+            replica.process.waitForOutput("etcd answers again")
+    finally:
+        done.set()
+        worker.join(30)
+    assert outcomes
+    assert set(outcomes) == {"app"}, f"{outcomes.count(None)} of {len(outcomes)} failed"
+    for replica in replicas:
+        waitUntil(
+            lambda replica=replica: memberNames(replica) == ["edge-1", "edge-2"],
+            10,
+            replica.process.explain,
+        )
