@@ -379,21 +379,10 @@ class EtcdCluster:
                         }
                     }
                 ],
-                "failure": [{"request_range": {"key": target}}],
             },
         )
 
-        def decided(answer: dict[str, Any]) -> bool:
-            if answer.get("succeeded"):
-                return True
-            # Already ours (taken before, under this lease)?
-            for response in answer.get("responses", ()):
-                for kv in response.get("response_range", {}).get("kvs", ()):
-                    if str(kv.get("lease")) == lease:
-                        return True
-            return False
-
-        return d.addCallback(decided)
+        return d.addCallback(lambda answer: bool(answer.get("succeeded")))
 
     def unlock(self, key: str) -> Deferred[None]:
         lease = self._leaseID

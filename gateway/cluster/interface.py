@@ -108,8 +108,10 @@ class ICluster(Interface):
     def lock(key: str) -> Deferred[bool]:
         """
         Take the lock C{key}, bound to this process's lease: L{True} if
-        this process holds it now, L{False} if another does.  A holder
-        that dies loses it when its lease expires.
+        this call took it, L{False} if it is held (by another process, or
+        by this one: not reentrant, so that two orders in one process
+        exclude each other too).  A holder that dies loses it when its
+        lease expires.
         """
 
     def unlock(key: str) -> Deferred[None]:

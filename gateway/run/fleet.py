@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from gateway.cluster.acmestate import CERTS, SharedState
 from gateway.cluster.etcd import EtcdCluster, TLSFiles
 from gateway.cluster.interface import ICluster, IFollowing
 from gateway.config import ClusterSettings, GatewayConfig
@@ -115,6 +116,7 @@ class Fleet(Service):
 
     @ivar member: this member's name.
     @ivar members: the live members' own records, by name.
+    @ivar entries: every key below the prefix, as last seen.
     @ivar applied: the stored keys the running configuration has.
     @ivar refused: the stored keys it does not, with why.
     @ivar _stored: the stored routes and upstreams, as text, that the
@@ -142,6 +144,10 @@ class Fleet(Service):
             TLSFiles(settings.etcd_ca, settings.etcd_cert, settings.etcd_key),
         )
         self.members: dict[str, dict[str, Any]] = {}
+        self.entries: Mapping[str, bytes] = {}
+        gateway.acmeState = lambda acme: SharedState(
+            acme.state_dir, self.cluster, reactor, lambda: self.entries
+        )
         self.applied: tuple[str, ...] = ()
         self.refused: tuple[Refusal, ...] = ()
         self.lastReload: dict[str, Any] | None = None
@@ -182,6 +188,12 @@ class Fleet(Service):
     # stored changes
 
     def _changed(self, entries: Mapping[str, bytes]) -> None:
+        before, self.entries = self.entries, dict(entries)
+        acme = self.gateway.acme
+        for key, value in entries.items():
+            if key.startswith(CERTS) and before.get(key) != value and acme:
+                # Another replica stored a certificate: serve it now.
+                acme.refresh(key[len(CERTS) :])
         members: dict[str, dict[str, Any]] = {}
         stored: dict[str, str] = {}
         notText: list[Refusal] = []

@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.acme.manager import AcmeManager
-from gateway.config import ConfigError, GatewayConfig
+from gateway.acme.state import StateDirectory
+from gateway.config import AcmeSettings, ConfigError, GatewayConfig
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
@@ -228,10 +229,20 @@ class GatewayService(Service):
         #: upstreams merged in); and the C{cluster} part of the status.
         self.merge: Callable[[Loaded], Loaded] | None = None
         self.clusterStatus: Callable[[], dict[str, Any]] | None = None
+        #: Set by a fleet: the ACME state its replicas share.
+        self.acmeState: Callable[[AcmeSettings], StateDirectory] | None = None
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
         return {} if self._current is None else self._current.factories
+
+    @property
+    def acme(self) -> AcmeManager | None:
+        """
+        The running configuration's ACME manager, if it has ACME
+        certificates.
+        """
+        return self._acme
 
     @property
     def pools(self) -> dict[str, Pool]:
@@ -312,7 +323,11 @@ class GatewayService(Service):
         if config.acme is None:
             return None
         manager = AcmeManager(
-            config.acme, config.certificates.values(), reactor, self._certificateIssued
+            config.acme,
+            config.certificates.values(),
+            reactor,
+            self._certificateIssued,
+            None if self.acmeState is None else self.acmeState(config.acme),
         )
         if not manager:
             return None

@@ -190,7 +190,8 @@ class EtcdClusterTests(TestCase):
         results = yield Deferred.fromCoroutine(self._both(one, two))
         self.assertEqual(sorted(results), [False, True])
         holder, other = (one, two) if results[0] else (two, one)
-        self.assertTrue((yield holder.lock("locks/cert")))
+        # Not reentrant: held is held, even for its holder.
+        self.assertFalse((yield holder.lock("locks/cert")))
         self.assertFalse((yield other.lock("locks/cert")))
         yield holder.unlock("locks/cert")
         self.assertTrue((yield other.lock("locks/cert")))
