@@ -95,6 +95,12 @@ class SharedState(StateDirectory):
         if not held:
             raise Locked(key)
         try:
+            # What a previous holder stored, read now rather than from the
+            # watch (which may lag by a few milliseconds): the manager
+            # checks it next and orders nothing if it is fresh.
+            _, found = self._call(self.cluster.range, CERTS + name)
+            if found.get(""):
+                self._keep(name, found[""])
             yield
         finally:
             with contextlib.suppress(ClusterError):
@@ -149,5 +155,9 @@ class SharedState(StateDirectory):
         they differ.
         """
         stored = self.stored().get(CERTS + name)
-        if stored and stored != self.read(self.certificatePath(name)):
+        if stored:
+            self._keep(name, stored)
+
+    def _keep(self, name: str, stored: bytes) -> None:
+        if stored != self.read(self.certificatePath(name)):
             writePrivate(self.certificatePath(name), stored)

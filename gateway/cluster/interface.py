@@ -92,6 +92,13 @@ class ICluster(Interface):
         called and the last state stands.
         """
 
+    def range(prefix: str) -> Deferred[tuple[int, dict[str, bytes]]]:
+        """
+        Every key below C{prefix} (without it), read now (a linearizable
+        read: what any write acknowledged before it left), and the
+        revision read at.
+        """
+
     def put(key: str, value: bytes, leased: bool = False) -> Deferred[None]:
         """
         Write C{key}.  A leased key goes with this process's lease, and is

@@ -5,8 +5,13 @@ C{[cluster]} and C{[acme]}, a throwaway etcd and pebble.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import select
 import ssl
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +49,7 @@ def replicaIni(
     etcd: Etcd,
     name: str,
     plain: str,
+    renewBefore: str = "30d",
 ) -> str:
     return f"""\
 [gateway]
@@ -54,6 +60,7 @@ access_log_format = json
 directory = {directory}
 state_dir = {state}
 ca_bundle = {caBundle}
+renew_before = {renewBefore}
 
 [certificate:site]
 acme = on
@@ -139,4 +146,171 @@ def test_oneIssuanceForThreeReplicasEveryOneServingIt(
         stored = etcd.ctl("get", "--prefix", "--keys-only", PREFIX + "acme/")
         assert stored.split() == [PREFIX + "acme/certs/site"]
     finally:
+        server.stop()
+
+
+def startReplicas(
+    gateway: GatewayStarter,
+    server: Pebble,
+    etcd: Etcd,
+    ports: list[int],
+    tmp_path: Path,
+    plain: str,
+    deadDirectory: Collection[int] = (),
+    renewBefore: str = "30d",
+    first: int = 1,
+) -> list[Gateway]:
+    """
+    Start a replica per port, C{edge-FIRST} first (the one on pebble's
+    validation port: it must be up before anyone orders).
+    """
+    dead = f"https://127.0.0.1:{freePort()}/dir"
+    started: dict[int, Gateway] = {}
+    numbers = range(1, len(ports) + 1)
+    for number in sorted(numbers, key=lambda n: n != first):
+        started[number] = gateway(
+            replicaIni(
+                ports[number - 1],
+                dead if number in deadDirectory else server.directory,
+                str(server.caBundle),
+                tmp_path / f"state{number}",
+                etcd,
+                f"edge-{number}",
+                plain,
+                renewBefore,
+            ),
+            command="module",
+        )
+    return [started[number] for number in numbers]
+
+
+def test_aRenewalReachesEveryReplicaWithoutOrdersOfTheirOwn(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    etcd: Etcd,
+    dns: ChallengeDNS,
+    tmp_path: Path,
+) -> None:
+    """
+    30-second certificates renewed with 20 seconds left: one replica
+    renews, every replica serves the new certificate within 5 seconds of
+    the first that does.
+    """
+    plain = backend("plain", tls=False)
+    ports = [freePort() for _ in range(3)]
+    (tmp_path / "pebble").mkdir()
+    server = Pebble(tmp_path / "pebble", dns, ports[0], validity=30)
+    try:
+        replicas = startReplicas(
+            gateway, server, etcd, ports, tmp_path, plain.address, renewBefore="20s"
+        )
+        roots = server.rootContext()
+        for replica, port in zip(replicas, ports, strict=True):
+            waitUntil(lambda port=port: served(port, roots), 90, replica.explain)
+        (first,) = {served(port, roots) for port in ports}
+        assert server.issued() == 1
+        changed: list[int] = []
+
+        def anyRenewed() -> bool:
+            changed[:] = [p for p in ports if served(p, roots) not in (first, None)]
+            return bool(changed)
+
+        waitUntil(anyRenewed, 40, lambda: "\n".join(r.explain() for r in replicas))
+        renewed = served(changed[0], roots)
+        for replica, port in zip(replicas, ports, strict=True):
+            waitUntil(
+                lambda port=port: served(port, roots) == renewed,
+                5,
+                replica.explain,
+            )
+        assert server.issued() == 2, server.output()
+        lines = sum(
+            r.output().count("acme: renewed certificate site") for r in replicas
+        )
+        assert lines == 1
+    finally:
+        server.stop()
+
+
+def leaseHolder(etcd: Etcd, lockKey: str) -> str | None:
+    """
+    The member whose lease holds C{lockKey}.
+    """
+    locks = json.loads(etcd.ctl("get", lockKey, "-w", "json")).get("kvs", [])
+    if not locks:
+        return None
+    lease = locks[0].get("lease")
+    members = json.loads(
+        etcd.ctl("get", "--prefix", PREFIX + "members/", "-w", "json")
+    ).get("kvs", [])
+    for member in members:
+        if member.get("lease") == lease:
+            name = base64.b64decode(member["key"]).decode()
+            return name.rsplit("/", 1)[-1]
+    return None
+
+
+def test_theOrderingReplicaKilledMidOrderAnotherCompletesIt(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    etcd: Etcd,
+    dns: ChallengeDNS,
+    tmp_path: Path,
+) -> None:
+    """
+    The replica holding the order lock is killed (SIGKILL) the moment its
+    challenge shows up in etcd: its lock and challenge lapse with its lease
+    (3 s), and another replica orders and serves; so does the third, which
+    answers every validation (pebble's port) and orders nothing itself
+    (its ACME directory does not answer).
+    """
+    plain = backend("plain", tls=False)
+    ports = [freePort() for _ in range(3)]
+    (tmp_path / "pebble").mkdir()
+    server = Pebble(tmp_path / "pebble", dns, ports[2])
+    watcher = subprocess.Popen(
+        [
+            "etcdctl",
+            f"--endpoints={etcd.url}",
+            "watch",
+            "--prefix",
+            PREFIX + "acme/challenges/",
+        ],
+        env={**os.environ, "ETCDCTL_API": "3"},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        replicas = startReplicas(
+            gateway,
+            server,
+            etcd,
+            ports,
+            tmp_path,
+            plain.address,
+            deadDirectory={3},
+            first=3,
+        )
+        byName = {f"edge-{n}": r for n, r in enumerate(replicas, start=1)}
+        assert watcher.stdout is not None
+        ready, _, _ = select.select([watcher.stdout], [], [], 60)
+        assert ready, "no challenge published within 60 s"
+        line = watcher.stdout.readline()
+        assert line.strip() == b"PUT", line
+        holder = leaseHolder(etcd, PREFIX + "acme/locks/site")
+        assert holder in ("edge-1", "edge-2"), holder
+        victim = byName[holder]
+        victim.kill()
+        survivors = [
+            (r, p) for r, p in zip(replicas, ports, strict=True) if r is not victim
+        ]
+        roots = server.rootContext()
+        for replica, port in survivors:
+            waitUntil(lambda port=port: served(port, roots), 60, replica.explain)
+        assert len({served(port, roots) for _, port in survivors}) == 1
+        assert ISSUED not in victim.output()
+        assert sum(ISSUED in r.output() for r, _ in survivors) == 1
+        assert server.issued() == 1, server.output()
+    finally:
+        watcher.kill()
+        watcher.wait(5)
         server.stop()
