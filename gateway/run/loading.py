@@ -26,6 +26,7 @@ import weakref
 import attrs
 
 from gateway.config import (
+    ClusterSettings,
     ConfigError,
     GatewayConfig,
     GatewaySettings,
@@ -78,9 +79,11 @@ def loadCheckedText(text: str, path: str = "<string>") -> Loaded:
         problems = list(e.problems)
         problems += buildContexts(e.partial).problems
         problems += _accessLogProblems(e.partial.gateway, path)
+        problems += _clusterFileProblems(e.partial.cluster, path)
         raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)
     problems = contexts.problems + _accessLogProblems(config.gateway, path)
+    problems += _clusterFileProblems(config.cluster, path)
     if problems:
         raise ConfigError(problems)
     config = attrs.evolve(
@@ -190,3 +193,27 @@ def _accessLogProblems(settings: GatewaySettings, path: str) -> list[Problem]:
         return []
     line = settings.location.keys.get("access_log")
     return [Problem(path, line, "gateway", "access_log", message)]
+
+
+def _clusterFileProblems(cluster: ClusterSettings | None, path: str) -> list[Problem]:
+    """
+    C{[cluster]}'s PEM files (C{etcd_ca}, C{etcd_cert}, C{etcd_key}) that
+    cannot be read: reported by C{check}, which never contacts etcd.
+    """
+    problems = []
+    for key in ("etcd_ca", "etcd_cert", "etcd_key"):
+        name = None if cluster is None else getattr(cluster, key)
+        if cluster is None or name is None:
+            continue
+        try:
+            with open(name, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            message = f"cannot read {name}: {e.strerror or e}"
+        else:
+            if b"-----BEGIN " in pem:
+                continue
+            message = f"{name} is not a PEM file"
+        line = cluster.location.keys.get(key)
+        problems.append(Problem(path, line, "cluster", key, message))
+    return problems

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from gateway.cluster.etcd import Backoff, EtcdCluster, prefixEnd
+from gateway.cluster.etcd import Backoff, EtcdCluster, TLSFiles, prefixEnd
 from gateway.cluster.interface import ICluster, Unreachable
 from tests.integration.etcd import Etcd
 
@@ -223,3 +223,50 @@ class EtcdClusterTests(TestCase):
         self.assertFalse(cluster.reachable)
         yield cluster.put("a", b"1")
         self.assertTrue(cluster.reachable)
+
+
+class EtcdOverTLSTests(TestCase):
+    """
+    C{https://} etcd endpoints with client certificate authentication:
+    C{etcd_ca}, C{etcd_cert} and C{etcd_key}.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        import trustme
+
+        self.etcd = Etcd(Path(tempfile.mkdtemp(prefix="etcd-tls-")), trustme.CA())
+        self.etcd.start()
+        self.addCleanup(self.etcd.stop)
+
+    def cluster(self, files: TLSFiles) -> EtcdCluster:
+        cluster = EtcdCluster(_reactor(), [self.etcd.url], "/test/", 10, files)
+        self.addCleanup(cluster.stop)
+        return cluster
+
+    @inlineCallbacks
+    def test_withTheClientCertificateKeysAreReadAndWritten(self) -> Any:
+        cluster = self.cluster(
+            TLSFiles(
+                str(self.etcd.caPath),
+                str(self.etcd.clientCert),
+                str(self.etcd.clientKey),
+            )
+        )
+        yield cluster.put("routes/web/a", b"app")
+        _, entries = yield cluster.range("routes/")
+        self.assertEqual(entries, {"web/a": b"app"})
+        self.assertIn("app", self.etcd.ctl("get", "/test/routes/web/a"))
+
+    @inlineCallbacks
+    def test_withoutTheClientCertificateEtcdRefuses(self) -> Any:
+        cluster = self.cluster(TLSFiles(str(self.etcd.caPath)))
+        try:
+            yield cluster.put("routes/web/a", b"app")
+        except Unreachable:
+            pass
+        else:
+            self.fail("etcd accepted a client without a certificate")
+        self.assertFalse(cluster.reachable)
+        self.assertEqual(self.etcd.ctl("get", "--prefix", "/test/"), "")

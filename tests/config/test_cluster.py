@@ -5,9 +5,12 @@ asking etcd anything.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.config import ClusterSettings, ConfigError, parseConfigText
+from gateway.run.loading import load_config
 
 BASE = """\
 [listener:web]
@@ -112,3 +115,30 @@ def test_clusterBeforeGatewayIsCheckedToo() -> None:
             "gw.ini",
         )
     assert "workers = 1" in str(caught.value)
+
+
+def test_checkReportsUnreadableEtcdFilesWithoutAskingEtcd(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    (tmp_path / "gw.ini").write_text(
+        BASE + "[cluster]\n"
+        "etcd = https://127.0.0.1:1\n"
+        "etcd_ca = ca.pem\n"
+        "etcd_cert = missing.pem\n"
+        "etcd_key = missing.key\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "gw.ini")
+    assert [
+        str(p).removeprefix(f"{tmp_path}/gw.ini:") for p in caught.value.problems
+    ] == [
+        f"9: [cluster] etcd_ca: {tmp_path}/ca.pem is not a PEM file",
+        f"10: [cluster] etcd_cert: cannot read {tmp_path}/missing.pem: No such file"
+        " or directory",
+        f"11: [cluster] etcd_key: cannot read {tmp_path}/missing.key: No such file"
+        " or directory",
+    ]
+
+
+def test_checkPassesWithoutEtcdRunning(tmp_path: Path) -> None:
+    (tmp_path / "gw.ini").write_text(BASE + "[cluster]\netcd = http://127.0.0.1:1\n")
+    assert load_config(tmp_path / "gw.ini").cluster is not None

@@ -15,11 +15,14 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+import trustme
 
 from .harness import freePort
 
@@ -38,11 +41,31 @@ class Etcd:
     One etcd process, started by L{start}, stopped by L{stop} (by its pid).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: trustme.CA | None = None) -> None:
+        """
+        @param tls: serve HTTPS with a certificate from this CA, and
+            require client certificates from it (C{--client-cert-auth}).
+        """
         self.directory = directory
         self.clientPort = freePort()
         self.peerPort = freePort()
-        self.url = f"http://127.0.0.1:{self.clientPort}"
+        self.tls = tls
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.clientPort}"
+        if tls is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.caPath = directory / "ca.pem"
+            tls.cert_pem.write_to_path(str(self.caPath))
+            server = tls.issue_cert("127.0.0.1", "localhost")
+            self.serverCert = directory / "server.pem"
+            self.serverKey = directory / "server.key"
+            server.cert_chain_pems[0].write_to_path(str(self.serverCert))
+            server.private_key_pem.write_to_path(str(self.serverKey))
+            client = tls.issue_cert("tlsgateway")
+            self.clientCert = directory / "client.pem"
+            self.clientKey = directory / "client.key"
+            client.cert_chain_pems[0].write_to_path(str(self.clientCert))
+            client.private_key_pem.write_to_path(str(self.clientKey))
         self.process: subprocess.Popen[bytes] | None = None
         self.logPath = directory / "etcd.log"
 
@@ -58,19 +81,35 @@ class Etcd:
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=default={peer}",
         ]
+        if self.tls is not None:
+            command += [
+                f"--cert-file={self.serverCert}",
+                f"--key-file={self.serverKey}",
+                f"--trusted-ca-file={self.caPath}",
+                "--client-cert-auth",
+            ]
         with self.logPath.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.logPath.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:  # noqa: S310
-                    if b'"true"' in r.read():
-                        return self
-            except OSError:
-                pass
+            if self._healthy():
+                return self
             time.sleep(0.1)
         raise AssertionError("etcd did not start:\n" + self.logPath.read_text()[-3000:])
+
+    def _healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.caPath))
+            context.load_cert_chain(str(self.clientCert), str(self.clientKey))
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                self.url + "/health", timeout=1, context=context
+            ) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -87,8 +126,15 @@ class Etcd:
         """
         Run C{etcdctl} (API v3) against this etcd; its standard output.
         """
+        tls = []
+        if self.tls is not None:
+            tls = [
+                f"--cacert={self.caPath}",
+                f"--cert={self.clientCert}",
+                f"--key={self.clientKey}",
+            ]
         result = subprocess.run(
-            [_binary("etcdctl", "etcd-client"), f"--endpoints={self.url}", *args],
+            [_binary("etcdctl", "etcd-client"), f"--endpoints={self.url}", *tls, *args],
             env={**os.environ, "ETCDCTL_API": "3"},
             capture_output=True,
             timeout=20,
