@@ -1,5 +1,6 @@
 """
-The C{tlsgateway} command: C{run}, C{check} and C{demo}.
+The C{tlsgateway} command: C{run}, C{check}, C{reload}, C{cluster} and
+C{demo}.
 """
 
 from __future__ import annotations
@@ -270,6 +271,18 @@ def reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster(args: argparse.Namespace) -> int:
+    """
+    C{tlsgateway cluster}: what the cluster adds to the configuration.
+    """
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from gateway.cli.clustershow import showCluster
+
+    return showCluster(config, args.json)
+
+
 def demo(args: argparse.Namespace) -> int:
     if args.write_certs is not None:
         from gateway.cli.democerts import writeExampleCertificates
@@ -298,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,check,reload,demo}",
+        metavar="{run,check,reload,cluster,demo}",
     )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
@@ -334,6 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     target.add_argument("--pid", type=int, help="the gateway's process id")
     target.add_argument("--pidfile", help="file holding the gateway's process id")
     sub.set_defaults(func=reload)
+    sub = commands.add_parser(
+        "cluster",
+        help="list what the cluster (etcd) adds to a configuration: members,"
+        " stored routes and upstreams applied or refused",
+    )
+    sub.add_argument("--config", "-c", required=True, help="INI file with [cluster]")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=cluster)
     sub = commands.add_parser("demo", help="SNI routing demo with its own backends")
     sub.add_argument("--port", type=int, default=8443, help="gateway port (8443)")
     sub.add_argument(

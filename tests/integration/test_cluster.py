@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from .backends import waitUntil
 from .conftest import BackendStarter, GatewayStarter
 from .etcd import Etcd, runningEtcd
-from .harness import Gateway, freePort, httpsFetch, okBody
+from .harness import Gateway, freePort, httpsFetch, okBody, runCommand
 
 PREFIX = "/tlsgateway/"
 
@@ -335,3 +336,46 @@ def test_etcdStoppedUnderLoadNothingFailsAndItCatchesUpOnReturn(
             10,
             replica.process.explain,
         )
+
+
+def test_tlsgatewayClusterListsWhatTheClusterAdds(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    etcd: Etcd,
+) -> None:
+    app = backend("app", names=["www.example.com"])
+    (replica,) = startFleet(gateway, etcd, app.address, count=1)
+    etcd.ctl(
+        "put",
+        PREFIX + "upstreams/tenant",
+        "servers =\n 127.0.0.1:9100\n 127.0.0.1:9101",
+    )
+    etcd.ctl("put", PREFIX + "routes/web/tenant.example.com", "tenant terminate")
+    etcd.ctl("put", PREFIX + "routes/web/a.example.com", "tenant")
+    config = str(replica.process.configPath)
+    command = [sys.executable, "-m", "gateway", "cluster", "--config", config]
+    shown = runCommand(command, replica.process.directory)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"etcd {etcd.url}, prefix {PREFIX} (revision ")
+    assert lines[1] == "members (1):"
+    assert lines[2].startswith(f"  edge-1  pid {replica.process.pid} on ")
+    assert lines[3:] == [
+        "applied (2):",
+        f"  {PREFIX}upstreams/tenant = servers = | 127.0.0.1:9100 | 127.0.0.1:9101",
+        f"  {PREFIX}routes/web/a.example.com = tenant",
+        "refused (1):",
+        f"  {PREFIX}routes/web/tenant.example.com: terminates TLS, but the listener"
+        " has no certificate and private_key or certificates",
+    ]
+    asJSON = runCommand([*command, "--json"], replica.process.directory)
+    report = json.loads(asJSON.stdout)
+    assert report["applied"] == {
+        "upstreams/tenant": "servers =\n 127.0.0.1:9100\n 127.0.0.1:9101",
+        "routes/web/a.example.com": "tenant",
+    }
+    assert [m["name"] for m in report["members"]] == ["edge-1"]
+    etcd.stop()
+    away = runCommand(command, replica.process.directory)
+    assert away.returncode == 1
+    assert away.stderr.startswith("etcd: ")
