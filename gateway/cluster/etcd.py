@@ -179,6 +179,7 @@ class EtcdCluster:
         self._leaseCall: IDelayedCall | None = None
         self._followings: list[_Following] = []
         self._running = False
+        self._unreachableAt = 0.0
 
     # calls
 
@@ -238,6 +239,15 @@ class EtcdCluster:
         if reachable == self.reachable:
             return
         self.reachable = reachable
+        now = self._reactor.seconds()
+        if not reachable:
+            self._unreachableAt = now
+        else:
+            # A watch opened before the outage may be on a connection that
+            # died silently (a partition sends no reset): open it again,
+            # from the last revision seen.
+            for following in list(self._followings):
+                following.reopenIfOpenedBefore(self._unreachableAt)
         for callback in list(self._watchers):
             callback(reachable, reason)
 
@@ -439,15 +449,26 @@ class _Following:
         self._backoff = Backoff()
         self._retry: IDelayedCall | None = None
         self._stream: _WatchStream | None = None
+        self._openedAt = 0.0
+        self._opening: Deferred[Any] | None = None
         self._stopped = False
 
     def stop(self) -> None:
         self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
         if self._stream is not None:
             self._stream.abort()
         self._cluster._forget(self)
+
+    def reopenIfOpenedBefore(self, moment: float) -> None:
+        """
+        Open the watch again if its stream is older than C{moment}.
+        """
+        if self._stream is not None and self._openedAt < moment:
+            self._restart(self._watch)
 
     def _later(self, what: Callable[[], None]) -> None:
         if not self._stopped:
@@ -492,20 +513,30 @@ class _Following:
         }
         d = cluster._http.post(cluster._url("/v3/watch"), json=body, unbuffered=True)
         d.addTimeout(CALL_TIMEOUT, cluster._reactor)
+        self._opening = d
 
         def opened(response: Any) -> None:
+            self._opening = None
             if response.code != 200:
                 raise ClusterError(f"etcd /v3/watch: HTTP {response.code}")
             stream = _WatchStream(self)
-            self._stream = stream
             response.deliverBody(stream)
+            if self._stopped:
+                stream.abort()
+                return
+            self._stream = stream
+            self._openedAt = cluster._reactor.seconds()
 
         def failed(failure: Failure) -> None:
+            self._opening = None
+            if self._stopped:
+                return
             cluster._turn += 1
             cluster._reachable(False, failure.getErrorMessage() or "watch failed")
             self._later(self._watch)
 
-        d.addCallbacks(opened, failed)
+        d.addCallback(opened)
+        d.addErrback(failed)
 
     def message(self, message: Mapping[str, Any]) -> None:
         """

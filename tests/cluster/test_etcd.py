@@ -7,6 +7,8 @@ reactor (trial's C{TestCase} runs it for each test).
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -141,6 +143,28 @@ class EtcdClusterTests(TestCase):
         yield self.until(lambda: seen[-1] == {"web/while-away": b"x"}, 20)
         yield self.until(lambda: cluster.reachable)
         self.assertEqual(reach, [False, True])
+
+    @inlineCallbacks
+    def test_aFrozenEtcdIsUnreachableAndChangesFlowAgainAfter(self) -> Any:
+        """
+        etcd stopped with SIGSTOP: calls time out rather than fail, the
+        watch stays silent; after SIGCONT, the watch (opened again, as one
+        opened before an outage is) delivers what is written.
+        """
+        cluster = self.cluster(ttl=3)
+        seen: list[Mapping[str, bytes]] = []
+        cluster.start()
+        cluster.follow("routes/", seen.append)
+        yield self.until(lambda: len(seen) == 1 and cluster._leaseID is not None)
+        assert self.etcd.process is not None
+        os.kill(self.etcd.process.pid, signal.SIGSTOP)
+        try:
+            yield self.until(lambda: not cluster.reachable, 15)
+        finally:
+            os.kill(self.etcd.process.pid, signal.SIGCONT)
+        yield self.until(lambda: cluster.reachable, 15)
+        self.etcd.ctl("put", "/test/routes/web/after", "x")
+        yield self.until(lambda: seen[-1] == {"web/after": b"x"})
 
     @inlineCallbacks
     def test_leasedKeysGoWithTheLease(self) -> Any:
