@@ -6,10 +6,22 @@ cluster section.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from gateway.cluster.interface import ICluster
+from gateway.config import ClusterSettings, GatewayConfig
 from gateway.config.overlay import Refusal
 from gateway.run.clusterstatus import clusterHTML
-from gateway.run.fleet import _withUpstreamTLS
-from gateway.run.loading import loadCheckedText
+from gateway.run.fleet import Fleet, _withUpstreamTLS
+from gateway.run.loading import Loaded, loadCheckedText
 
 FILE = """\
 [listener:web]
@@ -101,3 +113,171 @@ def test_theClusterSectionOfThePage() -> None:
     assert "/tlsgateway/routes/web/&lt;b&gt;" in parts
     assert "not a &lt;pattern&gt;" in parts
     assert "1 stored key(s) applied" in parts
+
+
+@implementer(ICluster)
+class MemoryCluster:
+    """
+    An in-memory store for the fleet's own logic: what it follows, what
+    it writes.  The etcd provider itself is tested against etcd
+    (C{tests/cluster/test_etcd.py}).
+    """
+
+    def __init__(self) -> None:
+        self.reachable = True
+        self.puts: list[tuple[str, bytes, bool]] = []
+        self.changed: Callable[[Mapping[str, bytes]], None] | None = None
+        self.reachability: list[Callable[[bool, str], None]] = []
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def onReachability(self, callback: Callable[[bool, str], None]) -> None:
+        self.reachability.append(callback)
+
+    def follow(
+        self, prefix: str, changed: Callable[[Mapping[str, bytes]], None]
+    ) -> Any:
+        self.changed = changed
+        return self
+
+    def range(self, prefix: str) -> Deferred[tuple[int, dict[str, bytes]]]:
+        return succeed((1, {}))
+
+    def put(self, key: str, value: bytes, leased: bool = False) -> Deferred[None]:
+        self.puts.append((key, value, leased))
+        return succeed(None)
+
+    def delete(self, key: str) -> Deferred[None]:
+        return succeed(None)
+
+    def lock(self, key: str) -> Deferred[bool]:
+        return succeed(True)
+
+    def unlock(self, key: str) -> Deferred[None]:
+        return succeed(None)
+
+
+class FakeGateway:
+    """
+    What the fleet asks of a L{GatewayService}: its configuration, and a
+    reload that passes the file through the fleet's merge.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.running = True
+        self.merge: Callable[[Loaded], Loaded] | None = None
+        self.clusterStatus: Callable[[], dict[str, Any]] | None = None
+        self.acmeState: Any = None
+        self.acme = None
+        self.reloads = 0
+
+    def reload(self) -> bool:
+        self.reloads += 1
+        assert self.merge is not None
+        self.config = self.merge(loadCheckedText(FILE, "/etc/gw/gw.ini")).config
+        return True
+
+
+class FleetTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.store = MemoryCluster()
+        self.gateway = FakeGateway(loadCheckedText(FILE, "/etc/gw/gw.ini").config)
+        self.fleet = Fleet(
+            self.gateway,  # type: ignore[arg-type]
+            ClusterSettings(etcd=("http://127.0.0.1:2379",), name="edge-1"),
+            self.clock,
+            self.store,
+        )
+        self.fleet.startService()
+
+    def deliver(self, entries: Mapping[str, bytes]) -> None:
+        assert self.store.changed is not None
+        self.store.changed(entries)
+        self.clock.advance(1)
+
+    def test_startsTheStoreAndWritesItsMemberKey(self) -> None:
+        self.assertTrue(self.store.started)
+        key, value, leased = self.store.puts[0]
+        self.assertEqual((key, leased), ("members/edge-1", True))
+        record = json.loads(value)
+        self.assertEqual(record["name"], "edge-1")
+        self.assertEqual(record["listeners"], {"web": ["tcp:8443"]})
+        self.assertIsNone(record["last_reload"])
+
+    def test_changesAreGatheredIntoOneReload(self) -> None:
+        assert self.store.changed is not None
+        self.store.changed({"routes/web/a.example.com": b"app"})
+        self.store.changed(
+            {"routes/web/a.example.com": b"app", "routes/web/b.example.com": b"app"}
+        )
+        self.clock.advance(1)
+        self.assertEqual(self.gateway.reloads, 1)
+        self.assertEqual(
+            self.fleet.applied, ("routes/web/a.example.com", "routes/web/b.example.com")
+        )
+        self.assertEqual(self.fleet.lastReload["result"], "applied")  # type: ignore[index]
+        record = json.loads(self.store.puts[-1][1])
+        self.assertEqual(record["last_reload"]["result"], "applied")
+
+    def test_memberChangesAloneReloadNothing(self) -> None:
+        self.deliver({"routes/web/a.example.com": b"app"})
+        self.deliver(
+            {
+                "routes/web/a.example.com": b"app",
+                "members/edge-2": b'{"name": "edge-2"}',
+                "members/broken": b"{not json",
+            }
+        )
+        self.assertEqual(self.gateway.reloads, 1)
+        self.assertEqual(self.fleet.status()["members"], [{"name": "edge-2"}])
+
+    def test_aValueThatIsNotTextIsRefusedAlone(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.deliver(
+            {
+                "routes/web/a.example.com": b"\xff\xfe",
+                "routes/web/b.example.com": b"app",
+            }
+        )
+        self.assertEqual(self.fleet.applied, ("routes/web/b.example.com",))
+        self.assertEqual(
+            self.fleet.status()["refused"],
+            [{"key": "routes/web/a.example.com", "reason": "is not UTF-8 text"}],
+        )
+        refusals = [
+            e for e in events if e.get("log_format", "").startswith("cluster key")
+        ]
+        self.assertEqual(len(refusals), 1)
+        self.assertEqual(refusals[0]["key"], "/tlsgateway/routes/web/a.example.com")
+        # Logged once, not at every reload.
+        self.deliver(
+            {
+                "routes/web/a.example.com": b"\xff\xfe",
+                "routes/web/b.example.com": b"app",
+                "routes/web/c.example.com": b"app",
+            }
+        )
+        refusals = [
+            e for e in events if e.get("log_format", "").startswith("cluster key")
+        ]
+        self.assertEqual(len(refusals), 1)
+
+    def test_unreachableIsShownUntilTheStoreAnswers(self) -> None:
+        (callback,) = self.store.reachability
+        callback(False, "Connection refused")
+        status = self.fleet.status()
+        self.assertFalse(status["reachable"])
+        self.assertEqual(status["unreachable"]["reason"], "Connection refused")
+        callback(True, "")
+        self.assertTrue(self.fleet.status()["reachable"])
+
+    def test_stoppedTheGatewayNoLongerMerges(self) -> None:
+        self.fleet.stopService()
+        self.assertIsNone(self.gateway.merge)
