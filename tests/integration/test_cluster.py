@@ -80,11 +80,16 @@ class Replica:
 def startFleet(
     gateway: GatewayStarter, etcd: Etcd, app: str, count: int = 2
 ) -> list[Replica]:
+    """
+    C{count} replicas, every second one run as C{twistd -n tlsgateway},
+    the others as C{tlsgateway run} (C{python -m gateway run}).
+    """
     replicas = []
     for number in range(1, count + 1):
         port, statusPort, name = freePort(), freePort(), f"edge-{number}"
         process = gateway(
-            fleetIni(port, statusPort, etcd.url, name, app), command="module"
+            fleetIni(port, statusPort, etcd.url, name, app),
+            command="twistd" if number % 2 == 0 else "module",
         )
         replicas.append(Replica(process, statusPort, name))
     for replica in replicas:
