@@ -384,3 +384,30 @@ def test_tlsgatewayClusterListsWhatTheClusterAdds(
     away = runCommand(command, replica.process.directory)
     assert away.returncode == 1
     assert away.stderr.startswith("etcd: ")
+
+
+def test_aReplicaStartedWhileEtcdIsDownServesItsFileThenCatchesUp(
+    gateway: GatewayStarter,
+    backend: BackendStarter,
+    client: ssl.SSLContext,
+    etcd: Etcd,
+) -> None:
+    app = backend("app", names=["www.example.com"])
+    late = backend("late", names=["late.example.com"])
+    etcd.ctl("put", PREFIX + "upstreams/late", f"servers = {late.address}")
+    etcd.ctl("put", PREFIX + "routes/web/late.example.com", "late")
+    etcd.stop()
+    port, statusPort = freePort(), freePort()
+    process = gateway(fleetIni(port, statusPort, etcd.url, "edge-1", app.address))
+    replica = Replica(process, statusPort, "edge-1")
+    assert routedTo(port, client, "www.example.com") == "app"
+    waitUntil(lambda: not replica.status()["cluster"]["reachable"], 10, process.explain)
+    assert routedTo(port, client, "late.example.com") is None
+    etcd.start()
+    waitUntil(
+        lambda: routedTo(port, client, "late.example.com") == "late",
+        15,
+        process.explain,
+    )
+    waitUntil(lambda: memberNames(replica) == ["edge-1"], 10, process.explain)
+    assert replica.status()["cluster"]["reachable"]
