@@ -9,8 +9,11 @@ import base64
 import json
 import os
 import select
+import signal
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -232,22 +235,59 @@ def test_aRenewalReachesEveryReplicaWithoutOrdersOfTheirOwn(
         server.stop()
 
 
-def leaseHolder(etcd: Etcd, lockKey: str) -> str | None:
+class KillOnChallenge(threading.Thread):
     """
-    The member whose lease holds C{lockKey}.
+    Follows the prefix with C{etcdctl watch -w json} and, the moment a
+    challenge is published, kills (SIGKILL) the process whose lease holds
+    it: the member keys, leased too, say which pid a lease is.  Bounded:
+    gives up after C{timeout} seconds.
     """
-    locks = json.loads(etcd.ctl("get", lockKey, "-w", "json")).get("kvs", [])
-    if not locks:
-        return None
-    lease = locks[0].get("lease")
-    members = json.loads(
-        etcd.ctl("get", "--prefix", PREFIX + "members/", "-w", "json")
-    ).get("kvs", [])
-    for member in members:
-        if member.get("lease") == lease:
-            name = base64.b64decode(member["key"]).decode()
-            return name.rsplit("/", 1)[-1]
-    return None
+
+    def __init__(self, etcd: Etcd, timeout: float = 60) -> None:
+        super().__init__(daemon=True)
+        self.watcher = subprocess.Popen(
+            [
+                "etcdctl",
+                f"--endpoints={etcd.url}",
+                "watch",
+                "--prefix",
+                PREFIX,
+                "-w",
+                "json",
+            ],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            stdout=subprocess.PIPE,
+        )
+        self.deadline = time.monotonic() + timeout
+        self.killed: int | None = None
+
+    def run(self) -> None:
+        pids: dict[int, int] = {}
+        stream = self.watcher.stdout
+        assert stream is not None
+        while self.killed is None and time.monotonic() < self.deadline:
+            ready, _, _ = select.select([stream], [], [], 0.5)
+            if not ready:
+                continue
+            line = stream.readline()
+            if not line:
+                return
+            for event in json.loads(line).get("Events") or []:
+                kv = event.get("kv", {})
+                key = base64.b64decode(kv.get("key", "")).decode()
+                if event.get("type") == 1:  # DELETE
+                    continue
+                if key.startswith(PREFIX + "members/"):
+                    pids[kv["lease"]] = json.loads(base64.b64decode(kv["value"]))["pid"]
+                elif key.startswith(PREFIX + "acme/challenges/"):
+                    self.killed = pids[kv["lease"]]
+                    os.kill(self.killed, signal.SIGKILL)
+                    return
+
+    def stop(self) -> None:
+        self.watcher.kill()
+        self.watcher.wait(5)
+        self.join(5)
 
 
 def test_theOrderingReplicaKilledMidOrderAnotherCompletesIt(
@@ -268,17 +308,8 @@ def test_theOrderingReplicaKilledMidOrderAnotherCompletesIt(
     ports = [freePort() for _ in range(3)]
     (tmp_path / "pebble").mkdir()
     server = Pebble(tmp_path / "pebble", dns, ports[2])
-    watcher = subprocess.Popen(
-        [
-            "etcdctl",
-            f"--endpoints={etcd.url}",
-            "watch",
-            "--prefix",
-            PREFIX + "acme/challenges/",
-        ],
-        env={**os.environ, "ETCDCTL_API": "3"},
-        stdout=subprocess.PIPE,
-    )
+    killer = KillOnChallenge(etcd)
+    killer.start()
     try:
         replicas = startReplicas(
             gateway,
@@ -290,16 +321,10 @@ def test_theOrderingReplicaKilledMidOrderAnotherCompletesIt(
             deadDirectory={3},
             first=3,
         )
-        byName = {f"edge-{n}": r for n, r in enumerate(replicas, start=1)}
-        assert watcher.stdout is not None
-        ready, _, _ = select.select([watcher.stdout], [], [], 60)
-        assert ready, "no challenge published within 60 s"
-        line = watcher.stdout.readline()
-        assert line.strip() == b"PUT", line
-        holder = leaseHolder(etcd, PREFIX + "acme/locks/site")
-        assert holder in ("edge-1", "edge-2"), holder
-        victim = byName[holder]
-        victim.kill()
+        killer.join(60)
+        assert killer.killed is not None, "no challenge published within 60 s"
+        (victim,) = [r for r in replicas if r.pid == killer.killed]
+        assert victim is not replicas[2]
         survivors = [
             (r, p) for r, p in zip(replicas, ports, strict=True) if r is not victim
         ]
@@ -311,6 +336,5 @@ def test_theOrderingReplicaKilledMidOrderAnotherCompletesIt(
         assert sum(ISSUED in r.output() for r, _ in survivors) == 1
         assert server.issued() == 1, server.output()
     finally:
-        watcher.kill()
-        watcher.wait(5)
+        killer.stop()
         server.stop()
