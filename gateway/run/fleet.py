@@ -155,6 +155,7 @@ class Fleet(Service):
         self._started = _now()
         self._stored: dict[str, str] | None = None
         self._notText: list[Refusal] = []
+        self._logged: set[Refusal] = set()
         self._pending: IDelayedCall | None = None
         self._following: IFollowing | None = None
 
@@ -233,33 +234,45 @@ class Fleet(Service):
             loaded.config, dict(self._stored or {}), loaded
         )
         refused = [*self._notText, *refused]
-        if tuple(refused) != self.refused:
-            for refusal in refused:
-                if refusal not in self.refused:
-                    self._log.warn(
-                        "cluster key {key} refused: {reason}",
-                        key=self.settings.prefix + refusal.key,
-                        reason=refusal.reason,
-                    )
-        self.applied, self.refused = applied, tuple(refused)
-        self._reactor.callLater(0, self._reloaded, merged.config, None)
+        for refusal in refused:
+            if refusal not in self._logged:
+                self._log.warn(
+                    "cluster key {key} refused: {reason}",
+                    key=self.settings.prefix + refusal.key,
+                    reason=refusal.reason,
+                )
+        self._logged = set(refused)
+        self._reactor.callLater(
+            0, self._reloaded, merged.config, None, applied, tuple(refused)
+        )
         return merged
 
-    def _reloaded(self, config: GatewayConfig | None, result: str | None) -> None:
+    def _reloaded(
+        self,
+        config: GatewayConfig | None,
+        result: str | None,
+        applied: tuple[str, ...] = (),
+        refused: tuple[Refusal, ...] = (),
+    ) -> None:
+        """
+        A reload ended: when it is serving, what it merged is what the
+        status shows; either way the member key says how it went.
+        """
         if result is None:
             result = "applied" if self.gateway.config is config else "refused"
+        if result == "applied":
+            self.applied, self.refused = applied, refused
+            self._log.info(
+                "cluster: {applied} stored key(s) applied, {refused} refused",
+                applied=len(self.applied),
+                refused=len(self.refused),
+            )
         self.lastReload = {
             "time": _now(),
             "result": result,
             "stored_keys": len(self.applied),
             "refused_keys": len(self.refused),
         }
-        if result == "applied":
-            self._log.info(
-                "cluster: {applied} stored key(s) applied, {refused} refused",
-                applied=len(self.applied),
-                refused=len(self.refused),
-            )
         self._putMember()
 
     # membership and reachability

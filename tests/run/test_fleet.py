@@ -176,11 +176,19 @@ class FakeGateway:
         self.acmeState: Any = None
         self.acme = None
         self.reloads = 0
+        self.refuse = False
 
     def reload(self) -> bool:
+        """
+        Merge, then serve; or, with C{refuse} set, fail after the merge
+        (as when the new configuration's files do not load).
+        """
         self.reloads += 1
         assert self.merge is not None
-        self.config = self.merge(loadCheckedText(FILE, "/etc/gw/gw.ini")).config
+        merged = self.merge(loadCheckedText(FILE, "/etc/gw/gw.ini")).config
+        if self.refuse:
+            return False
+        self.config = merged
         return True
 
 
@@ -281,3 +289,12 @@ class FleetTests(SynchronousTestCase):
     def test_stoppedTheGatewayNoLongerMerges(self) -> None:
         self.fleet.stopService()
         self.assertIsNone(self.gateway.merge)
+
+    def test_aRefusedReloadKeepsWhatIsServedOnTheStatus(self) -> None:
+        self.deliver({"routes/web/a.example.com": b"app"})
+        self.gateway.refuse = True
+        self.deliver({"routes/web/b.example.com": b"app"})
+        self.assertEqual(self.fleet.applied, ("routes/web/a.example.com",))
+        self.assertEqual(self.fleet.lastReload["result"], "refused")  # type: ignore[index]
+        record = json.loads(self.store.puts[-1][1])
+        self.assertEqual(record["last_reload"]["result"], "refused")
