@@ -7,6 +7,7 @@ reactor (trial's C{TestCase} runs it for each test).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import tempfile
@@ -19,10 +20,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from gateway.cluster.etcd import Backoff, EtcdCluster, TLSFiles, prefixEnd
+from gateway.cluster.etcd import (
+    Backoff,
+    EtcdCluster,
+    TLSFiles,
+    _Following,
+    prefixEnd,
+)
 from gateway.cluster.interface import ICluster, Unreachable
 from tests.integration.etcd import Etcd
 
@@ -165,6 +174,35 @@ class EtcdClusterTests(TestCase):
         yield self.until(lambda: cluster.reachable, 15)
         self.etcd.ctl("put", "/test/routes/web/after", "x")
         yield self.until(lambda: seen[-1] == {"web/after": b"x"})
+
+    @inlineCallbacks
+    def test_aWatchResumedFromACompactedRevisionReadsAfresh(self) -> Any:
+        """
+        etcd compacted the revision a watch would resume from (it was away
+        too long): etcd cancels the watch, and the whole prefix is read
+        again, so a key deleted meanwhile is gone here too.
+        """
+        cluster = self.cluster()
+        yield cluster.put("routes/web/old", b"1")
+        seen: list[Mapping[str, bytes]] = []
+        following = cluster.follow("routes/", seen.append)
+        yield self.until(lambda: seen == [{"web/old": b"1"}])
+        # As if this client had been away while these happened:
+        following.stop()
+        self.etcd.ctl("del", "/test/routes/web/old")
+        self.etcd.ctl("put", "/test/routes/web/new", "2")
+        revision = json.loads(self.etcd.ctl("get", "/test/x", "-w", "json"))
+        self.etcd.ctl("compact", str(revision["header"]["revision"]))
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        resumed = _Following(cluster, "routes/", seen.append)
+        resumed.revision, resumed.entries = following.revision, following.entries
+        self.addCleanup(resumed.stop)
+        resumed._watch()
+        yield self.until(lambda: seen[-1] == {"web/new": b"2"})
+        self.assertGreater(resumed.revision, following.revision)
+        self.assertTrue(
+            any("compacted" in e.get("log_format", "") for e in events), list(events)
+        )
 
     @inlineCallbacks
     def test_leasedKeysGoWithTheLease(self) -> Any:
