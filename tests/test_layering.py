@@ -35,6 +35,7 @@ LAYERS = [
     "connection",
     "protocols",
     "acme",
+    "cluster",
     "run",
     "cli",
 ]

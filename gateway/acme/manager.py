@@ -226,9 +226,15 @@ class AcmeManager:
         certificates: Iterable[CertificateConfig],
         reactor: Any,
         changed: Callable[[str, LoadedCertificate], None],
+        state: StateDirectory | None = None,
     ) -> None:
+        """
+        @param state: where certificates, locks and challenges are kept:
+            C{[acme] state_dir} by default; a fleet's shared state
+            (L{gateway.cluster.acmestate}) with C{[cluster]}.
+        """
         self.settings = settings
-        self.state = StateDirectory(settings.state_dir)
+        self.state = state or StateDirectory(settings.state_dir)
         self._managed = {c.name: _Managed(c) for c in certificates if c.acme}
         self.challenges = ChallengeResponder(
             self.state, (n for m in self._managed.values() for n in m.config.names)
@@ -271,6 +277,14 @@ class AcmeManager:
         for managed in self._managed.values():
             cancel(managed.timer)
             managed.timer = None
+
+    def refresh(self, name: str) -> None:
+        """
+        Check C{[certificate:NAME]} now: another replica of a fleet stored
+        a new certificate for it.
+        """
+        if self._running and name in self._managed:
+            self._schedule(name, 0.0)
 
     def current(self, name: str) -> LoadedCertificate | None:
         """
@@ -336,6 +350,7 @@ class AcmeManager:
         the configured names (after C{names} changed, it is not).
         """
         try:
+            self.state.refresh(config.name)
             return storedCertificate(self.state, config)
         except TLSConfigError as e:
             warn = self._log.warn

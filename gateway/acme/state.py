@@ -153,6 +153,14 @@ class StateDirectory:
         except (OSError, ValueError):
             return None
 
+    def refresh(self, name: str) -> None:
+        """
+        Bring the local copy of C{[certificate:NAME]} up to date before it
+        is read: nothing to do for a folder of one machine; a fleet's
+        shared state (L{gateway.cluster.acmestate}) writes the copy the
+        fleet holds.
+        """
+
     # -- locks ---------------------------------------------------------------
 
     @contextlib.contextmanager

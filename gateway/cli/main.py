@@ -1,6 +1,6 @@
 """
-The C{tlsgateway} command: C{run}, C{check}, C{reload}, C{demo} and
-C{convert}.
+The C{tlsgateway} command: C{run}, C{check}, C{reload}, C{cluster},
+C{demo}, C{convert} and C{ech-keygen}.
 """
 
 from __future__ import annotations
@@ -126,6 +126,10 @@ def makeTop(
     else:
         main = GatewayService(config, reactor, inherited=inherited)
     main.setServiceParent(top)
+    if config.cluster is not None and isinstance(main, GatewayService):
+        from gateway.run.fleet import Fleet
+
+        Fleet(main, config.cluster, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     SignalHandling(reactor, main).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
@@ -340,6 +344,18 @@ def reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster(args: argparse.Namespace) -> int:
+    """
+    C{tlsgateway cluster}: what the cluster adds to the configuration.
+    """
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from gateway.cli.clustershow import showCluster
+
+    return showCluster(config, args.json)
+
+
 def demo(args: argparse.Namespace) -> int:
     if args.write_certs is not None:
         from gateway.cli.democerts import writeExampleCertificates
@@ -368,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{run,check,reload,demo,convert,ech-keygen}",
+        metavar="{run,check,reload,cluster,demo,convert,ech-keygen}",
     )
     for name, func, text in [
         ("run", run, "run the gateway in the foreground"),
@@ -404,6 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     target.add_argument("--pid", type=int, help="the gateway's process id")
     target.add_argument("--pidfile", help="file holding the gateway's process id")
     sub.set_defaults(func=reload)
+    sub = commands.add_parser(
+        "cluster",
+        help="list what the cluster (etcd) adds to a configuration: members,"
+        " stored routes and upstreams applied or refused",
+    )
+    sub.add_argument("--config", "-c", required=True, help="INI file with [cluster]")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.set_defaults(func=cluster)
     sub = commands.add_parser("demo", help="SNI routing demo with its own backends")
     sub.add_argument("--port", type=int, default=8443, help="gateway port (8443)")
     sub.add_argument(

@@ -58,6 +58,7 @@ from gateway.core.units import parseBool, parseDuration, parseList, parseSize
 __all__ = [
     "AcmeSettings",
     "CertificateConfig",
+    "ClusterSettings",
     "ConfigError",
     "ConfigWarning",
     "GatewayConfig",
@@ -989,6 +990,87 @@ class AcmeSettings:
     location: Location = attrs.field(default=_NOWHERE, eq=False)
 
 
+def _etcdEndpoints(text: str) -> tuple[str, ...]:
+    """
+    C{[cluster] etcd}: etcd v3 client URLs, C{http://HOST:PORT} or
+    C{https://HOST:PORT}, comma-separated.
+    """
+    from urllib.parse import urlsplit
+
+    endpoints = tuple(item.rstrip("/") for item in parseList(text))
+    if not endpoints:
+        raise ValueError("is empty")
+    for endpoint in endpoints:
+        parts = urlsplit(endpoint)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port is None
+            or parts.path
+        ):
+            raise ValueError(
+                f"{endpoint!r} is not an etcd client URL (like http://127.0.0.1:2379)"
+            )
+    return endpoints
+
+
+def _clusterPrefix(text: str) -> str:
+    """
+    C{[cluster] prefix}: ends with C{/}, so that C{/tlsgateway} never
+    reads the keys of C{/tlsgateway-staging}.
+    """
+    value = _text(text)
+    if any(c.isspace() for c in value):
+        raise ValueError(
+            f"{value!r} has white space: use a key prefix like /tlsgateway/"
+        )
+    return value if value.endswith("/") else value + "/"
+
+
+def _memberName(text: str) -> str:
+    value = _text(text)
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a member name: use letters, digits, '_', '-' and '.'"
+        )
+    return value
+
+
+def _leaseTTL(text: str) -> float:
+    seconds = parseDuration(text)
+    if seconds < 2:
+        raise ValueError(
+            f"{text.strip()!r} is too short: etcd keeps a lease 2 seconds or more"
+        )
+    return seconds
+
+
+@attrs.frozen
+class ClusterSettings:
+    """
+    The C{[cluster]} section: the etcd that a fleet of gateways shares
+    (L{gateway.cluster}).
+
+    @ivar name: L{None} until the process starts, which names itself
+        after its host and process id.
+    @ivar etcd_ca: verifies the etcd servers' HTTPS; L{None} is the system
+        store.
+    """
+
+    etcd: tuple[str, ...] = attrs.field(metadata=_ini(_etcdEndpoints))
+    prefix: str = attrs.field(default="/tlsgateway/", metadata=_ini(_clusterPrefix))
+    name: str | None = attrs.field(default=None, metadata=_ini(_memberName))
+    lease_ttl: float = attrs.field(default=10.0, metadata=_ini(_leaseTTL))
+    etcd_ca: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    etcd_cert: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    etcd_key: str | None = attrs.field(default=None, metadata=_iniFolder(_path))
+    location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+
 @attrs.frozen
 class ListenerConfig:
     """
@@ -1094,6 +1176,7 @@ class GatewayConfig:
     )
     acme: AcmeSettings | None = None
     warnings: tuple[ConfigWarning, ...] = attrs.field(default=(), eq=False)
+    cluster: ClusterSettings | None = None
 
 
 # --- the line scan ------------------------------------------------------------
@@ -1285,6 +1368,7 @@ class _Loader:
         self.hasAcme = any(s.kind == "acme" for s in sections)
         settings = GatewaySettings()
         acme: AcmeSettings | None = None
+        cluster: ClusterSettings | None = None
         listeners: list[ListenerConfig] = []
         upstreams: dict[str, UpstreamConfig] = {}
         certificates: dict[str, CertificateConfig] = {}
@@ -1308,6 +1392,8 @@ class _Loader:
                 kwargs = self._convert(section, AcmeSettings)
                 if len(self.problems) == before:
                     acme = AcmeSettings(location=self._location(section), **kwargs)
+            elif section.kind == "cluster":
+                cluster = self._cluster(section)
             elif section.kind == "listener":
                 listener = self._listener(section)
                 if listener is not None:
@@ -1329,6 +1415,14 @@ class _Loader:
                 if certificate is not None:
                     certificates[certificate.name] = certificate
         self._checkShadowed(sections)
+        if cluster is not None and settings.workers > 1:
+            self.problem(
+                cluster.location.line,
+                "cluster",
+                None,
+                "[cluster] runs with workers = 1 (one member per process):"
+                " run one replica per core instead",
+            )
         self._checkBindings(bindings)
         self._checkMySQLHealthChecks(sections, listeners, upstreams)
         self._checkAcmeNames(certificates.values())
@@ -1344,6 +1438,7 @@ class _Loader:
             certificates=certificates,
             warnings=tuple(self.warnings),
             acme=acme,
+            cluster=cluster,
         )
         if self.problems:
             # What did convert, so that its files are checked too and
@@ -1420,6 +1515,35 @@ class _Loader:
                 for message in _messages(e):
                     self.problem(line, name, key, message)
 
+    def _cluster(self, section: _Section) -> ClusterSettings | None:
+        """
+        C{[cluster]}: its keys, and the ones that only make sense together.
+        Nothing is asked of etcd here: C{check} works without it.
+        """
+        before = len(self.problems)
+        kwargs = self._convert(section, ClusterSettings)
+        items = section.items
+        for key, other in (("etcd_cert", "etcd_key"), ("etcd_key", "etcd_cert")):
+            if key in items and other not in items:
+                self.problem(
+                    self._keyLine(section, key),
+                    section.name,
+                    key,
+                    f"{key} needs {other}",
+                )
+        secure = any(e.startswith("https://") for e in kwargs.get("etcd", ()))
+        for key in ("etcd_ca", "etcd_cert", "etcd_key"):
+            if key in items and "etcd" in kwargs and not secure:
+                self.problem(
+                    self._keyLine(section, key),
+                    section.name,
+                    key,
+                    f"{key} applies to https:// etcd endpoints only",
+                )
+        if len(self.problems) != before:
+            return None
+        return ClusterSettings(location=self._location(section), **kwargs)
+
     def _checkAcmeNames(self, certificates: Iterable[CertificateConfig]) -> None:
         """
         Report a name that two ACME certificates both claim: its
@@ -1478,7 +1602,9 @@ class _Loader:
             line = self.scan.sections.get(name)
             kind, colon, sub = name.partition(":")
             items = {k: val for k, val in parser.items(name, raw=True) if k}
-            if name in ("gateway", "acme") or (colon and kind in _SECTION_KINDS):
+            if name in ("gateway", "acme", "cluster") or (
+                colon and kind in _SECTION_KINDS
+            ):
                 if colon and not _NAME.fullmatch(sub):
                     self.problem(
                         line,

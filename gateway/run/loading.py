@@ -28,6 +28,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from gateway.config import (
+    ClusterSettings,
     ConfigError,
     GatewayConfig,
     GatewaySettings,
@@ -91,10 +92,12 @@ def loadCheckedText(text: str, path: str = "<string>") -> Loaded:
         ]
         problems += _accessLogProblems(e.partial.gateway, path)
         problems += _accountProblems(e.partial.gateway, path)
+        problems += _clusterFileProblems(e.partial.cluster, path)
         raise ConfigError(dict.fromkeys(problems)) from None
     contexts = buildContexts(config)
     problems = contexts.problems + _accessLogProblems(config.gateway, path)
     problems += _accountProblems(config.gateway, path)
+    problems += _clusterFileProblems(config.cluster, path)
     if problems:
         raise ConfigError(problems)
     config = attrs.evolve(
@@ -252,4 +255,28 @@ def _accountProblems(settings: GatewaySettings, path: str) -> list[Problem]:
         except AccountError as e:
             line = settings.location.keys.get(key)
             problems.append(Problem(path, line, "gateway", key, str(e)))
+    return problems
+
+
+def _clusterFileProblems(cluster: ClusterSettings | None, path: str) -> list[Problem]:
+    """
+    C{[cluster]}'s PEM files (C{etcd_ca}, C{etcd_cert}, C{etcd_key}) that
+    cannot be read: reported by C{check}, which never contacts etcd.
+    """
+    problems = []
+    for key in ("etcd_ca", "etcd_cert", "etcd_key"):
+        name = None if cluster is None else getattr(cluster, key)
+        if cluster is None or name is None:
+            continue
+        try:
+            with open(name, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            message = f"cannot read {name}: {e.strerror or e}"
+        else:
+            if b"-----BEGIN " in pem:
+                continue
+            message = f"{name} is not a PEM file"
+        line = cluster.location.keys.get(key)
+        problems.append(Problem(path, line, "cluster", key, message))
     return problems

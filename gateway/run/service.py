@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.acme.manager import AcmeManager
-from gateway.config import ConfigError, GatewayConfig
+from gateway.acme.state import StateDirectory
+from gateway.config import AcmeSettings, ConfigError, GatewayConfig
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
@@ -39,7 +40,13 @@ from gateway.fast.internals import acceptExclusively
 from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
-from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
+from gateway.run.loading import (
+    Loaded,
+    listenProblem,
+    listenReason,
+    loadChecked,
+    takeContexts,
+)
 from gateway.run.logs import standardOutput
 from gateway.run.metrics import Metrics
 from gateway.run.reloads import ReloadCollector, ReloadHistory
@@ -240,10 +247,25 @@ class GatewayService(Service):
         self.served = ServedCertificates()
         self.recent = RecentFailures()
         self.reloads = ReloadHistory(lambda: self._getReactor().seconds())
+        #: Set by a fleet (L{gateway.run.fleet}): what a reload serves is
+        #: the file as read, passed through this (the stored routes and
+        #: upstreams merged in); and the C{cluster} part of the status.
+        self.merge: Callable[[Loaded], Loaded] | None = None
+        self.clusterStatus: Callable[[], dict[str, Any]] | None = None
+        #: Set by a fleet: the ACME state its replicas share.
+        self.acmeState: Callable[[AcmeSettings], StateDirectory] | None = None
 
     @property
     def factories(self) -> dict[str, ListenerFactory]:
         return {} if self._current is None else self._current.factories
+
+    @property
+    def acme(self) -> AcmeManager | None:
+        """
+        The running configuration's ACME manager, if it has ACME
+        certificates.
+        """
+        return self._acme
 
     @property
     def pools(self) -> dict[str, Pool]:
@@ -326,7 +348,11 @@ class GatewayService(Service):
         if config.acme is None:
             return None
         manager = AcmeManager(
-            config.acme, config.certificates.values(), reactor, self._certificateIssued
+            config.acme,
+            config.certificates.values(),
+            reactor,
+            self._certificateIssued,
+            None if self.acmeState is None else self.acmeState(config.acme),
         )
         if not manager:
             return None
@@ -499,6 +525,8 @@ class GatewayService(Service):
             self._getReactor().seconds,
         )
         snapshot["reload"] = self.reloads.snapshot()
+        if self.clusterStatus is not None:
+            snapshot["cluster"] = self.clusterStatus()
         return snapshot
 
     # reload
@@ -530,6 +558,8 @@ class GatewayService(Service):
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return False
+        if self.merge is not None:
+            loaded = self.merge(loaded)
         config = loaded.config
         try:
             log = self._accessLog.prepare(config.gateway.access_log)

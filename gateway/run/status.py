@@ -709,6 +709,10 @@ def renderHTML(snapshot: Snapshot) -> bytes:
                 "no workers",
             )
         )
+    if "cluster" in snapshot:
+        from gateway.run.clusterstatus import clusterHTML
+
+        parts += clusterHTML(snapshot["cluster"])
     parts.append("</body></html>")
     return "\n".join(parts).encode("utf-8")
 

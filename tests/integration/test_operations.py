@@ -1005,7 +1005,7 @@ def test_metricsMatchTheConnectionsMade(
         passed += len(manyGets(passPort, client, EXACT, 20, 20))
         terminated += len(manyGets(termPort, client, GW_NAME, 4, 4))
         made = passed + terminated
-        waitUntil(lambda made=made: len(gw.accessLog()) >= made, 10, gw.explain)  # type: ignore[misc]
+        waitUntil(lambda: len(gw.accessLog()) >= made, 10, gw.explain)
         if len({e.get("worker_pid") for e in gw.accessLog()}) == workers:
             break
     else:
