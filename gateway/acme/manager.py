@@ -21,7 +21,7 @@ served (L{AcmeManager.current}), and a timer for its next check:
     retried with exponential backoff.
 
 Until a certificate is first issued, L{AcmeManager.current} is L{None} and
-handshakes for its names fail as pending (L{gateway.tls.policy}).
+handshakes for its names fail as pending (L{gateway.tls.server}).
 """
 
 from __future__ import annotations
@@ -44,12 +44,9 @@ from gateway.acme.issuer import AcmeFailure, Issuer, newKeyPEM
 from gateway.acme.state import Locked, StateDirectory
 from gateway.config import AcmeSettings, CertificateConfig, GatewayConfig
 from gateway.connection.timers import cancel
-from gateway.tls.policy import (
-    AcmeCertificates,
-    LoadedCertificate,
-    TLSConfigError,
-    loadCertificate,
-)
+from gateway.tls.certificates import LoadedCertificate, loadCertificate
+from gateway.tls.errors import TLSConfigError
+from gateway.tls.server import AcmeCertificates
 
 __all__ = ["AcmeManager", "ChallengeResponder", "renewalTime", "retryDelay"]
 

@@ -407,7 +407,7 @@ def _passthroughProtocols(text: str) -> tuple[str, ...] | None:
 
 #: A key exchange group as OpenSSL names it (C{X25519MLKEM768},
 #: C{secp256r1}, C{P-256}, C{ffdhe2048}): whether OpenSSL knows it is
-#: checked by L{gateway.tls.policy}, which alone may import OpenSSL.
+#: checked by L{gateway.tls.settings}, which alone may import OpenSSL.
 _GROUP = re.compile(r"[A-Za-z0-9_-]+")
 
 #: The longest session ticket lifetime TLS 1.3 allows (RFC 8446, 4.6.1).

@@ -79,7 +79,7 @@ from gateway.rules.decision import (
     decide,
 )
 from gateway.rules.lifecycle import Event, State, apply
-from gateway.tls.policy import CertificatePending
+from gateway.tls.server import CertificatePending
 from gateway.tls.transport import TLSTransport
 from gateway.wire.alerts import AlertDescription, alertRecord, recordVersion
 from gateway.wire.clienthello import ClientHello
@@ -150,7 +150,7 @@ def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
 
 class ServerTLSPolicy(TypingProtocol):
     """
-    What termination needs from L{gateway.tls.policy}: a context per server
+    What termination needs from L{gateway.tls.server}: a context per server
     name, and the facts of a finished handshake for the access log.
     """
 

@@ -229,7 +229,7 @@ class Member:
 class UpstreamTLSPolicy(TypingProtocol):
     """
     What re-encrypts to an upstream's servers, as sessions use it:
-    L{gateway.tls.policy.UpstreamTLS}, and L{ConfiguredNames}, which wraps
+    L{gateway.tls.upstream.UpstreamTLS}, and L{ConfiguredNames}, which wraps
     it.
     """
 

@@ -39,7 +39,7 @@ from gateway.config import ClusterSettings, GatewayConfig
 from gateway.config.overlay import ROUTES, UPSTREAMS, Refusal, overlay
 from gateway.run.loading import Loaded
 from gateway.run.service import GatewayService
-from gateway.tls.policy import UpstreamTLS
+from gateway.tls.upstream import UpstreamTLS
 
 __all__ = ["MEMBERS", "Fleet", "memberName"]
 

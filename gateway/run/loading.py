@@ -6,7 +6,7 @@ the access log's folder, all problems reported in one L{ConfigError}.
 
 A module of its own so that the dependencies run one way: L{gateway.config}
 is pure (INI text in, frozen attrs out) and knows nothing of certificates;
-L{gateway.tls.contexts} and L{gateway.tls.policy} read the model it builds; this
+L{gateway.tls.contexts} and the modules it uses read the model it builds; this
 module, above both, is the one entry point that does the two in order.
 
 Certificates are read once per start or reload: the contexts built to

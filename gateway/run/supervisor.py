@@ -54,7 +54,7 @@ from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
 
 if TYPE_CHECKING:
-    from gateway.tls.policy import ServerTLS
+    from gateway.tls.server import ServerTLS
 
 #: The environment variable carrying a worker's number (L{_Worker.number});
 #: C{gateway.cli.main} reads it.

@@ -24,20 +24,18 @@ from gateway.config import (
     ListenerConfig,
     Problem,
 )
-from gateway.tls.echkeys import loadECHKeys
-from gateway.tls.policy import (
-    AcmeCertificates,
+from gateway.tls.certificates import (
     LoadedCertificate,
-    PendingCertificate,
-    ServerTLS,
-    TLSConfigError,
-    UpstreamTLS,
     loadCertificate,
     readCertificates,
     readPrivateKey,
-    unknownGroups,
 )
+from gateway.tls.echkeys import loadECHKeys
+from gateway.tls.errors import TLSConfigError
 from gateway.tls.served import ServedCertificate
+from gateway.tls.server import AcmeCertificates, PendingCertificate, ServerTLS
+from gateway.tls.settings import unknownGroups
+from gateway.tls.upstream import UpstreamTLS
 from gateway.wire.echopen import ECHKeyring
 
 

@@ -35,15 +35,11 @@ from gateway.config import (
 )
 from gateway.connection.challenge import offersOnlyAcmeTLS
 from gateway.run.loading import load_config_text
+from gateway.tls.certificates import LoadedCertificate, loadCertificate
 from gateway.tls.contexts import servedCertificates
-from gateway.tls.policy import (
-    CertificatePending,
-    LoadedCertificate,
-    ServerTLS,
-    loadCertificate,
-)
+from gateway.tls.server import CertificatePending, ServerTLS
 from tests.helpers import frameworksImportedBy
-from tests.tls.test_policy import (
+from tests.tls.fixtures import (
     INI,
     PKI,
     certificateSection,
@@ -54,7 +50,7 @@ from tests.tls.test_policy import (
     shake,
 )
 
-__all__ = ["pki"]  # the fixture, shared with test_tlspolicy
+__all__ = ["pki"]  # the fixture, shared with tests/tls
 
 LISTENER = """
 [listener:web]

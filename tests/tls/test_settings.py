@@ -1,9 +1,11 @@
 """
-The termination policy keys of the edge-security work: C{groups},
-C{session_ticket_lifetime}, C{client_crl}, and early data, which is never
-accepted.  Handshakes run in memory between pyOpenSSL connections (and
-Python's C{ssl}, for what only it shows: the ticket lifetime hint), with
-trustme certificates and CRLs built with C{cryptography}.
+A listener's termination settings (L{gateway.tls.settings}): versions,
+ciphers, session resumption, ALPN, key exchange groups, the session ticket
+lifetime, early data (never accepted), client CRLs, and the warnings about
+settings that work but are likely wrong.  Handshakes run in memory between
+pyOpenSSL connections (and Python's C{ssl}, for what only it shows: the
+ticket lifetime hint), with trustme certificates and CRLs built with
+C{cryptography}.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trustme
 from cryptography import x509
@@ -34,19 +37,197 @@ from gateway.config import (
     Problem,
 )
 from gateway.run.loading import load_config, load_config_text
-from gateway.tls.policy import ServerTLS, TLSHandshakeError, unknownGroups
-from tests.tls.test_policy import (
+from gateway.tls.errors import (
+    TLSHandshakeError,
+)
+from gateway.tls.handshake import describe
+from gateway.tls.server import ServerTLS
+from gateway.tls.settings import DEFAULT_CIPHERS, unknownGroups, weakCiphers
+from tests.tls.fixtures import (
     INI,
+    NOW,
     PKI,
     clientContext,
     connect,
+    listenerConfig,
     pki,
+    reasons,
+    reused,
     serverTLS,
 )
 
 __all__ = ["pki"]  # the shared fixture, re-exported for pytest
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def test_tls12AndTls13AreBothServed(pki: PKI) -> None:
+    policy = serverTLS(pki.ecdsa)
+    latest = connect(policy, "example.com", clientContext(pki.root))
+    assert latest.client.get_protocol_version_name() == "TLSv1.3"
+    older = connect(
+        policy, "example.com", clientContext(pki.root, maxVersion=SSL.TLS1_2_VERSION)
+    )
+    assert older.ok
+    assert older.client.get_protocol_version_name() == "TLSv1.2"
+    assert older.client.get_cipher_name() == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
+def test_tls11ClientIsRefused(pki: PKI) -> None:
+    context = clientContext(
+        minVersion=SSL.TLS1_VERSION,
+        maxVersion=SSL.TLS1_1_VERSION,
+        ciphers=b"DEFAULT:@SECLEVEL=0",
+    )
+    handshake = connect(serverTLS(pki.rsa), "example.com", context)
+    assert "unsupported protocol" in reasons(handshake.serverError)
+
+
+def test_protocolsLimitTheVersions(pki: PKI) -> None:
+    only13 = serverTLS(pki.rsa, protocols=("TLSv1.3",))
+    handshake = connect(
+        only13, "example.com", clientContext(maxVersion=SSL.TLS1_2_VERSION)
+    )
+    assert "unsupported protocol" in reasons(handshake.serverError)
+    only12 = connect(serverTLS(pki.rsa, protocols=("TLSv1.2",)), None, clientContext())
+    assert only12.client.get_protocol_version_name() == "TLSv1.2"
+
+
+def test_defaultCiphersAreECDHEWithAEADOnly(pki: PKI) -> None:
+    server = SSL.Connection(serverTLS(pki.rsa).contextFor(None), None)
+    tls12 = [c for c in server.get_cipher_list() if not c.startswith("TLS_")]
+    assert tls12
+    for cipher in tls12:
+        assert cipher.startswith("ECDHE-"), cipher
+        assert "GCM" in cipher or "CHACHA20-POLY1305" in cipher, cipher
+    assert DEFAULT_CIPHERS == "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def test_cbcOnlyClientIsRefused(pki: PKI) -> None:
+    context = clientContext(maxVersion=SSL.TLS1_2_VERSION, ciphers=b"AES128-SHA")
+    handshake = connect(serverTLS(pki.rsa), "example.com", context)
+    assert "no shared cipher" in reasons(handshake.serverError)
+
+
+def test_cipherSettingsApply(pki: PKI) -> None:
+    policy = serverTLS(
+        pki.rsa,
+        ciphers="ECDHE-RSA-CHACHA20-POLY1305",
+        ciphersuites="TLS_CHACHA20_POLY1305_SHA256",
+    )
+    tls13 = connect(policy, None, clientContext())
+    assert tls13.client.get_cipher_name() == "TLS_CHACHA20_POLY1305_SHA256"
+    tls12 = connect(policy, None, clientContext(maxVersion=SSL.TLS1_2_VERSION))
+    assert tls12.client.get_cipher_name() == "ECDHE-RSA-CHACHA20-POLY1305"
+
+
+def test_serverPreferenceChoosesTheCipher(pki: PKI) -> None:
+    client = clientContext(
+        maxVersion=SSL.TLS1_2_VERSION,
+        ciphers=b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384",
+    )
+    ours = connect(serverTLS(pki.rsa), None, client)
+    assert ours.client.get_cipher_name() == "ECDHE-RSA-AES256-GCM-SHA384"
+    theirs = connect(serverTLS(pki.rsa, prefer_server_ciphers=False), None, client)
+    assert theirs.client.get_cipher_name() == "ECDHE-RSA-AES128-GCM-SHA256"
+
+
+def test_badCipherStringsAreProblems(pki: PKI) -> None:
+    listener = listenerConfig(pki.rsa, ciphers="NOPE-NOTHING", ciphersuites="TLS_NOPE")
+    policy, problems, _ = ServerTLS.fromConfig(listener, {})
+    assert policy is None
+    assert [(p.path, p.line, p.section, p.key) for p in problems] == [
+        (INI, 7, "listener:web", "ciphers")
+    ]
+    assert "no cipher match" in problems[0].message
+
+
+def test_problemsPointAtTheKeysLine(pki: PKI) -> None:
+    listener = attrs.evolve(
+        listenerConfig(pki.rsa, ciphers="NOPE-NOTHING"),
+        location=Location(INI, 7, keys={"ciphers": 11}),
+    )
+    _, [problem], _ = ServerTLS.fromConfig(listener, {})
+    assert str(problem).startswith(f"{INI}:11: [listener:web] ciphers: ")
+
+
+def test_postQuantumGroupIsNegotiated(pki: PKI) -> None:
+    handshake = connect(serverTLS(pki.ecdsa), "example.com", clientContext(pki.root))
+    assert handshake.client.get_group_name() == "X25519MLKEM768"
+    assert handshake.server.get_group_name() == "X25519MLKEM768"
+    assert describe(handshake.server) == {
+        "tls_version": "TLSv1.3",
+        "cipher": "TLS_AES_256_GCM_SHA384",
+        "tls_group": "X25519MLKEM768",
+        "alpn_selected": None,
+        "client_cert": None,
+    }
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+@pytest.mark.parametrize(
+    ("tickets", "cache"), [(True, False), (False, True), (True, True), (False, False)]
+)
+def test_resumption(pki: PKI, version: int, tickets: bool, cache: bool) -> None:
+    policy = serverTLS(pki.ecdsa, session_tickets=tickets, session_cache=cache)
+    client = clientContext(pki.root, maxVersion=version)
+    first = connect(policy, "example.com", client)
+    assert first.ok
+    assert not reused(first.server)
+    second = connect(policy, "example.com", client, session=first.client.get_session())
+    assert second.ok
+    assert reused(second.server) is (tickets or cache)
+    assert reused(second.client) is (tickets or cache)
+
+
+def test_postgresListenersSelectPostgresqlALPN(pki: PKI) -> None:
+    policy = serverTLS(pki.rsa, protocol="postgres")
+    handshake = connect(policy, None, clientContext(alpn=[b"postgresql"]))
+    assert handshake.client.get_alpn_proto_negotiated() == b"postgresql"
+
+
+def test_weakCiphersAreTheNonAEADSuitesAStringEnables() -> None:
+    weak = weakCiphers("HIGH:!aNULL:!MD5")
+    assert "ECDHE-ECDSA-AES256-SHA" in weak
+    assert all("GCM" not in name and "CHACHA20" not in name for name in weak)
+    assert weakCiphers(DEFAULT_CIPHERS) == []
+    assert weakCiphers("ECDHE+AESGCM:ECDHE+CHACHA20") == []
+    assert weakCiphers("NOT-A-CIPHER") == []
+
+
+def test_nginxClassicCipherStringIsAWarningAtCiphers(pki: PKI) -> None:
+    location = Location(INI, 7, {"ciphers": 11})
+    listener = attrs.evolve(
+        listenerConfig(pki.rsa, ciphers="HIGH:!aNULL:!MD5"), location=location
+    )
+    policy, problems, warnings = ServerTLS.fromConfig(listener, {})
+    assert policy is not None
+    assert problems == []
+    [warning] = warnings
+    assert str(warning).startswith(
+        f"{INI}:11: [listener:web] ciphers: warning: 'HIGH:!aNULL:!MD5' allows"
+        " CBC or SHA-1 cipher suites"
+    )
+    # Without TLS 1.2 the TLS 1.2 cipher string is never used.
+    tls13 = attrs.evolve(listener, protocols=("TLSv1.3",))
+    assert ServerTLS.fromConfig(tls13, {})[2] == []
+
+
+def test_h2OnATerminatingListenerIsAWarningAtAlpn(pki: PKI) -> None:
+    location = Location(INI, 7, {"alpn": 12})
+    listener = attrs.evolve(
+        listenerConfig(pki.rsa, alpn=("h2", "http/1.1")), location=location
+    )
+    [warning] = ServerTLS.fromConfig(listener, {})[2]
+    assert str(warning).startswith(f"{INI}:12: [listener:web] alpn: warning: ")
+    assert "HTTP/1.1" in str(warning)
+    assert ServerTLS.fromConfig(attrs.evolve(listener, alpn=("http/1.1",)), {})[2] == []
+    # A passthrough listener whose routes never terminate offers nothing.
+    passthrough = attrs.evolve(listener, mode="passthrough")
+    assert ServerTLS.fromConfig(passthrough, {})[2] == []
+
+
+# --- groups, ticket lifetime, early data, client CRLs ----------------------------
+
+
 DAY = datetime.timedelta(days=1)
 
 
