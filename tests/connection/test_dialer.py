@@ -15,37 +15,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.config import ServerConfig
 from gateway.connection.dialer import Dialer, ServerTries
-from gateway.connection.upstream import IServerChooser
+from tests.helpers import FixedServers
 from tests.transports import NO_CONNECTOR
 
 SERVERS = tuple(ServerConfig(f"192.0.2.{n}", 3306) for n in range(1, 6))
-
-
-@implementer(IServerChooser)
-class Servers:
-    """A chooser over fixed servers that records what it is told."""
-
-    def __init__(self, *servers: ServerConfig) -> None:
-        self._servers = servers
-        self.events: list[tuple[str, ServerConfig]] = []
-
-    def pick(
-        self, clientKey: str, exclude: frozenset[ServerConfig]
-    ) -> ServerConfig | None:
-        return next((s for s in self._servers if s not in exclude), None)
-
-    def connectFailed(self, server: ServerConfig) -> None:
-        self.events.append(("failed", server))
-
-    def connectSucceeded(self, server: ServerConfig) -> None:
-        self.events.append(("succeeded", server))
-
-    def released(self, server: ServerConfig) -> None:
-        self.events.append(("released", server))
 
 
 @given(
@@ -53,7 +29,7 @@ class Servers:
     tries=st.integers(min_value=0, max_value=8),
 )
 def test_eachServerIsTriedOnceWhileTriesLast(servers: int, tries: int) -> None:
-    chooser = Servers(*SERVERS[:servers])
+    chooser = FixedServers(*SERVERS[:servers])
     left = ServerTries(chooser, tries, "198.51.100.7")
     picked = []
     while (server := left.next()) is not None:
@@ -67,7 +43,7 @@ def test_eachServerIsTriedOnceWhileTriesLast(servers: int, tries: int) -> None:
 
 
 def test_aLocalFailureEndsTheTriesWithoutBlamingTheServer() -> None:
-    chooser = Servers(*SERVERS)
+    chooser = FixedServers(*SERVERS)
     tries = ServerTries(chooser, 3, "198.51.100.7")
     server = tries.next()
     assert server is not None
@@ -85,7 +61,7 @@ class Leg(Protocol):
 class DialerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.chooser = Servers(*SERVERS[:2])
+        self.chooser = FixedServers(*SERVERS[:2])
         self.legs: list[Leg] = []
         self.exhausted: list[str] = []
         self.dialer: Dialer[Leg] = Dialer(

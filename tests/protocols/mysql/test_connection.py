@@ -24,11 +24,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.config import ServerConfig
 from gateway.connection.session import Timeouts, UpstreamRuntime
-from gateway.connection.upstream import IServerChooser
 from gateway.core.vocabulary import Status
 from gateway.protocols.mysql import SWITCH_PLUGIN, MySQLConnection, Wiring
 from gateway.protocols.mysql.states import ConnectionState
@@ -52,6 +50,7 @@ from gateway.wire.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
+from tests.helpers import FixedServers
 from tests.transports import NO_CONNECTOR, HalfCloseableTransport, TableOwner
 
 CA = trustme.CA()
@@ -98,29 +97,6 @@ DB2 = ServerConfig("192.0.2.2", 3306)
 DB3 = ServerConfig("192.0.2.3", 3306)
 
 
-@implementer(IServerChooser)
-class Servers:
-    """A chooser over fixed servers that records what it is told."""
-
-    def __init__(self, *servers: ServerConfig) -> None:
-        self._servers = servers
-        self.events: list[tuple[str, ServerConfig]] = []
-
-    def pick(
-        self, clientKey: str, exclude: frozenset[ServerConfig]
-    ) -> ServerConfig | None:
-        return next((s for s in self._servers if s not in exclude), None)
-
-    def connectFailed(self, server: ServerConfig) -> None:
-        self.events.append(("failed", server))
-
-    def connectSucceeded(self, server: ServerConfig) -> None:
-        self.events.append(("succeeded", server))
-
-    def released(self, server: ServerConfig) -> None:
-        self.events.append(("released", server))
-
-
 class Forward(Protocol):
     """The client transport's protocol: its loss goes to the stage."""
 
@@ -148,8 +124,8 @@ class StageTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.greetingServers = Servers(DB1, DB2)
-        self.otherServers = Servers(DB3)
+        self.greetingServers = FixedServers(DB1, DB2)
+        self.otherServers = FixedServers(DB3)
         self.greetingUpstream = UpstreamRuntime("alpha", self.greetingServers, 2)
         self.otherUpstream = UpstreamRuntime("beta", self.otherServers, 1)
         self.route: UpstreamRuntime | Reject = self.greetingUpstream
