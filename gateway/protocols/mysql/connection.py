@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import attrs
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -60,6 +59,7 @@ from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Action, Status
 from gateway.protocols.mysql.leg import ServerLeg
+from gateway.protocols.mysql.login import Unforwardable, serverLogin
 from gateway.protocols.mysql.states import (
     CONNECTION_TRANSITIONS,
     ConnectionInput,
@@ -69,7 +69,6 @@ from gateway.protocols.mysql.states import (
 from gateway.protocols.mysql.wiring import (
     ER_SECURE_TRANSPORT_REQUIRED,
     ER_UNKNOWN_ERROR,
-    SWITCH_PLUGIN,
     Wiring,
 )
 from gateway.rules.accesslog import ConnectionRecord
@@ -512,35 +511,23 @@ class MySQLConnection:
         assert greeting is not None
         self._leg = leg
         self._record.upstream = leg.server.address
-        if leg.encrypted and not greeting.capabilities & CLIENT_SSL:
-            self._legUnavailable(
-                leg, "the server does not offer TLS (CLIENT_SSL): is ssl off on it?"
+        try:
+            forwarded = serverLogin(
+                login, greeting, switch=switch, encrypted=leg.encrypted
             )
+        except Unforwardable as e:
+            self._legUnavailable(leg, str(e))
             return
-        capabilities = login.capabilities
-        if switch:
-            if not greeting.capabilities & CLIENT_PLUGIN_AUTH:
-                self._legUnavailable(leg, "the server cannot switch auth plugins")
-                return
-            capabilities &= greeting.capabilities | CLIENT_SSL
-            login = attrs.evolve(login, authResponse=b"", authPlugin=SWITCH_PLUGIN)
-        if leg.encrypted:
-            capabilities |= CLIENT_SSL
-        else:
-            capabilities &= ~CLIENT_SSL
-        login = attrs.evolve(login, capabilities=capabilities)
-        upstreamSequence = 2 if leg.encrypted else 1
-        self._offset = self._loginSequence - upstreamSequence
+        self._offset = self._loginSequence - forwarded.sequence
         self._machine.move(_I.LOGIN_SENT)
         self._authActive()
-        forwarded = login
 
         def send() -> None:
             leg.startPackets()
-            leg.sendPacket(upstreamSequence, forwarded.encode())
+            leg.sendPacket(forwarded.sequence, forwarded.login.encode())
 
         if leg.encrypted:
-            leg.secure(forwarded.sslRequest(), send)
+            leg.secure(forwarded.login.sslRequest(), send)
         else:
             send()
 

@@ -20,16 +20,8 @@ from gateway.wire.clienthello import ClientHello
 __all__ = [
     "ER_SECURE_TRANSPORT_REQUIRED",
     "ER_UNKNOWN_ERROR",
-    "SWITCH_PLUGIN",
     "Wiring",
 ]
-
-SWITCH_PLUGIN = "tlsgateway_reauthenticate"
-"""
-The auth plugin name the gateway puts in a re-routed login: no server has
-a plugin by that name, so every server asks the client to switch to the
-account's own plugin.
-"""
 
 ER_UNKNOWN_ERROR = 1105
 """The server's generic error code: for the gateway's own refusals."""
