@@ -166,14 +166,19 @@ class Dialer(Generic[A]):
         self.tries.failed(attempt.server, reason)
         self.start()
 
-    def succeeded(self, attempt: A) -> None:
+    def succeeded(self, attempt: A) -> bool:
         """
         C{attempt} is ready: the dialing is over.
+
+        @return: whether C{attempt} is the one being dialed; a late report
+            of one given up on is ignored (its server is not counted as
+            connected), and its leg should close.
         """
         if attempt is not self._attempt:
-            return
+            return False
         self._attempt = self._connector = None
         self.tries.succeeded(attempt.server)
+        return True
 
     def cancel(self) -> None:
         """

@@ -101,7 +101,7 @@ class DialerTests(SynchronousTestCase):
         self.dialer.start()
         self.dialer.failed(self.legs[0], "not a MySQL greeting")
         self.assertEqual(len(self.reactor.tcpClients), 2)
-        self.dialer.succeeded(self.legs[1])
+        self.assertTrue(self.dialer.succeeded(self.legs[1]))
         self.assertEqual(
             self.chooser.events,
             [("failed", SERVERS[0]), ("succeeded", SERVERS[1])],
@@ -112,7 +112,7 @@ class DialerTests(SynchronousTestCase):
         first = self.legs[0]
         self.dialer.failed(first, "closed")
         self.dialer.failed(first, "closed again")
-        self.dialer.succeeded(first)
+        self.assertFalse(self.dialer.succeeded(first))
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.assertEqual(self.chooser.events, [("failed", SERVERS[0])])
 

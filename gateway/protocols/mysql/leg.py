@@ -266,9 +266,11 @@ class ServerLeg(Protocol):
         if self._reader.rest():
             self._unusable("the server sent bytes after its greeting, before the login")
             return
+        if not self._dialer.succeeded(self):
+            self.abort()
+            return
         self.greeting = greeting
         self._machine.move(LegInput.GREETED)
-        self._dialer.succeeded(self)
         self._owner.greeted(self._dialer, self)
 
     def readConnectionLost(self) -> None:
