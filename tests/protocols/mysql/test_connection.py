@@ -455,6 +455,26 @@ class MySQLConnectionTests(StageTestCase):
         self.assertTrue(self.client.aborted)
         self.assertEqual(self.ended, 1)
 
+    def test_eventsAfterARefusalMoveNoState(self) -> None:
+        """
+        Once refused (C{over}), a shutdown, a half-close, more bytes and the
+        loss of the connection are all allowed by the state table: none
+        raises, the status stays the refusal's and the end comes once.
+        """
+        self.route = Reject(Status.NO_ROUTE, "plaintext login: no default route")
+        self.start()
+        self.greet()
+        self.clientSent()
+        self.stage.dataReceived(encodePacket(1, LOGIN))
+        self.assertIs(self.stage.state, ConnectionState.OVER)
+        self.stage.shutdown()
+        self.stage.dataReceived(b"more")
+        self.stage.readConnectionLost()
+        self.client.loseConnection()
+        self.assertIs(self.stage.state, ConnectionState.OVER)
+        self.assertEqual(self.record.status, "no_route")
+        self.assertEqual(self.ended, 1)
+
     def test_notMySQLFromTheClientIsRefused(self) -> None:
         self.start()
         self.greet()
