@@ -12,7 +12,10 @@ from typing import cast
 
 import pytest
 from twisted.logger import ILogObserver, LogEvent
+from zope.interface import implementer
 
+from gateway.config import ServerConfig
+from gateway.connection.upstream import IServerChooser
 from gateway.fast.portable import PORTABLE
 
 #: The checkout's root: where a fresh interpreter finds the C{gateway} package.
@@ -60,3 +63,30 @@ def appendingTo(events: list[LogEvent]) -> ILogObserver:
     L{ILogObserver} only by duck typing, which the type checker cannot see.
     """
     return cast(ILogObserver, events.append)
+
+
+@implementer(IServerChooser)
+class FixedServers:
+    """
+    A chooser over fixed servers, in order, that records what it is told
+    (C{failed}, C{succeeded}, C{released}): what a dialer owes the chooser
+    is then one list to compare.
+    """
+
+    def __init__(self, *servers: ServerConfig) -> None:
+        self._servers = servers
+        self.events: list[tuple[str, ServerConfig]] = []
+
+    def pick(
+        self, clientKey: str, exclude: frozenset[ServerConfig]
+    ) -> ServerConfig | None:
+        return next((s for s in self._servers if s not in exclude), None)
+
+    def connectFailed(self, server: ServerConfig) -> None:
+        self.events.append(("failed", server))
+
+    def connectSucceeded(self, server: ServerConfig) -> None:
+        self.events.append(("succeeded", server))
+
+    def released(self, server: ServerConfig) -> None:
+        self.events.append(("released", server))

@@ -22,7 +22,8 @@ from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage
 from gateway.connection.session import Session, UpstreamProtocol
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
-from gateway.protocols.mysql import MySQLConnection, ServerLeg, _TerminatedLogin
+from gateway.protocols.mysql.connection import MySQLConnection, _TerminatedLogin
+from gateway.protocols.mysql.leg import ServerLeg
 from gateway.protocols.postgres import StartupReader
 from gateway.tls.transport import ITLSEvents
 

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
+from gateway.connection.dialer import ServerTries
 from gateway.connection.directconnect import DirectConnect, adoptionHub, literalAddress
 from gateway.connection.relay import IRelay
 from gateway.connection.splicerelay import (
@@ -287,7 +288,8 @@ class Session:
         passthrough, TLS in termination).
     @ivar _pending: client bytes to replay to the upstream before relaying
         (the ClientHello in passthrough; early plaintext in termination).
-    @ivar _tried: servers that failed for this connection.
+    @ivar _tries: the servers tried for this connection, and the tries
+        left (L{gateway.connection.dialer.ServerTries}).
     @ivar _picked: the server of the current attempt or connection, until
         the chooser is told it is over (C{connectFailed} or C{released}),
         so its active-connection count is exact.
@@ -340,8 +342,7 @@ class Session:
         self._ended: Callable[[], None] | None = ended
         self._countBytes = countBytes
         self._pending: list[bytes] = []
-        self._triesLeft = upstream.tries
-        self._tried: frozenset[ServerConfig] = frozenset()
+        self._tries = ServerTries(upstream.chooser, upstream.tries, clientKey)
         self._picked: ServerConfig | None = None
         self._connector: IConnector | DirectConnect | None = None
         self._attempt: UpstreamProtocol | _DirectAttempt | None = None
@@ -353,7 +354,6 @@ class Session:
         self._adoptionHub = adoptionHub(reactor) if self._hub is None else None
         self._clientEOF = False
         self._clientGone = False
-        self._lastError = "no server available"
 
     @property
     def clock(self) -> IReactorTime:
@@ -398,16 +398,10 @@ class Session:
         self._connectNext()
 
     def _connectNext(self) -> None:
-        server = (
-            self._upstream.chooser.pick(self._clientKey, self._tried)
-            if self._triesLeft > 0
-            else None
-        )
+        server = self._tries.next()
         if server is None:
             self._unavailable()
             return
-        self._triesLeft -= 1
-        self._tried |= {server}
         self._picked = server
         self._record.upstream = server.address
         if self._hub is not None and server.host is not None:
@@ -526,7 +520,7 @@ class Session:
         # count against the server, and no other server is tried.
         # The server is released, not failed; the client's close finishes.
         self._attempt = self._connector = None
-        self._lastError = f"{attempt.server.address}: {local}"
+        self._tries.failedLocally(attempt.server, local)
         if self._clientGone:
             self._finish()
             return
@@ -537,10 +531,10 @@ class Session:
         No server can take the connection: log it, tell the client in its
         own protocol if it has a way to hear it, and close.
         """
-        self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._lastError)
+        self._owner.report(Event.UPSTREAM_UNAVAILABLE, self._tries.lastError)
         notice = self._failureAlert
         if callable(notice):
-            notice = notice(self._lastError)
+            notice = notice(self._tries.lastError)
         if notice is not None:
             # Nothing was relayed yet: the client still waits for the
             # server's first words, so it can be told instead.
@@ -565,8 +559,7 @@ class Session:
             self._finish()
             return
         self._picked = None
-        self._upstream.chooser.connectFailed(attempt.server)
-        self._lastError = f"{attempt.server.address}: {reason}"
+        self._tries.failed(attempt.server, reason)
         self._connectNext()
 
     def upstreamTLSError(self, server: ServerConfig, reason: str) -> None:

@@ -17,7 +17,7 @@ Decisions are taken at three moments, each named by what was seen:
   - L{Accepted}: the connection was just accepted; nothing is read yet.
   - L{Proxied}: its PROXY header named the client (C{accept_proxy_protocol}).
   - a L{ClientHello} (with its JA4 fingerprint), or L{Plaintext}: a client
-    of a C{protocol = postgres} listener that started without TLS.
+    of a C{protocol = postgres} or C{mysql} listener that started without TLS.
 
 The verdicts: L{ADMIT} (read on), a L{Relay} (passthrough, terminate or
 relay as TCP, to an upstream), L{CHALLENGE} (answer an ACME validation
@@ -71,14 +71,17 @@ class Proxied:
 @attrs.frozen
 class Plaintext:
     """
-    Seen: a C{protocol = postgres} client started without TLS.
+    Seen: a C{protocol = postgres} or C{mysql} client started without TLS.
 
-    @ivar startup: it sent a startup message (not a C{CancelRequest}).
+    @ivar startup: it sent a startup message or a login (not a
+        PostgreSQL C{CancelRequest}): refused unless C{allow_plaintext}.
     @ivar description: what it sent, for a refusal's reason.
+    @ivar sent: the same, in the words of a C{plaintext_refused} reason.
     """
 
     startup: bool
     description: str
+    sent: str = "a startup message"
 
 
 Seen = Accepted | Proxied | ClientHello | Plaintext
@@ -459,14 +462,14 @@ def _versionRefused(
 
 def _plaintext(policy: Policy, seen: Plaintext) -> Verdict:
     """
-    A PostgreSQL client without TLS: a startup message is refused unless
-    C{allow_plaintext}; it (or a cancel) goes to C{upstream} or the
-    C{default} route.
+    A PostgreSQL or MySQL client without TLS: a startup message (a login)
+    is refused unless C{allow_plaintext}; it (or a cancel) goes to
+    C{upstream} or the C{default} route.
     """
     if seen.startup and not policy.config.allow_plaintext:
         return Reject(
             Status.PLAINTEXT_REFUSED,
-            "client sent a startup message without TLS (allow_plaintext is off)",
+            f"client sent {seen.sent} without TLS (allow_plaintext is off)",
         )
     relay = policy.route(None)
     if relay is None:

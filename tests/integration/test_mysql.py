@@ -623,3 +623,43 @@ def test_aDeadDefaultServerDoesNotTakeTheListenerDown(
         alpha, gw.ports["halfdown"], "SELECT @@port", "--ssl", f"--ssl-ca={ca.pemPath}"
     )
     assert (result.returncode, result.stdout.strip()) == (0, str(alpha.port)), result
+
+
+@pytest.mark.usefixtures("resolveTestNames")
+def test_denyJA4RefusesAMySQLClientByItsClientHello(
+    gateway: GatewayStarter,
+    servers: dict[str, MariaDBServer],
+    ca: CertificateAuthority,
+    gatewayCertificate: ServerCertificate,
+) -> None:
+    """
+    C{deny_ja4} refuses a MySQL client as it refuses any TLS client (the
+    listener's verdict on the ClientHello it sends inside the protocol):
+    C{denied}, before any server sees its login.
+    """
+    probe = gateway(mysqlIni(servers, ca, gatewayCertificate))
+    with pymysqlConnect(probe, ca, "alpha.test") as connection:
+        who(connection)
+    fingerprint = probe.waitForLog(lambda e: e["status"] == "ok")["ja4"]
+    assert fingerprint, "the access log shows the client's JA4"
+    gw = gateway(
+        mysqlIni(
+            servers,
+            ca,
+            gatewayCertificate,
+            guarded={
+                "mode": "terminate",
+                "protocol": "mysql",
+                "certificate": str(gatewayCertificate.certificatePath),
+                "private_key": str(gatewayCertificate.privateKeyPath),
+                "routes": ["default alpha"],
+                "deny_ja4": fingerprint,
+            },
+        )
+    )
+    with pytest.raises(pymysql.err.OperationalError):
+        pymysqlConnect(gw, ca, "alpha.test", "guarded")
+    [refused] = entries(gw, "guarded", 1)
+    assert (refused["status"], refused["ja4"]) == ("denied", fingerprint), refused
+    assert "deny_ja4" in refused["reason"], refused
+    assert refused["sni"] == "alpha.test", refused

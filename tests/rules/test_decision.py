@@ -181,6 +181,23 @@ def test_plaintextPostgres() -> None:
     )
 
 
+def test_plaintextMySQLLogin() -> None:
+    """A MySQL login without TLS is refused in its own words, by the same rule."""
+    routes = (RouteConfig("db.example.com", "db"),)
+    rules = policy(protocol="mysql", mode="terminate", routes=routes)
+    login = Plaintext(True, "plaintext login", sent="a login")
+    assert decide(rules, login, "") == Reject(
+        Status.PLAINTEXT_REFUSED,
+        "client sent a login without TLS (allow_plaintext is off)",
+    )
+    open_ = policy(
+        protocol="mysql", mode="terminate", routes=routes, allow_plaintext=True
+    )
+    assert decide(open_, login, "") == Reject(
+        Status.NO_ROUTE, "plaintext login: no default route"
+    )
+
+
 def test_aRejectsAlertIsTheStatusesByDefault() -> None:
     assert Reject(Status.DENIED, "x").alert is BY_STATUS
 

@@ -1,5 +1,6 @@
 """
-Tests for L{gateway.protocols.mysql}, in memory: the greeting from the upstream
+Tests for L{gateway.protocols.mysql.connection} and its server legs
+(L{gateway.protocols.mysql.leg}), in memory: the greeting from the upstream
 (with failover), the C{SSLRequest} answered, plaintext refused or relayed,
 the login renumbered for the server, a re-routed login re-authenticated,
 and every way the connection can end.
@@ -23,13 +24,14 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gateway.config import ServerConfig
 from gateway.connection.session import Timeouts, UpstreamRuntime
-from gateway.connection.upstream import IServerChooser
-from gateway.protocols.mysql import SWITCH_PLUGIN, MySQLConnection, Refusal, Wiring
+from gateway.core.vocabulary import Status
+from gateway.protocols.mysql import SWITCH_PLUGIN, MySQLConnection, Wiring
+from gateway.protocols.mysql.states import ConnectionState
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.decision import Reject
 from gateway.wire.clienthello import ClientHello
 from gateway.wire.mysql import (
     CLIENT_CONNECT_WITH_DB,
@@ -48,6 +50,7 @@ from gateway.wire.mysql import (
     parseGreeting,
     parseHandshakeResponse,
 )
+from tests.helpers import FixedServers
 from tests.transports import NO_CONNECTOR, HalfCloseableTransport, TableOwner
 
 CA = trustme.CA()
@@ -94,29 +97,6 @@ DB2 = ServerConfig("192.0.2.2", 3306)
 DB3 = ServerConfig("192.0.2.3", 3306)
 
 
-@implementer(IServerChooser)
-class Servers:
-    """A chooser over fixed servers that records what it is told."""
-
-    def __init__(self, *servers: ServerConfig) -> None:
-        self._servers = servers
-        self.events: list[tuple[str, ServerConfig]] = []
-
-    def pick(
-        self, clientKey: str, exclude: frozenset[ServerConfig]
-    ) -> ServerConfig | None:
-        return next((s for s in self._servers if s not in exclude), None)
-
-    def connectFailed(self, server: ServerConfig) -> None:
-        self.events.append(("failed", server))
-
-    def connectSucceeded(self, server: ServerConfig) -> None:
-        self.events.append(("succeeded", server))
-
-    def released(self, server: ServerConfig) -> None:
-        self.events.append(("released", server))
-
-
 class Forward(Protocol):
     """The client transport's protocol: its loss goes to the stage."""
 
@@ -144,17 +124,16 @@ class StageTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.greetingServers = Servers(DB1, DB2)
-        self.otherServers = Servers(DB3)
+        self.greetingServers = FixedServers(DB1, DB2)
+        self.otherServers = FixedServers(DB3)
         self.greetingUpstream = UpstreamRuntime("alpha", self.greetingServers, 2)
         self.otherUpstream = UpstreamRuntime("beta", self.otherServers, 1)
-        self.route: UpstreamRuntime | Refusal = self.greetingUpstream
+        self.route: UpstreamRuntime | Reject = self.greetingUpstream
         self.greetings: tuple[UpstreamRuntime, ...] = (self.greetingUpstream,)
         self.ended = 0
         self.record = ConnectionRecord(
             listener="mysql", client="198.51.100.7:5000", accepted=0, started=0
         )
-        self.allowPlaintext = True
         self.servedNames: list[str | None] = []
 
     def start(self) -> None:
@@ -165,7 +144,6 @@ class StageTestCase(SynchronousTestCase):
             prereadTimeout=5,
             maxHello=65536,
             clientKey="198.51.100.7",
-            allowPlaintext=self.allowPlaintext,
             greetings=self.greetings,
             choose=self.choose,
             contextFor=self.contextFor,
@@ -186,7 +164,7 @@ class StageTestCase(SynchronousTestCase):
         self.client.protocol = Forward(self.stage)
         self.stage.start(b"")
 
-    def choose(self, hello: ClientHello | None) -> UpstreamRuntime | Refusal:
+    def choose(self, hello: ClientHello | None) -> UpstreamRuntime | Reject:
         return self.route
 
     def contextFor(self, name: str | None) -> SSL.Context:
@@ -327,7 +305,10 @@ class MySQLConnectionTests(StageTestCase):
     # -- plaintext logins ------------------------------------------------------
 
     def test_plaintextLoginIsRefused(self) -> None:
-        self.allowPlaintext = False
+        self.route = Reject(
+            Status.PLAINTEXT_REFUSED,
+            "client sent a login without TLS (allow_plaintext is off)",
+        )
         self.start()
         transport = self.greet()
         self.clientSent()
@@ -338,6 +319,8 @@ class MySQLConnectionTests(StageTestCase):
         self.assertIn("over TLS only", error.message)
         self.assertEqual(self.record.status, "plaintext_refused")
         self.assertEqual(self.record.extra["db_user"], "alice")
+        self.assertIsNone(self.record.action)
+        self.assertIs(self.stage.state, ConnectionState.OVER)
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.aborted)
         self.assertEqual(self.ended, 1)
@@ -353,6 +336,7 @@ class MySQLConnectionTests(StageTestCase):
         leg.dataReceived(encodePacket(2, OK) + b"after")
         self.assertEqual(self.client.value(), encodePacket(2, OK) + b"after")
         self.assertEqual(self.record.action, "tcp")
+        self.assertIs(self.stage.state, ConnectionState.RELAY)
         # The relay has it now: bytes go through unread.
         self.stage.dataReceived(b"\x05\x00\x00\x00\x03query")
         self.assertEqual(transport.value(), b"\x05\x00\x00\x00\x03query")
@@ -445,14 +429,19 @@ class MySQLConnectionTests(StageTestCase):
         self.assertEqual(self.ended, 1)
 
     def test_noRouteForAPlaintextClient(self) -> None:
-        self.route = Refusal("no_route", "no default route for a client without TLS")
+        self.route = Reject(Status.NO_ROUTE, "plaintext login: no default route")
         self.start()
         transport = self.greet()
         self.clientSent()
         self.stage.dataReceived(encodePacket(1, LOGIN))
         [packet] = self.clientSent()
         self.assertEqual(packet.sequence, 2)
+        self.assertEqual(
+            ErrPacket.parse(packet.payload).message,
+            "tlsgateway: plaintext login: no default route",
+        )
         self.assertEqual(self.record.status, "no_route")
+        self.assertEqual(self.record.reason, "plaintext login: no default route")
         self.assertTrue(transport.aborted)
 
     def test_shutdownDuringTheLoginEndsEverything(self) -> None:
@@ -464,6 +453,26 @@ class MySQLConnectionTests(StageTestCase):
         self.assertEqual(self.record.status, "shutdown")
         self.assertTrue(transport.aborted)
         self.assertTrue(self.client.aborted)
+        self.assertEqual(self.ended, 1)
+
+    def test_eventsAfterARefusalMoveNoState(self) -> None:
+        """
+        Once refused (C{over}), a shutdown, a half-close, more bytes and the
+        loss of the connection are all allowed by the state table: none
+        raises, the status stays the refusal's and the end comes once.
+        """
+        self.route = Reject(Status.NO_ROUTE, "plaintext login: no default route")
+        self.start()
+        self.greet()
+        self.clientSent()
+        self.stage.dataReceived(encodePacket(1, LOGIN))
+        self.assertIs(self.stage.state, ConnectionState.OVER)
+        self.stage.shutdown()
+        self.stage.dataReceived(b"more")
+        self.stage.readConnectionLost()
+        self.client.loseConnection()
+        self.assertIs(self.stage.state, ConnectionState.OVER)
+        self.assertEqual(self.record.status, "no_route")
         self.assertEqual(self.ended, 1)
 
     def test_notMySQLFromTheClientIsRefused(self) -> None:
@@ -506,7 +515,6 @@ class TLSClientTests(StageTestCase):
     """
 
     def handshake(self) -> tuple[HalfCloseableTransport, SSL.Connection]:
-        self.allowPlaintext = False
         self.start()
         transport = self.greet()
         self.clientSent()

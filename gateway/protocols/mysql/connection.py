@@ -32,52 +32,55 @@ C{protocol = mysql} connection goes, in order:
      own access-denied error);
   6. B{relay}: bytes both ways, unread, as for every terminated connection.
 
-@var SWITCH_PLUGIN: the auth plugin name the gateway puts in a re-routed
-    login: no server has a plugin by that name, so every server asks the
-    client to switch to the account's own plugin.
+The connection's states are
+L{gateway.protocols.mysql.states.CONNECTION_TRANSITIONS}; its server legs
+(L{gateway.protocols.mysql.leg}) are dialed by the shared
+L{gateway.connection.dialer.Dialer}; its refusals are the listener's
+verdicts (L{gateway.rules.decision.decide}, through L{Wiring.choose}),
+told to the client as MySQL C{ERR} packets.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from typing import Any
 
-import attrs
-from OpenSSL import SSL
-from twisted.internet.interfaces import (
-    IConnector,
-    IHalfCloseableProtocol,
-    IReactorTCP,
-    IReactorTime,
-)
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
+from gateway.connection.dialer import Dialer, ServerTries
 from gateway.connection.preread import IStage
 from gateway.connection.relay import IRelay
-from gateway.connection.session import Timeouts, UpstreamRuntime
+from gateway.connection.session import UpstreamRuntime
 from gateway.connection.splicerelay import startRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.connection.timers import Deadline, cancel, later
-from gateway.connection.upstream import connectServer
-from gateway.core.transports import RelayTransport, relayTransport
+from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Action, Status
-from gateway.protocols.strategy import IProtocolStrategy
+from gateway.protocols.mysql.leg import ServerLeg
+from gateway.protocols.mysql.login import Unforwardable, serverLogin
+from gateway.protocols.mysql.states import (
+    CONNECTION_TRANSITIONS,
+    ConnectionInput,
+    ConnectionState,
+    Machine,
+)
+from gateway.protocols.mysql.wiring import (
+    ER_SECURE_TRANSPORT_REQUIRED,
+    ER_UNKNOWN_ERROR,
+    Wiring,
+)
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.rules.decision import deniedFingerprint, noRouteReason
+from gateway.rules.decision import Reject
 from gateway.rules.lifecycle import ConnectionOwner, Event
-from gateway.tls.transport import ITLSEvents, TLSTransport
-from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
+from gateway.tls.transport import TLSTransport
+from gateway.wire.clienthello import ClientHelloError, ClientHelloReader
 from gateway.wire.mysql import (
     CLIENT_PLUGIN_AUTH,
     CLIENT_SSL,
     NEED_MORE,
     ErrPacket,
-    Greeting,
     HandshakeResponse,
     MySQLError,
     OkPacket,
@@ -88,416 +91,15 @@ from gateway.wire.mysql import (
     errPacket,
     parseAuthReply,
     parseClientStart,
-    parseGreeting,
     parseHandshakeResponse,
 )
 
-__all__ = [
-    "MYSQL",
-    "SWITCH_PLUGIN",
-    "MySQLConnection",
-    "MySQLStrategy",
-    "Refusal",
-    "Wiring",
-]
-
-SWITCH_PLUGIN = "tlsgateway_reauthenticate"
-
-ER_UNKNOWN_ERROR = 1105
-"""The server's generic error code: for the gateway's own refusals."""
-
-ER_SECURE_TRANSPORT_REQUIRED = 3159
-"""MySQL's code for a plaintext login where TLS is required."""
+__all__ = ["MySQLConnection"]
 
 _log = Logger()
 
-
-@attrs.frozen
-class Refusal:
-    """
-    The listener refuses a connection: C{status} and C{reason} for the
-    access log.
-    """
-
-    status: str
-    reason: str
-
-
-@attrs.frozen
-class Wiring:
-    """
-    What one C{protocol = mysql} connection needs from its listener.
-
-    @ivar greetings: the upstreams whose servers may greet the client, in
-        the order they are tried: the default route's (or C{upstream}, or
-        the first route's) first, then the listener's other upstreams, so
-        that one dead server never takes a whole listener down.
-    @ivar choose: the upstream for a ClientHello (or, for a plaintext
-        client, for L{None}: C{upstream} or the C{default} route), or a
-        L{Refusal} (C{no_route}, C{denied}).
-    @ivar contextFor: the termination context for a server name.
-    @ivar describe: the handshake facts for the access log.
-    @ivar proxyHeader: the PROXY header builder of an upstream connection
-        (for a server name and client TLS connection known so far), or
-        L{None} without C{proxy_protocol}.
-    @ivar ended: the listener's end of the connection (logs it); called
-        once.
-    """
-
-    reactor: IReactorTCP
-    clock: IReactorTime
-    timeouts: Timeouts
-    prereadTimeout: float
-    maxHello: int
-    clientKey: str
-    allowPlaintext: bool
-    greetings: tuple[UpstreamRuntime, ...]
-    choose: Callable[[ClientHello | None], UpstreamRuntime | Refusal]
-    contextFor: Callable[[str | None], SSL.Context]
-    describe: Callable[[SSL.Connection], dict[str, Any]]
-    handshakeTimed: Callable[[float], None]
-    proxyHeader: Callable[
-        [str | None, SSL.Connection | None], Callable[[], bytes] | None
-    ]
-    ended: Callable[[], None]
-
-
-class _State(enum.Enum):
-    GREETING = "waiting for the server's greeting"
-    REQUEST = "waiting for the client's SSLRequest"
-    HELLO = "reading the client's ClientHello"
-    HANDSHAKE = "in the client's TLS handshake"
-    LOGIN = "waiting for the client's login"
-    DIALING = "connecting to the routed server"
-    AUTH = "relaying the authentication"
-    RELAY = "relaying"
-    OVER = "over"
-
-
-class _Dialer:
-    """
-    Reach a server of one upstream that greets: connect, send the PROXY
-    header, read the greeting; on failure (refused, timed out, closed, no
-    MySQL greeting) try the next server, as L{gateway.connection.session.Session}
-    does, while C{next_upstream_tries} lasts.
-    """
-
-    def __init__(
-        self,
-        connection: MySQLConnection,
-        upstream: UpstreamRuntime,
-        proxyHeader: Callable[[], bytes] | None,
-    ) -> None:
-        self._connection = connection
-        self.upstream = upstream
-        self._proxyHeader = proxyHeader
-        self._triesLeft = upstream.tries
-        self._tried: frozenset[ServerConfig] = frozenset()
-        self._attempt: ServerLeg | None = None
-        self._connector: IConnector | None = None
-        self._lastError = "no server available"
-        self._cancelled = False
-
-    def start(self) -> None:
-        wiring = self._connection.wiring
-        server = (
-            self.upstream.chooser.pick(wiring.clientKey, self._tried)
-            if self._triesLeft > 0
-            else None
-        )
-        if server is None:
-            self._connection.dialFailed(self, self._lastError)
-            return
-        self._triesLeft -= 1
-        self._tried |= {server}
-        leg = self._attempt = ServerLeg(self, server, self._proxyHeader)
-        self._connector = connectServer(
-            wiring.reactor,
-            server,
-            leg,
-            wiring.timeouts.connect,
-            lambda reason: self.legFailed(leg, reason.getErrorMessage()),
-        )
-
-    def legFailed(self, leg: ServerLeg, reason: str) -> None:
-        if leg is not self._attempt:
-            return
-        self._attempt = self._connector = None
-        if self._cancelled:
-            return
-        self.upstream.chooser.connectFailed(leg.server)
-        self._lastError = f"{leg.server.address}: {reason}"
-        self.start()
-
-    def legGreeted(self, leg: ServerLeg) -> None:
-        self._attempt = self._connector = None
-        self.upstream.chooser.connectSucceeded(leg.server)
-        leg.owner = self._connection
-        self._connection.greeted(self, leg)
-
-    def released(self, leg: ServerLeg) -> None:
-        self.upstream.chooser.released(leg.server)
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        attempt, self._attempt = self._attempt, None
-        if attempt is None:
-            return
-        if attempt.transport is None:
-            if self._connector is not None:
-                self._connector.stopConnecting()
-        else:
-            relayTransport(attempt.transport).abortConnection()
-        self._connector = None
-
-    @property
-    def wiring(self) -> Wiring:
-        return self._connection.wiring
-
-
-class _LegState(enum.Enum):
-    GREETING = "greeting"
-    GREETED = "greeted"
-    SECURING = "securing"
-    PACKETS = "packets"
-    RELAY = "relay"
-    CLOSED = "closed"
-
-
-@implementer(IHalfCloseableProtocol, ITLSEvents)
-class ServerLeg(Protocol):
-    """
-    One connection to one MySQL server: the greeting, then (on demand) the
-    gateway's own C{SSLRequest} and verified TLS, then packets for the
-    authentication, then the relay.
-
-    @ivar owner: the connection this leg serves once it greeted (before
-        that, its dialer decides what a failure means).
-    @ivar greeting: the server's greeting, once read.
-    """
-
-    def __init__(
-        self,
-        dialer: _Dialer,
-        server: ServerConfig,
-        proxyHeader: Callable[[], bytes] | None,
-    ) -> None:
-        self._dialer = dialer
-        self.server = server
-        self._proxyHeader = proxyHeader
-        self.owner: MySQLConnection | None = None
-        self.greeting: Greeting | None = None
-        self._state = _LegState.GREETING
-        self._reader = PacketReader()
-        self._timer: Deadline | None = None
-        self._tls: TLSTransport | None = None
-        self._secured: Callable[[], None] | None = None
-        self._relay: IRelay | None = None
-
-    @property
-    def upstream(self) -> UpstreamRuntime:
-        return self._dialer.upstream
-
-    @property
-    def encrypted(self) -> bool:
-        """The gateway re-encrypts to this server (C{tls = on})."""
-        return self.upstream.tls is not None
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        if self._proxyHeader is not None:
-            self.transport.write(self._proxyHeader())
-        wiring = self._dialer.wiring
-        self._timer = later(
-            wiring.clock, wiring.timeouts.connect, self._greetingTimedOut
-        )
-
-    def _greetingTimedOut(self) -> None:
-        self._timer = None
-        self._unusable(f"no greeting within {self._dialer.wiring.timeouts.connect:g}s")
-
-    def _unusable(self, reason: str) -> None:
-        """
-        This server cannot take the connection: before it greeted, the
-        dialer tries the next; after, the connection fails.
-        """
-        self._stopTimer()
-        state, self._state = self._state, _LegState.CLOSED
-        if self.transport is not None:
-            relayTransport(self.transport).abortConnection()
-        if state is _LegState.GREETING:
-            self._dialer.legFailed(self, reason)
-        elif state is not _LegState.CLOSED and self.owner is not None:
-            self.owner.legFailed(self, reason)
-
-    def abort(self) -> None:
-        """
-        Close this leg unused (the client left, or was routed elsewhere).
-        """
-        self._stopTimer()
-        self._state = _LegState.CLOSED
-        self.owner = None
-        if self.transport is not None:
-            relayTransport(self.transport).abortConnection()
-
-    def secure(self, sslRequest: bytes, then: Callable[[], None]) -> None:
-        """
-        Send the server the gateway's own C{SSLRequest}, do a verified TLS
-        handshake, then call C{then}: nothing of the client's login goes
-        out before that.
-        """
-        assert self.transport is not None
-        tls = self.upstream.tls
-        assert tls is not None
-        self._state = _LegState.SECURING
-        self._secured = then
-        self.transport.write(encodePacket(1, sslRequest))
-        self._tls = TLSTransport(
-            tls.connectionFor(self.server),
-            relayTransport(self.transport),
-            self,
-        )
-        self._tls.startHandshake()
-
-    def sendPacket(self, sequence: int, payload: bytes) -> None:
-        self._writer.write(encodePacket(sequence, payload))
-
-    @property
-    def _writer(self) -> RelayTransport | TLSTransport:
-        return self._tls if self._tls is not None else relayTransport(self.transport)
-
-    def relayTo(self, relay: IRelay) -> None:
-        """
-        Hand this leg to the relay: what the server sent after the login's
-        answer goes to it first.
-        """
-        self._state = _LegState.RELAY
-        self._relay = relay
-        rest = self._reader.rest()
-        if rest:
-            relay.upstreamData(rest)
-
-    @property
-    def transportForRelay(self) -> RelayTransport | TLSTransport:
-        """The transport the relay writes to: the TLS layer when re-encrypting."""
-        return self._writer
-
-    # TLSEvents, with re-encryption
-
-    def tlsHandshakeDone(self) -> None:
-        tls = self.upstream.tls
-        assert tls is not None
-        assert self._tls is not None
-        problem = tls.verify(self._tls.connection, self.server)
-        if problem is not None:
-            self._unusable(f"TLS: {problem}")
-            return
-        self._state = _LegState.PACKETS
-        then, self._secured = self._secured, None
-        if then is not None:
-            then()
-
-    def tlsHandshakeFailed(self, reason: str) -> None:
-        self._unusable(f"TLS: {reason}")
-
-    def tlsData(self, data: bytes) -> None:
-        self._plaintext(data)
-
-    def tlsReadClosed(self) -> None:
-        if self._relay is not None:
-            self._relay.upstreamReadClosed()
-        else:
-            self._unusable("the server closed the connection")
-
-    def tlsError(self, reason: str) -> None:
-        # The TLS layer sent the alert and closes the socket, which ends
-        # the leg as any close does; the cause is recorded first.
-        if self.owner is not None:
-            self.owner.legTLSError(self, reason)
-
-    # transport events
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._tls is not None:
-            self._tls.ciphertextReceived(data)
-        else:
-            self._plaintext(data)
-
-    def _plaintext(self, data: bytes) -> None:
-        state = self._state
-        if state is _LegState.RELAY:
-            assert self._relay is not None
-            self._relay.upstreamData(data)
-            return
-        if state is _LegState.GREETED or state is _LegState.SECURING:
-            self._unusable(
-                f"the server sent {len(data)} bytes after its greeting, before "
-                "the login"
-                if state is _LegState.GREETED
-                else "the server sent plaintext before its TLS handshake"
-            )
-            return
-        if state is _LegState.CLOSED:
-            return
-        self._reader.feed(data)
-        while self._state is _LegState.GREETING or self._state is _LegState.PACKETS:
-            try:
-                packet = self._reader.next()
-            except MySQLError as e:
-                self._unusable(f"mysql {e.reason}: {e}")
-                return
-            if packet is NEED_MORE:
-                return
-            if self._state is _LegState.GREETING:
-                self._greeted(packet)
-            else:
-                assert self.owner is not None
-                self.owner.serverPacket(self, packet)
-
-    def _greeted(self, packet: Packet) -> None:
-        self._stopTimer()
-        try:
-            if packet.sequence != 0:
-                raise MySQLError(f"greeting with sequence number {packet.sequence}")
-            greeting = parseGreeting(packet.payload)
-        except MySQLError as e:
-            self._unusable(f"not a MySQL greeting: {e}")
-            return
-        if self._reader.rest():
-            self._unusable("the server sent bytes after its greeting, before the login")
-            return
-        self.greeting = greeting
-        self._state = _LegState.GREETED
-        self._dialer.legGreeted(self)
-
-    def startPackets(self) -> None:
-        """The login went out: read the server's answers packet by packet."""
-        self._state = _LegState.PACKETS
-
-    def readConnectionLost(self) -> None:
-        if self._tls is not None:
-            self._tls.ciphertextEnded()
-        elif self._relay is not None:
-            self._relay.upstreamReadClosed()
-        else:
-            self._unusable("the server closed the connection")
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stopTimer()
-        if self.greeting is not None:
-            self._dialer.released(self)
-        if self._relay is not None:
-            self._relay.upstreamLost(reason)
-            return
-        if self._state is not _LegState.CLOSED:
-            self._unusable(reason.getErrorMessage())
-
-    def _stopTimer(self) -> None:
-        cancel(self._timer)
-        self._timer = None
+_S = ConnectionState
+_I = ConnectionInput
 
 
 @implementer(ITerminatedSession)
@@ -553,13 +155,13 @@ class MySQLConnection:
         self._transport = transport
         self._record = record
         self._owner = owner
-        self._state = _State.GREETING
+        self._machine = Machine(CONNECTION_TRANSITIONS, _S.GREETING)
         self._early = b""
         self._reader = PacketReader()
         self._hello = ClientHelloReader(wiring.maxHello)
         self._serverName: str | None = None
         self._timer: Deadline | None = None
-        self._dialer: _Dialer | None = None
+        self._dialer: Dialer[ServerLeg] | None = None
         self._greetingLeg: ServerLeg | None = None
         self._leg: ServerLeg | None = None
         self._termination: TerminationStage | None = None
@@ -573,6 +175,10 @@ class MySQLConnection:
         self._ended = False
         self._greetingsLeft = list(wiring.greetings)
         self._greetingErrors: list[str] = []
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._machine.state
 
     # -- the client's raw transport (a preread Stage) ------------------------
 
@@ -589,13 +195,13 @@ class MySQLConnection:
             self._relay.clientData(data)
             return
         self._record.bytesIn += len(data)
-        if self._state is _State.GREETING:
+        if self.state is _S.GREETING:
             self._early += data
-        elif self._state is _State.REQUEST:
+        elif self.state is _S.REQUEST:
             self._readRequest(data)
-        elif self._state is _State.HELLO:
+        elif self.state is _S.HELLO:
             self._readHello(data)
-        elif self._state in (_State.LOGIN, _State.AUTH, _State.DIALING):
+        elif self.state in (_S.LOGIN, _S.AUTH, _S.DIALING):
             self._clientBytes(data)
 
     def readConnectionLost(self) -> None:
@@ -621,8 +227,32 @@ class MySQLConnection:
     def _dial(
         self, upstream: UpstreamRuntime, proxyHeader: Callable[[], bytes] | None
     ) -> None:
-        self._dialer = _Dialer(self, upstream, proxyHeader)
-        self._dialer.start()
+        """
+        Reach a server of C{upstream} that greets, through the shared
+        dialer: its servers in turn while C{next_upstream_tries} lasts.
+        """
+        wiring = self.wiring
+
+        def attempt(server: ServerConfig) -> ServerLeg:
+            return ServerLeg(
+                self,
+                dialer,
+                upstream,
+                server,
+                proxyHeader,
+                wiring.clock,
+                wiring.timeouts.connect,
+            )
+
+        dialer: Dialer[ServerLeg] = Dialer(
+            wiring.reactor,
+            ServerTries(upstream.chooser, upstream.tries, wiring.clientKey),
+            wiring.timeouts.connect,
+            attempt,
+            lambda reason: self._dialFailed(dialer, upstream, reason),
+        )
+        self._dialer = dialer
+        dialer.start()
 
     def _dialGreeting(self) -> None:
         """
@@ -634,12 +264,14 @@ class MySQLConnection:
         upstream = self._greetingsLeft.pop(0)
         self._dial(upstream, self.wiring.proxyHeader(None, None))
 
-    def dialFailed(self, dialer: _Dialer, reason: str) -> None:
+    def _dialFailed(
+        self, dialer: Dialer[ServerLeg], upstream: UpstreamRuntime, reason: str
+    ) -> None:
         if dialer is not self._dialer:
             return
         self._dialer = None
-        if self._state is _State.GREETING:
-            self._greetingErrors.append(f"upstream {dialer.upstream.name}: {reason}")
+        if self.state is _S.GREETING:
+            self._greetingErrors.append(f"upstream {upstream.name}: {reason}")
             if self._greetingsLeft:
                 self._dialGreeting()
                 return
@@ -654,35 +286,34 @@ class MySQLConnection:
         self._refuse(
             Status.UPSTREAM_UNAVAILABLE,
             reason,
-            f"tlsgateway: no MySQL server of upstream {dialer.upstream.name!r} is"
-            " available",
+            f"tlsgateway: no MySQL server of upstream {upstream.name!r} is available",
             sequence=self._nextSequence,
         )
 
-    def greeted(self, dialer: _Dialer, leg: ServerLeg) -> None:
-        if dialer is not self._dialer or self._state is _State.OVER:
+    def greeted(self, dialer: Dialer[ServerLeg], leg: ServerLeg) -> None:
+        if dialer is not self._dialer or self.state is _S.OVER:
             leg.abort()
             return
         self._dialer = None
         self._record.upstream = leg.server.address
-        if self._state is _State.GREETING:
+        if self.state is _S.GREETING:
             self._greetingLeg = leg
             greeting = leg.greeting
             assert greeting is not None
             payload = greeting.withCapabilities(greeting.capabilities | CLIENT_SSL)
             self._writeClient(encodePacket(0, payload))
-            self._state = _State.REQUEST
+            self._machine.move(_I.GREETED)
             self._startTimer(self._requestTimedOut)
             early, self._early = self._early, b""
             if early:
                 self._readRequest(early)
             return
-        assert self._state is _State.DIALING
+        assert self.state is _S.DIALING
         self._sendLogin(leg, switch=True)
 
     def _requestTimedOut(self) -> None:
         self._timer = None
-        what = "SSLRequest" if self._state is _State.REQUEST else "ClientHello"
+        what = "SSLRequest" if self.state is _S.REQUEST else "ClientHello"
         self._refuse(
             Status.PREREAD_TIMEOUT,
             f"no complete {what} {self.wiring.prereadTimeout:g}s after the greeting",
@@ -710,7 +341,7 @@ class MySQLConnection:
             )
             return
         if isinstance(start, SSLRequest):
-            self._state = _State.HELLO
+            self._machine.move(_I.SSL_REQUESTED)
             rest = self._reader.rest()
             if rest:
                 self._readHello(rest)
@@ -720,10 +351,11 @@ class MySQLConnection:
     def _plaintextLogin(self, login: HandshakeResponse, sequence: int) -> None:
         self._stopTimer()
         self._noteLogin(login)
-        if not self.wiring.allowPlaintext:
+        choice = self.wiring.choose(None)
+        if isinstance(choice, Reject) and choice.status is Status.PLAINTEXT_REFUSED:
             self._refuse(
-                Status.PLAINTEXT_REFUSED,
-                "client logged in without TLS (allow_plaintext is off)",
+                choice.status,
+                choice.reason,
                 "tlsgateway accepts MySQL connections over TLS only: connect with"
                 " ssl-mode=REQUIRED or stronger (allow_plaintext is off)",
                 sequence=sequence + 1,
@@ -731,17 +363,16 @@ class MySQLConnection:
             )
             return
         self._record.action = Action.TCP
-        choice = self.wiring.choose(None)
-        if isinstance(choice, Refusal):
+        if isinstance(choice, Reject):
             self._refuse(
                 choice.status,
-                f"plaintext login: {choice.reason}",
+                choice.reason,
                 f"tlsgateway: {choice.reason}",
                 sequence=sequence + 1,
             )
             return
         self._target = choice
-        self._state = _State.LOGIN
+        self._machine.move(_I.PLAINTEXT_LOGIN)
         self._loginReceived(login, sequence)
 
     def _readHello(self, data: bytes) -> None:
@@ -758,12 +389,12 @@ class MySQLConnection:
         record.alpn = hello.alpn
         record.hello = hello
         choice = self.wiring.choose(hello)
-        if isinstance(choice, Refusal):
+        if isinstance(choice, Reject):
             self._refuse(choice.status, choice.reason)
             return
         self._target = choice
         record.action = Action.TERMINATE
-        self._state = _State.HANDSHAKE
+        self._machine.move(_I.ROUTED)
         wiring = self.wiring
         self._termination = TerminationStage(
             wiring.clock,
@@ -785,7 +416,7 @@ class MySQLConnection:
     # -- inside TLS ------------------------------------------------------------
 
     def handshakeDone(self) -> None:
-        self._state = _State.LOGIN
+        self._machine.move(_I.HANDSHAKE_DONE)
         self._startTimer(self._loginTimedOut)
 
     def _loginTimedOut(self) -> None:
@@ -802,10 +433,10 @@ class MySQLConnection:
             self._clientBytes(data)
 
     def _clientBytes(self, data: bytes) -> None:
-        if self._state is _State.OVER:
+        if self.state is _S.OVER:
             return
         self._reader.feed(data)
-        while self._state in (_State.LOGIN, _State.AUTH):
+        while self.state in (_S.LOGIN, _S.AUTH):
             try:
                 packet = self._reader.next()
             except MySQLError as e:
@@ -813,7 +444,7 @@ class MySQLConnection:
                 return
             if packet is NEED_MORE:
                 return
-            if self._state is _State.AUTH:
+            if self.state is _S.AUTH:
                 # An auth response: the server numbers it in its own count.
                 assert self._leg is not None
                 self._nextSequence = packet.sequence + 1
@@ -867,7 +498,7 @@ class MySQLConnection:
                 sequence=self._nextSequence,
             )
             return
-        self._state = _State.DIALING
+        self._machine.move(_I.REROUTED)
         tls = (
             self._client.connection if isinstance(self._client, TLSTransport) else None
         )
@@ -880,40 +511,28 @@ class MySQLConnection:
         assert greeting is not None
         self._leg = leg
         self._record.upstream = leg.server.address
-        if leg.encrypted and not greeting.capabilities & CLIENT_SSL:
-            self._legUnavailable(
-                leg, "the server does not offer TLS (CLIENT_SSL): is ssl off on it?"
+        try:
+            forwarded = serverLogin(
+                login, greeting, switch=switch, encrypted=leg.encrypted
             )
+        except Unforwardable as e:
+            self._legUnavailable(leg, str(e))
             return
-        capabilities = login.capabilities
-        if switch:
-            if not greeting.capabilities & CLIENT_PLUGIN_AUTH:
-                self._legUnavailable(leg, "the server cannot switch auth plugins")
-                return
-            capabilities &= greeting.capabilities | CLIENT_SSL
-            login = attrs.evolve(login, authResponse=b"", authPlugin=SWITCH_PLUGIN)
-        if leg.encrypted:
-            capabilities |= CLIENT_SSL
-        else:
-            capabilities &= ~CLIENT_SSL
-        login = attrs.evolve(login, capabilities=capabilities)
-        upstreamSequence = 2 if leg.encrypted else 1
-        self._offset = self._loginSequence - upstreamSequence
-        self._state = _State.AUTH
+        self._offset = self._loginSequence - forwarded.sequence
+        self._machine.move(_I.LOGIN_SENT)
         self._authActive()
-        forwarded = login
 
         def send() -> None:
             leg.startPackets()
-            leg.sendPacket(upstreamSequence, forwarded.encode())
+            leg.sendPacket(forwarded.sequence, forwarded.login.encode())
 
         if leg.encrypted:
-            leg.secure(forwarded.sslRequest(), send)
+            leg.secure(forwarded.login.sslRequest(), send)
         else:
             send()
 
     def serverPacket(self, leg: ServerLeg, packet: Packet) -> None:
-        if leg is not self._leg or self._state is not _State.AUTH:
+        if leg is not self._leg or self.state is not _S.AUTH:
             return
         try:
             reply = parseAuthReply(packet.payload)
@@ -931,7 +550,7 @@ class MySQLConnection:
             self._startRelay(leg)
 
     def _startRelay(self, leg: ServerLeg) -> None:
-        self._state = _State.RELAY
+        self._machine.move(_I.AUTHENTICATED)
         wiring = self.wiring
         pending = self._reader.rest()
         client = self._client
@@ -976,7 +595,7 @@ class MySQLConnection:
         self._record.extra.setdefault("closed_by", "upstream_tls_error")
 
     def _legUnavailable(self, leg: ServerLeg, reason: str) -> None:
-        if self._state is _State.OVER or self._relay is not None:
+        if self.state is _S.OVER or self._relay is not None:
             return
         self._refuse(
             Status.UPSTREAM_UNAVAILABLE,
@@ -988,21 +607,21 @@ class MySQLConnection:
     def clientReadClosed(self) -> None:
         if self._relay is not None:
             self._relay.clientReadClosed()
-        elif self._state is not _State.OVER:
-            self._refuse(self._leftStatus(), f"client closed while {self._state.value}")
+        elif self.state is not _S.OVER:
+            self._refuse(self._leftStatus(), f"client closed while {self.state.value}")
 
     def clientLost(self, reason: Failure) -> None:
         self._stopTimer()
         if self._relay is not None:
             self._relay.clientLost(reason)
             return
-        if self._state is not _State.OVER:
+        if self.state is not _S.OVER:
             self._owner.report(
                 Event.REFUSE,
-                f"connection lost while {self._state.value}",
+                f"connection lost while {self.state.value}",
                 self._leftStatus(),
             )
-        self._state = _State.OVER
+            self._machine.move(_I.END)
         self._abortLegs()
         self._end()
 
@@ -1014,7 +633,7 @@ class MySQLConnection:
         handshake (rejecting the certificate it was shown), and is
         C{client_closed}.
         """
-        if self._state is _State.HELLO and self._hello.buffered:
+        if self.state is _S.HELLO and self._hello.buffered:
             return Status.BAD_CLIENT_HELLO
         return Status.CLIENT_CLOSED
 
@@ -1027,7 +646,8 @@ class MySQLConnection:
             return
         self._stopTimer()
         self._owner.report(Event.SHUT_DOWN, "gateway stopped")
-        self._state = _State.OVER
+        if self.state is not _S.OVER:
+            self._machine.move(_I.END)
         self._abortLegs()
         self._client.abortConnection()
 
@@ -1045,10 +665,10 @@ class MySQLConnection:
         C{ERR} packet it prints (when it is a MySQL client that can read
         one where it is), log C{status}, close the servers.
         """
-        if self._state is _State.OVER:
+        if self.state is _S.OVER:
             return
         self._stopTimer()
-        self._state = _State.OVER
+        self._machine.move(_I.END)
         self._owner.report(Event.REFUSE, reason, Status(status))
         self._abortLegs()
         if message is not None:
@@ -1106,100 +726,3 @@ class MySQLConnection:
     def _stopTimer(self) -> None:
         cancel(self._timer)
         self._timer = None
-
-
-@implementer(IProtocolStrategy)
-class MySQLStrategy:
-    """
-    C{protocol = mysql}: a MySQL client reads the server's greeting before
-    it sends a byte, so nothing is pre-read: the connection is handed to
-    its L{MySQLConnection} at accept (or once its PROXY header is read),
-    which greets the client with the greeting upstream's server, then
-    routes it by the ClientHello it sends inside the protocol.
-    """
-
-    name = "mysql"
-    readsHello = False
-    speaksTLSFirst = False
-
-    def preamble(self) -> None:
-        return None
-
-    def misdirected(self, buffered: bytes) -> str | None:
-        return None
-
-    def opening(self, encrypted: bool) -> None:
-        return None
-
-    def terminated(
-        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
-    ) -> Any:
-        raise NotImplementedError("a mysql connection is terminated by its stage")
-
-    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
-        raise NotImplementedError("a mysql listener has no preamble")
-
-    def listenerState(self) -> None:
-        return None
-
-    def openAtAccept(
-        self, listener: Any, protocol: Any, buffered: bytes
-    ) -> MySQLConnection:
-        policy = listener.policy
-        transport = protocol.transport
-        assert transport is not None
-        assert listener.tls is not None
-
-        def choose(hello: ClientHello | None) -> Any:
-            denied = deniedFingerprint(
-                policy, protocol.record.ja4 if policy.denyJA4 else None
-            )
-            if denied is not None:
-                return Refusal(denied.status, denied.reason)
-            serverName = None if hello is None else hello.serverName
-            relay = policy.route(serverName, () if hello is None else hello.alpn)
-            if relay is None:
-                return Refusal(
-                    Status.NO_ROUTE,
-                    noRouteReason(serverName)
-                    if hello is not None
-                    else "no default route for a client without TLS",
-                )
-            return listener.upstreams[relay.upstream]
-
-        def proxyHeader(
-            serverName: str | None, connection: SSL.Connection | None
-        ) -> Callable[[], bytes] | None:
-            return listener.proxyHeaderFor(  # type: ignore[no-any-return]
-                protocol, serverName, connection
-            )
-
-        config = listener.config
-        stage = MySQLConnection(
-            Wiring(
-                reactor=listener.reactor,
-                clock=listener.clock,
-                timeouts=listener.timeouts,
-                prereadTimeout=config.preread_timeout,
-                maxHello=config.preread_buffer_size,
-                clientKey=listener.clientKeyOf(protocol),
-                allowPlaintext=config.allow_plaintext,
-                greetings=tuple(
-                    listener.upstreams[name] for name in policy.greetings()
-                ),
-                choose=choose,
-                contextFor=listener.tls.contextFor,
-                describe=listener.tls.describe,
-                handshakeTimed=listener.accessLog.handshake,
-                proxyHeader=proxyHeader,
-                ended=lambda: listener.ended(protocol),
-            ),
-            relayTransport(transport),
-            protocol.record,
-            protocol,
-        )
-        stage.start(buffered)
-        return stage
-
-
-MYSQL = MySQLStrategy()
