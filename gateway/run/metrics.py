@@ -81,6 +81,13 @@ class Metrics:
             buckets=_HANDSHAKE_BUCKETS,
             registry=self.registry,
         )
+        self._quicDropped = Counter(
+            "tlsgateway_quic_dropped_datagrams",
+            "Datagrams on UDP endpoints that started no flow and belonged to"
+            " none, dropped without a reply, by reason.",
+            ["listener", "reason"],
+            registry=self.registry,
+        )
 
     def accepted(self, listener: str) -> None:
         self._active.labels(listener).inc()
@@ -96,6 +103,9 @@ class Metrics:
 
     def handshake(self, seconds: float) -> None:
         self._handshake.observe(seconds)
+
+    def quicDropped(self, listener: str, reason: str) -> None:
+        self._quicDropped.labels(listener, reason).inc()
 
     def serverUp(self, upstream: str, server: str, up: bool) -> None:
         self._serverUp.labels(upstream, server).set(1 if up else 0)

@@ -29,11 +29,13 @@ from zope.interface import implementer
 
 from gateway.acme.manager import AcmeManager
 from gateway.config import ConfigError, GatewayConfig
+from gateway.connection.datagram import MAX_DATAGRAM, QuicEndpoint, QuicListener
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.timers import cancel
 from gateway.connection.upstream import ConfiguredNames, Pool
+from gateway.core.udpendpoints import parseUDPEndpoint
 from gateway.fast.acceptwatch import watch
 from gateway.fast.internals import acceptExclusively
 from gateway.protocols.strategy import ListenerStates
@@ -76,8 +78,10 @@ class Generation:
         states: ListenerStates | None = None,
         acme: AcmeManager | None = None,
         contexts: Contexts | None = None,
+        dropped: Callable[[str, str], None] = lambda listener, reason: None,
     ) -> None:
         """
+        @param dropped: counts a datagram a UDP endpoint dropped.
         @param contexts: the TLS contexts the check of C{config} built
             (L{gateway.run.loading}), served as they are so that no file is
             read twice; L{None} (a configuration built in code, a second
@@ -122,6 +126,23 @@ class Generation:
             )
             for listener in config.listeners
         }
+        passthrough = {
+            name: factory.passthroughUpstreams
+            for name, factory in self.factories.items()
+        }
+        self.quic = {
+            listener.name: QuicListener(
+                listener,
+                passthrough[listener.name],
+                reactor,
+                reactor,
+                accessLog,
+                idle=idle,
+                dropped=dropped,
+            )
+            for listener in config.listeners
+            if listener.udpListen
+        }
 
     def certificateIssued(self, name: str, certificate: Any) -> None:
         """
@@ -135,7 +156,9 @@ class Generation:
 
     @property
     def active(self) -> int:
-        return sum(len(f.active) for f in self.factories.values())
+        return sum(len(f.active) for f in self.factories.values()) + sum(
+            len(q.active) for q in self.quic.values()
+        )
 
     def startPools(self, reactor: Any) -> None:
         """
@@ -207,6 +230,9 @@ class GatewayService(Service):
         self._reactor = reactor
         self._inherited = dict(inherited or {})
         self._ports: dict[str, IListeningPort] = {}
+        # UDP endpoints (QUIC) by listen description: their flows outlive
+        # reloads, and their sockets stay open through a drain.
+        self._udp: dict[str, tuple[IListeningPort, QuicEndpoint]] = {}
         self._accessLog: AccessLog | None = None
         self._metrics: Metrics | None = None
         self._metricsPort: IListeningPort | None = None
@@ -271,6 +297,7 @@ class GatewayService(Service):
                 self._states,
                 self._acme,
                 takeContexts(self.config),
+                dropped=self._dropped,
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -278,6 +305,7 @@ class GatewayService(Service):
             self._startMetrics(reactor)
         except StartupError:
             self._closePorts(list(self._ports))
+            self._closeUDP()
             self._accessLog.close()
             raise
         for warning in generation.warnings:
@@ -341,7 +369,13 @@ class GatewayService(Service):
         errors: list[str] = []
         for listener in generation.config.listeners:
             factory = generation.factories[listener.name]
-            for description in listener.listen:
+            quic = generation.quic.get(listener.name)
+            for description in listener.udpListen:
+                assert quic is not None
+                error = self._bindUDP(reactor, description, quic)
+                if error is not None:
+                    errors.append(f"listener {listener.name}: {error}")
+            for description in listener.streamListen:
                 port = self._ports.get(description)
                 if port is not None:
                     port.factory = factory  # type: ignore[attr-defined]
@@ -364,6 +398,47 @@ class GatewayService(Service):
                     description=description,
                 )
         return errors
+
+    def _bindUDP(
+        self, reactor: Any, description: str, quic: QuicListener
+    ) -> str | None:
+        """
+        Point a UDP endpoint at C{quic} (new flows are its), opening it
+        if it is new.
+
+        @return: why it could not be opened, or L{None}.
+        """
+        opened = self._udp.get(description)
+        if opened is not None:
+            opened[1].listener = quic
+            return None
+        endpoint = QuicEndpoint(quic, reactor)
+        udp = parseUDPEndpoint(description)
+        try:
+            port = reactor.listenUDP(udp.port, endpoint, udp.bindAddress, MAX_DATAGRAM)
+        except Exception as e:  # noqa: BLE001 - CannotListenError, OSError
+            return f"cannot listen on {description}: {e}"
+        self._udp[description] = (port, endpoint)
+        self._log.info(
+            "listener {listener} listening on {description}",
+            listener=quic.config.name,
+            description=description,
+        )
+        return None
+
+    def _closeUDP(self, descriptions: list[str] | None = None) -> None:
+        """
+        Close UDP endpoints (all by default): their flows end, logged
+        C{shutdown}.
+        """
+        for description in list(self._udp) if descriptions is None else descriptions:
+            opened = self._udp.pop(description, None)
+            if opened is not None:
+                opened[0].stopListening()
+
+    def _dropped(self, listener: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.quicDropped(listener, reason)
 
     def _open(
         self, reactor: Any, description: str, factory: ListenerFactory
@@ -526,6 +601,7 @@ class GatewayService(Service):
                 self._states,
                 acme,
                 loaded.contexts,
+                dropped=self._dropped,
             )
         except StartupError as e:
             if log is not None:
@@ -533,10 +609,12 @@ class GatewayService(Service):
             self._refused(str(e))
             return False
         before = set(self._ports)
+        beforeUDP = set(self._udp)
         errors = self._bind(reactor, generation)
         if errors:
             # Put the old factories back and close what was opened.
             self._closePorts(sorted(set(self._ports) - before))
+            self._closeUDP(sorted(set(self._udp) - beforeUDP))
             self._bind(reactor, self._current)
             if log is not None:
                 log.close()
@@ -544,6 +622,7 @@ class GatewayService(Service):
             return False
         wanted = {d for listener in config.listeners for d in listener.listen}
         self._closePorts(sorted(set(self._ports) - wanted))
+        self._closeUDP(sorted(set(self._udp) - wanted))
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
@@ -583,6 +662,7 @@ class GatewayService(Service):
         if not self.running:
             return
         self._closePorts(list(self._ports))
+        self._closeUDP()
         if self._acme is not None:
             self._acme.stop()
         for generation in self._generations():
@@ -638,11 +718,15 @@ class GatewayService(Service):
         if self._serverStates is not None and self._serverStates.running:
             self._serverStates.stop()
         self._closePorts(list(self._ports))
+        for _, endpoint in self._udp.values():
+            # Established flows go on through the drain; none starts.
+            endpoint.accepting = False
         if self._metricsPort is not None:
             self._metricsPort.stopListening()
             self._metricsPort = None
         active = sum(g.active for g in self._generations())
         if not active:
+            self._closeUDP()
             self._closeLog()
             return succeed(None)
         timeout = self.config.gateway.drain_timeout
@@ -660,6 +744,7 @@ class GatewayService(Service):
         for call in self._delayed:
             cancel(call)
         self._delayed = []
+        self._closeUDP()
         self._closeLog()
 
     def _cut(self) -> None:
@@ -677,6 +762,8 @@ class GatewayService(Service):
         self._delayed.append(self._getReactor().callLater(2, self._forceDrained))
         for protocol in remaining:
             protocol.shutdown()
+        for _, endpoint in self._udp.values():
+            endpoint.shutdown()
 
     def _forceDrained(self) -> None:
         if self._drained is not None and not self._drained.called:
