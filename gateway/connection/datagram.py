@@ -284,9 +284,27 @@ class QuicEndpoint(DatagramProtocol):
         if flow is None:
             self._start(datagram, address)
             return
-        if address != flow.address:
-            self.table.rebind(flow, address)
+        if address != flow.address and not self._rebind(flow, address, datagram):
+            return
         self._fromClient(flow, datagram)
+
+    def _rebind(self, flow: Flow, address: Address, datagram: bytes) -> bool:
+        """
+        A datagram of C{flow} from another address: the client migrated or
+        a NAT rebound it, and the server's datagrams go there from now on.
+        Only a short header may do that: a client does not migrate before
+        its handshake is confirmed (RFC 9000 section 9), so a long header
+        from elsewhere is a replayed or spoofed Initial, dropped rather
+        than allowed to steal the flow.
+        """
+        if address in flow.addresses:
+            flow.address = address
+            return True
+        if isLongHeader(datagram):
+            self._drop("address_changed")
+            return False
+        self.table.rebind(flow, address)
+        return True
 
     def _drop(self, reason: str) -> None:
         self.listener.dropped(self.listener.config.name, reason)

@@ -135,6 +135,11 @@ async def session(options: argparse.Namespace) -> list[str]:
             if status != 200:
                 raise RuntimeError(f"status {status}")
             bodies.append(body.decode().strip())
+            if not options.flows:
+                sys.stdout.write(bodies[-1] + "\n")
+                sys.stdout.flush()
+            if options.interval:
+                await asyncio.sleep(options.interval)
     return bodies
 
 
@@ -155,11 +160,10 @@ async def main(options: argparse.Namespace) -> int:
             sys.stderr.write(f"error {error!r}\n")
         return 0 if not failed and time.monotonic() < deadline + 1 else 1
     try:
-        bodies = await asyncio.wait_for(session(options), options.timeout)
+        await asyncio.wait_for(session(options), options.timeout)
     except Exception as e:  # noqa: BLE001 - reported, exit 1
         sys.stderr.write(f"error {e!r}\n")
         return 1
-    sys.stdout.write("".join(f"{body}\n" for body in bodies))
     return 0
 
 
@@ -172,6 +176,7 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--path", default="/r")
     parser.add_argument("--requests", type=int, default=1)
     parser.add_argument("--migrate", action="store_true")
+    parser.add_argument("--interval", type=float, default=0.0)
     parser.add_argument("--extra-alpn", type=int, default=0)
     parser.add_argument("--flows", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=10.0)

@@ -13,8 +13,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
 from tests.integration.harness import (
     CertificateAuthority,
@@ -48,11 +52,16 @@ class H3Backend:
     """
 
     def __init__(
-        self, ca: CertificateAuthority, name: str, *, retry: bool = False
+        self,
+        ca: CertificateAuthority,
+        name: str,
+        *,
+        retry: bool = False,
+        port: int | None = None,
     ) -> None:
         self.name = name
         certificate = ca.issue(name)
-        self.port = freeUDPPort()
+        self.port = freeUDPPort() if port is None else port
         command = [
             sys.executable,
             str(HERE / "h3server.py"),
@@ -157,3 +166,56 @@ def waitUntil(check: object, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s")
         time.sleep(0.05)
+
+
+def realInitial(serverName: str) -> bytes:
+    """
+    A real client's first Initial datagram (aioquic's), for a gateway to
+    route: what a spoofer replays or forges by the thousand.
+    """
+    connection = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=["h3"], server_name=serverName
+        )
+    )
+    connection.connect(("127.0.0.1", 443), now=0.0)
+    return connection.datagrams_to_send(now=0.0)[0][0]
+
+
+def longHeader(version: int, dcid: bytes, scid: bytes, size: int) -> bytes:
+    """
+    A v1-style Initial long header of C{version} padded with random bytes
+    to C{size}: undecryptable, or of a version nobody speaks.
+    """
+    head = (
+        bytes([0xC0])
+        + version.to_bytes(4, "big")
+        + bytes([len(dcid)])
+        + dcid
+        + bytes([len(scid)])
+        + scid
+        + b"\x00"  # no token
+    )
+    rest = size - len(head) - 2
+    return head + (0x4000 | rest).to_bytes(2, "big") + os.urandom(rest)
+
+
+def metricValue(text: str, name: str, **labels: str) -> float:
+    """
+    The value of one sample in Prometheus text, 0 when absent.
+    """
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, rest = sample.partition("{")
+        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if metric == name and found == wanted:
+            return float(value)
+    return 0.0
+
+
+def fetchMetrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()  # type: ignore[no-any-return]
