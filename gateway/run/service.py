@@ -8,6 +8,7 @@ ports, the access log, connections to drain) hangs off it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -47,6 +48,9 @@ from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates, withAcme
 from gateway.tls.served import ExpiryCollector, ServedCertificates
+
+#: The receive buffer asked for on UDP endpoints: a few thousand datagrams.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class StartupError(Exception):
@@ -418,6 +422,12 @@ class GatewayService(Service):
             port = reactor.listenUDP(udp.port, endpoint, udp.bindAddress, MAX_DATAGRAM)
         except Exception as e:  # noqa: BLE001 - CannotListenError, OSError
             return f"cannot listen on {description}: {e}"
+        with contextlib.suppress(OSError):
+            # Bursts of datagrams wait here while the reactor is busy; the
+            # kernel caps this at net.core.rmem_max.
+            port.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER
+            )
         self._udp[description] = (port, endpoint)
         self._log.info(
             "listener {listener} listening on {description}",

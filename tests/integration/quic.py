@@ -105,6 +105,22 @@ class H3Backend:
             self.process.stdout.close()
 
 
+def h3Command(ca: CertificateAuthority, port: int, serverName: str) -> list[str]:
+    """
+    The argv of C{h3client.py} for a GET of C{serverName} through C{port}.
+    """
+    return [
+        sys.executable,
+        str(HERE / "h3client.py"),
+        "--port",
+        str(port),
+        "--server-name",
+        serverName,
+        "--ca",
+        str(ca.pemPath),
+    ]
+
+
 def h3Get(
     ca: CertificateAuthority,
     port: int,
@@ -115,19 +131,8 @@ def h3Get(
     """
     Run C{h3client.py} against C{port} (bounded by C{timeout}).
     """
-    command = [
-        sys.executable,
-        str(HERE / "h3client.py"),
-        "--port",
-        str(port),
-        "--server-name",
-        serverName,
-        "--ca",
-        str(ca.pemPath),
-        *options,
-    ]
     return subprocess.run(
-        command,
+        [*h3Command(ca, port, serverName), *options],
         capture_output=True,
         text=True,
         timeout=timeout,

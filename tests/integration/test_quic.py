@@ -5,22 +5,31 @@ HTTP/3 backends and clients, datagrams on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.integration.conftest import GatewayStarter
-from tests.integration.harness import CertificateAuthority, freePort
+from tests.integration.harness import (
+    CertificateAuthority,
+    freePort,
+    gatewayEnvironment,
+)
 from tests.integration.quic import (
     H3Backend,
     fetchMetrics,
     freeUDPPort,
+    h3Command,
     h3Get,
     longHeader,
     metricValue,
     quicIni,
+    realInitial,
     waitUntil,
 )
 
@@ -189,3 +198,94 @@ def test_anUnknownVersionGetsVersionNegotiation(
         )
     )
     assert running.accessLog() == []
+
+
+def test_garbageAndSpoofedDatagramsAreDroppedAndCounted(
+    gateway: GatewayStarter, h3backend: H3Starter, ca: CertificateAuthority
+) -> None:
+    """
+    While a real client's connection is open, a flood of garbage, short
+    headers of no flow, small and undecryptable Initials, and real Initials
+    from a hundred other sources: none of the first kinds is answered, and
+    each is counted by reason; the flows stop at C{quic_max_flows} (the
+    rest are C{limited}); the real client's requests go on; memory stays
+    bounded.
+    """
+    one = h3backend("one.example")
+    port = freeUDPPort()
+    metricsPort = freePort()
+    running = gateway(
+        quicIni(
+            port,
+            routes=[("default", "one")],
+            upstreams={"one": one.address},
+            listenerKeys={"quic_max_flows": "50", "quic_idle_timeout": "2s"},
+            gatewayKeys={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
+        )
+    )
+    client = subprocess.Popen(
+        [
+            *h3Command(ca, port, "one.example"),
+            *("--requests", "10", "--interval", "0.3", "--timeout", "30"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=gatewayEnvironment(),
+    )
+    kinds: dict[str, Callable[[], bytes]] = {
+        "not_quic": lambda: bytes([os.urandom(1)[0] & 0x3F]) + os.urandom(39),
+        "unknown_flow": lambda: b"\x41" + os.urandom(60),
+        "too_small": lambda: longHeader(1, os.urandom(8), b"", 1100),
+        "undecryptable": lambda: longHeader(1, os.urandom(8), b"", 1200),
+    }
+    rounds = 20
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == "one.example /r0\n"
+        before = running.rss()
+        # Spoofed clients, and other sources for the rest: a datagram from
+        # a flow's address is that flow's (its server drops what is not).
+        spoofed = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
+        try:
+            for sock in spoofed:
+                sock.sendto(realInitial("one.example"), ("127.0.0.1", port))
+            for _ in range(rounds):
+                for index, sock in enumerate(sockets):
+                    for make in kinds.values():
+                        sock.sendto(make(), ("127.0.0.1", port))
+                    if index % 10 == 9:
+                        time.sleep(0.005)  # pace: a flood, not a socket overflow
+                    sock.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        answer = sock.recv(2048)
+                        raise AssertionError(f"answered: {answer!r}")
+            assert client.wait(40) == 0, client.stderr.read() if client.stderr else ""
+        finally:
+            for sock in spoofed + sockets:
+                sock.close()
+        assert len(client.stdout.read().splitlines()) == 9
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(5)
+    text = fetchMetrics(metricsPort)
+    for kind in kinds:
+        dropped = metricValue(
+            text,
+            "tlsgateway_quic_dropped_datagrams_total",
+            listener="quic",
+            reason=kind,
+        )
+        # Loopback may lose some of a burst in the socket buffer: most
+        # arrive, and none is counted twice.
+        assert rounds * len(sockets) / 2 <= dropped <= rounds * len(sockets), (
+            kind,
+            text,
+        )
+    entries = running.waitForEntries(100, timeout=15)
+    limited = [e for e in entries if e["status"] == "limited"]
+    assert len(limited) >= 100 - 50
+    assert all("quic_max_flows: 50" in e["reason"] for e in limited)
+    assert running.rss() - before < 40 * 1024 * 1024
