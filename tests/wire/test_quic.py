@@ -12,6 +12,7 @@ and this builder reproduce the RFCs' packets byte for byte.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -56,6 +57,7 @@ from gateway.wire.quic.crypto import (
     initialSecret,
 )
 from gateway.wire.quic.frames import cryptoFrames
+from gateway.wire.quic.initial import _CryptoStream
 from tests.helpers import frameworksImportedBy
 
 DATA = Path(__file__).parents[1] / "data" / "quic"
@@ -117,6 +119,7 @@ def protect(
     pnLength: int = 4,
     keys: InitialKeys | None = None,
     packetType: int | None = None,
+    reserved: int = 0,
 ) -> bytes:
     """
     Build a protected client Initial (RFC 9001 5.3 and 5.4) carrying
@@ -127,7 +130,7 @@ def protect(
         keys = initialKeys(dcid, version)
     if packetType is None:
         packetType = {QUIC_V1: 0, QUIC_V2: 1}[version]
-    first = 0xC0 | packetType << 4 | (pnLength - 1)
+    first = 0xC0 | packetType << 4 | reserved << 2 | (pnLength - 1)
     header = (
         bytes([first])
         + version.to_bytes(4, "big")
@@ -161,6 +164,7 @@ def initial(
     token: bytes = b"",
     packetNumber: int = 0,
     keys: InitialKeys | None = None,
+    reserved: int = 0,
 ) -> bytes:
     """
     One v1 Initial carrying C{frames}, padded with PADDING frames so that
@@ -168,7 +172,14 @@ def initial(
     """
 
     def build(payload: bytes) -> bytes:
-        return protect(payload, dcid, token=token, packetNumber=packetNumber, keys=keys)
+        return protect(
+            payload,
+            dcid,
+            token=token,
+            packetNumber=packetNumber,
+            keys=keys,
+            reserved=reserved,
+        )
 
     return build(frames + bytes(max(0, size - len(build(frames)))))
 
@@ -326,10 +337,11 @@ def test_rfcClientInitialDecrypts(version: int, packet: bytes) -> None:
     assert header == LongHeader(
         version, PacketType.INITIAL, RFC_DCID, b"", b"", 1200, 0, 18
     )
-    number, payload = decryptInitial(
+    number, payload, first = decryptInitial(
         packet, header.headerLength, initialKeys(RFC_DCID, version), 0
     )
     assert (number, payload) == (2, RFC_PAYLOAD)
+    assert first == bytes.fromhex("c3d3")[version == QUIC_V2]
     [(offset, data)] = cryptoFrames(payload)
     assert offset == 0
     assert data == RFC_CRYPTO_FRAME[4:]
@@ -378,9 +390,10 @@ def test_headerProtectionRoundTrip(
         pnLength=pnLength,
     )
     header = parseLongHeader(packet)
-    assert decryptInitial(
+    opened = decryptInitial(
         packet, header.headerLength, initialKeys(dcid, version), packetNumber
-    ) == (packetNumber, payload + bytes(20))
+    )
+    assert opened[:2] == (packetNumber, payload + bytes(20))
 
 
 def test_decodePacketNumber() -> None:
@@ -541,7 +554,7 @@ def test_aioquicInitialAcrossDatagrams(version: int) -> None:
     keys = initialKeys(parseLongHeader(datagrams[0]).dcid, version)
     for datagram in datagrams:
         header = parseLongHeader(datagram)
-        _, payload = decryptInitial(
+        _, payload, _ = decryptInitial(
             datagram[: header.length], header.headerLength, keys, 0
         )
         assert cryptoFrames(payload)
@@ -566,14 +579,21 @@ def test_realHelloIsTheTCPHello() -> None:
 @st.composite
 def flights(draw: st.DrawFn) -> list[bytes]:
     """
-    The CRYPTO stream of L{HELLO} cut anywhere into frames, some sent twice
-    (as a retransmission would), with PING and ACK frames beside them,
+    The CRYPTO stream of L{HELLO} cut anywhere into frames, plus pieces
+    sent again cut elsewhere (as a retransmission would), overlapping the
+    others, with PING and ACK frames beside them,
     packed into packets and the packets into datagrams, in any order.
     """
     cuts = draw(st.lists(st.integers(1, len(HELLO) - 1), unique=True, max_size=6))
     edges = [0, *sorted(cuts), len(HELLO)]
     frames = [(a, HELLO[a:b]) for a, b in pairwise(edges)]
-    frames += draw(st.lists(st.sampled_from(frames), max_size=2))
+    retransmitted = draw(
+        st.lists(
+            st.tuples(st.integers(0, len(HELLO) - 1), st.integers(1, 400)),
+            max_size=3,
+        )
+    )
+    frames += [(a, HELLO[a : a + size]) for a, size in retransmitted]
     frames = draw(st.permutations(frames))
     version = draw(st.sampled_from(SUPPORTED_VERSIONS))
     packets = []
@@ -828,3 +848,64 @@ def test_pureModule() -> None:
     The reader is usable without an event loop or a TLS library.
     """
     assert frameworksImportedBy("gateway.wire.quic") == []
+
+
+@pytest.mark.parametrize("reserved", [1, 2, 3])
+def test_reservedBitsSetAreFinal(reserved: int) -> None:
+    """
+    Reserved bits under header protection are only seen once the packet
+    authenticates: the client itself broke the rule, so the flow is over.
+    """
+    reader = InitialReader()
+    with pytest.raises(QuicError, match="reserved") as caught:
+        reader.feed(initial(crypto(0, HELLO), reserved=reserved))
+    assert reader.error is caught.value
+    with pytest.raises(QuicError, match="reserved"):
+        reader.feed(initial(crypto(0, HELLO), packetNumber=1))
+
+
+def test_datagramErrorsAreNotFinal() -> None:
+    reader = InitialReader()
+    for datagram in (b"\x40" + bytes(1300), initial(crypto(0, HELLO[:100]), size=1000)):
+        with pytest.raises(QuicError):
+            reader.feed(datagram)
+        assert reader.error is None
+    assert reader.feed(initial(crypto(0, HELLO))) == EXPECTED
+    assert reader.error is None
+
+
+def test_helloOneByteAtATimeInReverse() -> None:
+    """
+    A hello sent a byte per CRYPTO frame, last byte first (a worst case
+    for reassembly, over a few dozen datagrams), still reads.
+    """
+    frames = [crypto(i, HELLO[i : i + 1]) for i in reversed(range(len(HELLO)))]
+    datagrams = []
+    for number, start in enumerate(range(0, len(frames), 200)):
+        datagrams.append(
+            initial(b"".join(frames[start : start + 200]), packetNumber=number)
+        )
+    assert len(datagrams) >= 2
+    assert feedAll(InitialReader(), datagrams) == EXPECTED
+
+
+@FAST
+@given(
+    pieces=st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 100)), min_size=1, max_size=30
+    )
+)
+def test_cryptoStreamAgainstAModel(pieces: list[tuple[int, int]]) -> None:
+    """
+    Whatever pieces of a stream arrive, in whatever order, the stream holds
+    exactly their union: its contiguous prefix is the model's.
+    """
+    stream = bytes(random.Random(len(pieces)).randbytes(400))
+    crypto = _CryptoStream(400)
+    received: set[int] = set()
+    for offset, size in pieces:
+        crypto.add(offset, stream[offset : offset + size])
+        received.update(range(offset, min(offset + size, 400)))
+        prefix = next(i for i in range(401) if i not in received)
+        assert crypto.contiguous == prefix
+        assert crypto.prefix(prefix) == stream[:prefix]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -30,6 +30,7 @@ __all__ = [
     "INITIAL_SALTS",
     "SAMPLE_SIZE",
     "InitialKeys",
+    "OpenedPacket",
     "decodePacketNumber",
     "decryptInitial",
     "headerProtectionMask",
@@ -151,9 +152,26 @@ def decodePacketNumber(truncated: int, bits: int, expected: int) -> int:
     return candidate
 
 
+class OpenedPacket(NamedTuple):
+    """
+    A packet whose protection is removed.
+
+    @ivar packetNumber: its full packet number.
+    @ivar payload: its frames.
+    @ivar firstByte: its first byte without header protection: the
+        caller checks the reserved bits, since a packet that authenticates
+        with them set is a protocol violation of the peer (RFC 9000 17.2),
+        not a corrupted datagram.
+    """
+
+    packetNumber: int
+    payload: bytes
+    firstByte: int
+
+
 def decryptInitial(
     packet: bytes, headerLength: int, keys: InitialKeys, expected: int
-) -> tuple[int, bytes]:
+) -> OpenedPacket:
     """
     Remove the header protection and the packet protection of one long
     header packet (RFC 9001 5.3 and 5.4).
@@ -162,10 +180,8 @@ def decryptInitial(
     @param headerLength: the bytes before its packet number.
     @param expected: the packet number expected next (one more than the
         largest opened so far), to decode the truncated one.
-    @return: the packet number and the plaintext payload (its frames).
     @raise UndecryptableInitial: the packet does not authenticate.
-    @raise QuicError: it is too short to sample, or its reserved bits are
-        set although it authenticates (RFC 9000 17.2).
+    @raise QuicError: it is too short to sample.
     """
     sampleAt = headerLength + 4
     if sampleAt + SAMPLE_SIZE > len(packet):
@@ -194,6 +210,4 @@ def decryptInitial(
         raise UndecryptableInitial(
             f"packet {packetNumber} does not authenticate under the Initial keys"
         ) from None
-    if first & 0x0C:
-        raise QuicError("reserved header bits are set (RFC 9000 17.2)")
-    return packetNumber, payload
+    return OpenedPacket(packetNumber, payload, first)

@@ -12,6 +12,7 @@ by exactly the rules a TLS one is.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from typing import Final, Literal
 
 from gateway.wire.clienthello import (
@@ -21,7 +22,12 @@ from gateway.wire.clienthello import (
     ClientHelloReader,
     _NeedMore,
 )
-from gateway.wire.quic.crypto import InitialKeys, decryptInitial, initialKeys
+from gateway.wire.quic.crypto import (
+    InitialKeys,
+    OpenedPacket,
+    decryptInitial,
+    initialKeys,
+)
 from gateway.wire.quic.errors import (
     BadClientHello,
     HelloTooLarge,
@@ -43,6 +49,8 @@ __all__ = ["InitialReader"]
 
 _CLIENT_HELLO: Final = 1
 _HANDSHAKE_HEADER: Final = 4
+#: RFC 9000 17.2: the two bits under header protection that must be zero.
+_RESERVED_BITS: Final = 0x0C
 #: TLS records hold at most 2^14 bytes of plaintext (RFC 8446 5.1).
 _MAX_FRAGMENT: Final = 2**14
 
@@ -57,17 +65,22 @@ class _CryptoStream:
     hello from depending on the order its packets arrived in.
 
     @ivar _data: the stream from offset 0; bytes not yet received are
-        zeros, and L{_ranges} says which are real.
-    @ivar _ranges: the received byte ranges, C{[start, end)}, sorted and
-        disjoint.
+        zeros, and the ranges say which are real.
+    @ivar _starts: where each received range starts, sorted.
+    @ivar _ends: where each ends (exclusive).  The ranges are disjoint and
+        never adjacent, so both lists are sorted and a new piece finds the
+        ranges it touches by bisection: a client that sends its hello a
+        byte at a time, in any order, costs a logarithmic search per piece,
+        not a walk over all the pieces before it.
     """
 
-    __slots__ = ("_data", "_maxSize", "_ranges")
+    __slots__ = ("_data", "_ends", "_maxSize", "_starts")
 
     def __init__(self, maxSize: int) -> None:
         self._maxSize = maxSize
         self._data = bytearray()
-        self._ranges: list[tuple[int, int]] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
 
     def add(self, offset: int, data: bytes) -> None:
         """
@@ -84,30 +97,31 @@ class _CryptoStream:
             return
         if end > len(self._data):
             self._data.extend(bytes(end - len(self._data)))
-        merged: list[tuple[int, int]] = []
-        start, stop = offset, end
-        for low, high in self._ranges:
-            if high < offset or low > end:
-                merged.append((low, high))
-                continue
-            a, b = max(low, offset), min(high, end)
+        starts, ends = self._starts, self._ends
+        # The ranges touching [offset, end): from the first that ends at or
+        # after offset to the last that starts at or before end.
+        first = bisect_left(ends, offset)
+        last = bisect_right(starts, end)
+        for k in range(first, last):
+            a, b = max(starts[k], offset), min(ends[k], end)
             if a < b and self._data[a:b] != data[a - offset : b - offset]:
                 raise QuicError(
                     f"CRYPTO data at offsets {a} to {b} differs from what was"
                     " received there before (RFC 9000 2.2)"
                 )
-            start, stop = min(start, low), max(stop, high)
         self._data[offset:end] = data
-        merged.append((start, stop))
-        self._ranges = sorted(merged)
+        if first < last:
+            offset, end = min(offset, starts[first]), max(end, ends[last - 1])
+        starts[first:last] = [offset]
+        ends[first:last] = [end]
 
     @property
     def contiguous(self) -> int:
         """
         How many bytes from offset 0 are received.
         """
-        if self._ranges and self._ranges[0][0] == 0:
-            return self._ranges[0][1]
+        if self._starts and self._starts[0] == 0:
+            return self._ends[0]
         return 0
 
     def prefix(self, size: int) -> bytes:
@@ -137,14 +151,15 @@ class InitialReader:
 
     Errors of two kinds come out of L{feed}.  Errors about one datagram
     (L{NotQuicInitial}, L{UndecryptableInitial}, L{InitialTooSmall},
-    L{UnsupportedVersion<gateway.wire.quic.errors.UnsupportedVersion>}, an
-    unreadable header) leave the reader as it was, so that one forged or
+    L{UnsupportedVersion<gateway.wire.quic.errors.UnsupportedVersion>}, a
+    plain L{QuicError} for an unreadable header) come before anything
+    authenticated, and leave the reader as it was, so that one forged or
     corrupted datagram does not end a flow: the caller drops that datagram.
     Errors about the hello (L{HelloTooLarge}, L{BadClientHello},
     L{ConnectionClosed<gateway.wire.quic.errors.ConnectionClosed>}, a frame
-    an Initial may not carry, conflicting CRYPTO data) come from packets
-    that authenticated, are final and are raised again by every later
-    C{feed}.
+    an Initial may not carry, reserved bits set, conflicting CRYPTO data)
+    come from packets that authenticated, so from the client: they are
+    final, kept in L{error} and raised again by every later C{feed}.
 
     @ivar version: the version of the Initials read, once one decrypted.
     @ivar dcid: the Destination Connection ID the keys are derived from.
@@ -183,7 +198,7 @@ class InitialReader:
         Forget the keys, the connection IDs and the CRYPTO data: the next
         Initial is read as if it were the client's first.  Packet numbers
         are kept, as the client keeps counting after a Retry (RFC 9000
-        17.2.5.3).
+        17.2.5.3), and so is a final L{error}.
         """
         self.version: int | None = None
         self.dcid: bytes | None = None
@@ -191,6 +206,14 @@ class InitialReader:
         self._keys: dict[int, InitialKeys] = {}
         self._stream = _CryptoStream(self._maxSize)
         self._hello: ClientHello | None = None
+
+    @property
+    def error(self) -> QuicError | None:
+        """
+        The final error, once L{feed} has raised one: the flow is over.
+        L{None} while every error raised was about one datagram.
+        """
+        return self._error
 
     def feed(self, datagram: bytes) -> ClientHello | Literal[_NeedMore.NEED_MORE]:
         """
@@ -214,12 +237,15 @@ class InitialReader:
             self._error = e
             raise
 
-    def _open(self, datagram: bytes) -> list[tuple[LongHeader, InitialKeys, bytes]]:
+    def _open(
+        self, datagram: bytes
+    ) -> list[tuple[LongHeader, InitialKeys, OpenedPacket]]:
         """
-        Decrypt the datagram's Initial packets, changing no state.
+        Decrypt the datagram's Initial packets, changing nothing the
+        answer depends on.
 
-        @return: each opened packet with the keys that opened it and its
-            payload; empty when the datagram has no Initial for us.
+        @return: each opened packet with its header and the keys that
+            opened it; empty when the datagram has no Initial for us.
         """
         if not isLongHeader(datagram):
             return []
@@ -239,57 +265,74 @@ class InitialReader:
         opened = []
         failure: QuicError | None = None
         largest = self._largest
+        derived: dict[tuple[bytes, int], InitialKeys] = {}
         for header in initials:
             packet = datagram[header.offset : header.offset + header.length]
-            for keys in self._candidateKeys(header):
+            for keys in self._candidateKeys(header, derived):
                 try:
-                    number, payload = decryptInitial(
+                    result = decryptInitial(
                         packet, header.headerLength, keys, largest + 1
                     )
                 except UndecryptableInitial as e:
                     failure = e
                     continue
-                largest = max(largest, number)
-                opened.append((header, keys, payload))
+                largest = max(largest, result.packetNumber)
+                opened.append((header, keys, result))
                 break
         if not opened:
             raise failure or UndecryptableInitial("no Initial packet decrypts")
         self._largest = largest
         return opened
 
-    def _candidateKeys(self, header: LongHeader) -> list[InitialKeys]:
+    def _candidateKeys(
+        self, header: LongHeader, derived: dict[tuple[bytes, int], InitialKeys]
+    ) -> list[InitialKeys]:
         """
         The keys to try on an Initial, most likely first: the current ones
         (derived for this version if needed); then, for an Initial after a
         Retry (a token, another DCID), keys from its own DCID.
+
+        @param derived: keys derived from packet DCIDs for this datagram,
+            so that coalesced packets share one derivation.
         """
-        if self.dcid is None:
-            return [initialKeys(header.dcid, header.version)]
-        keys = self._keys.get(header.version)
-        if keys is None:
-            keys = self._keys[header.version] = initialKeys(self.dcid, header.version)
-        candidates = [keys]
-        if header.token and header.dcid != self.dcid:
-            candidates.append(initialKeys(header.dcid, header.version))
+        candidates = []
+        if self.dcid is not None:
+            keys = self._keys.get(header.version)
+            if keys is None:
+                keys = self._keys[header.version] = initialKeys(
+                    self.dcid, header.version
+                )
+            candidates.append(keys)
+            if not header.token or header.dcid == self.dcid:
+                return candidates
+        own = derived.get((header.dcid, header.version))
+        if own is None:
+            own = derived[header.dcid, header.version] = initialKeys(
+                header.dcid, header.version
+            )
+        candidates.append(own)
         return candidates
 
     def _take(
-        self, opened: list[tuple[LongHeader, InitialKeys, bytes]]
+        self, opened: list[tuple[LongHeader, InitialKeys, OpenedPacket]]
     ) -> ClientHello | Literal[_NeedMore.NEED_MORE]:
         """
         Adopt the keys of opened packets and add their CRYPTO data.
         """
-        for header, keys, payload in opened:
-            if self.dcid is None or (
-                header.dcid != self.dcid and self._keys.get(keys.version) is not keys
-            ):
+        for header, keys, packet in opened:
+            if packet.firstByte & _RESERVED_BITS:
+                raise QuicError(
+                    f"Initial packet {packet.packetNumber} authenticates with"
+                    " its reserved bits set (RFC 9000 17.2)"
+                )
+            if self._keys.get(keys.version) is not keys:
                 # The client's first Initial, or its first after a Retry.
                 self.restart()
                 self.dcid = header.dcid
                 self._keys[keys.version] = keys
             self.version = header.version
             self.scid = header.scid
-            for offset, data in cryptoFrames(payload):
+            for offset, data in cryptoFrames(packet.payload):
                 self._stream.add(offset, data)
         if self._hello is None:
             self._hello = self._complete()
