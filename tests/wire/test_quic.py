@@ -909,3 +909,58 @@ def test_cryptoStreamAgainstAModel(pieces: list[tuple[int, int]]) -> None:
         prefix = next(i for i in range(401) if i not in received)
         assert crypto.contiguous == prefix
         assert crypto.prefix(prefix) == stream[:prefix]
+
+
+@FAST
+@given(data=st.binary(max_size=200), length=st.integers(0, 20))
+def test_headerFunctionsRaiseOnlyQuicError(data: bytes, length: int) -> None:
+    with contextlib.suppress(QuicError):
+        parseLongHeader(data)
+    with contextlib.suppress(QuicError):
+        longHeaders(data)
+    with contextlib.suppress(QuicError):
+        shortHeaderDCID(data, length)
+
+
+def test_clientSwitchesToVersion2() -> None:
+    """
+    With compatible version negotiation (RFC 9368) the client's later
+    Initials are v2, sent to the server's connection ID, with v2 keys from
+    its first DCID.
+    """
+    reader = InitialReader()
+    assert reader.feed(initial(crypto(0, HELLO[:700]))) is NEED_MORE
+    later = protect(
+        crypto(700, HELLO[700:]),
+        b"server-chosen",
+        version=QUIC_V2,
+        packetNumber=1,
+        keys=initialKeys(RFC_DCID, QUIC_V2),
+    )
+    assert reader.feed(later + bytes(1200)) == EXPECTED
+    assert (reader.version, reader.dcid) == (QUIC_V2, RFC_DCID)
+
+
+def test_ackFramesBesideTheHello() -> None:
+    """
+    ACK frames, with ranges and ECN counts, and PINGs are stepped over.
+    """
+    ack = (
+        b"\x02" + varint(5) + varint(0) + varint(1) + varint(0) + varint(1) + varint(2)
+    )
+    ackEcn = b"\x03" + varint(7) + varint(3) + varint(0) + varint(1) + b"\x01\x02\x03"
+    frames = ack + b"\x01" + crypto(0, HELLO) + ackEcn
+    assert InitialReader().feed(initial(frames)) == EXPECTED
+
+
+def test_ackClaimingMoreRangesThanItHas() -> None:
+    ack = b"\x02" + varint(5) + varint(0) + varint(10**6, 4) + varint(0)
+    with pytest.raises(QuicError, match="ranges"):
+        InitialReader().feed(initial(ack + crypto(0, HELLO)))
+
+
+def test_connectionCloseReason() -> None:
+    close = b"\x1c" + varint(0x0128) + varint(6) + varint(7) + b"no\xffluck"
+    with pytest.raises(ConnectionClosed, match="0x128") as caught:
+        InitialReader().feed(initial(crypto(0, HELLO[:10]) + close))
+    assert "no\ufffdluck" in str(caught.value)

@@ -359,10 +359,10 @@ class InitialReader:
             )
         if have < size:
             return None
-        return parseHandshake(self._stream.prefix(size))
+        return _parseHandshake(self._stream.prefix(size))
 
 
-def parseHandshake(message: bytes) -> ClientHello:
+def _parseHandshake(message: bytes) -> ClientHello:
     """
     Parse a ClientHello handshake message (its 4-byte header included)
     with the TLS reader, by framing it in TLS records as TCP would carry
