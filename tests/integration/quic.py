@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -58,9 +58,10 @@ class H3Backend:
         *,
         retry: bool = False,
         port: int | None = None,
+        names: tuple[str, ...] = (),
     ) -> None:
         self.name = name
-        certificate = ca.issue(name)
+        certificate = ca.issue(*(names or (name,)))
         self.port = freeUDPPort() if port is None else port
         command = [
             sys.executable,
@@ -145,7 +146,7 @@ def quicIni(
     port: int,
     *,
     routes: Iterable[tuple[str, str]],
-    upstreams: Mapping[str, str],
+    upstreams: Mapping[str, str | Sequence[str]],
     tcp: bool = False,
     listenerKeys: Mapping[str, str] = {},
     gatewayKeys: Mapping[str, str] = {},

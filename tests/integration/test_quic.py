@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
 
 import pytest
 
-from tests.integration.conftest import GatewayStarter
+from tests.integration.conftest import BackendStarter, GatewayStarter
 from tests.integration.harness import (
     CertificateAuthority,
+    curlGet,
     freePort,
     gatewayEnvironment,
 )
@@ -40,7 +44,7 @@ H3Starter = Callable[..., H3Backend]
 def h3backend(ca: CertificateAuthority) -> Iterator[H3Starter]:
     started: list[H3Backend] = []
 
-    def start(name: str, **options: bool) -> H3Backend:
+    def start(name: str, **options: Any) -> H3Backend:
         backend = H3Backend(ca, name, **options)
         started.append(backend)
         return backend
@@ -289,3 +293,149 @@ def test_garbageAndSpoofedDatagramsAreDroppedAndCounted(
     assert len(limited) >= 100 - 50
     assert all("quic_max_flows: 50" in e["reason"] for e in limited)
     assert running.rss() - before < 40 * 1024 * 1024
+
+
+def maxOverlap(entries: list[dict[str, Any]]) -> int:
+    """
+    The most flows of C{entries} open at one moment (from C{time} and
+    C{duration_ms}).
+    """
+    events = []
+    for entry in entries:
+        start = datetime.fromisoformat(entry["time"]).timestamp()
+        events += [(start, 1), (start + entry["duration_ms"] / 1000, -1)]
+    open_ = most = 0
+    for _, step in sorted(events):
+        open_ += step
+        most = max(most, open_)
+    return most
+
+
+def test_threeHundredConcurrentFlows(
+    gateway: GatewayStarter, h3backend: H3Starter, ca: CertificateAuthority
+) -> None:
+    names = ("www.example",)
+    one, two = h3backend("one", names=names), h3backend("two", names=names)
+    port = freeUDPPort()
+    metricsPort = freePort()
+    running = gateway(
+        quicIni(
+            port,
+            routes=[("www.example", "pool")],
+            upstreams={"pool": [one.address, two.address]},
+            listenerKeys={"quic_idle_timeout": "5s"},
+            gatewayKeys={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
+        )
+    )
+    # Bounded: on a busy machine 300 aioquic handshakes take a while.
+    result = h3Get(
+        ca, port, "www.example", "--flows", "300", "--timeout", "90", timeout=120
+    )
+    assert result.stdout == "ok 300 failed 0\n", result.stderr + running.explain()
+    entries = running.waitForEntries(300, timeout=30)
+    assert [e["status"] for e in entries] == ["ok"] * 300
+    assert maxOverlap(entries) >= 100
+    # Balanced round robin over both servers.
+    assert {e["upstream"] for e in entries} == {one.address, two.address}
+    text = fetchMetrics(metricsPort)
+    assert (
+        metricValue(text, "tlsgateway_connections_total", listener="quic", status="ok")
+        == 300
+    )
+    assert metricValue(text, "tlsgateway_active_connections", listener="quic") == 0
+
+
+def test_tcpAndUdpOnOneListenerShareTheRoutes(
+    gateway: GatewayStarter,
+    h3backend: H3Starter,
+    backend: BackendStarter,
+    ca: CertificateAuthority,
+) -> None:
+    """
+    One listener on C{tcp:P} and C{udp:P}; each upstream server is a TCP
+    TLS backend and an HTTP/3 backend on the same port.
+    """
+    tcpOne, tcpTwo = backend("one.example"), backend("two.example")
+    h3backend("one.example", port=tcpOne.port)
+    h3backend("two.example", port=tcpTwo.port)
+    port = freeUDPPort()
+    running = gateway(
+        quicIni(
+            port,
+            tcp=True,
+            routes=[("one.example", "one"), ("two.example", "two")],
+            upstreams={
+                "one": f"127.0.0.1:{tcpOne.port}",
+                "two": f"127.0.0.1:{tcpTwo.port}",
+            },
+            listenerKeys={"quic_idle_timeout": "1s"},
+        )
+    )
+    for name in ("one.example", "two.example"):
+        overTCP = curlGet(port, ca, name)
+        assert overTCP.returncode == 0, overTCP.stderr + running.explain()
+        assert name in overTCP.stdout
+        overUDP = h3Get(ca, port, name)
+        assert overUDP.returncode == 0, overUDP.stderr + running.explain()
+        assert overUDP.stdout == f"{name} /r0\n"
+    entries = running.waitForEntries(4, timeout=15)
+    assert sorted((e["transport"], e["sni"]) for e in entries) == [
+        ("tcp", "one.example"),
+        ("tcp", "two.example"),
+        ("udp", "one.example"),
+        ("udp", "two.example"),
+    ]
+    for entry in entries:
+        if entry["transport"] == "tcp":
+            assert "packets_in" not in entry
+            assert "quic_version" not in entry
+
+
+def test_aReloadKeepsEstablishedFlows(
+    gateway: GatewayStarter, h3backend: H3Starter, ca: CertificateAuthority
+) -> None:
+    """
+    A flow established before C{SIGHUP} stays on its backend; a new flow
+    after it follows the new routes.  C{SIGTERM} then drains the flow.
+    """
+    one, two = h3backend("one.example"), h3backend("two.example")
+    port = freeUDPPort()
+    text = quicIni(
+        port,
+        routes=[("default", "one")],
+        upstreams={"one": one.address, "two": two.address},
+        listenerKeys={"quic_idle_timeout": "3s"},
+        gatewayKeys={"drain_timeout": "20s"},
+    )
+    running = gateway(text)
+    client = subprocess.Popen(
+        [
+            *h3Command(ca, port, "any.example"),
+            *("--requests", "6", "--interval", "0.5", "--timeout", "30"),
+            "--insecure",  # one name, whichever backend answers
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=gatewayEnvironment(),
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == "one.example /r0\n"
+        running.configPath.write_text(text.replace("default one", "default two"))
+        running.sendSignal(signal.SIGHUP)
+        running.waitForOutput("reloaded")
+        after = h3Get(ca, port, "any.example", "--insecure")
+        assert after.stdout == "two.example /r0\n", after.stderr + running.explain()
+        running.sendSignal(signal.SIGTERM)
+        assert client.wait(40) == 0, client.stderr.read() if client.stderr else ""
+        assert client.stdout.read().splitlines() == [
+            f"one.example /r{n}" for n in range(1, 6)
+        ]
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(5)
+    assert running.waitForExit(30) == 0
+    entries = running.accessLog()
+    assert sorted(e["upstream"] for e in entries) == sorted([one.address, two.address])
