@@ -229,8 +229,17 @@ class GatewayService(Service):
         reactor: Any = None,
         *,
         inherited: Mapping[str, tuple[int, socket.AddressFamily]] | None = None,
+        view: Callable[[GatewayConfig], GatewayConfig] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.config = config
+        """
+        @param view: what of each configuration this service serves (a
+            worker: its stream endpoints; L{gateway.run.split}).
+        @param metrics: where to count, instead of metrics of its own.
+        """
+        self._view = view or (lambda config: config)
+        self.config = self._view(config)
+        self._givenMetrics = metrics
         self._reactor = reactor
         self._inherited = dict(inherited or {})
         self._ports: dict[str, IListeningPort] = {}
@@ -278,7 +287,9 @@ class GatewayService(Service):
         """
         reactor = self._getReactor()
         settings = self.config.gateway
-        if settings.metrics is not None or self._inherited:
+        if self._givenMetrics is not None:
+            self._metrics = self._givenMetrics
+        elif settings.metrics is not None or self._inherited:
             self._metrics = Metrics()
         extra = {"worker_pid": os.getpid()} if self._inherited else None
         try:
@@ -584,8 +595,6 @@ class GatewayService(Service):
         """
         if self._current is None:
             return False
-        reactor = self._getReactor()
-        assert self._accessLog is not None
         path = self.config.path
         try:
             loaded = loadChecked(path)
@@ -595,7 +604,21 @@ class GatewayService(Service):
         except OSError as e:
             self._refused(f"cannot read {path}: {e.strerror}")
             return False
-        config = loaded.config
+        return self.serveConfig(loaded.config, loaded.contexts)
+
+    def serveConfig(self, config: GatewayConfig, contexts: Contexts | None) -> bool:
+        """
+        Serve a configuration that was checked (L{reload}, or a supervisor
+        that read it for its own QUIC part), as L{reload} says.
+        """
+        if self._current is None:
+            return False
+        reactor = self._getReactor()
+        assert self._accessLog is not None
+        viewed = self._view(config)
+        if viewed is not config:
+            contexts = None  # built for the whole configuration
+        config = viewed
         try:
             log = self._accessLog.prepare(config.gateway.access_log)
         except OSError as e:
@@ -610,7 +633,7 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._states,
                 acme,
-                loaded.contexts,
+                contexts,
                 dropped=self._dropped,
             )
         except StartupError as e:

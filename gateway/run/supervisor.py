@@ -20,6 +20,11 @@ with.
 Each worker keeps its own passive health state (failed connects) and runs
 its own active health checks; metrics from every worker are summed by the
 supervisor (prometheus-client's multiprocess mode).
+
+UDP endpoints (QUIC) are the exception: the supervisor serves them itself,
+in a L{gateway.run.service.GatewayService} of their own that a reload reconfigures rather than
+replaces, so that established flows survive it (L{gateway.run.split}
+says why).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -47,7 +54,9 @@ from zope.interface import implementer
 from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
 from gateway.run.loading import loadChecked, takeContexts
+from gateway.run.metrics import Metrics, sharedMetrics
 from gateway.run.signals import IReloadable
+from gateway.run.split import quicPart
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
 
@@ -162,6 +171,22 @@ class _PendingReload:
         self.contexts = contexts
 
 
+class QuicService(TypingProtocol):
+    """
+    What serves a supervisor's UDP endpoints: a
+    L{gateway.run.service.GatewayService} over L{quicPart}, given by the
+    caller (the service module imports this one).
+    """
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> Deferred[None]: ...
+
+    def serveConfig(self, config: GatewayConfig, contexts: Contexts | None) -> bool: ...
+
+    def reopenLogs(self) -> None: ...
+
+
 @implementer(IReloadable)
 class Supervisor(Service):
     """
@@ -179,9 +204,17 @@ class Supervisor(Service):
     _log = Logger()
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, logLevel: str = "info"
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        logLevel: str = "info",
+        quicService: Callable[[GatewayConfig, Metrics], QuicService] | None = None,
     ) -> None:
+        """
+        @param quicService: makes the service of the UDP endpoints.
+        """
         self.config = config
+        self._makeQuic = quicService
         self._reactor = reactor
         self._logLevel = logLevel
         self._ports: dict[str, IListeningPort] = {}
@@ -195,6 +228,7 @@ class Supervisor(Service):
         self._acmeRefresh = LoopingCall(self._refreshAcme)
         self._pending: _PendingReload | None = None
         self._servers: list[ServerTLS] = []
+        self._quic: QuicService | None = None
 
     # start
 
@@ -204,6 +238,7 @@ class Supervisor(Service):
         self._acmeRefresh.clock = self._reactor
         self._acmeRefresh.start(_ACME_REFRESH, now=False)
         self._openPorts(self.config)
+        self._serveQuic(self.config, None)
         self._startMetrics()
         self._startGeneration()
         self._log.info(
@@ -212,8 +247,28 @@ class Supervisor(Service):
             workers=self.config.gateway.workers,
         )
 
+    def _serveQuic(self, config: GatewayConfig, contexts: Contexts | None) -> None:
+        """
+        Serve the UDP endpoints of C{config} here: start the QUIC service,
+        reconfigure it (its established flows stay), or stop it.
+
+        @raise StartupError: at start, an endpoint cannot be opened.
+        """
+        part = quicPart(config)
+        if self._quic is not None:
+            if part is not None:
+                self._quic.serveConfig(part, contexts)
+            else:
+                self._quic.stopService()
+                self._quic = None
+        elif part is not None:
+            if self._makeQuic is None:
+                raise RuntimeError("this supervisor cannot serve UDP endpoints")
+            self._quic = self._makeQuic(part, sharedMetrics(self._metricsDir))
+            self._quic.startService()
+
     def _openPorts(self, config: GatewayConfig) -> None:
-        wanted = {d for listener in config.listeners for d in listener.listen}
+        wanted = {d for listener in config.listeners for d in listener.streamListen}
         for description in sorted(wanted - self._ports.keys()):
             result: list[Any] = []
             endpoint = serverFromString(self._reactor, description)
@@ -258,7 +313,9 @@ class Supervisor(Service):
             self._noteCertificates(self.config)
 
     def _closeUnused(self) -> None:
-        wanted = {d for listener in self.config.listeners for d in listener.listen}
+        wanted = {
+            d for listener in self.config.listeners for d in listener.streamListen
+        }
         for description in list(self._ports):
             if description not in wanted:
                 self._ports.pop(description).stopListening()
@@ -499,6 +556,7 @@ class Supervisor(Service):
         self._generation = pending.generation
         self.config = pending.config
         self._serve(pending.config, pending.contexts)
+        self._serveQuic(pending.config, None)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
@@ -546,6 +604,8 @@ class Supervisor(Service):
     def reopenLogs(self) -> None:
         for worker in list(self._workers):
             worker.signal(signal.SIGUSR1)
+        if self._quic is not None:
+            self._quic.reopenLogs()
 
     def retire(self) -> None:
         """
@@ -576,6 +636,8 @@ class Supervisor(Service):
             worker.stopping = True
             worker.signal(signal.SIGTERM)
             ended.append(worker.ended)
+        if self._quic is not None:
+            ended.append(self._quic.stopService())
         from twisted.internet.defer import gatherResults
 
         done: Deferred[Any] = gatherResults(ended) if ended else succeed(None)

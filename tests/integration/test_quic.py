@@ -439,3 +439,80 @@ def test_aReloadKeepsEstablishedFlows(
     assert running.waitForExit(30) == 0
     entries = running.accessLog()
     assert sorted(e["upstream"] for e in entries) == sorted([one.address, two.address])
+
+
+def test_withWorkersTheSupervisorServesQuic(
+    gateway: GatewayStarter,
+    h3backend: H3Starter,
+    backend: BackendStarter,
+    ca: CertificateAuthority,
+) -> None:
+    """
+    C{workers = 2}: TCP goes to the workers, QUIC to the supervisor, whose
+    flows outlive a reload that replaces the workers; /metrics adds both.
+    """
+    tcpOne = backend("one.example")
+    one = h3backend("one.example", port=tcpOne.port)
+    two = h3backend("two.example")
+    port = freeUDPPort()
+    metricsPort = freePort()
+    text = quicIni(
+        port,
+        tcp=True,
+        routes=[("default", "one")],
+        upstreams={"one": one.address, "two": two.address},
+        listenerKeys={"quic_idle_timeout": "2s"},
+        gatewayKeys={
+            "workers": "2",
+            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
+        },
+    )
+    running = gateway(text)
+    overTCP = curlGet(port, ca, "one.example")
+    assert overTCP.returncode == 0, overTCP.stderr + running.explain()
+    client = subprocess.Popen(
+        [
+            *h3Command(ca, port, "one.example"),
+            *("--requests", "6", "--interval", "0.5", "--timeout", "30"),
+            "--insecure",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=gatewayEnvironment(),
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == "one.example /r0\n"
+        running.configPath.write_text(text.replace("default one", "default two"))
+        running.sendSignal(signal.SIGHUP)
+        running.waitForOutput("reloaded: generation 2", timeout=30)
+        after = h3Get(ca, port, "two.example")
+        assert after.stdout == "two.example /r0\n", after.stderr + running.explain()
+        assert client.wait(40) == 0, client.stderr.read() if client.stderr else ""
+        assert client.stdout.read().splitlines() == [
+            f"one.example /r{n}" for n in range(1, 6)
+        ]
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.wait(5)
+    entries = running.waitForEntries(3, timeout=15)
+    assert sorted((e["transport"], e["upstream"]) for e in entries) == sorted(
+        [
+            ("tcp", f"127.0.0.1:{tcpOne.port}"),
+            ("udp", one.address),
+            ("udp", two.address),
+        ]
+    )
+    waitUntil(
+        lambda: (
+            metricValue(
+                fetchMetrics(metricsPort),
+                "tlsgateway_connections_total",
+                listener="quic",
+                status="ok",
+            )
+            == 3
+        )  # one TCP connection (a worker), two flows (the supervisor)
+    )
