@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from typing import Any
 
@@ -74,9 +75,14 @@ async def main(options: argparse.Namespace) -> None:
     transport = server._transport
     assert transport is not None
     port = transport.get_extra_info("sockname")[1]
+    # Stop on SIGTERM even when started with it ignored (the disposition
+    # is inherited), as test runners may be.
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     sys.stdout.write(f"listening {port}\n")
     sys.stdout.flush()
-    await asyncio.Event().wait()
+    await stopped.wait()
+    server.close()
 
 
 def parseArguments(argv: list[str]) -> argparse.Namespace:
