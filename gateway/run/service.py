@@ -8,7 +8,6 @@ ports, the access log, connections to drain) hangs off it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -30,13 +29,12 @@ from zope.interface import implementer
 
 from gateway.acme.manager import AcmeManager
 from gateway.config import ConfigError, GatewayConfig
-from gateway.connection.datagram import MAX_DATAGRAM, QuicEndpoint, QuicListener
+from gateway.connection.datagram import QuicListener
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.timers import cancel
 from gateway.connection.upstream import ConfiguredNames, Pool
-from gateway.core.udpendpoints import parseUDPEndpoint
 from gateway.fast.acceptwatch import watch
 from gateway.fast.internals import acceptExclusively
 from gateway.protocols.strategy import ListenerStates
@@ -46,11 +44,9 @@ from gateway.run.loading import loadChecked, takeContexts
 from gateway.run.metrics import Metrics
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
+from gateway.run.udpports import UDPPorts
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates, withAcme
 from gateway.tls.served import ExpiryCollector, ServedCertificates
-
-#: The receive buffer asked for on UDP endpoints: a few thousand datagrams.
-UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class StartupError(Exception):
@@ -245,7 +241,7 @@ class GatewayService(Service):
         self._ports: dict[str, IListeningPort] = {}
         # UDP endpoints (QUIC) by listen description: their flows outlive
         # reloads, and their sockets stay open through a drain.
-        self._udp: dict[str, tuple[IListeningPort, QuicEndpoint]] = {}
+        self._udp = UDPPorts()
         self._accessLog: AccessLog | None = None
         self._metrics: Metrics | None = None
         self._metricsPort: IListeningPort | None = None
@@ -320,7 +316,7 @@ class GatewayService(Service):
             self._startMetrics(reactor)
         except StartupError:
             self._closePorts(list(self._ports))
-            self._closeUDP()
+            self._udp.close()
             self._accessLog.close()
             raise
         for warning in generation.warnings:
@@ -387,7 +383,7 @@ class GatewayService(Service):
             quic = generation.quic.get(listener.name)
             for description in listener.udpListen:
                 assert quic is not None
-                error = self._bindUDP(reactor, description, quic)
+                error = self._udp.bind(reactor, description, quic)
                 if error is not None:
                     errors.append(f"listener {listener.name}: {error}")
             for description in listener.streamListen:
@@ -413,49 +409,6 @@ class GatewayService(Service):
                     description=description,
                 )
         return errors
-
-    def _bindUDP(
-        self, reactor: Any, description: str, quic: QuicListener
-    ) -> str | None:
-        """
-        Point a UDP endpoint at C{quic} (new flows are its), opening it
-        if it is new.
-
-        @return: why it could not be opened, or L{None}.
-        """
-        opened = self._udp.get(description)
-        if opened is not None:
-            opened[1].listener = quic
-            return None
-        endpoint = QuicEndpoint(quic, reactor)
-        udp = parseUDPEndpoint(description)
-        try:
-            port = reactor.listenUDP(udp.port, endpoint, udp.bindAddress, MAX_DATAGRAM)
-        except Exception as e:  # noqa: BLE001 - CannotListenError, OSError
-            return f"cannot listen on {description}: {e}"
-        with contextlib.suppress(OSError):
-            # Bursts of datagrams wait here while the reactor is busy; the
-            # kernel caps this at net.core.rmem_max.
-            port.getHandle().setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER
-            )
-        self._udp[description] = (port, endpoint)
-        self._log.info(
-            "listener {listener} listening on {description}",
-            listener=quic.config.name,
-            description=description,
-        )
-        return None
-
-    def _closeUDP(self, descriptions: list[str] | None = None) -> None:
-        """
-        Close UDP endpoints (all by default): their flows end, logged
-        C{shutdown}.
-        """
-        for description in list(self._udp) if descriptions is None else descriptions:
-            opened = self._udp.pop(description, None)
-            if opened is not None:
-                opened[0].stopListening()
 
     def _dropped(self, listener: str, reason: str) -> None:
         if self._metrics is not None:
@@ -568,6 +521,8 @@ class GatewayService(Service):
         for generation in self._generations():
             for name, factory in generation.factories.items():
                 active[name] = active.get(name, 0) + len(factory.active)
+            for name, quic in generation.quic.items():
+                active[name] = active.get(name, 0) + len(quic.active)
         return localSnapshot(
             self.config,
             active,
@@ -647,7 +602,7 @@ class GatewayService(Service):
         if errors:
             # Put the old factories back and close what was opened.
             self._closePorts(sorted(set(self._ports) - before))
-            self._closeUDP(sorted(set(self._udp) - beforeUDP))
+            self._udp.close(sorted(set(self._udp) - beforeUDP))
             self._bind(reactor, self._current)
             if log is not None:
                 log.close()
@@ -655,7 +610,7 @@ class GatewayService(Service):
             return False
         wanted = {d for listener in config.listeners for d in listener.listen}
         self._closePorts(sorted(set(self._ports) - wanted))
-        self._closeUDP(sorted(set(self._udp) - wanted))
+        self._udp.close(sorted(set(self._udp) - wanted))
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
@@ -695,7 +650,7 @@ class GatewayService(Service):
         if not self.running:
             return
         self._closePorts(list(self._ports))
-        self._closeUDP()
+        self._udp.close()
         if self._acme is not None:
             self._acme.stop()
         for generation in self._generations():
@@ -751,15 +706,13 @@ class GatewayService(Service):
         if self._serverStates is not None and self._serverStates.running:
             self._serverStates.stop()
         self._closePorts(list(self._ports))
-        for _, endpoint in self._udp.values():
-            # Established flows go on through the drain; none starts.
-            endpoint.accepting = False
+        self._udp.stopAccepting()
         if self._metricsPort is not None:
             self._metricsPort.stopListening()
             self._metricsPort = None
         active = sum(g.active for g in self._generations())
         if not active:
-            self._closeUDP()
+            self._udp.close()
             self._closeLog()
             return succeed(None)
         timeout = self.config.gateway.drain_timeout
@@ -777,7 +730,7 @@ class GatewayService(Service):
         for call in self._delayed:
             cancel(call)
         self._delayed = []
-        self._closeUDP()
+        self._udp.close()
         self._closeLog()
 
     def _cut(self) -> None:
@@ -795,8 +748,7 @@ class GatewayService(Service):
         self._delayed.append(self._getReactor().callLater(2, self._forceDrained))
         for protocol in remaining:
             protocol.shutdown()
-        for _, endpoint in self._udp.values():
-            endpoint.shutdown()
+        self._udp.shutdown()
 
     def _forceDrained(self) -> None:
         if self._drained is not None and not self._drained.called:
