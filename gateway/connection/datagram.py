@@ -470,10 +470,21 @@ class QuicEndpoint(DatagramProtocol):
                     "::" if ":" in host else "0.0.0.0",  # noqa: S104 - an ephemeral client port
                     MAX_DATAGRAM,
                 )
+            except Exception as e:  # noqa: BLE001 - CannotListenError: EMFILE...
+                # A local shortage (descriptors, ports), not the server's fault.
+                chooser.released(server)
+                self._end(
+                    flow,
+                    Status.UPSTREAM_UNAVAILABLE,
+                    f"local resource error: cannot open a UDP socket: {e}",
+                )
+                return
+            try:
                 listening.connect(host, port)
             except Exception as e:  # noqa: BLE001 - logged; the next server is tried
+                listening.stopListening()
                 self._log.warn(
-                    "listener {listener}: cannot open a UDP socket to {server}: {error}",
+                    "listener {listener}: cannot reach {server} over UDP: {error}",
                     listener=owner.config.name,
                     server=server.address,
                     error=e,

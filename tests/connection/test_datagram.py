@@ -385,3 +385,23 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(
             self.endpoint.table.byAddress[CLIENT].state, FlowState.RELAYING
         )
+
+    def test_noSocketIsNotTheServersFault(self) -> None:
+        """
+        A flow whose UDP socket cannot be opened (out of descriptors) ends
+        C{upstream_unavailable} without counting against the server.
+        """
+        listenUDP = self.reactor.listenUDP
+
+        def failing(*args: Any, **kwargs: Any) -> FakeUDPPort:
+            raise OSError(24, "Too many open files")
+
+        self.reactor.listenUDP = failing  # type: ignore[method-assign]
+        for datagram in aioquicDatagrams("one.example", ["h3"]):
+            self.send(datagram)
+        self.reactor.listenUDP = listenUDP  # type: ignore[method-assign]
+        [record] = self.log.records
+        self.assertEqual(record.status, "upstream_unavailable")
+        self.assertIn("Too many open files", record.reason)
+        self.assertEqual(self.chooser.events, [("released", "192.0.2.1:443")])
+        self.assertEqual(len(self.endpoint.table), 0)
