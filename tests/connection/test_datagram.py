@@ -405,3 +405,24 @@ class EndpointTests(SynchronousTestCase):
         self.assertIn("Too many open files", record.reason)
         self.assertEqual(self.chooser.events, [("released", "192.0.2.1:443")])
         self.assertEqual(len(self.endpoint.table), 0)
+
+    def test_aRetryAndTheNextInitialStayOnTheFlow(self) -> None:
+        datagrams = aioquicDatagrams("one.example", ["h3"])
+        for datagram in datagrams:
+            self.send(datagram)
+        upstream = self.reactor.ports[-1]
+        retry = (
+            b"\xf0"
+            + QUIC_V1.to_bytes(4, "big")
+            + b"\x08clientid\x08retrycid"
+            + b"token-from-the-server"
+            + os.urandom(16)
+        )
+        upstream.protocol.datagramReceived(retry, ("192.0.2.1", 443))
+        self.assertEqual(self.port.written[-1], (retry, CLIENT))
+        flow = self.endpoint.table.byCID[b"retrycid"]
+        self.assertIs(flow, self.endpoint.table.byAddress[CLIENT])
+        # The client's next Initial (to the Retry's ID) goes the same way.
+        self.send(datagrams[0])
+        self.assertEqual(len(self.reactor.ports), 2)
+        self.assertEqual(upstream.written[-1][0], datagrams[0])
