@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -426,3 +428,44 @@ class EndpointTests(SynchronousTestCase):
         self.send(datagrams[0])
         self.assertEqual(len(self.reactor.ports), 2)
         self.assertEqual(upstream.written[-1][0], datagrams[0])
+
+
+def _endpoint() -> tuple[EndpointTests, FakeUDPPort]:
+    case = EndpointTests()
+    case.makeEndpoint()
+    return case, case.port
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.binary(max_size=64),
+                st.binary(min_size=1200, max_size=1300),
+                st.builds(
+                    lambda first, rest: bytes([first]) + rest,
+                    st.sampled_from([0x40, 0x41, 0xC0, 0xD0, 0xE0, 0xF0, 0x80]),
+                    st.binary(max_size=1300),
+                ),
+            ),
+            st.integers(1, 3),
+        ),
+        max_size=20,
+    )
+)
+def test_anyDatagramsAreDroppedOrAnsweredNoLarger(
+    datagrams: list[tuple[bytes, int]],
+) -> None:
+    """
+    Whatever arrives from wherever: no exception, no flow, and nothing sent
+    back but Version Negotiation no larger than what it answers.
+    """
+    case, port = _endpoint()
+    for datagram, source in datagrams:
+        case.send(datagram, ("203.0.113.1", source))
+        for answer, _ in port.written:
+            assert answer[1:5] == b"\0\0\0\0"
+            assert len(answer) <= max(len(d) for d, _ in datagrams)
+    assert len(case.endpoint.table) == 0
+    assert case.log.records == []
