@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from tests.integration.conftest import BackendStarter, GatewayStarter
 from tests.integration.harness import (
     CertificateAuthority,
+    commandFor,
     curlGet,
     freePort,
     gatewayEnvironment,
@@ -65,7 +67,8 @@ def test_http3ReachesTheBackendOfItsServerName(
             routes=[("one.example", "one"), ("two.example", "two")],
             upstreams={"one": one.address, "two": two.address},
             listenerKeys={"quic_idle_timeout": "1s"},
-        )
+        ),
+        command="module",  # python -m gateway run: tlsgateway run
     )
     for name in ("one.example", "two.example"):
         result = h3Get(ca, port, name)
@@ -516,3 +519,30 @@ def test_withWorkersTheSupervisorServesQuic(
             == 3
         )  # one TCP connection (a worker), two flows (the supervisor)
     )
+
+
+def test_checkRefusesTerminationOnAUDPListener(tmp_path: Path) -> None:
+    config = tmp_path / "gw.ini"
+    config.write_text(
+        "[listener:web]\n"
+        "listen = tcp:8443, udp:8443\n"
+        "mode = terminate\n"
+        "certificate = cert.pem\n"
+        "private_key = key.pem\n"
+        "upstream = app\n"
+        "[upstream:app]\n"
+        "servers = 127.0.0.1:9443\n"
+    )
+    result = subprocess.run(
+        commandFor("module", "check", str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=gatewayEnvironment(),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert (
+        f"{config}:3: [listener:web] mode: mode = terminate on a listener with UDP"
+        " endpoint 'udp:8443'"
+    ) in result.stdout + result.stderr
