@@ -52,24 +52,12 @@ from gateway.wire.quic import (
     QUIC_V2,
     InitialReader,
     InitialTooSmall,
-    NotQuicInitial,
     PacketType,
     QuicError,
-    UndecryptableInitial,
     UnsupportedVersion,
     isLongHeader,
     parseLongHeader,
     versionNegotiation,
-)
-
-#: Errors about one datagram that leave the reader as it was: the datagram
-#: is dropped and the pending flow goes on (a forged or corrupted datagram
-#: from the client's address cannot end it).
-_DATAGRAM_ERRORS = (
-    NotQuicInitial,
-    UndecryptableInitial,
-    InitialTooSmall,
-    UnsupportedVersion,
 )
 
 #: The largest datagram read: QUIC's are at most the path MTU (1,500
@@ -397,13 +385,15 @@ class QuicEndpoint(DatagramProtocol):
                 if initial:
                     fed = flow.reader.feed(datagram)
                     result = None if fed is NEED_MORE else fed
-            except _DATAGRAM_ERRORS as e:
+            except QuicError as e:
+                if flow.reader.error is not None:  # final: the hello is bad
+                    self._end(flow, Status.BAD_CLIENT_HELLO, f"{e.reason}: {e}")
+                    return
+                # About this datagram only (forged, corrupted): the flow
+                # goes on without it.
                 flow.packetsIn -= 1
                 flow.record.bytesIn -= len(datagram)
                 self._drop(e.reason)
-                return
-            except QuicError as e:
-                self._end(flow, Status.BAD_CLIENT_HELLO, f"{e.reason}: {e}")
                 return
         # Anything else (0-RTT) is kept, in order, for the server.
         if not flow.buffer(datagram, limit):

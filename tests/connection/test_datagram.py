@@ -193,6 +193,20 @@ class EndpointTests(SynchronousTestCase):
         upstream = self.reactor.ports[-1]
         self.assertEqual([d for d, _ in upstream.written], datagrams)
 
+    def test_aForgedInitialDoesNotEndAPendingFlow(self) -> None:
+        datagrams = aioquicDatagrams(
+            "one.example", ["h3", *(f"pad-{i:03d}" for i in range(150))]
+        )
+        self.send(datagrams[0])
+        self.send(randomInitial(1200))
+        self.assertEqual(self.drops, ["undecryptable"])
+        for datagram in datagrams[1:]:
+            self.send(datagram)
+        upstream = self.reactor.ports[-1]
+        self.assertEqual([d for d, _ in upstream.written], datagrams)
+        self.endpoint.shutdown()
+        self.assertEqual(self.log.records[0].fields()["packets_in"], len(datagrams))
+
     def test_anIdleFlowIsLoggedOk(self) -> None:
         datagrams = self.establish()
         upstream = self.reactor.ports[-1]
