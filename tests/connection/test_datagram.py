@@ -20,7 +20,9 @@ from gateway.connection.quicflows import FlowState
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.upstream import FirstServer
 from gateway.rules.accesslog import ConnectionRecord
-from gateway.wire.quic import QUIC_V1, QUIC_V2, parseLongHeader
+from gateway.wire.clienthello import NEED_MORE
+from gateway.wire.ja4 import ja4
+from gateway.wire.quic import QUIC_V1, QUIC_V2, InitialReader, parseLongHeader
 from tests.wire.test_quic import aioquicDatagrams
 
 CLIENT = ("198.51.100.7", 40000)
@@ -340,7 +342,26 @@ class EndpointTests(SynchronousTestCase):
         self.assertIn("quic_max_flows: 1", record.reason)
         self.assertEqual(len(self.reactor.ports), 2)
 
-    def test_denyAndJA4AreApplied(self) -> None:
+    def test_alpnH3RoutesANameWithNoRoute(self) -> None:
+        for datagram in aioquicDatagrams("other.example", ["h3"]):
+            self.send(datagram)
+        self.assertEqual(self.reactor.ports[-1].connected, ("192.0.2.1", 443))
+        self.endpoint.shutdown()
+        [record] = self.log.records
+        self.assertEqual((record.sni, record.alpn), ("other.example", ("h3",)))
+
+    def test_denyJA4IsApplied(self) -> None:
+        datagrams = aioquicDatagrams("one.example", ["h3"])
+        hello = InitialReader().feed(datagrams[0])
+        assert hello is not NEED_MORE
+        self.makeEndpoint(deny_ja4=(ja4(hello),))
+        self.send(datagrams[0])
+        [record] = self.log.records
+        self.assertEqual(record.status, "denied")
+        self.assertIn("deny_ja4", record.reason)
+        self.assertEqual(len(self.reactor.ports), 1)
+
+    def test_denyIsApplied(self) -> None:
         import ipaddress
 
         self.makeEndpoint(deny=(ipaddress.ip_network("198.51.100.0/24"),))
