@@ -546,3 +546,26 @@ def test_checkRefusesTerminationOnAUDPListener(tmp_path: Path) -> None:
         f"{config}:3: [listener:web] mode: mode = terminate on a listener with UDP"
         " endpoint 'udp:8443'"
     ) in result.stdout + result.stderr
+
+
+def test_anIPv6Endpoint(
+    gateway: GatewayStarter, h3backend: H3Starter, ca: CertificateAuthority
+) -> None:
+    one = h3backend("one.example")
+    port = freeUDPPort()
+    text = quicIni(
+        port,
+        routes=[("one.example", "one")],
+        upstreams={"one": one.address},
+        listenerKeys={"quic_idle_timeout": "1s"},
+    ).replace(
+        f"listen = udp:{port}:interface=127.0.0.1",
+        f"listen = udp6:{port}:interface=\\:\\:1",
+    )
+    running = gateway(text)
+    result = h3Get(ca, port, "one.example", "--host", "::1")
+    assert result.returncode == 0, result.stderr + running.explain()
+    assert result.stdout == "one.example /r0\n"
+    (entry,) = running.waitForEntries(1, timeout=15)
+    assert entry["client"].startswith("[::1]:")
+    assert entry["transport"] == "udp"
