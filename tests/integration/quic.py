@@ -62,6 +62,7 @@ class H3Backend:
     ) -> None:
         self.name = name
         certificate = ca.issue(*(names or (name,)))
+        self.certificatePath = certificate.certificatePath
         self.port = freeUDPPort() if port is None else port
         command = [
             sys.executable,

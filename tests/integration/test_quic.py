@@ -5,7 +5,9 @@ HTTP/3 backends and clients, datagrams on loopback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.integration.conftest import BackendStarter, GatewayStarter
 from tests.integration.harness import (
@@ -25,6 +29,7 @@ from tests.integration.harness import (
     curlGet,
     freePort,
     gatewayEnvironment,
+    requireTools,
 )
 from tests.integration.quic import (
     H3Backend,
@@ -569,3 +574,67 @@ def test_anIPv6Endpoint(
     (entry,) = running.waitForEntries(1, timeout=15)
     assert entry["client"].startswith("[::1]:")
     assert entry["transport"] == "udp"
+
+
+def spkiPin(certificatePath: Path) -> str:
+    """
+    The base64 SHA-256 of a certificate's public key, as Chromium's
+    C{--ignore-certificate-errors-spki-list} takes it.
+    """
+    certificate = x509.load_pem_x509_certificate(certificatePath.read_bytes())
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_chromiumOverHTTP3(
+    gateway: GatewayStarter,
+    h3backend: H3Starter,
+    ca: CertificateAuthority,
+    tmp_path: Path,
+) -> None:
+    """
+    A stock browser: headless Chromium, forced onto QUIC for the origin,
+    reaches the backend of its server name through the gateway.
+    """
+    requireTools("chromium")
+    one, two = h3backend("one.example"), h3backend("two.example")
+    port = freeUDPPort()
+    running = gateway(
+        quicIni(
+            port,
+            routes=[("one.example", "one"), ("two.example", "two")],
+            upstreams={"one": one.address, "two": two.address},
+            listenerKeys={"quic_idle_timeout": "1s"},
+        )
+    )
+    result = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-quic",
+            f"--origin-to-force-quic-on=two.example:{port}",
+            "--host-resolver-rules=MAP two.example 127.0.0.1",
+            f"--ignore-certificate-errors-spki-list={spkiPin(two.certificatePath)}",
+            "--dump-dom",
+            f"https://two.example:{port}/browser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert "two.example /browser" in result.stdout, result.stderr + running.explain()
+    entries = running.waitForEntries(1, timeout=15)
+    assert {(e["transport"], e["sni"], e["upstream"]) for e in entries} == {
+        ("udp", "two.example", two.address)
+    }
+    assert "h3" in entries[0]["alpn"]
