@@ -331,7 +331,7 @@ def test_threeHundredConcurrentFlows(
             port,
             routes=[("www.example", "pool")],
             upstreams={"pool": [one.address, two.address]},
-            listenerKeys={"quic_idle_timeout": "5s"},
+            listenerKeys={"quic_idle_timeout": "10s"},
             gatewayKeys={"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"},
         )
     )
