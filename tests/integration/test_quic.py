@@ -638,3 +638,28 @@ def test_chromiumOverHTTP3(
         ("udp", "two.example", two.address)
     }
     assert "h3" in entries[0]["alpn"]
+
+
+def test_aNameWithNoRouteIsLoggedOnceAndNotAnswered(
+    gateway: GatewayStarter, h3backend: H3Starter
+) -> None:
+    one = h3backend("one.example")
+    port = freeUDPPort()
+    running = gateway(
+        quicIni(port, routes=[("one.example", "one")], upstreams={"one": one.address})
+    )
+    initial = realInitial("nobody.example")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(3):  # the client's retransmissions
+            sock.sendto(initial, ("127.0.0.1", port))
+        (entry,) = running.waitForEntries(1)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(2048)
+    assert (entry["status"], entry["sni"], entry["transport"]) == (
+        "no_route",
+        "nobody.example",
+        "udp",
+    )
+    assert entry["quic_version"] == "v1"
+    assert len(running.accessLog()) == 1
