@@ -106,25 +106,46 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def makeTop(
-    config: GatewayConfig, reactor: Any, inherited: Any = None, logLevel: str = "info"
+    config: GatewayConfig,
+    reactor: Any,
+    inherited: Any = None,
+    logLevel: str = "info",
+    *,
+    worker: bool = False,
 ) -> Any:
     """
     The service a gateway process runs: the gateway itself, or with
     C{workers > 1} (and not already a worker) a supervisor of workers;
     with the signal handling that fits it.
+
+    @param worker: this process is a supervisor's worker: it serves the
+        stream endpoints only (the supervisor serves the UDP ones), on the
+        sockets it C{inherited}, which may be none.
     """
     from twisted.application.service import MultiService
 
     from gateway.run.service import GatewayService
     from gateway.run.signals import SignalHandling
+    from gateway.run.split import streamPart
     from gateway.run.supervisor import Supervisor
 
     top = MultiService()
     main: Any
-    if config.gateway.workers > 1 and not inherited:
-        main = Supervisor(config, reactor, logLevel)
+    worker = worker or bool(inherited)
+    if config.gateway.workers > 1 and not worker:
+        main = Supervisor(
+            config,
+            reactor,
+            logLevel,
+            lambda part, metrics: GatewayService(part, reactor, metrics=metrics),
+        )
     else:
-        main = GatewayService(config, reactor, inherited=inherited)
+        main = GatewayService(
+            config,
+            reactor,
+            inherited=inherited,
+            view=streamPart if worker else None,
+        )
     main.setServiceParent(top)
     if config.cluster is not None and isinstance(main, GatewayService):
         from gateway.run.fleet import Fleet
@@ -171,7 +192,7 @@ def serve(
         if problem is not None:
             _log.critical("{error}", error=problem)
             return 1
-    top = makeTop(config, reactor, inherited, logLevel)
+    top = makeTop(config, reactor, inherited, logLevel, worker=worker is not None)
     try:
         top.startService()
     except (StartupError, RuntimeError) as e:
@@ -188,7 +209,7 @@ def serve(
             _releasePidfile(pidfile)
             return 1
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    if inherited:
+    if worker is not None:
         # After the signal handlers (SignalHandling installs them when the
         # reactor runs, and was started first): a supervisor that retires
         # the old workers once this one is ready may signal it at once.

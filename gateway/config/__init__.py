@@ -53,6 +53,7 @@ from attrs import validators as v
 
 from gateway.core.ratelimit import ConnectionRate, parseRate
 from gateway.core.routing import normalizeName, normalizePattern
+from gateway.core.udpendpoints import isUDPEndpoint, parseUDPEndpoint
 from gateway.core.units import parseBool, parseDuration, parseList, parseSize
 
 __all__ = [
@@ -652,12 +653,21 @@ def _endpoint(text: str, folder: str) -> str:
     return description
 
 
+def _listenEndpoint(description: str, folder: str) -> str:
+    if isUDPEndpoint(description):
+        parseUDPEndpoint(description)  # QUIC: Twisted has no UDP endpoint strings
+        return description
+    return _endpoint(description, folder)
+
+
 def _endpoints(text: str, folder: str) -> tuple[str, ...]:
     descriptions = parseList(text)
     if not descriptions:
         raise ValueError("is empty")
     return tuple(
-        _eachItem(descriptions, lambda description: _endpoint(description, folder))
+        _eachItem(
+            descriptions, lambda description: _listenEndpoint(description, folder)
+        )
     )
 
 
@@ -669,6 +679,10 @@ def _bindingOf(description: str) -> tuple[object, ...] | None:
     @return: L{None} for what cannot clash (port 0 is a fresh port each
         time) or what this function does not know.
     """
+    if isUDPEndpoint(description):
+        udp = parseUDPEndpoint(description)
+        address = ipaddress.ip_address(udp.bindAddress)
+        return ("udp", udp.port, address) if udp.port else None
     endpoint, (port, interface, path) = _makeEndpoint(description)
     kind = type(endpoint).__name__
     if kind in ("TCP4ServerEndpoint", "TCP6ServerEndpoint"):
@@ -1137,7 +1151,27 @@ class ListenerConfig:
     #: Encrypted Client Hello key files (split mode, docs/ech.rst): read and
     #: checked by gateway.tls.echkeys, like certificates.
     ech_keys: tuple[str, ...] = attrs.field(default=(), metadata=_iniFolder(_paths))
+    quic_idle_timeout: float = attrs.field(
+        default=30.0, metadata=_ini(_positiveDuration)
+    )
+    quic_max_flows: int = attrs.field(
+        default=100000, metadata=_ini(lambda t: _integer(t, 1))
+    )
     location: Location = attrs.field(default=_NOWHERE, eq=False)
+
+    @property
+    def udpListen(self) -> tuple[str, ...]:
+        """
+        The C{udp:}/C{udp6:} endpoints of C{listen}: QUIC, passthrough only.
+        """
+        return tuple(d for d in self.listen if isUDPEndpoint(d))
+
+    @property
+    def streamListen(self) -> tuple[str, ...]:
+        """
+        The stream endpoints of C{listen} (C{tcp:}, C{tcp6:}, C{unix:}).
+        """
+        return tuple(d for d in self.listen if not isUDPEndpoint(d))
 
 
 #: The model of each kind of section.
@@ -1976,6 +2010,7 @@ class _Loader:
         self._edgeChecks(section, settings, mode, routes, problem)
         if "ech_keys" in items:
             _checkECHKeys(settings, mode, routes, problem)
+        self._quicChecks(section, settings, mode, routes, problem)
 
         if len(self.problems) != before:
             self._draft(ListenerConfig, section, routes=tuple(routes), **settings)
@@ -2032,6 +2067,45 @@ class _Loader:
                     "passthrough_protocols",
                     "nothing on this listener passes through: terminated"
                     " connections follow protocols",
+                )
+
+    def _quicChecks(
+        self,
+        section: _Section,
+        settings: Mapping[str, Any],
+        mode: str | None,
+        routes: Sequence[RouteConfig],
+        problem: Callable[[str | None, str], None],
+    ) -> None:
+        """
+        A UDP endpoint relays QUIC untouched: the gateway reads the Initial
+        packets' ClientHello and cannot terminate QUIC, so everything on
+        its listener must pass TLS through.
+        """
+        listen = parseList(section.items.get("listen", ""))
+        udp = [d for d in listen if isUDPEndpoint(d)]
+        if not udp:
+            return
+        if mode is not None and mode != "passthrough":
+            problem(
+                "mode",
+                f"mode = {mode} on a listener with UDP endpoint {udp[0]!r}: QUIC"
+                " is passed through only (use mode = passthrough, or move the"
+                " UDP endpoint to a listener of its own)",
+            )
+        if settings.get("protocol", "tls") != "tls":
+            problem(
+                "protocol",
+                f"UDP endpoint {udp[0]!r} carries QUIC: protocol must be tls",
+            )
+        for route in routes:
+            if route.action == "terminate":
+                self.problem(
+                    route.line,
+                    section.name,
+                    "routes",
+                    f"route {route.pattern!r} terminates TLS, but QUIC on UDP"
+                    f" endpoint {udp[0]!r} is passed through only",
                 )
 
     def _checkMySQLHealthChecks(

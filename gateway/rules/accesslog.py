@@ -32,6 +32,8 @@ class ConnectionRecord:
     @ivar accepted: wall-clock time of accept, for the C{time} field.
     @ivar started: the reactor clock at accept, for C{duration_ms}; a
         monotonic-ish clock that tests can drive.
+    @ivar transport: C{tcp} for a stream connection, C{udp} for a QUIC
+        flow (L{gateway.connection.datagram}).
     @ivar status: the first cause of the end that was recorded; later
         causes (a reset that follows an idle timeout, say) do not overwrite
         it, because the first one is what the operator needs to know.
@@ -58,6 +60,7 @@ class ConnectionRecord:
     #: the outer hello's name (L{None} without ECH).
     ech: str | None = None
     outerSni: str | None = None
+    transport: str = "tcp"
     extra: dict[str, Any] = attrs.field(factory=dict)
 
     @property
@@ -94,6 +97,7 @@ class ConnectionRecord:
             ),
             "listener": self.listener,
             "client": self.client,
+            "transport": self.transport,
             "sni": self.sni,
             "alpn": list(self.alpn),
             "ja4": self.ja4,

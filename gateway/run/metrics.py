@@ -13,6 +13,8 @@ before a worker imports anything), and the supervisor serves their sum.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
@@ -81,6 +83,13 @@ class Metrics:
             buckets=_HANDSHAKE_BUCKETS,
             registry=self.registry,
         )
+        self._quicDropped = Counter(
+            "tlsgateway_quic_dropped_datagrams",
+            "Datagrams on UDP endpoints that started no flow and belonged to"
+            " none, dropped without a reply, by reason.",
+            ["listener", "reason"],
+            registry=self.registry,
+        )
 
         self._ech = Counter(
             "tlsgateway_ech",
@@ -107,8 +116,31 @@ class Metrics:
     def handshake(self, seconds: float) -> None:
         self._handshake.observe(seconds)
 
+    def quicDropped(self, listener: str, reason: str) -> None:
+        self._quicDropped.labels(listener, reason).inc()
+
     def serverUp(self, upstream: str, server: str, up: bool) -> None:
         self._serverUp.labels(upstream, server).set(1 if up else 0)
+
+
+def sharedMetrics(folder: str) -> Metrics:
+    """
+    Metrics a supervisor counts itself (its QUIC flows, L{gateway.run.split})
+    into the folder its workers' metrics share, so that the page it serves
+    adds them up with theirs.
+
+    prometheus-client picks in-process or shared values when it is
+    imported, from C{PROMETHEUS_MULTIPROC_DIR}, and creates a labelled
+    child's value when the child is first used: a supervisor imported it
+    without, so its choice is changed here, for the rest of the process.
+    The supervisor has no other metric values (it serves the workers'
+    files and collectors that compute theirs at each scrape).
+    """
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    values.ValueClass = values.MultiProcessValue()
+    return Metrics()
 
 
 class _QuietSite(Site):

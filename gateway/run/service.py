@@ -30,6 +30,7 @@ from zope.interface import implementer
 from gateway.acme.manager import AcmeManager
 from gateway.acme.state import StateDirectory
 from gateway.config import AcmeSettings, ConfigError, GatewayConfig
+from gateway.connection.datagram import QuicListener
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
@@ -52,6 +53,7 @@ from gateway.run.metrics import Metrics
 from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
+from gateway.run.udpports import UDPPorts
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates, withAcme
 from gateway.tls.served import ExpiryCollector, ServedCertificates
 
@@ -96,8 +98,10 @@ class Generation:
         states: ListenerStates | None = None,
         acme: AcmeManager | None = None,
         contexts: Contexts | None = None,
+        dropped: Callable[[str, str], None] = lambda listener, reason: None,
     ) -> None:
         """
+        @param dropped: counts a datagram a UDP endpoint dropped.
         @param contexts: the TLS contexts the check of C{config} built
             (L{gateway.run.loading}), served as they are so that no file is
             read twice; L{None} (a configuration built in code, a second
@@ -143,6 +147,23 @@ class Generation:
             )
             for listener in config.listeners
         }
+        passthrough = {
+            name: factory.passthroughUpstreams
+            for name, factory in self.factories.items()
+        }
+        self.quic = {
+            listener.name: QuicListener(
+                listener,
+                passthrough[listener.name],
+                reactor,
+                reactor,
+                accessLog,
+                idle=idle,
+                dropped=dropped,
+            )
+            for listener in config.listeners
+            if listener.udpListen
+        }
 
     def certificateIssued(self, name: str, certificate: Any) -> None:
         """
@@ -156,7 +177,9 @@ class Generation:
 
     @property
     def active(self) -> int:
-        return sum(len(f.active) for f in self.factories.values())
+        return sum(len(f.active) for f in self.factories.values()) + sum(
+            len(q.active) for q in self.quic.values()
+        )
 
     def startPools(self, reactor: Any) -> None:
         """
@@ -225,11 +248,23 @@ class GatewayService(Service):
         reactor: Any = None,
         *,
         inherited: Mapping[str, tuple[int, socket.AddressFamily]] | None = None,
+        view: Callable[[GatewayConfig], GatewayConfig] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.config = config
+        """
+        @param view: what of each configuration this service serves (a
+            worker: its stream endpoints; L{gateway.run.split}).
+        @param metrics: where to count, instead of metrics of its own.
+        """
+        self._view = view or (lambda config: config)
+        self.config = self._view(config)
+        self._givenMetrics = metrics
         self._reactor = reactor
         self._inherited = dict(inherited or {})
         self._ports: dict[str, IListeningPort] = {}
+        # UDP endpoints (QUIC) by listen description: their flows outlive
+        # reloads, and their sockets stay open through a drain.
+        self._udp = UDPPorts()
         self._accessLog: AccessLog | None = None
         self._metrics: Metrics | None = None
         self._metricsPort: IListeningPort | None = None
@@ -287,7 +322,9 @@ class GatewayService(Service):
         """
         reactor = self._getReactor()
         settings = self.config.gateway
-        if settings.metrics is not None or self._inherited:
+        if self._givenMetrics is not None:
+            self._metrics = self._givenMetrics
+        elif settings.metrics is not None or self._inherited:
             self._metrics = Metrics()
         extra = {"worker_pid": os.getpid()} if self._inherited else None
         try:
@@ -311,6 +348,7 @@ class GatewayService(Service):
                 self._states,
                 self._acme,
                 takeContexts(self.config),
+                dropped=self._dropped,
             )
             errors = self._bind(reactor, generation)
             if errors:
@@ -318,6 +356,7 @@ class GatewayService(Service):
             self._startMetrics(reactor)
         except StartupError:
             self._closePorts(list(self._ports))
+            self._udp.close()
             self._accessLog.close()
             raise
         for warning in generation.warnings:
@@ -386,7 +425,13 @@ class GatewayService(Service):
         errors: list[str] = []
         for listener in generation.config.listeners:
             factory = generation.factories[listener.name]
-            for description in listener.listen:
+            quic = generation.quic.get(listener.name)
+            for description in listener.udpListen:
+                assert quic is not None
+                error = self._udp.bind(reactor, description, quic)
+                if error is not None:
+                    errors.append(f"listener {listener.name}: {error}")
+            for description in listener.streamListen:
                 port = self._ports.get(description)
                 if port is not None:
                     port.factory = factory  # type: ignore[attr-defined]
@@ -409,6 +454,10 @@ class GatewayService(Service):
                     description=description,
                 )
         return errors
+
+    def _dropped(self, listener: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.quicDropped(listener, reason)
 
     def _open(
         self, reactor: Any, description: str, factory: ListenerFactory
@@ -516,6 +565,8 @@ class GatewayService(Service):
         for generation in self._generations():
             for name, factory in generation.factories.items():
                 active[name] = active.get(name, 0) + len(factory.active)
+            for name, quic in generation.quic.items():
+                active[name] = active.get(name, 0) + len(quic.active)
         snapshot = localSnapshot(
             self.config,
             active,
@@ -547,8 +598,6 @@ class GatewayService(Service):
         """
         if self._current is None:
             return False
-        reactor = self._getReactor()
-        assert self._accessLog is not None
         path = self.config.path
         try:
             loaded = loadChecked(path)
@@ -560,7 +609,21 @@ class GatewayService(Service):
             return False
         if self.merge is not None:
             loaded = self.merge(loaded)
-        config = loaded.config
+        return self.serveConfig(loaded.config, loaded.contexts)
+
+    def serveConfig(self, config: GatewayConfig, contexts: Contexts | None) -> bool:
+        """
+        Serve a configuration that was checked (L{reload}, or a supervisor
+        that read it for its own QUIC part), as L{reload} says.
+        """
+        if self._current is None:
+            return False
+        reactor = self._getReactor()
+        assert self._accessLog is not None
+        viewed = self._view(config)
+        if viewed is not config:
+            contexts = None  # built for the whole configuration
+        config = viewed
         try:
             log = self._accessLog.prepare(config.gateway.access_log)
         except OSError as e:
@@ -575,7 +638,8 @@ class GatewayService(Service):
                 self._maybeDrained,
                 self._states,
                 acme,
-                loaded.contexts,
+                contexts,
+                dropped=self._dropped,
             )
         except StartupError as e:
             if log is not None:
@@ -583,10 +647,12 @@ class GatewayService(Service):
             self._refused(str(e))
             return False
         before = set(self._ports)
+        beforeUDP = set(self._udp)
         errors = self._bind(reactor, generation)
         if errors:
             # Put the old factories back and close what was opened.
             self._closePorts(sorted(set(self._ports) - before))
+            self._udp.close(sorted(set(self._udp) - beforeUDP))
             self._bind(reactor, self._current)
             if log is not None:
                 log.close()
@@ -594,6 +660,7 @@ class GatewayService(Service):
             return False
         wanted = {d for listener in config.listeners for d in listener.listen}
         self._closePorts(sorted(set(self._ports) - wanted))
+        self._udp.close(sorted(set(self._udp) - wanted))
         for warning in generation.warnings:
             self._log.warn("{warning}", warning=warning)
         old, self._current, self.config = self._current, generation, config
@@ -635,6 +702,7 @@ class GatewayService(Service):
         if not self.running:
             return
         self._closePorts(list(self._ports))
+        self._udp.close()
         if self._acme is not None:
             self._acme.stop()
         for generation in self._generations():
@@ -690,11 +758,13 @@ class GatewayService(Service):
         if self._serverStates is not None and self._serverStates.running:
             self._serverStates.stop()
         self._closePorts(list(self._ports))
+        self._udp.stopAccepting()
         if self._metricsPort is not None:
             self._metricsPort.stopListening()
             self._metricsPort = None
         active = sum(g.active for g in self._generations())
         if not active:
+            self._udp.close()
             self._closeLog()
             return succeed(None)
         timeout = self.config.gateway.drain_timeout
@@ -712,6 +782,7 @@ class GatewayService(Service):
         for call in self._delayed:
             cancel(call)
         self._delayed = []
+        self._udp.close()
         self._closeLog()
 
     def _cut(self) -> None:
@@ -729,6 +800,7 @@ class GatewayService(Service):
         self._delayed.append(self._getReactor().callLater(2, self._forceDrained))
         for protocol in remaining:
             protocol.shutdown()
+        self._udp.shutdown()
 
     def _forceDrained(self) -> None:
         if self._drained is not None and not self._drained.called:

@@ -20,6 +20,11 @@ with.
 Each worker keeps its own passive health state (failed connects) and runs
 its own active health checks; metrics from every worker are summed by the
 supervisor (prometheus-client's multiprocess mode).
+
+UDP endpoints (QUIC) are the exception: the supervisor serves them itself,
+in a L{gateway.run.service.GatewayService} of their own that a reload reconfigures rather than
+replaces, so that established flows survive it (L{gateway.run.split}
+says why).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -48,8 +55,10 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.connection.timers import cancel
 from gateway.run.loading import listenProblem, listenReason, loadChecked, takeContexts
 from gateway.run.logs import Relay, standardOutput
+from gateway.run.metrics import Metrics, sharedMetrics
 from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
+from gateway.run.split import quicPart
 from gateway.tls.contexts import Contexts, buildContexts, servedCertificates
 from gateway.tls.served import ServedCertificates
 
@@ -167,6 +176,22 @@ class _PendingReload:
         self.contexts = contexts
 
 
+class QuicService(TypingProtocol):
+    """
+    What serves a supervisor's UDP endpoints: a
+    L{gateway.run.service.GatewayService} over L{quicPart}, given by the
+    caller (the service module imports this one).
+    """
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> Deferred[None]: ...
+
+    def serveConfig(self, config: GatewayConfig, contexts: Contexts | None) -> bool: ...
+
+    def reopenLogs(self) -> None: ...
+
+
 @implementer(IReloadable)
 class Supervisor(Service):
     """
@@ -190,9 +215,17 @@ class Supervisor(Service):
     _log = Logger()
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, logLevel: str = "info"
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        logLevel: str = "info",
+        quicService: Callable[[GatewayConfig, Metrics], QuicService] | None = None,
     ) -> None:
+        """
+        @param quicService: makes the service of the UDP endpoints.
+        """
         self.config = config
+        self._makeQuic = quicService
         self._reactor = reactor
         self._logLevel = logLevel
         self._ports: dict[str, IListeningPort] = {}
@@ -211,6 +244,7 @@ class Supervisor(Service):
         # A daemon's standard output and error are /dev/null: its workers'
         # (their access log, their log) come through pipes to its log.
         self.relay = None if standardOutput() is None else Relay()
+        self._quic: QuicService | None = None
 
     def _shareMetrics(self, config: GatewayConfig) -> None:
         """
@@ -234,6 +268,7 @@ class Supervisor(Service):
         self._acmeRefresh.clock = self._reactor
         self._acmeRefresh.start(_ACME_REFRESH, now=False)
         self._openPorts(self.config)
+        self._serveQuic(self.config, None)
         self._startMetrics()
         self._startGeneration()
         self.reloads.started()
@@ -242,6 +277,26 @@ class Supervisor(Service):
             pid=os.getpid(),
             workers=self.config.gateway.workers,
         )
+
+    def _serveQuic(self, config: GatewayConfig, contexts: Contexts | None) -> None:
+        """
+        Serve the UDP endpoints of C{config} here: start the QUIC service,
+        reconfigure it (its established flows stay), or stop it.
+
+        @raise StartupError: at start, an endpoint cannot be opened.
+        """
+        part = quicPart(config)
+        if self._quic is not None:
+            if part is not None:
+                self._quic.serveConfig(part, contexts)
+            else:
+                self._quic.stopService()
+                self._quic = None
+        elif part is not None:
+            if self._makeQuic is None:
+                raise RuntimeError("this supervisor cannot serve UDP endpoints")
+            self._quic = self._makeQuic(part, sharedMetrics(self._metricsDir))
+            self._quic.startService()
 
     def _openPorts(self, config: GatewayConfig) -> None:
         """
@@ -252,7 +307,7 @@ class Supervisor(Service):
         """
         errors: list[str] = []
         for listener in config.listeners:
-            for description in listener.listen:
+            for description in listener.streamListen:
                 if description in self._ports:
                     continue
                 result: list[Any] = []
@@ -301,7 +356,9 @@ class Supervisor(Service):
             self._noteCertificates(self.config)
 
     def _closeUnused(self) -> None:
-        wanted = {d for listener in self.config.listeners for d in listener.listen}
+        wanted = {
+            d for listener in self.config.listeners for d in listener.streamListen
+        }
         for description in list(self._ports):
             if description not in wanted:
                 self._ports.pop(description).stopListening()
@@ -552,6 +609,7 @@ class Supervisor(Service):
         self.config = pending.config
         self._serve(pending.config, pending.contexts)
         self._shareMetrics(pending.config)
+        self._serveQuic(pending.config, None)
         for worker in old:
             worker.stopping = True
             # Retire, not drain: no deadline, so established connections
@@ -601,6 +659,8 @@ class Supervisor(Service):
     def reopenLogs(self) -> None:
         for worker in list(self._workers):
             worker.signal(signal.SIGUSR1)
+        if self._quic is not None:
+            self._quic.reopenLogs()
 
     def retire(self) -> None:
         """
@@ -631,6 +691,8 @@ class Supervisor(Service):
             worker.stopping = True
             worker.signal(signal.SIGTERM)
             ended.append(worker.ended)
+        if self._quic is not None:
+            ended.append(self._quic.stopService())
         from twisted.internet.defer import gatherResults
 
         done: Deferred[Any] = gatherResults(ended) if ended else succeed(None)
