@@ -124,3 +124,21 @@ def test_aCycleIsFoundAndNamed(tmp_path: Path) -> None:
 
 def test_noCycleIsFoundWhereThereIsNone() -> None:
     assert findCycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_everyPackageIsInstalled() -> None:
+    """
+    C{setup.cfg} lists its packages by name (C{twisted.plugins} must be
+    named, so C{find:} is not used): a package missing there is missing
+    from every installed gateway, whose imports then fail.
+    """
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(PACKAGE.parent / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    found = {
+        ".".join(("gateway", *init.parent.relative_to(PACKAGE).parts))
+        for init in PACKAGE.rglob("__init__.py")
+    }
+    assert found - listed == set()
