@@ -59,8 +59,8 @@ from zope.interface import implementer
 from gateway.config import ServerConfig
 from gateway.connection.preread import IStage
 from gateway.connection.relay import IRelay
+from gateway.connection.relays import startRelay
 from gateway.connection.session import Timeouts, UpstreamRuntime
-from gateway.connection.splicerelay import startRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.connection.upstream import connectServer

@@ -33,14 +33,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway.connection import splicerelay
+from gateway.connection import spliceflow
 from gateway.connection.relay import IRelay, PortableRelay
-from gateway.connection.splicerelay import (
-    PipePool,
-    SpliceRelay,
-    spliceUnavailable,
-    startRelay,
-)
+from gateway.connection.relays import spliceUnavailable, startRelay
+from gateway.connection.spliceflow import PipePool
+from gateway.connection.splicerelay import SpliceRelay
 from gateway.fast import internals as fastpath
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
@@ -450,10 +447,10 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(appendingTo(events))
 
-    def broken(flow: splicerelay._Flow) -> None:
+    def broken(flow: spliceflow.Flow) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(splicerelay._Flow, "sourceReadable", broken)
+    monkeypatch.setattr(spliceflow.Flow, "sourceReadable", broken)
     try:
         harness.clientPeer.send(b"boom")
         harness.waitForReset(harness.upstreamPeer)
@@ -575,7 +572,7 @@ def test_portableWhenAskedFor(tcpPair: tuple[tcp.Connection, tcp.Connection]) ->
 def test_portableWithoutSplice(
     tcpPair: tuple[tcp.Connection, tcp.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(splicerelay, "_splice", None)
+    monkeypatch.setattr(spliceflow, "splice", None)
     assert spliceUnavailable("splice", *tcpPair) == (
         "relay = splice, but this platform has no splice"
     )
@@ -648,7 +645,7 @@ def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
     assert upstream.value() == b"hello there"
     assert client.producerState == "producing"
     (event,) = [
-        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
+        e for e in events if e.get("log_namespace") == "gateway.connection.relays"
     ]
     assert event["log_level"].name == "debug"
     assert event["where"] == "127.0.0.1:1 -> u:1"
@@ -690,7 +687,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
     assert upstream._tempDataLen == 0
     assert client.getHandle().recv(100) == b"hello"
     (event,) = [
-        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
+        e for e in events if e.get("log_namespace") == "gateway.connection.relays"
     ]
     assert event["log_level"].name == "debug"
     assert event["setting"] == "auto"
@@ -712,13 +709,13 @@ def test_urgentDataNeitherStallsNorSpins(
     assert harness.relay is not None
     harness.relay._toUpstream._bulk = bulk
     reads: list[None] = []
-    original = splicerelay._Flow.sourceReadable
+    original = spliceflow.Flow.sourceReadable
 
-    def counted(flow: splicerelay._Flow) -> None:
+    def counted(flow: spliceflow.Flow) -> None:
         reads.append(None)
         original(flow)
 
-    monkeypatch.setattr(splicerelay._Flow, "sourceReadable", counted)
+    monkeypatch.setattr(spliceflow.Flow, "sourceReadable", counted)
     harness.clientPeer.send(b"abc")
     harness.clientPeer.send(b"!", socket.MSG_OOB)
     harness.clientPeer.send(b"def")
@@ -751,7 +748,7 @@ def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
     """
     harness = relayed()
     splices: list[int] = []
-    original = splicerelay._splice
+    original = spliceflow.splice
     assert original is not None
 
     def counted(source: int, sink: int, count: int, flags: int = 0) -> int:
@@ -759,7 +756,7 @@ def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
         splices.append(moved)
         return moved
 
-    monkeypatch.setattr(splicerelay, "_splice", counted)
+    monkeypatch.setattr(spliceflow, "splice", counted)
     sent = bytearray()
     got = bytearray()
 

@@ -169,9 +169,9 @@ def test_theSwitchTurnsEveryFastPathOff() -> None:
     at import): every fast path is off, and the splice relay with them.
     """
     code = (
-        "from gateway.fast import internals as fastpath; from gateway.connection import splicerelay; "
+        "from gateway.fast import internals as fastpath; from gateway.connection import spliceflow; "
         "print(fastpath.DIRECT_TCP, fastpath.DIRECT_TLS, fastpath.HUB_READER, "
-        "splicerelay._splice)"
+        "spliceflow.splice)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
