@@ -31,9 +31,11 @@ from gateway.connection.relay import CopyRelay, IRelay, PortableRelay
 from gateway.connection.session import Session, UpstreamProtocol, _Discard
 from gateway.connection.splicerelay import SpliceRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
+from gateway.core.records import IRecordLayer
+from gateway.fast.internals import DirectRecords
 from gateway.protocols.mysql import MySQLConnection, ServerLeg, _TerminatedLogin
 from gateway.protocols.postgres import StartupReader
-from gateway.tls.transport import ITLSEvents
+from gateway.tls.transport import ITLSEvents, PublicRecords
 
 PROVIDERS: list[tuple[type[Interface], type]] = [
     (IStage, PassthroughStage),
@@ -55,6 +57,8 @@ PROVIDERS: list[tuple[type[Interface], type]] = [
     (IUpstreamDialer, TwistedDialer),
     (IUpstreamDialer, AdoptingDialer),
     (IUpstreamDialer, SpliceDialer),
+    (IRecordLayer, PublicRecords),
+    (IRecordLayer, DirectRecords),
 ]
 
 

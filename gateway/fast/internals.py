@@ -12,8 +12,8 @@ them are here, in this one module, and nowhere else in L{gateway}:
     C{_tempDataLen}, C{_closeWriteConnection}).
   - L{unsentBytes}: what a TCP transport still holds to send, which decides
     whether the splice relay may take its socket over.
-  - L{rawHandles}, L{rawFeed}, L{rawReadPlaintext}, L{rawDrain},
-    L{rawWrite}: the TLS data path through OpenSSL's functions directly, on
+  - L{DirectRecords} (L{directRecords}): the TLS data path through
+    OpenSSL's functions directly, on
     the pyOpenSSL connection's C{SSL*} and memory C{BIO*}s (the cffi
     binding C{OpenSSL._util} and C{Connection._ssl}, C{_into_ssl},
     C{_from_ssl}), with one reused buffer.
@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.core.records import IRecordLayer
 from gateway.fast.portable import EPOLL, PORTABLE
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ _RAW_CHUNK = 2**19
 # handshake, shutdown and everything else stay on pyOpenSSL's API: that
 # is where its callbacks (certificate verification, ALPN, OCSP) run and
 # report errors, and none of them runs after the handshake.  Should a
-# pyOpenSSL release move these internals, L{rawHandles} finds out and the
+# pyOpenSSL release move these internals, L{directRecords} finds out and the
 # public API is used instead, slower and otherwise the same.
 try:
     from OpenSSL._util import ffi as _ffi
@@ -216,7 +217,7 @@ try:
 except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSSL
     _lib = None
 
-#: The direct OpenSSL calls on the data path (L{rawHandles}): the fast
+#: The direct OpenSSL calls on the data path (L{directRecords}): the fast
 #: paths are on and this pyOpenSSL has the binding.
 DIRECT_TLS: Final = not PORTABLE and _lib is not None
 
@@ -290,22 +291,6 @@ def refuseEarlyData(context: SSL.Context) -> bool:
     return bool(setMax(handle, 0))
 
 
-def rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
-    """
-    The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
-    calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
-    that is not on memory BIOs, or the fast paths off: L{gateway.fast.portable}).
-    """
-    if not DIRECT_TLS:
-        return None
-    ssl = getattr(connection, "_ssl", None)
-    into = getattr(connection, "_into_ssl", None)
-    out = getattr(connection, "_from_ssl", None)
-    if ssl is None or into is None or out is None:
-        return None
-    return ssl, into, out
-
-
 #: The reason logged when OpenSSL fails a record without saying why.
 UNKNOWN_TLS_ERROR: Final = "TLS error after the handshake"
 
@@ -327,76 +312,101 @@ def _queuedReasons() -> str:
     return "; ".join(dict.fromkeys(reasons)) or UNKNOWN_TLS_ERROR
 
 
-def rawFeed(into: Any, data: bytes) -> int:
+def directRecords(connection: SSL.Connection) -> DirectRecords | None:
     """
-    Put ciphertext into the memory BIO C{into} (of L{rawHandles}).
-
-    @return: how many bytes it took; the caller hands the rest to
-        pyOpenSSL's C{bio_write}, which raises as it always did.
+    The direct record layer of C{connection}, or L{None} to use pyOpenSSL's
+    API (no binding, a connection that is not on memory BIOs, or the fast
+    paths off: L{gateway.fast.portable}).
     """
-    count: int = _BIO_write(into, data, len(data))
-    return count if count > 0 else 0
-
-
-def rawReadPlaintext(ssl: Any) -> tuple[list[bytes], bool, str | None]:
-    """
-    Decrypt everything the ciphertext fed so far completes
-    (C{SSL_read} until it wants more).
-
-    @return: the plaintext chunks; whether the peer's C{close_notify}
-        came; OpenSSL's reason when a record failed (what pyOpenSSL would
-        raise as an C{SSL.Error}), else L{None}.
-    """
-    chunks: list[bytes] = []
-    while True:
-        count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
-        if count > 0:
-            chunks.append(_VIEW[:count])
-            continue
-        error = _SSL_get_error(ssl, count)
-        if error == _ZERO_RETURN:
-            return chunks, True, None
-        if error != _WANT_READ:
-            return chunks, False, _queuedReasons()
-        return chunks, False, None
-
-
-def rawDrain(out: Any) -> bytes | None:
-    """
-    Everything OpenSSL wrote to the memory BIO C{out}, or L{None} when it
-    holds nothing.  A read shorter than the buffer emptied it.
-    """
-    count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-    if count <= 0:
+    if not DIRECT_TLS:
         return None
-    data: bytes = _VIEW[:count]
-    if count == _RAW_CHUNK:
-        chunks = [data]
-        while count == _RAW_CHUNK:
-            count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-            if count <= 0:
-                break
-            chunks.append(_VIEW[:count])
-        data = b"".join(chunks)
-    return data
+    ssl = getattr(connection, "_ssl", None)
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    if ssl is None or into is None or out is None:
+        return None
+    return DirectRecords(connection, ssl, into, out)
 
 
-def rawWrite(ssl: Any, data: bytes) -> bytes:
+@implementer(IRecordLayer)
+class DirectRecords:
     """
-    Encrypt C{data} (C{SSL_write}) into the connection's memory BIO.
-
-    A memory BIO never fills, so one call takes it all.
-
-    @return: what it did not take (an error), for pyOpenSSL's
-        C{sendall}, which raises as it always did; usually C{b""}.
+    The TLS data path through OpenSSL's functions directly, on the
+    pyOpenSSL connection's C{SSL*} and its two memory C{BIO*}s.  What a
+    direct call does not take (an error) goes to pyOpenSSL's API, which
+    raises as it always did.
     """
-    written = _SSL_write(ssl, data, len(data))
-    if written == len(data):
-        return b""
-    if written <= 0:
-        _ERR_clear_error()
+
+    __slots__ = ("_connection", "_into", "_out", "_ssl")
+
+    def __init__(
+        self, connection: SSL.Connection, ssl: Any, into: Any, out: Any
+    ) -> None:
+        self._connection = connection
+        self._ssl = ssl
+        self._into = into
+        self._out = out
+
+    def feed(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            self._connection.bio_write(data)
+            return
+        count: int = _BIO_write(self._into, data, len(data))
+        if count < len(data):
+            self._connection.bio_write(data[count:] if count > 0 else data)
+
+    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
+        """
+        C{SSL_read} until it wants more.
+        """
+        ssl = self._ssl
+        chunks: list[bytes] = []
+        while True:
+            count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
+            if count > 0:
+                chunks.append(_VIEW[:count])
+                continue
+            error = _SSL_get_error(ssl, count)
+            if error == _ZERO_RETURN:
+                return chunks, True, None
+            if error != _WANT_READ:
+                return chunks, False, _queuedReasons()
+            return chunks, False, None
+
+    def drain(self) -> bytes | None:
+        """
+        A read shorter than the buffer emptied the BIO.
+        """
+        out = self._out
+        count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+        if count <= 0:
+            return None
+        data: bytes = _VIEW[:count]
+        if count == _RAW_CHUNK:
+            chunks = [data]
+            while count == _RAW_CHUNK:
+                count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+                if count <= 0:
+                    break
+                chunks.append(_VIEW[:count])
+            data = b"".join(chunks)
         return data
-    return data[written:]
+
+    def write(self, data: bytes) -> None:
+        """
+        C{SSL_write}: a memory BIO never fills, so one call takes it all.
+        """
+        if type(data) is not bytes:
+            self._connection.sendall(data)
+            return
+        written = _SSL_write(self._ssl, data, len(data))
+        if written == len(data):
+            return
+        if written <= 0:
+            _ERR_clear_error()
+            self._connection.sendall(data)
+        else:
+            self._connection.sendall(data[written:])
 
 
 def sessionReused(connection: SSL.Connection) -> bool:
