@@ -92,7 +92,10 @@ class IUpstreamDialer(Interface):
         session: DialingSession, server: ServerConfig
     ) -> tuple[UpstreamProtocol | SplicedAttempt, Stoppable]:
         """
-        Start connecting to C{server}.
+        Start connecting to C{server}.  The outcome is reported later,
+        never from inside this call (as Twisted's connectors do), so the
+        session records the attempt from what this returns before any
+        report about it can come.
 
         @return: the attempt (what the session's reports name) and the
             connect in progress, which a client that leaves stops.
