@@ -38,7 +38,7 @@ from gateway.connection.directconnect import DirectConnect, adoptionHub, literal
 from gateway.connection.relays import spliceHub
 from gateway.connection.upstream import adoptConnected, connectServer
 from gateway.core.transports import RelayTransport
-from gateway.fast.internals import Hub
+from gateway.fast.hub import Hub
 
 if TYPE_CHECKING:
     from gateway.connection.session import UpstreamProtocol

@@ -244,7 +244,7 @@ class PortableRelay(RelayRules[RelayTransport]):
 class CopyRelay(PortableRelay):
     """
     The portable relay with the splice hub reading both TCP sockets
-    (L{gateway.fast.internals.hubReaders}) in place of the reactor: bytes
+    (L{gateway.fast.hub.hubReaders}) in place of the reactor: bytes
     still pass through Python and Twisted's transports write them (TLS
     done by the gateway, for example), but a read costs one hub dispatch
     rather than the reactor's.

@@ -32,7 +32,8 @@ from gateway.connection.relay import CopyRelay, IRelay, PortableRelay, Reader
 from gateway.connection.splicerelay import SpliceRelay
 from gateway.core import verbosity
 from gateway.core.transports import RelayTransport
-from gateway.fast.internals import HUBS, Hub, hasUnsentBytes, hubFor, hubReaders, send
+from gateway.fast.hub import HUBS, Hub, hubFor, hubReaders
+from gateway.fast.internals import hasUnsentBytes, send
 from gateway.fast.portable import PORTABLE
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.connection.relayrules import LINGER0, reset
-from gateway.fast.internals import Hub
+from gateway.fast.hub import Hub
 from gateway.fast.portable import SPLICE
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event
@@ -150,7 +150,7 @@ class FlowOwner(Protocol):
 @implementer(IReadWriteDescriptor)
 class SpliceEnd:
     """
-    One relayed socket as the relay's L{gateway.fast.internals.Hub} sees it while the relay owns
+    One relayed socket as the relay's L{gateway.fast.hub.Hub} sees it while the relay owns
     it: the source of one flow (C{doRead}) and the sink of the other
     (C{doWrite}).
 

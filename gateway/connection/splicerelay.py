@@ -11,7 +11,7 @@ socket: the kernel moves page references, and Python only counts.
 Taking the sockets over: once the session has both connections, the relay
 stops Twisted's reading and writing on both transports and registers its
 own descriptor objects for the same file descriptors with the reactor's
-splice hub (L{gateway.fast.internals.Hub}: one epoll set, itself one reader of the reactor, that
+splice hub (L{gateway.fast.hub.Hub}: one epoll set, itself one reader of the reactor, that
 calls the relays without Twisted's per-event dispatch).
 Twisted keeps owning the sockets: when the relay is done it unregisters and
 gives them back (C{loseConnection}, C{abortConnection}), so the transports'
@@ -47,7 +47,7 @@ from gateway.connection.spliceflow import (
     PipePool,
     SpliceEnd,
 )
-from gateway.fast.internals import hubFor
+from gateway.fast.hub import hubFor
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner, Event
 

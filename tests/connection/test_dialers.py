@@ -28,7 +28,7 @@ from gateway.connection.dialers import (
     TwistedDialer,
     chooseDialer,
 )
-from gateway.fast import internals as fastpath
+from gateway.fast import hub as fasthub
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport
 
@@ -103,14 +103,14 @@ def hubReactor() -> Iterator[tuple[EPollReactor, tcp.Connection]]:
     An epoll reactor with its splice hub, and a connected client transport.
     """
     reactor = EPollReactor()
-    fastpath.hubFor(reactor)
+    fasthub.hubFor(reactor)
     with socket.create_server(("127.0.0.1", 0)) as server:
         near = socket.create_connection(server.getsockname())
         far, _ = server.accept()
     client = tcp.Connection(far, Protocol(), reactor)
     client.connected = True
     yield reactor, client
-    hub = fastpath.HUBS.pop(reactor, None)
+    hub = fasthub.HUBS.pop(reactor, None)
     if hub is not None:
         hub.close()
     near.close()
@@ -143,7 +143,7 @@ def test_theSpliceDialerHandsTheConnectedSocketToTheSession(
     hubReactor: tuple[EPollReactor, tcp.Connection],
 ) -> None:
     reactor, _ = hubReactor
-    hub = fastpath.hubFor(reactor)
+    hub = fasthub.hubFor(reactor)
     session = Dialing()
     with socket.create_server(("127.0.0.1", 0)) as server:
         host, port = server.getsockname()
@@ -171,8 +171,8 @@ def test_aServerGivenByNameFallsBackToTwisted(
     memory = MemoryReactor()
     session = Dialing()
     for dialer in (
-        SpliceDialer(fastpath.hubFor(reactor), memory, Clock(), 5.0),
-        AdoptingDialer(fastpath.hubFor(reactor), memory, Clock(), 5.0),
+        SpliceDialer(fasthub.hubFor(reactor), memory, Clock(), 5.0),
+        AdoptingDialer(fasthub.hubFor(reactor), memory, Clock(), 5.0),
     ):
         attempt, _ = dialer.dial(session, ServerConfig("localhost", 443))  # type: ignore[arg-type]
         assert attempt is session.attempts[-1]

@@ -26,7 +26,7 @@ from gateway.connection.relays import (
     startRelay,
 )
 from gateway.connection.splicerelay import SpliceRelay
-from gateway.fast import internals as fastpath
+from gateway.fast import hub as fasthub
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import appendingTo, fastPathOnly
@@ -55,7 +55,7 @@ def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
         transport.connected = True
         transports.append(transport)
     yield transports[0], transports[1]
-    hub = fastpath.HUBS.get(reactor)
+    hub = fasthub.HUBS.get(reactor)
     if hub is not None:
         hub.close()
     near.close()
@@ -255,7 +255,7 @@ def test_startRelayStartsTheCopyRelayWithItsReaders(
         countBytes=True,
     )
     assert isinstance(relay, CopyRelay)
-    readers = [r for r in relay._readers if isinstance(r, fastpath.HubReader)]
+    readers = [r for r in relay._readers if isinstance(r, fasthub.HubReader)]
     assert [reader.reading for reader in readers] == [True, True]
     relay.abort(Event.SHUT_DOWN, "test over")
     assert [reader.reading for reader in readers] == [False, False]

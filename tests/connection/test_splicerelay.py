@@ -35,7 +35,7 @@ from gateway.connection import spliceflow
 from gateway.connection.relay import IRelay
 from gateway.connection.spliceflow import PipePool
 from gateway.connection.splicerelay import SpliceRelay
-from gateway.fast import internals as fastpath
+from gateway.fast import hub as fasthub
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import appendingTo, fastPathOnly
@@ -131,7 +131,7 @@ class Relayed:
         )
         # The reactor's splice hub lives as long as the reactor: made now,
         # so that it is not taken for a descriptor a relay leaked.
-        fastpath.hubFor(self.reactor)
+        fasthub.hubFor(self.reactor)
         self.baseline = openFds()
         self.clientPeer = socket.create_connection(
             ("127.0.0.1", self._port.getHost().port)
@@ -255,7 +255,7 @@ class Relayed:
         self._port.stopListening()
         self._listener.close()
         self.pipes.close()
-        fastpath.hubFor(self.reactor).close()
+        fasthub.hubFor(self.reactor).close()
         self.reactor.removeAll()
         self.reactor._poller.close()
 
