@@ -12,7 +12,7 @@ session starts, by L{chooseDialer}:
     given to the splice relay as it is: no Twisted transport at all;
   - L{AdoptingDialer}: connected in the hub the same way, then adopted
     by the reactor (C{adoptStreamConnection}) as an ordinary transport of
-    the session's L{UpstreamProtocol}: for a relay that is not spliced;
+    the session's L{AttemptProtocol}: for a relay that is not spliced;
   - L{TwistedDialer}: Twisted's C{connectTCP}/C{connectUNIX}: always with
     the fast paths off, and what the other two fall back to for a server
     given by name (Twisted resolves it) or a C{unix:} path.
@@ -26,10 +26,11 @@ C{connectionMade} or, spliced, L{DialingSession.splicedConnected}.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol as Structural
 
 import attrs
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -40,8 +41,15 @@ from gateway.connection.upstream import adoptConnected, connectServer
 from gateway.core.transports import RelayTransport
 from gateway.fast.hub import Hub
 
-if TYPE_CHECKING:
-    from gateway.connection.session import UpstreamProtocol
+
+class AttemptProtocol(Protocol):
+    """
+    The protocol of an upstream attempt that Twisted carries (the
+    session's L{gateway.connection.session.UpstreamProtocol}): it knows
+    the server it is for.
+    """
+
+    server: ServerConfig
 
 
 @attrs.define(slots=True)
@@ -56,7 +64,7 @@ class SplicedAttempt:
     transport: None = None
 
 
-class Stoppable(Protocol):
+class Stoppable(Structural):
     """
     A connect in progress: Twisted's C{IConnector} or a L{DirectConnect}.
     """
@@ -64,15 +72,15 @@ class Stoppable(Protocol):
     def stopConnecting(self) -> None: ...
 
 
-class DialingSession(Protocol):
+class DialingSession(Structural):
     """
     What a dialer reports to the session it connects for.
     """
 
-    def newAttempt(self, server: ServerConfig) -> UpstreamProtocol: ...
+    def newAttempt(self, server: ServerConfig) -> AttemptProtocol: ...
 
     def connectFailed(
-        self, attempt: UpstreamProtocol | SplicedAttempt, reason: Failure
+        self, attempt: AttemptProtocol | SplicedAttempt, reason: Failure
     ) -> None: ...
 
     def splicedConnected(
@@ -90,7 +98,7 @@ class IUpstreamDialer(Interface):
 
     def dial(
         session: DialingSession, server: ServerConfig
-    ) -> tuple[UpstreamProtocol | SplicedAttempt, Stoppable]:
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
         """
         Start connecting to C{server}.  The outcome is reported later,
         never from inside this call (as Twisted's connectors do), so the
@@ -116,7 +124,7 @@ class TwistedDialer:
 
     def dial(
         self, session: DialingSession, server: ServerConfig
-    ) -> tuple[UpstreamProtocol | SplicedAttempt, Stoppable]:
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
         attempt = session.newAttempt(server)
         connector = connectServer(
             self._reactor,
@@ -151,7 +159,7 @@ class AdoptingDialer:
 
     def dial(
         self, session: DialingSession, server: ServerConfig
-    ) -> tuple[UpstreamProtocol | SplicedAttempt, Stoppable]:
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
         address = _literal(server)
         if address is None:
             return self._fallback.dial(session, server)
@@ -195,7 +203,7 @@ class SpliceDialer:
 
     def dial(
         self, session: DialingSession, server: ServerConfig
-    ) -> tuple[UpstreamProtocol | SplicedAttempt, Stoppable]:
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
         address = _literal(server)
         if address is None:
             return self._fallback.dial(session, server)

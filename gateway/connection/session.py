@@ -25,12 +25,13 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
 from gateway.connection.dialers import (
+    AttemptProtocol,
     SplicedAttempt,
     Stoppable,
     chooseDialer,
@@ -79,7 +80,7 @@ class Timeouts:
 
 
 @implementer(IHalfCloseableProtocol, ITLSEvents)
-class UpstreamProtocol(Protocol):
+class UpstreamProtocol(AttemptProtocol):
     """
     The upstream side of a session.  With re-encryption it owns the TLS
     layer and reports the upstream as ready only once the handshake is done
@@ -320,7 +321,7 @@ class Session:
         self._tried: frozenset[ServerConfig] = frozenset()
         self._picked: ServerConfig | None = None
         self._connector: Stoppable | None = None
-        self._attempt: UpstreamProtocol | SplicedAttempt | None = None
+        self._attempt: AttemptProtocol | SplicedAttempt | None = None
         self._dialer = chooseDialer(
             reactor,
             clock,
@@ -445,7 +446,7 @@ class Session:
             relay.clientReadClosed()
 
     def connectFailed(
-        self, attempt: UpstreamProtocol | SplicedAttempt, reason: Failure
+        self, attempt: AttemptProtocol | SplicedAttempt, reason: Failure
     ) -> None:
         local = localError(reason)
         if local is None:
@@ -481,7 +482,7 @@ class Session:
         self._client.loseConnection()
 
     def upstreamRefused(
-        self, attempt: UpstreamProtocol | SplicedAttempt, reason: str
+        self, attempt: AttemptProtocol | SplicedAttempt, reason: str
     ) -> None:
         """
         The server of C{attempt} cannot take this connection (refused,
