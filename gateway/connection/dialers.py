@@ -25,7 +25,9 @@ C{connectionMade} or, spliced, L{DialingSession.splicedConnected}.
 
 from __future__ import annotations
 
+import abc
 import socket
+from collections.abc import Callable
 from typing import Protocol as Structural
 
 import attrs
@@ -136,14 +138,10 @@ class TwistedDialer:
         return attempt, connector
 
 
-@implementer(IUpstreamDialer)
-class AdoptingDialer:
+class _HubDialer(abc.ABC):
     """
-    Connects a server given by IP address in the hub, then has the reactor
-    adopt the socket (L{adoptConnected}): from there on it is an ordinary
-    Twisted transport of the attempt's protocol, as C{connectTCP} would
-    have made, without the connector's resolution, extra reactor turn and
-    second C{connect}.
+    What the two dialers that connect in the splice hub share: the hub,
+    and Twisted's connector for a server given by name or path.
     """
 
     __slots__ = ("_clock", "_fallback", "_hub", "_reactor", "_timeout")
@@ -160,9 +158,52 @@ class AdoptingDialer:
     def dial(
         self, session: DialingSession, server: ServerConfig
     ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
-        address = _literal(server)
-        if address is None:
-            return self._fallback.dial(session, server)
+        if server.host is not None:
+            address = literalAddress(server.host, server.port or 0)
+            if address is not None:
+                return self._dialAddress(session, server, address)
+        return self._fallback.dial(session, server)
+
+    @abc.abstractmethod
+    def _dialAddress(
+        self,
+        session: DialingSession,
+        server: ServerConfig,
+        address: tuple[int, tuple[object, ...]],
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
+        """
+        Connect to C{server} at C{address}, an IP address and port.
+        """
+
+    def _connect(
+        self,
+        address: tuple[int, tuple[object, ...]],
+        connected: Callable[[socket.socket], None],
+        failed: Callable[[Failure], None],
+    ) -> DirectConnect:
+        connector = DirectConnect(self._hub, self._clock, connected, failed)
+        connector.start(*address, self._timeout)
+        return connector
+
+
+@implementer(IUpstreamDialer)
+class AdoptingDialer(_HubDialer):
+    """
+    Connects a server given by IP address in the hub, then has the reactor
+    adopt the socket (L{adoptConnected}): from there on it is an ordinary
+    Twisted transport of the attempt's protocol, as C{connectTCP} would
+    have made, without the connector's resolution, extra reactor turn and
+    second C{connect}.
+    """
+
+    __slots__ = ()
+
+    def _dialAddress(
+        self,
+        session: DialingSession,
+        server: ServerConfig,
+        address: tuple[int, tuple[object, ...]],
+    ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
         attempt = session.newAttempt(server)
 
         def adopt(sock: socket.socket) -> None:
@@ -174,54 +215,34 @@ class AdoptingDialer:
             except OSError:
                 session.connectFailed(attempt, Failure())
 
-        connector = DirectConnect(
-            self._hub,
-            self._clock,
-            adopt,
-            lambda reason: session.connectFailed(attempt, reason),
+        connector = self._connect(
+            address, adopt, lambda reason: session.connectFailed(attempt, reason)
         )
-        connector.start(*address, self._timeout)
         return attempt, connector
 
 
 @implementer(IUpstreamDialer)
-class SpliceDialer:
+class SpliceDialer(_HubDialer):
     """
     Connects a server given by IP address in the hub and gives the
     connected socket to the session, for the splice relay to own.
     """
 
-    __slots__ = ("_clock", "_fallback", "_hub", "_timeout")
+    __slots__ = ()
 
-    def __init__(
-        self, hub: Hub, reactor: IReactorTCP, clock: IReactorTime, timeout: float
-    ) -> None:
-        self._hub = hub
-        self._clock = clock
-        self._timeout = timeout
-        self._fallback = TwistedDialer(reactor, timeout)
-
-    def dial(
-        self, session: DialingSession, server: ServerConfig
+    def _dialAddress(
+        self,
+        session: DialingSession,
+        server: ServerConfig,
+        address: tuple[int, tuple[object, ...]],
     ) -> tuple[AttemptProtocol | SplicedAttempt, Stoppable]:
-        address = _literal(server)
-        if address is None:
-            return self._fallback.dial(session, server)
         attempt = SplicedAttempt(server)
-        connector = DirectConnect(
-            self._hub,
-            self._clock,
+        connector = self._connect(
+            address,
             lambda sock: session.splicedConnected(attempt, sock),
             lambda reason: session.connectFailed(attempt, reason),
         )
-        connector.start(*address, self._timeout)
         return attempt, connector
-
-
-def _literal(server: ServerConfig) -> tuple[int, tuple[object, ...]] | None:
-    if server.host is None:
-        return None
-    return literalAddress(server.host, server.port or 0)
 
 
 def chooseDialer(

@@ -19,6 +19,7 @@ and why in the debug log.  Nothing else decides.
 from __future__ import annotations
 
 import enum
+import functools
 import socket
 from collections.abc import Callable, Sequence
 
@@ -194,30 +195,21 @@ def startRelay(
         _log.debug("relay {where}: portable ({why})", where=where, why=choice.why)
     if pending:
         send(upstream, pending[0] if len(pending) == 1 else b"".join(pending))
-    relay: PortableRelay
-    if choice.readers is None:
-        relay = PortableRelay(
-            client,
-            upstream,
-            record,
-            clock,
-            idleTimeout,
-            done,
-            owner=owner,
-            countBytes=countBytes,
-        )
-    else:
-        relay = CopyRelay(
-            client,
-            upstream,
-            record,
-            clock,
-            idleTimeout,
-            done,
-            owner=owner,
-            readers=choice.readers,
-            countBytes=countBytes,
-        )
+    make: Callable[..., PortableRelay] = (
+        PortableRelay
+        if choice.readers is None
+        else functools.partial(CopyRelay, readers=choice.readers)
+    )
+    relay = make(
+        client,
+        upstream,
+        record,
+        clock,
+        idleTimeout,
+        done,
+        owner=owner,
+        countBytes=countBytes,
+    )
     relay.start()
     return relay
 
