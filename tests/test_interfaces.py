@@ -1,8 +1,9 @@
 """
 Every provider of the connection core's zope interfaces provides them
 whole: the stage a connection is handed to (L{IStage}), what a
-termination stage drives (L{ITerminatedSession}) and what a TLS layer
-reports to (L{ITLSEvents}).
+termination stage drives (L{ITerminatedSession}), what a TLS layer
+reports to (L{ITLSEvents}), the relays (L{IRelay}), the dialers
+(L{IUpstreamDialer}) and the TLS record layers (L{IRecordLayer}).
 
 The interfaces declare methods only, so an instance made without its
 constructor (which needs a running connection) is enough for
@@ -17,15 +18,25 @@ from zope.interface import Interface
 from zope.interface.verify import verifyObject
 
 from gateway.connection.challenge import ChallengeStage
+from gateway.connection.dialers import (
+    AdoptingDialer,
+    IUpstreamDialer,
+    SpliceDialer,
+    TwistedDialer,
+)
 from gateway.connection.health import _Probe
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage
-from gateway.connection.session import Session, UpstreamProtocol
+from gateway.connection.relay import CopyRelay, IRelay, PortableRelay
+from gateway.connection.session import Session, UpstreamProtocol, _Discard
+from gateway.connection.splicerelay import SpliceRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
+from gateway.core.records import IRecordLayer
+from gateway.fast.internals import DirectRecords
 from gateway.protocols.mysql.connection import MySQLConnection, _TerminatedLogin
 from gateway.protocols.mysql.leg import ServerLeg
 from gateway.protocols.postgres import StartupReader
-from gateway.tls.transport import ITLSEvents
+from gateway.tls.transport import ITLSEvents, PublicRecords
 
 PROVIDERS: list[tuple[type[Interface], type]] = [
     (IStage, PassthroughStage),
@@ -40,6 +51,15 @@ PROVIDERS: list[tuple[type[Interface], type]] = [
     (ITLSEvents, ServerLeg),
     (ITLSEvents, _Probe),
     (ITLSEvents, ChallengeStage),
+    (IRelay, PortableRelay),
+    (IRelay, CopyRelay),
+    (IRelay, SpliceRelay),
+    (IRelay, _Discard),
+    (IUpstreamDialer, TwistedDialer),
+    (IUpstreamDialer, AdoptingDialer),
+    (IUpstreamDialer, SpliceDialer),
+    (IRecordLayer, PublicRecords),
+    (IRecordLayer, DirectRecords),
 ]
 
 

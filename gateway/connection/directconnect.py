@@ -8,7 +8,7 @@ an address resolution for what is already an IP address, a reactor turn
 before the C{connect}, a second C{connect} to learn the result, a timeout
 C{DelayedCall}, a protocol and a factory.  Here the session makes a
 non-blocking socket itself, waits for it to become writable in the splice
-hub (L{gateway.fast.internals.Hub}) and gives the connected socket straight to
+hub (L{gateway.fast.hub.Hub}) and gives the connected socket straight to
 the splice relay, which closes it itself when the connection ends.
 
 Only for a server whose host is an IP address (a name goes through
@@ -33,7 +33,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTi
 from twisted.python.failure import Failure
 
 from gateway.connection.timers import Deadline, cancel, later
-from gateway.fast.internals import HUB_READER, HUBS, Hub
+from gateway.fast.hub import HUBS, Hub
+from gateway.fast.internals import HUB_READER
 
 
 def adoptionHub(reactor: object) -> Hub | None:

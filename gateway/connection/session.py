@@ -18,36 +18,32 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.interfaces import (
-    IConnector,
     IHalfCloseableProtocol,
     IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
 from gateway.connection.dialer import ServerTries
-from gateway.connection.directconnect import DirectConnect, adoptionHub, literalAddress
-from gateway.connection.relay import IRelay
-from gateway.connection.splicerelay import (
-    directHub,
-    spliceUnavailable,
-    startDirectRelay,
-    startRelay,
+from gateway.connection.dialers import (
+    AttemptProtocol,
+    SplicedAttempt,
+    Stoppable,
+    chooseDialer,
 )
+from gateway.connection.relay import IRelay
+from gateway.connection.relays import spliceUnavailable, startRelay, startSpliceRelay
 from gateway.connection.terminate import ITerminatedSession
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.connection.upstream import (
     IServerChooser,
     UpstreamTLSPolicy,
-    adoptConnected,
-    connectServer,
     localError,
 )
 from gateway.core.transports import RelayTransport, relayTransport
@@ -55,10 +51,6 @@ from gateway.protocols.strategy import IUpstreamOpening
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
-
-if TYPE_CHECKING:
-    from gateway.fast.internals import Hub
-
 
 FailureNotice = bytes | Callable[[str], bytes]
 """
@@ -89,7 +81,7 @@ class Timeouts:
 
 
 @implementer(IHalfCloseableProtocol, ITLSEvents)
-class UpstreamProtocol(Protocol):
+class UpstreamProtocol(AttemptProtocol):
     """
     The upstream side of a session.  With re-encryption it owns the TLS
     layer and reports the upstream as ready only once the handshake is done
@@ -252,18 +244,6 @@ class UpstreamProtocol(Protocol):
             self._session.upstreamRefused(self, reason.getErrorMessage())
 
 
-@attrs.define(slots=True)
-class _DirectAttempt:
-    """
-    An upstream attempt that L{gateway.connection.directconnect} makes: what
-    L{Session} knows of an attempt, without a protocol (there is no
-    transport until the relay owns the socket).
-    """
-
-    server: ServerConfig
-    transport: None = None
-
-
 @implementer(ITerminatedSession)
 class Session:
     """
@@ -279,7 +259,7 @@ class Session:
         so it is for terminated connections (the splice relay never shows
         a byte to Python).
     @ivar _relaySetting: the listener's C{relay} key, for
-        L{gateway.connection.splicerelay.startRelay}.
+        L{gateway.connection.relays.startRelay}.
     @ivar _proxyHeader: builds the PROXY header for each upstream
         connection, or L{None} without C{proxy_protocol}.  Built when the
         connection is made, not before: a terminated connection's TLS
@@ -300,11 +280,8 @@ class Session:
     @ivar _attempt: the upstream connection being made (connecting or in
         its TLS handshake), so a client that leaves can cancel it and late
         reports from abandoned attempts can be told apart.
-    @ivar _hub: where a connection that will be spliced connects its
-        upstream directly (L{gateway.connection.directconnect}), or L{None}: it goes
-        through Twisted's C{connectTCP}, as every connection does with
-        the fast paths off, with TLS or an opening towards the upstream,
-        and for a server given by name.
+    @ivar _dialer: connects to each server tried, chosen once
+        (L{gateway.connection.dialers.chooseDialer}).
     """
 
     def __init__(
@@ -344,14 +321,16 @@ class Session:
         self._pending: list[bytes] = []
         self._tries = ServerTries(upstream.chooser, upstream.tries, clientKey)
         self._picked: ServerConfig | None = None
-        self._connector: IConnector | DirectConnect | None = None
-        self._attempt: UpstreamProtocol | _DirectAttempt | None = None
-        self._hub = (
-            directHub(relay, reactor, client)
-            if upstream.tls is None and opening is None
-            else None
+        self._connector: Stoppable | None = None
+        self._attempt: AttemptProtocol | SplicedAttempt | None = None
+        self._dialer = chooseDialer(
+            reactor,
+            clock,
+            client,
+            relay=relay,
+            raw=upstream.tls is not None or opening is not None,
+            timeout=timeouts.connect,
         )
-        self._adoptionHub = adoptionHub(reactor) if self._hub is None else None
         self._clientEOF = False
         self._clientGone = False
 
@@ -404,73 +383,26 @@ class Session:
             return
         self._picked = server
         self._record.upstream = server.address
-        if self._hub is not None and server.host is not None:
-            address = literalAddress(server.host, server.port or 0)
-            if address is not None:
-                self._connectDirectly(server, *address)
-                return
-        attempt = self._attempt = UpstreamProtocol(self, server, self._upstream.tls)
-        if self._adoptionHub is not None and server.host is not None:
-            address = literalAddress(server.host, server.port or 0)
-            if address is not None:
-                self._connectForAdoption(attempt, self._adoptionHub, *address)
-                return
-        self._connector = connectServer(
-            self._reactor,
-            server,
-            attempt,
-            self._timeouts.connect,
-            lambda reason: self._connectFailed(attempt, reason),
-        )
+        self._attempt, self._connector = self._dialer.dial(self, server)
 
-    def _connectDirectly(
-        self, server: ServerConfig, family: int, address: tuple[object, ...]
-    ) -> None:
-        assert self._hub is not None
-        direct = self._attempt = _DirectAttempt(server)
-        connector = self._connector = DirectConnect(
-            self._hub,
-            self._clock,
-            lambda sock: self._connectedDirectly(direct, sock),
-            lambda reason: self._connectFailed(direct, reason),
-        )
-        connector.start(family, address, self._timeouts.connect)
+    # what the dialer reports (gateway.connection.dialers.DialingSession)
 
-    def _connectForAdoption(
-        self,
-        attempt: UpstreamProtocol,
-        hub: Hub,
-        family: int,
-        address: tuple[object, ...],
-    ) -> None:
+    def newAttempt(self, server: ServerConfig) -> UpstreamProtocol:
         """
-        Connect the socket of a relay that is not spliced (a terminated
-        connection, TLS or an opening towards the upstream) without
-        Twisted's connector, then give it to the reactor
-        (L{adoptConnected}): from there on it is an ordinary Twisted
-        transport of C{attempt}, as C{connectTCP} would have made.
+        The protocol of a connection to C{server} that Twisted will carry.
         """
-        connector = self._connector = DirectConnect(
-            hub,
-            self._clock,
-            lambda sock: self._adopt(attempt, sock),
-            lambda reason: self._connectFailed(attempt, reason),
-        )
-        connector.start(family, address, self._timeouts.connect)
+        return UpstreamProtocol(self, server, self._upstream.tls)
 
-    def _adopt(self, attempt: UpstreamProtocol, sock: socket.socket) -> None:
-        # A client that left stopped the connect (clientLost), which then
-        # failed: a connected socket means the client is still there.
+    def connectorDone(self) -> None:
+        """
+        The connect in progress completed; nothing is left to stop.
+        """
         self._connector = None
-        try:
-            adoptConnected(self._reactor, sock, attempt)  # type: ignore[arg-type]
-        except OSError:
-            self._connectFailed(attempt, Failure())
 
-    def _connectedDirectly(self, attempt: _DirectAttempt, sock: socket.socket) -> None:
+    def splicedConnected(self, attempt: SplicedAttempt, sock: socket.socket) -> None:
         """
-        L{gateway.connection.directconnect} connected the upstream socket: the splice
-        relay takes it, as L{upstreamReady} starts a relay for a transport.
+        The splice dialer connected the upstream socket: the splice relay
+        takes it, as L{upstreamReady} starts a relay for a transport.
         """
         self._attempt = self._connector = None
         self._upstream.chooser.connectSucceeded(attempt.server)
@@ -483,7 +415,7 @@ class Session:
         pending, self._pending = self._pending, []
         why = spliceUnavailable(self._relaySetting, self._client, None)
         if why is not None:
-            # Checked when the upstream was chosen (directHub), and nothing
+            # Checked when the dialer was chosen (spliceHub), and nothing
             # is written to a passthrough client before its relay: a bug.
             sock.close()
             self._owner.report(
@@ -492,7 +424,7 @@ class Session:
             self._client.abortConnection()
             return
         self._owner.report(Event.CONNECTED)
-        self.relay = relay = startDirectRelay(
+        self.relay = relay = startSpliceRelay(
             self._relaySetting,
             self._reactor,
             self._clock,
@@ -507,8 +439,8 @@ class Session:
         if self._clientEOF:
             relay.clientReadClosed()
 
-    def _connectFailed(
-        self, attempt: UpstreamProtocol | _DirectAttempt, reason: Failure
+    def connectFailed(
+        self, attempt: AttemptProtocol | SplicedAttempt, reason: Failure
     ) -> None:
         local = localError(reason)
         if local is None:
@@ -544,7 +476,7 @@ class Session:
         self._client.loseConnection()
 
     def upstreamRefused(
-        self, attempt: UpstreamProtocol | _DirectAttempt, reason: str
+        self, attempt: AttemptProtocol | SplicedAttempt, reason: str
     ) -> None:
         """
         The server of C{attempt} cannot take this connection (refused,

@@ -12,17 +12,18 @@ them are here, in this one module, and nowhere else in L{gateway}:
     C{_tempDataLen}, C{_closeWriteConnection}).
   - L{unsentBytes}: what a TCP transport still holds to send, which decides
     whether the splice relay may take its socket over.
-  - L{rawHandles}, L{rawFeed}, L{rawReadPlaintext}, L{rawDrain},
-    L{rawWrite}: the TLS data path through OpenSSL's functions directly, on
+  - L{DirectRecords} (L{directRecords}): the TLS data path through
+    OpenSSL's functions directly, on
     the pyOpenSSL connection's C{SSL*} and memory C{BIO*}s (the cffi
     binding C{OpenSSL._util} and C{Connection._ssl}, C{_into_ssl},
     C{_from_ssl}), with one reused buffer.
   - L{setGroups}, L{refuseEarlyData}: two context settings pyOpenSSL has no
     call for (C{Context._context}).
   - L{sessionReused}, L{verifyErrorText}: two facts pyOpenSSL does not tell.
-  - L{Hub}, L{HubReader}, L{hubReaders}: the epoll hub nested in the
-    reactor, and its reader of a Twisted TCP transport, a copy of
-    C{tcp.Connection.doRead} calling C{transport._dataReceived}.
+  - L{gateway.fast.hub}: the epoll hub nested in the reactor, and its
+    reader of a Twisted TCP transport, a copy of C{tcp.Connection.doRead}
+    calling C{transport._dataReceived} (a module of its own, beside this
+    one, in the same quarantine).
   - L{acceptExclusively}: a worker's shared listening socket registered
     with C{EPOLLEXCLUSIVE} in the reactor's epoll set (C{_poller},
     C{_reads}, C{_writes}).
@@ -37,24 +38,14 @@ internals themselves.
 
 from __future__ import annotations
 
-import contextlib
 import select
-import weakref
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import tcp
-from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import (
-    IHalfCloseableDescriptor,
-    IPushProducer,
-    IReactorFDSet,
-    IReadDescriptor,
-)
-from twisted.internet.main import CONNECTION_LOST
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.core.records import IRecordLayer
 from gateway.fast.portable import EPOLL, PORTABLE
 
 if TYPE_CHECKING:
@@ -97,7 +88,7 @@ DIRECT_TCP: Final = not PORTABLE and hasInternals(
         "_closeWriteConnection",
     ),
 )
-#: Hub readers (L{HubReader}): epoll is there and wanted, and this
+#: Hub readers (L{gateway.fast.hub.HubReader}): epoll is there and wanted, and this
 #: Twisted has what the copy of its C{doRead} uses.
 HUB_READER: Final = EPOLL and hasInternals(
     tcp.Connection, ("_aborting", "_dataReceived")
@@ -193,7 +184,7 @@ _RAW_CHUNK = 2**19
 # handshake, shutdown and everything else stay on pyOpenSSL's API: that
 # is where its callbacks (certificate verification, ALPN, OCSP) run and
 # report errors, and none of them runs after the handshake.  Should a
-# pyOpenSSL release move these internals, L{rawHandles} finds out and the
+# pyOpenSSL release move these internals, L{directRecords} finds out and the
 # public API is used instead, slower and otherwise the same.
 try:
     from OpenSSL._util import ffi as _ffi
@@ -216,7 +207,7 @@ try:
 except (ImportError, AttributeError):  # pragma: no cover - older/newer pyOpenSSL
     _lib = None
 
-#: The direct OpenSSL calls on the data path (L{rawHandles}): the fast
+#: The direct OpenSSL calls on the data path (L{directRecords}): the fast
 #: paths are on and this pyOpenSSL has the binding.
 DIRECT_TLS: Final = not PORTABLE and _lib is not None
 
@@ -290,22 +281,6 @@ def refuseEarlyData(context: SSL.Context) -> bool:
     return bool(setMax(handle, 0))
 
 
-def rawHandles(connection: SSL.Connection) -> tuple[Any, Any, Any] | None:
-    """
-    The connection's C{SSL*} and its two memory C{BIO*}s, for the direct
-    calls, or L{None} to use pyOpenSSL's API (no binding, or a connection
-    that is not on memory BIOs, or the fast paths off: L{gateway.fast.portable}).
-    """
-    if not DIRECT_TLS:
-        return None
-    ssl = getattr(connection, "_ssl", None)
-    into = getattr(connection, "_into_ssl", None)
-    out = getattr(connection, "_from_ssl", None)
-    if ssl is None or into is None or out is None:
-        return None
-    return ssl, into, out
-
-
 #: The reason logged when OpenSSL fails a record without saying why.
 UNKNOWN_TLS_ERROR: Final = "TLS error after the handshake"
 
@@ -327,76 +302,101 @@ def _queuedReasons() -> str:
     return "; ".join(dict.fromkeys(reasons)) or UNKNOWN_TLS_ERROR
 
 
-def rawFeed(into: Any, data: bytes) -> int:
+def directRecords(connection: SSL.Connection) -> DirectRecords | None:
     """
-    Put ciphertext into the memory BIO C{into} (of L{rawHandles}).
-
-    @return: how many bytes it took; the caller hands the rest to
-        pyOpenSSL's C{bio_write}, which raises as it always did.
+    The direct record layer of C{connection}, or L{None} to use pyOpenSSL's
+    API (no binding, a connection that is not on memory BIOs, or the fast
+    paths off: L{gateway.fast.portable}).
     """
-    count: int = _BIO_write(into, data, len(data))
-    return count if count > 0 else 0
-
-
-def rawReadPlaintext(ssl: Any) -> tuple[list[bytes], bool, str | None]:
-    """
-    Decrypt everything the ciphertext fed so far completes
-    (C{SSL_read} until it wants more).
-
-    @return: the plaintext chunks; whether the peer's C{close_notify}
-        came; OpenSSL's reason when a record failed (what pyOpenSSL would
-        raise as an C{SSL.Error}), else L{None}.
-    """
-    chunks: list[bytes] = []
-    while True:
-        count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
-        if count > 0:
-            chunks.append(_VIEW[:count])
-            continue
-        error = _SSL_get_error(ssl, count)
-        if error == _ZERO_RETURN:
-            return chunks, True, None
-        if error != _WANT_READ:
-            return chunks, False, _queuedReasons()
-        return chunks, False, None
-
-
-def rawDrain(out: Any) -> bytes | None:
-    """
-    Everything OpenSSL wrote to the memory BIO C{out}, or L{None} when it
-    holds nothing.  A read shorter than the buffer emptied it.
-    """
-    count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-    if count <= 0:
+    if not DIRECT_TLS:
         return None
-    data: bytes = _VIEW[:count]
-    if count == _RAW_CHUNK:
-        chunks = [data]
-        while count == _RAW_CHUNK:
-            count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
-            if count <= 0:
-                break
-            chunks.append(_VIEW[:count])
-        data = b"".join(chunks)
-    return data
+    ssl = getattr(connection, "_ssl", None)
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    if ssl is None or into is None or out is None:
+        return None
+    return DirectRecords(connection, ssl, into, out)
 
 
-def rawWrite(ssl: Any, data: bytes) -> bytes:
+@implementer(IRecordLayer)
+class DirectRecords:
     """
-    Encrypt C{data} (C{SSL_write}) into the connection's memory BIO.
-
-    A memory BIO never fills, so one call takes it all.
-
-    @return: what it did not take (an error), for pyOpenSSL's
-        C{sendall}, which raises as it always did; usually C{b""}.
+    The TLS data path through OpenSSL's functions directly, on the
+    pyOpenSSL connection's C{SSL*} and its two memory C{BIO*}s.  What a
+    direct call does not take (an error) goes to pyOpenSSL's API, which
+    raises as it always did.
     """
-    written = _SSL_write(ssl, data, len(data))
-    if written == len(data):
-        return b""
-    if written <= 0:
-        _ERR_clear_error()
+
+    __slots__ = ("_connection", "_into", "_out", "_ssl")
+
+    def __init__(
+        self, connection: SSL.Connection, ssl: Any, into: Any, out: Any
+    ) -> None:
+        self._connection = connection
+        self._ssl = ssl
+        self._into = into
+        self._out = out
+
+    def feed(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            self._connection.bio_write(data)
+            return
+        count: int = _BIO_write(self._into, data, len(data))
+        if count < len(data):
+            self._connection.bio_write(data[count:] if count > 0 else data)
+
+    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
+        """
+        C{SSL_read} until it wants more.
+        """
+        ssl = self._ssl
+        chunks: list[bytes] = []
+        while True:
+            count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
+            if count > 0:
+                chunks.append(_VIEW[:count])
+                continue
+            error = _SSL_get_error(ssl, count)
+            if error == _ZERO_RETURN:
+                return chunks, True, None
+            if error != _WANT_READ:
+                return chunks, False, _queuedReasons()
+            return chunks, False, None
+
+    def drain(self) -> bytes | None:
+        """
+        A read shorter than the buffer emptied the BIO.
+        """
+        out = self._out
+        count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+        if count <= 0:
+            return None
+        data: bytes = _VIEW[:count]
+        if count == _RAW_CHUNK:
+            chunks = [data]
+            while count == _RAW_CHUNK:
+                count = _BIO_read(out, _BUFFER, _RAW_CHUNK)
+                if count <= 0:
+                    break
+                chunks.append(_VIEW[:count])
+            data = b"".join(chunks)
         return data
-    return data[written:]
+
+    def write(self, data: bytes) -> None:
+        """
+        C{SSL_write}: a memory BIO never fills, so one call takes it all.
+        """
+        if type(data) is not bytes:
+            self._connection.sendall(data)
+            return
+        written = _SSL_write(self._ssl, data, len(data))
+        if written == len(data):
+            return
+        if written <= 0:
+            _ERR_clear_error()
+            self._connection.sendall(data)
+        else:
+            self._connection.sendall(data[written:])
 
 
 def sessionReused(connection: SSL.Connection) -> bool:
@@ -437,320 +437,6 @@ def hasUnsentBytes(transport: tcp.Connection) -> bool:
     if temporary is None:
         return True
     return bool(len(transport.dataBuffer) - transport.offset + temporary)
-
-
-# --- the hub ------------------------------------------------------------
-
-
-# getattr: importing this module must work where there is no epoll (the
-# portable relay is then the only one, and no hub is ever made).
-_IN: Final[int] = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLPRI", 0)
-_OUT: Final[int] = getattr(select, "EPOLLOUT", 0)
-_HANGUP: Final[int] = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
-
-
-class HubEnd(Protocol):
-    """
-    What the hub calls: a splice relay's socket or a L{HubReader}.
-    """
-
-    fd: int
-    side: str
-    reading: bool
-    writing: bool
-
-    def doRead(self) -> None: ...
-
-    def doWrite(self) -> None: ...
-
-    def connectionLost(self, reason: Failure) -> None: ...
-
-
-@implementer(IReadDescriptor)
-class Hub:
-    """
-    The spliced sockets of one reactor, in an epoll set of their own that
-    is itself one reader of the reactor.
-
-    Why not register each socket with the reactor: Twisted's dispatch of an
-    event (the poll loop, C{callWithLogger}, two context managers,
-    C{_doReadOrWrite}) costs about 1.4 us in Python, more than the relay's
-    own work for a small request; the hub takes the events of all its
-    sockets from one readiness event and calls the relay directly, for
-    0.2 us each.  On C{pass-rps} that is two events per request.
-
-    The rules are Twisted's own (L{twisted.internet.posixbase}'s
-    C{_doReadOrWrite}): readable first, then writable if the socket is
-    still registered for it; a hang-up or error without input, or an
-    exception from the relay, drops the socket and calls its
-    C{connectionLost}.  The hub's epoll descriptor lives as long as the
-    reactor (the reactor's C{disconnectAll} at shutdown reaches every
-    socket through the hub's C{connectionLost}).
-
-    @ivar _sockets: the registered sockets by descriptor.
-    @ivar _added: registered with the reactor.
-    """
-
-    def __init__(self, reactor: IReactorFDSet) -> None:
-        # Weakly: the hub is the value of a weak-keyed table whose key is
-        # the reactor, which a strong reference would keep alive forever.
-        self._reactor = weakref.ref(reactor)
-        self._epoll = select.epoll()
-        self._sockets: dict[int, HubEnd] = {}
-        self._added = False
-
-    def update(self, end: HubEnd) -> None:
-        """
-        Make the epoll registration of C{end} match its C{reading} and
-        C{writing}.
-        """
-        fd = end.fd
-        mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
-        known = self._sockets.get(fd)
-        if not mask:
-            if known is end:
-                del self._sockets[fd]
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
-            return
-        if known is end:
-            self._epoll.modify(fd, mask)
-            return
-        if known is not None:
-            # The descriptor was closed and reused under a relay that
-            # forgot it: the kernel dropped it from the set already.
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-        self._sockets[fd] = end
-        self._epoll.register(fd, mask)
-        if not self._added:
-            reactor = self._reactor()
-            if reactor is not None:
-                self._added = True
-                reactor.addReader(self)
-
-    def _drop(self, end: HubEnd, reason: Failure) -> None:
-        if self._sockets.get(end.fd) is end:
-            del self._sockets[end.fd]
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(end.fd)
-        end.connectionLost(reason)
-
-    # IReadDescriptor
-
-    def fileno(self) -> int:
-        return self._epoll.fileno()
-
-    def logPrefix(self) -> str:
-        return "splice"
-
-    def doRead(self) -> None:
-        try:
-            events = self._epoll.poll(0)
-        except InterruptedError:
-            return
-        sockets = self._sockets
-        for fd, mask in events:
-            end = sockets.get(fd)
-            if end is None:
-                continue
-            try:
-                if mask & _IN:
-                    end.doRead()
-                elif mask & _HANGUP:
-                    self._drop(end, Failure(ConnectionLost("hang-up")))
-                    continue
-                if mask & _OUT and end.writing and sockets.get(fd) is end:
-                    end.doWrite()
-            except Exception:  # noqa: BLE001 - as the reactor's own dispatch does
-                failure = Failure()
-                _log.failure("splice relay {side} socket", failure, side=end.side)
-                self._drop(end, failure)
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The reactor dropped the hub (it is stopping): every socket is lost.
-        """
-        self._added = False
-        for end in list(self._sockets.values()):
-            self._drop(end, reason)
-
-    def close(self) -> None:
-        """
-        Close the epoll set (tests; a running gateway keeps its hub).
-        """
-        reactor = self._reactor()
-        if self._added and reactor is not None:
-            reactor.removeReader(self)
-        self._added = False
-        self._epoll.close()
-        if reactor is not None and HUBS.get(reactor) is self:
-            del HUBS[reactor]
-
-
-@implementer(IReadDescriptor, IPushProducer)
-class HubReader:
-    """
-    Reads a Twisted TCP transport's socket from the hub instead of the
-    reactor, for the portable relay.
-
-    Each readable event runs the transport's own C{doRead} (its C{recv}
-    and its protocol's C{dataReceived}), and what that returns is handled
-    as the reactor handles it (C{_disconnectSelectable}): end of stream is
-    C{readConnectionLost} for a half-closeable transport, anything else
-    C{connectionLost}.  Only the reactor's dispatch around it is saved:
-    about 1.4 us of the 10 us a terminated keep-alive request costs.
-    Writing stays the transport's (L{gateway.connection.relay.send}, Twisted's
-    buffer when the kernel's is full).
-
-    It is the streaming producer the relay registers with the other side,
-    so a full write buffer there pauses reading here.
-
-    @ivar reading: registered with the hub.
-    """
-
-    __slots__ = ("_hub", "_size", "fd", "reading", "side", "transport")
-
-    #: The hub asks: a reader never waits to write.
-    writing = False
-
-    def __init__(self, hub: Hub, transport: tcp.Connection, side: str) -> None:
-        self._hub = hub
-        self.transport = transport
-        self.fd = transport.fileno()
-        self.side = side
-        self.reading = False
-        self._size = transport.bufferSize
-
-    def start(self) -> None:
-        if not self.reading:
-            # Take the reading over from the reactor.
-            self.transport.stopReading()
-            self.reading = True
-            self._hub.update(self)
-
-    def stop(self) -> None:
-        if self.reading:
-            self.reading = False
-            self._hub.update(self)
-
-    # IPushProducer, for the other side's transport
-
-    def pauseProducing(self) -> None:
-        self.stop()
-
-    def resumeProducing(self) -> None:
-        if not self.transport.disconnected:
-            self.start()
-
-    def stopProducing(self) -> None:
-        # What the transport itself does as a producer (FileDescriptor).
-        self.stop()
-        self.transport.stopProducing()
-
-    # IReadDescriptor, for the hub
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return f"relay-{self.side}"
-
-    def doRead(self) -> None:
-        """
-        Twisted's C{tcp.Connection.doRead}, with a read size that grows.
-
-        Twisted reads 64 KiB at a time.  A read that fills that is a bulk
-        transfer, and for it four times as much per C{recv} (and per
-        C{SSL_write} and C{send} behind it) takes about a tenth off the CPU
-        per byte of C{term-mbps}; small reads keep the small size, whose
-        buffer is cheaper to allocate (a larger one costs a small request
-        more than it saves).  An aborted transport reads nothing more, as
-        Twisted's C{abortConnection} arranges for its own C{doRead}.
-        """
-        transport = self.transport
-        if transport._aborting or transport.disconnected:
-            self.stop()
-            return
-        try:
-            data = transport.socket.recv(self._size)
-        except BlockingIOError:
-            return
-        except OSError:
-            why: object = CONNECTION_LOST
-        else:
-            if len(data) == self._size and self._size < _BULK_READ:
-                self._size = _BULK_READ
-            why = transport._dataReceived(data)
-        if why is None:
-            return
-        self.stop()
-        if isinstance(why, ConnectionDone) and IHalfCloseableDescriptor.providedBy(
-            self.transport
-        ):
-            self.transport.readConnectionLost(Failure(why))
-        else:
-            self.transport.connectionLost(Failure(why))
-
-    def doWrite(self) -> None:  # pragma: no cover - never registered to write
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        # The hub dropped it: an exception in the protocol's code, a
-        # hang-up, or the reactor stopping with the connection open (when
-        # the reactor may have reached the transport itself first).
-        self.reading = False
-        if not self.transport.disconnected:
-            self.transport.connectionLost(reason)
-
-
-#: Read size of a L{HubReader} once a read filled Twisted's 64 KiB.
-_BULK_READ: Final = 1 << 18
-
-
-def hubReaders(
-    reactor: object, client: RelayTransport, upstream: RelayTransport
-) -> tuple[HubReader, HubReader] | None:
-    """
-    Hub readers for the TCP sockets under C{client} and C{upstream} (a
-    L{TLSTransport}'s C{wire}), or L{None} to let the reactor read them:
-    no epoll, the fast paths off (L{gateway.fast.portable}) or a Twisted
-    without what L{HubReader} uses (L{HUB_READER}), a reactor that
-    takes no file descriptors, or a transport that is not
-    a plain, open Twisted TCP (or UNIX) connection.
-    """
-    if not HUB_READER or not IReactorFDSet.providedBy(reactor):
-        return None
-    wires = []
-    for transport in (client, upstream):
-        wire = getattr(transport, "wire", transport)
-        if (
-            not isinstance(wire, tcp.Connection)
-            or wire.TLS
-            or not wire.connected
-            or wire.disconnecting
-        ):
-            return None
-        wires.append(wire)
-    try:
-        hub = hubFor(reactor)
-    except OSError:
-        return None  # no descriptor for the hub (EMFILE): the reactor reads
-    return HubReader(hub, wires[0], "client"), HubReader(hub, wires[1], "upstream")
-
-
-#: The hub of each reactor that ran a splice relay.
-HUBS: weakref.WeakKeyDictionary[IReactorFDSet, Hub] = weakref.WeakKeyDictionary()
-
-
-def hubFor(reactor: IReactorFDSet) -> Hub:
-    """
-    The hub of C{reactor}, made on first use.
-    """
-    hub = HUBS.get(reactor)
-    if hub is None:
-        hub = HUBS[reactor] = Hub(reactor)
-    return hub
 
 
 # --- shared listening sockets ---------------------------------------------

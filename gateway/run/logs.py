@@ -38,33 +38,11 @@ from twisted.logger import (
 from zope.interface import implementer
 
 from gateway.core import verbosity
+from gateway.fast.twistedtext import isChatter
 
 #: The levels C{--log-level} accepts; C{[gateway] log_level} takes the first
 #: three.
 LEVELS = ("debug", "info", "warn", "error", "critical")
-
-
-#: Twisted's per-port and per-factory lines (legacy C{log.msg} text from
-#: C{twisted.internet.tcp} and C{unix}, and C{Factory.doStart}/C{doStop}).
-_CHATTER = re.compile(
-    r"\S.* starting on \S+"
-    r"|\((?:\S+ )?Port \S+ Closed\)"
-    r"|(?:Starting|Stopping) factory .*",
-    re.DOTALL,
-)
-
-
-def isChatter(event: LogEvent) -> bool:
-    """
-    Whether C{event} is one of Twisted's port or factory start/stop lines.
-    """
-    message = event.get("message")
-    if isinstance(message, tuple) and message:
-        return bool(_CHATTER.fullmatch(" ".join(str(part) for part in message)))
-    text = event.get("log_format")
-    return isinstance(text, str) and text.startswith(
-        ("Starting factory", "Stopping factory")
-    )
 
 
 @implementer(ILogFilterPredicate)

@@ -12,6 +12,11 @@ small: feed ciphertext in, take plaintext and ciphertext out.
 L{TLSTransport} is the plaintext side's transport: the relay writes to it,
 registers producers on it and half-closes it exactly as it does a TCP
 transport, so one relay serves passthrough and termination.
+
+Its record layer (L{IRecordLayer}) is chosen once per connection by
+L{recordLayer}: OpenSSL's functions called directly where the fast paths
+allow (L{gateway.fast.internals.DirectRecords}), pyOpenSSL's public API
+otherwise (L{PublicRecords}).
 """
 
 from __future__ import annotations
@@ -22,17 +27,9 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import Interface, implementer
 
+from gateway.core.records import IRecordLayer
 from gateway.core.transports import RelayTransport
-from gateway.fast.internals import (
-    UNKNOWN_TLS_ERROR,
-    halfClose,
-    rawDrain,
-    rawFeed,
-    rawHandles,
-    rawReadPlaintext,
-    rawWrite,
-    send,
-)
+from gateway.fast.internals import UNKNOWN_TLS_ERROR, directRecords, halfClose, send
 from gateway.rules.accesslog import ConnectionRecord
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
@@ -129,6 +126,71 @@ def clientGaveUp(reason: str) -> str | None:
     return None
 
 
+@implementer(IRecordLayer)
+class PublicRecords:
+    """
+    The record layer through pyOpenSSL's public API: each call allocates
+    its own buffer and says "no more data" with an exception; slower than
+    the direct calls, and the same otherwise.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self._connection = connection
+
+    def feed(self, data: bytes) -> None:
+        self._connection.bio_write(data)
+
+    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
+        chunks: list[bytes] = []
+        recv = self._connection.recv
+        while True:
+            try:
+                chunks.append(recv(_CHUNK))
+            except SSL.WantReadError:
+                return chunks, False, None
+            except SSL.ZeroReturnError:
+                return chunks, True, None
+            except SSL.Error as e:
+                return chunks, False, describeError(e) or UNKNOWN_TLS_ERROR
+
+    def drain(self) -> bytes | None:
+        """
+        A memory BIO read returns everything it holds up to the size asked
+        for, so a read shorter than L{_CHUNK} emptied it: only a full one
+        needs another read (and the C{WantReadError} that ends it).
+        """
+        read = self._connection.bio_read
+        try:
+            data = read(_CHUNK)
+        except SSL.WantReadError:
+            return None
+        if len(data) < _CHUNK:
+            return data
+        chunks = [data]
+        while True:
+            try:
+                chunk = read(_CHUNK)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _CHUNK:
+                break
+        return b"".join(chunks)
+
+    def write(self, data: bytes) -> None:
+        self._connection.sendall(data)
+
+
+def recordLayer(connection: SSL.Connection) -> IRecordLayer:
+    """
+    The record layer of C{connection}: the one place that chooses.
+    """
+    direct = directRecords(connection)
+    return direct if direct is not None else PublicRecords(connection)
+
+
 @implementer(IPushProducer)
 class TLSTransport:
     """
@@ -146,8 +208,8 @@ class TLSTransport:
         "_countOut",
         "_events",
         "_failed",
-        "_raw",
         "_readClosed",
+        "_records",
         "_transport",
         "_writeClosed",
         "connection",
@@ -169,8 +231,7 @@ class TLSTransport:
         self._readClosed = False
         self._writeClosed = False
         self._failed = False
-        # The direct OpenSSL calls (gateway.fast.internals), or None: pyOpenSSL.
-        self._raw = rawHandles(connection)
+        self._records = recordLayer(connection)
 
     # ciphertext in
 
@@ -183,13 +244,7 @@ class TLSTransport:
     def ciphertextReceived(self, data: bytes) -> None:
         if self._failed:
             return
-        raw = self._raw
-        written = 0
-        if raw is not None and type(data) is bytes:
-            written = rawFeed(raw[1], data)
-        if written < len(data):
-            # No direct call, or it failed: pyOpenSSL raises as it always did.
-            self.connection.bio_write(data[written:] if written else data)
+        self._records.feed(data)
         if not self.handshakeDone:
             self._handshake()
             if not self.handshakeDone:
@@ -237,25 +292,7 @@ class TLSTransport:
         if self._readClosed:
             self._flush()
             return
-        raw = self._raw
-        if raw is not None:
-            chunks, ended, broken = rawReadPlaintext(raw[0])
-        else:
-            chunks = []
-            ended = False
-            broken = None
-            recv = self.connection.recv
-            while True:
-                try:
-                    chunks.append(recv(_CHUNK))
-                except SSL.WantReadError:
-                    break
-                except SSL.ZeroReturnError:
-                    ended = True
-                    break
-                except SSL.Error as e:
-                    broken = describeError(e) or UNKNOWN_TLS_ERROR
-                    break
+        chunks, ended, broken = self._records.readPlaintext()
         if chunks:
             self._events.tlsData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if broken is not None:
@@ -295,34 +332,10 @@ class TLSTransport:
     def _flush(self) -> None:
         """
         Send what OpenSSL wrote to the memory BIO, in one C{send}.
-
-        A memory BIO read returns everything it holds up to the size asked
-        for, so a read shorter than L{_CHUNK} emptied it: only a full one
-        needs another read (and the C{WantReadError} that ends it).
         """
-        raw = self._raw
-        if raw is not None:
-            drained = rawDrain(raw[2])
-            if drained is None:
-                return
-            data = drained
-        else:
-            read = self.connection.bio_read
-            try:
-                data = read(_CHUNK)
-            except SSL.WantReadError:
-                return
-            if len(data) == _CHUNK:
-                chunks = [data]
-                while True:
-                    try:
-                        chunk = read(_CHUNK)
-                    except SSL.WantReadError:
-                        break
-                    chunks.append(chunk)
-                    if len(chunk) < _CHUNK:
-                        break
-                data = b"".join(chunks)
+        data = self._records.drain()
+        if data is None:
+            return
         if self._countOut is not None:
             self._countOut.bytesOut += len(data)
         send(self._transport, data)
@@ -332,15 +345,7 @@ class TLSTransport:
     def write(self, data: bytes) -> None:
         if self._writeClosed or self._failed or not data:
             return
-        raw = self._raw
-        if raw is not None and type(data) is bytes:
-            # What the direct call did not take (an error) goes to
-            # sendall, which raises as it always did.
-            rest = rawWrite(raw[0], data)
-            if rest:
-                self.connection.sendall(rest)
-        else:
-            self.connection.sendall(data)
+        self._records.write(data)
         self._flush()
 
     def writeSequence(self, data: list[bytes]) -> None:

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from gateway.connection.directconnect import DirectConnect, literalAddress
 from gateway.connection.upstream import adoptConnected
-from gateway.fast import internals as fastpath
+from gateway.fast import hub as fasthub
 from tests.helpers import fastPathOnly
 
 pytestmark = [
@@ -55,7 +55,7 @@ class Attempt:
         self.connected: list[socket.socket] = []
         self.failed: list[Failure] = []
         self.connector = DirectConnect(
-            fastpath.hubFor(reactor), reactor, self.connected.append, self.failed.append
+            fasthub.hubFor(reactor), reactor, self.connected.append, self.failed.append
         )
 
     def spin(self, what: str, timeout: float = 5.0) -> None:
@@ -72,9 +72,9 @@ class Attempt:
 @pytest.fixture
 def reactor() -> Iterator[EPollReactor]:
     made = EPollReactor()
-    fastpath.hubFor(made)  # made first: not a descriptor the tests count
+    fasthub.hubFor(made)  # made first: not a descriptor the tests count
     yield made
-    fastpath.hubFor(made).close()
+    fasthub.hubFor(made).close()
     made.removeAll()
     made._poller.close()
 

@@ -23,29 +23,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gateway.connection import splicerelay
-from gateway.connection.relay import IRelay, PortableRelay
-from gateway.connection.splicerelay import (
-    PipePool,
-    SpliceRelay,
-    spliceUnavailable,
-    startRelay,
-)
-from gateway.fast import internals as fastpath
+from gateway.connection import spliceflow
+from gateway.connection.relay import IRelay
+from gateway.connection.spliceflow import PipePool
+from gateway.connection.splicerelay import SpliceRelay
+from gateway.fast import hub as fasthub
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import appendingTo, fastPathOnly
-from tests.transports import HalfCloseableTransport, TableOwner
+from tests.transports import TableOwner
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux splice only"),
@@ -137,7 +131,7 @@ class Relayed:
         )
         # The reactor's splice hub lives as long as the reactor: made now,
         # so that it is not taken for a descriptor a relay leaked.
-        fastpath.hubFor(self.reactor)
+        fasthub.hubFor(self.reactor)
         self.baseline = openFds()
         self.clientPeer = socket.create_connection(
             ("127.0.0.1", self._port.getHost().port)
@@ -261,7 +255,7 @@ class Relayed:
         self._port.stopListening()
         self._listener.close()
         self.pipes.close()
-        fastpath.hubFor(self.reactor).close()
+        fasthub.hubFor(self.reactor).close()
         self.reactor.removeAll()
         self.reactor._poller.close()
 
@@ -450,10 +444,10 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(appendingTo(events))
 
-    def broken(flow: splicerelay._Flow) -> None:
+    def broken(flow: spliceflow.Flow) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(splicerelay._Flow, "sourceReadable", broken)
+    monkeypatch.setattr(spliceflow.Flow, "sourceReadable", broken)
     try:
         harness.clientPeer.send(b"boom")
         harness.waitForReset(harness.upstreamPeer)
@@ -540,163 +534,6 @@ def test_clientFinBeforeTheRelayStartsIsPassedOnAfterTheHead(
 # -- choosing a relay ------------------------------------------------------------
 
 
-@pytest.fixture
-def tcpPair() -> Iterator[tuple[tcp.Connection, tcp.Connection]]:
-    """Two connected Twisted TCP transports (not registered with any reactor)."""
-    reactor = EPollReactor()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        near = socket.create_connection(server.getsockname())
-        far, _ = server.accept()
-    transports = []
-    for sock in (near, far):
-        transport = tcp.Connection(sock, Protocol(), reactor)
-        transport.connected = True
-        transports.append(transport)
-    yield transports[0], transports[1]
-    hub = fastpath.HUBS.get(reactor)
-    if hub is not None:
-        hub.close()
-    near.close()
-    far.close()
-    reactor._poller.close()
-
-
-def test_spliceIsChosenForTwoTcpSockets(
-    tcpPair: tuple[tcp.Connection, tcp.Connection],
-) -> None:
-    assert spliceUnavailable("auto", *tcpPair) is None
-    assert spliceUnavailable("splice", *tcpPair) is None
-
-
-def test_portableWhenAskedFor(tcpPair: tuple[tcp.Connection, tcp.Connection]) -> None:
-    assert spliceUnavailable("portable", *tcpPair) == "relay = portable"
-
-
-def test_portableWithoutSplice(
-    tcpPair: tuple[tcp.Connection, tcp.Connection], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(splicerelay, "_splice", None)
-    assert spliceUnavailable("splice", *tcpPair) == (
-        "relay = splice, but this platform has no splice"
-    )
-
-
-def test_portableForTlsOrMemoryTransports(
-    tcpPair: tuple[tcp.Connection, tcp.Connection],
-) -> None:
-    """
-    Plaintext that lives in Python (a terminated or re-encrypted side) is
-    not in a socket to splice from.
-    """
-    assert spliceUnavailable("auto", HalfCloseableTransport(), tcpPair[1]) == (
-        "relay = auto, but the client side is a HalfCloseableTransport"
-    )
-
-
-def test_portableForUnixSockets(tcpPair: tuple[tcp.Connection, tcp.Connection]) -> None:
-    near, far = socket.socketpair()
-    try:
-        unix = tcp.Connection(near, Protocol(), tcpPair[0].reactor)
-        unix.connected = True
-        assert spliceUnavailable("auto", tcpPair[0], unix) == (
-            "relay = auto, but the upstream side is not an IP socket"
-        )
-    finally:
-        near.close()
-        far.close()
-
-
-def test_portableWhileTwistedHoldsUnsentBytes(
-    tcpPair: tuple[tcp.Connection, tcp.Connection],
-) -> None:
-    """
-    Bytes the gateway wrote through Twisted (a PROXY header, say) would be
-    overtaken by spliced ones.
-    """
-    client, upstream = tcpPair
-    upstream._tempDataBuffer.append(b"PROXY TCP4 ...\r\n")
-    upstream._tempDataLen += 16
-    assert spliceUnavailable("auto", client, upstream) == (
-        "relay = auto, but the upstream side has unsent bytes"
-    )
-
-
-def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(appendingTo(events))
-    client, upstream = HalfCloseableTransport(), HalfCloseableTransport()
-    client.pauseProducing()
-    record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0, upstream="u:1")
-    clock = Clock()
-    try:
-        relay = startRelay(
-            "splice",
-            None,
-            clock,
-            client,
-            upstream,
-            record,
-            TableOwner(record, State.RELAYING),
-            60.0,
-            lambda: None,
-            [b"hello", b" there"],
-            countBytes=True,
-        )
-    finally:
-        globalLogPublisher.removeObserver(appendingTo(events))
-    assert isinstance(relay, PortableRelay)
-    assert upstream.value() == b"hello there"
-    assert client.producerState == "producing"
-    (event,) = [
-        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
-    ]
-    assert event["log_level"].name == "debug"
-    assert event["where"] == "127.0.0.1:1 -> u:1"
-    assert (
-        event["why"]
-        == "relay = splice, but the client side is a HalfCloseableTransport"
-    )
-
-
-def test_startRelayChoosesSpliceForTcpAndSaysSo(
-    tcpPair: tuple[tcp.Connection, tcp.Connection],
-) -> None:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(appendingTo(events))
-    client, upstream = tcpPair
-    record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0, upstream="u:1")
-    try:
-        relay = startRelay(
-            "auto",
-            client.reactor,
-            Clock(),
-            client,
-            upstream,
-            record,
-            TableOwner(record, State.RELAYING),
-            60.0,
-            lambda: None,
-            [b"hello"],
-            countBytes=True,
-        )
-    finally:
-        globalLogPublisher.removeObserver(appendingTo(events))
-    assert isinstance(relay, SpliceRelay)
-    # Started at once: the pending bytes went straight out on the socket
-    # (whose other end is the client transport's, in this pair), not
-    # through Twisted's buffer.
-    assert relay.relaying
-    assert relay._toUpstream.head == b""
-    assert upstream._tempDataLen == 0
-    assert client.getHandle().recv(100) == b"hello"
-    (event,) = [
-        e for e in events if e.get("log_namespace") == "gateway.connection.splicerelay"
-    ]
-    assert event["log_level"].name == "debug"
-    assert event["setting"] == "auto"
-    relay.abort(Event.SHUT_DOWN, "test over")
-
-
 @pytest.mark.parametrize("bulk", [False, True], ids=["copying", "splicing"])
 def test_urgentDataNeitherStallsNorSpins(
     relayed: Callable[..., Relayed], monkeypatch: pytest.MonkeyPatch, bulk: bool
@@ -712,13 +549,13 @@ def test_urgentDataNeitherStallsNorSpins(
     assert harness.relay is not None
     harness.relay._toUpstream._bulk = bulk
     reads: list[None] = []
-    original = splicerelay._Flow.sourceReadable
+    original = spliceflow.Flow.sourceReadable
 
-    def counted(flow: splicerelay._Flow) -> None:
+    def counted(flow: spliceflow.Flow) -> None:
         reads.append(None)
         original(flow)
 
-    monkeypatch.setattr(splicerelay._Flow, "sourceReadable", counted)
+    monkeypatch.setattr(spliceflow.Flow, "sourceReadable", counted)
     harness.clientPeer.send(b"abc")
     harness.clientPeer.send(b"!", socket.MSG_OOB)
     harness.clientPeer.send(b"def")
@@ -751,7 +588,7 @@ def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
     """
     harness = relayed()
     splices: list[int] = []
-    original = splicerelay._splice
+    original = spliceflow.splice
     assert original is not None
 
     def counted(source: int, sink: int, count: int, flags: int = 0) -> int:
@@ -759,7 +596,7 @@ def test_smallReadsAreCopiedBulkIsSplicedAndTheBytesStayExact(
         splices.append(moved)
         return moved
 
-    monkeypatch.setattr(splicerelay, "_splice", counted)
+    monkeypatch.setattr(spliceflow, "splice", counted)
     sent = bytearray()
     got = bytearray()
 

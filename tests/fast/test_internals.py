@@ -23,6 +23,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 
+from gateway.fast import hub as fasthub
 from gateway.fast import internals as fastpath
 from tests.helpers import ROOT, fastPathOnly
 
@@ -127,7 +128,7 @@ def connections() -> Iterator[tuple[EPollReactor, tcp.Connection, tcp.Connection
     yield reactor, transports[0], transports[1]
     near.close()
     far.close()
-    hub = fastpath.HUBS.pop(reactor, None)
+    hub = fasthub.HUBS.pop(reactor, None)
     if hub is not None:
         hub.close()
     reactor._poller.close()
@@ -138,7 +139,7 @@ def test_hubReadersForTwoTcpTransports(
     connections: tuple[EPollReactor, tcp.Connection, tcp.Connection],
 ) -> None:
     reactor, client, upstream = connections
-    readers = fastpath.hubReaders(reactor, client, upstream)
+    readers = fasthub.hubReaders(reactor, client, upstream)
     assert readers is not None
     assert [reader.transport for reader in readers] == [client, upstream]
 
@@ -151,9 +152,9 @@ def test_noHubReadersWithoutTheFastPath(
     Without epoll, with the switch on, or without Twisted's internals, the
     reactor reads the relayed sockets itself.
     """
-    monkeypatch.setattr(fastpath, "HUB_READER", False)
+    monkeypatch.setattr(fasthub, "HUB_READER", False)
     reactor, client, upstream = connections
-    assert fastpath.hubReaders(reactor, client, upstream) is None
+    assert fasthub.hubReaders(reactor, client, upstream) is None
 
 
 @fastPathOnly
@@ -169,9 +170,9 @@ def test_theSwitchTurnsEveryFastPathOff() -> None:
     at import): every fast path is off, and the splice relay with them.
     """
     code = (
-        "from gateway.fast import internals as fastpath; from gateway.connection import splicerelay; "
+        "from gateway.fast import internals as fastpath; from gateway.connection import spliceflow; "
         "print(fastpath.DIRECT_TCP, fastpath.DIRECT_TLS, fastpath.HUB_READER, "
-        "splicerelay._splice)"
+        "spliceflow.splice)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

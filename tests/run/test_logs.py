@@ -9,8 +9,9 @@ import io
 from twisted.logger import LogLevel, formatEvent
 
 from gateway.core import verbosity
+from gateway.fast.twistedtext import isChatter
 from gateway.run import logs
-from gateway.run.logs import consoleObserver, isChatter, twistdObserver
+from gateway.run.logs import consoleObserver, twistdObserver
 
 
 def event(

@@ -17,6 +17,7 @@ from gateway.rules.accesslog import ConnectionRecord
 from gateway.tls.transport import (
     CLOSED_DURING_HANDSHAKE,
     ITLSEvents,
+    PublicRecords,
     TLSTransport,
     clientGaveUp,
 )
@@ -205,7 +206,7 @@ class PublicAPITLSTransportTests(TLSTransportTests):
 
     def setUp(self) -> None:
         super().setUp()
-        self.tls._raw = None
+        self.tls._records = PublicRecords(self.tls.connection)
 
 
 @fastPathOnly
@@ -216,13 +217,13 @@ def test_directCallsAreUsedOnMemoryBIOs() -> None:
     """
     server = SSL.Connection(serverContext(), None)
     tls = TLSTransport(server, HalfCloseableTransport(), Events())
-    assert tls._raw is not None
+    assert isinstance(tls._records, fastpath.DirectRecords)
     a, b = socket.socketpair()
     try:
         onSocket = TLSTransport(
             SSL.Connection(serverContext(), a), HalfCloseableTransport(), Events()
         )
-        assert onSocket._raw is None
+        assert isinstance(onSocket._records, PublicRecords)
     finally:
         a.close()
         b.close()
@@ -235,7 +236,8 @@ def test_theFastPathsOffMeanPyOpenSSLsAPI(monkeypatch: pytest.MonkeyPatch) -> No
     """
     monkeypatch.setattr(fastpath, "DIRECT_TLS", False)
     server = SSL.Connection(serverContext(), None)
-    assert TLSTransport(server, HalfCloseableTransport(), Events())._raw is None
+    tls = TLSTransport(server, HalfCloseableTransport(), Events())
+    assert isinstance(tls._records, PublicRecords)
 
 
 def test_aClientRejectingTheCertificateGaveUp() -> None:

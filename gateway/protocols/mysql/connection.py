@@ -52,8 +52,8 @@ from gateway.config import ServerConfig
 from gateway.connection.dialer import Dialer, ServerTries
 from gateway.connection.preread import IStage
 from gateway.connection.relay import IRelay
+from gateway.connection.relays import startRelay
 from gateway.connection.session import UpstreamRuntime
-from gateway.connection.splicerelay import startRelay
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import RelayTransport

@@ -1,0 +1,52 @@
+"""
+The TLS record layer of one connection, as the TLS transport drives it.
+
+L{gateway.tls.transport.TLSTransport} moves ciphertext and plaintext
+through the memory BIOs of an OpenSSL connection in four calls; two
+providers make them: pyOpenSSL's public API
+(L{gateway.tls.transport.PublicRecords}), and OpenSSL's functions called
+directly with one reused buffer (L{gateway.fast.internals.DirectRecords}).
+The transport chooses one per connection, once
+(L{gateway.tls.transport.recordLayer}), so no data-path call asks which.
+
+Here, below both, so neither imports the other for the interface.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class IRecordLayer(Interface):
+    """
+    The data path of one TLS connection on memory BIOs, after (and, for
+    L{feed} and L{drain}, during) the handshake.
+    """
+
+    def feed(data: bytes) -> None:
+        """
+        Ciphertext from the peer, into the incoming memory BIO.
+
+        @raise OpenSSL.SSL.Error: as pyOpenSSL's C{bio_write} does.
+        """
+
+    def readPlaintext() -> tuple[list[bytes], bool, str | None]:
+        """
+        Decrypt everything the ciphertext fed so far completes.
+
+        @return: the plaintext chunks; whether the peer's C{close_notify}
+            came; OpenSSL's reason when a record failed, else L{None}.
+        """
+
+    def drain() -> bytes | None:
+        """
+        Everything OpenSSL wrote to the outgoing memory BIO (records, the
+        handshake's messages, alerts), or L{None} when it holds nothing.
+        """
+
+    def write(data: bytes) -> None:
+        """
+        Plaintext for the peer, encrypted into the outgoing memory BIO.
+
+        @raise OpenSSL.SSL.Error: as pyOpenSSL's C{sendall} does.
+        """
