@@ -1,8 +1,10 @@
 """
 Every provider of the connection core's zope interfaces provides them
 whole: the stage a connection is handed to (L{IStage}), what a
-termination stage drives (L{ITerminatedSession}) and what a TLS layer
-reports to (L{ITLSEvents}).
+termination stage drives (L{ITerminatedSession}), what a TLS layer
+reports to (L{ITLSEvents}), and the protocol strategies with each of the
+small interfaces they declare (L{gateway.connection.strategy},
+L{gateway.connection.hooks}).
 
 The interfaces declare methods only, so an instance made without its
 constructor (which needs a running connection) is enough for
@@ -18,13 +20,22 @@ from zope.interface.verify import verifyObject
 
 from gateway.connection.challenge import ChallengeStage
 from gateway.connection.health import _Probe
+from gateway.connection.hooks import IServesAtAccept, IServesPlaintext, ITerminates
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage
 from gateway.connection.session import Session, UpstreamProtocol
+from gateway.connection.strategy import IPreamble, IProtocolStrategy, IUpstreamOpening
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.protocols.mysql.connection import MySQLConnection, _TerminatedLogin
 from gateway.protocols.mysql.leg import ServerLeg
-from gateway.protocols.postgres import StartupReader
+from gateway.protocols.mysql.strategy import MySQLStrategy
+from gateway.protocols.postgres import (
+    PostgresOpening,
+    PostgresPreamble,
+    PostgresStrategy,
+    StartupReader,
+)
+from gateway.protocols.tls import TCPStrategy, TLSStrategy
 from gateway.tls.transport import ITLSEvents
 
 PROVIDERS: list[tuple[type[Interface], type]] = [
@@ -40,6 +51,16 @@ PROVIDERS: list[tuple[type[Interface], type]] = [
     (ITLSEvents, ServerLeg),
     (ITLSEvents, _Probe),
     (ITLSEvents, ChallengeStage),
+    (IProtocolStrategy, TLSStrategy),
+    (IProtocolStrategy, TCPStrategy),
+    (IProtocolStrategy, PostgresStrategy),
+    (IProtocolStrategy, MySQLStrategy),
+    (IServesAtAccept, TCPStrategy),
+    (IServesAtAccept, MySQLStrategy),
+    (ITerminates, PostgresStrategy),
+    (IServesPlaintext, PostgresStrategy),
+    (IPreamble, PostgresPreamble),
+    (IUpstreamOpening, PostgresOpening),
 ]
 
 
