@@ -73,17 +73,18 @@ class ITerminates(Interface):
 class IServesPlaintext(Interface):
     """
     A protocol whose preamble can say a client starts without TLS
-    (L{gateway.connection.strategy.IPreamble.feed} returned neither L{None} nor bytes).  On a listener
-    whose strategy does not provide it, such a client is refused.
+    (L{gateway.connection.strategy.IPreamble.feed} returned neither L{None}
+    nor bytes).  On a listener whose strategy does not provide it, such a
+    client is refused (C{plaintext_refused}).
     """
 
     def openPlaintext(
         listener: ListenerContext, protocol: PrereadProtocol, start: object
     ) -> IStage | Reject:
         """
-        Serve a client that L{gateway.connection.strategy.IPreamble.feed} said starts without TLS
-        (C{start}: what it returned): the stage it is handed to, or why
-        it is refused.
+        Serve a client that L{gateway.connection.strategy.IPreamble.feed}
+        said starts without TLS (C{start}: what it returned): the stage it
+        is handed to, or why it is refused.
         """
 
 
