@@ -43,17 +43,11 @@ LAYERS = [
 #: Sans-IO packages: no event loop, no TLS library, anywhere in their source.
 PURE = ["wire", "core", "rules"]
 
-#: Imports that still point up a layer: the typed seams of the
-#: restructuring remove them.
-KNOWN_UPWARD = {
-    # The listener finds the strategy by protocol; the owner and the
-    # session call the strategy's hooks.
-    ("gateway.connection.listener", "gateway.protocols.strategy"),
-    ("gateway.connection.listener", "gateway.protocols.table"),
-    ("gateway.connection.preread", "gateway.protocols.strategy"),
-    ("gateway.connection.preread", "gateway.protocols.tls"),
-    ("gateway.connection.session", "gateway.protocols.strategy"),
-}
+#: Imports that still point up a layer, each with why.  Empty: the
+#: connection core is given its protocol strategy (by the service, from
+#: L{gateway.protocols.table}) through the interfaces of
+#: L{gateway.connection.strategy} and L{gateway.connection.hooks}.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _layer(module: str) -> int | None:
@@ -138,7 +132,8 @@ PURE_IMPORTS = [
     ),
     "gateway.config",
     "gateway.fast.portable",
-    "gateway.protocols.strategy",
+    "gateway.connection.strategy",
+    "gateway.connection.hooks",
     "gateway.protocols.tls",
 ]
 

@@ -27,15 +27,16 @@ passthrough connection whose servers all fail gets C{internal_error}.
 
 What a protocol adds (a preamble before the ClientHello, what a terminated
 connection reads first, how an upstream connection opens, a connection
-served from accept) is its strategy's (L{gateway.protocols.table}); what is
-refused or routed where is L{gateway.rules.decision}'s.
+served from accept) is its strategy's (L{gateway.connection.strategy}),
+given by whoever builds the factory; what is refused or routed where is
+L{gateway.rules.decision}'s.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Final
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -53,6 +54,7 @@ from twisted.logger import Logger
 from gateway.config import ListenerConfig
 from gateway.connection.challenge import ChallengeStage
 from gateway.connection.echsplit import ECHPassthroughStage
+from gateway.connection.hooks import IServesAtAccept, IServesPlaintext, ITerminates
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage, PrereadProtocol
 from gateway.connection.session import (
@@ -61,13 +63,16 @@ from gateway.connection.session import (
     Timeouts,
     UpstreamRuntime,
 )
+from gateway.connection.strategy import (
+    IProtocolStrategy,
+    ServerTLSPolicy,
+    UpstreamOpener,
+)
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Action, Status
 from gateway.fast.internals import sessionReused
-from gateway.protocols.strategy import IProtocolStrategy, IUpstreamOpening
-from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog, ConnectionRecord
 from gateway.rules.decision import (
     ACCEPTED,
@@ -122,7 +127,7 @@ def proxyAddress(address: IAddress) -> ProxyAddress | None:
     return None
 
 
-def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
+def _sslTLV(connection: SSL.Connection, facts: Mapping[str, str | None]) -> TLV:
     """
     C{PP2_TYPE_SSL} for a terminated connection.
 
@@ -146,17 +151,6 @@ def _sslTLV(connection: SSL.Connection, facts: Mapping[str, Any]) -> TLV:
         verified=certificate is not None,
         commonName=commonName,
     )
-
-
-class ServerTLSPolicy(TypingProtocol):
-    """
-    What termination needs from L{gateway.tls.server}: a context per server
-    name, and the facts of a finished handshake for the access log.
-    """
-
-    def contextFor(self, serverName: str | None) -> SSL.Context: ...
-
-    def describe(self, connection: SSL.Connection) -> dict[str, Any]: ...
 
 
 class AcmeChallenges(TypingProtocol):
@@ -189,6 +183,14 @@ class ListenerFactory(ServerFactory):
         C{max_connections_per_client} (in L{_perClient}) and is the
         C{hash} balancer's key.
     @ivar _denyJA4: C{deny_ja4}, lower-cased: compared case-insensitively.
+    @ivar strategy: the listener's protocol (L{gateway.protocols.table}
+        resolves it from the configuration).
+    @ivar _terminates: the strategy, if it reads something of its own
+        inside a terminated connection; else such a connection is a plain
+        session.
+    @ivar _servesPlaintext: the strategy, if its preamble can let a client
+        start without TLS; else such a client is refused.
+    @ivar _servesAtAccept: the strategy, if it reads no ClientHello.
     @ivar strategyState: what the listener's protocol strategy keeps for
         its name (L{IProtocolStrategy.listenerState}: PostgreSQL's cancel
         keys), opaque here.  Given by the caller to share one between the
@@ -206,6 +208,7 @@ class ListenerFactory(ServerFactory):
         reactor: IReactorTCP,
         clock: IReactorTime,
         accessLog: AccessLog,
+        strategy: IProtocolStrategy,
         tls: ServerTLSPolicy | None = None,
         idle: Callable[[], None] = lambda: None,
         strategyState: object = _FRESH,
@@ -231,7 +234,21 @@ class ListenerFactory(ServerFactory):
         self.timeouts = Timeouts(
             connect=config.connect_timeout, idle=config.idle_timeout
         )
-        self.strategy = strategyFor(config)
+        self.strategy = strategy
+        self._terminates: ITerminates | None = (
+            strategy if ITerminates.providedBy(strategy) else None
+        )
+        self._servesPlaintext: IServesPlaintext | None = (
+            strategy if IServesPlaintext.providedBy(strategy) else None
+        )
+        self._servesAtAccept: IServesAtAccept | None = (
+            strategy if IServesAtAccept.providedBy(strategy) else None
+        )
+        if not strategy.readsHello and self._servesAtAccept is None:
+            raise TypeError(
+                f"strategy {strategy.name!r} reads no ClientHello and does not"
+                " provide IServesAtAccept: its connections could not be served"
+            )
         self.strategyState = (
             self.strategy.listenerState() if strategyState is _FRESH else strategyState
         )
@@ -259,7 +276,6 @@ class ListenerFactory(ServerFactory):
             self.config.preread_timeout,
             self.config.preread_buffer_size,
             acceptProxy=self.config.accept_proxy_protocol,
-            strategy=self.strategy,
             ech=self._ech,
         )
         self.active.add(protocol)
@@ -401,11 +417,13 @@ class ListenerFactory(ServerFactory):
                     alert=AlertDescription.HANDSHAKE_FAILURE,
                 )
 
-            strategy = self.strategy
+            terminates = self._terminates
 
             def makeSession(tls: TLSTransport) -> ITerminatedSession:
-                return strategy.terminated(  # type: ignore[no-any-return]
-                    self, protocol, tls, upstream, hello
+                if terminates is not None:
+                    return terminates.terminated(self, protocol, tls, upstream, hello)
+                return self.session(
+                    protocol, tls, upstream, hello.serverName, tls.connection
                 )
 
             stage = TerminationStage(
@@ -488,9 +506,15 @@ class ListenerFactory(ServerFactory):
     ) -> IStage | Reject:
         """
         A client whose preamble said it starts without TLS: the strategy
-        serves it.
+        serves it, if it serves such clients at all.
         """
-        return self.strategy.openPlaintext(self, protocol, start)  # type: ignore[no-any-return]
+        serves = self._servesPlaintext
+        if serves is None:
+            return Reject(
+                Status.PLAINTEXT_REFUSED,
+                f"protocol {self.strategy.name} serves no client without TLS",
+            )
+        return serves.openPlaintext(self, protocol, start)
 
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
@@ -500,7 +524,9 @@ class ListenerFactory(ServerFactory):
         (at accept, or once its PROXY header was read; C{buffered}: what
         followed it): the strategy serves it.
         """
-        return self.strategy.openAtAccept(self, protocol, buffered)  # type: ignore[no-any-return]
+        serves = self._servesAtAccept
+        assert serves is not None, "checked when the factory was built"
+        return serves.openAtAccept(self, protocol, buffered)
 
     def relayTCP(
         self,
@@ -558,7 +584,7 @@ class ListenerFactory(ServerFactory):
         connection: SSL.Connection | None = None,
         *,
         relay: str = "portable",
-        opening: Callable[[], IUpstreamOpening] | None = None,
+        opening: UpstreamOpener | None = None,
         onEnd: Callable[[], None] | None = None,
         failureAlert: FailureNotice | None = None,
     ) -> Session:

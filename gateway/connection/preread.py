@@ -15,8 +15,8 @@ before any of them is parsed.  One C{preread_timeout} covers both: it
 bounds everything a client must send before it is served.
 
 What comes before the ClientHello, and whether one is read at all, is the
-listener's protocol strategy's business (L{gateway.protocols.strategy}): a preamble
-(L{gateway.protocols.strategy.IPreamble}) comes between the two readers, answered
+listener's protocol strategy's business (L{gateway.connection.strategy}): a preamble
+(L{gateway.connection.strategy.IPreamble}) comes between the two readers, answered
 as it asks, and the TLS bytes after it go on to the ClientHello reader; a
 client that it says starts without TLS is handed to the listener's
 C{handoffPlaintext} instead.  A strategy that reads no ClientHello has the
@@ -46,11 +46,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from gateway.connection.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
-from gateway.protocols.strategy import IPreamble, IProtocolStrategy, PreambleError
-from gateway.protocols.tls import TLS
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import BY_STATUS, Alert, Reject
 from gateway.rules.lifecycle import Event, State, apply
@@ -133,7 +132,7 @@ class Handoff(TypingProtocol):
     ) -> IStage | Reject:
         """
         The preamble said the client starts without TLS (C{start}: what
-        L{gateway.protocols.strategy.IPreamble.feed} returned).
+        L{gateway.connection.strategy.IPreamble.feed} returned).
         """
 
     def handoffAtAccept(
@@ -148,6 +147,12 @@ class Handoff(TypingProtocol):
     def ended(self, protocol: PrereadProtocol) -> None:
         """
         The connection is over: log it (and call L{PrereadProtocol.logged}).
+        """
+
+    @property
+    def strategy(self) -> IProtocolStrategy:
+        """
+        The listener's protocol: a connection's, unless it is given its own.
         """
 
 
@@ -187,7 +192,7 @@ class PrereadProtocol(Protocol):
         maxSize: int,
         acceptProxy: bool = False,
         *,
-        strategy: IProtocolStrategy = TLS,
+        strategy: IProtocolStrategy | None = None,
         ech: ECHKeyring | None = None,
     ) -> None:
         self.record = record
@@ -196,6 +201,8 @@ class PrereadProtocol(Protocol):
         self.proxyHeader: ProxyHeader | None = None
         self.state = State.ACCEPTED
         self._proxyReader = ProxyHeaderReader() if acceptProxy else None
+        if strategy is None:
+            strategy = listener.strategy
         readHello = strategy.readsHello
         self._strategy = strategy
         self._preamble: IPreamble | None = strategy.preamble() if readHello else None

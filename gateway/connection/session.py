@@ -4,7 +4,7 @@ After the route is chosen: reach an upstream, then relay.
 A L{Session} connects to a server of the chosen upstream (retrying the next
 one when a connect fails, while no upstream has sent a byte), optionally
 opens the connection as the client's protocol does (an
-L{gateway.protocols.strategy.IUpstreamOpening}) and does a verified TLS
+L{gateway.connection.strategy.IUpstreamOpening}) and does a verified TLS
 handshake with it, replays what the client already sent, and starts the
 relay.  The client side is given to it as a transport: the
 raw TCP transport in passthrough, the L{TLSTransport} of a terminated
@@ -39,6 +39,7 @@ from gateway.connection.dialers import (
 )
 from gateway.connection.relay import IRelay
 from gateway.connection.relays import spliceUnavailable, startRelay, startSpliceRelay
+from gateway.connection.strategy import IUpstreamOpening
 from gateway.connection.terminate import ITerminatedSession
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.connection.upstream import (
@@ -47,7 +48,6 @@ from gateway.connection.upstream import (
     localError,
 )
 from gateway.core.transports import RelayTransport, relayTransport
-from gateway.protocols.strategy import IUpstreamOpening
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
@@ -88,7 +88,7 @@ class UpstreamProtocol(AttemptProtocol):
     and the certificate verified: not one byte of the client's plaintext
     goes out before that.
 
-    With an opening (L{gateway.protocols.strategy.IUpstreamOpening}: a protocol
+    With an opening (L{gateway.connection.strategy.IUpstreamOpening}: a protocol
     whose upstream connection starts with an exchange before TLS, as
     the PostgreSQL strategy does), its request goes on the raw socket
     first (after the PROXY header, which must come first), then TLS only
@@ -250,7 +250,7 @@ class Session:
     @ivar relay: the relay, once the upstream is ready.
     @ivar opening: makes each upstream connection's opening (see
         L{UpstreamProtocol}), or L{None} for none: the client protocol's
-        (L{gateway.protocols.strategy.IProtocolStrategy.opening}).
+        (L{gateway.connection.strategy.IProtocolStrategy.opening}).
     @ivar upstreamWatcher: called with each chunk of what the upstream sends
         the client, at the plaintext level, before it is relayed; L{None}
         when nothing watches (the usual case: the hot path pays one

@@ -32,7 +32,7 @@ class ITerminatedSession(Interface):
     """
     What the stage drives once the handshake is done: a
     L{gateway.connection.session.Session}, or what the protocol strategy reads first
-    (L{gateway.protocols.strategy.IProtocolStrategy.terminated}), such as
+    (L{gateway.connection.strategy.ITerminates.terminated}), such as
     the L{gateway.protocols.postgres.StartupReader} that reads the startup message
     before it starts one.
     """

@@ -31,7 +31,7 @@ the listener's C{upstream} or its C{default} route.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -40,17 +40,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
+from gateway.connection.hooks import IServesPlaintext, ITerminates, ListenerContext
 from gateway.connection.session import Session, UpstreamRuntime
-from gateway.connection.terminate import ITerminatedSession
-from gateway.connection.timers import Deadline, cancel, later
-from gateway.connection.upstream import FirstServer
-from gateway.core.vocabulary import Status
-from gateway.protocols.strategy import (
+from gateway.connection.strategy import (
     IPreamble,
     IProtocolStrategy,
     IUpstreamOpening,
     PreambleError,
 )
+from gateway.connection.terminate import ITerminatedSession
+from gateway.connection.timers import Deadline, cancel, later
+from gateway.connection.upstream import FirstServer
+from gateway.core.vocabulary import Status
 from gateway.protocols.tls import misdirectedPostgres
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import Plaintext, Reject, Relay, decide
@@ -82,6 +83,7 @@ from gateway.wire.postgres import (
 )
 
 if TYPE_CHECKING:
+    from gateway.connection.preread import IStage, PrereadProtocol
     from gateway.wire.clienthello import ClientHello
 
 __all__ = [
@@ -515,7 +517,7 @@ class StartupReader:
 class PostgresPreamble(ClientPreamble):
     """
     L{ClientPreamble} as the generic pre-read drives it
-    (L{gateway.protocols.strategy.IPreamble}).
+    (L{gateway.connection.strategy.IPreamble}).
     """
 
     def feed(  # type: ignore[override]
@@ -573,7 +575,17 @@ class PostgresOpening:
         return f"no answer to the SSLRequest within {timeout:g}s"
 
 
-@implementer(IProtocolStrategy)
+def _registryOf(listener: ListenerContext) -> CancelRegistry:
+    """
+    The cancel keys of a postgres listener: its strategy state, made by
+    L{PostgresStrategy.listenerState}.
+    """
+    registry = listener.strategyState
+    assert isinstance(registry, CancelRegistry), "a postgres listener's state"
+    return registry
+
+
+@implementer(IProtocolStrategy, ITerminates, IServesPlaintext)
 class PostgresStrategy:
     """
     C{protocol = postgres}: the preamble before the ClientHello, a client
@@ -597,8 +609,8 @@ class PostgresStrategy:
 
     def terminated(
         self,
-        listener: Any,
-        protocol: Any,
+        listener: ListenerContext,
+        protocol: PrereadProtocol,
         tls: TLSTransport,
         upstream: UpstreamRuntime,
         hello: ClientHello,
@@ -609,7 +621,7 @@ class PostgresStrategy:
             return startTerminated(
                 event,
                 record,
-                listener.strategyState,
+                _registryOf(listener),
                 upstream,
                 lambda target, onEnd: listener.session(
                     protocol,
@@ -633,7 +645,9 @@ class PostgresStrategy:
             lambda: listener.ended(protocol),
         )
 
-    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
+    def openPlaintext(
+        self, listener: ListenerContext, protocol: PrereadProtocol, start: object
+    ) -> IStage | Reject:
         """
         A client that starts without TLS: a startup message (refused unless
         C{allow_plaintext}) or a C{CancelRequest}.
@@ -656,7 +670,7 @@ class PostgresStrategy:
             assert isinstance(start, CancelRequest)
             record.reason = CANCEL_REASON
             pending = cancelRequest(start.key) + start.rest
-            owner = listener.strategyState.get(start.key)
+            owner = _registryOf(listener).get(start.key)
         if owner is not None:
             upstream = owner.runtime()
         else:
@@ -674,9 +688,6 @@ class PostgresStrategy:
             assert isinstance(verdict, Relay)
             upstream = listener.upstreamFor(verdict)
         return listener.relayTCP(protocol, upstream, pending, self)
-
-    def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
-        raise NotImplementedError("a postgres listener reads a ClientHello")
 
     def listenerState(self) -> CancelRegistry:
         """

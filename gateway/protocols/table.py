@@ -1,12 +1,13 @@
 """
-The table of client protocols: which L{gateway.protocols.strategy.IProtocolStrategy}
+The table of client protocols: which L{gateway.connection.strategy.IProtocolStrategy}
 serves a listener, keyed by its C{protocol} setting (or C{tcp} for
 C{mode = tcp}, which reads nothing whatever the protocol).
 
 Adding a protocol: a module providing the strategy (as L{gateway.protocols.postgres}
 and L{gateway.protocols.mysql} do), one entry in L{STRATEGIES}, and the new
 C{protocol} value in L{gateway.config}.  The generic core never names a
-protocol: it asks the strategy.
+protocol: the service resolves each listener's strategy here and gives it
+to the listener, which asks it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Mapping
 from typing import Final
 
 from gateway.config import ListenerConfig
+from gateway.connection.strategy import IProtocolStrategy
 from gateway.protocols.mysql import MYSQL
 from gateway.protocols.postgres import POSTGRES
-from gateway.protocols.strategy import IProtocolStrategy
 from gateway.protocols.tls import TCP, TLS
 
 STRATEGIES: Final[Mapping[str, IProtocolStrategy]] = {

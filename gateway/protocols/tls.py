@@ -1,18 +1,22 @@
 """
 The strategies that need no protocol module of their own: C{protocol =
 tls} (the client's first bytes are its ClientHello) and C{mode = tcp}
-(nothing is read).  Light on imports: L{gateway.connection.preread} uses L{TLS} as
-its default.
+(nothing is read).  Light on imports: nothing of Twisted or OpenSSL is
+loaded by importing it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from zope.interface import implementer
 
-from gateway.protocols.strategy import IProtocolStrategy
+from gateway.connection.hooks import IServesAtAccept, ListenerContext
+from gateway.connection.strategy import IProtocolStrategy
 from gateway.wire.postgres import looksLikePostgres
+
+if TYPE_CHECKING:
+    from gateway.connection.preread import IStage, PrereadProtocol
 
 
 def misdirectedPostgres(buffered: bytes) -> str | None:
@@ -28,7 +32,8 @@ def misdirectedPostgres(buffered: bytes) -> str | None:
 class TLSStrategy:
     """
     C{protocol = tls}: the client's first bytes are its ClientHello; the
-    upstream connection opens with nothing before TLS.
+    upstream connection opens with nothing before TLS, and a terminated
+    connection is a plain session from its handshake on.
     """
 
     name = "tls"
@@ -44,24 +49,11 @@ class TLSStrategy:
     def opening(self, encrypted: bool) -> None:
         return None
 
-    def terminated(
-        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
-    ) -> Any:
-        return listener.session(
-            protocol, tls, upstream, hello.serverName, tls.connection
-        )
-
-    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
-        raise NotImplementedError("a tls listener has no preamble")
-
     def listenerState(self) -> None:
         return None
 
-    def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
-        raise NotImplementedError("a tls listener reads a ClientHello")
 
-
-@implementer(IProtocolStrategy)
+@implementer(IProtocolStrategy, IServesAtAccept)
 class TCPStrategy:
     """
     C{mode = tcp}: nothing is read; the connection is relayed to its one
@@ -82,18 +74,12 @@ class TCPStrategy:
     def opening(self, encrypted: bool) -> None:
         return None
 
-    def terminated(
-        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
-    ) -> Any:
-        raise NotImplementedError("mode = tcp terminates nothing")
-
-    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
-        raise NotImplementedError("mode = tcp has no preamble")
-
     def listenerState(self) -> None:
         return None
 
-    def openAtAccept(self, listener: Any, protocol: Any, buffered: bytes) -> Any:
+    def openAtAccept(
+        self, listener: ListenerContext, protocol: PrereadProtocol, buffered: bytes
+    ) -> IStage:
         upstreamName = listener.config.upstream
         assert upstreamName is not None
         return listener.relayTCP(

@@ -34,11 +34,11 @@ from gateway.connection.datagram import QuicListener
 from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.session import UpstreamRuntime
+from gateway.connection.strategy import ListenerStates
 from gateway.connection.timers import cancel
 from gateway.connection.upstream import ConfiguredNames, Pool
 from gateway.fast.acceptwatch import watch
 from gateway.fast.internals import acceptExclusively
-from gateway.protocols.strategy import ListenerStates
 from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
 from gateway.run.loading import (
@@ -139,6 +139,7 @@ class Generation:
                 reactor,
                 reactor,
                 accessLog,
+                strategyFor(listener),
                 tls=contexts.servers.get(listener.name),
                 idle=idle,
                 strategyState=states.stateFor(listener.name, strategyFor(listener)),

@@ -1,7 +1,8 @@
 """
 L{gateway.connection.listener.ListenerFactory} at accept and at hand-off: address
 filtering, connection limits, JA4 filtering, the client address a PROXY
-header gives, and the PROXY header sent upstream; in memory, no sockets.
+header gives, the PROXY header sent upstream, and what it does with a
+strategy that lacks a hook; in memory, no sockets.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gateway.config import ListenerConfig, RouteConfig, ServerConfig
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.preread import PrereadProtocol
 from gateway.connection.session import UpstreamRuntime
+from gateway.connection.strategy import IPreamble, IProtocolStrategy
 from gateway.core.ratelimit import parseRate
 from gateway.protocols.postgres import OneServer
+from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
@@ -90,6 +94,7 @@ class ListenerTestCase(SynchronousTestCase):
             self.reactor,
             self.reactor,
             self.log,  # type: ignore[arg-type]
+            strategyFor(config),
         )
         return self.factory
 
@@ -535,6 +540,7 @@ class RefusalAlertTests(ListenerTestCase):
             self.reactor,
             self.reactor,
             self.log,  # type: ignore[arg-type]
+            strategyFor(config),
         )
         protocol, transport = self.connect()
         protocol.dataReceived(TLS10_HELLO)
@@ -566,3 +572,87 @@ class RefusalAlertTests(ListenerTestCase):
         alert = alertRecord(AlertDescription.INTERNAL_ERROR, 0x0303)
         self.assertEqual(transport.value(), alert)
         self.assertEqual(record.bytesOut, len(alert))
+
+
+@implementer(IPreamble)
+class PlaintextAtOnce:
+    """
+    A preamble that says every client starts without TLS.
+    """
+
+    def feed(self, data: bytes, answer: object) -> object:
+        return "a plaintext start"
+
+    def describeEnd(self) -> str:
+        return "closed in the preamble"
+
+    def describeTimeout(self, timeout: float) -> str:
+        return "slow preamble"
+
+
+@implementer(IProtocolStrategy)
+class BareStrategy:
+    """
+    A strategy that provides none of the small interfaces: it serves no
+    plaintext client, nothing at accept, and terminates plainly.
+    """
+
+    name = "bare"
+    speaksTLSFirst = False
+
+    def __init__(self, readsHello: bool) -> None:
+        self.readsHello = readsHello
+
+    def preamble(self) -> PlaintextAtOnce:
+        return PlaintextAtOnce()
+
+    def misdirected(self, buffered: bytes) -> None:
+        return None
+
+    def opening(self, encrypted: bool) -> None:
+        return None
+
+    def listenerState(self) -> None:
+        return None
+
+
+class MissingHookTests(SynchronousTestCase):
+    """
+    The listener asks which small interfaces its strategy provides: a
+    hook that is not there is never called.
+    """
+
+    def makeFactory(self, strategy: IProtocolStrategy) -> ListenerFactory:
+        self.reactor = MemoryReactorClock()
+        self.log = RecordingLog()
+        config = ListenerConfig(name="bare", listen=("tcp:443",), upstream="app")
+        return ListenerFactory(
+            config,
+            {"app": UpstreamRuntime("app", RecordingChooser(), 1)},
+            self.reactor,
+            self.reactor,
+            self.log,  # type: ignore[arg-type]
+            strategy,
+        )
+
+    def test_aStrategyThatCouldServeNoConnectionIsRefusedWhenBuilt(self) -> None:
+        """
+        Reading no ClientHello without serving at accept would leave every
+        connection unserved: the factory refuses the strategy at once.
+        """
+        error = self.assertRaises(TypeError, self.makeFactory, BareStrategy(False))
+        self.assertIn("IServesAtAccept", str(error))
+
+    def test_aPlaintextClientOfAStrategyThatServesNoneIsRefused(self) -> None:
+        factory = self.makeFactory(BareStrategy(True))
+        peer = IPv4Address("TCP", "198.51.100.7", 40000)
+        protocol = factory.buildProtocol(peer)
+        transport = PromptClientTransport(hostAddress=LISTENER, peerAddress=peer)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"hello in the clear")
+        [record] = self.log.records
+        self.assertEqual(record.status, "plaintext_refused")
+        self.assertIn("bare serves no client without TLS", record.reason)
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.reactor.tcpClients, [])

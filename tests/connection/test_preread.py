@@ -10,9 +10,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from gateway.connection.preread import REFUSAL_LINGER, IStage, PrereadProtocol
+from gateway.connection.strategy import IProtocolStrategy
 from gateway.core.vocabulary import Status
 from gateway.protocols.postgres import POSTGRES
-from gateway.protocols.tls import TCP
+from gateway.protocols.tls import TCP, TLS
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import Reject
 from gateway.testing import makeClientHello
@@ -51,7 +52,9 @@ class RecordingStage:
 
 
 class RecordingListener:
-    def __init__(self) -> None:
+    def __init__(self, strategy: IProtocolStrategy = TLS) -> None:
+        self.strategy = strategy
+        self.atAccept: list[bytes] = []
         self.handoffs: list[tuple[ClientHello, bytes]] = []
         self.endings: list[ConnectionRecord] = []
         self.accepts: list[PrereadProtocol] = []
@@ -86,7 +89,8 @@ class RecordingListener:
     def handoffAtAccept(
         self, protocol: PrereadProtocol, buffered: bytes
     ) -> IStage | Reject:
-        raise AssertionError("these connections all read a ClientHello")
+        self.atAccept.append(buffered)
+        return self.stage
 
     def ended(self, protocol: PrereadProtocol) -> None:
         self.endings.append(protocol.record)
@@ -407,6 +411,28 @@ class RefusalAlertTests(SynchronousTestCase):
         _, transport = self.connect("denied", strategy=POSTGRES)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)
+
+    def test_theStrategyIsTheListenersUnlessGiven(self) -> None:
+        """
+        A connection speaks its listener's protocol: one built without a
+        strategy of its own reads no hello on a C{mode = tcp} listener,
+        and is served at accept.
+        """
+        listener = RecordingListener(TCP)
+        protocol = PrereadProtocol(
+            listener,
+            ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
+            MemoryReactorClock(),
+            10,
+            64,
+        )
+        transport = PromptClientTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertEqual(listener.atAccept, [b""])
+        protocol.dataReceived(b"not a hello")
+        self.assertEqual(listener.handoffs, [])
+        self.assertEqual(listener.stage.received, [b"not a hello"])
 
     def test_tcpModeGetsNoTLSAlert(self) -> None:
         _, transport = self.connect("limited", strategy=TCP)

@@ -39,6 +39,7 @@ from gateway.protocols.postgres import (
     PlaintextStart,
     plaintextRefused,
 )
+from gateway.protocols.table import strategyFor
 from gateway.protocols.tls import TCP
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.testing import makeClientHello
@@ -459,6 +460,7 @@ class ListenerTestCase(SynchronousTestCase):
             self.reactor,
             self.reactor,
             self.log,  # type: ignore[arg-type]
+            strategyFor(config),
             tls=StaticTLS(),
         )
         return self.factory

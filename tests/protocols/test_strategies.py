@@ -1,5 +1,6 @@
 """
-The protocol strategies: one table, every provider complete.
+The protocol strategies: one table, every provider complete for each
+interface it declares, and no hook a provider cannot serve.
 """
 
 from __future__ import annotations
@@ -7,17 +8,34 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from zope.interface import Interface, providedBy
 from zope.interface.verify import verifyObject
 
 from gateway.config import ListenerConfig
-from gateway.protocols.strategy import IPreamble, IProtocolStrategy, IUpstreamOpening
+from gateway.connection.hooks import IServesAtAccept, IServesPlaintext, ITerminates
+from gateway.connection.strategy import (
+    IPreamble,
+    IProtocolStrategy,
+    IUpstreamOpening,
+    ListenerStates,
+)
 from gateway.protocols.table import STRATEGIES, strategyFor
+
+DECLARED: dict[str, set[type[Interface]]] = {
+    "tls": {IProtocolStrategy},
+    "tcp": {IProtocolStrategy, IServesAtAccept},
+    "postgres": {IProtocolStrategy, ITerminates, IServesPlaintext},
+    "mysql": {IProtocolStrategy, IServesAtAccept},
+}
+"""What each strategy serves: a hook it could not serve is not there."""
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_everyStrategyProvidesTheInterface(name: str) -> None:
+def test_everyStrategyProvidesWhatItDeclares(name: str) -> None:
     strategy = STRATEGIES[name]
-    assert verifyObject(IProtocolStrategy, strategy)
+    assert set(providedBy(strategy)) == DECLARED[name]
+    for interface in DECLARED[name]:
+        assert verifyObject(interface, strategy)
     assert strategy.name == name
     preamble = strategy.preamble()
     if preamble is not None:
@@ -43,6 +61,23 @@ def test_onlyTLSAndPostgresReadAHello() -> None:
     assert [n for n, s in STRATEGIES.items() if s.speaksTLSFirst] == ["tls"]
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_aStrategyThatReadsNoHelloServesAtAccept(name: str) -> None:
+    """
+    A connection that reads no ClientHello is served at accept: its
+    strategy must say how, and one that reads a hello has no such hook.
+    """
+    strategy = STRATEGIES[name]
+    assert IServesAtAccept.providedBy(strategy) is not strategy.readsHello
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_onlyAStrategyWithAPreambleServesPlaintext(name: str) -> None:
+    strategy = STRATEGIES[name]
+    hasPreamble = strategy.readsHello and strategy.preamble() is not None
+    assert IServesPlaintext.providedBy(strategy) is hasPreamble
+
+
 def test_thePostgresOpeningRefusesInjectedBytes() -> None:
     """
     CVE-2021-23222: an C{S} followed by anything in the same read.
@@ -52,8 +87,11 @@ def test_thePostgresOpeningRefusesInjectedBytes() -> None:
     assert STRATEGIES["postgres"].opening(False) is None
     assert opening().feed(b"S") is True
     assert opening().feed(b"") is None
-    assert "injected" in opening().feed(b"Sxx")
-    assert "refused the SSLRequest (N)" in opening().feed(b"N")
+    injected, refused = opening().feed(b"Sxx"), opening().feed(b"N")
+    assert isinstance(injected, str)
+    assert "injected" in injected
+    assert isinstance(refused, str)
+    assert "refused the SSLRequest (N)" in refused
 
 
 def test_listenerStatesAreSharedByNameAndStrategy() -> None:
@@ -62,7 +100,6 @@ def test_listenerStatesAreSharedByNameAndStrategy() -> None:
     reloads: PostgreSQL's cancel keys; a protocol change starts afresh.
     """
     from gateway.protocols.postgres import CancelRegistry
-    from gateway.protocols.strategy import ListenerStates
 
     states = ListenerStates()
     postgres = states.stateFor("db", STRATEGIES["postgres"])
@@ -95,7 +132,6 @@ def test_generationsShareTheListenersStateAcrossReloads(tmp_path: Any) -> None:
 
     from gateway.connection.listener import ListenerFactory
     from gateway.protocols.postgres import CancelRegistry
-    from gateway.protocols.strategy import ListenerStates
     from gateway.rules.accesslog import AccessLog
     from gateway.run.loading import load_config_text
     from gateway.run.service import Generation
@@ -110,10 +146,11 @@ def test_generationsShareTheListenersStateAcrossReloads(tmp_path: Any) -> None:
     assert isinstance(shared, CancelRegistry)
     assert second.factories["db"].strategyState is shared
     assert first.factories["web"].strategyState is None
+    postgres = strategyFor(config.listeners[0])
     alone = ListenerFactory(
-        config.listeners[0], {}, reactor, reactor, log, strategyState=None
+        config.listeners[0], {}, reactor, reactor, log, postgres, strategyState=None
     )
     assert alone.strategyState is None
-    fresh = ListenerFactory(config.listeners[0], {}, reactor, reactor, log)
+    fresh = ListenerFactory(config.listeners[0], {}, reactor, reactor, log, postgres)
     assert isinstance(fresh.strategyState, CancelRegistry)
     assert fresh.strategyState is not shared

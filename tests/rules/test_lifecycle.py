@@ -214,6 +214,7 @@ class Listener:
 
     def __init__(self, refuseAt: str | None) -> None:
         self.refuseAt = refuseAt
+        self.strategy = TLS
         self.ended_: list[PrereadProtocol] = []
         self.stages: list[Stage] = []
 

@@ -8,17 +8,18 @@ every protocol), upstreams, certificates and access log.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from OpenSSL import SSL
 from zope.interface import implementer
 
+from gateway.connection.hooks import IServesAtAccept, ListenerContext
+from gateway.connection.preread import PrereadProtocol
 from gateway.connection.session import UpstreamRuntime
+from gateway.connection.strategy import IProtocolStrategy
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
 from gateway.protocols.mysql.connection import MySQLConnection
 from gateway.protocols.mysql.wiring import Wiring
-from gateway.protocols.strategy import IProtocolStrategy
 from gateway.rules.decision import Plaintext, Policy, Reject, Relay, decide
 from gateway.wire.clienthello import ClientHello
 
@@ -52,7 +53,7 @@ def verdictFor(
     )
 
 
-@implementer(IProtocolStrategy)
+@implementer(IProtocolStrategy, IServesAtAccept)
 class MySQLStrategy:
     """
     C{protocol = mysql}: a MySQL client reads the server's greeting before
@@ -75,38 +76,29 @@ class MySQLStrategy:
     def opening(self, encrypted: bool) -> None:
         return None
 
-    def terminated(
-        self, listener: Any, protocol: Any, tls: Any, upstream: Any, hello: Any
-    ) -> Any:
-        raise NotImplementedError("a mysql connection is terminated by its stage")
-
-    def openPlaintext(self, listener: Any, protocol: Any, start: object) -> Any:
-        raise NotImplementedError("a mysql listener has no preamble")
-
     def listenerState(self) -> None:
         return None
 
     def openAtAccept(
-        self, listener: Any, protocol: Any, buffered: bytes
+        self, listener: ListenerContext, protocol: PrereadProtocol, buffered: bytes
     ) -> MySQLConnection:
         policy = listener.policy
         transport = protocol.transport
         assert transport is not None
-        assert listener.tls is not None
+        tls = listener.tls
+        assert tls is not None
 
         def choose(hello: ClientHello | None) -> UpstreamRuntime | Reject:
             fingerprint = protocol.record.ja4 if policy.denyJA4 else None
             verdict = verdictFor(policy, hello, fingerprint)
             if isinstance(verdict, Reject):
                 return verdict
-            return listener.upstreams[verdict.upstream]  # type: ignore[no-any-return]
+            return listener.upstreams[verdict.upstream]
 
         def proxyHeader(
             serverName: str | None, connection: SSL.Connection | None
         ) -> Callable[[], bytes] | None:
-            return listener.proxyHeaderFor(  # type: ignore[no-any-return]
-                protocol, serverName, connection
-            )
+            return listener.proxyHeaderFor(protocol, serverName, connection)
 
         config = listener.config
         stage = MySQLConnection(
@@ -121,8 +113,8 @@ class MySQLStrategy:
                     listener.upstreams[name] for name in policy.greetings()
                 ),
                 choose=choose,
-                contextFor=listener.tls.contextFor,
-                describe=listener.tls.describe,
+                contextFor=tls.contextFor,
+                describe=tls.describe,
                 handshakeTimed=listener.accessLog.handshake,
                 proxyHeader=proxyHeader,
                 ended=lambda: listener.ended(protocol),

@@ -3,20 +3,28 @@ What a client protocol (C{tls}, C{postgres}, C{tcp}, C{mysql}) provides to
 the generic connection core: its client-side preamble and its upstream
 opening.
 
-The core (L{gateway.connection.preread}, L{gateway.connection.listener}, L{gateway.connection.session})
-knows no protocol: it asks the listener's strategy, chosen once from the
-table in L{gateway.protocols.table}.  Adding a protocol is a new module
-providing L{IProtocolStrategy} and one entry in that table.
+The core (L{gateway.connection.preread}, L{gateway.connection.listener},
+L{gateway.connection.session}) knows no protocol: each listener is given
+its strategy, a provider of L{IProtocolStrategy} chosen once from the table
+in L{gateway.protocols.table} by whoever builds it (the service).  The
+interfaces live here, below their providers, so the core never imports a
+protocol.  What a strategy serves beyond its preamble and opening, it says
+by providing the small interfaces of L{gateway.connection.hooks}.
+
+Nothing here imports the rest of the core: every module of the core may
+import this one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from typing import Protocol as TypingProtocol
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from gateway.wire.clienthello import ClientHello
+    from OpenSSL import SSL
 
 
 class PreambleError(Exception):
@@ -40,15 +48,15 @@ class IPreamble(Interface):
     (the PostgreSQL C{SSLRequest}), sans-IO.
     """
 
-    def feed(data: bytes, answer: Any) -> object:
+    def feed(data: bytes, answer: Callable[[bytes], None]) -> object:
         """
         Take the client's next bytes; write what the preamble asks for
-        through C{answer} (a callable taking bytes).
+        through C{answer}.
 
         @return: L{None} while incomplete; the bytes that follow once TLS
             starts (for the ClientHello reader); or any other object: the
             client starts without TLS, and that object goes to
-            L{IProtocolStrategy.openPlaintext}.
+            L{gateway.connection.hooks.IServesPlaintext.openPlaintext}.
         @raise PreambleError: a refused preamble.
         """
 
@@ -87,16 +95,35 @@ class IUpstreamOpening(Interface):
         """
 
 
+UpstreamOpener = Callable[[], IUpstreamOpening]
+"""What makes the L{IUpstreamOpening} of one upstream connection."""
+
+
+class ServerTLSPolicy(TypingProtocol):
+    """
+    What termination needs from L{gateway.tls.server}: a context per server
+    name, and the facts of a finished handshake for the access log.
+    """
+
+    def contextFor(self, serverName: str | None) -> SSL.Context: ...
+
+    def describe(self, connection: SSL.Connection) -> dict[str, str | None]: ...
+
+
 class IProtocolStrategy(Interface):
     """
     A C{protocol}/C{mode} setting: how its clients start, and how their
-    upstream connections open.  The hooks taking a C{listener} are given
-    the L{gateway.connection.listener.ListenerFactory} and the connection's
-    L{gateway.connection.preread.PrereadProtocol}.
+    upstream connections open.  What it serves beyond that, it says by
+    providing L{gateway.connection.hooks.ITerminates},
+    L{gateway.connection.hooks.IServesPlaintext} or
+    L{gateway.connection.hooks.IServesAtAccept}.
     """
 
     name = Attribute("str: the table key (the protocol, or tcp for mode = tcp)")
-    readsHello = Attribute("bool: a ClientHello is pre-read and decided on")
+    readsHello = Attribute(
+        "bool: a ClientHello is pre-read and decided on; a strategy without"
+        " one provides IServesAtAccept"
+    )
     speaksTLSFirst = Attribute(
         "bool: the client's first bytes are TLS, so a refusal sends an alert"
     )
@@ -112,30 +139,11 @@ class IProtocolStrategy(Interface):
         (another protocol that has a strategy), or L{None}.
         """
 
-    def opening(encrypted: bool) -> Any:
+    def opening(encrypted: bool) -> UpstreamOpener | None:
         """
         What makes the L{IUpstreamOpening} of each upstream connection
         that carries TLS (C{encrypted}: the client's, or the gateway's
-        own) or not: a callable, or L{None} for no opening.
-        """
-
-    def terminated(
-        listener: Any, protocol: Any, tls: Any, upstream: Any, hello: ClientHello
-    ) -> Any:
-        """
-        What drives a terminated connection once its handshake is done:
-        a session, or a reader of what the protocol sends first.
-        """
-
-    def openPlaintext(listener: Any, protocol: Any, start: object) -> Any:
-        """
-        Serve a client that L{IPreamble.feed} said starts without TLS.
-        """
-
-    def openAtAccept(listener: Any, protocol: Any, buffered: bytes) -> Any:
-        """
-        Serve a connection that reads no ClientHello (C{readsHello} off),
-        once its client is known: the stage it is handed to.
+        own) or not, or L{None} for no opening.
         """
 
     def listenerState() -> object:
@@ -144,7 +152,7 @@ class IProtocolStrategy(Interface):
         PostgreSQL cancel keys), or L{None} for none.  The service keeps
         it across reloads (L{ListenerStates}): the factory of each
         generation serving that name is given the same one, as
-        C{ListenerFactory.strategyState}.
+        L{gateway.connection.hooks.ListenerContext.strategyState}.
         """
 
 
