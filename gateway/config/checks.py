@@ -74,6 +74,13 @@ class SectionReport:
         line = self.report.keyLine(self.section, key) if key else self.section.line
         self.report.problem(line, self.section.name, key, message)
 
+    def atHeader(self, key: str, message: str) -> None:
+        """
+        A problem with C{key} reported at the section's header line: a key
+        that is missing has no line of its own.
+        """
+        self.report.problem(self.section.line, self.section.name, key, message)
+
     def atRoute(self, route: RouteConfig, message: str) -> None:
         """
         A problem at the route's own line of C{routes}.
@@ -370,6 +377,37 @@ def _checkQUIC(where: SectionReport, listener: ListenerKeys) -> None:
                 f"route {route.pattern!r} terminates TLS, but QUIC on UDP"
                 f" endpoint {udp[0]!r} is passed through only",
             )
+
+
+def checkCertificate(
+    where: SectionReport, kwargs: Mapping[str, Any], hasAcme: bool
+) -> None:
+    """
+    A certificate section names its files, or has them issued by ACME
+    (C{acme = on} with C{names}), never both.
+    """
+    items = where.section.items
+    if kwargs.get("acme", False):
+        if "names" not in items:
+            where.at(
+                "names",
+                "required key is missing (acme = on issues a certificate for names)",
+            )
+        for key in ("certificate", "private_key", "ocsp_response"):
+            if key in items:
+                where.at(
+                    key,
+                    "acme = on: the certificate and its key come from the ACME"
+                    " server, remove this key",
+                )
+        if not hasAcme:
+            where.at("acme", "acme = on needs an [acme] section (directory, state_dir)")
+    elif "acme" not in items or "acme" in kwargs:
+        for key in ("certificate", "private_key"):
+            if key not in items:
+                where.atHeader(key, "required key is missing")
+        if "names" in items:
+            where.at("names", "names is for acme = on (the files name themselves)")
 
 
 def checkClusterKeys(where: SectionReport, kwargs: Mapping[str, Any]) -> None:

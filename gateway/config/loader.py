@@ -31,6 +31,7 @@ from gateway.config.checks import (
     SectionReport,
     checkAcmeNames,
     checkBindings,
+    checkCertificate,
     checkClusterKeys,
     checkClusterWorkers,
     checkListener,
@@ -59,13 +60,12 @@ from gateway.config.schema import (
 from gateway.config.values import (
     _NAME,
     _choice,
-    _integer,
     _Invalid,
     _messages,
     _serverAddress,
+    _serverFlags,
 )
 from gateway.core.routing import normalizePattern
-from gateway.core.units import parseDuration
 
 _SECTION_KINDS = ("listener", "upstream", "certificate")
 
@@ -458,6 +458,14 @@ class _Loader:
             for name, field in fields.items()
             if "ini" in field.metadata or "lines" in field.metadata
         }
+        self._checkUnknownKeys(section, known)
+        return kwargs
+
+    def _checkUnknownKeys(self, section: _Section, known: set[str]) -> None:
+        """
+        Report each key the section's model does not have, with the key
+        meant: a close spelling, or what an NGINX directive is called here.
+        """
         for key in section.items:
             if key not in known:
                 guess = difflib.get_close_matches(key, sorted(known), n=1)
@@ -468,42 +476,11 @@ class _Loader:
                 self.problem(
                     self.keyLine(section, key), section.name, key, f"unknown key{hint}"
                 )
-        return kwargs
 
     def _certificate(self, section: _Section) -> CertificateConfig | None:
         before = len(self.problems)
         kwargs = self._convert(section, CertificateConfig)
-        items = section.items
-
-        def problem(key: str, message: str) -> None:
-            self.problem(self.keyLine(section, key), section.name, key, message)
-
-        if kwargs.get("acme", False):
-            if "names" not in items:
-                problem(
-                    "names",
-                    "required key is missing (acme = on issues a certificate for names)",
-                )
-            for key in ("certificate", "private_key", "ocsp_response"):
-                if key in items:
-                    problem(
-                        key,
-                        "acme = on: the certificate and its key come from the ACME"
-                        " server, remove this key",
-                    )
-            if not self.hasAcme:
-                problem(
-                    "acme",
-                    "acme = on needs an [acme] section (directory, state_dir)",
-                )
-        elif "acme" not in items or "acme" in kwargs:
-            for key in ("certificate", "private_key"):
-                if key not in items:
-                    self.problem(
-                        section.line, section.name, key, "required key is missing"
-                    )
-            if "names" in items:
-                problem("names", "names is for acme = on (the files name themselves)")
+        checkCertificate(SectionReport(self, section), kwargs, self.hasAcme)
         if len(self.problems) != before:
             self._draft(CertificateConfig, section, **kwargs)
             return None
@@ -561,33 +538,7 @@ class _Loader:
             host, port, path = _serverAddress(address, self.folder)
         except ValueError as e:
             messages.append(e.args[0])
-        options: dict[str, Any] = {}
-        given: set[str] = set()
-        for token in flags:
-            name, equals, value = token.partition("=")
-            name = name.lower()
-            if name in given:
-                messages.append(f"{name} is given twice")
-                continue
-            given.add(name)
-            try:
-                if name == "backup" and not equals:
-                    options[name] = True
-                elif name == "weight" and equals:
-                    options[name] = _integer(value, 1)
-                elif name == "max_fails" and equals:
-                    options[name] = _integer(value, 0)
-                elif name == "fail_timeout" and equals:
-                    options[name] = parseDuration(value)
-                else:
-                    raise LookupError(token)
-            except ValueError as e:
-                messages.append(f"{token}: {e.args[0]}")
-            except LookupError:
-                messages.append(
-                    f"unknown server flag {token!r} (use weight=N, max_fails=N,"
-                    " fail_timeout=DURATION or backup)"
-                )
+        options = _serverFlags(flags, messages)
         if messages:
             raise _Invalid(messages)
         return ServerConfig(host=host, port=port, path=path, **options)

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.core.routing import normalizeName
 from gateway.core.units import parseDuration, parseList, parseSize
@@ -441,6 +441,45 @@ def _serverAddress(text: str, folder: str) -> tuple[str | None, int | None, str 
     if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: {port!r} is not a port (use 1..65535)")
     return host, int(port), None
+
+
+def _serverFlags(flags: Sequence[str], messages: list[str]) -> dict[str, Any]:
+    """
+    The NGINX-style flags after a server's address (C{weight=N},
+    C{max_fails=N}, C{fail_timeout=DURATION}, C{backup}), as
+    L{gateway.config.schema.ServerConfig} arguments.
+
+    @param messages: where each bad flag is described, so that one run
+        names every bad part of the line, the address's included.
+    """
+    options: dict[str, Any] = {}
+    given: set[str] = set()
+    for token in flags:
+        name, equals, value = token.partition("=")
+        name = name.lower()
+        if name in given:
+            messages.append(f"{name} is given twice")
+            continue
+        given.add(name)
+        try:
+            if name == "backup" and not equals:
+                options[name] = True
+            elif name == "weight" and equals:
+                options[name] = _integer(value, 1)
+            elif name == "max_fails" and equals:
+                options[name] = _integer(value, 0)
+            elif name == "fail_timeout" and equals:
+                options[name] = parseDuration(value)
+            else:
+                raise LookupError(token)
+        except ValueError as e:
+            messages.append(f"{token}: {e.args[0]}")
+        except LookupError:
+            messages.append(
+                f"unknown server flag {token!r} (use weight=N, max_fails=N,"
+                " fail_timeout=DURATION or backup)"
+            )
+    return options
 
 
 def _etcdEndpoints(text: str) -> tuple[str, ...]:
