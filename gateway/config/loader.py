@@ -300,21 +300,34 @@ class _Loader:
                     except ValueError as e:
                         for message in _messages(e):
                             self.problem(number, name, key, message)
-                continue
-            if key == "routes" and model is ListenerConfig:
+            elif key == "routes" and model is ListenerConfig:
                 self._routes(section, [(number, text) for number, text in lines])
-                continue
-            field = attrs.fields_dict(model).get(key)
-            parse: _Parse | None = None if field is None else field.metadata.get("ini")
-            if field is None or parse is None:
-                continue  # an unknown key is reported at its last line
-            try:
-                value = parse("\n".join(text for _, text in lines), self.folder)
-                if field.validator is not None:
-                    field.validator(None, field, value)
-            except (ValueError, TypeError) as e:
-                for message in _messages(e):
-                    self.problem(line, name, key, message)
+            else:
+                self._convertShadowed(model, name, key, line, lines)
+
+    def _convertShadowed(
+        self,
+        model: type[Any],
+        name: str,
+        key: str,
+        line: int,
+        lines: Sequence[tuple[int, str]],
+    ) -> None:
+        """
+        Convert the replaced value of a key of one line (or a list), and
+        report its problems at the line of that replaced key.
+        """
+        field = attrs.fields_dict(model).get(key)
+        parse: _Parse | None = None if field is None else field.metadata.get("ini")
+        if field is None or parse is None:
+            return  # an unknown key is reported at its last line
+        try:
+            value = parse("\n".join(text for _, text in lines), self.folder)
+            if field.validator is not None:
+                field.validator(None, field, value)
+        except (ValueError, TypeError) as e:
+            for message in _messages(e):
+                self.problem(line, name, key, message)
 
     def _cluster(self, section: _Section) -> ClusterSettings | None:
         """
