@@ -221,13 +221,21 @@ def _acmeNames(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _sectionName(text: str) -> str:
+def _named(text: str, what: str) -> str:
+    """
+    A name of letters, digits, C{_}, C{-} and C{.}: what section names and
+    cluster member names share, so that each can be a key or a file name.
+    """
     name = _text(text)
     if not _NAME.fullmatch(name):
         raise ValueError(
-            f"{name!r} is not a section name: use letters, digits, '_', '-' and '.'"
+            f"{name!r} is not a {what} name: use letters, digits, '_', '-' and '.'"
         )
     return name
+
+
+def _sectionName(text: str) -> str:
+    return _named(text, "section")
 
 
 def _sectionNames(text: str) -> tuple[str, ...]:
@@ -524,12 +532,7 @@ def _clusterPrefix(text: str) -> str:
 
 
 def _memberName(text: str) -> str:
-    value = _text(text)
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a member name: use letters, digits, '_', '-' and '.'"
-        )
-    return value
+    return _named(text, "member")
 
 
 def _leaseTTL(text: str) -> float:

@@ -15,6 +15,7 @@ import pytest
 import gateway
 import gateway.config
 from tests.helpers import frameworksImportedBy
+from tests.test_layering import _frameworkImports
 
 PACKAGE = Path(gateway.config.__file__).parent
 ROOT = Path(gateway.__file__).parent.parent
@@ -34,19 +35,6 @@ def _importsFromTheFace(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module == "gateway.config"
         for alias in node.names
     }
-
-
-def _frameworkImports(path: Path) -> set[str]:
-    """
-    The Twisted and OpenSSL modules C{path} imports, at any level.
-    """
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return {n for n in names if n.partition(".")[0] in ("twisted", "OpenSSL")}
 
 
 def test_everyNameImportedFromTheFaceIsThere() -> None:
@@ -100,7 +88,7 @@ def test_onlyTheEndpointModuleReadsTwisted() -> None:
     to read; no module of the package imports OpenSSL.
     """
     found = {
-        path.stem: sorted(_frameworkImports(path))
+        path.stem: sorted(set(_frameworkImports(path)))
         for path in sorted(PACKAGE.glob("*.py"))
     }
     assert {k: v for k, v in found.items() if v} == {
