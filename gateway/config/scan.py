@@ -18,8 +18,6 @@ import sys
 
 import attrs
 
-# --- the line scan ------------------------------------------------------------
-
 
 @attrs.define
 class _Scan:
