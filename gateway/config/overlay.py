@@ -24,17 +24,16 @@ from collections.abc import Mapping
 
 import attrs
 
-from gateway.config import (
-    _NAME,
+from gateway.config.loader import _Loader
+from gateway.config.scan import _scan, _Section
+from gateway.config.schema import (
     GatewayConfig,
     ListenerConfig,
     Problem,
     RouteConfig,
     UpstreamConfig,
-    _Loader,
-    _scan,
-    _Section,
 )
+from gateway.config.values import _NAME
 from gateway.core.routing import DEFAULT
 
 __all__ = ["ROUTES", "UPSTREAMS", "Overlaid", "Refusal", "overlay"]

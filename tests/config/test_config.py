@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import config
 from gateway.config import (
     CertificateConfig,
     ConfigError,
@@ -33,6 +32,8 @@ from gateway.config import (
     ServerConfig,
     UpstreamConfig,
 )
+from gateway.config.loader import _NGINX_NAMES
+from gateway.config.scan import _scan
 from gateway.core.ratelimit import ConnectionRate
 from gateway.run.loading import load_config, load_config_text
 
@@ -1448,7 +1449,7 @@ def test_scanFindsTheLinesConfigparserReads(lines: list[str]) -> None:
     )
     with contextlib.suppress(configparser.ParsingError):
         parser.read_string(text)
-    scan = config._scan(text)
+    scan = _scan(text)
     numbered = text.splitlines()
     for section in parser.sections():
         for key, value in parser.items(section, raw=True):
@@ -1553,7 +1554,7 @@ def test_nginxHintsNameKeysThatExist() -> None:
         for cls in (GatewaySettings, ListenerConfig, UpstreamConfig, CertificateConfig)
         for field in attrs.fields(cls)
     }
-    for nginx, hint in config._NGINX_NAMES.items():
+    for nginx, hint in _NGINX_NAMES.items():
         assert nginx not in ours or "belongs in" in hint, nginx
         for key in re.findall(r"\b([a-z_]+) =", hint):
             assert key in ours, (nginx, key)
@@ -1567,7 +1568,7 @@ def test_whatAnEndpointBindsIsLearntInMemory() -> None:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
-    from gateway.config import _bindingInMemory
+    from gateway.config.endpoints import _bindingInMemory
 
     for description, expected in [
         ("tcp:8443:interface=127.0.0.1", (8443, "127.0.0.1", "")),
