@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from zope.interface import Interface
 
@@ -105,7 +106,18 @@ class SignalHandling(Service):
             return
         self._stopping = True
         self._log.info("received {signal}: stopping", signal=name)
-        self._reactor.callFromThread(self._reactor.stop)
+        self._reactor.callFromThread(self._stopReactor)
+
+    def _stopReactor(self) -> None:
+        """
+        Stop the reactor, unless it is stopping already: a retiring worker
+        (C{SIGQUIT}) stops its own reactor when its last connection ends,
+        and its supervisor's C{SIGTERM} can arrive in that same moment.
+        """
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            self._log.info("the reactor was stopping already")
 
     def _reload(self, number: int, frame: object) -> None:
         if self._stopping:

@@ -90,7 +90,26 @@ def test_secondStopSignalDoesNotStopTheReactorAgain(
     service._stop(signal.SIGTERM, None)
     service._stop(signal.SIGINT, None)
     service._stop(signal.SIGTERM, None)
-    assert reactor.calls == [reactor.stop]
+    assert reactor.calls == [service._stopReactor]
+
+
+def test_aStopSignalAsARetirementEndsIsNoError() -> None:
+    """
+    A retiring worker stops its reactor when its last connection ends; the
+    supervisor's C{SIGTERM} arriving in that moment finds it stopping, and
+    that is no error (it was a CRITICAL traceback in the log).
+    """
+    from twisted.internet.testing import MemoryReactor
+
+    reactor = MemoryReactor()
+    reactor.run()
+    handling = SignalHandling(reactor, RecordingTarget())
+    reactor.stop()  # the retirement's own stop
+    handling._stopReactor()  # raises nothing
+    fresh = MemoryReactor()
+    fresh.run()
+    SignalHandling(fresh, RecordingTarget())._stopReactor()
+    assert fresh.hasStopped
 
 
 def test_sighupWhileStoppingDoesNotReload(
@@ -101,7 +120,7 @@ def test_sighupWhileStoppingDoesNotReload(
     assert reactor.calls == [target.reload]
     service._stop(signal.SIGTERM, None)
     service._reload(signal.SIGHUP, None)
-    assert reactor.calls == [target.reload, reactor.stop]
+    assert reactor.calls == [target.reload, service._stopReactor]
 
 
 def test_sigusr1WhileStoppingStillReopensTheLog(
@@ -111,7 +130,7 @@ def test_sigusr1WhileStoppingStillReopensTheLog(
     service, reactor, target = handling
     service._stop(signal.SIGTERM, None)
     service._reopen(signal.SIGUSR1, None)
-    assert reactor.calls == [reactor.stop, target.reopenLogs]
+    assert reactor.calls == [service._stopReactor, target.reopenLogs]
 
 
 CONFIG = """\
