@@ -354,3 +354,59 @@ def test_registryReplacesOneSourceAndTheGaugeCountsDown() -> None:
     assert value is not None
     assert 86400 - 60 < value <= 86400
     assert b"tlsgateway_certificate_expiry_seconds" in generate_latest(metrics)
+
+
+PINNED = Path(__file__).parent / "pinned"
+
+
+def pinnedSnapshot() -> dict[str, object]:
+    """
+    Two current workers (one seeing the server down, with failures) and
+    two retiring ones, merged; the fields that read the clock or the pid
+    are then set to fixed values, so the same input always renders the
+    same bytes.
+    """
+    config = load_config_text(CONFIG, "gw.ini", checkFiles=False)
+    current = {
+        1: worker(101, 2, True, ["2026-01-01T00:00:01.050+00:00"]),
+        2: worker(102, 3, False, ["2026-01-01T00:00:02.010+00:00"]),
+    }
+    retiring = [(1, 51, worker(51, 1, False, [])), (2, 52, None)]
+    merged = mergeSnapshots(config, [(1, 101), (2, 102)], current, served(), retiring)
+    merged["gateway"].update(
+        pid=4242, config="gw.ini", generated="2026-01-01T00:02:00+00:00"
+    )
+    merged["certificates"] = [
+        {
+            "name": "api",
+            "names": ["api.test", "www.api.test"],
+            "not_after": "2026-01-11T00:00:00+00:00",
+            "days_left": 10,
+            "source": "files",
+        }
+    ]
+    for row in merged["worker_processes"]:
+        if row["reported"] is not None:
+            row.update(reported="2026-01-01T00:01:59+00:00", age_s=1)
+    merged["reload"] = {
+        "last_success": "2026-01-01T00:00:30+00:00",
+        "applied": 1,
+        "refused": 1,
+        "result": "refused",
+        "time": "2026-01-01T00:01:00+00:00",
+        "reason": "gw.ini:3: [listener:web] upstream: no such upstream <x>",
+    }
+    return merged
+
+
+def test_pageAndJSONAreByteIdenticalForAFixedSnapshot() -> None:
+    """
+    The merged snapshot and its page, pinned byte for byte: a change to how
+    workers add up or how the page is laid out shows here as a diff, so a
+    refactoring that keeps both identical is seen to do so.
+    """
+    snapshot = pinnedSnapshot()
+    page = renderHTML(snapshot).decode("utf-8")
+    assert page == (PINNED / "status.html").read_text(encoding="utf-8")
+    document = json.dumps(snapshot, indent=2) + "\n"  # as /status.json serves it
+    assert document == (PINNED / "status.json").read_text(encoding="utf-8")
