@@ -275,6 +275,157 @@ def readSnapshots(
     return found
 
 
+def _ownSnapshots(
+    workers: Sequence[tuple[int, int | None]],
+    snapshots: Mapping[int, Snapshot],
+    retiring: Sequence[tuple[int, int | None, Snapshot | None]],
+) -> tuple[dict[int, Snapshot], dict[int | None, Snapshot]]:
+    """
+    The snapshots written by the running processes themselves: by worker
+    number for the current generation, by pid for the retiring ones; one
+    left by a replaced worker (another pid) is not theirs.
+    """
+    current = {
+        number: snapshot
+        for number, snapshot in snapshots.items()
+        if dict(workers).get(number) == snapshot.get("gateway", {}).get("pid")
+    }
+    old = {
+        pid: snapshot
+        for _, pid, snapshot in retiring
+        if snapshot is not None and snapshot.get("gateway", {}).get("pid") == pid
+    }
+    return current, old
+
+
+def _addListeners(
+    snapshot: Snapshot,
+    listenerActive: dict[str, int],
+    listenerTraffic: dict[str, dict[str, Any]],
+) -> None:
+    for listener in snapshot.get("listeners", []):
+        name = listener["name"]
+        listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
+        _addTraffic(listenerTraffic.setdefault(name, emptyFields()), listener)
+
+
+def _addCurrentServers(
+    number: int, snapshot: Snapshot, servers: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """A current worker's servers: their counts, and its view of their health."""
+    for upstream in snapshot.get("upstreams", []):
+        for server in upstream["servers"]:
+            key = (upstream["name"], server["server"])
+            merged = servers.setdefault(
+                key,
+                {
+                    "server": server["server"],
+                    "backup": server.get("backup", False),
+                    "active": 0,
+                    "up_workers": 0,
+                    **emptyFields(),
+                },
+            )
+            merged["active"] += server["active"]
+            _addTraffic(merged, server)
+            merged["up_workers"] += 1 if server["up"] else 0
+            merged.setdefault("states", {})[number] = server["state"]
+            if server.get("down_since"):
+                merged.setdefault("since", []).append(server["down_since"])
+
+
+def _addRetiringServers(
+    snapshot: Snapshot, servers: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """A retiring worker's servers: their counts only, on servers still known."""
+    for upstream in snapshot.get("upstreams", []):
+        for server in upstream["servers"]:
+            known = servers.get((upstream["name"], server["server"]))
+            if known is not None:
+                known["active"] += server["active"]
+                _addTraffic(known, server)
+
+
+def _mergedServerRow(merged: dict[str, Any], reporting: int) -> dict[str, Any]:
+    """One server's row: its health as "up on N of M workers" and why not."""
+    up = merged["up_workers"]
+    state = (
+        "up"
+        if up == reporting
+        else "down"
+        if up == 0
+        else f"up on {up} of {reporting} workers"
+    )
+    details = sorted(set(merged.pop("states").values()) - {"up"})
+    if details:
+        state += f" ({'; '.join(details)})"
+    since = sorted(merged.pop("since", []))
+    return {
+        **merged,
+        "workers": reporting,
+        "up": up > 0,
+        "state": state,
+        "down_reason": "; ".join(d.removeprefix("down: ") for d in details) or None,
+        "down_since": since[0] if since else None,
+    }
+
+
+def _mergedUpstreams(
+    config: GatewayConfig,
+    servers: dict[tuple[str, str], dict[str, Any]],
+    reporting: int,
+) -> list[dict[str, Any]]:
+    upstreams = []
+    for name, upstream in config.upstreams.items():
+        rows = [
+            _mergedServerRow(merged, reporting)
+            for (upstreamName, _), merged in servers.items()
+            if upstreamName == name
+        ]
+        upstreams.append(
+            {
+                "name": name,
+                "balance": upstream.balance,
+                "health_check": upstream.health_check,
+                "servers": rows,
+            }
+        )
+    return upstreams
+
+
+def _workerRows(
+    workers: Sequence[tuple[int, int | None]],
+    current: Mapping[int, Snapshot],
+    retiring: Sequence[tuple[int, int | None, Snapshot | None]],
+    old: Mapping[int | None, Snapshot],
+    now: float,
+) -> list[dict[str, Any]]:
+    """The worker processes table: each one's last report and its age."""
+    processes: list[tuple[int, int | None, Snapshot | None, bool]] = [
+        (n, p, current.get(n), False) for n, p in workers
+    ]
+    processes += [(n, p, old.get(p), True) for n, p, _ in retiring]
+    workerRows: list[dict[str, Any]] = []
+    for workerNumber, workerPid, reported, retired in processes:
+        generated = None if reported is None else reported["gateway"]["generated"]
+        age = None
+        active = None
+        if reported is not None:
+            age = round(now - datetime.fromisoformat(str(generated)).timestamp())
+            active = sum(item["active"] for item in reported.get("listeners", []))
+        workerRows.append(
+            {
+                "worker": workerNumber,
+                "pid": workerPid,
+                "reported": generated,
+                "age_s": age,
+                "active": active,
+                "retiring": retired,
+            }
+        )
+    return workerRows
+
+
 def mergeSnapshots(
     config: GatewayConfig,
     workers: Sequence[tuple[int, int | None]],
@@ -302,118 +453,20 @@ def mergeSnapshots(
         have a worker 1).
     """
     now = time.time()
-    current = {
-        number: snapshot
-        for number, snapshot in snapshots.items()
-        if dict(workers).get(number) == snapshot.get("gateway", {}).get("pid")
-    }
-    old = {
-        pid: snapshot
-        for _, pid, snapshot in retiring
-        if snapshot is not None and snapshot.get("gateway", {}).get("pid") == pid
-    }
+    current, old = _ownSnapshots(workers, snapshots, retiring)
     listenerActive: dict[str, int] = {}
     listenerTraffic: dict[str, dict[str, Any]] = {}
     servers: dict[tuple[str, str], dict[str, Any]] = {}
     failures = []
     for number, snapshot in current.items():
-        for listener in snapshot.get("listeners", []):
-            name = listener["name"]
-            listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
-            _addTraffic(listenerTraffic.setdefault(name, emptyFields()), listener)
-        for upstream in snapshot.get("upstreams", []):
-            for server in upstream["servers"]:
-                key = (upstream["name"], server["server"])
-                merged = servers.setdefault(
-                    key,
-                    {
-                        "server": server["server"],
-                        "backup": server.get("backup", False),
-                        "active": 0,
-                        "up_workers": 0,
-                        **emptyFields(),
-                    },
-                )
-                merged["active"] += server["active"]
-                _addTraffic(merged, server)
-                merged["up_workers"] += 1 if server["up"] else 0
-                merged.setdefault("states", {})[number] = server["state"]
-                if server.get("down_since"):
-                    merged.setdefault("since", []).append(server["down_since"])
+        _addListeners(snapshot, listenerActive, listenerTraffic)
+        _addCurrentServers(number, snapshot, servers)
         for failure in snapshot.get("recent_failures", []):
             failures.append({**failure, "worker": number})
     failures.sort(key=lambda f: f.get("time") or "", reverse=True)
     for snapshot in old.values():
-        for listener in snapshot.get("listeners", []):
-            name = listener["name"]
-            listenerActive[name] = listenerActive.get(name, 0) + listener["active"]
-            _addTraffic(listenerTraffic.setdefault(name, emptyFields()), listener)
-        for upstream in snapshot.get("upstreams", []):
-            for server in upstream["servers"]:
-                known = servers.get((upstream["name"], server["server"]))
-                if known is not None:
-                    known["active"] += server["active"]
-                    _addTraffic(known, server)
-    reporting = len(current)
-    upstreams = []
-    for name, upstream in config.upstreams.items():
-        rows = []
-        for (upstreamName, _), merged in servers.items():
-            if upstreamName != name:
-                continue
-            up = merged["up_workers"]
-            state = (
-                "up"
-                if up == reporting
-                else "down"
-                if up == 0
-                else f"up on {up} of {reporting} workers"
-            )
-            details = sorted(set(merged.pop("states").values()) - {"up"})
-            if details:
-                state += f" ({'; '.join(details)})"
-            since = sorted(merged.pop("since", []))
-            rows.append(
-                {
-                    **merged,
-                    "workers": reporting,
-                    "up": up > 0,
-                    "state": state,
-                    "down_reason": "; ".join(d.removeprefix("down: ") for d in details)
-                    or None,
-                    "down_since": since[0] if since else None,
-                }
-            )
-        upstreams.append(
-            {
-                "name": name,
-                "balance": upstream.balance,
-                "health_check": upstream.health_check,
-                "servers": rows,
-            }
-        )
-    processes: list[tuple[int, int | None, Snapshot | None, bool]] = [
-        (n, p, current.get(n), False) for n, p in workers
-    ]
-    processes += [(n, p, old.get(p), True) for n, p, _ in retiring]
-    workerRows: list[dict[str, Any]] = []
-    for workerNumber, workerPid, reported, retired in processes:
-        generated = None if reported is None else reported["gateway"]["generated"]
-        age = None
-        active = None
-        if reported is not None:
-            age = round(now - datetime.fromisoformat(str(generated)).timestamp())
-            active = sum(item["active"] for item in reported.get("listeners", []))
-        workerRows.append(
-            {
-                "worker": workerNumber,
-                "pid": workerPid,
-                "reported": generated,
-                "age_s": age,
-                "active": active,
-                "retiring": retired,
-            }
-        )
+        _addListeners(snapshot, listenerActive, listenerTraffic)
+        _addRetiringServers(snapshot, servers)
     started = sorted(
         s["gateway"]["started"] for s in current.values() if "started" in s["gateway"]
     )
@@ -431,10 +484,10 @@ def mergeSnapshots(
             lambda n: listenerActive.get(n, 0),
             lambda n: listenerTraffic.get(n, emptyFields()),
         ),
-        "upstreams": upstreams,
+        "upstreams": _mergedUpstreams(config, servers, len(current)),
         "recent_failures": failures[:RECENT_FAILURES],
         "certificates": _certificates(served),
-        "worker_processes": workerRows,
+        "worker_processes": _workerRows(workers, current, retiring, old, now),
     }
 
 
@@ -549,10 +602,8 @@ def _noFailures(gateway: Mapping[str, Any]) -> str:
     return f"none since the gateway started{at}"
 
 
-def renderHTML(snapshot: Snapshot) -> bytes:
-    """
-    The snapshot as a page that reads without JavaScript.
-    """
+def _headLines(snapshot: Snapshot) -> list[str]:
+    """The page's head, heading and meta lines, up to the first table."""
     gateway = snapshot["gateway"]
     workers = gateway["workers"]
     scope = (
@@ -560,7 +611,7 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         if workers == 1
         else f"{workers} workers, added up (each server's health as seen by each worker)"
     )
-    parts = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">',
@@ -573,9 +624,10 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         f' {REFRESH_SECONDS}s &middot; <a href="/status.json">JSON</a>'
         ' &middot; <a href="/metrics">metrics</a></p>',
         *_reloadLines(snapshot.get("reload")),
-        "<h2>Listeners</h2>",
-        f'<p class="note">{html.escape(_TRAFFIC_NOTE)}</p>',
     ]
+
+
+def _listenersTable(snapshot: Snapshot) -> str:
     rows = [
         "<tr>"
         + _cell(listener["name"])
@@ -588,22 +640,22 @@ def renderHTML(snapshot: Snapshot) -> bytes:
         + "</tr>"
         for listener in snapshot["listeners"]
     ]
-    parts.append(
-        _table(
-            [
-                "listener",
-                "listen",
-                "mode",
-                "protocol",
-                "routes",
-                "active connections",
-                *_TRAFFIC_HEADERS,
-            ],
-            rows,
-            "no listeners",
-        )
+    return _table(
+        [
+            "listener",
+            "listen",
+            "mode",
+            "protocol",
+            "routes",
+            "active connections",
+            *_TRAFFIC_HEADERS,
+        ],
+        rows,
+        "no listeners",
     )
-    parts.append("<h2>Upstream servers</h2>")
+
+
+def _serversTable(snapshot: Snapshot) -> str:
     rows = []
     for upstream in snapshot["upstreams"]:
         for server in upstream["servers"]:
@@ -624,28 +676,31 @@ def renderHTML(snapshot: Snapshot) -> bytes:
                 + _cell(upstream["health_check"])
                 + "</tr>"
             )
-    parts.append(
-        _table(
-            [
-                "upstream",
-                "server",
-                "role",
-                "health",
-                "down since",
-                "active connections",
-                *_TRAFFIC_HEADERS,
-                "balance",
-                "health_check",
-            ],
-            rows,
-            "no upstream servers",
-        )
+    return _table(
+        [
+            "upstream",
+            "server",
+            "role",
+            "health",
+            "down since",
+            "active connections",
+            *_TRAFFIC_HEADERS,
+            "balance",
+            "health_check",
+        ],
+        rows,
+        "no upstream servers",
     )
+
+
+def _failuresLines(snapshot: Snapshot) -> list[str]:
+    """The recent failures: a heading that says how many, then the table."""
+    gateway = snapshot["gateway"]
     failures = snapshot["recent_failures"]
-    parts.append(
+    heading = (
         f"<h2>Recent connections that did not end ok (last {len(failures)},"
         f" newest first; at most {RECENT_FAILURES}"
-        f"{' per worker' if workers > 1 else ''})</h2>"
+        f"{' per worker' if gateway['workers'] > 1 else ''})</h2>"
     )
     withWorker = any("worker" in f for f in failures)
     headers = ["time", "listener", "client", "sni", "status", "reason", "upstream"]
@@ -663,8 +718,10 @@ def renderHTML(snapshot: Snapshot) -> bytes:
             else:
                 cells.append(_cell(value, "down" if key == "status" else None))
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append(_table(headers, rows, _noFailures(gateway)))
-    parts.append("<h2>Certificates</h2>")
+    return [heading, _table(headers, rows, _noFailures(gateway))]
+
+
+def _certificatesTable(snapshot: Snapshot) -> str:
     rows = []
     for certificate in snapshot["certificates"]:
         days = certificate["days_left"]
@@ -678,37 +735,55 @@ def renderHTML(snapshot: Snapshot) -> bytes:
             + _cell(certificate["source"])
             + "</tr>"
         )
-    parts.append(
-        _table(
-            ["certificate", "names", "not after", "days left", "source"],
-            rows,
-            "no certificates served (nothing terminates TLS)",
-        )
+    return _table(
+        ["certificate", "names", "not after", "days left", "source"],
+        rows,
+        "no certificates served (nothing terminates TLS)",
     )
+
+
+def _workersTable(processes: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        "<tr>"
+        + _cell(w["worker"], "num")
+        + _cell(w["pid"], "num")
+        + (
+            _cell("retiring: finishing its connections", "partial")
+            if w.get("retiring")
+            else _cell("serving")
+        )
+        + _cell(w.get("active"), "num")
+        + _cell(w["reported"] or "not yet", None if w["reported"] else "down")
+        + _cell(w["age_s"], "num")
+        + "</tr>"
+        for w in processes
+    ]
+    return _table(
+        ["worker", "pid", "state", "connections", "last report", "seconds ago"],
+        rows,
+        "no workers",
+    )
+
+
+def renderHTML(snapshot: Snapshot) -> bytes:
+    """
+    The snapshot as a page that reads without JavaScript: one section per
+    table, each built by a function of its own.
+    """
+    parts = [
+        *_headLines(snapshot),
+        "<h2>Listeners</h2>",
+        f'<p class="note">{html.escape(_TRAFFIC_NOTE)}</p>',
+        _listenersTable(snapshot),
+        "<h2>Upstream servers</h2>",
+        _serversTable(snapshot),
+        *_failuresLines(snapshot),
+        "<h2>Certificates</h2>",
+        _certificatesTable(snapshot),
+    ]
     if "worker_processes" in snapshot:
         parts.append("<h2>Worker processes</h2>")
-        rows = [
-            "<tr>"
-            + _cell(w["worker"], "num")
-            + _cell(w["pid"], "num")
-            + (
-                _cell("retiring: finishing its connections", "partial")
-                if w.get("retiring")
-                else _cell("serving")
-            )
-            + _cell(w.get("active"), "num")
-            + _cell(w["reported"] or "not yet", None if w["reported"] else "down")
-            + _cell(w["age_s"], "num")
-            + "</tr>"
-            for w in snapshot["worker_processes"]
-        ]
-        parts.append(
-            _table(
-                ["worker", "pid", "state", "connections", "last report", "seconds ago"],
-                rows,
-                "no workers",
-            )
-        )
+        parts.append(_workersTable(snapshot["worker_processes"]))
     if "cluster" in snapshot:
         from gateway.run.clusterstatus import clusterHTML
 
