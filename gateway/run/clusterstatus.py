@@ -13,7 +13,7 @@ __all__ = ["clusterHTML"]
 
 
 # The status page's cell and table, as its rows look (not imported:
-# gateway.run.status imports this module).
+# gateway.run.statuspage imports this module).
 def _cell(value: object, css: str | None = None) -> str:
     text = "-" if value is None or value == "" else str(value)
     attribute = f' class="{css}"' if css else ""

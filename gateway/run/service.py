@@ -500,7 +500,7 @@ class GatewayService(Service):
             return
         if self.config.gateway.metrics is not None and not self._inherited:
             from gateway.run.metrics import metricsSite
-            from gateway.run.status import StatusResource
+            from gateway.run.statuspage import StatusResource
 
             self._metrics.registry.register(ExpiryCollector(self.served))
             self._metrics.registry.register(ReloadCollector(self.reloads))

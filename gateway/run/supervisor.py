@@ -370,7 +370,7 @@ class Supervisor(Service):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from gateway.run.metrics import metricsSite
-        from gateway.run.status import StatusResource
+        from gateway.run.statuspage import StatusResource
         from gateway.tls.served import ExpiryCollector
 
         registry = CollectorRegistry()

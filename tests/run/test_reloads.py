@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from gateway.run.loading import load_config
 from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.service import GatewayService
-from gateway.run.status import renderHTML
+from gateway.run.statuspage import renderHTML
 from gateway.run.supervisor import Supervisor
 
 INI = """\

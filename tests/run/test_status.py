@@ -1,5 +1,5 @@
 """
-Tests for L{gateway.run.status} and L{gateway.tls.served}: the snapshot, how
+Tests for L{gateway.run.status}, L{gateway.run.statuspage} and L{gateway.tls.served}: the snapshot, how
 workers' snapshots add up, the page, and the served-certificates registry.
 """
 
@@ -21,9 +21,9 @@ from gateway.run.status import (
     localSnapshot,
     mergeSnapshots,
     readSnapshots,
-    renderHTML,
     writeSnapshot,
 )
+from gateway.run.statuspage import renderHTML
 from gateway.run.traffic import Traffic
 from gateway.tls.served import ExpiryCollector, ServedCertificate, ServedCertificates
 
