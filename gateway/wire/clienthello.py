@@ -531,7 +531,39 @@ def _parseClientHello(body: bytes) -> ClientHello:
     or L{_leftOver}), naming the field and the vector that holds it, and the
     first failing check is the one reported.  A vector's contents are read
     before the check for bytes left over after it, so a hello with two
-    faults always reports the same one.
+    faults always reports the same one.  Two steps: the fixed fields
+    (L{_parseFixedFields}), then the extensions (L{_parseExtensions}).
+    """
+    legacyVersion, ciphers, i = _parseFixedFields(body)
+    (
+        serverName,
+        alpn,
+        supportedVersions,
+        signatureAlgorithms,
+        supportedGroups,
+        extensionTypes,
+        ech,
+    ) = _parseExtensions(body, i)
+    return ClientHello(
+        serverName=serverName,
+        alpn=_shared(alpn),
+        legacyVersion=legacyVersion,
+        supportedVersions=_shared(supportedVersions),
+        ciphers=_shared(ciphers),
+        extensions=_shared(extensionTypes),
+        signatureAlgorithms=_shared(signatureAlgorithms),
+        supportedGroups=_shared(supportedGroups),
+        ech=ech,
+    )
+
+
+def _parseFixedFields(body: bytes) -> tuple[int, tuple[int, ...], int]:
+    """
+    The fields before the extensions: legacy_version, random,
+    legacy_session_id, cipher_suites and legacy_compression_methods.
+
+    @return: the legacy version, the cipher suites, and the offset of the
+        extensions block (the end of C{body} when there is none).
     """
     end = len(body)
     # legacy_version (2), random (32), legacy_session_id length (1)
@@ -574,8 +606,31 @@ def _parseClientHello(body: bytes) -> ClientHello:
         raise _outOfRange("legacy_compression_methods", length, 1, 2**8 - 1)
     if i + length > end:
         raise _short(length, "legacy_compression_methods", _HELLO, end - i)
-    i += length
+    return legacyVersion, ciphers, i + length
 
+
+#: What L{_parseExtensions} reads: server name, ALPN, supported versions,
+#: signature algorithms, supported groups, every extension type in order,
+#: and the raw encrypted_client_hello extension.
+_Extensions = tuple[
+    str | None,
+    tuple[str, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    tuple[int, ...],
+    bytes | None,
+]
+
+
+def _parseExtensions(body: bytes, i: int) -> _Extensions:
+    """
+    The extensions block that starts at offset C{i} and must end with
+    C{body}: each one checked for length and uniqueness, the ones the
+    gateway reads parsed.  Absent extensions are legal for TLS 1.2
+    (RFC 5246 7.4.1.2).
+    """
+    end = len(body)
     serverName: str | None = None
     alpn: tuple[str, ...] = ()
     supportedVersions: tuple[int, ...] = ()
@@ -583,7 +638,6 @@ def _parseClientHello(body: bytes) -> ClientHello:
     supportedGroups: tuple[int, ...] = ()
     extensionTypes: list[int] = []
     ech: bytes | None = None
-    # Absent extensions are legal for TLS 1.2 (RFC 5246 7.4.1.2).
     if i < end:
         if i + 2 > end:
             raise _short(2, "length of extensions", _HELLO, end - i)
@@ -631,16 +685,14 @@ def _parseClientHello(body: bytes) -> ClientHello:
                 supportedGroups = _parseCodePoints(
                     body, start, i, extensionType, 2**16 - 1
                 )
-    return ClientHello(
-        serverName=serverName,
-        alpn=_shared(alpn),
-        legacyVersion=legacyVersion,
-        supportedVersions=_shared(supportedVersions),
-        ciphers=_shared(ciphers),
-        extensions=_shared(tuple(extensionTypes)),
-        signatureAlgorithms=_shared(signatureAlgorithms),
-        supportedGroups=_shared(supportedGroups),
-        ech=ech,
+    return (
+        serverName,
+        alpn,
+        supportedVersions,
+        signatureAlgorithms,
+        supportedGroups,
+        tuple(extensionTypes),
+        ech,
     )
 
 
