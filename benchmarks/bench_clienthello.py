@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from conftest import capturedHellos
 
-from gateway.wire.clienthello import NEED_MORE, ClientHelloReader
+from gateway.wire.clienthello import NEED_MORE
+from gateway.wire.helloreader import ClientHelloReader
 
 HELLOS = capturedHellos()
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import capturedHellos
 
 from gateway.wire import ja4 as ja4module
-from gateway.wire.clienthello import ClientHello, ClientHelloReader
+from gateway.wire.clienthello import ClientHello
+from gateway.wire.helloreader import ClientHelloReader
 
 HELLOS = {
     name: hello

@@ -18,12 +18,8 @@ from typing import Any
 
 import pytest
 
-from gateway.wire.clienthello import (
-    NEED_MORE,
-    ClientHello,
-    ClientHelloReader,
-    _NeedMore,
-)
+from gateway.wire.clienthello import NEED_MORE, ClientHello, _NeedMore
+from gateway.wire.helloreader import ClientHelloReader
 
 SOURCE = Path(__file__).resolve().parent / "go" / "echtool"
 

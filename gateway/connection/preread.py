@@ -54,15 +54,10 @@ from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import BY_STATUS, Alert, Reject
 from gateway.rules.lifecycle import Event, State, apply
 from gateway.wire.alerts import STATUS_ALERTS, alertRecord, recordVersion
-from gateway.wire.clienthello import (
-    NEED_MORE,
-    ClientHello,
-    ClientHelloError,
-    ClientHelloReader,
-    NotTLS,
-)
+from gateway.wire.clienthello import NEED_MORE, ClientHello, ClientHelloError, NotTLS
 from gateway.wire.ech import ECHError
 from gateway.wire.echopen import ECHKeyring, Opened, openHello
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.wire.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 

@@ -333,7 +333,7 @@ def helloMessage(stream: bytes) -> HelloMessage | None:
     """
     Reassemble the handshake message the records at the start of
     C{stream} hold, which must be a ClientHello that ends with its last
-    record (as L{gateway.wire.clienthello.ClientHelloReader} checks).
+    record (as L{gateway.wire.helloreader.ClientHelloReader} checks).
 
     @return: L{None} while the records are incomplete.
     @raise ECHError: not handshake records, or not a ClientHello.

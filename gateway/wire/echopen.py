@@ -30,7 +30,7 @@ from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey, PyHPKEError
 from pyhpke.context_interface import ContextInterface
 
 from gateway.wire.alerts import AlertDescription
-from gateway.wire.clienthello import ClientHello, ClientHelloError, ClientHelloReader
+from gateway.wire.clienthello import ClientHello, ClientHelloError
 from gateway.wire.ech import (
     AEAD_AES_128_GCM,
     AEAD_AES_256_GCM,
@@ -51,6 +51,7 @@ from gateway.wire.ech import (
     parseConfigList,
     parseExtension,
 )
+from gateway.wire.helloreader import ClientHelloReader
 
 __all__ = [
     "ECHDecryptError",

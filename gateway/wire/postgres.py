@@ -9,7 +9,7 @@ or a plain C{StartupMessage}), and only PostgreSQL 17's
 C{sslnegotiation=direct} starts with a TLS record straight away.
 L{PreambleReader} turns those first bytes into one event the gateway acts
 on, and hands back the bytes that follow (the TLS records) as C{rest} for
-L{gateway.wire.clienthello.ClientHelloReader}.  Towards the server, the gateway
+L{gateway.wire.helloreader.ClientHelloReader}.  Towards the server, the gateway
 sends an C{SSLRequest} of its own (L{SSL_REQUEST}) and reads the one-byte
 answer with L{SSLAnswerReader}; when it sees plaintext from the server it
 learns the cancel keys from C{BackendKeyData} with L{BackendKeyDataScanner},
@@ -227,7 +227,7 @@ class SSLRequest:
     the TLS handshake follows.
 
     @ivar rest: bytes after the request, the start of the ClientHello, for
-        L{gateway.wire.clienthello.ClientHelloReader}.  A client must wait for
+        L{gateway.wire.helloreader.ClientHelloReader}.  A client must wait for
         the answer, so this is normally empty; any bytes here go to the TLS
         layer and are never read as plaintext (what CVE-2021-23214 was
         about), so they cannot smuggle a message in.

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.wire.clienthello import ClientHello, ClientHelloReader
+from gateway.wire.clienthello import ClientHello
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.postgres import (
     SSL_REQUEST,
     BackendKeyDataScanner,

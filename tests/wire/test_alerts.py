@@ -18,7 +18,8 @@ from gateway.wire.alerts import (
     alertRecord,
     recordVersion,
 )
-from gateway.wire.clienthello import ClientHello, ClientHelloReader
+from gateway.wire.clienthello import ClientHello
+from gateway.wire.helloreader import ClientHelloReader
 
 
 def test_anAlertIsOneFatalRecord() -> None:

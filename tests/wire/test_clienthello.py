@@ -23,11 +23,11 @@ from gateway.wire.clienthello import (
     BadLength,
     ClientHello,
     ClientHelloError,
-    ClientHelloReader,
     ClientHelloTooLarge,
     NotTLS,
     isGrease,
 )
+from gateway.wire.helloreader import ClientHelloReader
 from tests.helpers import frameworksImportedBy
 
 DATA = Path(__file__).parents[1] / "data" / "clienthello"

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.wire.clienthello import ClientHello, ClientHelloReader
+from gateway.wire.clienthello import ClientHello
 from gateway.wire.ech import (
     AEAD_AES_128_GCM,
     EXT_ECH,
@@ -47,6 +47,7 @@ from gateway.wire.echopen import (
     generateKeyFile,
     parseKeyFile,
 )
+from gateway.wire.helloreader import ClientHelloReader
 from tests.echtool import captureHello, echtool  # noqa: F401 (fixture)
 
 _SUITE = SymmetricSuite(KDF_HKDF_SHA256, AEAD_AES_128_GCM)

@@ -3,7 +3,8 @@ JA4 fingerprints against published values.
 """
 
 from gateway.testing import makeClientHello
-from gateway.wire.clienthello import ClientHello, ClientHelloReader, isGrease
+from gateway.wire.clienthello import ClientHello, isGrease
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.ja4 import _GREASE, ja4
 
 

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.wire.clienthello import NEED_MORE, ClientHello, ClientHelloReader
+from gateway.wire.clienthello import NEED_MORE, ClientHello
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.quic import (
     QUIC_V1,
     QUIC_V2,

@@ -75,7 +75,8 @@ from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import Reject
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import TLSTransport
-from gateway.wire.clienthello import ClientHelloError, ClientHelloReader
+from gateway.wire.clienthello import ClientHelloError
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.mysql import (
     CLIENT_PLUGIN_AUTH,
     CLIENT_SSL,

@@ -15,13 +15,8 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Final, Literal
 
-from gateway.wire.clienthello import (
-    NEED_MORE,
-    ClientHello,
-    ClientHelloError,
-    ClientHelloReader,
-    _NeedMore,
-)
+from gateway.wire.clienthello import NEED_MORE, ClientHello, ClientHelloError, _NeedMore
+from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.quic.crypto import (
     InitialKeys,
     OpenedPacket,
