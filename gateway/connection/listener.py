@@ -382,9 +382,9 @@ class ListenerFactory(ServerFactory):
     ) -> IStage | Reject:
         """
         Route a connection whose ClientHello is complete, and start the
-        stage its route's action calls for.
+        stage its route's action calls for: L{_terminationStage} or
+        L{_passthroughStage}.
         """
-        config = self.config
         # The fingerprint is computed only for a deny_ja4 to check.
         fingerprint = protocol.record.ja4 if self.policy.denyJA4 else None
         verdict = decide(self.policy, hello, "", fingerprint=fingerprint)
@@ -397,74 +397,91 @@ class ListenerFactory(ServerFactory):
             return self._answerChallenge(protocol, self._acme, hello, buffered)
         assert isinstance(verdict, Relay)
         action = verdict.action
-        transport = protocol.transport
-        assert transport is not None
-        record = protocol.record
-        record.action = action
+        protocol.record.action = action
         upstream = (
             self.upstreams if action is Action.TERMINATE else self.passthroughUpstreams
         )[verdict.upstream]
-
-        stage: PassthroughStage | TerminationStage
+        stage: PassthroughStage | TerminationStage | Reject
         if action is Action.TERMINATE:
-            assert self.tls is not None
-            try:
-                context = self.tls.contextFor(hello.serverName)
-            except CertificatePending as e:
-                return Reject(
-                    Status.HANDSHAKE_FAILED,
-                    str(e),
-                    alert=AlertDescription.HANDSHAKE_FAILURE,
-                )
-
-            terminates = self._terminates
-
-            def makeSession(tls: TLSTransport) -> ITerminatedSession:
-                if terminates is not None:
-                    return terminates.terminated(self, protocol, tls, upstream, hello)
-                return self.session(
-                    protocol, tls, upstream, hello.serverName, tls.connection
-                )
-
-            stage = TerminationStage(
-                self.clock,
-                transport,  # type: ignore[arg-type]
-                record,
-                protocol,
-                context,
-                makeSession,
-                config.preread_timeout,
-                self.tls.describe,
-                self.accessLog.handshake,
-            )
+            stage = self._terminationStage(protocol, hello, upstream)
+            if isinstance(stage, Reject):
+                return stage
         else:
-            # A decrypted ECH hello may be followed by a second one that
-            # must be seen (echsplit): the portable relay shows it.
-            opened = protocol.echOpened
-            session = self.session(
-                protocol,
-                transport,  # type: ignore[arg-type]
-                upstream,
-                hello.serverName,
-                relay=config.relay if opened is None else "portable",
-                opening=self.strategy.opening(True),
-                failureAlert=alertRecord(
-                    AlertDescription.INTERNAL_ERROR, recordVersion(hello)
-                ),
-            )
-            stage = (
-                PassthroughStage(session)
-                if opened is None
-                else ECHPassthroughStage(
-                    session,
-                    opened,
-                    transport,  # type: ignore[arg-type]
-                    recordVersion(hello),
-                    record,
-                )
-            )
+            stage = self._passthroughStage(protocol, hello, upstream)
         stage.start(buffered)
         return stage
+
+    def _terminationStage(
+        self, protocol: PrereadProtocol, hello: ClientHello, upstream: UpstreamRuntime
+    ) -> TerminationStage | Reject:
+        """
+        The stage that does the TLS handshake with the client, or a refusal
+        while the certificate for its name is still being issued.
+        """
+        assert self.tls is not None
+        transport = protocol.transport
+        assert transport is not None
+        try:
+            context = self.tls.contextFor(hello.serverName)
+        except CertificatePending as e:
+            return Reject(
+                Status.HANDSHAKE_FAILED,
+                str(e),
+                alert=AlertDescription.HANDSHAKE_FAILURE,
+            )
+
+        terminates = self._terminates
+
+        def makeSession(tls: TLSTransport) -> ITerminatedSession:
+            if terminates is not None:
+                return terminates.terminated(self, protocol, tls, upstream, hello)
+            return self.session(
+                protocol, tls, upstream, hello.serverName, tls.connection
+            )
+
+        return TerminationStage(
+            self.clock,
+            transport,  # type: ignore[arg-type]
+            protocol.record,
+            protocol,
+            context,
+            makeSession,
+            self.config.preread_timeout,
+            self.tls.describe,
+            self.accessLog.handshake,
+        )
+
+    def _passthroughStage(
+        self, protocol: PrereadProtocol, hello: ClientHello, upstream: UpstreamRuntime
+    ) -> PassthroughStage:
+        """
+        The stage that relays the client's bytes, hello first, unchanged.
+        """
+        transport = protocol.transport
+        assert transport is not None
+        # A decrypted ECH hello may be followed by a second one that
+        # must be seen (echsplit): the portable relay shows it.
+        opened = protocol.echOpened
+        session = self.session(
+            protocol,
+            transport,  # type: ignore[arg-type]
+            upstream,
+            hello.serverName,
+            relay=self.config.relay if opened is None else "portable",
+            opening=self.strategy.opening(True),
+            failureAlert=alertRecord(
+                AlertDescription.INTERNAL_ERROR, recordVersion(hello)
+            ),
+        )
+        if opened is None:
+            return PassthroughStage(session)
+        return ECHPassthroughStage(
+            session,
+            opened,
+            transport,  # type: ignore[arg-type]
+            recordVersion(hello),
+            protocol.record,
+        )
 
     def _answerChallenge(
         self,
