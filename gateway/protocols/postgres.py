@@ -58,14 +58,19 @@ from gateway.rules.decision import Plaintext, Reject, Relay, decide
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import TLSTransport
 from gateway.wire.clienthello import _NeedMore
-from gateway.wire.postgres import (
+from gateway.wire.pgbackend import (
     CONNECTION_FAILURE,
-    GSS_REFUSED,
     INVALID_AUTHORIZATION,
+    BackendKeyDataScanner,
+    SSLAnswerReader,
+    SSLRefused,
+    errorResponse,
+)
+from gateway.wire.postgres import (
+    GSS_REFUSED,
     NEED_MORE,
     SSL_ACCEPTED,
     SSL_REQUEST,
-    BackendKeyDataScanner,
     CancelKey,
     CancelRequest,
     DirectTLS,
@@ -74,12 +79,9 @@ from gateway.wire.postgres import (
     OutOfOrder,
     PostgresError,
     PreambleReader,
-    SSLAnswerReader,
-    SSLRefused,
     SSLRequest,
     StartupMessage,
     cancelRequest,
-    errorResponse,
 )
 
 if TYPE_CHECKING:

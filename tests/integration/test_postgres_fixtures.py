@@ -21,18 +21,20 @@ import pytest
 
 from gateway.wire.clienthello import ClientHello
 from gateway.wire.helloreader import ClientHelloReader
+from gateway.wire.pgbackend import (
+    BackendKeyDataScanner,
+    SSLAccepted,
+    SSLAnswerReader,
+    decodeErrorResponse,
+)
 from gateway.wire.postgres import (
     SSL_REQUEST,
-    BackendKeyDataScanner,
     CancelKey,
     DirectTLS,
     PreambleReader,
-    SSLAccepted,
-    SSLAnswerReader,
     SSLRequest,
     StartupMessage,
     cancelRequest,
-    decodeErrorResponse,
 )
 
 from .backends import IO_TIMEOUT

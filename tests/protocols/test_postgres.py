@@ -44,6 +44,7 @@ from gateway.protocols.tls import TCP
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
+from gateway.wire.pgbackend import decodeErrorResponse
 from gateway.wire.postgres import (
     GSS_REFUSED,
     NEED_MORE,
@@ -55,7 +56,6 @@ from gateway.wire.postgres import (
     StartupMessage,
     UnsupportedRequest,
     cancelRequest,
-    decodeErrorResponse,
 )
 from gateway.wire.proxyprotocol import Command, ProxyAddress, ProxyHeader, encode
 from tests.transports import NO_CONNECTOR, HalfCloseableTransport

@@ -24,35 +24,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.testing import makeClientHello
+from gateway.wire.pgbackend import (
+    INVALID_AUTHORIZATION,
+    BackendKeyDataScanner,
+    ErrorResponse,
+    SSLAccepted,
+    SSLAnswerReader,
+    SSLRefused,
+    decodeErrorResponse,
+    errorResponse,
+)
 from gateway.wire.postgres import (
     GSS_REFUSED,
-    INVALID_AUTHORIZATION,
     MAX_STARTUP_LENGTH,
     NEED_MORE,
     SSL_ACCEPTED,
     SSL_REQUEST,
-    BackendKeyDataScanner,
     BadLength,
     CancelKey,
     CancelRequest,
     DirectTLS,
-    ErrorResponse,
     GSSENCRequest,
     NotPostgres,
     OutOfOrder,
     PostgresError,
     PreambleEvent,
     PreambleReader,
-    SSLAccepted,
-    SSLAnswerReader,
-    SSLRefused,
     SSLRequest,
     StartupMessage,
     StartupMessageTooLarge,
     UnsupportedRequest,
     cancelRequest,
-    decodeErrorResponse,
-    errorResponse,
     parseStartupMessage,
 )
 
