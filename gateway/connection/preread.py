@@ -59,7 +59,8 @@ from gateway.wire.ech import ECHError
 from gateway.wire.echopen import ECHKeyring, Opened, openHello
 from gateway.wire.helloreader import ClientHelloReader
 from gateway.wire.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
-from gateway.wire.proxyprotocol import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
+from gateway.wire.proxyprotocol import ProxyHeader, ProxyHeaderError
+from gateway.wire.proxyreader import ProxyHeaderReader
 
 _log = Logger()
 

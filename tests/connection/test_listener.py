@@ -33,9 +33,9 @@ from gateway.wire.proxyprotocol import (
     Command,
     ProxyAddress,
     ProxyHeader,
-    ProxyHeaderReader,
     encode,
 )
+from gateway.wire.proxyreader import ProxyHeaderReader
 from tests.transports import NO_CONNECTOR, HalfCloseableTransport, PromptClientTransport
 
 HELLO = makeClientHello("db.example.com")

@@ -40,11 +40,11 @@ from gateway.wire.proxyprotocol import (
     Command,
     ProxyAddress,
     ProxyHeader,
-    ProxyHeaderReader,
     authorityTLV,
     connectionHeader,
     encode,
 )
+from gateway.wire.proxyreader import ProxyHeaderReader
 
 from .backends import IO_TIMEOUT, TLSStream, expectClosed, readUntilTcpEof, waitUntil
 from .harness import (

@@ -45,7 +45,6 @@ from gateway.wire.proxyprotocol import (
     ProxyAddress,
     ProxyHeader,
     ProxyHeaderError,
-    ProxyHeaderReader,
     ProxyHeaderTooLong,
     ProxyHeaderTruncated,
     SSLInfo,
@@ -56,6 +55,7 @@ from gateway.wire.proxyprotocol import (
     encode,
     sslTLV,
 )
+from gateway.wire.proxyreader import ProxyHeaderReader
 
 FAST = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
