@@ -41,8 +41,9 @@ from gateway.config import (
     UpstreamConfig,
 )
 from gateway.core.routing import normalizePattern
+from gateway.run.generation import StartupError
 from gateway.run.loading import load_config
-from gateway.run.service import GatewayService, StartupError
+from gateway.run.service import GatewayService
 from gateway.testing import makeClientHello
 from tests.transports import HalfCloseableTransport
 

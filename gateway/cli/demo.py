@@ -389,9 +389,10 @@ def _run(reactor: Any, port: int, directory: Path) -> int:
     Build everything in C{directory}, serve until stopped, stop everything.
     """
     from gateway.config import ConfigError
+    from gateway.run.generation import StartupError
     from gateway.run.loading import load_config
     from gateway.run.logs import consoleObserver
-    from gateway.run.service import GatewayService, StartupError
+    from gateway.run.service import GatewayService
 
     # info, as a gateway logs by default: no line per connection (the
     # access log on standard output has one for each).

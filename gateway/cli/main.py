@@ -175,8 +175,8 @@ def serve(
     """
     from twisted.internet import reactor
 
+    from gateway.run.generation import StartupError
     from gateway.run.logs import consoleObserver, setLevel
-    from gateway.run.service import StartupError
 
     setLevel(logLevel)
     globalLogBeginner.beginLoggingTo(

@@ -66,7 +66,7 @@ class _TwistdRoot(MultiService):
                 parent.setComponent(ILogObserver, observer)
 
     def startService(self) -> None:
-        from gateway.run.service import StartupError
+        from gateway.run.generation import StartupError
 
         try:
             super().startService()  # type: ignore[no-untyped-call]

@@ -20,7 +20,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
-    IReactorPluggableNameResolver,
 )
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -30,17 +29,14 @@ from zope.interface import implementer
 from gateway.acme.manager import AcmeManager
 from gateway.acme.state import StateDirectory
 from gateway.config import AcmeSettings, ConfigError, GatewayConfig
-from gateway.connection.datagram import QuicListener
-from gateway.connection.health import HealthChecker
 from gateway.connection.listener import ListenerFactory
-from gateway.connection.session import UpstreamRuntime
 from gateway.connection.strategy import ListenerStates
 from gateway.connection.timers import cancel
-from gateway.connection.upstream import ConfiguredNames, Pool
+from gateway.connection.upstream import Pool
 from gateway.fast.acceptwatch import watch
 from gateway.fast.internals import acceptExclusively
-from gateway.protocols.table import strategyFor
 from gateway.rules.accesslog import AccessLog
+from gateway.run.generation import Generation, StartupError
 from gateway.run.loading import (
     Loaded,
     listenProblem,
@@ -54,14 +50,8 @@ from gateway.run.reloads import ReloadCollector, ReloadHistory
 from gateway.run.signals import IReloadable
 from gateway.run.status import RecentFailures, Snapshot, localSnapshot
 from gateway.run.udpports import UDPPorts
-from gateway.tls.contexts import Contexts, buildContexts, servedCertificates, withAcme
+from gateway.tls.contexts import Contexts, servedCertificates
 from gateway.tls.served import ExpiryCollector, ServedCertificates
-
-
-class StartupError(Exception):
-    """
-    A listener could not be opened (address in use, permission denied).
-    """
 
 
 class _CannotListen(StartupError):
@@ -73,146 +63,6 @@ class _CannotListen(StartupError):
     def __init__(self, description: str, reason: str) -> None:
         super().__init__(f"cannot listen on {description}: {reason}")
         self.reason = reason
-
-
-class Generation:
-    """
-    Everything built from one configuration: TLS contexts, pools and their
-    health checks, listener factories.
-
-    A reload builds a new generation beside the running one and moves the
-    listening ports over to its factories; the old generation keeps serving
-    the connections it accepted, on the configuration they started with,
-    until the last one ends.
-
-    @ivar factories: by listener name.
-    @ivar pools: by upstream name.
-    """
-
-    def __init__(
-        self,
-        config: GatewayConfig,
-        reactor: Any,
-        accessLog: AccessLog,
-        idle: Callable[[], None],
-        states: ListenerStates | None = None,
-        acme: AcmeManager | None = None,
-        contexts: Contexts | None = None,
-        dropped: Callable[[str, str], None] = lambda listener, reason: None,
-    ) -> None:
-        """
-        @param dropped: counts a datagram a UDP endpoint dropped.
-        @param contexts: the TLS contexts the check of C{config} built
-            (L{gateway.run.loading}), served as they are so that no file is
-            read twice; L{None} (a configuration built in code, a second
-            start) builds them now.
-        """
-        if contexts is None:
-            contexts = buildContexts(config, None if acme is None else acme.current)
-        elif acme is not None:
-            contexts = withAcme(contexts, acme.current)
-        if contexts.problems:
-            # The files changed since the configuration was checked.
-            raise StartupError("\n".join(str(p) for p in contexts.problems))
-        self.config = config
-        self.warnings = contexts.warnings
-        self.servers = contexts.servers
-        self.pools = {
-            name: Pool(upstream, reactor) for name, upstream in config.upstreams.items()
-        }
-        self._checkers: list[HealthChecker] = []
-        upstreams = {}
-        for name, pool in self.pools.items():
-            tls = contexts.upstreams.get(name)
-            upstreams[name] = UpstreamRuntime(
-                name,
-                pool,
-                pool.config.next_upstream_tries,
-                None if tls is None else ConfiguredNames(tls, pool),
-            )
-        if states is None:
-            states = ListenerStates()
-        self.factories = {
-            listener.name: ListenerFactory(
-                listener,
-                upstreams,
-                reactor,
-                reactor,
-                accessLog,
-                strategyFor(listener),
-                tls=contexts.servers.get(listener.name),
-                idle=idle,
-                strategyState=states.stateFor(listener.name, strategyFor(listener)),
-                acme=None if not acme else acme.challenges,
-                ech=contexts.ech.get(listener.name),
-            )
-            for listener in config.listeners
-        }
-        passthrough = {
-            name: factory.passthroughUpstreams
-            for name, factory in self.factories.items()
-        }
-        self.quic = {
-            listener.name: QuicListener(
-                listener,
-                passthrough[listener.name],
-                reactor,
-                reactor,
-                accessLog,
-                idle=idle,
-                dropped=dropped,
-            )
-            for listener in config.listeners
-            if listener.udpListen
-        }
-
-    def certificateIssued(self, name: str, certificate: Any) -> None:
-        """
-        Serve a new ACME certificate for C{[certificate:NAME]} on every
-        listener that uses it, from the next handshake on.
-        """
-        section = f"certificate:{name}"
-        for server in self.servers.values():
-            if server.uses(section):
-                server.update(section, certificate)
-
-    @property
-    def active(self) -> int:
-        return sum(len(f.active) for f in self.factories.values()) + sum(
-            len(q.active) for q in self.quic.values()
-        )
-
-    def startPools(self, reactor: Any) -> None:
-        """
-        Resolve the host names of C{servers} (through the reactor's
-        resolver, when it has one) and start the active health checks.
-        """
-        resolver = (
-            reactor.nameResolver
-            if IReactorPluggableNameResolver.providedBy(reactor)
-            else None
-        )
-        for pool in self.pools.values():
-            if resolver is not None:
-                pool.resolve(resolver)
-            if pool.config.health_check != "off":
-                checker = HealthChecker(pool, reactor)
-                self._checkers.append(checker)
-                checker.start()
-
-    def stopPools(self) -> None:
-        """
-        Stop every health check (and its timer) and ignore late DNS answers.
-        Connections being drained keep their servers.
-        """
-        checkers, self._checkers = self._checkers, []
-        for checker in checkers:
-            checker.stop()
-        for pool in self.pools.values():
-            pool.stop()
-
-    def serverStates(self) -> dict[str, dict[str, bool]]:
-        return {name: pool.serverStates() for name, pool in self.pools.items()}
 
 
 @implementer(IReloadable)

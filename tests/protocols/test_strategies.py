@@ -133,8 +133,8 @@ def test_generationsShareTheListenersStateAcrossReloads(tmp_path: Any) -> None:
     from gateway.connection.listener import ListenerFactory
     from gateway.protocols.postgres import CancelRegistry
     from gateway.rules.accesslog import AccessLog
+    from gateway.run.generation import Generation
     from gateway.run.loading import load_config_text
-    from gateway.run.service import Generation
 
     config = load_config_text(PG_CONFIG, "/etc/tlsgateway/gateway.ini")
     log = AccessLog(str(tmp_path / "access.log"))

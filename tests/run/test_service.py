@@ -16,8 +16,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from gateway.run.generation import StartupError
 from gateway.run.loading import listenProblem, listenReason, load_config_text
-from gateway.run.service import GatewayService, StartupError
+from gateway.run.service import GatewayService
 from gateway.run.supervisor import Supervisor
 
 INI = "/etc/tlsgateway/gw.ini"
