@@ -7,6 +7,9 @@ Speed is measured by the benchmarks, never by tests, so no test has one;
 nor the health check that calls generation "too slow".
 
 C{-n auto} starts two workers per core (L{pytest_xdist_auto_num_workers}).
+
+A state table handed an event it does not allow raises under the tests
+(L{gateway.core.strictness}): a change that breaks a table fails them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 import os
 
 from hypothesis import HealthCheck, settings
+
+from gateway.core import strictness
+
+strictness.STRICT = True
 
 settings.register_profile(
     "gateway", deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -48,6 +48,8 @@ from zope.interface import Interface, implementer
 
 from gateway.connection.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.connection.timers import Deadline, cancel, later
+from gateway.core import strictness
+from gateway.core.strictness import ForbiddenEvent
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
@@ -224,10 +226,15 @@ class PrereadProtocol(Protocol):
         @param status: a refusal's, for a transition that records the
             verdict's.
         @return: whether it did; an event the table does not allow in the
-            current state is logged as the bug it is.
+            current state is logged as the bug it is (it raises under
+            tests: L{gateway.core.strictness}).
         """
         target = apply(self.state, event, self.record, reason, status)
         if target is None:
+            if strictness.STRICT:
+                raise ForbiddenEvent(
+                    f"event {event.value!r} is not allowed in state {self.state.value!r}"
+                )
             _log.error(
                 "listener {listener}: connection {client}: event {event!r} is not"
                 " allowed in state {state!r}",

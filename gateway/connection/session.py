@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
-from gateway.connection.dialer import ServerTries
 from gateway.connection.dialers import (
     AttemptProtocol,
     SplicedAttempt,
@@ -39,6 +38,7 @@ from gateway.connection.dialers import (
 )
 from gateway.connection.relay import IRelay
 from gateway.connection.relays import spliceUnavailable, startRelay, startSpliceRelay
+from gateway.connection.servertries import ServerTries
 from gateway.connection.strategy import IUpstreamOpening
 from gateway.connection.terminate import ITerminatedSession
 from gateway.connection.timers import Deadline, cancel, later
@@ -269,7 +269,7 @@ class Session:
     @ivar _pending: client bytes to replay to the upstream before relaying
         (the ClientHello in passthrough; early plaintext in termination).
     @ivar _tries: the servers tried for this connection, and the tries
-        left (L{gateway.connection.dialer.ServerTries}).
+        left (L{gateway.connection.servertries.ServerTries}).
     @ivar _picked: the server of the current attempt or connection, until
         the chooser is told it is over (C{connectFailed} or C{released}),
         so its active-connection count is exact.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
@@ -17,6 +18,8 @@ from twisted.python.failure import Failure
 
 import gateway.connection.preread
 from gateway.connection.preread import PrereadProtocol
+from gateway.core import strictness
+from gateway.core.strictness import ForbiddenEvent
 from gateway.core.vocabulary import Status
 from gateway.protocols.postgres import POSTGRES
 from gateway.protocols.tls import TCP, TLS
@@ -273,6 +276,9 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
     errors: list[dict[str, Any]] = []
     original = gateway.connection.preread._log
     gateway.connection.preread._log = Logger(observer=appendingTo(errors))
+    # As in production: what a stage reports out of turn is logged, and
+    # counted here (under the tests it would raise).
+    strictness.STRICT = False
     try:
         clock = MemoryReactorClock()
         listener = Listener(refuseAt)
@@ -326,12 +332,41 @@ def test_theProtocolFollowsTheTableAndIsLoggedOnce(
         assert len(errors) == disallowed
     finally:
         gateway.connection.preread._log = original
+        strictness.STRICT = True
+
+
+def _loggedConnection() -> PrereadProtocol:
+    protocol = PrereadProtocol(
+        Listener(None),
+        ConnectionRecord("l", "198.51.100.7:1", 0.0, 0.0),
+        MemoryReactorClock(),
+        10,
+        16384,
+    )
+    transport = HalfCloseableTransport()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    transport.loseConnection()
+    assert protocol.state is State.LOGGED
+    return protocol
+
+
+def test_anEventTheTableDoesNotAllowRaisesUnderTheTests() -> None:
+    """
+    The suite runs strict (tests/conftest.py): a stage or owner that breaks
+    the table fails its tests instead of logging.
+    """
+    assert strictness.STRICT
+    protocol = _loggedConnection()
+    with pytest.raises(ForbiddenEvent, match="'log' is not allowed in state 'logged'"):
+        protocol.logged()  # a second end: a bug
 
 
 def test_anEventTheTableDoesNotAllowIsLogged() -> None:
     errors: list[dict[str, Any]] = []
     original = gateway.connection.preread._log
     gateway.connection.preread._log = Logger(observer=appendingTo(errors))
+    strictness.STRICT = False  # production
     try:
         listener = Listener(None)
         protocol = PrereadProtocol(
@@ -349,6 +384,7 @@ def test_anEventTheTableDoesNotAllowIsLogged() -> None:
         protocol.logged()  # a second end: a bug
     finally:
         gateway.connection.preread._log = original
+        strictness.STRICT = True
     [error] = errors
     assert error["log_level"].name == "error"
     assert (error["state"], error["event"]) == ("logged", "log")

@@ -35,7 +35,7 @@ C{protocol = mysql} connection goes, in order:
 The connection's states are
 L{gateway.protocols.mysql.states.CONNECTION_TRANSITIONS}; its server legs
 (L{gateway.protocols.mysql.leg}) are dialed by the shared
-L{gateway.connection.dialer.Dialer}; its refusals are the listener's
+L{gateway.connection.servertries.Dialer}; its refusals are the listener's
 verdicts (L{gateway.rules.decision.decide}, through L{Wiring.choose}),
 told to the client as MySQL C{ERR} packets.
 """
@@ -49,10 +49,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
-from gateway.connection.dialer import Dialer, ServerTries
 from gateway.connection.preread import IStage
 from gateway.connection.relay import IRelay
 from gateway.connection.relays import startRelay
+from gateway.connection.servertries import Dialer, ServerTries
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
 from gateway.connection.timers import Deadline, cancel, later

@@ -3,7 +3,7 @@ One connection from the gateway to one MySQL server: its greeting, then (on
 demand) the gateway's own C{SSLRequest} and verified TLS, then the packets
 of the authentication, then the relay.
 
-Legs are dialed by the shared L{gateway.connection.dialer.Dialer} (the
+Legs are dialed by the shared L{gateway.connection.servertries.Dialer} (the
 same retry and failover rule as every upstream connection): a leg reports
 a server that does not greet as a failed attempt, and the dialer tries the
 next one.  Its states are L{gateway.protocols.mysql.states.LEG_TRANSITIONS}.
@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import ServerConfig
-from gateway.connection.dialer import Dialer
 from gateway.connection.relay import IRelay
+from gateway.connection.servertries import Dialer
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import RelayTransport, relayTransport

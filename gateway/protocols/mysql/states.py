@@ -19,6 +19,11 @@ import enum
 from collections.abc import Mapping
 from typing import Final, Generic, TypeVar
 
+from twisted.logger import Logger
+
+from gateway.core import strictness
+from gateway.core.strictness import ForbiddenEvent
+
 __all__ = [
     "CONNECTION_TRANSITIONS",
     "LEG_TRANSITIONS",
@@ -122,18 +127,16 @@ gateway's own TLS, the login's packets, the relay.
 """
 
 
+_log = Logger()
+
 S = TypeVar("S", bound=enum.Enum)
 I = TypeVar("I", bound=enum.Enum)  # noqa: E741
 
 
-class ForbiddenTransition(Exception):
+class ForbiddenTransition(ForbiddenEvent):
     """
     An input the table does not allow in the current state: a bug.
-
-    @ivar reason: a stable slug, as every error of the gateway has.
     """
-
-    reason = "forbidden_transition"
 
 
 class Machine(Generic[S, I]):
@@ -150,12 +153,14 @@ class Machine(Generic[S, I]):
         Apply C{event}; return the new state.
 
         @raise ForbiddenTransition: the table has no move for C{event} in
-            the current state.
+            the current state, under tests (L{gateway.core.strictness});
+            in production that is logged and the state stays.
         """
         try:
             self.state = self._table[self.state, event]
         except KeyError:
-            raise ForbiddenTransition(
-                f"{event.name} is not allowed in state {self.state.name}"
-            ) from None
+            message = f"{event.name} is not allowed in state {self.state.name}"
+            if strictness.STRICT:
+                raise ForbiddenTransition(message) from None
+            _log.error("MySQL connection: {message}", message=message)
         return self.state

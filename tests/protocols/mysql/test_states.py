@@ -125,3 +125,31 @@ def test_aClosedLegStaysClosed() -> None:
         if event is not LI.CLOSE:
             with pytest.raises(ForbiddenTransition):
                 machine.move(event)
+
+
+def test_inProductionAForbiddenInputIsLoggedAndTheStateStays() -> None:
+    """
+    Outside the tests (L{gateway.core.strictness} off) a forbidden input is
+    logged at error level, as the bug it is, and the connection goes on.
+    """
+    from twisted.logger import Logger
+
+    from gateway.core import strictness
+    from gateway.protocols.mysql import states
+    from tests.helpers import appendingTo
+
+    errors: list[dict[str, object]] = []
+    original = states._log
+    states._log = Logger(observer=appendingTo(errors))
+    strictness.STRICT = False
+    try:
+        state, event = next(
+            (s, e) for s, e in CONNECTION_PAIRS if (s, e) not in CONNECTION_TRANSITIONS
+        )
+        machine = Machine(CONNECTION_TRANSITIONS, state)
+        assert machine.move(event) is state
+    finally:
+        strictness.STRICT = True
+        states._log = original
+    [error] = errors
+    assert "is not allowed in state" in str(error["message"])

@@ -1,5 +1,5 @@
 """
-L{gateway.connection.dialer}: the one rule for trying servers
+L{gateway.connection.servertries}: the one rule for trying servers
 (L{ServerTries}, which L{gateway.connection.session.Session} and the MySQL
 legs share) and the connect loop of L{Dialer}, in memory.
 """
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import ServerConfig
-from gateway.connection.dialer import Dialer, ServerTries
+from gateway.connection.servertries import Dialer, ServerTries
 from tests.helpers import FixedServers
 from tests.transports import NO_CONNECTOR
 
