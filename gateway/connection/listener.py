@@ -55,6 +55,7 @@ from gateway.config import ListenerConfig
 from gateway.connection.challenge import ChallengeStage
 from gateway.connection.echsplit import ECHPassthroughStage
 from gateway.connection.hooks import IServesAtAccept, IServesPlaintext, ITerminates
+from gateway.connection.hubclient import HubClient
 from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage, PrereadProtocol
 from gateway.connection.session import (
@@ -77,6 +78,7 @@ from gateway.rules.accesslog import AccessLog, ConnectionRecord
 from gateway.rules.decision import (
     ACCEPTED,
     PROXIED,
+    Admit,
     Challenge,
     Policy,
     Reject,
@@ -253,6 +255,19 @@ class ListenerFactory(ServerFactory):
             self.strategy.listenerState() if strategyState is _FRESH else strategyState
         )
         self.policy = Policy.fromConfig(config, None if acme is None else acme.manages)
+        # The hub may accept and pre-read (gateway.connection.hubaccept) a
+        # listener whose connections start with their ClientHello and may
+        # be spliced: the common passthrough case.
+        self.prereadsInHub = (
+            strategy.readsHello
+            and strategy.speaksTLSFirst
+            and strategy.preamble() is None
+            and config.relay != "portable"
+            and (
+                config.mode == "passthrough"
+                or any(route.action == "passthrough" for route in config.routes)
+            )
+        )
         self._admitted: set[PrereadProtocol] = set()
         self._clients: dict[PrereadProtocol, str] = {}
         self._perClient: Counter[str] = Counter()
@@ -281,6 +296,48 @@ class ListenerFactory(ServerFactory):
         self.active.add(protocol)
         self.accessLog.accepted(self.config.name)
         return protocol
+
+    def acceptedInHub(self, client: HubClient) -> None:
+        """
+        The hub accepted a connection (L{gateway.connection.hubaccept}):
+        its owner is made as for one the port accepted, on the hub's
+        transport.
+        """
+        client.connect(self.buildProtocol(client.getPeer()))
+
+    def _leaveHub(
+        self, protocol: PrereadProtocol, verdict: Admit | Relay | Challenge
+    ) -> Reject | None:
+        """
+        Hand a connection pre-read in the hub to the reactor, unless the
+        hub serves its verdict: a passthrough to an upstream whose servers
+        are all TCP, without ECH (whose second hello the portable relay
+        must see).  Everything else needs Twisted's transport.
+
+        @return: a refusal if the reactor could not take the socket.
+        """
+        transport = protocol.transport
+        if not isinstance(transport, HubClient):
+            return None
+        if (
+            isinstance(verdict, Relay)
+            and verdict.action is Action.PASSTHROUGH
+            and protocol.echOpened is None
+            and self.passthroughUpstreams[verdict.upstream].tcpOnly
+        ):
+            return None
+        try:
+            transport.toReactor(self.reactor)
+        except OSError as e:
+            return Reject(
+                Status.UPSTREAM_UNAVAILABLE,
+                f"local resource error: {e.strerror}: cannot hand the connection"
+                " to the reactor",
+                action=(
+                    verdict.action if isinstance(verdict, Relay) else Action.TERMINATE
+                ),
+            )
+        return None
 
     def closedAtAccept(self, address: object) -> None:
         """
@@ -392,6 +449,9 @@ class ListenerFactory(ServerFactory):
             if verdict.action is not None:
                 protocol.record.action = verdict.action
             return verdict
+        refusal = self._leaveHub(protocol, verdict)
+        if refusal is not None:
+            return refusal
         if isinstance(verdict, Challenge):
             assert self._acme is not None
             return self._answerChallenge(protocol, self._acme, hello, buffered)

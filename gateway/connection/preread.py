@@ -40,6 +40,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IReactorTime,
+    ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -256,6 +257,18 @@ class PrereadProtocol(Protocol):
         if self._strategy.readsHello:
             return Event.EXPECT_HELLO
         return Event.SERVE
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """
+        Start the connection, or, for one that already started, only take
+        C{transport} as its own from now on: a connection pre-read in the
+        hub whose socket the reactor adopted
+        (L{gateway.connection.hubclient.HubClient.toReactor}).
+        """
+        if self.transport is not None:
+            self.transport = transport
+            return
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def connectionMade(self) -> None:
         self._timer = later(self._clock, self._timeout, self._timedOut)

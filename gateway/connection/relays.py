@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 
 from gateway.connection import spliceflow
+from gateway.connection.hubclient import HubClient
 from gateway.connection.relay import CopyRelay, IRelay, PortableRelay, Reader
 from gateway.connection.splicerelay import SpliceRelay
 from gateway.core import verbosity
@@ -96,6 +97,11 @@ def spliceUnavailable(
         return f"relay = {setting}, but this platform has no splice"
     for side, transport in (("client", client), ("upstream", upstream)):
         if transport is None:
+            continue
+        if isinstance(transport, HubClient):
+            # Accepted in the hub for its listener's passthrough: an IP socket.
+            if not transport.open:
+                return f"relay = {setting}, but the {side} side is closing"
             continue
         if not isinstance(transport, tcp.Connection):
             kind = type(transport).__name__
@@ -240,7 +246,7 @@ def startSpliceRelay(
             setting=setting,
         )
     return SpliceRelay(
-        client,  # type: ignore[arg-type]
+        client.detach() if isinstance(client, HubClient) else client,  # type: ignore[arg-type]
         upstream,  # type: ignore[arg-type]
         record,
         clock,

@@ -66,12 +66,17 @@ class UpstreamRuntime:
 
     @ivar tries: C{next_upstream_tries}.
     @ivar tls: how to re-encrypt to its servers, or L{None} for plaintext.
+    @ivar tcpOnly: every server is a TCP C{host:port} (none C{unix:}), so
+        a passthrough connection to it can be spliced whichever server is
+        picked: the hub may keep such a connection
+        (L{gateway.connection.hubaccept}).
     """
 
     name: str
     chooser: IServerChooser
     tries: int
     tls: UpstreamTLSPolicy | None = None
+    tcpOnly: bool = False
 
 
 @attrs.frozen

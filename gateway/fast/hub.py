@@ -49,7 +49,9 @@ _HANGUP: Final[int] = getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR
 
 class HubEnd(Protocol):
     """
-    What the hub calls: a splice relay's socket or a L{HubReader}.
+    What the hub calls: a splice relay's socket, a L{HubReader}, or a
+    listening socket and the clients it accepted
+    (L{gateway.connection.hubaccept}, L{gateway.connection.hubclient}).
     """
 
     fd: int
@@ -120,7 +122,16 @@ class Hub:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
         self._sockets[fd] = end
-        self._epoll.register(fd, mask)
+        exclusive = getattr(end, "exclusive", 0)
+        if exclusive:
+            # A shared listening socket (gateway.connection.hubaccept): one
+            # worker's hub woken per connection; the flag takes no EPOLLPRI.
+            try:
+                self._epoll.register(fd, select.EPOLLIN | exclusive)
+            except OSError:
+                self._epoll.register(fd, select.EPOLLIN)  # a kernel without it
+        else:
+            self._epoll.register(fd, mask)
         if not self._added:
             reactor = self._reactor()
             if reactor is not None:

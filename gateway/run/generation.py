@@ -89,6 +89,7 @@ class Generation:
                 pool,
                 pool.config.next_upstream_tries,
                 None if tls is None else ConfiguredNames(tls, pool),
+                tcpOnly=all(server.host is not None for server in pool.config.servers),
             )
         if states is None:
             states = ListenerStates()

@@ -29,12 +29,13 @@ from zope.interface import implementer
 from gateway.acme.manager import AcmeManager
 from gateway.acme.state import StateDirectory
 from gateway.config import AcmeSettings, ConfigError, GatewayConfig
+from gateway.connection.hubaccept import HubAcceptor, IAcceptor, chooseAcceptor
 from gateway.connection.listener import ListenerFactory
 from gateway.connection.strategy import ListenerStates
 from gateway.connection.timers import cancel
 from gateway.connection.upstream import Pool
+from gateway.core import verbosity
 from gateway.fast.acceptwatch import watch
-from gateway.fast.internals import acceptExclusively
 from gateway.rules.accesslog import AccessLog
 from gateway.run.generation import Generation, StartupError
 from gateway.run.loading import (
@@ -82,6 +83,7 @@ class GatewayService(Service):
     @ivar _ports: the listening ports by C{listen} description, closed
         first when stopping so that no connection is accepted during the
         drain.
+    @ivar _acceptors: who accepts on each port (L{gateway.connection.hubaccept}).
     @ivar _retired: older generations still serving connections.
     @ivar _inherited: listening sockets handed down by a supervisor
         (C{workers > 1}), by C{listen} description: adopted, not opened.
@@ -113,6 +115,7 @@ class GatewayService(Service):
         self._reactor = reactor
         self._inherited = dict(inherited or {})
         self._ports: dict[str, IListeningPort] = {}
+        self._acceptors: dict[str, IAcceptor] = {}
         # UDP endpoints (QUIC) by listen description: their flows outlive
         # reloads, and their sockets stay open through a drain.
         self._udp = UDPPorts()
@@ -286,6 +289,7 @@ class GatewayService(Service):
                 port = self._ports.get(description)
                 if port is not None:
                     port.factory = factory  # type: ignore[attr-defined]
+                    self._accept(reactor, description, port, factory)
                     continue
                 try:
                     port = self._ports[description] = self._open(
@@ -299,12 +303,44 @@ class GatewayService(Service):
                     partial(getattr, port, "factory", None),
                     shared=description in self._inherited,
                 )
+                self._accept(reactor, description, port, factory)
                 self._log.info(
                     "listener {listener} listening on {description}",
                     listener=listener.name,
                     description=description,
                 )
         return errors
+
+    def _accept(
+        self,
+        reactor: Any,
+        description: str,
+        port: IListeningPort,
+        factory: ListenerFactory,
+    ) -> None:
+        """
+        Choose who accepts on C{port} for C{factory}: again when a reload
+        changed whether the hub may pre-read its listener.
+        """
+        current = self._acceptors.get(description)
+        if current is not None:
+            if isinstance(current, HubAcceptor) == factory.prereadsInHub:
+                return
+            current.stop()
+        acceptor = self._acceptors[description] = chooseAcceptor(
+            reactor,
+            port,
+            partial(getattr, port, "factory", None),
+            preread=factory.prereadsInHub,
+            shared=description in self._inherited,
+        )
+        if verbosity.DEBUG:
+            self._log.debug(
+                "listener {listener} on {description}: accepted by {acceptor}",
+                listener=factory.config.name,
+                description=description,
+                acceptor="the hub" if isinstance(acceptor, HubAcceptor) else "its port",
+            )
 
     def _dropped(self, listener: str, reason: str) -> None:
         if self._metrics is not None:
@@ -316,9 +352,9 @@ class GatewayService(Service):
         inherited = self._inherited.get(description)
         if inherited is not None:
             fd, family = inherited
+            # Shared with the other workers: one of them woken per
+            # connection (chooseAcceptor, either way).
             port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
-            # Shared with the other workers: one of them woken per connection.
-            acceptExclusively(reactor, port)
             return port
         # Stream server endpoints for tcp, tcp6 and unix listen synchronously,
         # so the result is known before startService returns and a port that
@@ -334,6 +370,9 @@ class GatewayService(Service):
     def _closePorts(self, descriptions: list[str]) -> None:
         for description in descriptions:
             port = self._ports.pop(description, None)
+            acceptor = self._acceptors.pop(description, None)
+            if acceptor is not None:
+                acceptor.stop()
             if port is not None:
                 port.stopListening()
 
