@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 
-from gateway.core.transports import relayTransport
+from gateway.core.transports import RelayTransport, relayTransport
 
 if TYPE_CHECKING:
     from gateway.fast.hub import Hub
@@ -216,7 +216,7 @@ class HubClient:
         self._done = True
         return self.socket
 
-    def toReactor(self, reactor: IReactorSocket) -> object:
+    def toReactor(self, reactor: IReactorSocket) -> RelayTransport:
         """
         Have the reactor adopt the socket for the connection's protocol,
         which keeps the connection (and whatever it read): from now on its
