@@ -146,6 +146,10 @@ class _HubDialer(abc.ABC):
 
     __slots__ = ("_clock", "_fallback", "_hub", "_reactor", "_timeout")
 
+    #: The connected socket stays the hub's (the splice relay's), with its
+    #: registration (L{DirectConnect}'s C{handOver}).
+    _handsOver = False
+
     def __init__(
         self, hub: Hub, reactor: IReactorTCP, clock: IReactorTime, timeout: float
     ) -> None:
@@ -181,7 +185,9 @@ class _HubDialer(abc.ABC):
         connected: Callable[[socket.socket], None],
         failed: Callable[[Failure], None],
     ) -> DirectConnect:
-        connector = DirectConnect(self._hub, self._clock, connected, failed)
+        connector = DirectConnect(
+            self._hub, self._clock, connected, failed, handOver=self._handsOver
+        )
         connector.start(*address, self._timeout)
         return connector
 
@@ -229,6 +235,7 @@ class SpliceDialer(_HubDialer):
     """
 
     __slots__ = ()
+    _handsOver = True
 
     def _dialAddress(
         self,

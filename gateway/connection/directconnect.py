@@ -86,6 +86,7 @@ class DirectConnect:
         "_clock",
         "_connected",
         "_failed",
+        "_handOver",
         "_hub",
         "_socket",
         "_timer",
@@ -103,7 +104,16 @@ class DirectConnect:
         clock: IReactorTime,
         connected: Callable[[socket.socket], None],
         failed: Callable[[Failure], None],
+        *,
+        handOver: bool = False,
     ) -> None:
+        """
+        @param handOver: the connected socket goes to the splice relay,
+            which takes its registration in the hub as it is
+            (L{gateway.fast.hub.Hub.release}); else (a socket the reactor
+            adopts, duplicating it) it leaves the hub.
+        """
+        self._handOver = handOver
         self._hub = hub
         self._clock = clock
         self._connected: Callable[[socket.socket], None] | None = connected
@@ -170,7 +180,13 @@ class DirectConnect:
             self._fail(Failure(getConnectError((number, os.strerror(number)))))
             return
         connected, self._connected = self._connected, None
-        self._release()
+        if self._handOver:
+            cancel(self._timer)
+            self._timer = None
+            self._hub.release(self, sock)
+            self.writing = False
+        else:
+            self._release()
         self._socket = None
         connected(sock)
 

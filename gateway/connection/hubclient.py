@@ -185,8 +185,10 @@ class HubClient:
         return ipAddress(self._family, self.socket.getsockname())
 
     def pauseProducing(self) -> None:
+        # Lazily: the socket stays registered until a read finds it
+        # paused, so a connection whose client waits for the upstream
+        # (every TLS client) makes no epoll_ctl for it.
         self._paused = True
-        self._update(reading=False)
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -209,10 +211,12 @@ class HubClient:
 
     def detach(self) -> socket.socket:
         """
-        Give the socket to the splice relay, which owns it from now on.
+        Give the socket to the splice relay, which owns it from now on,
+        with its registration in the hub (L{gateway.fast.hub.Hub.release}).
         """
         assert self.open, "only an open socket with nothing unsent is handed on"
-        self._update(reading=False, writing=False)
+        self._hub.release(self, self.socket)
+        self.reading = self.writing = False
         self._done = True
         return self.socket
 
@@ -244,6 +248,9 @@ class HubClient:
     # What the hub calls
 
     def doRead(self) -> None:
+        if self._paused:
+            self._update(reading=False)
+            return
         try:
             data = self.socket.recv(_READ_SIZE)
         except BlockingIOError:

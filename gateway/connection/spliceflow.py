@@ -225,6 +225,20 @@ class SpliceEnd:
         self.fd = -1
         self._relay.ownedLost(self)
 
+    def stop(self) -> None:
+        """
+        Stop being called by the hub, for good: the relay is ending.  A
+        socket the relay owns is closed right after, which takes it out
+        of the epoll set by itself (L{gateway.fast.hub.Hub.forget}); a
+        Twisted transport's is unregistered, since Twisted gets it back.
+        """
+        if self.transport is None:
+            self._hub.forget(self)
+            self.reading = self.writing = False
+        else:
+            self.stopReading()
+            self.stopWriting()
+
     def startReading(self) -> None:
         if not self.reading:
             self.reading = True

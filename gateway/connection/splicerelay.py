@@ -270,7 +270,6 @@ class SpliceRelay(RelayRules[SpliceEnd]):
         self._state = _State.CLOSING
         self._stopTimer()
         for end in (self._client, self._upstream):
-            end.stopReading()
-            end.stopWriting()
+            end.stop()
         self._toUpstream.drop()
         self._toClient.drop()

@@ -97,7 +97,57 @@ class Hub:
         self._reactor = weakref.ref(reactor)
         self._epoll = select.epoll()
         self._sockets: dict[int, HubEnd] = {}
+        self._released: dict[int, tuple[object, int]] = {}
         self._added = False
+
+    def release(self, end: HubEnd, sock: object) -> None:
+        """
+        C{end} hands its socket C{sock}, registration included (as its
+        C{reading} and C{writing} say now: the caller clears them after),
+        to the next end of the same descriptor (the splice relay's): that one's
+        first L{update} takes the registration as it is (an C{epoll_ctl}
+        only if its events differ) instead of one call to remove it and
+        one to add it again.
+
+        Only for a socket that is not shared with another descriptor (a
+        duplicate would keep the registration alive after C{close}): a
+        socket the gateway accepted or connected and relays itself.
+        """
+        fd = end.fd
+        if self._sockets.get(fd) is end:
+            del self._sockets[fd]
+            mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
+            self._released[fd] = (sock, mask)
+
+    def forget(self, end: HubEnd) -> None:
+        """
+        Stop calling C{end}, whose socket its owner closes next: closing
+        takes it out of the epoll set without an C{epoll_ctl} (same
+        proviso as L{release}: a socket without a duplicate).
+        """
+        if self._sockets.get(end.fd) is end:
+            del self._sockets[end.fd]
+
+    def _takeOver(self, end: HubEnd, mask: int) -> bool:
+        """
+        Give C{end} the registration its descriptor's previous end
+        released (L{release}), if that was of the same socket.
+        """
+        fd = end.fd
+        released = self._released.pop(fd, None)
+        if released is None:
+            return False
+        sock, registered = released
+        if sock is not getattr(end, "socket", None):
+            return False  # closed since, and the descriptor reused
+        if not mask:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+            return True
+        if mask != registered:
+            self._epoll.modify(fd, mask)
+        self._sockets[fd] = end
+        return True
 
     def update(self, end: HubEnd) -> None:
         """
@@ -107,6 +157,8 @@ class Hub:
         fd = end.fd
         mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
         known = self._sockets.get(fd)
+        if known is None and self._released and self._takeOver(end, mask):
+            return
         if not mask:
             if known is end:
                 del self._sockets[fd]
@@ -162,6 +214,12 @@ class Hub:
         for fd, mask in events:
             end = sockets.get(fd)
             if end is None:
+                if fd in self._released:
+                    # Released and not taken yet: no one to call, so
+                    # not registered either (the taker registers anew).
+                    del self._released[fd]
+                    with contextlib.suppress(OSError):
+                        self._epoll.unregister(fd)
                 continue
             try:
                 if mask & _IN:
