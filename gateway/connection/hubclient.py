@@ -79,12 +79,14 @@ class HubClient:
     @ivar _shutting: C{loseWriteConnection} was called: FIN once sent.
     @ivar _paused: the owner paused reading (its session connects).
     @ivar _done: the socket is closed, detached or adopted.
+    @ivar _eof: the client's FIN was read: nothing more to read.
     """
 
     __slots__ = (
         "_buffer",
         "_closing",
         "_done",
+        "_eof",
         "_family",
         "_hub",
         "_paused",
@@ -119,15 +121,25 @@ class HubClient:
         self._shutting = False
         self._paused = False
         self._done = False
+        self._eof = False
 
     def connect(self, protocol: Protocol) -> None:
         """
         Make C{protocol} the connection's, and read for it unless it ended
         the connection at once (a refusal at accept).
+
+        The first read is tried at once: a client sends its ClientHello
+        right after its connect, so under load it is usually there by the
+        time the connection is accepted, and then the connection is routed
+        (and its socket, paused while the upstream is connected, handed to
+        the splice relay) without ever being registered for reading.
         """
         self.protocol = protocol
         protocol.makeConnection(self)
-        if not self._done and not self._paused:
+        if self._done or self._paused:
+            return
+        self.doRead()
+        if not self._done and not self._paused and not self.reading:
             self._startReading()
 
     @property
@@ -263,6 +275,7 @@ class HubClient:
         if data:
             protocol.dataReceived(data)
             return
+        self._eof = True
         self._update(reading=False)
         readConnectionLost = getattr(protocol, "readConnectionLost", None)
         if readConnectionLost is None:
@@ -306,7 +319,8 @@ class HubClient:
     # Internals
 
     def _startReading(self) -> None:
-        self._update(reading=True)
+        if not self._eof:
+            self._update(reading=True)
 
     def _update(
         self, *, reading: bool | None = None, writing: bool | None = None

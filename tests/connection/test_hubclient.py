@@ -270,3 +270,89 @@ def test_adoptedWhilePausedItStaysPaused(
     spinUntil(reactor, lambda: owner.received == [b"wait"], "the resumed read")
     transport.abortConnection()
     spinUntil(reactor, lambda: len(owner.lost) == 1, "the end")
+
+
+class Pausing(Owner):
+    """
+    An owner that, as a session does while it connects upstream, pauses
+    its client once it has what it needs.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        assert self.transport is not None
+        cast(HubClient, self.transport).pauseProducing()
+
+
+def accepted(
+    reactor: EPollReactor, owner: Owner, sent: bytes = b"", *, shut: bool = False
+) -> tuple[socket.socket, HubClient]:
+    """
+    A connection whose client sent C{sent} (and its FIN, if C{shut})
+    before the hub made it C{owner}'s.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        peer = socket.create_connection(listening.getsockname())
+        if sent:
+            peer.sendall(sent)
+        if shut:
+            peer.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        sock, address = listening.accept()
+    sock.setblocking(False)
+    client = HubClient(
+        fasthub.hubFor(reactor),
+        sock,
+        socket.AF_INET,
+        ipAddress(socket.AF_INET, address),
+    )
+    client.connect(owner)
+    return peer, client
+
+
+def test_whatTheClientSentBeforeTheAcceptIsReadAtOnce(reactor: EPollReactor) -> None:
+    """
+    The ClientHello is there when the connection is accepted: it is read
+    in the same call, and an owner that then pauses leaves the socket
+    unregistered, for the relay to take.
+    """
+    owner = Pausing()
+    peer, client = accepted(reactor, owner, b"hello")
+    try:
+        assert owner.received == [b"hello"]
+        assert not client.reading
+        sock = client.detach()
+        peer.sendall(b"next")
+        sock.setblocking(True)
+        sock.settimeout(5)
+        assert sock.recv(10) == b"next"
+        sock.close()
+    finally:
+        peer.close()
+
+
+def test_aClientThatLeftBeforeTheAcceptIsToldOnce(reactor: EPollReactor) -> None:
+    owner = Owner()
+    peer, client = accepted(reactor, owner, b"", shut=True)
+    try:
+        assert owner.readClosed == 1
+        assert not client.reading
+        for _ in range(10):
+            reactor.iterate(0.005)
+        assert owner.readClosed == 1
+    finally:
+        peer.close()
+        client.abortConnection()
+
+
+def test_nothingSentYetTheSocketWaitsInTheHub(reactor: EPollReactor) -> None:
+    owner = Owner()
+    peer, client = accepted(reactor, owner)
+    try:
+        assert owner.received == []
+        assert client.reading
+        peer.sendall(b"late hello")
+        spinUntil(reactor, lambda: owner.received == [b"late hello"], "the read")
+    finally:
+        peer.close()
+        client.abortConnection()
