@@ -10,8 +10,6 @@ closes: nothing is relayed, no upstream is involved.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -45,13 +43,11 @@ class ChallengeStage:
         owner: ConnectionOwner,
         context: SSL.Context,
         timeout: float,
-        ended: Callable[[], None],
     ) -> None:
         self._clock = clock
         self._transport = transport
         self._record = record
         self._owner = owner
-        self._ended = ended
         self._timeout = timeout
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
@@ -75,8 +71,7 @@ class ChallengeStage:
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopTimer()
-        self._record.ended = self._clock.seconds()
-        self._ended()
+        self._owner.stageEnded()
 
     def shutdown(self) -> None:
         self._stopTimer()

@@ -513,7 +513,6 @@ class ListenerFactory(ServerFactory):
             protocol,
             context,
             self.config.preread_timeout,
-            lambda: self.ended(protocol),
         )
         stage.start(buffered)
         return stage
@@ -618,12 +617,6 @@ class ListenerFactory(ServerFactory):
             terminated PostgreSQL client for its server's first message).
         """
         clientKey = self.clientKeyOf(protocol)
-
-        def ended() -> None:
-            if onEnd is not None:
-                onEnd()
-            self.ended(protocol)
-
         return Session(
             self.reactor,
             self.clock,
@@ -633,8 +626,8 @@ class ListenerFactory(ServerFactory):
             upstream,
             clientKey,
             self.timeouts,
-            ended,
             countBytes=not isinstance(client, TLSTransport),
+            onEnd=onEnd,
             relay=relay,
             proxyHeader=self.proxyHeaderFor(protocol, serverName, connection),
             opening=opening,

@@ -231,21 +231,49 @@ class PrereadProtocol(Protocol):
         """
         target = apply(self.state, event, self.record, reason, status)
         if target is None:
-            if strictness.STRICT:
-                raise ForbiddenEvent(
-                    f"event {event.value!r} is not allowed in state {self.state.value!r}"
-                )
-            _log.error(
-                "listener {listener}: connection {client}: event {event!r} is not"
-                " allowed in state {state!r}",
-                listener=self.record.listener,
-                client=self.record.client,
-                event=event.value,
-                state=self.state.value,
-            )
+            self._forbidden(event.value)
             return False
         self.state = target
         return True
+
+    def _forbidden(self, event: str) -> None:
+        """
+        C{event} cannot happen in the current state: a bug.  It raises
+        under tests (L{gateway.core.strictness}); in production it is
+        logged, state and event named, and ignored.
+        """
+        if strictness.STRICT:
+            raise ForbiddenEvent(
+                f"event {event!r} is not allowed in state {self.state.value!r}"
+            )
+        _log.error(
+            "listener {listener}: connection {client}: event {event!r} is not"
+            " allowed in state {state!r}",
+            listener=self.record.listener,
+            client=self.record.client,
+            event=event,
+            state=self.state.value,
+        )
+
+    def stageEnded(self) -> None:
+        """
+        The stage is over on every side (client and upstream closed): stamp
+        the end with the owner's clock and have the listener log the
+        connection.  Once: a stage that reports its end twice is a bug
+        (L{_forbidden}).
+        """
+        if self.record.ended is not None:
+            self._forbidden("stage ended")
+            return
+        self._end()
+
+    def _end(self) -> None:
+        """
+        The one place a connection's end is stamped and its record handed
+        to the listener (which logs it and calls L{logged}).
+        """
+        self.record.ended = self._clock.seconds()
+        self._listener.ended(self)
 
     def _nextReading(self) -> Event:
         """
@@ -395,8 +423,7 @@ class PrereadProtocol(Protocol):
             self.report(
                 Event.CLIENT_CLOSED, "connection lost before the client sent anything"
             )
-        self.record.ended = self._clock.seconds()
-        self._listener.ended(self)
+        self._end()
 
     def logged(self) -> None:
         """

@@ -282,6 +282,9 @@ class Session:
         reports from abandoned attempts can be told apart.
     @ivar _dialer: connects to each server tried, chosen once
         (L{gateway.connection.dialers.chooseDialer}).
+    @ivar _onEnd: called when the session is over, before its owner is
+        told (L{ConnectionOwner.stageEnded}), which stamps the end and has
+        the connection logged.
     """
 
     def __init__(
@@ -294,9 +297,9 @@ class Session:
         upstream: UpstreamRuntime,
         clientKey: str,
         timeouts: Timeouts,
-        ended: Callable[[], None],
         *,
         countBytes: bool,
+        onEnd: Callable[[], None] | None = None,
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
         opening: Callable[[], IUpstreamOpening] | None = None,
@@ -316,7 +319,8 @@ class Session:
         self._upstream = upstream
         self._clientKey = clientKey
         self._timeouts = timeouts
-        self._ended: Callable[[], None] | None = ended
+        self._onEnd = onEnd
+        self._ended = False
         self._countBytes = countBytes
         self._pending: list[bytes] = []
         self._tries = ServerTries(upstream.chooser, upstream.tries, clientKey)
@@ -573,10 +577,11 @@ class Session:
         if self._picked is not None:
             picked, self._picked = self._picked, None
             self._upstream.chooser.released(picked)
-        if self._ended is not None:
-            ended, self._ended = self._ended, None
-            self._record.ended = self._clock.seconds()
-            ended()
+        if not self._ended:
+            self._ended = True
+            if self._onEnd is not None:
+                self._onEnd()
+            self._owner.stageEnded()
 
 
 @implementer(IRelay)

@@ -275,3 +275,11 @@ class ConnectionOwner(Protocol):
 
         @return: whether the table allowed it.
         """
+
+    def stageEnded(self) -> None:
+        """
+        The stage is over on every side (the client's connection and any
+        upstream's are closed): the owner stamps the end and has the
+        connection logged.  Called once; a second call is a bug (it raises
+        under tests, L{gateway.core.strictness}).
+        """

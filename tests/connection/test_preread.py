@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from gateway.connection.preread import REFUSAL_LINGER, IStage, PrereadProtocol
 from gateway.connection.strategy import IProtocolStrategy
+from gateway.core.strictness import ForbiddenEvent
 from gateway.core.vocabulary import Status
 from gateway.protocols.postgres import POSTGRES
 from gateway.protocols.tls import TCP, TLS
@@ -134,6 +135,33 @@ class PrereadTests(SynchronousTestCase):
             (stage.received, stage.eof, stage.lost), ([b"after"], True, True)
         )
         self.assertEqual(self.listener.endings, [])
+
+    def test_theOwnerStampsTheEndTheStageReports(self) -> None:
+        """
+        The stage says when it is over; the owner stamps the end with its
+        own clock and hands the record to the listener, once.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.clock.advance(3)
+        self.protocol.connectionLost()
+        self.assertIsNone(self.record.ended)
+        self.assertEqual(self.listener.endings, [])
+        self.protocol.stageEnded()
+        self.assertEqual(self.record.ended, 3)
+        self.assertEqual(self.listener.endings, [self.record])
+
+    def test_aStageThatEndsTwiceIsABug(self) -> None:
+        """
+        A second end raises under tests (L{gateway.core.strictness}): the
+        connection is not logged twice.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.protocol.stageEnded()
+        self.clock.advance(1)
+        with self.assertRaises(ForbiddenEvent):
+            self.protocol.stageEnded()
+        self.assertEqual(self.record.ended, 0)
+        self.assertEqual(len(self.listener.endings), 1)
 
     def test_silentClientIsDroppedAtTimeout(self) -> None:
         self.clock.advance(9.9)

@@ -694,8 +694,7 @@ class MySQLConnection:
         if self._ended:
             return
         self._ended = True
-        self._record.ended = self.wiring.clock.seconds()
-        self.wiring.ended()
+        self._owner.stageEnded()
 
     def _startTimer(
         self, expired: Callable[[], None], delay: float | None = None

@@ -49,8 +49,6 @@ class Wiring:
     @ivar proxyHeader: the PROXY header builder of an upstream connection
         (for a server name and client TLS connection known so far), or
         L{None} without C{proxy_protocol}.
-    @ivar ended: the listener's end of the connection (logs it); called
-        once.
     """
 
     reactor: IReactorTCP
@@ -67,4 +65,3 @@ class Wiring:
     proxyHeader: Callable[
         [str | None, SSL.Connection | None], Callable[[], bytes] | None
     ]
-    ended: Callable[[], None]
