@@ -50,9 +50,11 @@ class TableOwner:
     """
 
     def __init__(self, record: Any, state: Any = None) -> None:
+        from gateway.rules.clientbytes import ClientBytes
         from gateway.rules.lifecycle import State
 
         self.record = record
+        self.clientBytes = ClientBytes(record)
         self.state = State.DECIDED if state is None else state
         self.events: list[Any] = []
         self.refused: list[tuple[Any, Any]] = []

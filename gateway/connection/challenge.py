@@ -51,7 +51,9 @@ class ChallengeStage:
         self._timeout = timeout
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._tls = TLSTransport(
+            connection, transport, self, clientBytes=owner.clientBytes
+        )
         self._timer: Deadline | None = None
 
     def start(self, buffered: bytes) -> None:
@@ -62,7 +64,6 @@ class ChallengeStage:
     # client transport events
 
     def dataReceived(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
         self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:

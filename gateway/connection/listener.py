@@ -480,7 +480,6 @@ class ListenerFactory(ServerFactory):
             opened,
             transport,  # type: ignore[arg-type]
             recordVersion(hello),
-            protocol.record,
         )
 
     def _answerChallenge(
@@ -609,7 +608,7 @@ class ListenerFactory(ServerFactory):
 
         @param client: the client's plaintext side: its TCP transport, or
             the TLS layer of a terminated connection (C{connection} is its
-            OpenSSL connection); only on TCP are bytes counted by the relay.
+            OpenSSL connection), which counts the bytes it writes itself.
         @param onEnd: called when the session ends, before the listener
             logs it.
         @param failureAlert: written to the client when no server can be
@@ -626,7 +625,7 @@ class ListenerFactory(ServerFactory):
             upstream,
             clientKey,
             self.timeouts,
-            countBytes=not isinstance(client, TLSTransport),
+            clientBytes=protocol.clientBytes.forWritesTo(client),
             onEnd=onEnd,
             relay=relay,
             proxyHeader=self.proxyHeaderFor(protocol, serverName, connection),

@@ -53,6 +53,7 @@ from gateway.core.strictness import ForbiddenEvent
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.decision import BY_STATUS, Alert, Reject
 from gateway.rules.lifecycle import Event, State, apply
 from gateway.wire.alerts import STATUS_ALERTS, alertRecord, recordVersion
@@ -163,6 +164,10 @@ class PrereadProtocol(Protocol):
 
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
+    @ivar clientBytes: counts the client's bytes into the record
+        (L{gateway.rules.clientbytes}): every byte received here, before
+        the stage sees it; what reads or writes the client's socket
+        directly is handed this.
     @ivar proxyHeader: the PROXY header the connection started with, once
         read (C{accept_proxy_protocol}).
     @ivar state: where the connection is (L{gateway.rules.lifecycle}).
@@ -194,6 +199,7 @@ class PrereadProtocol(Protocol):
         ech: ECHKeyring | None = None,
     ) -> None:
         self.record = record
+        self.clientBytes = ClientBytes(record)
         self._ech = ech
         self.echOpened: Opened | None = None
         self.proxyHeader: ProxyHeader | None = None
@@ -286,6 +292,7 @@ class PrereadProtocol(Protocol):
         return Event.SERVE
 
     def connectionMade(self) -> None:
+        self.clientBytes.socket = self.transport
         self._timer = later(self._clock, self._timeout, self._timedOut)
         refusal = self._listener.accepted(self)
         if refusal is not None:
@@ -302,6 +309,7 @@ class PrereadProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
+            self.record.bytesIn += len(data)
             self._next.dataReceived(data)
             return
         state = self.state

@@ -49,6 +49,7 @@ from gateway.connection.upstream import (
 )
 from gateway.core.transports import RelayTransport, relayTransport
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
 
@@ -282,6 +283,11 @@ class Session:
         reports from abandoned attempts can be told apart.
     @ivar _dialer: connects to each server tried, chosen once
         (L{gateway.connection.dialers.chooseDialer}).
+    @ivar _clientBytes: counts what the session and its relay write to
+        the client (L{gateway.rules.clientbytes}): the owner's count, or
+        L{None} when the client is a TLS layer, which counts the
+        ciphertext they become.  What the client sends is counted by the
+        owner, as it receives it.
     @ivar _onEnd: called when the session is over, before its owner is
         told (L{ConnectionOwner.stageEnded}), which stamps the end and has
         the connection logged.
@@ -298,7 +304,7 @@ class Session:
         clientKey: str,
         timeouts: Timeouts,
         *,
-        countBytes: bool,
+        clientBytes: ClientBytes | None,
         onEnd: Callable[[], None] | None = None,
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
@@ -321,7 +327,7 @@ class Session:
         self._timeouts = timeouts
         self._onEnd = onEnd
         self._ended = False
-        self._countBytes = countBytes
+        self._clientBytes = clientBytes
         self._pending: list[bytes] = []
         self._tries = ServerTries(upstream.chooser, upstream.tries, clientKey)
         self._picked: ServerConfig | None = None
@@ -474,8 +480,8 @@ class Session:
         if notice is not None:
             # Nothing was relayed yet: the client still waits for the
             # server's first words, so it can be told instead.
-            if self._countBytes:
-                self._record.bytesOut += len(notice)
+            if self._clientBytes is not None:
+                self._clientBytes.sent(len(notice))
             self._client.write(notice)
         self._client.loseConnection()
 
@@ -528,7 +534,7 @@ class Session:
             self._timeouts.idle,
             self._finish,
             pending,
-            countBytes=self._countBytes,
+            clientBytes=self._clientBytes,
         )
         if self._clientEOF:
             self.relay.clientReadClosed()
@@ -540,8 +546,6 @@ class Session:
         if self.relay is not None:
             self.relay.clientData(data)
         else:
-            if self._countBytes:
-                self._record.bytesIn += len(data)
             self._pending.append(data)
 
     def clientReadClosed(self) -> None:

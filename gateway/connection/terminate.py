@@ -95,7 +95,9 @@ class TerminationStage:
         self._handshakeTimed = handshakeTimed
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._tls = TLSTransport(
+            connection, transport, self, clientBytes=owner.clientBytes
+        )
         self._session = makeSession(self._tls)
         self._handshakeTimeout = handshakeTimeout
         self._handshakeStarted = clock.seconds()
@@ -109,7 +111,6 @@ class TerminationStage:
     # client transport events
 
     def dataReceived(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
         self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:

@@ -43,6 +43,7 @@ from gateway.core.vocabulary import Status
 
 if TYPE_CHECKING:
     from gateway.rules.accesslog import ConnectionRecord
+    from gateway.rules.clientbytes import ClientBytes
 
 
 class State(enum.Enum):
@@ -265,6 +266,13 @@ class ConnectionOwner(Protocol):
     What a stage reports its events to: the connection's owner
     (L{gateway.connection.preread.PrereadProtocol}), which applies them to the table.
     """
+
+    @property
+    def clientBytes(self) -> ClientBytes:
+        """
+        The connection's count of client bytes
+        (L{gateway.rules.clientbytes}).
+        """
 
     def report(
         self, event: Event, reason: str | None = None, status: Status | None = None

@@ -136,6 +136,19 @@ class PrereadTests(SynchronousTestCase):
         )
         self.assertEqual(self.listener.endings, [])
 
+    def test_theOwnerCountsWhatItHandsTheStage(self) -> None:
+        """
+        Every byte the client sends is counted by the owner as it arrives,
+        before the stage sees it: no stage counts what it is given.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.protocol.dataReceived(b"after")
+        self.assertEqual(self.record.bytesIn, len(HELLO) + 5)
+        self.assertIs(
+            self.protocol.clientBytes.forWritesTo(self.transport),
+            self.protocol.clientBytes,
+        )
+
     def test_theOwnerStampsTheEndTheStageReports(self) -> None:
         """
         The stage says when it is over; the owner stamps the end with its

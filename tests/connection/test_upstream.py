@@ -394,7 +394,7 @@ class SessionAccountingTests(SynchronousTestCase):
             UpstreamRuntime("app", self.pool, 3),
             "198.51.100.1",
             Timeouts(connect=5.0, idle=60.0),
-            countBytes=True,
+            clientBytes=self.owner.clientBytes,
         )
 
     def active(self) -> list[int]:

@@ -376,7 +376,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.feed(b"hi")
         self.assertEqual(self.listener.stage.received, [b"h", b"i"])
-        self.assertEqual(self.record.bytesIn, 0)  # the relay counts
+        self.assertEqual(self.record.bytesIn, 2)  # the owner counts
 
     def test_tcpWithAProxyHeaderWaitsForIt(self) -> None:
         self.connect(strategy=TCP, acceptProxy=True)

@@ -152,6 +152,7 @@ class StageTestCase(SynchronousTestCase):
         )
         self.client = HalfCloseableTransport()
         self.owner = TableOwner(self.record)
+        self.owner.clientBytes.socket = self.client
         self.addCleanup(lambda: self.assertEqual(self.owner.refused, []))
         self.stage = MySQLConnection(
             wiring,
