@@ -73,7 +73,7 @@ from gateway.core.ratelimit import RateLimiter
 from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Action, Status
 from gateway.fast.internals import sessionReused
-from gateway.rules.accesslog import AccessLog, ConnectionRecord
+from gateway.rules.accesslog import AccessLog, ConnectionRecord, ExtraFields
 from gateway.rules.decision import (
     ACCEPTED,
     PROXIED,
@@ -127,7 +127,7 @@ def proxyAddress(address: IAddress) -> ProxyAddress | None:
     return None
 
 
-def _sslTLV(connection: SSL.Connection, facts: Mapping[str, str | None]) -> TLV:
+def _sslTLV(connection: SSL.Connection, facts: ExtraFields) -> TLV:
     """
     C{PP2_TYPE_SSL} for a terminated connection.
 

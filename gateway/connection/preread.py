@@ -469,8 +469,8 @@ class PrereadProtocol(Protocol):
         """
         if not self.report(event, reason, status):
             return
-        assert self.record.status is not None
-        status = Status(self.record.status)
+        status = self.record.status
+        assert status is not None
         self._stopTimer()
         assert self.transport is not None
         description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert

@@ -41,7 +41,7 @@ from gateway.protocols.postgres import (
 )
 from gateway.protocols.table import strategyFor
 from gateway.protocols.tls import TCP
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.accesslog import ConnectionRecord, ExtraFields
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
 from gateway.wire.pgbackend import decodeErrorResponse
@@ -425,7 +425,7 @@ class StaticTLS:
     def contextFor(self, serverName: str | None) -> SSL.Context:
         return self.context
 
-    def describe(self, connection: SSL.Connection) -> dict[str, Any]:
+    def describe(self, connection: SSL.Connection) -> ExtraFields:
         return {"tls_version": connection.get_protocol_version_name()}
 
 
