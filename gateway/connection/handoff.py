@@ -9,8 +9,8 @@ the client's transport.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
+from typing import TypeVar
 
 from twisted.python.failure import Failure
 from zope.interface import Interface
@@ -20,8 +20,12 @@ from gateway.rules.decision import Reject
 from gateway.wire.clienthello import ClientHello
 from gateway.wire.proxyprotocol import ProxyHeader
 
-if TYPE_CHECKING:
-    from gateway.connection.preread import PrereadProtocol
+Owner = TypeVar("Owner", contravariant=True)
+"""
+The connection's owner as the listener sees it
+(L{gateway.connection.preread.PrereadProtocol}): a parameter, so that
+this module, which the owner imports, does not import it back.
+"""
 
 
 class IStage(Interface):
@@ -51,7 +55,7 @@ class IStage(Interface):
         """
 
 
-class Handoff(TypingProtocol):
+class Handoff(TypingProtocol[Owner]):
     """
     The listener side of the pre-read: decide what happens to a connection.
     Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
@@ -59,42 +63,38 @@ class Handoff(TypingProtocol):
     protocol.
     """
 
-    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
+    def accepted(self, protocol: Owner) -> Reject | None:
         """
         A connection was just accepted: refuse it at once (address
         filtering, limits), or not.
         """
 
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
+    def proxied(self, protocol: Owner, header: ProxyHeader) -> Reject | None:
         """
         The connection's PROXY header was read (C{protocol.proxyHeader}):
         refuse the client it names, or not.
         """
 
     def handoff(
-        self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
+        self, protocol: Owner, hello: ClientHello, buffered: bytes
     ) -> IStage | Reject: ...
 
-    def handoffPlaintext(
-        self, protocol: PrereadProtocol, start: object
-    ) -> IStage | Reject:
+    def handoffPlaintext(self, protocol: Owner, start: object) -> IStage | Reject:
         """
         The preamble said the client starts without TLS (C{start}: what
         L{gateway.connection.strategy.IPreamble.feed} returned).
         """
 
-    def handoffAtAccept(
-        self, protocol: PrereadProtocol, buffered: bytes
-    ) -> IStage | Reject:
+    def handoffAtAccept(self, protocol: Owner, buffered: bytes) -> IStage | Reject:
         """
         A connection that reads no ClientHello is ready to be served: at
         accept, or once its PROXY header was read (C{buffered}: what
         followed it).
         """
 
-    def ended(self, protocol: PrereadProtocol) -> None:
+    def ended(self, protocol: Owner) -> None:
         """
-        The connection is over: log it (and call L{PrereadProtocol.logged}).
+        The connection is over: log it (and call the owner's C{logged}).
         """
 
     @property

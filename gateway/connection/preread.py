@@ -115,7 +115,7 @@ class PrereadProtocol(Protocol):
 
     def __init__(
         self,
-        listener: Handoff,
+        listener: Handoff[PrereadProtocol],
         record: ConnectionRecord,
         clock: IReactorTime,
         timeout: float,
