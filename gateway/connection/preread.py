@@ -542,8 +542,8 @@ class PrereadProtocol(Protocol):
     def answer(self, data: bytes) -> None:
         """
         Write a preamble's answer (PostgreSQL's C{S}, C{N}, an
-        C{ErrorResponse}) to the client, counted as bytes out: the relay,
-        which counts the rest, has not started.
+        C{ErrorResponse}) to the client, counted as bytes out: the owner
+        writes it to its own socket.
         """
         assert self.transport is not None
         self.record.bytesOut += len(data)

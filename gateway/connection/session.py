@@ -11,7 +11,10 @@ raw TCP transport in passthrough, the L{TLSTransport} of a terminated
 connection otherwise; so the same code serves both modes.
 
 The client stays paused while the upstream is being reached, so the gateway
-buffers nothing but what it already had.
+buffers nothing but what it already had.  When the session is over on
+every side it tells the connection's owner
+(L{gateway.rules.lifecycle.ConnectionOwner.stageEnded}), which stamps the
+end and has it logged; it counts no client byte in (the owner did).
 """
 
 from __future__ import annotations

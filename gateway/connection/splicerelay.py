@@ -89,8 +89,9 @@ class SpliceRelay(RelayRules[SpliceEnd]):
     counts, and C{done} once both transports are closed.
 
     C{clientData}/C{upstreamData} are not called once the relay owns the
-    sockets, since bytes no longer reach Python; C{bytesIn} counts bytes
-    spliced from the client socket, C{bytesOut} bytes spliced to it.
+    sockets, since bytes no longer reach Python: the flows count the bytes
+    they move from and to the client's socket with the owner's
+    L{gateway.rules.clientbytes.ClientBytes}.
 
     It ends connections by the rules of every relay
     (L{gateway.connection.relayrules.RelayRules}); C{_lastActivity} is
