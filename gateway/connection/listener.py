@@ -680,7 +680,8 @@ class ListenerFactory(ServerFactory):
 
     def ended(self, protocol: PrereadProtocol) -> None:
         """
-        A connection is over on every side: log it.
+        A connection is over on every side: log it.  Called by its owner
+        only, once, after it stamped the end (L{PrereadProtocol._end}).
         """
         protocol.logged()
         if protocol not in self.active:
