@@ -109,6 +109,27 @@ class RecordingListener:
         self.endings.append(protocol.record)
 
 
+def connected(
+    listener: RecordingListener,
+    transport: HalfCloseableTransport,
+    clock: MemoryReactorClock | None = None,
+) -> PrereadProtocol:
+    """
+    A pre-read protocol of C{listener} (a 64-byte hello bound, a 10 s
+    timeout), connected to C{transport}.
+    """
+    protocol = PrereadProtocol(
+        listener,
+        ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
+        clock or MemoryReactorClock(),
+        10,
+        64,
+    )
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return protocol
+
+
 class PrereadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -474,16 +495,7 @@ class RefusalAlertTests(SynchronousTestCase):
         and is served at accept.
         """
         listener = RecordingListener(TCP)
-        protocol = PrereadProtocol(
-            listener,
-            ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
-            MemoryReactorClock(),
-            10,
-            64,
-        )
-        transport = PromptClientTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
+        protocol = connected(listener, PromptClientTransport())
         self.assertEqual(listener.atAccept, [b""])
         protocol.dataReceived(b"not a hello")
         self.assertEqual(listener.handoffs, [])
@@ -543,16 +555,7 @@ def test_anInputInAStateWithNoHandlerIsABug(state: State, input: Input) -> None:
     """
     handlers = dict(_TABLES)[input]
     assume(state not in handlers)
-    protocol = PrereadProtocol(
-        RecordingListener(),
-        ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
-        MemoryReactorClock(),
-        10,
-        64,
-    )
-    transport = PromptClientTransport()
-    transport.protocol = protocol
-    protocol.makeConnection(transport)
+    protocol = connected(RecordingListener(), PromptClientTransport())
     protocol.state = state
     with pytest.raises(ForbiddenEvent):
         _fire(protocol, input)
@@ -567,12 +570,8 @@ def test_theRefusalsLingerEndsThroughTheDeadlineTable() -> None:
     clock = MemoryReactorClock()
     listener = RecordingListener()
     listener.refuseAtAccept = "denied"
-    protocol = PrereadProtocol(
-        listener, ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0), clock, 10, 64
-    )
     transport = HalfCloseableTransport()
-    transport.protocol = protocol
-    protocol.makeConnection(transport)
+    protocol = connected(listener, transport, clock)
     assert protocol.state is State.CLOSING
     assert transport.writeClosed
     clock.advance(REFUSAL_LINGER)
