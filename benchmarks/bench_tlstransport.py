@@ -16,6 +16,7 @@ import trustme
 from OpenSSL import SSL
 
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.tls.transport import TLSTransport
 
 CA = trustme.CA()
@@ -66,7 +67,8 @@ def _established() -> tuple[SSL.Connection, TLSTransport, _Wire]:
     server.set_accept_state()
     wire = _Wire()
     events = _Echo()
-    tls = TLSTransport(server, wire, events, countOut=ConnectionRecord("b", "c", 0, 0))  # type: ignore[arg-type]
+    counted = ClientBytes(ConnectionRecord("b", "c", 0, 0))
+    tls = TLSTransport(server, wire, events, clientBytes=counted)  # type: ignore[arg-type]
     events.transport = tls
     clientContext = SSL.Context(SSL.TLS_CLIENT_METHOD)
     CA.configure_trust(clientContext)

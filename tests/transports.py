@@ -44,15 +44,21 @@ class TableOwner:
     L{gateway.connection.preread.PrereadProtocol}: it applies the same table
     (L{gateway.rules.lifecycle.apply}) from C{decided} and keeps every event
     the table did not allow in C{refused}.
+
+    @ivar ends: how many times the stage said it ended (once, or it is a
+        bug: the real owner raises under tests, and so does this one).
     """
 
     def __init__(self, record: Any, state: Any = None) -> None:
+        from gateway.rules.clientbytes import ClientBytes
         from gateway.rules.lifecycle import State
 
         self.record = record
+        self.clientBytes = ClientBytes(record)
         self.state = State.DECIDED if state is None else state
         self.events: list[Any] = []
         self.refused: list[tuple[Any, Any]] = []
+        self.ends = 0
 
     def report(self, event: Any, reason: Any = None, status: Any = None) -> bool:
         from gateway.rules.lifecycle import apply
@@ -64,6 +70,13 @@ class TableOwner:
             return False
         self.state = target
         return True
+
+    def stageEnded(self) -> None:
+        from gateway.core.strictness import ForbiddenEvent
+
+        if self.ends:
+            raise ForbiddenEvent("the stage ended twice")
+        self.ends += 1
 
 
 #: What the tests pass as the connector of a connect that failed: the

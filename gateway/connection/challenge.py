@@ -10,8 +10,6 @@ closes: nothing is relayed, no upstream is involved.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -45,17 +43,17 @@ class ChallengeStage:
         owner: ConnectionOwner,
         context: SSL.Context,
         timeout: float,
-        ended: Callable[[], None],
     ) -> None:
         self._clock = clock
         self._transport = transport
         self._record = record
         self._owner = owner
-        self._ended = ended
         self._timeout = timeout
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._tls = TLSTransport(
+            connection, transport, self, clientBytes=owner.clientBytes
+        )
         self._timer: Deadline | None = None
 
     def start(self, buffered: bytes) -> None:
@@ -66,7 +64,6 @@ class ChallengeStage:
     # client transport events
 
     def dataReceived(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
         self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:
@@ -75,8 +72,7 @@ class ChallengeStage:
 
     def connectionLost(self, reason: Failure) -> None:
         self._stopTimer()
-        self._record.ended = self._clock.seconds()
-        self._ended()
+        self._owner.stageEnded()
 
     def shutdown(self) -> None:
         self._stopTimer()

@@ -567,8 +567,10 @@ class QuicEndpoint(DatagramProtocol):
         record = flow.record
         record.ended = self.clock.seconds()
         record.extra.update(
-            packets_in=flow.packetsIn,
-            packets_out=flow.packetsOut,
-            quic_version=VERSION_NAMES.get(flow.version),
+            {
+                "packets_in": flow.packetsIn,
+                "packets_out": flow.packetsOut,
+                "quic_version": VERSION_NAMES.get(flow.version),
+            }
         )
         owner.ended(flow, flow.addresses[0][0] if flow.addresses else flow.address[0])

@@ -26,7 +26,6 @@ from gateway.connection.passthrough import PassthroughStage
 from gateway.connection.preread import IStage
 from gateway.connection.session import Session
 from gateway.core.transports import RelayTransport
-from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.lifecycle import Event
 from gateway.wire.alerts import alertRecord
 from gateway.wire.ech import (
@@ -77,10 +76,8 @@ class ECHPassthroughStage(PassthroughStage):
         opened: Opened,
         client: RelayTransport,
         version: int,
-        record: ConnectionRecord,
     ) -> None:
         super().__init__(session)
-        self._record = record
         self._opened = opened
         self._clientTransport = client
         self._version = version
@@ -175,9 +172,8 @@ class ECHPassthroughStage(PassthroughStage):
             " sent on as its inner hello"
         )
         records = helloRecords(inner, message.recordVersion)
-        # bytes_in counts what the client sent: the outer hello, not the
-        # inner one the relay is given (and counts) in its place.
-        self._record.bytesIn += message.end - len(records)
+        # bytes_in counts what the client sent (the outer hello, counted by
+        # the owner as it arrived), not the inner one sent in its place.
         self._session.clientData(records + rest)
 
     def _refuse(self, error: ECHError) -> None:

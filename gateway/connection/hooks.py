@@ -205,8 +205,3 @@ class ListenerContext(TypingProtocol):
         Relay a connection whose client side is plain TCP to C{upstream},
         C{pending} first.
         """
-
-    def ended(self, protocol: PrereadProtocol) -> None:
-        """
-        A connection is over on every side: log it.
-        """

@@ -74,7 +74,7 @@ from gateway.core.ratelimit import RateLimiter
 from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Action, Status
 from gateway.fast.internals import sessionReused
-from gateway.rules.accesslog import AccessLog, ConnectionRecord
+from gateway.rules.accesslog import AccessLog, ConnectionRecord, ExtraFields
 from gateway.rules.decision import (
     ACCEPTED,
     PROXIED,
@@ -129,7 +129,7 @@ def proxyAddress(address: IAddress) -> ProxyAddress | None:
     return None
 
 
-def _sslTLV(connection: SSL.Connection, facts: Mapping[str, str | None]) -> TLV:
+def _sslTLV(connection: SSL.Connection, facts: ExtraFields) -> TLV:
     """
     C{PP2_TYPE_SSL} for a terminated connection.
 
@@ -540,7 +540,6 @@ class ListenerFactory(ServerFactory):
             opened,
             transport,  # type: ignore[arg-type]
             recordVersion(hello),
-            protocol.record,
         )
 
     def _answerChallenge(
@@ -573,7 +572,6 @@ class ListenerFactory(ServerFactory):
             protocol,
             context,
             self.config.preread_timeout,
-            lambda: self.ended(protocol),
         )
         stage.start(buffered)
         return stage
@@ -670,7 +668,7 @@ class ListenerFactory(ServerFactory):
 
         @param client: the client's plaintext side: its TCP transport, or
             the TLS layer of a terminated connection (C{connection} is its
-            OpenSSL connection); only on TCP are bytes counted by the relay.
+            OpenSSL connection), which counts the bytes it writes itself.
         @param onEnd: called when the session ends, before the listener
             logs it.
         @param failureAlert: written to the client when no server can be
@@ -678,12 +676,6 @@ class ListenerFactory(ServerFactory):
             terminated PostgreSQL client for its server's first message).
         """
         clientKey = self.clientKeyOf(protocol)
-
-        def ended() -> None:
-            if onEnd is not None:
-                onEnd()
-            self.ended(protocol)
-
         return Session(
             self.reactor,
             self.clock,
@@ -693,8 +685,8 @@ class ListenerFactory(ServerFactory):
             upstream,
             clientKey,
             self.timeouts,
-            ended,
-            countBytes=not isinstance(client, TLSTransport),
+            clientBytes=protocol.clientBytes.forWritesTo(client),
+            onEnd=onEnd,
             relay=relay,
             proxyHeader=self.proxyHeaderFor(protocol, serverName, connection),
             opening=opening,
@@ -748,7 +740,8 @@ class ListenerFactory(ServerFactory):
 
     def ended(self, protocol: PrereadProtocol) -> None:
         """
-        A connection is over on every side: log it.
+        A connection is over on every side: log it.  Called by its owner
+        only, once, after it stamped the end (L{PrereadProtocol._end}).
         """
         protocol.logged()
         if protocol not in self.active:

@@ -1,41 +1,37 @@
 """
-The client-side protocol: pre-read the ClientHello, then hand off.
+The owner of a client connection: pre-read what routes it, hand it off,
+and end it.
 
-This protocol stays the client transport's protocol for the whole life of
-the connection.  Until a complete ClientHello is buffered it feeds
-L{ClientHelloReader}; then it asks its listener for the next stage (a
-passthrough session, later a termination session) and forwards every
-further transport event to it.  Parsing lives in L{gateway.wire.clienthello},
-routing in L{gateway.core.routing}: this class only wires bytes and time to them.
+L{PrereadProtocol} stays the client transport's protocol for the whole
+life of the connection, and is the one place that ends it: a stage tells
+it when it is over (L{PrereadProtocol.stageEnded}) and it stamps the end
+and has the listener log the record, once; it counts every client byte it
+receives before passing it on (L{gateway.rules.clientbytes}).  Its state
+moves through L{gateway.rules.lifecycle}'s table only, and until a stage
+has the connection each client event (bytes, FIN, the deadline) goes to
+the current state's handler (L{ON_DATA}, L{ON_FIN}, L{ON_DEADLINE}).
 
-On a listener with C{accept_proxy_protocol}, a L{ProxyHeaderReader} comes
-first: the bytes after the header go on to the ClientHello reader, and the
-listener is told the header (whose address is the client's from then on)
-before any of them is parsed.  One C{preread_timeout} covers both: it
-bounds everything a client must send before it is served.
+It reads, in turn: a PROXY header (C{accept_proxy_protocol}, whose
+address is the client's from then on), the listener's protocol
+strategy's preamble (L{gateway.connection.strategy.IPreamble}, answered as
+it asks), and the ClientHello; one C{preread_timeout} bounds them all.
+Parsing lives in L{gateway.wire}, decisions in its listener
+(L{gateway.connection.handoff.Handoff}): this class wires bytes and time
+to them.  A client the preamble says starts without TLS goes to
+C{handoffPlaintext}; a strategy that reads no ClientHello has the
+connection handed off (C{handoffAtAccept}) once its client is known.
 
-What comes before the ClientHello, and whether one is read at all, is the
-listener's protocol strategy's business (L{gateway.connection.strategy}): a preamble
-(L{gateway.connection.strategy.IPreamble}) comes between the two readers, answered
-as it asks, and the TLS bytes after it go on to the ClientHello reader; a
-client that it says starts without TLS is handed to the listener's
-C{handoffPlaintext} instead.  A strategy that reads no ClientHello has the
-connection handed off (C{handoffAtAccept}) as soon as it is accepted, or
-once its PROXY header is read.
-
-A refusal on a connection that speaks TLS (from its first byte, or once
-its preamble is over) sends the fatal alert a TLS server would
-(L{gateway.wire.alerts}), then closes the way a server that wants its alert
-read must: it half-closes (FIN after the alert) and reads, discarding, until
-the client closes too or L{REFUSAL_LINGER} passes.  Closing at once with a
-ClientHello still unread in the socket would make the kernel answer with a
-reset, which can reach the client before it has read the alert; a refusal
-at accept, before the client has even sent its hello, is the usual case.
+A refusal on a connection that speaks TLS sends the fatal alert a TLS
+server would (L{gateway.wire.alerts}), then half-closes and reads,
+discarding, until the client closes too or L{REFUSAL_LINGER} passes:
+closing at once with a ClientHello still unread would make the kernel
+answer with a reset, which can reach the client before the alert.
 """
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+from collections.abc import Callable, Mapping
+from typing import Final
 
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
@@ -45,8 +41,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from gateway.connection.handoff import Handoff, IStage
 from gateway.connection.strategy import IPreamble, IProtocolStrategy, PreambleError
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core import strictness
@@ -54,6 +51,7 @@ from gateway.core.strictness import ForbiddenEvent
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.decision import BY_STATUS, Alert, Reject
 from gateway.rules.lifecycle import Event, State, apply
 from gateway.wire.alerts import STATUS_ALERTS, alertRecord, recordVersion
@@ -65,6 +63,16 @@ from gateway.wire.proxyprotocol import NEED_MORE as HEADER_NEED_MORE
 from gateway.wire.proxyprotocol import ProxyHeader, ProxyHeaderError
 from gateway.wire.proxyreader import ProxyHeaderReader
 
+__all__ = [
+    "ON_DATA",
+    "ON_DEADLINE",
+    "ON_FIN",
+    "REFUSAL_LINGER",
+    "Handoff",
+    "IStage",
+    "PrereadProtocol",
+]
+
 _log = Logger()
 
 REFUSAL_LINGER = 2.0
@@ -73,86 +81,6 @@ Seconds a refused connection that was sent an alert is kept reading
 (discarding) after its FIN, waiting for the client to close.  A TLS client
 closes as soon as it reads the alert; the bound is for one that does not.
 """
-
-
-class IStage(Interface):
-    """
-    What the pre-read hands the connection to: it receives the client
-    transport's events from then on.
-    """
-
-    def dataReceived(data: bytes) -> None:
-        """
-        The client's next bytes.
-        """
-
-    def readConnectionLost() -> None:
-        """
-        The client closed its side (half-close).
-        """
-
-    def connectionLost(reason: Failure) -> None:
-        """
-        The client connection is gone.
-        """
-
-    def shutdown() -> None:
-        """
-        The gateway stops: end the connection now.
-        """
-
-
-class Handoff(TypingProtocol):
-    """
-    The listener side of the pre-read: decide what happens to a connection.
-    Each hook answers: L{None} to go on, a L{Reject} to refuse, or the
-    L{IStage} the connection is handed to; none calls back into the
-    protocol.
-    """
-
-    def accepted(self, protocol: PrereadProtocol) -> Reject | None:
-        """
-        A connection was just accepted: refuse it at once (address
-        filtering, limits), or not.
-        """
-
-    def proxied(self, protocol: PrereadProtocol, header: ProxyHeader) -> Reject | None:
-        """
-        The connection's PROXY header was read (C{protocol.proxyHeader}):
-        refuse the client it names, or not.
-        """
-
-    def handoff(
-        self, protocol: PrereadProtocol, hello: ClientHello, buffered: bytes
-    ) -> IStage | Reject: ...
-
-    def handoffPlaintext(
-        self, protocol: PrereadProtocol, start: object
-    ) -> IStage | Reject:
-        """
-        The preamble said the client starts without TLS (C{start}: what
-        L{gateway.connection.strategy.IPreamble.feed} returned).
-        """
-
-    def handoffAtAccept(
-        self, protocol: PrereadProtocol, buffered: bytes
-    ) -> IStage | Reject:
-        """
-        A connection that reads no ClientHello is ready to be served: at
-        accept, or once its PROXY header was read (C{buffered}: what
-        followed it).
-        """
-
-    def ended(self, protocol: PrereadProtocol) -> None:
-        """
-        The connection is over: log it (and call L{PrereadProtocol.logged}).
-        """
-
-    @property
-    def strategy(self) -> IProtocolStrategy:
-        """
-        The listener's protocol: a connection's, unless it is given its own.
-        """
 
 
 @implementer(IHalfCloseableProtocol)
@@ -164,6 +92,10 @@ class PrereadProtocol(Protocol):
 
     @ivar record: the connection's access-log record; every later stage
         writes into the same one.
+    @ivar clientBytes: counts the client's bytes into the record
+        (L{gateway.rules.clientbytes}): every byte received here, before
+        the stage sees it; what reads or writes the client's socket
+        directly is handed this.
     @ivar proxyHeader: the PROXY header the connection started with, once
         read (C{accept_proxy_protocol}).
     @ivar state: where the connection is (L{gateway.rules.lifecycle}).
@@ -184,7 +116,7 @@ class PrereadProtocol(Protocol):
 
     def __init__(
         self,
-        listener: Handoff,
+        listener: Handoff[PrereadProtocol],
         record: ConnectionRecord,
         clock: IReactorTime,
         timeout: float,
@@ -195,6 +127,7 @@ class PrereadProtocol(Protocol):
         ech: ECHKeyring | None = None,
     ) -> None:
         self.record = record
+        self.clientBytes = ClientBytes(record)
         self._ech = ech
         self.echOpened: Opened | None = None
         self.proxyHeader: ProxyHeader | None = None
@@ -219,34 +152,59 @@ class PrereadProtocol(Protocol):
         self, event: Event, reason: str | None = None, status: Status | None = None
     ) -> bool:
         """
-        Take the table's transition for C{event}, if it allows one, and
-        record the status it gives (L{gateway.rules.lifecycle.apply}): the
-        connection's own events and what its stage reports
-        (L{gateway.rules.lifecycle.ConnectionOwner}).
+        Take the table's transition for C{event} and record the status it
+        gives (L{gateway.rules.lifecycle.apply}): the connection's own
+        events and what its stage reports.
 
         @param status: a refusal's, for a transition that records the
             verdict's.
-        @return: whether it did; an event the table does not allow in the
-            current state is logged as the bug it is (it raises under
-            tests: L{gateway.core.strictness}).
+        @return: whether the table allows C{event} now (if not: L{_forbidden}).
         """
         target = apply(self.state, event, self.record, reason, status)
         if target is None:
-            if strictness.STRICT:
-                raise ForbiddenEvent(
-                    f"event {event.value!r} is not allowed in state {self.state.value!r}"
-                )
-            _log.error(
-                "listener {listener}: connection {client}: event {event!r} is not"
-                " allowed in state {state!r}",
-                listener=self.record.listener,
-                client=self.record.client,
-                event=event.value,
-                state=self.state.value,
-            )
+            self._forbidden(event.value)
             return False
         self.state = target
         return True
+
+    def _forbidden(self, event: str) -> None:
+        """
+        C{event} cannot happen in the current state: a bug.  It raises
+        under tests (L{gateway.core.strictness}); in production it is
+        logged, state and event named, and ignored.
+        """
+        if strictness.STRICT:
+            raise ForbiddenEvent(
+                f"event {event!r} is not allowed in state {self.state.value!r}"
+            )
+        _log.error(
+            "listener {listener}: connection {client}: event {event!r} is not"
+            " allowed in state {state!r}",
+            listener=self.record.listener,
+            client=self.record.client,
+            event=event,
+            state=self.state.value,
+        )
+
+    def stageEnded(self) -> None:
+        """
+        The stage is over on every side (client and upstream closed): stamp
+        the end with the owner's clock and have the listener log the
+        connection.  Once: a stage that reports its end twice is a bug
+        (L{_forbidden}).
+        """
+        if self.record.ended is not None:
+            self._forbidden("stage ended")
+            return
+        self._end()
+
+    def _end(self) -> None:
+        """
+        The one place a connection's end is stamped and its record handed
+        to the listener (which logs it and calls L{logged}).
+        """
+        self.record.ended = self._clock.seconds()
+        self._listener.ended(self)
 
     def _nextReading(self) -> Event:
         """
@@ -271,7 +229,8 @@ class PrereadProtocol(Protocol):
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def connectionMade(self) -> None:
-        self._timer = later(self._clock, self._timeout, self._timedOut)
+        self.clientBytes.socket = self.transport
+        self._timer = later(self._clock, self._timeout, self._deadline)
         refusal = self._listener.accepted(self)
         if refusal is not None:
             self._refuse(refusal.status, refusal.reason, refusal.alert)
@@ -285,38 +244,89 @@ class PrereadProtocol(Protocol):
         else:
             self.report(event)
 
+    # The client's events go to the stage once there is one; until then
+    # to the current state's handler (the tables at the end of the module).
+
     def dataReceived(self, data: bytes) -> None:
         if self._next is not None:
+            self.record.bytesIn += len(data)
             self._next.dataReceived(data)
             return
-        state = self.state
-        if state is State.CLOSING or state is State.LOGGED:
-            return  # refused: what it still sends is discarded
+        handler = ON_DATA.get(self.state)
+        if handler is None:
+            self._forbidden("client data")
+            return
+        handler(self, data)
+
+    def readConnectionLost(self) -> None:
+        self._readClosed = True
+        if self._next is not None:
+            self._next.readConnectionLost()
+            return
+        handler = ON_FIN.get(self.state)
+        if handler is None:
+            self._forbidden("client FIN")
+            return
+        handler(self)
+
+    def _deadline(self) -> None:
+        """
+        The timer ran out: the pre-read's (C{preread_timeout}) or a
+        refusal's linger (L{REFUSAL_LINGER}), as the state says.
+        """
+        self._timer = None
+        handler = ON_DEADLINE.get(self.state)
+        if handler is None:
+            self._forbidden("deadline")
+            return
+        handler(self)
+
+    # data, by state
+
+    def _headerData(self, data: bytes) -> None:
         self.record.bytesIn += len(data)
-        if state is State.PROXY_HEADER:
-            assert self._proxyReader is not None
-            try:
-                header = self._proxyReader.feed(data)
-            except ProxyHeaderError as e:
-                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
-                return
-            if header is HEADER_NEED_MORE:
-                return
-            self.proxyHeader, data = header
-            refusal = self._listener.proxied(self, self.proxyHeader)
-            if refusal is not None:
-                self._refuse(refusal.status, refusal.reason, refusal.alert)
-                return
-            event = self._nextReading()
-            if event is Event.SERVE:
-                self._serve(data)
-                return
-            self.report(event)
-            state = self.state
-        if state is State.PREAMBLE:
-            data = self._readPreamble(data)
-            if not data:
-                return
+        assert self._proxyReader is not None
+        try:
+            header = self._proxyReader.feed(data)
+        except ProxyHeaderError as e:
+            self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
+            return
+        if header is HEADER_NEED_MORE:
+            return
+        self.proxyHeader, rest = header
+        refusal = self._listener.proxied(self, self.proxyHeader)
+        if refusal is not None:
+            self._refuse(refusal.status, refusal.reason, refusal.alert)
+            return
+        event = self._nextReading()
+        if event is Event.SERVE:
+            self._serve(rest)
+            return
+        self.report(event)
+        if event is Event.EXPECT_PREAMBLE:
+            self._readPreambleThenHello(rest)
+        else:
+            self._readHello(rest)
+
+    def _preambleData(self, data: bytes) -> None:
+        self.record.bytesIn += len(data)
+        self._readPreambleThenHello(data)
+
+    def _helloData(self, data: bytes) -> None:
+        self.record.bytesIn += len(data)
+        self._readHello(data)
+
+    def _discard(self, data: bytes) -> None:
+        """
+        Refused: what the client still sends is discarded, uncounted.
+        """
+
+    def _readPreambleThenHello(self, data: bytes) -> None:
+        rest = self._readPreamble(data)
+        if rest:
+            self._readHello(rest)
+
+    def _readHello(self, data: bytes) -> None:
         try:
             hello = self._reader.feed(data)
         except ClientHelloError as e:
@@ -357,42 +367,53 @@ class PrereadProtocol(Protocol):
         self.report(Event.SERVE)
         self._handTo(self._listener.handoff(self, hello, buffered))
 
-    def readConnectionLost(self) -> None:
-        self._readClosed = True
-        state = self.state
-        if self._next is not None:
-            self._next.readConnectionLost()
-        elif state is State.CLOSING:
-            self.report(Event.CLIENT_CLOSED)
-            assert self.transport is not None
-            self.transport.loseConnection()
-        elif not self.record.bytesIn:
-            # Nothing to route on, nothing malformed: the client left.
-            self._refuse(
-                None, "client closed before sending anything", None, Event.CLIENT_CLOSED
-            )
-        elif state is State.PROXY_HEADER:
-            assert self._proxyReader is not None
-            try:
-                self._proxyReader.end()
-            except ProxyHeaderError as e:
-                self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
-        elif state is State.PREAMBLE:
-            assert self._preamble is not None
-            self._refuse(
-                None, self._preamble.describeEnd(), BY_STATUS, Event.STOPPED_SHORT
-            )
-        else:
-            # A TLS server sends no alert to a client that stopped short.
-            got = len(self._reader.buffered)
-            self._refuse(
-                None,
-                f"client closed after {got} bytes, before a complete ClientHello"
-                if got
-                else "client closed before sending its ClientHello",
-                None,
-                Event.STOPPED_SHORT if got else Event.CLIENT_CLOSED,
-            )
+    # the client's FIN, by state
+
+    def _leftEarly(self) -> bool:
+        """
+        The client closed before sending a byte: nothing to route on,
+        nothing malformed, it left.  Refuse it so.
+        """
+        if self.record.bytesIn:
+            return False
+        self._refuse(
+            None, "client closed before sending anything", None, Event.CLIENT_CLOSED
+        )
+        return True
+
+    def _finInHeader(self) -> None:
+        if self._leftEarly():
+            return
+        assert self._proxyReader is not None
+        try:
+            self._proxyReader.end()
+        except ProxyHeaderError as e:
+            self._refuse(None, f"{e.reason}: {e}", BY_STATUS, Event.BAD_INPUT)
+
+    def _finInPreamble(self) -> None:
+        if self._leftEarly():
+            return
+        assert self._preamble is not None
+        self._refuse(None, self._preamble.describeEnd(), BY_STATUS, Event.STOPPED_SHORT)
+
+    def _finInHello(self) -> None:
+        if self._leftEarly():
+            return
+        # A TLS server sends no alert to a client that stopped short.
+        got = len(self._reader.buffered)
+        self._refuse(
+            None,
+            f"client closed after {got} bytes, before a complete ClientHello"
+            if got
+            else "client closed before sending its ClientHello",
+            None,
+            Event.STOPPED_SHORT if got else Event.CLIENT_CLOSED,
+        )
+
+    def _finWhileClosing(self) -> None:
+        self.report(Event.CLIENT_CLOSED)
+        assert self.transport is not None
+        self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         pass
@@ -408,8 +429,7 @@ class PrereadProtocol(Protocol):
             self.report(
                 Event.CLIENT_CLOSED, "connection lost before the client sent anything"
             )
-        self.record.ended = self._clock.seconds()
-        self._listener.ended(self)
+        self._end()
 
     def logged(self) -> None:
         """
@@ -417,20 +437,14 @@ class PrereadProtocol(Protocol):
         """
         self.report(Event.LOG)
 
-    def refuse(
-        self,
-        status: str,
-        reason: str,
-        *,
-        alert: Alert = BY_STATUS,
-    ) -> None:
+    def refuse(self, status: Status, reason: str, *, alert: Alert = BY_STATUS) -> None:
         """
         End the connection before it reaches any upstream.
 
         @param alert: the TLS alert to send first if the client speaks TLS
             (by default the one for C{status}), or L{None} for none.
         """
-        self._refuse(Status(status), reason, alert)
+        self._refuse(status, reason, alert)
 
     def _refuse(
         self,
@@ -447,8 +461,8 @@ class PrereadProtocol(Protocol):
         """
         if not self.report(event, reason, status):
             return
-        assert self.record.status is not None
-        status = Status(self.record.status)
+        status = self.record.status
+        assert status is not None
         self._stopTimer()
         assert self.transport is not None
         description = STATUS_ALERTS.get(status) if alert is BY_STATUS else alert
@@ -464,14 +478,8 @@ class PrereadProtocol(Protocol):
         if self._readClosed or loseWriteConnection is None:
             self.transport.loseConnection()
             return
-        self._timer = later(self._clock, REFUSAL_LINGER, self._lingerOver)
+        self._timer = later(self._clock, REFUSAL_LINGER, self._deadline)
         loseWriteConnection()
-
-    def _lingerOver(self) -> None:
-        self._timer = None
-        self.report(Event.TIME_OUT)
-        assert self.transport is not None
-        self.transport.loseConnection()
 
     def shutdown(self) -> None:
         """
@@ -485,31 +493,36 @@ class PrereadProtocol(Protocol):
         assert self.transport is not None
         relayTransport(self.transport).abortConnection()
 
-    def _timedOut(self) -> None:
-        self._timer = None
-        state = self.state
-        if state is State.PROXY_HEADER:
-            assert self._proxyReader is not None
-            got = len(self._proxyReader.buffered)
-            reason = (
-                f"timeout: no complete PROXY header after {self._timeout:g}s"
-                f" ({got} bytes)"
-            )
-        elif state is State.PREAMBLE:
-            assert self._preamble is not None
-            reason = self._preamble.describeTimeout(self._timeout)
-        else:
-            got = len(self._reader.buffered)
-            hint = (
-                ": the client sent nothing; if the server speaks first (MySQL,"
-                " SMTP), use mode = tcp"
-                if got == 0
-                else ""
-            )
-            reason = (
-                f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}"
-            )
+    # the deadline, by state
+
+    def _headerTimedOut(self) -> None:
+        assert self._proxyReader is not None
+        got = len(self._proxyReader.buffered)
+        reason = (
+            f"timeout: no complete PROXY header after {self._timeout:g}s ({got} bytes)"
+        )
         self._refuse(None, reason, BY_STATUS, Event.TIME_OUT)
+
+    def _preambleTimedOut(self) -> None:
+        assert self._preamble is not None
+        reason = self._preamble.describeTimeout(self._timeout)
+        self._refuse(None, reason, BY_STATUS, Event.TIME_OUT)
+
+    def _helloTimedOut(self) -> None:
+        got = len(self._reader.buffered)
+        hint = (
+            ": the client sent nothing; if the server speaks first (MySQL,"
+            " SMTP), use mode = tcp"
+            if got == 0
+            else ""
+        )
+        reason = f"no complete ClientHello after {self._timeout:g}s ({got} bytes){hint}"
+        self._refuse(None, reason, BY_STATUS, Event.TIME_OUT)
+
+    def _lingerOver(self) -> None:
+        self.report(Event.TIME_OUT)
+        assert self.transport is not None
+        self.transport.loseConnection()
 
     def _readPreamble(self, data: bytes) -> bytes:
         """
@@ -542,8 +555,8 @@ class PrereadProtocol(Protocol):
     def answer(self, data: bytes) -> None:
         """
         Write a preamble's answer (PostgreSQL's C{S}, C{N}, an
-        C{ErrorResponse}) to the client, counted as bytes out: the relay,
-        which counts the rest, has not started.
+        C{ErrorResponse}) to the client, counted as bytes out: the owner
+        writes it to its own socket.
         """
         assert self.transport is not None
         self.record.bytesOut += len(data)
@@ -568,3 +581,37 @@ class PrereadProtocol(Protocol):
     def _stopTimer(self) -> None:
         cancel(self._timer)
         self._timer = None
+
+
+# What the owner does with each client event before a stage has the
+# connection, by state: one lookup per event.  A state missing from a
+# table cannot meet that event (L{PrereadProtocol._forbidden}); tests
+# check the tables against L{gateway.rules.lifecycle.TRANSITIONS}.
+
+ON_DATA: Final[Mapping[State, Callable[[PrereadProtocol, bytes], None]]] = {
+    State.PROXY_HEADER: PrereadProtocol._headerData,
+    State.PREAMBLE: PrereadProtocol._preambleData,
+    State.CLIENT_HELLO: PrereadProtocol._helloData,
+    State.CLOSING: PrereadProtocol._discard,
+    State.LOGGED: PrereadProtocol._discard,
+}
+"""The client's bytes (L{gateway.rules.lifecycle.Input.DATA})."""
+
+ON_FIN: Final[Mapping[State, Callable[[PrereadProtocol], None]]] = {
+    State.PROXY_HEADER: PrereadProtocol._finInHeader,
+    State.PREAMBLE: PrereadProtocol._finInPreamble,
+    State.CLIENT_HELLO: PrereadProtocol._finInHello,
+    State.CLOSING: PrereadProtocol._finWhileClosing,
+}
+"""The client's FIN (L{gateway.rules.lifecycle.Input.FIN})."""
+
+ON_DEADLINE: Final[Mapping[State, Callable[[PrereadProtocol], None]]] = {
+    State.PROXY_HEADER: PrereadProtocol._headerTimedOut,
+    State.PREAMBLE: PrereadProtocol._preambleTimedOut,
+    State.CLIENT_HELLO: PrereadProtocol._helloTimedOut,
+    State.CLOSING: PrereadProtocol._lingerOver,
+}
+"""
+The timer: C{preread_timeout}, or a refusal's linger
+(L{gateway.rules.lifecycle.Input.DEADLINE}).
+"""

@@ -26,6 +26,7 @@ from gateway.connection.relayrules import RelayRules, ResetAfterFlush, reset
 from gateway.core.transports import RelayTransport
 from gateway.fast.internals import halfClose, send
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import ConnectionOwner, Event
 
 
@@ -110,16 +111,18 @@ class PortableRelay(RelayRules[RelayTransport]):
 
     @ivar _closingNow: we initiated the close, so a C{connectionLost} that
         follows is expected, not a peer's reset to propagate.
-    @ivar _countBytes: count relayed bytes into the record.  Off for a
-        terminated connection, whose record counts TLS records on the wire
-        (at the TLS layer), not the plaintext relayed here.
+    @ivar _clientBytes: counts what is relayed to the client
+        (L{gateway.rules.clientbytes}); L{None} for a terminated
+        connection, whose TLS layer counts the records on the wire, not
+        the plaintext relayed here.  What the client sends was counted by
+        the connection's owner before it got here.
     """
 
     __slots__ = (
         "_client",
+        "_clientBytes",
         "_clientEOF",
         "_closingNow",
-        "_countBytes",
         "_flushing",
         "_upstream",
         "_upstreamEOF",
@@ -135,12 +138,12 @@ class PortableRelay(RelayRules[RelayTransport]):
         done: Callable[[], None],
         *,
         owner: ConnectionOwner,
-        countBytes: bool = True,
+        clientBytes: ClientBytes | None,
     ) -> None:
         super().__init__(record, clock, idleTimeout, done, owner)
         self._client = client
         self._upstream = upstream
-        self._countBytes = countBytes
+        self._clientBytes = clientBytes
         self._clientEOF = False
         self._upstreamEOF = False
         self._closingNow = False
@@ -160,14 +163,13 @@ class PortableRelay(RelayRules[RelayTransport]):
     # data
 
     def clientData(self, data: bytes) -> None:
-        if self._countBytes:
-            self._record.bytesIn += len(data)
         self._lastActivity = self._clock.seconds()
         send(self._upstream, data)
 
     def upstreamData(self, data: bytes) -> None:
-        if self._countBytes:
-            self._record.bytesOut += len(data)
+        clientBytes = self._clientBytes
+        if clientBytes is not None:
+            clientBytes.sent(len(data))
         self._lastActivity = self._clock.seconds()
         send(self._client, data)
 
@@ -267,7 +269,7 @@ class CopyRelay(PortableRelay):
         *,
         owner: ConnectionOwner,
         readers: tuple[Reader, Reader],
-        countBytes: bool = True,
+        clientBytes: ClientBytes | None,
     ) -> None:
         self._readers = readers
         super().__init__(
@@ -278,7 +280,7 @@ class CopyRelay(PortableRelay):
             idleTimeout,
             done,
             owner=owner,
-            countBytes=countBytes,
+            clientBytes=clientBytes,
         )
 
     def _registerProducers(self) -> None:

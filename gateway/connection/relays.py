@@ -38,6 +38,7 @@ from gateway.fast.hub import HUBS, Hub, hubFor, hubReaders
 from gateway.fast.internals import hasUnsentBytes, send
 from gateway.fast.portable import PORTABLE
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import ConnectionOwner
 
 _log = Logger()
@@ -173,14 +174,15 @@ def startRelay(
     done: Callable[[], None],
     pending: Sequence[bytes],
     *,
-    countBytes: bool,
+    clientBytes: ClientBytes | None,
 ) -> IRelay:
     """
     Start relaying a connection whose upstream is ready, with the relay
     L{chooseRelay} chooses.
 
     @param pending: client bytes read before the relay, to go upstream first.
-    @param countBytes: see L{PortableRelay}.
+    @param clientBytes: what counts the bytes written to C{client}: see
+        L{PortableRelay}.
     """
     choice = chooseRelay(setting, reactor, client, upstream)
     if choice.provider is Provider.SPLICE:
@@ -214,7 +216,7 @@ def startRelay(
         idleTimeout,
         done,
         owner=owner,
-        countBytes=countBytes,
+        clientBytes=clientBytes,
     )
     relay.start()
     return relay

@@ -11,7 +11,10 @@ raw TCP transport in passthrough, the L{TLSTransport} of a terminated
 connection otherwise; so the same code serves both modes.
 
 The client stays paused while the upstream is being reached, so the gateway
-buffers nothing but what it already had.
+buffers nothing but what it already had.  When the session is over on
+every side it tells the connection's owner
+(L{gateway.rules.lifecycle.ConnectionOwner.stageEnded}), which stamps the
+end and has it logged; it counts no client byte in (the owner did).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from gateway.connection.upstream import (
 )
 from gateway.core.transports import RelayTransport, relayTransport
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport
 
@@ -287,6 +291,14 @@ class Session:
         reports from abandoned attempts can be told apart.
     @ivar _dialer: connects to each server tried, chosen once
         (L{gateway.connection.dialers.chooseDialer}).
+    @ivar _clientBytes: counts what the session and its relay write to
+        the client (L{gateway.rules.clientbytes}): the owner's count, or
+        L{None} when the client is a TLS layer, which counts the
+        ciphertext they become.  What the client sends is counted by the
+        owner, as it receives it.
+    @ivar _onEnd: called when the session is over, before its owner is
+        told (L{ConnectionOwner.stageEnded}), which stamps the end and has
+        the connection logged.
     """
 
     def __init__(
@@ -299,9 +311,9 @@ class Session:
         upstream: UpstreamRuntime,
         clientKey: str,
         timeouts: Timeouts,
-        ended: Callable[[], None],
         *,
-        countBytes: bool,
+        clientBytes: ClientBytes | None,
+        onEnd: Callable[[], None] | None = None,
         relay: str = "portable",
         proxyHeader: Callable[[], bytes] | None = None,
         opening: Callable[[], IUpstreamOpening] | None = None,
@@ -321,8 +333,9 @@ class Session:
         self._upstream = upstream
         self._clientKey = clientKey
         self._timeouts = timeouts
-        self._ended: Callable[[], None] | None = ended
-        self._countBytes = countBytes
+        self._onEnd = onEnd
+        self._ended = False
+        self._clientBytes = clientBytes
         self._pending: list[bytes] = []
         self._tries = ServerTries(upstream.chooser, upstream.tries, clientKey)
         self._picked: ServerConfig | None = None
@@ -475,8 +488,8 @@ class Session:
         if notice is not None:
             # Nothing was relayed yet: the client still waits for the
             # server's first words, so it can be told instead.
-            if self._countBytes:
-                self._record.bytesOut += len(notice)
+            if self._clientBytes is not None:
+                self._clientBytes.sent(len(notice))
             self._client.write(notice)
         self._client.loseConnection()
 
@@ -529,7 +542,7 @@ class Session:
             self._timeouts.idle,
             self._finish,
             pending,
-            countBytes=self._countBytes,
+            clientBytes=self._clientBytes,
         )
         if self._clientEOF:
             self.relay.clientReadClosed()
@@ -541,8 +554,6 @@ class Session:
         if self.relay is not None:
             self.relay.clientData(data)
         else:
-            if self._countBytes:
-                self._record.bytesIn += len(data)
             self._pending.append(data)
 
     def clientReadClosed(self) -> None:
@@ -578,10 +589,11 @@ class Session:
         if self._picked is not None:
             picked, self._picked = self._picked, None
             self._upstream.chooser.released(picked)
-        if self._ended is not None:
-            ended, self._ended = self._ended, None
-            self._record.ended = self._clock.seconds()
-            ended()
+        if not self._ended:
+            self._ended = True
+            if self._onEnd is not None:
+                self._onEnd()
+            self._owner.stageEnded()
 
 
 @implementer(IRelay)

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from gateway.connection.relayrules import LINGER0, reset
 from gateway.fast.hub import Hub
 from gateway.fast.portable import SPLICE
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import Event
 
 #: C{os.splice} (Linux, Python 3.10+), or L{None} where it does not exist
@@ -312,6 +312,9 @@ class Flow:
         asked how full it is.
     @ivar _pipe: the borrowed pipe, C{(read end, write end)}, while bytes
         are in flight.
+    @ivar _counted: the connection owner's count of client bytes
+        (L{gateway.rules.clientbytes}): the flow reads or writes the
+        client's socket itself, so it counts there what it moves.
     @ivar _bulk: the last read filled the copy buffer: splice the next.
     """
 
@@ -319,9 +322,9 @@ class Flow:
         "_bulk",
         "_countIn",
         "_countOut",
+        "_counted",
         "_pipe",
         "_pipes",
-        "_record",
         "_relay",
         "_sink",
         "_source",
@@ -336,7 +339,7 @@ class Flow:
         source: SpliceEnd,
         sink: SpliceEnd,
         pipes: PipePool,
-        record: ConnectionRecord,
+        counted: ClientBytes,
         head: bytes = b"",
     ) -> None:
         self.state = FlowState.OPEN
@@ -347,7 +350,7 @@ class Flow:
         self._sink = sink
         self._pipes = pipes
         self._pipe: tuple[int, int] | None = None
-        self._record = record
+        self._counted = counted
         self._countIn = source.side == "client"
         self._countOut = sink.side == "client"
         self._bulk = False
@@ -394,7 +397,7 @@ class Flow:
         if moved < _COPY_SIZE:
             self._bulk = False
         if self._countIn:
-            self._record.bytesIn += moved
+            self._counted.received(moved)
         self._relay.active()
         self.sinkWritable()
 
@@ -462,9 +465,9 @@ class Flow:
             self.end()
             return False
         if self._countIn:
-            self._record.bytesIn += count
+            self._counted.received(count)
         if self._countOut:
-            self._record.bytesOut += count
+            self._counted.sent(count)
         self._relay.active()
         return True
 
@@ -484,7 +487,7 @@ class Flow:
                     return
                 self.buffered -= moved
                 if self._countOut:
-                    self._record.bytesOut += moved
+                    self._counted.sent(moved)
         except BlockingIOError:
             pass
         except OSError as e:

@@ -89,8 +89,9 @@ class SpliceRelay(RelayRules[SpliceEnd]):
     counts, and C{done} once both transports are closed.
 
     C{clientData}/C{upstreamData} are not called once the relay owns the
-    sockets, since bytes no longer reach Python; C{bytesIn} counts bytes
-    spliced from the client socket, C{bytesOut} bytes spliced to it.
+    sockets, since bytes no longer reach Python: the flows count the bytes
+    they move from and to the client's socket with the owner's
+    L{gateway.rules.clientbytes.ClientBytes}.
 
     It ends connections by the rules of every relay
     (L{gateway.connection.relayrules.RelayRules}); C{_lastActivity} is
@@ -132,8 +133,13 @@ class SpliceRelay(RelayRules[SpliceEnd]):
         hub = hubFor(reactor)
         self._client = SpliceEnd(self, "client", client, hub)
         self._upstream = SpliceEnd(self, "upstream", upstream, hub)
-        self._toUpstream = Flow(self, self._client, self._upstream, pipes, record, head)
-        self._toClient = Flow(self, self._upstream, self._client, pipes, record)
+        # The flows read and write the client's socket themselves: they
+        # count its bytes with the owner's count.
+        counted = owner.clientBytes
+        self._toUpstream = Flow(
+            self, self._client, self._upstream, pipes, counted, head
+        )
+        self._toClient = Flow(self, self._upstream, self._client, pipes, counted)
         self._client.connect(self._toUpstream, self._toClient)
         self._upstream.connect(self._toClient, self._toUpstream)
         # The session paused the client; nothing is buffered on either
@@ -162,11 +168,11 @@ class SpliceRelay(RelayRules[SpliceEnd]):
     # IRelay: bytes (see Flow.hold) and FINs seen before the relay started
 
     def clientData(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
+        # Counted by the owner, which received it.
         self._toUpstream.hold(data)
 
     def upstreamData(self, data: bytes) -> None:
-        self._record.bytesOut += len(data)
+        self._owner.clientBytes.sent(len(data))
         self._toClient.hold(data)
 
     def clientReadClosed(self) -> None:

@@ -26,6 +26,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
+    from gateway.rules.accesslog import ExtraFields
+
 
 class PreambleError(Exception):
     """
@@ -107,7 +109,7 @@ class ServerTLSPolicy(TypingProtocol):
 
     def contextFor(self, serverName: str | None) -> SSL.Context: ...
 
-    def describe(self, connection: SSL.Connection) -> dict[str, str | None]: ...
+    def describe(self, connection: SSL.Connection) -> ExtraFields: ...
 
 
 class IProtocolStrategy(Interface):

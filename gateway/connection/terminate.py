@@ -12,7 +12,6 @@ connects upstream and relays plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime
@@ -23,7 +22,7 @@ from gateway.connection.preread import IStage
 from gateway.connection.timers import Deadline, cancel, later
 from gateway.core.transports import RelayTransport
 from gateway.core.vocabulary import Status
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.accesslog import ConnectionRecord, ExtraFields
 from gateway.rules.lifecycle import ConnectionOwner, Event
 from gateway.tls.transport import ITLSEvents, TLSTransport, clientGaveUp
 
@@ -84,7 +83,7 @@ class TerminationStage:
         context: SSL.Context,
         makeSession: Callable[[TLSTransport], ITerminatedSession],
         handshakeTimeout: float,
-        describe: Callable[[SSL.Connection], dict[str, Any]],
+        describe: Callable[[SSL.Connection], ExtraFields],
         handshakeTimed: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._clock = clock
@@ -95,7 +94,9 @@ class TerminationStage:
         self._handshakeTimed = handshakeTimed
         connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        self._tls = TLSTransport(connection, transport, self, countOut=record)
+        self._tls = TLSTransport(
+            connection, transport, self, clientBytes=owner.clientBytes
+        )
         self._session = makeSession(self._tls)
         self._handshakeTimeout = handshakeTimeout
         self._handshakeStarted = clock.seconds()
@@ -109,7 +110,6 @@ class TerminationStage:
     # client transport events
 
     def dataReceived(self, data: bytes) -> None:
-        self._record.bytesIn += len(data)
         self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:

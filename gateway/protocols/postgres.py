@@ -396,8 +396,9 @@ class StartupReader:
 
     @ivar _client: the client's TLS layer: an C{ErrorResponse} for a
         malformed startup message goes inside TLS, where the client reads.
-    @ivar _ended: the listener's end of the connection, called here only
-        if no session was ever started (a session calls it otherwise).
+    @ivar _owner: the connection's owner: told the connection ended
+        (L{ConnectionOwner.stageEnded}) from here only if no session was
+        ever started (a session tells it otherwise).
     """
 
     def __init__(
@@ -408,7 +409,6 @@ class StartupReader:
         owner: ConnectionOwner,
         client: TLSTransport,
         start: Callable[[PlaintextStart], Session],
-        ended: Callable[[], None],
     ) -> None:
         self._clock = clock
         self._timeout = timeout
@@ -416,7 +416,6 @@ class StartupReader:
         self._owner = owner
         self._client = client
         self._start = start
-        self._ended: Callable[[], None] | None = ended
         self._reader = PreambleReader(encrypted=True)
         self._session: Session | None = None
         self._timer: Deadline | None = None
@@ -465,10 +464,7 @@ class StartupReader:
             return
         status, why = self._endedEarly("lost")
         self._owner.report(Event.REFUSE, why, status)
-        if self._ended is not None:
-            ended, self._ended = self._ended, None
-            self._record.ended = self._clock.seconds()
-            ended()
+        self._owner.stageEnded()
 
     def shutdown(self) -> None:
         if self._session is not None:
@@ -644,7 +640,6 @@ class PostgresStrategy:
             protocol,
             tls,
             start,
-            lambda: listener.ended(protocol),
         )
 
     def openPlaintext(

@@ -14,11 +14,46 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypedDict, cast
 
 import attrs
 
+from gateway.core.vocabulary import Action, Status
+from gateway.wire.clienthello import ClientHello
 from gateway.wire.ja4 import ja4
+
+
+class ExtraFields(TypedDict, total=False):
+    """
+    The access-log fields beyond the contract's first ones, each written
+    only by the connections it applies to, after them, in the order they
+    were set (C{CONTRACT.md}).
+
+    @ivar tls_version: the handshake's facts, for a terminated connection
+        (L{gateway.tls.handshake.describe}), as are C{cipher},
+        C{tls_group}, C{alpn_selected} and C{client_cert}.
+    @ivar db_user: the login of a PostgreSQL or MySQL client, as is
+        C{db_name}.
+    @ivar closed_by: which side or error ended a relayed connection
+        (C{client_reset}, C{upstream_tls_error}, ...), when it was not a
+        clean close.
+    @ivar packets_in: a QUIC flow's datagrams from the client, as
+        C{packets_out} counts those to it; C{quic_version} its version.
+    @ivar worker_pid: the worker that served the connection, with several.
+    """
+
+    tls_version: str | None
+    cipher: str | None
+    tls_group: str | None
+    alpn_selected: str | None
+    client_cert: str | None
+    db_user: str | None
+    db_name: str | None
+    closed_by: str
+    packets_in: int
+    packets_out: int
+    quic_version: str | None
+    worker_pid: int
 
 
 @attrs.define(slots=True, eq=False)
@@ -46,12 +81,12 @@ class ConnectionRecord:
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     _ja4: str | None = None
-    #: The parsed ClientHello (L{gateway.wire.clienthello.ClientHello}), once
-    #: pre-read: its JA4 fingerprint is computed from it when first read.
-    hello: Any = None
-    action: str | None = None
+    #: The parsed ClientHello, once pre-read: its JA4 fingerprint is
+    #: computed from it when first read.
+    hello: ClientHello | None = None
+    action: Action | None = None
     upstream: str | None = None
-    status: str | None = None
+    status: Status | None = None
     reason: str | None = None
     bytesIn: int = 0
     bytesOut: int = 0
@@ -61,7 +96,7 @@ class ConnectionRecord:
     ech: str | None = None
     outerSni: str | None = None
     transport: str = "tcp"
-    extra: dict[str, Any] = attrs.field(factory=dict)
+    extra: ExtraFields = attrs.field(factory=lambda: ExtraFields())
 
     @property
     def ja4(self) -> str | None:
@@ -78,7 +113,7 @@ class ConnectionRecord:
     def ja4(self, value: str | None) -> None:
         self._ja4 = value
 
-    def fail(self, status: str, reason: str | None = None) -> None:
+    def fail(self, status: Status, reason: str | None = None) -> None:
         """
         Record why the connection ends, unless a cause is already known.
         """
@@ -224,7 +259,8 @@ class AccessLog:
     @ivar _recent: also given every record, for the status page.
     @ivar _standardOutput: what C{-} means, when not standard output.
     @ivar _extra: fields added to every line (C{worker_pid} with several
-        workers, so an operator can tell which process served what).
+        workers, so an operator can tell which process served what): some
+        of L{ExtraFields}.
     """
 
     def __init__(
@@ -244,7 +280,7 @@ class AccessLog:
         self._file: IO[str] | None = None
         self._current: LogDestination | None = None
         self._metrics = metrics
-        self._extra = extra or {}
+        self._extra = cast(ExtraFields, dict(extra or {}))
         self.reopen()
 
     @property

@@ -20,14 +20,20 @@ reads its startup message there); C{connecting} covers every upstream
 attempt, an upstream TLS handshake (re-encryption) included; C{relaying}
 from the first relayed byte.  C{closing}: a cause was recorded (before the
 stage, or by what it reported) and the sockets are closing.  Every state
-ends in C{logged} when the listener writes the access-log line, once.
+ends in C{logged}: the owner stamps the end (before a stage, or when its
+stage says it is over: L{ConnectionOwner.stageEnded}) and the listener
+writes the access-log line, once.
 
 Every access-log C{status} is set by one transition here, applied by
 L{apply}: the first cause on the way to C{closing} (L{VERDICT}: the
 refusal's own), or C{ok} for a live connection logged with none; in
 C{closing} whatever the stage still reports records nothing (the first
 cause wins).  An event the table does not list for the current state is a
-bug: the owner logs it (state and event named) and ignores it.  Pure: no
+bug: it raises under tests (L{gateway.core.strictness}); in production the
+owner logs it (state and event named) and ignores it.  The table also
+drives the owner: until a stage has the connection, each client event goes
+to a handler of the current state, and a state has one only where the
+table allows that event's outcomes (L{Input}, L{allowedStates}).  Pure: no
 Twisted.
 """
 
@@ -43,6 +49,7 @@ from gateway.core.vocabulary import Status
 
 if TYPE_CHECKING:
     from gateway.rules.accesslog import ConnectionRecord
+    from gateway.rules.clientbytes import ClientBytes
 
 
 class State(enum.Enum):
@@ -87,6 +94,20 @@ class Event(enum.Enum):
     TLS_ERROR = "TLS error"
     IDLE = "idle"
     CLOSED_AT_ACCEPT = "closed at accept"
+
+
+class Input(enum.Enum):
+    """
+    What the client's transport tells the owner while no stage has the
+    connection; each has a handler table by state in
+    L{gateway.connection.preread} (C{ON_DATA}, C{ON_FIN}, C{ON_DEADLINE}).
+    """
+
+    __hash__ = object.__hash__
+
+    DATA = "client data"
+    FIN = "client FIN"
+    DEADLINE = "deadline"
 
 
 class _Verdict(enum.Enum):
@@ -220,6 +241,33 @@ _TABLE: dict[tuple[State, Event], Transition] = {
     **{(State.CLOSING, e): Transition(State.CLOSING) for e in STAGE_EVENTS},
 }
 
+INPUT_EVENTS: Final[Mapping[Input, frozenset[Event]]] = {
+    Input.DATA: frozenset(
+        {
+            Event.EXPECT_PREAMBLE,
+            Event.EXPECT_HELLO,
+            Event.SERVE,
+            Event.REFUSE,
+            Event.BAD_INPUT,
+        }
+    ),
+    Input.FIN: frozenset({Event.CLIENT_CLOSED, Event.STOPPED_SHORT, Event.BAD_INPUT}),
+    Input.DEADLINE: frozenset({Event.TIME_OUT}),
+}
+"""The events each input may lead the owner to take."""
+
+READING: Final = (State.PROXY_HEADER, State.PREAMBLE, State.CLIENT_HELLO)
+"""
+The states in which the owner reads the client: each input has a handler
+in each.  (It leaves C{accepted} before its C{connectionMade} returns.)
+"""
+
+DISCARDING: Final = frozenset({State.CLOSING, State.LOGGED})
+"""
+The states in which what a client with no stage still sends is discarded:
+data there takes no transition.
+"""
+
 TRANSITIONS: Final[Mapping[tuple[State, Event], Transition]] = _TABLE
 """Every allowed (state, event), and where it leads."""
 
@@ -227,6 +275,16 @@ STEPS: Final[Mapping[State, Mapping[Event, Transition]]] = {
     state: {e: t for (s, e), t in _TABLE.items() if s is state} for state in State
 }
 """L{TRANSITIONS} by state: what the protocol looks up (no key built)."""
+
+
+def allowedStates(input: Input) -> frozenset[State]:
+    """
+    The states in which the table allows an event C{input} may lead to:
+    the only ones where the owner may have a handler for it (data aside,
+    which is discarded in L{DISCARDING}).
+    """
+    events = INPUT_EVENTS[input]
+    return frozenset(state for state, event in _TABLE if event in events)
 
 
 def apply(
@@ -266,6 +324,13 @@ class ConnectionOwner(Protocol):
     (L{gateway.connection.preread.PrereadProtocol}), which applies them to the table.
     """
 
+    @property
+    def clientBytes(self) -> ClientBytes:
+        """
+        The connection's count of client bytes
+        (L{gateway.rules.clientbytes}).
+        """
+
     def report(
         self, event: Event, reason: str | None = None, status: Status | None = None
     ) -> bool:
@@ -274,4 +339,12 @@ class ConnectionOwner(Protocol):
         allow is logged as the bug it is.
 
         @return: whether the table allowed it.
+        """
+
+    def stageEnded(self) -> None:
+        """
+        The stage is over on every side (the client's connection and any
+        upstream's are closed): the owner stamps the end and has the
+        connection logged.  Called once; a second call is a bug (it raises
+        under tests, L{gateway.core.strictness}).
         """

@@ -22,6 +22,7 @@ from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 
 #: Handshake durations worth telling apart: a resumed TLS 1.3 handshake on
@@ -105,7 +106,7 @@ class Metrics:
     def ended(self, record: ConnectionRecord) -> None:
         listener = record.listener
         self._active.labels(listener).dec()
-        self._connections.labels(listener, record.status or "ok").inc()
+        self._connections.labels(listener, record.status or Status.OK).inc()
         if record.ech is not None:
             self._ech.labels(listener, record.ech).inc()
         if record.bytesIn:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.run.traffic import Traffic, emptyFields
 from gateway.tls.served import ServedCertificates
@@ -59,7 +60,7 @@ class RecentFailures:
 
     def add(self, record: ConnectionRecord) -> None:
         self.traffic.add(record)
-        if record.status in (None, "ok"):
+        if record.status is None or record.status is Status.OK:
             return
         fields = record.fields()
         self._entries.append(

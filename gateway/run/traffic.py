@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 
 __all__ = ["RATE_WINDOW", "Tally", "Traffic"]
@@ -102,7 +103,10 @@ class Traffic:
     def add(self, record: ConnectionRecord) -> None:
         now = self._clock()
         self._listeners.setdefault(record.listener, Tally()).add(record, now)
-        if record.upstream is not None and record.status != "upstream_unavailable":
+        if (
+            record.upstream is not None
+            and record.status is not Status.UPSTREAM_UNAVAILABLE
+        ):
             # (A server that never took the connection carried none of it.)
             self._servers.setdefault(record.upstream, Tally()).add(record, now)
 

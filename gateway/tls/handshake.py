@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from OpenSSL import SSL
 
+from gateway.rules.accesslog import ExtraFields
+
 __all__ = ["describe"]
 
 
-def describe(connection: SSL.Connection) -> dict[str, str | None]:
+def describe(connection: SSL.Connection) -> ExtraFields:
     """
     The facts of a finished handshake, for the access log.
 
@@ -23,7 +25,7 @@ def describe(connection: SSL.Connection) -> dict[str, str | None]:
         string); L{None} for what does not apply or is not known yet.
         Never raises: a log line must not break a connection.
     """
-    facts: dict[str, str | None] = {
+    facts: ExtraFields = {
         "tls_version": None,
         "cipher": None,
         "tls_group": None,

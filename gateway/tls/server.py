@@ -25,6 +25,7 @@ from gateway.config import (
     Location,
     Problem,
 )
+from gateway.rules.accesslog import ExtraFields
 from gateway.tls.certificates import LoadedCertificate, loadCertificate
 from gateway.tls.errors import (
     TLSConfigError,
@@ -270,7 +271,7 @@ class ServerTLS:
             )
         return slot
 
-    def describe(self, connection: SSL.Connection) -> dict[str, str | None]:
+    def describe(self, connection: SSL.Connection) -> ExtraFields:
         """
         The facts of a finished handshake, for the access log: see
         L{describe}.

@@ -30,7 +30,7 @@ from zope.interface import Interface, implementer
 from gateway.core.records import IRecordLayer
 from gateway.core.transports import RelayTransport
 from gateway.fast.internals import UNKNOWN_TLS_ERROR, directRecords, halfClose, send
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 
 #: Read size for the memory BIOs: large enough that one 64 KiB socket read
 #: is usually one call, small enough that pyOpenSSL's per-call buffer
@@ -198,14 +198,15 @@ class TLSTransport:
         cipher, group, peer certificate) and for upstream verification.
     @ivar handshakeDone: the handshake completed; plaintext flows from now.
     @ivar _transport: the TCP transport carrying the ciphertext.
-    @ivar _countOut: the record whose C{bytesOut} counts ciphertext written
-        to the client, or L{None} on the upstream side.
+    @ivar _clientBytes: the connection owner's count of client bytes
+        (L{gateway.rules.clientbytes}), into which the ciphertext written
+        to the client is counted; L{None} on the upstream side.
     @ivar _readClosed: the peer's C{close_notify} (or its FIN) was reported.
     @ivar _writeClosed: we sent C{close_notify}; nothing may be written.
     """
 
     __slots__ = (
-        "_countOut",
+        "_clientBytes",
         "_events",
         "_failed",
         "_readClosed",
@@ -221,13 +222,13 @@ class TLSTransport:
         connection: SSL.Connection,
         transport: RelayTransport,
         events: ITLSEvents,
-        countOut: ConnectionRecord | None = None,
+        clientBytes: ClientBytes | None = None,
     ) -> None:
         self.connection = connection
         self.handshakeDone = False
         self._transport = transport
         self._events = events
-        self._countOut = countOut
+        self._clientBytes = clientBytes
         self._readClosed = False
         self._writeClosed = False
         self._failed = False
@@ -336,8 +337,8 @@ class TLSTransport:
         data = self._records.drain()
         if data is None:
             return
-        if self._countOut is not None:
-            self._countOut.bytesOut += len(data)
+        if self._clientBytes is not None:
+            self._clientBytes.sent(len(data))
         send(self._transport, data)
 
     # the plaintext side's transport (what the relay calls)

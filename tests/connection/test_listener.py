@@ -194,7 +194,7 @@ class AccessControlTests(ListenerTestCase):
         protocol, _ = self.connect()
         protocol.dataReceived(HELLO)
         record = protocol.record
-        self.assertIsNotNone(record.hello)
+        assert record.hello is not None
         self.assertIsNone(record._ja4)
         self.assertEqual(record.ja4, ja4(record.hello))
         self.assertEqual(record.fields()["ja4"], ja4(record.hello))

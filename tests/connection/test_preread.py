@@ -2,20 +2,33 @@
 The pre-read protocol, driven through an in-memory transport and clock.
 """
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from gateway.connection.preread import REFUSAL_LINGER, IStage, PrereadProtocol
+from gateway.connection.preread import (
+    ON_DATA,
+    ON_DEADLINE,
+    ON_FIN,
+    REFUSAL_LINGER,
+    IStage,
+    PrereadProtocol,
+)
 from gateway.connection.strategy import IProtocolStrategy
+from gateway.core.strictness import ForbiddenEvent
 from gateway.core.vocabulary import Status
 from gateway.protocols.postgres import POSTGRES
 from gateway.protocols.tls import TCP, TLS
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.decision import Reject
+from gateway.rules.lifecycle import DISCARDING, READING, Input, State, allowedStates
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
 from gateway.wire.clienthello import ClientHello
@@ -96,6 +109,27 @@ class RecordingListener:
         self.endings.append(protocol.record)
 
 
+def connected(
+    listener: RecordingListener,
+    transport: HalfCloseableTransport,
+    clock: MemoryReactorClock | None = None,
+) -> PrereadProtocol:
+    """
+    A pre-read protocol of C{listener} (a 64-byte hello bound, a 10 s
+    timeout), connected to C{transport}.
+    """
+    protocol = PrereadProtocol(
+        listener,
+        ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
+        clock or MemoryReactorClock(),
+        10,
+        64,
+    )
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return protocol
+
+
 class PrereadTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -134,6 +168,46 @@ class PrereadTests(SynchronousTestCase):
             (stage.received, stage.eof, stage.lost), ([b"after"], True, True)
         )
         self.assertEqual(self.listener.endings, [])
+
+    def test_theOwnerCountsWhatItHandsTheStage(self) -> None:
+        """
+        Every byte the client sends is counted by the owner as it arrives,
+        before the stage sees it: no stage counts what it is given.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.protocol.dataReceived(b"after")
+        self.assertEqual(self.record.bytesIn, len(HELLO) + 5)
+        self.assertIs(
+            self.protocol.clientBytes.forWritesTo(self.transport),
+            self.protocol.clientBytes,
+        )
+
+    def test_theOwnerStampsTheEndTheStageReports(self) -> None:
+        """
+        The stage says when it is over; the owner stamps the end with its
+        own clock and hands the record to the listener, once.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.clock.advance(3)
+        self.protocol.connectionLost()
+        self.assertIsNone(self.record.ended)
+        self.assertEqual(self.listener.endings, [])
+        self.protocol.stageEnded()
+        self.assertEqual(self.record.ended, 3)
+        self.assertEqual(self.listener.endings, [self.record])
+
+    def test_aStageThatEndsTwiceIsABug(self) -> None:
+        """
+        A second end raises under tests (L{gateway.core.strictness}): the
+        connection is not logged twice.
+        """
+        self.protocol.dataReceived(HELLO)
+        self.protocol.stageEnded()
+        self.clock.advance(1)
+        with self.assertRaises(ForbiddenEvent):
+            self.protocol.stageEnded()
+        self.assertEqual(self.record.ended, 0)
+        self.assertEqual(len(self.listener.endings), 1)
 
     def test_silentClientIsDroppedAtTimeout(self) -> None:
         self.clock.advance(9.9)
@@ -402,7 +476,9 @@ class RefusalAlertTests(SynchronousTestCase):
 
     def test_anExplicitAlertOverridesTheStatusOne(self) -> None:
         protocol, transport = self.connect()
-        protocol.refuse("denied", "too old", alert=AlertDescription.PROTOCOL_VERSION)
+        protocol.refuse(
+            Status.DENIED, "too old", alert=AlertDescription.PROTOCOL_VERSION
+        )
         self.assertEqual(
             transport.value(), alertRecord(AlertDescription.PROTOCOL_VERSION, 0x0301)
         )
@@ -419,16 +495,7 @@ class RefusalAlertTests(SynchronousTestCase):
         and is served at accept.
         """
         listener = RecordingListener(TCP)
-        protocol = PrereadProtocol(
-            listener,
-            ConnectionRecord("l", "127.0.0.1:9", 0.0, 0.0),
-            MemoryReactorClock(),
-            10,
-            64,
-        )
-        transport = PromptClientTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
+        protocol = connected(listener, PromptClientTransport())
         self.assertEqual(listener.atAccept, [b""])
         protocol.dataReceived(b"not a hello")
         self.assertEqual(listener.handoffs, [])
@@ -438,3 +505,75 @@ class RefusalAlertTests(SynchronousTestCase):
         _, transport = self.connect("limited", strategy=TCP)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.connected)
+
+
+_TABLES: list[tuple[Input, Mapping[State, Callable[..., None]]]] = [
+    (Input.DATA, ON_DATA),
+    (Input.FIN, ON_FIN),
+    (Input.DEADLINE, ON_DEADLINE),
+]
+
+
+@pytest.mark.parametrize(("input", "handlers"), _TABLES)
+def test_everyReadingStateHandlesEveryInput(
+    input: Input, handlers: Mapping[State, Callable[..., None]]
+) -> None:
+    assert set(READING) <= set(handlers)
+
+
+@pytest.mark.parametrize(("input", "handlers"), _TABLES)
+def test_noHandlerWhereTheTableAllowsNoneOfItsEvents(
+    input: Input, handlers: Mapping[State, Callable[..., None]]
+) -> None:
+    """
+    A state has a handler for an input only if the lifecycle table lets
+    that input lead somewhere from it (data aside, which a closing
+    connection discards).
+    """
+    discarded = DISCARDING if input is Input.DATA else frozenset()
+    assert set(handlers) - discarded <= allowedStates(input)
+    assert {s for s, h in ON_DATA.items() if h is PrereadProtocol._discard} == (
+        DISCARDING
+    )
+
+
+def _fire(protocol: PrereadProtocol, input: Input) -> None:
+    if input is Input.DATA:
+        protocol.dataReceived(b"x")
+    elif input is Input.FIN:
+        protocol.readConnectionLost()
+    else:
+        protocol._deadline()
+
+
+@given(state=st.sampled_from(State), input=st.sampled_from(Input))
+def test_anInputInAStateWithNoHandlerIsABug(state: State, input: Input) -> None:
+    """
+    Before a stage, every client event goes to the current state's
+    handler; in a state without one it is a forbidden event (it raises
+    under tests), and the state stays.
+    """
+    handlers = dict(_TABLES)[input]
+    assume(state not in handlers)
+    protocol = connected(RecordingListener(), PromptClientTransport())
+    protocol.state = state
+    with pytest.raises(ForbiddenEvent):
+        _fire(protocol, input)
+    assert protocol.state is state
+
+
+def test_theRefusalsLingerEndsThroughTheDeadlineTable() -> None:
+    """
+    One timer callback serves both deadlines: in C{closing} it is the
+    refusal's linger that ends.
+    """
+    clock = MemoryReactorClock()
+    listener = RecordingListener()
+    listener.refuseAtAccept = "denied"
+    transport = HalfCloseableTransport()
+    protocol = connected(listener, transport, clock)
+    assert protocol.state is State.CLOSING
+    assert transport.writeClosed
+    clock.advance(REFUSAL_LINGER)
+    assert not transport.connected
+    assert clock.getDelayedCalls() == []

@@ -21,6 +21,7 @@ from gateway.connection.relay import IRelay, PortableRelay
 from gateway.fast import internals as fastpath
 from gateway.fast.internals import halfClose, send
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import fastPathOnly
 from tests.transports import HalfCloseableTransport, TableOwner
@@ -43,6 +44,7 @@ class RelayTests(SynchronousTestCase):
             60.0,
             lambda: self.done.append(True),
             owner=TableOwner(self.record, State.RELAYING),
+            clientBytes=ClientBytes(self.record),
         )
 
     def test_providesIRelay(self) -> None:
@@ -52,12 +54,37 @@ class RelayTests(SynchronousTestCase):
         """
         self.assertTrue(verifyObject(IRelay, self.relay))
 
-    def test_bytesAreForwardedAndCountedBothWays(self) -> None:
+    def test_bytesAreForwardedAndWhatTheClientIsSentCounted(self) -> None:
+        """
+        The relay counts what it writes to the client's socket; what the
+        client sends was counted by the connection's owner, which received
+        it (L{gateway.rules.clientbytes}).
+        """
         self.relay.clientData(b"hello")
         self.relay.upstreamData(b"world!")
         self.assertEqual(self.upstream.value(), b"hello")
         self.assertEqual(self.client.value(), b"world!")
-        self.assertEqual((self.record.bytesIn, self.record.bytesOut), (5, 6))
+        self.assertEqual((self.record.bytesIn, self.record.bytesOut), (0, 6))
+
+    def test_writesToATLSLayerAreNotCountedHere(self) -> None:
+        """
+        Given no count (the client is a TLS layer, which counts the
+        ciphertext it writes), the relay counts nothing.
+        """
+        client, upstream = HalfCloseableTransport(), HalfCloseableTransport()
+        relay = PortableRelay(
+            client,
+            upstream,
+            self.record,
+            self.clock,
+            60.0,
+            lambda: None,
+            owner=TableOwner(self.record, State.RELAYING),
+            clientBytes=None,
+        )
+        relay.upstreamData(b"world!")
+        self.assertEqual(client.value(), b"world!")
+        self.assertEqual((self.record.bytesIn, self.record.bytesOut), (0, 0))
 
     def test_eachSideIsTheOthersProducer(self) -> None:
         """
@@ -323,6 +350,7 @@ def _relayTo(
         idleTimeout,
         lambda: done.append(True),
         owner=TableOwner(record, State.RELAYING),
+        clientBytes=ClientBytes(record),
     )
     return relay, upstream, record, done
 
@@ -444,6 +472,7 @@ def test_aClientResetWaitsForWhatTheUpstreamWasSent(
         60.0,
         lambda: done.append(True),
         owner=TableOwner(record, State.RELAYING),
+        clientBytes=ClientBytes(record),
     )
     transport.write(b"request tail")
     relay.clientLost(Failure(ConnectionLost()))

@@ -28,6 +28,7 @@ from gateway.connection.relays import (
 from gateway.connection.splicerelay import SpliceRelay
 from gateway.fast import hub as fasthub
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import Event, State
 from tests.helpers import appendingTo, fastPathOnly
 from tests.transports import HalfCloseableTransport, TableOwner
@@ -142,7 +143,7 @@ def test_startRelayFallsBackToPortableAndSaysWhy() -> None:
             60.0,
             lambda: None,
             [b"hello", b" there"],
-            countBytes=True,
+            clientBytes=ClientBytes(record),
         )
     finally:
         globalLogPublisher.removeObserver(appendingTo(events))
@@ -179,7 +180,7 @@ def test_startRelayChoosesSpliceForTcpAndSaysSo(
             60.0,
             lambda: None,
             [b"hello"],
-            countBytes=True,
+            clientBytes=ClientBytes(record),
         )
     finally:
         globalLogPublisher.removeObserver(appendingTo(events))
@@ -252,7 +253,7 @@ def test_startRelayStartsTheCopyRelayWithItsReaders(
         60.0,
         lambda: None,
         [],
-        countBytes=True,
+        clientBytes=ClientBytes(record),
     )
     assert isinstance(relay, CopyRelay)
     readers = [r for r in relay._readers if isinstance(r, fasthub.HubReader)]

@@ -383,7 +383,6 @@ class SessionAccountingTests(SynchronousTestCase):
         self.record = ConnectionRecord(
             listener="web", client="198.51.100.1:5000", accepted=0.0, started=0.0
         )
-        self.ended: list[bool] = []
         self.owner = TableOwner(self.record)
         self.addCleanup(lambda: self.assertEqual(self.owner.refused, []))
         self.session = Session(
@@ -395,8 +394,7 @@ class SessionAccountingTests(SynchronousTestCase):
             UpstreamRuntime("app", self.pool, 3),
             "198.51.100.1",
             Timeouts(connect=5.0, idle=60.0),
-            lambda: self.ended.append(True),
-            countBytes=True,
+            clientBytes=self.owner.clientBytes,
         )
 
     def active(self) -> list[int]:
@@ -421,11 +419,11 @@ class SessionAccountingTests(SynchronousTestCase):
         protocol.makeConnection(upstreamTransport)
         self.assertEqual(upstreamTransport.value(), b"hello")
         self.assertEqual(self.active(), [0, 1])
-        self.assertEqual(self.ended, [])
+        self.assertEqual(self.owner.ends, 0)
         # The client resets: the relay resets the upstream, and both are over.
         self.session.clientLost(Failure(ConnectionRefusedError()))
         self.assertTrue(upstreamTransport.aborted)
-        self.assertEqual(self.ended, [True])
+        self.assertEqual(self.owner.ends, 1)
         self.assertEqual(self.active(), [0, 0])
 
     def test_aClientThatLeavesWhileConnectingReleasesItsServer(self) -> None:
@@ -436,7 +434,7 @@ class SessionAccountingTests(SynchronousTestCase):
         factory.clientConnectionFailed(
             self.reactor.connectors[0], Failure(ConnectionRefusedError())
         )
-        self.assertEqual(self.ended, [True])
+        self.assertEqual(self.owner.ends, 1)
         self.assertEqual(self.active(), [0, 0])
         # Not the server's fault: no failure counted.
         self.assertEqual(self.pool.members()[0].fails, 0)
@@ -459,9 +457,9 @@ class SessionAccountingTests(SynchronousTestCase):
         assert self.record.reason is not None
         self.assertIn("local resource error: EMFILE", self.record.reason)
         self.assertFalse(self.client.connected)
-        self.assertEqual(self.ended, [])
+        self.assertEqual(self.owner.ends, 0)
         self.session.clientLost(Failure(ConnectionDone()))
-        self.assertEqual(self.ended, [True])
+        self.assertEqual(self.owner.ends, 1)
         self.assertEqual(self.active(), [0, 0])
 
     def test_noServerLeftReleasesNothing(self) -> None:

@@ -22,6 +22,7 @@ while the socket goes to the gateway on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import socket
@@ -375,6 +376,99 @@ def test_tenMegabytesBothWays(gw: Gateway, ca: CertificateAuthority) -> None:
     [entry] = entries(gw, "mysql", 1)
     assert entry["bytes_in"] > len(blob)
     assert entry["bytes_out"] > len(blob)
+
+
+class CountingPipe:
+    """
+    One client connection to the gateway carried through a socket pair by
+    two threads that count the bytes each way as they cross the gateway's
+    client socket: what its access log must say, to the byte.
+
+    @ivar client: the client's end, for C{pymysql}'s C{connect(sock)}.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.client, self._near = socket.socketpair()
+        self._far = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self._near.settimeout(30)
+        self.counts = {"sent": 0, "received": 0}
+        self._threads = [
+            threading.Thread(target=self._pump, args=ends, daemon=True)
+            for ends in (
+                (self._near, self._far, "sent"),
+                (self._far, self._near, "received"),
+            )
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
+        """
+        Copy C{source} to C{sink} until its EOF.  What the gateway sends is
+        counted as read from its socket, even once the client has gone (a
+        last C{close_notify}); what the client sends, once written to it.
+        """
+        fromGateway = source is self._far
+        delivering = True
+        try:
+            while data := source.recv(65536):
+                if fromGateway:
+                    self.counts[way] += len(data)
+                if delivering:
+                    try:
+                        sink.sendall(data)
+                    except OSError:
+                        delivering = False
+                        continue
+                    if not fromGateway:
+                        self.counts[way] += len(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def join(self) -> dict[str, int]:
+        for thread in self._threads:
+            thread.join(30)
+            assert not thread.is_alive(), "the connection did not end"
+        for end in (self._near, self._far):
+            end.close()
+        return self.counts
+
+
+def test_bytesAreWhatCrossedTheClientsSocket(
+    gw: Gateway, ca: CertificateAuthority
+) -> None:
+    """
+    C{bytes_in} and C{bytes_out} are the bytes on the client's socket, to
+    the byte: the greeting and the C{SSLRequest} in the clear, then TLS
+    records, all counted by the connection's owner (and what it hands its
+    count to), whichever stage wrote them.
+    """
+    pipe = CountingPipe(gw.ports["mysql"])
+    connection = pymysql.connect(
+        host="beta.test",
+        user=USER,
+        password=PASSWORD,
+        database="mysql",
+        connect_timeout=10,
+        read_timeout=30,
+        ssl={"ca": str(ca.pemPath), "check_hostname": True},
+        defer_connect=True,
+    )
+    connection.connect(pipe.client)
+    cursor = connection.cursor()
+    cursor.execute("SELECT REPEAT('x', 100000)")
+    assert cursor.fetchone()[0] == "x" * 100000
+    connection.close()
+    counts = pipe.join()
+    [entry] = entries(gw, "mysql", 1)
+    assert entry["status"] == "ok", entry
+    assert counts["received"] > 100000, counts
+    assert (entry["bytes_in"], entry["bytes_out"]) == (
+        counts["sent"],
+        counts["received"],
+    ), (entry, counts)
 
 
 def singleListenerIni(

@@ -41,7 +41,7 @@ from gateway.protocols.postgres import (
 )
 from gateway.protocols.table import strategyFor
 from gateway.protocols.tls import TCP
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.accesslog import ConnectionRecord, ExtraFields
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
 from gateway.wire.pgbackend import decodeErrorResponse
@@ -376,7 +376,7 @@ class PrereadPostgresTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.feed(b"hi")
         self.assertEqual(self.listener.stage.received, [b"h", b"i"])
-        self.assertEqual(self.record.bytesIn, 0)  # the relay counts
+        self.assertEqual(self.record.bytesIn, 2)  # the owner counts
 
     def test_tcpWithAProxyHeaderWaitsForIt(self) -> None:
         self.connect(strategy=TCP, acceptProxy=True)
@@ -425,7 +425,7 @@ class StaticTLS:
     def contextFor(self, serverName: str | None) -> SSL.Context:
         return self.context
 
-    def describe(self, connection: SSL.Connection) -> dict[str, Any]:
+    def describe(self, connection: SSL.Connection) -> ExtraFields:
         return {"tls_version": connection.get_protocol_version_name()}
 
 

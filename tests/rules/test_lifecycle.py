@@ -203,7 +203,7 @@ class Stage:
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost = True
-        self.listener.ended(self.protocol)
+        self.protocol.stageEnded()
 
     def shutdown(self) -> None:
         assert self.protocol.transport is not None

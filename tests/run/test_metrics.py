@@ -4,6 +4,7 @@ The contract's metric names and values, from finished connection records.
 
 from prometheus_client import generate_latest
 
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.run.metrics import Metrics
 
@@ -16,7 +17,7 @@ def record(status: str | None, bytesIn: int, bytesOut: int) -> ConnectionRecord:
     r = ConnectionRecord(
         "web", "127.0.0.1:1", 0.0, 0.0, bytesIn=bytesIn, bytesOut=bytesOut
     )
-    r.status = status
+    r.status = None if status is None else Status(status)
     return r
 
 

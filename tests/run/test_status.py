@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.task import Clock
 
 from gateway.connection.upstream import Pool
+from gateway.core.vocabulary import Status
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.run.loading import load_config_text
 from gateway.run.status import (
@@ -49,7 +50,7 @@ def record(status: str | None, sni: str = "a.test") -> ConnectionRecord:
     )
     entry.sni = sni
     if status is not None:
-        entry.fail(status, f"because {sni}")
+        entry.fail(Status(status), f"because {sni}")
     return entry
 
 

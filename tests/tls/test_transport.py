@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from gateway.fast import internals as fastpath
 from gateway.rules.accesslog import ConnectionRecord
+from gateway.rules.clientbytes import ClientBytes
 from gateway.tls.transport import (
     CLOSED_DURING_HANDSHAKE,
     ITLSEvents,
@@ -78,7 +79,9 @@ class TLSTransportTests(SynchronousTestCase):
         self.record = ConnectionRecord("l", "c", 0.0, 0.0)
         server = SSL.Connection(serverContext(), None)
         server.set_accept_state()
-        self.tls = TLSTransport(server, self.wire, self.events, countOut=self.record)
+        self.tls = TLSTransport(
+            server, self.wire, self.events, clientBytes=ClientBytes(self.record)
+        )
 
     def pump(self, client: SSL.Connection) -> None:
         """

@@ -195,7 +195,6 @@ class MySQLConnection:
         if self._relay is not None:
             self._relay.clientData(data)
             return
-        self._record.bytesIn += len(data)
         if self.state is _S.GREETING:
             self._early += data
         elif self.state is _S.REQUEST:
@@ -567,7 +566,7 @@ class MySQLConnection:
             wiring.timeouts.idle,
             self._end,
             [pending] if pending else [],
-            countBytes=not isinstance(client, TLSTransport),
+            clientBytes=self._owner.clientBytes.forWritesTo(client),
         )
         leg.relayTo(self._relay)
 
@@ -686,16 +685,16 @@ class MySQLConnection:
             dialer.cancel()
 
     def _writeClient(self, data: bytes) -> None:
-        if not isinstance(self._client, TLSTransport):
-            self._record.bytesOut += len(data)
+        counted = self._owner.clientBytes.forWritesTo(self._client)
+        if counted is not None:
+            counted.sent(len(data))
         self._client.write(data)
 
     def _end(self) -> None:
         if self._ended:
             return
         self._ended = True
-        self._record.ended = self.wiring.clock.seconds()
-        self.wiring.ended()
+        self._owner.stageEnded()
 
     def _startTimer(
         self, expired: Callable[[], None], delay: float | None = None

@@ -117,7 +117,6 @@ class MySQLStrategy:
                 describe=tls.describe,
                 handshakeTimed=listener.accessLog.handshake,
                 proxyHeader=proxyHeader,
-                ended=lambda: listener.ended(protocol),
             ),
             relayTransport(transport),
             protocol.record,

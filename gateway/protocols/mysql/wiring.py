@@ -7,13 +7,13 @@ listener factory (and is tested without one).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
 from gateway.connection.session import Timeouts, UpstreamRuntime
+from gateway.rules.accesslog import ExtraFields
 from gateway.rules.decision import Reject
 from gateway.wire.clienthello import ClientHello
 
@@ -49,8 +49,6 @@ class Wiring:
     @ivar proxyHeader: the PROXY header builder of an upstream connection
         (for a server name and client TLS connection known so far), or
         L{None} without C{proxy_protocol}.
-    @ivar ended: the listener's end of the connection (logs it); called
-        once.
     """
 
     reactor: IReactorTCP
@@ -62,9 +60,8 @@ class Wiring:
     greetings: tuple[UpstreamRuntime, ...]
     choose: Callable[[ClientHello | None], UpstreamRuntime | Reject]
     contextFor: Callable[[str | None], SSL.Context]
-    describe: Callable[[SSL.Connection], dict[str, Any]]
+    describe: Callable[[SSL.Connection], ExtraFields]
     handshakeTimed: Callable[[float], None]
     proxyHeader: Callable[
         [str | None, SSL.Connection | None], Callable[[], bytes] | None
     ]
-    ended: Callable[[], None]

@@ -130,7 +130,6 @@ class StageTestCase(SynchronousTestCase):
         self.otherUpstream = UpstreamRuntime("beta", self.otherServers, 1)
         self.route: UpstreamRuntime | Reject = self.greetingUpstream
         self.greetings: tuple[UpstreamRuntime, ...] = (self.greetingUpstream,)
-        self.ended = 0
         self.record = ConnectionRecord(
             listener="mysql", client="198.51.100.7:5000", accepted=0, started=0
         )
@@ -150,10 +149,10 @@ class StageTestCase(SynchronousTestCase):
             describe=lambda connection: {},
             handshakeTimed=lambda seconds: None,
             proxyHeader=lambda name, connection: None,
-            ended=self.end,
         )
         self.client = HalfCloseableTransport()
         self.owner = TableOwner(self.record)
+        self.owner.clientBytes.socket = self.client
         self.addCleanup(lambda: self.assertEqual(self.owner.refused, []))
         self.stage = MySQLConnection(
             wiring,
@@ -172,9 +171,6 @@ class StageTestCase(SynchronousTestCase):
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         SERVER_CERTIFICATE.configure_cert(context)
         return context
-
-    def end(self) -> None:
-        self.ended += 1
 
     def connectLeg(self, index: int = -1) -> tuple[Any, HalfCloseableTransport]:
         _host, _port, factory, _timeout, _ = self.reactor.tcpClients[index]
@@ -283,14 +279,14 @@ class MySQLConnectionTests(StageTestCase):
         self.assertIn("no MySQL server of upstream 'alpha'", error.message)
         self.assertEqual(self.record.status, "upstream_unavailable")
         self.assertIn("not a MySQL greeting", self.record.reason or "")
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     def test_clientLeavingDuringTheGreetingEndsOnce(self) -> None:
         self.start()
         _leg, transport = self.connectLeg()
         self.client.loseConnection()
         self.assertTrue(transport.aborted)
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
         # It had sent nothing to route on: not a bad hello.
         self.assertEqual(self.record.status, "client_closed")
 
@@ -300,7 +296,7 @@ class MySQLConnectionTests(StageTestCase):
         self.reactor.advance(5)
         self.assertEqual(self.record.status, "preread_timeout")
         self.assertTrue(transport.aborted)
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     # -- plaintext logins ------------------------------------------------------
 
@@ -323,7 +319,7 @@ class MySQLConnectionTests(StageTestCase):
         self.assertIs(self.stage.state, ConnectionState.OVER)
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.aborted)
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     def test_plaintextLoginGoesToTheGreetingServerAsIs(self) -> None:
         self.start()
@@ -426,7 +422,7 @@ class MySQLConnectionTests(StageTestCase):
         self.assertEqual(packet.sequence, 2)
         self.assertEqual(ErrPacket.parse(packet.payload).code, 1105)
         self.assertEqual(self.record.status, "upstream_unavailable")
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     def test_noRouteForAPlaintextClient(self) -> None:
         self.route = Reject(Status.NO_ROUTE, "plaintext login: no default route")
@@ -453,7 +449,7 @@ class MySQLConnectionTests(StageTestCase):
         self.assertEqual(self.record.status, "shutdown")
         self.assertTrue(transport.aborted)
         self.assertTrue(self.client.aborted)
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     def test_eventsAfterARefusalMoveNoState(self) -> None:
         """
@@ -473,7 +469,7 @@ class MySQLConnectionTests(StageTestCase):
         self.client.loseConnection()
         self.assertIs(self.stage.state, ConnectionState.OVER)
         self.assertEqual(self.record.status, "no_route")
-        self.assertEqual(self.ended, 1)
+        self.assertEqual(self.owner.ends, 1)
 
     def test_notMySQLFromTheClientIsRefused(self) -> None:
         self.start()
