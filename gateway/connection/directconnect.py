@@ -143,6 +143,11 @@ class DirectConnect:
         if result not in (0, errno.EINPROGRESS):
             self._later(result)
             return
+        if _connected(sock):
+            # On loopback the handshake is over when connect() returns:
+            # no registration, no deadline, no wait for the hub to wake.
+            self._hub.soon(self, self._done)
+            return
         self._timer = later(self._clock, timeout, self._timedOut)
         self.writing = True
         self._hub.update(self)
@@ -215,3 +220,14 @@ class DirectConnect:
         if self.writing:
             self.writing = False
             self._hub.update(self)
+
+
+def _connected(sock: socket.socket) -> bool:
+    """
+    C{sock}'s connect is complete (C{getpeername} answers only then).
+    """
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True

@@ -13,9 +13,11 @@ paths are on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import select
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from twisted.internet import tcp
@@ -24,6 +26,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
     IPushProducer,
     IReactorFDSet,
+    IReactorTime,
     IReadDescriptor,
 )
 from twisted.internet.main import CONNECTION_LOST
@@ -98,7 +101,36 @@ class Hub:
         self._epoll = select.epoll()
         self._sockets: dict[int, HubEnd] = {}
         self._released: dict[int, tuple[object, int]] = {}
+        self._soon: collections.deque[tuple[HubEnd, Callable[[], None]]] = (
+            collections.deque()
+        )
+        self._turning = False
         self._added = False
+
+    def soon(self, end: HubEnd, call: Callable[[], None]) -> None:
+        """
+        Call C{call} for C{end} at the end of the hub's current turn (the
+        dispatch of one readiness event, which every connection the hub
+        accepted runs inside), or on the reactor's next turn outside one:
+        never from inside the caller's own call, as an event would come,
+        and without a registration or a wake-up of the hub for a socket
+        that is ready at once (a connect on loopback).  An exception is
+        the end's, as from its C{doRead}.
+        """
+        if self._turning:
+            self._soon.append((end, call))
+            return
+        reactor = self._reactor()
+        if reactor is not None:
+            IReactorTime(reactor).callLater(0, self._call, end, call)
+
+    def _call(self, end: HubEnd, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception:  # noqa: BLE001 - as the reactor's own dispatch does
+            failure = Failure()
+            _log.failure("splice relay {side} socket", failure, side=end.side)
+            self._drop(end, failure)
 
     def release(self, end: HubEnd, sock: object) -> None:
         """
@@ -210,6 +242,16 @@ class Hub:
             events = self._epoll.poll(0)
         except InterruptedError:
             return
+        self._turning = True
+        try:
+            self._dispatch(events)
+            soon = self._soon
+            while soon:
+                self._call(*soon.popleft())
+        finally:
+            self._turning = False
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
         sockets = self._sockets
         for fd, mask in events:
             end = sockets.get(fd)

@@ -143,6 +143,27 @@ def test_connectsAndHandsOverTheSocket(attempt: Callable[[], Attempt]) -> None:
     server.close()
 
 
+def test_aConnectCompleteAtOnceWaitsForNoEventNorDeadline(
+    reactor: EPollReactor, attempt: Callable[[], Attempt]
+) -> None:
+    """
+    On loopback the handshake is over when C{connect()} returns: the
+    socket is handed over on the reactor's next turn, never from inside
+    C{start}, with no connect deadline armed (the only call pending is
+    due now).
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    made = attempt()
+    made.connector.start(socket.AF_INET, server.getsockname(), 5)
+    assert made.outcomes == 0
+    now = reactor.seconds()
+    assert [call.getTime() <= now for call in reactor.getDelayedCalls()] == [True]
+    reactor.iterate(0)
+    (sock,) = made.connected
+    sock.close()
+    server.close()
+
+
 def test_refusedReadsAsTwistedSaysIt(
     reactor: EPollReactor, attempt: Callable[[], Attempt]
 ) -> None:

@@ -182,3 +182,39 @@ def _pending(hub: fasthub.Hub) -> list[tuple[int, int]]:
         return watcher.poll(0)
     finally:
         watcher.close()
+
+
+def divideByZero() -> None:
+    1 / 0  # noqa: B018
+
+
+def test_soonRunsAtTheEndOfTheTurnInOrderAndAFailureIsTheEnds(
+    hub: fasthub.Hub, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """
+    Asked during the hub's turn, calls run after every event of it, in
+    the order asked; one that raises drops its end (its C{connectionLost})
+    and the others still run.
+    """
+    left, right = pair
+    order: list[str] = []
+    failing = End(socket.socket())
+    try:
+
+        class Asking(End):
+            def doRead(self) -> None:
+                order.append("event")
+                hub.soon(self, lambda: order.append("first"))
+                hub.soon(failing, divideByZero)
+                hub.soon(self, lambda: order.append("second"))
+                order.append("event done")
+
+        asking = Asking(left)
+        hub.update(asking)
+        right.send(b"x")
+        hub.doRead()
+        assert order == ["event", "event done", "first", "second"]
+        assert len(failing.lost) == 1
+        assert failing.lost[0].check(ZeroDivisionError)
+    finally:
+        failing.socket.close()
