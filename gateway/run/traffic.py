@@ -76,6 +76,17 @@ class Tally:
         }
 
 
+def _tally(tallies: dict[str, Tally], key: str) -> Tally:
+    """
+    The tally of C{key}, made on first use (not one per call, as
+    C{setdefault} would: this runs for every connection).
+    """
+    tally = tallies.get(key)
+    if tally is None:
+        tally = tallies[key] = Tally()
+    return tally
+
+
 def emptyFields() -> dict[str, Any]:
     """L{Tally.fields} of a listener or server that had no connection yet."""
     return Tally().fields(0)
@@ -102,13 +113,13 @@ class Traffic:
 
     def add(self, record: ConnectionRecord) -> None:
         now = self._clock()
-        self._listeners.setdefault(record.listener, Tally()).add(record, now)
+        _tally(self._listeners, record.listener).add(record, now)
         if (
             record.upstream is not None
             and record.status is not Status.UPSTREAM_UNAVAILABLE
         ):
             # (A server that never took the connection carried none of it.)
-            self._servers.setdefault(record.upstream, Tally()).add(record, now)
+            _tally(self._servers, record.upstream).add(record, now)
 
     def listener(self, name: str) -> dict[str, Any]:
         return self._fields(self._listeners.get(name))
