@@ -43,6 +43,8 @@ from gateway.wire.proxyreader import ProxyHeaderReader
 from .backends import (
     IO_TIMEOUT,
     Backend,
+    PlainStream,
+    Stream,
     TLSStream,
     downloadAll,
     expectClosed,
@@ -252,27 +254,29 @@ class HeaderRecorder:
             assert rest == b"", rest
             with self._lock:
                 self.headers.append(header)
-            stream: Any = sock
+            stream: Stream = PlainStream(sock)
             if self._context is not None:
-                stream = self._context.wrap_socket(sock, server_side=True)
+                stream = TLSStream(sock, self._context, serverSide=True)
+                stream.handshake()
             request = b""
             while b"\r\n\r\n" not in request:
-                data = stream.recv(65536)
+                try:
+                    data = stream.recv()
+                except ConnectionResetError:
+                    data = b""  # with a session ticket it never read
                 if not data:
                     return  # a held connection, closed by its client
                 request += data
             body = self.name.encode()
-            stream.sendall(
+            stream.send(
                 b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "
                 + str(len(body)).encode()
                 + b"\r\n\r\n"
                 + body
             )
-            if self._context is not None:
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    stream.unwrap()
+            stream.closeNotify()
+            stream.shutdownWrite()
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
                 while sock.recv(65536):
                     pass
         except (OSError, ssl.SSLError, ValueError, AssertionError) as e:
