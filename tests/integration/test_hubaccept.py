@@ -32,19 +32,15 @@ from gateway.fast.portable import PORTABLE
 from gateway.testing import makeClientHello
 from gateway.wire.alerts import AlertDescription, alertRecord
 from gateway.wire.proxyprotocol import (
-    NEED_MORE,
     Command,
     ProxyAddress,
     ProxyHeader,
     encode,
 )
-from gateway.wire.proxyreader import ProxyHeaderReader
 
 from .backends import (
     IO_TIMEOUT,
     Backend,
-    PlainStream,
-    Stream,
     TLSStream,
     downloadAll,
     expectClosed,
@@ -67,11 +63,14 @@ from .harness import (
     opensslGet,
     requireTools,
 )
+from .headerrecorder import HeaderRecorder
 from .test_operations import (
     iniText,
     listen,
     manyGets,
+    metric,
     reloadBySignal,
+    scrape,
     supervised,  # noqa: F401 - a fixture
     waitForWorkers,
     workersStarted,
@@ -205,113 +204,6 @@ def test_passthroughListenerIsAcceptedByTheHubAndRelaysExactly(
 # -- 2. a mixed listener behind a balancer ---------------------------------------
 
 
-class HeaderRecorder:
-    """
-    An upstream that expects a PROXY header, read one byte at a time so
-    that not a byte of what follows is taken from the socket, then serves
-    one HTTP request over TLS (for passthrough) or plaintext (for
-    termination) and answers with its name.
-
-    @ivar headers: the header of each connection, in the order they came.
-    """
-
-    def __init__(self, name: str, certificate: ServerCertificate | None) -> None:
-        self.name = name
-        self.headers: list[ProxyHeader] = []
-        self.errors: list[str] = []
-        self._context: ssl.SSLContext | None = None
-        if certificate is not None:
-            self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            certificate.leaf.configure_cert(self._context)
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(32)
-        self._listener.settimeout(0.1)
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._acceptLoop, daemon=True)
-        self._thread.start()
-
-    def _acceptLoop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            with self._lock:
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(IO_TIMEOUT)
-        try:
-            header, rest = readHeader(sock)
-            assert rest == b"", rest
-            with self._lock:
-                self.headers.append(header)
-            stream: Stream = PlainStream(sock)
-            if self._context is not None:
-                stream = TLSStream(sock, self._context, serverSide=True)
-                stream.handshake()
-            request = b""
-            while b"\r\n\r\n" not in request:
-                try:
-                    data = stream.recv()
-                except ConnectionResetError:
-                    data = b""  # with a session ticket it never read
-                if not data:
-                    return  # a held connection, closed by its client
-                request += data
-            body = self.name.encode()
-            stream.send(
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-            stream.closeNotify()
-            stream.shutdownWrite()
-            with contextlib.suppress(OSError):
-                while sock.recv(65536):
-                    pass
-        except (OSError, ssl.SSLError, ValueError, AssertionError) as e:
-            if not self._stopping.is_set():
-                with self._lock:
-                    self.errors.append(repr(e))
-        finally:
-            sock.close()
-
-    def sources(self) -> list[str]:
-        """The client of each header so far, as C{host:port}."""
-        with self._lock:
-            assert not self.errors, self.errors
-            return [str(h.source) for h in self.headers]
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(5)
-        self._listener.close()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(5)
-
-
-def readHeader(sock: socket.socket) -> tuple[ProxyHeader, bytes]:
-    """A PROXY header read one byte at a time, and what came with its last byte."""
-    reader = ProxyHeaderReader()
-    while byte := sock.recv(1):
-        result = reader.feed(byte)
-        if result is not NEED_MORE:
-            return result
-    raise ConnectionError("closed within the PROXY header")
-
-
 @pytest.fixture
 def recorders(ca: CertificateAuthority) -> Iterator[tuple[HeaderRecorder, ...]]:
     """The passthrough route's TLS upstream and the terminated route's plaintext one."""
@@ -371,13 +263,19 @@ def opened(port: int, before: bytes) -> socket.socket:
     return sock
 
 
-def fetch(port: int, context: ssl.SSLContext, header: bytes, name: str) -> str:
-    """An HTTPS request for C{name} after a PROXY header: the body."""
+def fetch(
+    port: int, context: ssl.SSLContext, header: bytes, name: str
+) -> tuple[str, int, int]:
+    """
+    An HTTPS request for C{name} after a PROXY header: the body, the bytes
+    sent (the header included) and the bytes received.
+    """
     with opened(port, header) as sock:
         stream = TLSStream(sock, context, serverHostname=name)
         stream.handshake()
         stream.send(httpRequest(name))
-        return okBody(readUntilTcpEof(stream))
+        body = okBody(readUntilTcpEof(stream))
+    return body, len(header) + stream.rawSent, stream.rawReceived
 
 
 def held(port: int, context: ssl.SSLContext, header: bytes) -> socket.socket:
@@ -413,20 +311,23 @@ def mixedScenario(gw: Gateway, context: ssl.SSLContext) -> list[tuple[object, ..
     after the other; the access log's lines, normalised and sorted.
     """
     port = gw.port
-    assert (
-        fetch(port, context, proxyHeader(2, "203.0.113.1", 40001), "pass.example.test")
-        == "passed"
-    )
-    assert (
-        fetch(port, context, proxyHeader(1, "203.0.113.2", 40002), "term.example.test")
-        == "plain"
-    )
+    served = {
+        "203.0.113.1:40001": fetch(
+            port, context, proxyHeader(2, "203.0.113.1", 40001), "pass.example.test"
+        ),
+        "203.0.113.2:40002": fetch(
+            port, context, proxyHeader(1, "203.0.113.2", 40002), "term.example.test"
+        ),
+    }
+    assert [body for body, _, _ in served.values()] == ["passed", "plain"]
     hello = makeClientHello("nowhere.example.test")
     with opened(port, proxyHeader(2, "203.0.113.3", 40003) + hello) as sock:
         assert expectClosed(sock, 10) == alertRecord(
             AlertDescription.UNRECOGNIZED_NAME, 0x0303
         )
     with opened(port, proxyHeader(1, "203.0.113.4", 40004)) as sock:
+        assert expectClosed(sock, 10) == b""
+    with opened(port, b"") as sock:
         assert expectClosed(sock, 10) == b""
     with opened(port, proxyHeader(2, "203.0.113.5", 40005) + hello[:60]) as sock:
         sock.shutdown(socket.SHUT_WR)
@@ -446,9 +347,13 @@ def mixedScenario(gw: Gateway, context: ssl.SSLContext) -> list[tuple[object, ..
     finally:
         for sock in holding:
             sock.close()
-    gw.waitForEntries(11, timeout=15)
-    time.sleep(0.2)  # a twelfth line would be a connection logged twice
-    return sorted(map(normalised, gw.accessLog()), key=repr)
+    gw.waitForEntries(12, timeout=15)
+    time.sleep(0.2)  # a thirteenth line would be a connection logged twice
+    entries = gw.accessLog()
+    for client, (_, bytesIn, bytesOut) in served.items():
+        (entry,) = [e for e in entries if e["client"] == client]
+        assert (entry["bytes_in"], entry["bytes_out"]) == (bytesIn, bytesOut), entry
+    return sorted(map(normalised, entries), key=repr)
 
 
 def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
@@ -480,20 +385,24 @@ def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
             "203.0.113.10:40010",
         ]
         assert plain.sources()[-1:] == ["203.0.113.2:40002"]
-    statuses = {line[0]: line[1:4] for line in results["auto"]}
-    assert statuses == {
-        "203.0.113.1:40001": ("ok", "passthrough", "pass.example.test"),
-        "203.0.113.2:40002": ("ok", "terminate", "term.example.test"),
-        "203.0.113.3:40003": ("no_route", None, "nowhere.example.test"),
-        "203.0.113.4:40004": ("preread_timeout", None, None),
-        "203.0.113.5:40005": ("bad_client_hello", None, None),
-        "198.51.100.7:40007": ("denied", None, None),
-        "203.0.113.8:40008": ("ok", "passthrough", "pass.example.test"),
-        "203.0.113.8:40018": ("limited", None, None),
-        "203.0.113.9:40009": ("ok", "passthrough", "pass.example.test"),
-        "203.0.113.10:40010": ("ok", "passthrough", "pass.example.test"),
-        "127.0.0.1": ("limited", None, None),
-    }, results["auto"]
+    statuses = sorted((line[:4] for line in results["auto"]), key=repr)
+    assert statuses == sorted(
+        [
+            ("203.0.113.1:40001", "ok", "passthrough", "pass.example.test"),
+            ("203.0.113.2:40002", "ok", "terminate", "term.example.test"),
+            ("203.0.113.3:40003", "no_route", None, "nowhere.example.test"),
+            ("203.0.113.4:40004", "preread_timeout", None, None),
+            ("127.0.0.1", "bad_proxy_header", None, None),
+            ("203.0.113.5:40005", "bad_client_hello", None, None),
+            ("198.51.100.7:40007", "denied", None, None),
+            ("203.0.113.8:40008", "ok", "passthrough", "pass.example.test"),
+            ("203.0.113.8:40018", "limited", None, None),
+            ("203.0.113.9:40009", "ok", "passthrough", "pass.example.test"),
+            ("203.0.113.10:40010", "ok", "passthrough", "pass.example.test"),
+            ("127.0.0.1", "limited", None, None),
+        ],
+        key=repr,
+    ), results["auto"]
     assert results["portable"] == results["auto"]
 
 
@@ -640,6 +549,11 @@ def test_bothWorkersAreAcceptedByTheHubAndServeABurst(
     workers = workersStarted(gw)
     assert len(workers) == 2, gw.explain()
     assertAcceptedBy(gw, acceptor(), times=2)
+    saying = re.findall(
+        rf"\[worker (\d) [^]]*\] {re.escape(acceptorLine(gw.port, acceptor()))}",
+        gw.output(),
+    )
+    assert sorted(saying) == ["1", "2"], gw.explain()
 
     answers = manyGets(gw.port, ca.clientContext(), "a.example.test", 200, 20)
     assert answers == ["web"] * 200
@@ -656,9 +570,11 @@ def test_bothWorkersAreAcceptedByTheHubAndServeABurst(
 # -- 5. out of descriptors at accept ------------------------------------------------
 
 
+@pytest.mark.parametrize("relay", ["auto", "portable"])
 def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     limited: Callable[[str, int], Gateway],  # noqa: F811 - the fixture imported above
     backend: StartBackend,
+    relay: str,
 ) -> None:
     """
     With C{RLIMIT_NOFILE} lowered and every descriptor held by clients in
@@ -669,19 +585,24 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     """
     echo = backend("echo", "echo", tls=False)
     limit = 48
+    metricsPort = freePort()
     text = iniText(
-        gateway={"log_level": "debug"},
+        gateway={
+            "log_level": "debug",
+            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
+        },
         listeners={
             "web": {
                 "listen": listen(freePort()),
                 "routes": ["a.example.test echo"],
                 "preread_timeout": "60s",
+                "relay": relay,
             }
         },
         upstreams={"echo": {"servers": echo.address}},
     )
     gw = limited(text, limit)
-    assertAcceptedBy(gw, acceptor())
+    assertAcceptedBy(gw, acceptor(relay))
     held: list[socket.socket] = []
     extra = 3
     try:
@@ -712,6 +633,8 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     assert relayed["status"] == "ok", relayed
     entries = gw.waitForEntries(len(held) + extra + 1)
     assert len(entries) == len(held) + extra + 1, entries
+    active = metric("tlsgateway_active_connections", listener="web")
+    waitUntil(lambda: scrape(metricsPort)[active] == 0, 10, gw.explain)
     assert "Unhandled" not in gw.output(), gw.explain()
     assert "Traceback" not in gw.output(), gw.explain()
 
@@ -719,8 +642,12 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
 # -- 6. drain ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("relay", ["auto", "portable"])
 def test_sigtermEndsPrereadAndRelayedConnectionsAtTheDrainDeadline(
-    gateway: StartGateway, backend: StartBackend, ca: CertificateAuthority
+    gateway: StartGateway,
+    backend: StartBackend,
+    ca: CertificateAuthority,
+    relay: str,
 ) -> None:
     """
     SIGTERM with a silent client and one half through its hello (both in
@@ -737,12 +664,13 @@ def test_sigtermEndsPrereadAndRelayedConnectionsAtTheDrainDeadline(
                     "listen": listen(freePort()),
                     "routes": ["a.example.test echo"],
                     "preread_timeout": "60s",
+                    "relay": relay,
                 }
             },
             upstreams={"echo": {"servers": echo.address}},
         )
     )
-    assertAcceptedBy(gw, acceptor())
+    assertAcceptedBy(gw, acceptor(relay))
     silent = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     partly = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     partly.sendall(makeClientHello("a.example.test")[:40])
