@@ -603,13 +603,9 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     )
     gw = limited(text, limit)
     assertAcceptedBy(gw, acceptor(relay))
-    held: list[socket.socket] = []
+    held = holdUntil(gw, limit)
     extra = 3
     try:
-        while openDescriptors(gw) < limit and len(held) < limit:
-            target = openDescriptors(gw) + 1
-            held.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
-            waitUntil(partial(holdsAtLeast, gw, target), 5, gw.explain)
         for _ in range(extra):
             with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
                 assert expectClosed(sock, 10) == b"", gw.explain()
@@ -637,6 +633,91 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     waitUntil(lambda: scrape(metricsPort)[active] == 0, 10, gw.explain)
     assert "Unhandled" not in gw.output(), gw.explain()
     assert "Traceback" not in gw.output(), gw.explain()
+
+
+def holdUntil(gw: Gateway, count: int) -> list[socket.socket]:
+    """
+    Silent clients (each a descriptor in the pre-read) until the gateway
+    holds C{count} descriptors.
+    """
+    held: list[socket.socket] = []
+    while openDescriptors(gw) < count and len(held) < count:
+        target = openDescriptors(gw) + 1
+        held.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
+        waitUntil(partial(holdsAtLeast, gw, target), 5, gw.explain)
+    return held
+
+
+@pytest.mark.parametrize("relay", ["auto", "portable"])
+def test_aTerminatedConnectionAtTheLastDescriptorIsRefusedAndLogged(
+    limited: Callable[[str, int], Gateway],  # noqa: F811 - the fixture imported above
+    backend: StartBackend,
+    ca: CertificateAuthority,
+    relay: str,
+) -> None:
+    """
+    The last descriptor goes to a client whose route terminates: the hub
+    cannot hand it to the reactor (which needs a descriptor of its own)
+    and refuses it with an C{internal_error} alert, as the port-accepted
+    path refuses it when it cannot connect the upstream; either way one
+    C{upstream_unavailable} line for a local resource error, and a
+    terminated connection works again once descriptors are free.
+    """
+    own = ca.issue("t.example.test")
+    plain = backend("plain", tls=False)
+    limit = 48
+    gw = limited(
+        iniText(
+            gateway={"log_level": "debug"},
+            listeners={
+                "web": {
+                    "listen": listen(freePort()),
+                    "routes": [
+                        "t.example.test plain terminate",
+                        "p.example.test plain",
+                    ],
+                    "certificate": str(own.certificatePath),
+                    "private_key": str(own.privateKeyPath),
+                    "preread_timeout": "60s",
+                    "relay": relay,
+                }
+            },
+            upstreams={"plain": {"servers": plain.address}},
+        ),
+        limit,
+    )
+    assertAcceptedBy(gw, acceptor(relay))
+    held = holdUntil(gw, limit - 1)
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            stream = TLSStream(
+                sock, ca.clientContext(), serverHostname="t.example.test"
+            )
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                stream.handshake()
+                stream.send(httpRequest("t.example.test"))
+                readUntilTcpEof(stream)
+        refused = gw.waitForLog(bySni("t.example.test"))
+    finally:
+        for sock in held:
+            sock.close()
+    assert refused["status"] == "upstream_unavailable", refused
+    # The words every local resource error has, for an operator's grep.
+    assert (
+        "local resource error: EMFILE (Too many open files)" in (refused["reason"])
+    ), refused
+    if acceptor(relay) == HUB:
+        assert refused["reason"].endswith(
+            ": cannot hand the connection to the reactor"
+        ), refused
+        assert refused["bytes_out"] == len(
+            alertRecord(AlertDescription.INTERNAL_ERROR)
+        ), refused
+    assert plain.accepted == 0
+    gw.waitForEntries(len(held) + 1)
+    assert httpsGet(gw.port, ca.clientContext(), "t.example.test") == "plain"
+    assert gw.waitForEntries(len(held) + 2)[-1]["status"] == "ok"
+    assert "Unhandled" not in gw.output(), gw.explain()
 
 
 # -- 6. drain ------------------------------------------------------------------------
