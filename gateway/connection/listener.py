@@ -455,6 +455,9 @@ class ListenerFactory(ServerFactory):
             return verdict
         refusal = self._leaveHub(protocol, verdict)
         if refusal is not None:
+            # Routed, then refused: the line shows what it was routed to,
+            # as for a port-accepted connection whose upstream failed.
+            protocol.record.action = refusal.action
             return refusal
         if isinstance(verdict, Challenge):
             assert self._acme is not None

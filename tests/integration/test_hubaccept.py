@@ -701,7 +701,10 @@ def test_aTerminatedConnectionAtTheLastDescriptorIsRefusedAndLogged(
     finally:
         for sock in held:
             sock.close()
-    assert refused["status"] == "upstream_unavailable", refused
+    assert (refused["status"], refused["action"]) == (
+        "upstream_unavailable",
+        "terminate",
+    ), refused
     # The words every local resource error has, for an operator's grep.
     assert (
         "local resource error: EMFILE (Too many open files)" in (refused["reason"])
