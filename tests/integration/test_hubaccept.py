@@ -65,6 +65,7 @@ from .harness import (
 )
 from .headerrecorder import HeaderRecorder
 from .test_operations import (
+    Sample,
     iniText,
     listen,
     manyGets,
@@ -226,11 +227,15 @@ def proxyHeader(version: int, host: str, port: int) -> bytes:
 
 
 def mixedIni(
-    port: int, relay: str, recorders: tuple[HeaderRecorder, ...], own: ServerCertificate
+    port: int,
+    metricsPort: int,
+    relay: str,
+    recorders: tuple[HeaderRecorder, ...],
+    own: ServerCertificate,
 ) -> str:
     passing, plain = recorders
     return iniText(
-        gateway={"log_level": "debug"},
+        gateway={"log_level": "debug", "metrics": listen(metricsPort)},
         listeners={
             "web": {
                 "listen": listen(port),
@@ -305,6 +310,21 @@ def normalised(entry: dict[str, Any]) -> tuple[object, ...]:
     )
 
 
+def counts(samples: dict[Sample, float]) -> dict[Sample, float]:
+    """
+    The samples of C{/metrics} that count connections (by status, action,
+    refusal...) or say how many are active: bytes, durations and times
+    vary from run to run, these must not vary with who accepts.
+    """
+    return {
+        sample: value
+        for sample, value in samples.items()
+        if sample[0].startswith("tlsgateway_")
+        and (sample[0].endswith("_total") or "active" in sample[0])
+        and "bytes" not in sample[0]
+    }
+
+
 def mixedScenario(gw: Gateway, context: ssl.SSLContext) -> list[tuple[object, ...]]:
     """
     Every kind of connection the mixed listener serves or refuses, one
@@ -367,15 +387,18 @@ def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
     client is the client in the log and in the upstream's header, and
     every refusal (no route, silence, a truncated hello, C{deny}, the
     per-client and listener limits) is what the same listener writes with
-    C{relay = portable}, whose port accepts.
+    C{relay = portable}, whose port accepts; C{/metrics} counts the same.
     """
     own = ca.issue("term.example.test")
     context = ca.clientContext()
     results = {}
+    counted = {}
     for relay in ("auto", "portable"):
-        gw = gateway(mixedIni(freePort(), relay, recorders, own))
+        metricsPort = freePort()
+        gw = gateway(mixedIni(freePort(), metricsPort, relay, recorders, own))
         assertAcceptedBy(gw, acceptor(relay))
         results[relay] = mixedScenario(gw, context)
+        counted[relay] = counts(scrape(metricsPort))
         gw.stop()
         passing, plain = recorders
         assert passing.sources()[-4:] == [
@@ -404,6 +427,13 @@ def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
         key=repr,
     ), results["auto"]
     assert results["portable"] == results["auto"]
+    assert (
+        counted["auto"][
+            metric("tlsgateway_connections_total", listener="web", status="limited")
+        ]
+        == 2
+    )
+    assert counted["portable"] == counted["auto"]
 
 
 # -- 3. relay = portable, and a reload that switches ------------------------------
