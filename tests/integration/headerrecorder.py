@@ -1,7 +1,9 @@
 """
-An upstream that reads the PROXY header the gateway sends before anything
-else, then serves one HTTP request over TLS or plaintext: the header's
-addresses are checked by a test, the rest by the client.
+PROXY headers at both ends of a gateway: the header a balancer in front
+of it sends (L{proxyHeader}), and an upstream behind it that reads the
+header the gateway sends before anything else, then serves one HTTP
+request over TLS or plaintext (L{HeaderRecorder}): the header's addresses
+are checked by a test, the rest by the client.
 """
 
 from __future__ import annotations
@@ -11,11 +13,32 @@ import socket
 import ssl
 import threading
 
-from gateway.wire.proxyprotocol import NEED_MORE, ProxyHeader
+from gateway.wire.proxyprotocol import (
+    NEED_MORE,
+    Command,
+    ProxyAddress,
+    ProxyHeader,
+    encode,
+)
 from gateway.wire.proxyreader import ProxyHeaderReader
 
 from .backends import IO_TIMEOUT, PlainStream, Stream, TLSStream
 from .harness import ServerCertificate
+
+
+def proxyHeader(version: int, host: str, port: int) -> bytes:
+    """
+    A balancer's PROXY header (v1 or v2) naming the client C{host:port},
+    connected to 192.0.2.1:443.
+    """
+    return encode(
+        ProxyHeader(
+            version,
+            Command.PROXY,
+            ProxyAddress(host, port),
+            ProxyAddress("192.0.2.1", 443),
+        )
+    )
 
 
 class HeaderRecorder:
