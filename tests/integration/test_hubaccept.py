@@ -190,6 +190,42 @@ def test_passthroughListenerIsAcceptedByTheHubAndRelaysExactly(
     assert [s.accepted for s in servers.values()] == [2, 2, 1, 1]
 
 
+def test_anIPv6ListenerIsAcceptedByTheHubToo(
+    gateway: StartGateway, backend: StartBackend, ca: CertificateAuthority
+) -> None:
+    """
+    On C{tcp6} the hub accepts as on C{tcp}: the client is routed by its
+    SNI and logged with its IPv6 address and port.
+    """
+    web = backend("web", names=["a.example.test"])
+    port = freePort()
+    description = f"tcp6:{port}:interface=\\:\\:1"
+    gw = gateway(
+        iniText(
+            gateway={"log_level": "debug"},
+            listeners={
+                "web": {"listen": description, "routes": ["a.example.test web"]}
+            },
+            upstreams={"web": {"servers": web.address}},
+        )
+    )
+    assert f"listener web on {description}: accepted by {acceptor()}" in (
+        gw.output()
+    ), gw.explain()
+    with (
+        socket.create_connection(("::1", port), timeout=10) as raw,
+        ca.clientContext().wrap_socket(raw, server_hostname="a.example.test") as tls,
+    ):
+        client = f"[::1]:{tls.getsockname()[1]}"
+        tls.sendall(httpRequest("a.example.test"))
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
+    assert okBody(response) == "web"
+    entry = gw.waitForLog(bySni("a.example.test"))
+    assert (entry["client"], entry["status"]) == (client, "ok"), entry
+
+
 # -- 2. a mixed listener behind a balancer ---------------------------------------
 
 
