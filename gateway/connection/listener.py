@@ -34,6 +34,7 @@ L{gateway.rules.decision}'s.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -329,10 +330,13 @@ class ListenerFactory(ServerFactory):
         try:
             transport.toReactor(self.reactor)
         except OSError as e:
+            # Worded as every local resource error is (EMFILE named first),
+            # so one search of the log finds them all.
+            code = errno.errorcode.get(e.errno or 0, "error")
             return Reject(
                 Status.UPSTREAM_UNAVAILABLE,
-                f"local resource error: {e.strerror}: cannot hand the connection"
-                " to the reactor",
+                f"local resource error: {code} ({e.strerror}): cannot hand the"
+                " connection to the reactor",
                 action=(
                     verdict.action if isinstance(verdict, Relay) else Action.TERMINATE
                 ),
@@ -451,6 +455,9 @@ class ListenerFactory(ServerFactory):
             return verdict
         refusal = self._leaveHub(protocol, verdict)
         if refusal is not None:
+            # Routed, then refused: the line shows what it was routed to,
+            # as for a port-accepted connection whose upstream failed.
+            protocol.record.action = refusal.action
             return refusal
         if isinstance(verdict, Challenge):
             assert self._acme is not None
