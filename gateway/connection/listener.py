@@ -35,6 +35,7 @@ L{gateway.rules.decision}'s.
 from __future__ import annotations
 
 import errno
+import functools
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -169,6 +170,16 @@ class AcmeChallenges(TypingProtocol):
 
 _FRESH: Final = object()
 """No C{strategyState} given: the factory makes its own."""
+
+
+@functools.cache
+def _internalError(version: int) -> bytes:
+    """
+    The C{internal_error} alert a passthrough client waiting for its
+    ServerHello is sent when no server takes it: one per record version,
+    made once, not per connection.
+    """
+    return alertRecord(AlertDescription.INTERNAL_ERROR, version)
 
 
 class ListenerFactory(ServerFactory):
@@ -536,9 +547,7 @@ class ListenerFactory(ServerFactory):
             hello.serverName,
             relay=self.config.relay if opened is None else "portable",
             opening=self.strategy.opening(True),
-            failureAlert=alertRecord(
-                AlertDescription.INTERNAL_ERROR, recordVersion(hello)
-            ),
+            failureAlert=_internalError(recordVersion(hello)),
         )
         if opened is None:
             return PassthroughStage(session)
