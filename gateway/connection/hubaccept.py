@@ -138,9 +138,7 @@ class HubAcceptor:
         """
         Take the listening socket over from the reactor.
         """
-        self._port.stopReading()
-        self.reading = True
-        self._hub.update(self)
+        self._hub.takeReading(self, self._port)
 
     def stop(self) -> None:
         if self.reading:

@@ -224,7 +224,8 @@ class PrereadProtocol(Protocol):
         (L{gateway.connection.hubclient.HubClient.toReactor}).
         """
         if self.transport is not None:
-            self.transport = transport
+            # The same socket: what writes to it counts as before.
+            self.transport = self.clientBytes.socket = transport
             return
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 

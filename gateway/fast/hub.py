@@ -69,6 +69,14 @@ class HubEnd(Protocol):
     def connectionLost(self, reason: Failure) -> None: ...
 
 
+class _ReadsItself(Protocol):
+    """
+    A Twisted descriptor that the reactor reads until told not to.
+    """
+
+    def stopReading(self) -> None: ...
+
+
 @implementer(IReadDescriptor)
 class Hub:
     """
@@ -131,6 +139,15 @@ class Hub:
             failure = Failure()
             _log.failure("splice relay {side} socket", failure, side=end.side)
             self._drop(end, failure)
+
+    def takeReading(self, end: HubEnd, descriptor: _ReadsItself) -> None:
+        """
+        C{end} reads the socket of C{descriptor} (a Twisted port or
+        transport) from the hub, instead of the reactor.
+        """
+        descriptor.stopReading()
+        end.reading = True
+        self.update(end)
 
     def release(self, end: HubEnd, sock: object) -> None:
         """
@@ -333,10 +350,7 @@ class HubReader:
 
     def start(self) -> None:
         if not self.reading:
-            # Take the reading over from the reactor.
-            self.transport.stopReading()
-            self.reading = True
-            self._hub.update(self)
+            self._hub.takeReading(self, self.transport)
 
     def stop(self) -> None:
         if self.reading:

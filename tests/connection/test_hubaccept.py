@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -23,6 +24,7 @@ from gateway.connection.hubaccept import (
 from gateway.connection.hubclient import HubClient
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
+from tests.hubreactor import privateReactor, spinUntil
 
 pytestmark = [pytest.mark.timeout(60)]
 #: The hub's tests: Linux, with the fast paths on (CI's first pass).
@@ -60,22 +62,19 @@ class Listener(ServerFactory):
 
 @pytest.fixture
 def reactor() -> Iterator[EPollReactor]:
-    made = EPollReactor()
-    yield made
-    hub = fasthub.HUBS.get(made)
-    if hub is not None:
-        hub.close()
-    made.removeAll()
-    made._poller.close()
+    yield from privateReactor()
 
 
-def spinUntil(
-    reactor: EPollReactor, done: Callable[[], bool], what: str, timeout: float = 5.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        reactor.iterate(0.005)
+def assertThePortAccepts(reactor: EPollReactor, port: Any, listener: Listener) -> None:
+    """
+    C{port} is read by the reactor, and a connection reaches C{listener}
+    through it, none through the hub.  Then the port closes.
+    """
+    assert port in reactor.getReaders()
+    with socket.create_connection(("127.0.0.1", port.getHost().port)):
+        spinUntil(reactor, lambda: bool(listener.byPort), "the port's accept")
+    assert listener.inHub == []
+    port.stopListening()
 
 
 def current(listener: Listener) -> Callable[[], Listener]:
@@ -124,11 +123,7 @@ def test_aListenerTheHubDoesNotPreReadIsAcceptedByItsPort(
         reactor, port, lambda: listener, preread=False, shared=False
     )
     assert isinstance(acceptor, PortAcceptor)
-    assert port in reactor.getReaders()
-    with socket.create_connection(("127.0.0.1", port.getHost().port)):
-        spinUntil(reactor, lambda: bool(listener.byPort), "the port's accept")
-    assert listener.inHub == []
-    port.stopListening()
+    assertThePortAccepts(reactor, port, listener)
 
 
 @linuxFastPath
@@ -173,11 +168,7 @@ def test_stoppingGivesThePortBackToTheReactor(reactor: EPollReactor) -> None:
         reactor, port, lambda: listener, preread=True, shared=False
     )
     acceptor.stop()
-    assert port in reactor.getReaders()
-    with socket.create_connection(("127.0.0.1", port.getHost().port)):
-        spinUntil(reactor, lambda: bool(listener.byPort), "the port's accept")
-    assert listener.inHub == []
-    port.stopListening()
+    assertThePortAccepts(reactor, port, listener)
 
 
 @linuxFastPath

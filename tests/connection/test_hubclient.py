@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -24,6 +24,7 @@ from zope.interface import implementer
 from gateway.connection.hubclient import HubClient, ipAddress
 from gateway.fast import hub as fasthub
 from tests.helpers import fastPathOnly
+from tests.hubreactor import privateReactor, spinUntil
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux epoll only"),
@@ -72,13 +73,33 @@ class Owner(Protocol):
 
 @pytest.fixture
 def reactor() -> Iterator[EPollReactor]:
-    made = EPollReactor()
-    yield made
-    hub = fasthub.HUBS.get(made)
-    if hub is not None:
-        hub.close()
-    made.removeAll()
-    made._poller.close()
+    yield from privateReactor()
+
+
+def accepted(
+    reactor: EPollReactor, owner: Owner, sent: bytes = b"", *, shut: bool = False
+) -> tuple[socket.socket, HubClient]:
+    """
+    A connection whose client sent C{sent} (and its FIN, if C{shut})
+    before the hub made it C{owner}'s.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        peer = socket.create_connection(listening.getsockname())
+        if sent:
+            peer.sendall(sent)
+        if shut:
+            peer.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        sock, address = listening.accept()
+    sock.setblocking(False)
+    client = HubClient(
+        fasthub.hubFor(reactor),
+        sock,
+        socket.AF_INET,
+        ipAddress(socket.AF_INET, address),
+    )
+    client.connect(owner)
+    return peer, client
 
 
 @pytest.fixture
@@ -87,31 +108,12 @@ def pair(reactor: EPollReactor) -> Iterator[tuple[socket.socket, HubClient, Owne
     A connected pair: the peer's socket, and the accepted side as a
     L{HubClient} of an L{Owner}.
     """
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        peer = socket.create_connection(listening.getsockname())
-        accepted, address = listening.accept()
-    accepted.setblocking(False)
-    client = HubClient(
-        fasthub.hubFor(reactor),
-        accepted,
-        socket.AF_INET,
-        ipAddress(socket.AF_INET, address),
-    )
     owner = Owner()
-    client.connect(owner)
+    peer, client = accepted(reactor, owner)
     yield peer, client, owner
     peer.close()
     if client.open:
         client.abortConnection()
-
-
-def spinUntil(
-    reactor: EPollReactor, done: Callable[[], bool], what: str, timeout: float = 5.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        reactor.iterate(0.005)
 
 
 def receiveAll(peer: socket.socket, reactor: EPollReactor, size: int) -> bytes:
@@ -282,32 +284,6 @@ class Pausing(Owner):
         super().dataReceived(data)
         assert self.transport is not None
         cast(HubClient, self.transport).pauseProducing()
-
-
-def accepted(
-    reactor: EPollReactor, owner: Owner, sent: bytes = b"", *, shut: bool = False
-) -> tuple[socket.socket, HubClient]:
-    """
-    A connection whose client sent C{sent} (and its FIN, if C{shut})
-    before the hub made it C{owner}'s.
-    """
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        peer = socket.create_connection(listening.getsockname())
-        if sent:
-            peer.sendall(sent)
-        if shut:
-            peer.shutdown(socket.SHUT_WR)
-        time.sleep(0.05)
-        sock, address = listening.accept()
-    sock.setblocking(False)
-    client = HubClient(
-        fasthub.hubFor(reactor),
-        sock,
-        socket.AF_INET,
-        ipAddress(socket.AF_INET, address),
-    )
-    client.connect(owner)
-    return peer, client
 
 
 def test_whatTheClientSentBeforeTheAcceptIsReadAtOnce(reactor: EPollReactor) -> None:

@@ -285,6 +285,35 @@ class ConnectionRecord:
     done: threading.Event = attrs.Factory(threading.Event)
 
 
+def loopbackListener(backlog: int) -> tuple[socket.socket, str]:
+    """
+    A listening socket on 127.0.0.1 whose C{accept} wakes every 0.1 s (so
+    its loop can stop, L{accepting}), and its C{host:port}.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    listener.settimeout(0.1)
+    return listener, f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def accepting(
+    listener: socket.socket, stopping: threading.Event
+) -> Iterator[socket.socket]:
+    """
+    Each connection C{listener} accepts, until C{stopping} is set or the
+    listener is closed.
+    """
+    while not stopping.is_set():
+        try:
+            sock, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        yield sock
+
+
 MODES = ("name", "echo", "sink-hash", "source")
 
 
@@ -394,13 +423,7 @@ class Backend:
             time.sleep(0.02)
 
     def _acceptLoop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for sock in accepting(self._listener, self._stopping):
             record = ConnectionRecord()
             with self._lock:
                 if self._stopping.is_set():

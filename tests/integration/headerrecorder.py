@@ -22,7 +22,14 @@ from gateway.wire.proxyprotocol import (
 )
 from gateway.wire.proxyreader import ProxyHeaderReader
 
-from .backends import IO_TIMEOUT, PlainStream, Stream, TLSStream
+from .backends import (
+    IO_TIMEOUT,
+    PlainStream,
+    Stream,
+    TLSStream,
+    accepting,
+    loopbackListener,
+)
 from .harness import ServerCertificate
 
 
@@ -61,23 +68,13 @@ class HeaderRecorder:
             certificate.leaf.configure_cert(self._context)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(32)
-        self._listener.settimeout(0.1)
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._listener, self.address = loopbackListener(32)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._acceptLoop, daemon=True)
         self._thread.start()
 
     def _acceptLoop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for sock in accepting(self._listener, self._stopping):
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
             with self._lock:
                 self._threads.append(thread)

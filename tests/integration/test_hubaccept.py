@@ -88,6 +88,25 @@ HUB = "the hub"
 PORT = "its port"
 
 
+def echoIni(server: str, relay: str, gateway: dict[str, str]) -> str:
+    """
+    One passthrough listener routing C{a.example.test} to C{server}, with
+    a long pre-read deadline, the debug log and C{gateway}'s keys.
+    """
+    return iniText(
+        gateway={"log_level": "debug", **gateway},
+        listeners={
+            "web": {
+                "listen": listen(freePort()),
+                "routes": ["a.example.test echo"],
+                "preread_timeout": "60s",
+                "relay": relay,
+            }
+        },
+        upstreams={"echo": {"servers": server}},
+    )
+
+
 def acceptor(relay: str = "auto") -> str:
     """
     Who accepts a passthrough listener with this C{relay}: the hub, unless
@@ -629,20 +648,8 @@ def test_connectionsPastTheDescriptorLimitAreClosedAtAcceptAndLogged(
     echo = backend("echo", "echo", tls=False)
     limit = 48
     metricsPort = freePort()
-    text = iniText(
-        gateway={
-            "log_level": "debug",
-            "metrics": f"tcp:{metricsPort}:interface=127.0.0.1",
-        },
-        listeners={
-            "web": {
-                "listen": listen(freePort()),
-                "routes": ["a.example.test echo"],
-                "preread_timeout": "60s",
-                "relay": relay,
-            }
-        },
-        upstreams={"echo": {"servers": echo.address}},
+    text = echoIni(
+        echo.address, relay, {"metrics": f"tcp:{metricsPort}:interface=127.0.0.1"}
     )
     gw = limited(text, limit)
     assertAcceptedBy(gw, acceptor(relay))
@@ -708,20 +715,7 @@ def test_sigtermEndsPrereadAndRelayedConnectionsAtTheDrainDeadline(
     exits 0.
     """
     echo = backend("echo", "echo", names=["a.example.test"])
-    gw = gateway(
-        iniText(
-            gateway={"log_level": "debug", "drain_timeout": "2s"},
-            listeners={
-                "web": {
-                    "listen": listen(freePort()),
-                    "routes": ["a.example.test echo"],
-                    "preread_timeout": "60s",
-                    "relay": relay,
-                }
-            },
-            upstreams={"echo": {"servers": echo.address}},
-        )
-    )
+    gw = gateway(echoIni(echo.address, relay, {"drain_timeout": "2s"}))
     assertAcceptedBy(gw, acceptor(relay))
     silent = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     partly = socket.create_connection(("127.0.0.1", gw.port), timeout=10)

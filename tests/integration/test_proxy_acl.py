@@ -46,7 +46,15 @@ from gateway.wire.proxyprotocol import (
 )
 from gateway.wire.proxyreader import ProxyHeaderReader
 
-from .backends import IO_TIMEOUT, TLSStream, expectClosed, readUntilTcpEof, waitUntil
+from .backends import (
+    IO_TIMEOUT,
+    TLSStream,
+    accepting,
+    expectClosed,
+    loopbackListener,
+    readUntilTcpEof,
+    waitUntil,
+)
 from .harness import (
     CertificateAuthority,
     Gateway,
@@ -782,23 +790,13 @@ class CaptureServer:
         self.headers: list[ProxyHeader] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.1)
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._listener, self.address = loopbackListener(16)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        for sock in accepting(self._listener, self._stopping):
             with sock:
                 try:
                     self._one(sock)

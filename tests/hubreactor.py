@@ -1,0 +1,44 @@
+"""
+A private epoll reactor for the tests of the hub and what it calls
+(L{gateway.fast.hub}, L{gateway.connection.hubaccept},
+L{gateway.connection.hubclient}), and a bounded way to turn it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from gateway.fast import hub as fasthub
+
+if TYPE_CHECKING:
+    from twisted.internet.epollreactor import EPollReactor
+
+
+def privateReactor() -> Iterator[EPollReactor]:
+    """
+    An epoll reactor of the test's own, closed with its hub afterwards
+    (a generator for a pytest fixture to yield from).
+    """
+    from twisted.internet.epollreactor import EPollReactor
+
+    made = EPollReactor()
+    yield made
+    hub = fasthub.HUBS.get(made)
+    if hub is not None:
+        hub.close()
+    made.removeAll()
+    made._poller.close()
+
+
+def spinUntil(
+    reactor: EPollReactor, done: Callable[[], bool], what: str, timeout: float = 5.0
+) -> None:
+    """
+    Turn C{reactor} until C{done()}, failing the test after C{timeout}.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        reactor.iterate(0.005)
