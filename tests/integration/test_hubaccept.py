@@ -16,12 +16,14 @@ so, and run the rest unchanged.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -408,6 +410,38 @@ def mixedScenario(gw: Gateway, context: ssl.SSLContext) -> list[tuple[object, ..
     return sorted(map(normalised, entries), key=repr)
 
 
+def statusPage(
+    metricsPort: int, gw: Gateway
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """
+    What the status page (C{/status.json}) says of the listener C{web}
+    that must not depend on who accepted: its counts, and the statuses of
+    its recent failures, oldest first; its byte totals are those of the
+    access log (checked here, as the handshakes' sizes vary by run).
+    """
+    page = json.loads(fetchStatus(metricsPort))
+    (web,) = [entry for entry in page["listeners"] if entry["name"] == "web"]
+    lines = [entry for entry in gw.accessLog() if entry["listener"] == "web"]
+    assert (web["bytes_in"], web["bytes_out"]) == (
+        sum(entry["bytes_in"] for entry in lines),
+        sum(entry["bytes_out"] for entry in lines),
+    ), web
+    failures = sorted(
+        (failure.get("status"), failure.get("sni"))
+        for failure in page["recent_failures"]
+    )
+    counts = {key: web[key] for key in ("active", "connections_total")}
+    return counts, failures
+
+
+def fetchStatus(port: int) -> bytes:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/status.json", timeout=10
+    ) as response:
+        body: bytes = response.read()
+    return body
+
+
 def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
     gateway: StartGateway,
     ca: CertificateAuthority,
@@ -425,12 +459,14 @@ def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
     context = ca.clientContext()
     results = {}
     counted = {}
+    pages = {}
     for relay in ("auto", "portable"):
         metricsPort = freePort()
         gw = gateway(mixedIni(freePort(), metricsPort, relay, recorders, own))
         assertAcceptedBy(gw, acceptor(relay))
         results[relay] = mixedScenario(gw, context)
         counted[relay] = counts(scrape(metricsPort))
+        pages[relay] = statusPage(metricsPort, gw)
         gw.stop()
         passing, plain = recorders
         assert passing.sources()[-4:] == [
@@ -466,6 +502,8 @@ def test_mixedListenerServesAndRefusesAsAPortAcceptedOne(
         == 2
     )
     assert counted["portable"] == counted["auto"]
+    assert pages["portable"] == pages["auto"]
+    assert pages["auto"][0] == {"active": 0, "connections_total": 12}
 
 
 # -- 3. relay = portable, and a reload that switches ------------------------------
