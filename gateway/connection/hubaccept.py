@@ -170,9 +170,24 @@ class HubAcceptor:
                 self._acceptFailed(e, factory)
                 return
             sock.setblocking(False)
-            factory.acceptedInHub(
-                HubClient(hub, sock, family, ipAddress(family, address))
-            )
+            client = HubClient(hub, sock, family, ipAddress(family, address))
+            try:
+                factory.acceptedInHub(client)
+            except Exception:  # noqa: BLE001 - one connection's bug, not the port's
+                self._failed(client)
+
+    def _failed(self, client: HubClient) -> None:
+        """
+        Starting a connection raised (a bug): log it and drop that
+        connection only.  Twisted's port would have been dropped with it,
+        and the listener would accept nothing more.
+        """
+        _log.failure(
+            "listener socket {port}: a connection from {client} failed to start",
+            port=self._port,
+            client=client.getPeer(),
+        )
+        client.abortConnection()
 
     def doWrite(self) -> None:  # pragma: no cover - never registered to write
         pass

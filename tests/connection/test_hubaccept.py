@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import LogEvent, globalLogPublisher
 
 from gateway.connection.hubaccept import (
     BATCH,
@@ -24,6 +25,7 @@ from gateway.connection.hubaccept import (
 from gateway.connection.hubclient import HubClient
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
+from tests.helpers import appendingTo
 from tests.hubreactor import privateReactor, spinUntil
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -285,3 +287,45 @@ def test_withTheFastPathsOffThePortAcceptsEveryListener() -> None:
         assert port in made.getReaders()
     finally:
         port.stopListening()
+
+
+@linuxFastPath
+def test_aConnectionThatFailsToStartIsDroppedAloneAndLogged(
+    reactor: EPollReactor,
+) -> None:
+    """
+    The listener raises for one connection (a bug): that one is logged and
+    closed, and the hub goes on accepting the next ones.
+    """
+
+    class Failing(Listener):
+        def acceptedInHub(self, client: HubClient) -> None:
+            if not self.inHub:
+                self.inHub.append(client)
+                raise RuntimeError("a bug in starting the first connection")
+            super().acceptedInHub(client)
+
+    listener = Failing()
+    port = reactor.listenTCP(0, listener, interface="127.0.0.1")
+    acceptor = chooseAcceptor(
+        reactor, port, lambda: listener, preread=True, shared=False
+    )
+    events: list[LogEvent] = []
+    observer = appendingTo(events)
+    globalLogPublisher.addObserver(observer)
+    address = ("127.0.0.1", port.getHost().port)
+    try:
+        with socket.create_connection(address, timeout=5) as first:
+            spinUntil(reactor, lambda: bool(listener.inHub), "the first accept")
+            assert first.recv(10) == b"", "the failed connection is closed"
+        with socket.create_connection(address):
+            spinUntil(reactor, lambda: len(listener.inHub) == 2, "the next accept")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert [e["log_failure"].type for e in failures] == [RuntimeError]
+    assert isinstance(acceptor, HubAcceptor)
+    assert acceptor.reading
+    closeAll(listener.inHub[1:])
+    acceptor.stop()
+    port.stopListening()
