@@ -10,61 +10,27 @@ closes: nothing is relayed, no upstream is involved.
 
 from __future__ import annotations
 
-from OpenSSL import SSL
-from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.connection.preread import IStage
-from gateway.connection.timers import Deadline, cancel, later
-from gateway.core.transports import RelayTransport
-from gateway.rules.accesslog import ConnectionRecord
+from gateway.connection.terminate import HandshakeStage
 from gateway.rules.decision import offersOnlyAcmeTLS
-from gateway.rules.lifecycle import ConnectionOwner, Event
-from gateway.tls.transport import ITLSEvents, TLSTransport
+from gateway.rules.lifecycle import Event
+from gateway.tls.transport import ITLSEvents
 
 __all__ = ["ChallengeStage", "offersOnlyAcmeTLS"]
 
 
 @implementer(IStage, ITLSEvents)
-class ChallengeStage:
+class ChallengeStage(HandshakeStage):
     """
     The handshake with the challenge certificate, then a clean close.
-
     The access log records it as C{action} C{terminate}, no upstream,
     status C{ok} with the reason saying which challenge was answered.
     """
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        transport: RelayTransport,
-        record: ConnectionRecord,
-        owner: ConnectionOwner,
-        context: SSL.Context,
-        timeout: float,
-    ) -> None:
-        self._clock = clock
-        self._transport = transport
-        self._record = record
-        self._owner = owner
-        self._timeout = timeout
-        connection = SSL.Connection(context, None)
-        connection.set_accept_state()
-        self._tls = TLSTransport(
-            connection, transport, self, clientBytes=owner.clientBytes
-        )
-        self._timer: Deadline | None = None
-
-    def start(self, buffered: bytes) -> None:
-        self._owner.report(Event.HANDSHAKE)
-        self._timer = later(self._clock, self._timeout, self._timedOut)
-        self._tls.ciphertextReceived(buffered)
-
     # client transport events
-
-    def dataReceived(self, data: bytes) -> None:
-        self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:
         self._tls.ciphertextEnded()
@@ -108,14 +74,7 @@ class ChallengeStage:
         # The alert went out and the TLS layer closes the socket.
         self._owner.report(Event.TLS_ERROR, f"acme tls-alpn-01 challenge: {reason}")
 
-    def _timedOut(self) -> None:
-        self._timer = None
-        self._owner.report(
-            Event.HANDSHAKE_FAILED,
-            f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s",
+    def _timeoutReason(self) -> str:
+        return (
+            f"acme tls-alpn-01 challenge: handshake not done after {self._timeout:g}s"
         )
-        self._transport.abortConnection()
-
-    def _stopTimer(self) -> None:
-        cancel(self._timer)
-        self._timer = None

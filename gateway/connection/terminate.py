@@ -62,14 +62,73 @@ class ITerminatedSession(Interface):
         """
 
 
-@implementer(IStage, ITLSEvents)
-class TerminationStage:
+class HandshakeStage:
     """
-    @ivar _tls: the client's TLS layer: ciphertext from the socket in,
-        plaintext to the session out.
-    @ivar _timer: the handshake deadline (the listener's
-        C{preread_timeout}, which bounds everything a client must send
-        before it is served).
+    What a stage that does the gateway's own TLS handshake with the client
+    shares (L{TerminationStage}, L{gateway.connection.challenge.ChallengeStage}):
+    the client's TLS layer over its socket, fed the pre-read bytes first
+    and everything after, and the handshake's deadline, which ends the
+    connection as C{handshake_failed} in the words of L{_timeoutReason}.
+
+    @ivar _tls: the client's TLS layer, whose events come to the stage.
+    @ivar _timer: the handshake deadline, once started.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        transport: RelayTransport,
+        record: ConnectionRecord,
+        owner: ConnectionOwner,
+        context: SSL.Context,
+        timeout: float,
+    ) -> None:
+        self._clock = clock
+        self._transport = transport
+        self._record = record
+        self._owner = owner
+        self._timeout = timeout
+        connection = SSL.Connection(context, None)
+        connection.set_accept_state()
+        self._tls = TLSTransport(
+            connection,
+            transport,
+            self,  # type: ignore[arg-type]
+            clientBytes=owner.clientBytes,
+        )
+        self._timer: Deadline | None = None
+
+    def start(self, buffered: bytes) -> None:
+        self._owner.report(Event.HANDSHAKE)
+        self._timer = later(self._clock, self._timeout, self._timedOut)
+        self._tls.ciphertextReceived(buffered)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._tls.ciphertextReceived(data)
+
+    def _timeoutReason(self) -> str:
+        """
+        The access log's C{reason} when the handshake is not done in time.
+        """
+        return f"handshake timeout: not done after {self._timeout:g}s"
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._owner.report(Event.HANDSHAKE_FAILED, self._timeoutReason())
+        self._transport.abortConnection()
+
+    def _stopTimer(self) -> None:
+        cancel(self._timer)
+        self._timer = None
+
+
+@implementer(IStage, ITLSEvents)
+class TerminationStage(HandshakeStage):
+    """
+    The handshake, then the session, which the TLS layer gives plaintext
+    to.  The handshake's deadline is the listener's C{preread_timeout},
+    which bounds everything a client must send before it is served.
+
     @ivar _handshakeStarted: reactor time the handshake began, for the
         handshake-duration histogram.
     """
@@ -86,31 +145,13 @@ class TerminationStage:
         describe: Callable[[SSL.Connection], ExtraFields],
         handshakeTimed: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        self._clock = clock
-        self._transport = transport
-        self._record = record
-        self._owner = owner
+        super().__init__(clock, transport, record, owner, context, handshakeTimeout)
         self._describe = describe
         self._handshakeTimed = handshakeTimed
-        connection = SSL.Connection(context, None)
-        connection.set_accept_state()
-        self._tls = TLSTransport(
-            connection, transport, self, clientBytes=owner.clientBytes
-        )
         self._session = makeSession(self._tls)
-        self._handshakeTimeout = handshakeTimeout
         self._handshakeStarted = clock.seconds()
-        self._timer: Deadline | None = None
-
-    def start(self, buffered: bytes) -> None:
-        self._owner.report(Event.HANDSHAKE)
-        self._timer = later(self._clock, self._handshakeTimeout, self._timedOut)
-        self._tls.ciphertextReceived(buffered)
 
     # client transport events
-
-    def dataReceived(self, data: bytes) -> None:
-        self._tls.ciphertextReceived(data)
 
     def readConnectionLost(self) -> None:
         self._tls.ciphertextEnded()
@@ -153,15 +194,3 @@ class TerminationStage:
         # recorded is this one.
         self._owner.report(Event.TLS_ERROR, reason)
         self._record.extra.setdefault("closed_by", "client_tls_error")
-
-    def _timedOut(self) -> None:
-        self._timer = None
-        self._owner.report(
-            Event.HANDSHAKE_FAILED,
-            f"handshake timeout: not done after {self._handshakeTimeout:g}s",
-        )
-        self._transport.abortConnection()
-
-    def _stopTimer(self) -> None:
-        cancel(self._timer)
-        self._timer = None
