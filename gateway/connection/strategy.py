@@ -158,6 +158,32 @@ class IProtocolStrategy(Interface):
         """
 
 
+class ReadsNothing:
+    """
+    The L{IProtocolStrategy} answers of a protocol that reads nothing
+    before it serves a connection (served at accept: C{mode = tcp},
+    MySQL, whose client waits for the server's greeting): no ClientHello,
+    no preamble, no hint for a misdirected client, no opening upstream,
+    no state per listener.  A strategy inherits them and gives its C{name}
+    and its C{openAtAccept}.
+    """
+
+    readsHello = False
+    speaksTLSFirst = False
+
+    def preamble(self) -> None:
+        return None
+
+    def misdirected(self, buffered: bytes) -> str | None:
+        return None
+
+    def opening(self, encrypted: bool) -> None:
+        return None
+
+    def listenerState(self) -> None:
+        return None
+
+
 class ListenerStates:
     """
     The L{IProtocolStrategy.listenerState} of each listener name, kept by

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final
 from zope.interface import implementer
 
 from gateway.connection.hooks import IServesAtAccept, ListenerContext
-from gateway.connection.strategy import IProtocolStrategy
+from gateway.connection.strategy import IProtocolStrategy, ReadsNothing
 from gateway.wire.postgres import looksLikePostgres
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class TLSStrategy:
 
 
 @implementer(IProtocolStrategy, IServesAtAccept)
-class TCPStrategy:
+class TCPStrategy(ReadsNothing):
     """
     C{mode = tcp}: nothing is read; the connection is relayed to its one
     C{upstream} from its first byte, at accept or once its PROXY header
@@ -62,20 +62,6 @@ class TCPStrategy:
     """
 
     name = "tcp"
-    readsHello = False
-    speaksTLSFirst = False
-
-    def preamble(self) -> None:
-        return None
-
-    def misdirected(self, buffered: bytes) -> str | None:
-        return None
-
-    def opening(self, encrypted: bool) -> None:
-        return None
-
-    def listenerState(self) -> None:
-        return None
 
     def openAtAccept(
         self, listener: ListenerContext, protocol: PrereadProtocol, buffered: bytes

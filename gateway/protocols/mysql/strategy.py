@@ -15,7 +15,7 @@ from zope.interface import implementer
 from gateway.connection.hooks import IServesAtAccept, ListenerContext
 from gateway.connection.preread import PrereadProtocol
 from gateway.connection.session import UpstreamRuntime
-from gateway.connection.strategy import IProtocolStrategy
+from gateway.connection.strategy import IProtocolStrategy, ReadsNothing
 from gateway.core.transports import relayTransport
 from gateway.core.vocabulary import Status
 from gateway.protocols.mysql.connection import MySQLConnection
@@ -54,7 +54,7 @@ def verdictFor(
 
 
 @implementer(IProtocolStrategy, IServesAtAccept)
-class MySQLStrategy:
+class MySQLStrategy(ReadsNothing):
     """
     C{protocol = mysql}: a MySQL client reads the server's greeting before
     it sends a byte, so nothing is pre-read: the connection is handed to
@@ -64,20 +64,6 @@ class MySQLStrategy:
     """
 
     name = "mysql"
-    readsHello = False
-    speaksTLSFirst = False
-
-    def preamble(self) -> None:
-        return None
-
-    def misdirected(self, buffered: bytes) -> str | None:
-        return None
-
-    def opening(self, encrypted: bool) -> None:
-        return None
-
-    def listenerState(self) -> None:
-        return None
 
     def openAtAccept(
         self, listener: ListenerContext, protocol: PrereadProtocol, buffered: bytes
