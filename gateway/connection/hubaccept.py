@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from gateway.connection.hubclient import HubClient, ipAddress
+from gateway.fast.acceptwatch import listening
 from gateway.fast.hub import hubFor
 from gateway.fast.internals import acceptExclusively
 from gateway.fast.portable import EPOLL
@@ -105,7 +106,7 @@ class HubAcceptor:
     A listening socket read from the hub.
 
     @ivar reading: registered with the hub (the hub's L{HubEnd}).
-    @ivar exclusive: the epoll flag the hub registers it with.
+    @ivar _exclusive: the epoll flag the hub registers it with.
     @ivar _reserve: a descriptor kept to be given up when C{accept} finds
         none left, so the waiting connections can be accepted and closed
         (each with its line) instead of the socket staying readable.
@@ -130,7 +131,7 @@ class HubAcceptor:
         self.socket: socket.socket = port.socket
         self.fd: int = self.socket.fileno()
         self._family = self.socket.family
-        self.exclusive = _EXCLUSIVE if shared else 0
+        self._exclusive = _EXCLUSIVE if shared else 0
         self.reading = False
         self._reserve = _reserve()
 
@@ -138,7 +139,7 @@ class HubAcceptor:
         """
         Take the listening socket over from the reactor.
         """
-        self._hub.takeReading(self, self._port)
+        self._hub.takeReading(self, self._port, self._exclusive)
 
     def stop(self) -> None:
         if self.reading:
@@ -209,7 +210,7 @@ class HubAcceptor:
         if error.errno in _OUT_OF:
             self._recover(factory)
             return
-        if self._shared and not _listening(self.socket):
+        if self._shared and not listening(self.socket):
             # The supervisor shut it down: the port's own read says so
             # and ends it (gateway.fast.acceptwatch).
             self.stop()
@@ -242,16 +243,6 @@ def _reserve() -> int:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return -1
-
-
-def _listening(sock: socket.socket) -> bool:
-    """
-    C{sock} still listens, or it cannot be told.
-    """
-    try:
-        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    except OSError:
-        return True
 
 
 def chooseAcceptor(

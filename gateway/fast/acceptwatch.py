@@ -116,8 +116,14 @@ def _listening(port: Any) -> bool:
     cannot be told (then Twisted's C{accept} finds out as before).
     """
     sock = getattr(port, "socket", None)
-    if sock is None:
-        return True
+    return sock is None or listening(sock)
+
+
+def listening(sock: socket.socket) -> bool:
+    """
+    C{sock} still listens (C{SO_ACCEPTCONN}: a listening socket shut down
+    by another process holding it does not), or it cannot be told.
+    """
     try:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except OSError:

@@ -140,14 +140,17 @@ class Hub:
             _log.failure("splice relay {side} socket", failure, side=end.side)
             self._drop(end, failure)
 
-    def takeReading(self, end: HubEnd, descriptor: _ReadsItself) -> None:
+    def takeReading(
+        self, end: HubEnd, descriptor: _ReadsItself, exclusive: int = 0
+    ) -> None:
         """
         C{end} reads the socket of C{descriptor} (a Twisted port or
-        transport) from the hub, instead of the reactor.
+        transport) from the hub, instead of the reactor (C{exclusive}: as
+        for L{update}).
         """
         descriptor.stopReading()
         end.reading = True
-        self.update(end)
+        self.update(end, exclusive)
 
     def release(self, end: HubEnd, sock: object) -> None:
         """
@@ -198,10 +201,14 @@ class Hub:
         self._sockets[fd] = end
         return True
 
-    def update(self, end: HubEnd) -> None:
+    def update(self, end: HubEnd, exclusive: int = 0) -> None:
         """
         Make the epoll registration of C{end} match its C{reading} and
         C{writing}.
+
+        @param exclusive: C{EPOLLEXCLUSIVE}, for a shared listening socket
+            being registered (L{gateway.connection.hubaccept}): one
+            worker's hub woken per connection.
         """
         fd = end.fd
         mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
@@ -223,10 +230,8 @@ class Hub:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
         self._sockets[fd] = end
-        exclusive = getattr(end, "exclusive", 0)
         if exclusive:
-            # A shared listening socket (gateway.connection.hubaccept): one
-            # worker's hub woken per connection; the flag takes no EPOLLPRI.
+            # The flag takes no EPOLLPRI.
             try:
                 self._epoll.register(fd, select.EPOLLIN | exclusive)
             except OSError:
