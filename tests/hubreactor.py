@@ -2,6 +2,11 @@
 A private epoll reactor for the tests of the hub and what it calls
 (L{gateway.fast.hub}, L{gateway.connection.hubaccept},
 L{gateway.connection.hubclient}), and a bounded way to turn it.
+
+Each of those tests runs on both reactors the hub may be read by:
+Twisted's epoll reactor (the hub one of its readers, as when the gateway
+is embedded) and the gateway's own (L{gateway.fast.hubreactor}, which
+calls the hub directly).
 """
 
 from __future__ import annotations
@@ -16,14 +21,23 @@ if TYPE_CHECKING:
     from twisted.internet.epollreactor import EPollReactor
 
 
-def privateReactor() -> Iterator[EPollReactor]:
+#: The reactors a hub test runs on (a parametrized fixture's params).
+KINDS = ("twisted", "gateway")
+
+
+def privateReactor(kind: str = "twisted") -> Iterator[EPollReactor]:
     """
     An epoll reactor of the test's own, closed with its hub afterwards
     (a generator for a pytest fixture to yield from).
+
+    @param kind: one of L{KINDS}: Twisted's epoll reactor, or the gateway's
+        L{gateway.fast.hubreactor.HubReactor}.
     """
     from twisted.internet.epollreactor import EPollReactor
 
-    made = EPollReactor()
+    from gateway.fast.hubreactor import HubReactor
+
+    made = EPollReactor() if kind == "twisted" else HubReactor()
     yield made
     hub = fasthub.HUBS.get(made)
     if hub is not None:

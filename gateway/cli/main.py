@@ -129,6 +129,8 @@ def makeTop(
     from gateway.run.split import streamPart
     from gateway.run.supervisor import Supervisor
 
+    kind = type(reactor)
+    _log.debug("reactor: {reactor}", reactor=f"{kind.__module__}.{kind.__qualname__}")
     top = MultiService()
     main: Any
     worker = worker or bool(inherited)
@@ -173,6 +175,10 @@ def serve(
     @return: the process exit status: 0 after a normal stop or drain, 1 if
         a listener could not be opened.
     """
+    from gateway.fast import hubreactor
+
+    # Before the global reactor's first import, which installs Twisted's.
+    hubreactor.install()
     from twisted.internet import reactor
 
     from gateway.run.generation import StartupError

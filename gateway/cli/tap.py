@@ -111,6 +111,11 @@ def makeService(options: Options) -> IService:
     except OSError as e:
         sys.stderr.write(f"{options['config']}: {e.strerror}\n")
         raise SystemExit(1) from None
+    from gateway.fast import hubreactor
+
+    # The gateway's reactor, unless twistd was given one (--reactor), which
+    # it then installed already.
+    hubreactor.install()
     from twisted.internet import reactor
 
     from gateway.cli.main import makeTop

@@ -26,7 +26,7 @@ from gateway.connection.hubclient import HubClient
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
 from tests.helpers import appendingTo
-from tests.hubreactor import privateReactor, spinUntil
+from tests.hubreactor import KINDS, privateReactor, spinUntil
 
 pytestmark = [pytest.mark.timeout(60)]
 #: The hub's tests: Linux, with the fast paths on (CI's first pass).
@@ -62,9 +62,9 @@ class Listener(ServerFactory):
         self.closed.append(address)
 
 
-@pytest.fixture
-def reactor() -> Iterator[EPollReactor]:
-    yield from privateReactor()
+@pytest.fixture(params=KINDS)
+def reactor(request: pytest.FixtureRequest) -> Iterator[EPollReactor]:
+    yield from privateReactor(request.param)
 
 
 def assertThePortAccepts(reactor: EPollReactor, port: Any, listener: Listener) -> None:

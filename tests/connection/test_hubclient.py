@@ -24,7 +24,7 @@ from zope.interface import implementer
 from gateway.connection.hubclient import HubClient, ipAddress
 from gateway.fast import hub as fasthub
 from tests.helpers import fastPathOnly
-from tests.hubreactor import privateReactor, spinUntil
+from tests.hubreactor import KINDS, privateReactor, spinUntil
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "splice"), reason="Linux epoll only"),
@@ -71,9 +71,9 @@ class Owner(Protocol):
         self.lost.append(reason)
 
 
-@pytest.fixture
-def reactor() -> Iterator[EPollReactor]:
-    yield from privateReactor()
+@pytest.fixture(params=KINDS)
+def reactor(request: pytest.FixtureRequest) -> Iterator[EPollReactor]:
+    yield from privateReactor(request.param)
 
 
 def accepted(

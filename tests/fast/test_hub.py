@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
+from tests.hubreactor import KINDS, privateReactor
 
 pytestmark = [
     pytest.mark.skipif(
@@ -26,9 +27,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(60),
 ]
-
-if hasattr(os, "splice"):
-    from twisted.internet.epollreactor import EPollReactor
 
 
 class End:
@@ -56,14 +54,10 @@ class End:
         self.lost.append(reason)
 
 
-@pytest.fixture
-def hub() -> Iterator[fasthub.Hub]:
-    reactor = EPollReactor()
-    made = fasthub.hubFor(reactor)
-    yield made
-    made.close()
-    reactor.removeAll()
-    reactor._poller.close()
+@pytest.fixture(params=KINDS)
+def hub(request: pytest.FixtureRequest) -> Iterator[fasthub.Hub]:
+    for reactor in privateReactor(request.param):
+        yield fasthub.hubFor(reactor)
 
 
 @pytest.fixture

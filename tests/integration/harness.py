@@ -121,12 +121,22 @@ def commandFor(kind: str, subcommand: str, configPath: str) -> list[str]:
     """
     The argv that runs C{subcommand} (C{run} or C{check}) one way or another.
 
-    @param kind: C{twistd} (C{run} only), C{module} (C{python -m gateway}) or
-        C{script} (the C{tlsgateway} console script).
+    @param kind: C{twistd} (C{run} only), C{twistd-epoll} (the same, on the
+        reactor named by C{--reactor=epoll} rather than the gateway's),
+        C{module} (C{python -m gateway}) or C{script} (the C{tlsgateway}
+        console script).
     """
-    if kind == "twistd":
+    if kind in ("twistd", "twistd-epoll"):
         assert subcommand == "run", "twistd only runs the gateway"
-        return [str(BIN / "twistd"), "-n", "tlsgateway", "--config", configPath]
+        chosen = ["--reactor=epoll"] if kind == "twistd-epoll" else []
+        return [
+            str(BIN / "twistd"),
+            "-n",
+            *chosen,
+            "tlsgateway",
+            "--config",
+            configPath,
+        ]
     if kind == "module":
         return [sys.executable, "-m", "gateway", subcommand, "--config", configPath]
     if kind == "script":

@@ -1,0 +1,142 @@
+"""
+The gateway's reactor: Twisted's epoll reactor, with the splice hub's
+readiness handed to the hub directly.
+
+Every connection the hub serves (accepted, pre-read, spliced or copied:
+L{gateway.fast.hub}) is woken through one descriptor of the reactor, the
+hub's epoll set.  Twisted dispatches each readiness event through
+C{callWithLogger}, two context managers and C{_doReadOrWrite}: about
+1.5 us of Python per wake-up, which on a keep-alive request relayed by
+the hub (two wake-ups: the request, the answer) is a fifth of what the
+gateway spends on it.  L{HubReactor} calls the hub's C{doRead} itself,
+under the same rules Twisted applies (an exception is logged and the
+descriptor disconnected with it), and dispatches every other descriptor
+as Twisted does.
+
+Part of the quarantine (L{gateway.fast}): it overrides the epoll
+reactor's C{doPoll} over its private C{_poller} and C{_selectables}.
+Where they are missing (another Twisted), or the fast paths are off
+(L{gateway.fast.portable}), or there is no epoll, L{install} installs
+nothing and Twisted's default reactor runs the gateway: the hub is then
+dispatched as any reader is.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+from typing import Any, Final
+
+from twisted.logger import Logger
+from twisted.python import log
+
+from gateway.fast.hub import Hub
+from gateway.fast.portable import EPOLL
+
+_log = Logger()
+
+try:
+    from twisted.internet.epollreactor import EPollReactor
+except ImportError:  # pragma: no cover - no epoll: Twisted's default runs
+    EPollReactor = None  # type: ignore[assignment,misc]
+
+_IN: Final[int] = getattr(select, "EPOLLIN", 0)
+
+#: What L{HubReactor} uses of Twisted's epoll reactor that is not public.
+_PRIVATE: Final = ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable")
+
+
+if EPollReactor is not None:
+
+    class HubReactor(EPollReactor):
+        """
+        Twisted's epoll reactor, calling the splice hub (one per reactor,
+        L{gateway.fast.hub.hubFor}) without Twisted's per-event dispatch.
+
+        @ivar _hub: the hub, once it reads through this reactor.
+        @ivar _hubFd: its epoll set's descriptor.
+        """
+
+        _hub: Hub | None = None
+        _hubFd = -1
+
+        def __init__(self) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            #: What the override needs is there (else Twisted's doPoll runs).
+            self._direct = all(hasattr(self, name) for name in _PRIVATE)
+
+        def addReader(self, reader: Any) -> None:
+            if isinstance(reader, Hub):
+                self._hub = reader
+                self._hubFd = reader.fileno()
+            super().addReader(reader)  # type: ignore[no-untyped-call]
+
+        def removeReader(self, reader: Any) -> None:
+            if reader is self._hub:
+                self._hub = None
+                self._hubFd = -1
+            super().removeReader(reader)  # type: ignore[no-untyped-call]
+
+        def doPoll(self, timeout: float | None) -> None:
+            """
+            Twisted's C{EPollReactor.doPoll}, but for the hub's descriptor.
+            """
+            if not self._direct:
+                super().doPoll(timeout)  # type: ignore[no-untyped-call]
+                return
+            if timeout is None:
+                timeout = -1
+            try:
+                events = self._poller.poll(timeout, len(self._selectables))
+            except InterruptedError:
+                return
+            selectables = self._selectables
+            hub, hubFd = self._hub, self._hubFd
+            drdw = self._doReadOrWrite
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                if (
+                    fd == hubFd
+                    and event & _IN
+                    and hub is not None
+                    and selectable is hub
+                ):
+                    self._readHub(hub)
+                else:
+                    log.callWithLogger(selectable, drdw, selectable, fd, event)
+
+        doIteration = doPoll
+
+        def _readHub(self, hub: Hub) -> None:
+            """
+            The hub is readable: its C{doRead}, with what Twisted does when
+            a reader raises (the exception logged, the reader disconnected
+            with it).
+            """
+            try:
+                hub.doRead()
+            except BaseException:  # noqa: BLE001 - as Twisted's _doReadOrWrite
+                why = sys.exc_info()[1]
+                _log.failure("splice hub")
+                self._disconnectSelectable(hub, why, True)  # type: ignore[no-untyped-call]
+
+else:  # pragma: no cover - no epoll
+    HubReactor = None  # type: ignore[assignment,misc]
+
+
+def install() -> bool:
+    """
+    Install L{HubReactor} as the global reactor, where there is epoll, the
+    fast paths are on and no reactor is installed yet (the global reactor's first import installs
+    Twisted's default for good).
+
+    @return: whether it was installed.
+    """
+    if "twisted.internet.reactor" in sys.modules or not EPOLL or HubReactor is None:
+        return False
+    from twisted.internet.main import installReactor
+
+    installReactor(HubReactor())
+    return True
