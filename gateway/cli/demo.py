@@ -329,6 +329,9 @@ def runDemo(port: int = 8443, reactor: Any = None) -> int:
         )
         return 1
     if reactor is None:
+        from gateway.fast import hubreactor
+
+        hubreactor.install()  # as tlsgateway run does
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
