@@ -56,3 +56,15 @@ def spinUntil(
     while not done():
         assert time.monotonic() < deadline, f"timed out: {what}"
         reactor.iterate(0.005)
+
+
+def turn(hub: fasthub.Hub) -> None:
+    """
+    One turn of C{hub}, on either reactor: one poll of its reactor, which
+    calls the hub's C{doRead} when the hub's own set is readable (Twisted's)
+    or hands the hub the events of the sockets it registered in the
+    reactor's set (the gateway's).
+    """
+    reactor = hub._reactor()
+    assert reactor is not None
+    reactor.doIteration(0)  # type: ignore[attr-defined]

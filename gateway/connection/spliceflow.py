@@ -167,6 +167,7 @@ class SpliceEnd:
         "_relay",
         "fd",
         "reading",
+        "shared",
         "side",
         "socket",
         "transport",
@@ -187,6 +188,9 @@ class SpliceEnd:
         else:
             self.transport = end
             self.socket = end.getHandle()
+        # A Twisted transport's socket goes back to it at the end: the
+        # hub keeps it apart from the reactor's set (Hub._pollerOf).
+        self.shared = self.transport is not None
         self.fd = self.socket.fileno()
         self.reading = False
         self.writing = False

@@ -55,6 +55,9 @@ class HubEnd(Protocol):
     What the hub calls: a splice relay's socket, a L{HubReader}, or a
     listening socket and the clients it accepted
     (L{gateway.connection.hubaccept}, L{gateway.connection.hubclient}).
+
+    An end may also say C{shared = True}: Twisted may register its socket
+    too meanwhile (see L{Hub}).
     """
 
     fd: int
@@ -98,7 +101,18 @@ class Hub:
     reactor (the reactor's C{disconnectAll} at shutdown reaches every
     socket through the hub's C{connectionLost}).
 
-    @ivar _sockets: the registered sockets by descriptor.
+    On the gateway's own reactor (L{gateway.fast.hubreactor}) the sockets
+    no one else may register (those the gateway accepted or connected
+    itself, and listening sockets the hub took from their port) are in
+    the reactor's epoll set instead, and the reactor hands their events
+    to L{turn}: one C{epoll_wait} per wake-up rather than two.  A socket
+    whose Twisted transport may register it for writing meanwhile (a
+    L{HubReader}'s, a spliced transport's: their end says C{shared}) stays
+    in the hub's own set, since one descriptor has one registration per
+    set.
+
+    @ivar _sockets: the registered sockets by descriptor, in either set.
+    @ivar _main: the reactor's epoll set, where it lends it; else L{None}.
     @ivar _added: registered with the reactor.
     """
 
@@ -108,7 +122,9 @@ class Hub:
         self._reactor = weakref.ref(reactor)
         self._epoll = select.epoll()
         self._sockets: dict[int, HubEnd] = {}
-        self._released: dict[int, tuple[object, int]] = {}
+        self._released: dict[int, tuple[object, int, select.epoll]] = {}
+        lend = getattr(reactor, "lendPoller", None)
+        self._main: select.epoll | None = lend(self) if lend is not None else None
         self._soon: collections.deque[tuple[HubEnd, Callable[[], None]]] = (
             collections.deque()
         )
@@ -169,7 +185,7 @@ class Hub:
         if self._sockets.get(fd) is end:
             del self._sockets[fd]
             mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
-            self._released[fd] = (sock, mask)
+            self._released[fd] = (sock, mask, self._pollerOf(end))
 
     def forget(self, end: HubEnd) -> None:
         """
@@ -189,17 +205,26 @@ class Hub:
         released = self._released.pop(fd, None)
         if released is None:
             return False
-        sock, registered = released
+        sock, registered, poller = released
         if sock is not getattr(end, "socket", None):
             return False  # closed since, and the descriptor reused
-        if not mask:
+        if not mask or poller is not self._pollerOf(end):
             with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-            return True
+                poller.unregister(fd)
+            return not mask
         if mask != registered:
-            self._epoll.modify(fd, mask)
+            poller.modify(fd, mask)
         self._sockets[fd] = end
         return True
+
+    def _pollerOf(self, end: HubEnd) -> select.epoll:
+        """
+        The epoll set C{end}'s socket is registered in (see the class).
+        """
+        main = self._main
+        if main is None or getattr(end, "shared", False):
+            return self._epoll
+        return main
 
     def update(self, end: HubEnd, exclusive: int = 0) -> None:
         """
@@ -215,29 +240,30 @@ class Hub:
         known = self._sockets.get(fd)
         if known is None and self._released and self._takeOver(end, mask):
             return
+        poller = self._pollerOf(end)
         if not mask:
             if known is end:
                 del self._sockets[fd]
                 with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
+                    poller.unregister(fd)
             return
         if known is end:
-            self._epoll.modify(fd, mask)
+            poller.modify(fd, mask)
             return
         if known is not None:
             # The descriptor was closed and reused under a relay that
             # forgot it: the kernel dropped it from the set already.
             with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
+                self._pollerOf(known).unregister(fd)
         self._sockets[fd] = end
         if exclusive:
             # The flag takes no EPOLLPRI.
             try:
-                self._epoll.register(fd, select.EPOLLIN | exclusive)
+                poller.register(fd, select.EPOLLIN | exclusive)
             except OSError:
-                self._epoll.register(fd, select.EPOLLIN)  # a kernel without it
+                poller.register(fd, select.EPOLLIN)  # a kernel without it
         else:
-            self._epoll.register(fd, mask)
+            poller.register(fd, mask)
         if not self._added:
             reactor = self._reactor()
             if reactor is not None:
@@ -248,7 +274,7 @@ class Hub:
         if self._sockets.get(end.fd) is end:
             del self._sockets[end.fd]
             with contextlib.suppress(OSError):
-                self._epoll.unregister(end.fd)
+                self._pollerOf(end).unregister(end.fd)
         end.connectionLost(reason)
 
     # IReadDescriptor
@@ -264,6 +290,15 @@ class Hub:
             events = self._epoll.poll(0)
         except InterruptedError:
             return
+        self.turn(events)
+
+    def turn(self, events: list[tuple[int, int]]) -> None:
+        """
+        One turn of the hub: call the ends of C{events} (descriptor and
+        epoll mask, from its own set or, for the gateway's reactor, from
+        the reactor's), then what was asked for the end of the turn
+        (L{soon}).
+        """
         self._turning = True
         try:
             self._dispatch(events)
@@ -278,12 +313,12 @@ class Hub:
         for fd, mask in events:
             end = sockets.get(fd)
             if end is None:
-                if fd in self._released:
+                released = self._released.pop(fd, None)
+                if released is not None:
                     # Released and not taken yet: no one to call, so
                     # not registered either (the taker registers anew).
-                    del self._released[fd]
                     with contextlib.suppress(OSError):
-                        self._epoll.unregister(fd)
+                        released[2].unregister(fd)
                 continue
             try:
                 if mask & _IN:
@@ -315,6 +350,14 @@ class Hub:
             reactor.removeReader(self)
         self._added = False
         self._epoll.close()
+        main = self._main
+        if main is not None:
+            # What the reactor's set still holds of the hub's.
+            for fd, end in list(self._sockets.items()):
+                if self._pollerOf(end) is main:
+                    with contextlib.suppress(OSError, ValueError):
+                        main.unregister(fd)
+                    del self._sockets[fd]
         if reactor is not None and HUBS.get(reactor) is self:
             del HUBS[reactor]
 
@@ -344,6 +387,9 @@ class HubReader:
 
     #: The hub asks: a reader never waits to write.
     writing = False
+    #: The transport registers the socket for writing with the reactor
+    #: itself (its own buffer): the hub keeps it in a set of its own.
+    shared = True
 
     def __init__(self, hub: Hub, transport: tcp.Connection, side: str) -> None:
         self._hub = hub

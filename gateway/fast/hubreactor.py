@@ -8,13 +8,18 @@ hub's epoll set.  Twisted dispatches each readiness event through
 C{callWithLogger}, two context managers and C{_doReadOrWrite}: about
 1.5 us of Python per wake-up, which on a keep-alive request relayed by
 the hub (two wake-ups: the request, the answer) is a fifth of what the
-gateway spends on it.  L{HubReactor} calls the hub's C{doRead} itself,
-under the same rules Twisted applies (an exception is logged and the
-descriptor disconnected with it), and dispatches every other descriptor
-as Twisted does.
+gateway spends on it; and the hub then polls its own set, a second
+C{epoll_wait} per wake-up.  L{HubReactor} lends the hub its own epoll
+set for the sockets only the hub registers (L{lendPoller}) and hands
+their events to the hub's C{turn}, and calls the hub's C{doRead} itself
+for the others (kept in the hub's set): one C{epoll_wait} per wake-up,
+no Twisted dispatch, under the same rules Twisted applies (an exception
+is logged and the hub disconnected with it).  Every other descriptor is
+dispatched as Twisted does.
 
 Part of the quarantine (L{gateway.fast}): it overrides the epoll
-reactor's C{doPoll} over its private C{_poller} and C{_selectables}.
+reactor's C{doPoll} over its private C{_poller} and C{_selectables}, and
+reads the hub's table of sockets.
 Where they are missing (another Twisted), or the fast paths are off
 (L{gateway.fast.portable}), or there is no epoll, L{install} installs
 nothing and Twisted's default reactor runs the gateway: the hub is then
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import select
 import sys
-from typing import Any, Final
+from typing import Final
 
 from twisted.logger import Logger
 from twisted.python import log
@@ -65,39 +70,49 @@ if EPollReactor is not None:
             #: What the override needs is there (else Twisted's doPoll runs).
             self._direct = all(hasattr(self, name) for name in _PRIVATE)
 
-        def addReader(self, reader: Any) -> None:
-            if isinstance(reader, Hub):
-                self._hub = reader
-                self._hubFd = reader.fileno()
-            super().addReader(reader)  # type: ignore[no-untyped-call]
-
-        def removeReader(self, reader: Any) -> None:
-            if reader is self._hub:
-                self._hub = None
-                self._hubFd = -1
-            super().removeReader(reader)  # type: ignore[no-untyped-call]
+        def lendPoller(self, hub: Hub) -> select.epoll | None:
+            """
+            The reactor's epoll set, for the hub to register the sockets
+            only it reads and writes (L{gateway.fast.hub.Hub}), whose
+            events then go to the hub's C{turn}; L{None} where Twisted's
+            doPoll runs (the hub then keeps every socket in its own set).
+            """
+            self._hub = hub
+            self._hubFd = hub.fileno()
+            return self._poller if self._direct else None
 
         def doPoll(self, timeout: float | None) -> None:
             """
-            Twisted's C{EPollReactor.doPoll}, but for the hub's descriptor.
+            Twisted's C{EPollReactor.doPoll}, but for the hub's descriptors.
             """
             if not self._direct:
                 super().doPoll(timeout)  # type: ignore[no-untyped-call]
                 return
             if timeout is None:
                 timeout = -1
-            try:
-                events = self._poller.poll(timeout, len(self._selectables))
-            except InterruptedError:
-                return
             selectables = self._selectables
             hub, hubFd = self._hub, self._hubFd
+            if hub is not None:
+                ends, released = hub._sockets, hub._released
+            else:
+                ends, released = {}, {}
+            try:
+                events = self._poller.poll(timeout, len(selectables) + len(ends) + 1)
+            except InterruptedError:
+                return
             drdw = self._doReadOrWrite
+            hubs = None
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
-                    continue
-                if (
+                    # A socket of the hub's, or one released and not yet
+                    # taken (which the hub's turn takes out of the set).
+                    if fd in ends or fd in released:
+                        if hubs is None:
+                            hubs = [(fd, event)]
+                        else:
+                            hubs.append((fd, event))
+                elif (
                     fd == hubFd
                     and event & _IN
                     and hub is not None
@@ -106,8 +121,22 @@ if EPollReactor is not None:
                     self._readHub(hub)
                 else:
                     log.callWithLogger(selectable, drdw, selectable, fd, event)
+            if hubs is not None and hub is not None:
+                self._turnHub(hub, hubs)
 
         doIteration = doPoll
+
+        def _turnHub(self, hub: Hub, events: list[tuple[int, int]]) -> None:
+            """
+            Events of sockets the hub registered in the reactor's set: the
+            hub's turn, under the rule of L{_readHub}.
+            """
+            try:
+                hub.turn(events)
+            except BaseException:  # noqa: BLE001 - as Twisted's _doReadOrWrite
+                why = sys.exc_info()[1]
+                _log.failure("splice hub")
+                self._disconnectSelectable(hub, why, True)  # type: ignore[no-untyped-call]
 
         def _readHub(self, hub: Hub) -> None:
             """

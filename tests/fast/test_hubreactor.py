@@ -95,8 +95,8 @@ def test_aHubThatRaisesIsLoggedAndDisconnectedAsTwistedDoes(
     reactor: EPollReactor, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     """
-    An exception out of the hub's own C{doRead} (not one end's, which the
-    hub handles itself) is logged, and the hub is taken off the reactor
+    An exception out of the hub's own turn (not one end's, which the hub
+    handles itself) is logged, and the hub is taken off the reactor
     with every end it holds lost: what Twisted's dispatch does with any
     reader that raises, so both reactors behave alike.
     """
@@ -105,10 +105,12 @@ def test_aHubThatRaisesIsLoggedAndDisconnectedAsTwistedDoes(
     hub = fasthub.hubFor(reactor)
     hub.update(end)
 
-    def broken() -> None:
+    def broken(events: object) -> None:
         raise RuntimeError("the hub is broken")
 
-    hub.doRead = broken  # type: ignore[method-assign]
+    # Both reactors reach it through the hub's turn (its own set's events
+    # or the reactor's).
+    hub.turn = broken  # type: ignore[method-assign]
     failures: list[object] = []
 
     @provider(ILogObserver)
