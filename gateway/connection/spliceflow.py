@@ -15,6 +15,7 @@ import enum
 import fcntl
 import os
 import socket
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from twisted.internet import tcp
@@ -162,9 +163,9 @@ class SpliceEnd:
     # connection's relay is most of what the gateway keeps for it.
     __slots__ = (
         "_hub",
-        "_incoming",
-        "_outgoing",
         "_relay",
+        "doRead",
+        "doWrite",
         "fd",
         "reading",
         "shared",
@@ -196,12 +197,19 @@ class SpliceEnd:
         self.writing = False
         self._relay = relay
         self._hub = hub
-        self._outgoing: Flow
-        self._incoming: Flow
+
+    #: What the hub calls: the flows' own methods, bound in L{connect} (a
+    #: method here that called them would be one more call per read).
+    doRead: Callable[[], None]
+    doWrite: Callable[[], None]
 
     def connect(self, outgoing: Flow, incoming: Flow) -> None:
-        self._outgoing = outgoing
-        self._incoming = incoming
+        """
+        The socket is the source of C{outgoing} (its reads) and the sink of
+        C{incoming} (its writability).
+        """
+        self.doRead = outgoing.sourceReadable
+        self.doWrite = incoming.sinkWritable
 
     def close(self, how: Close) -> None:
         """
@@ -270,12 +278,6 @@ class SpliceEnd:
 
     def logPrefix(self) -> str:
         return f"splice-{self.side}"
-
-    def doRead(self) -> None:
-        self._outgoing.sourceReadable()
-
-    def doWrite(self) -> None:
-        self._incoming.sinkWritable()
 
     def connectionLost(self, reason: Failure) -> None:
         # The hub dropped the descriptor: a hang-up seen while only
@@ -368,9 +370,46 @@ class Flow:
         self.head += data
 
     def sourceReadable(self) -> None:
-        if not self._bulk:
-            self._copy()
+        """
+        The source is readable.  In bulk, splice (L{_splice}); else move
+        what it has through the shared buffer: one C{recv_into} and,
+        usually, one C{send} that takes it all (in one method: this is most
+        of what a keep-alive request costs).  What the sink does not take is
+        held (C{head}) until it is writable, as a pipe's rest would be.
+        C{recv} also reads past TCP urgent data, dropping the urgent byte as
+        the portable relay's reads do (see L{_readPastUrgentData}).
+        """
+        if self._bulk:
+            self._splice()
             return
+        try:
+            count = self._source.socket.recv_into(_COPY_BUFFER)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._relay.broken(self._source, e)
+            return
+        if not self._received(count):
+            return
+        if count == _COPY_SIZE:
+            self._bulk = True
+        try:
+            sent = self._sink.socket.send(_COPY_VIEW[:count])
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._relay.broken(self._sink, e)
+            return
+        if sent < count:
+            self.head = _COPY_VIEW[sent:count].tobytes()
+            self._source.stopReading()
+            self._sink.startWriting()
+
+    def _splice(self) -> None:
+        """
+        Splice what the source has into a borrowed pipe, then on to the
+        sink as far as it takes it (L{sinkWritable}).
+        """
         assert splice is not None
         if self._pipe is None:
             try:
@@ -404,37 +443,6 @@ class Flow:
             self._counted.received(moved)
         self._relay.active()
         self.sinkWritable()
-
-    def _copy(self) -> None:
-        """
-        Move what the source has through the shared buffer: one C{recv_into}
-        and, usually, one C{send} that takes it all.  What the sink does not
-        take is held (C{head}) until it is writable, as a pipe's rest would
-        be.  C{recv} also reads past TCP urgent data, dropping the urgent
-        byte as the portable relay's reads do (see L{_readPastUrgentData}).
-        """
-        try:
-            count = self._source.socket.recv_into(_COPY_BUFFER)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._relay.broken(self._source, e)
-            return
-        if not self._received(count):
-            return
-        if count == _COPY_SIZE:
-            self._bulk = True
-        try:
-            sent = self._sink.socket.send(_COPY_VIEW[:count])
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            self._relay.broken(self._sink, e)
-            return
-        if sent < count:
-            self.head = _COPY_VIEW[sent:count].tobytes()
-            self._source.stopReading()
-            self._sink.startWriting()
 
     def _readPastUrgentData(self) -> None:
         """

@@ -440,14 +440,15 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
     socket dropped; the relay then resets both sides rather than leave a
     connection that nothing reads.
     """
-    harness = relayed()
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(appendingTo(events))
-
     def broken(flow: spliceflow.Flow) -> None:
         raise RuntimeError("a bug")
 
+    # Before the relay is made: its sockets call their flows' methods as
+    # bound then.
     monkeypatch.setattr(spliceflow.Flow, "sourceReadable", broken)
+    harness = relayed()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(appendingTo(events))
     try:
         harness.clientPeer.send(b"boom")
         harness.waitForReset(harness.upstreamPeer)
