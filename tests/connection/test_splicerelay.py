@@ -440,6 +440,7 @@ def test_aRelayBugResetsBothSidesAndIsLogged(
     socket dropped; the relay then resets both sides rather than leave a
     connection that nothing reads.
     """
+
     def broken(flow: spliceflow.Flow) -> None:
         raise RuntimeError("a bug")
 
