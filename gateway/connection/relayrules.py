@@ -125,7 +125,8 @@ class RelayRules(abc.ABC, Generic[End]):
     @ivar _open: how many of the two sides are not yet lost; C{done} runs
         when it reaches zero.
     @ivar _lastActivity: reactor time bytes last moved, either way; the
-        providers stamp it, L{_checkIdle} reads it.
+        providers stamp it (or keep their own, L{_activeAt}), L{_checkIdle}
+        reads it.
     @ivar _timer: the idle check, re-armed from L{_lastActivity}.
     """
 
@@ -225,9 +226,15 @@ class RelayRules(abc.ABC, Generic[End]):
                 done, self._done = self._done, None
                 done()
 
+    def _activeAt(self) -> float:
+        """
+        When bytes last moved, either way (reactor time).
+        """
+        return self._lastActivity
+
     def _checkIdle(self) -> None:
         self._timer = None
-        idle = self._clock.seconds() - self._lastActivity
+        idle = self._clock.seconds() - self._activeAt()
         if idle >= self._idleTimeout:
             self.abort(Event.IDLE, f"no bytes for {idle:.1f}s")
         else:

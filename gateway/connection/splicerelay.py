@@ -137,9 +137,11 @@ class SpliceRelay(RelayRules[SpliceEnd]):
         # count its bytes with the owner's count.
         counted = owner.clientBytes
         self._toUpstream = Flow(
-            self, self._client, self._upstream, pipes, counted, head
+            self, self._client, self._upstream, pipes, counted, clock.seconds, head
         )
-        self._toClient = Flow(self, self._upstream, self._client, pipes, counted)
+        self._toClient = Flow(
+            self, self._upstream, self._client, pipes, counted, clock.seconds
+        )
         self._client.connect(self._toUpstream, self._toClient)
         self._upstream.connect(self._toClient, self._toUpstream)
         # The session paused the client; nothing is buffered on either
@@ -183,8 +185,9 @@ class SpliceRelay(RelayRules[SpliceEnd]):
 
     # flow events
 
-    def active(self) -> None:
-        self._lastActivity = self._clock.seconds()
+    def _activeAt(self) -> float:
+        # The flows stamp their own activity (Flow.activeAt).
+        return max(self._toUpstream.activeAt, self._toClient.activeAt)
 
     def flowShut(self) -> None:
         """
