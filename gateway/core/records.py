@@ -50,3 +50,25 @@ class IRecordLayer(Interface):
 
         @raise OpenSSL.SSL.Error: as pyOpenSSL's C{sendall} does.
         """
+
+    def decrypt(data: bytes) -> tuple[bytes, bool, str | None, bytes | None]:
+        """
+        L{feed}, L{readPlaintext} and L{drain} in one call, for a relay's
+        read: the ciphertext of one socket read in, its plaintext joined,
+        and what OpenSSL wrote meanwhile (a KeyUpdate's answer, an alert)
+        out.  One call instead of three per read is what a small request
+        saves on the hot path.
+
+        @param data: ciphertext, possibly empty (only what was fed before).
+        @return: the plaintext (empty for none); whether the peer's
+            C{close_notify} came; OpenSSL's reason when a record failed,
+            else L{None}; the outgoing bytes, or L{None}.
+        """
+
+    def encrypt(data: bytes) -> bytes | None:
+        """
+        L{write} then L{drain}: plaintext in, the records that carry it
+        out (L{None} when OpenSSL wrote none).
+
+        @raise OpenSSL.SSL.Error: as L{write}.
+        """
