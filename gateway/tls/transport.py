@@ -284,7 +284,8 @@ class TLSTransport:
             return
         if self._failed:
             return
-        self._records.feed(data)
+        if data:  # pyOpenSSL's bio_write refuses an empty write
+            self._records.feed(data)
         if self.handshakeDone:
             # After the peer's close_notify nothing more is read.
             self._flush()
