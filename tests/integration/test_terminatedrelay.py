@@ -1,0 +1,311 @@
+"""
+Keep-alive traffic through a terminating listener of a real gateway, on
+the relay its connections get: the terminated relay, whose records move
+in the splice hub (L{gateway.connection.terminatedrelay}), or, with
+C{TLSGATEWAY_PORTABLE=1} (CI's second pass), the portable relay.  Either
+way: exact bytes both ways over many requests on one connection, one
+access-log line whose C{bytes_in} and C{bytes_out} are what crossed the
+client's socket, and real clients (Python C{ssl}, C{curl}, C{openssl
+s_client}) in front of real servers (the test's echo server, NGINX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.fast.portable import PORTABLE
+
+from .backends import Backend, TLSStream, tlsConnect
+from .harness import (
+    CertificateAuthority,
+    Gateway,
+    ServerCertificate,
+    freePort,
+    requireTools,
+)
+from .test_termination import GW_NAME, terminatingIni
+
+pytestmark = pytest.mark.timeout(90)
+
+#: The gateway's debug line for a terminated connection's relay.
+TERMINATED = "terminated (client TLS records in the hub"
+
+
+@pytest.fixture
+def gwCert(ca: CertificateAuthority) -> ServerCertificate:
+    return ca.issue(GW_NAME)
+
+
+def _startGateway(
+    gateway: Any, certificate: ServerCertificate, upstream: dict[str, str]
+) -> Gateway:
+    ini = terminatingIni(
+        freePort(),
+        certificate=certificate,
+        upstream="app",
+        upstreams={"app": upstream},
+    )
+    ini = ini.replace("[gateway]\n", "[gateway]\nlog_level = debug\n", 1)
+    gw: Gateway = gateway(ini)
+    return gw
+
+
+def _relayLine(gw: Gateway, upstreamKind: str) -> None:
+    """
+    The debug line says which relay took the connection: the terminated
+    one, with the upstream's side in the hub too, or the portable one.
+    """
+    if PORTABLE:
+        gw.waitForOutput(": portable (relay = ")
+        assert TERMINATED not in gw.output()
+    else:
+        gw.waitForOutput(f"{TERMINATED}; upstream {upstreamKind} in the hub;")
+
+
+def _echoRounds(stream: TLSStream) -> tuple[str, str]:
+    """
+    Requests of many sizes, each answered (echoed) before the next, on one
+    connection; the digests of what was sent and what came back.
+    """
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    for round_ in range(60):
+        size = (1, 6, 300, 4000, 16384, 16385, 70000, 250000)[round_ % 8] + round_
+        request = os.urandom(size)
+        sent.update(request)
+        stream.send(request)
+        got = 0
+        while got < size:
+            chunk = stream.recv(size - got)
+            assert chunk, f"closed after {got} of {size} bytes in round {round_}"
+            received.update(chunk)
+            got += len(chunk)
+    return sent.hexdigest(), received.hexdigest()
+
+
+def _finish(stream: TLSStream) -> None:
+    """close_notify and FIN; then the echo server ends, and the gateway too."""
+    stream.closeNotify()
+    stream.shutdownWrite()
+    while stream.recv():
+        pass
+    while not stream.tcpEof:
+        stream._fill()
+    stream.close()
+
+
+def _assertCounted(gw: Gateway, stream: TLSStream, echo: Backend) -> None:
+    (entry,) = gw.waitForEntries(1)
+    assert entry["status"] == "ok", entry
+    assert entry["action"] == "terminate", entry
+    assert entry["upstream"] == echo.address, entry
+    assert entry["sni"] == GW_NAME, entry
+    for key in ("tls_version", "cipher", "tls_group"):
+        assert entry.get(key), (key, entry)
+    assert entry["bytes_in"] == stream.rawSent, (entry, stream.rawSent)
+    assert entry["bytes_out"] == stream.rawReceived, (entry, stream.rawReceived)
+
+
+def test_keepAliveRoundsArriveExactAndAreCountedOnTheClientSocket(
+    gateway: Any, backend: Any, gwCert: ServerCertificate, client: ssl.SSLContext
+) -> None:
+    echo = backend("app", "echo", tls=False)
+    gw = _startGateway(gateway, gwCert, {"servers": echo.address})
+    stream = tlsConnect(gw.port, client, GW_NAME)
+    stream.sock.settimeout(10)
+    sent, received = _echoRounds(stream)
+    assert sent == received, gw.explain()
+    _finish(stream)
+    _assertCounted(gw, stream, echo)
+    _relayLine(gw, "plain")
+
+
+def test_aReencryptedUpstreamTakesTheSameWay(
+    gateway: Any,
+    backend: Any,
+    ca: CertificateAuthority,
+    gwCert: ServerCertificate,
+    client: ssl.SSLContext,
+) -> None:
+    """
+    An upstream with C{tls = on}: its records move in the hub too, through
+    its own TLS layer.
+    """
+    echo = backend("app", "echo", names=["app.example.test"])
+    gw = _startGateway(
+        gateway,
+        gwCert,
+        {
+            "servers": echo.address,
+            "tls": "on",
+            "tls_ca": str(ca.pemPath),
+            "tls_server_name": "app.example.test",
+        },
+    )
+    stream = tlsConnect(gw.port, client, GW_NAME)
+    stream.sock.settimeout(10)
+    sent, received = _echoRounds(stream)
+    assert sent == received, gw.explain()
+    _finish(stream)
+    _assertCounted(gw, stream, echo)
+    _relayLine(gw, "TLS")
+
+
+# -- NGINX behind the gateway, curl and openssl s_client in front --------------------
+
+
+class _Nginx:
+    """
+    NGINX serving a 6-byte answer over keep-alive HTTP on 127.0.0.1,
+    started for one test and stopped by PID.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.port = freePort()
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "nginx.conf"
+        temp = directory / "temp"
+        temp.mkdir(exist_ok=True)
+        config.write_text(
+            "daemon off;\n"
+            "master_process off;\n"
+            "worker_processes 1;\n"
+            f"pid {directory}/nginx.pid;\n"
+            f"error_log {directory}/error.log;\n"
+            "events { worker_connections 64; }\n"
+            "http {\n"
+            "    access_log off;\n"
+            f"    client_body_temp_path {temp};\n"
+            f"    proxy_temp_path {temp};\n"
+            f"    fastcgi_temp_path {temp};\n"
+            f"    uwsgi_temp_path {temp};\n"
+            f"    scgi_temp_path {temp};\n"
+            "    server {\n"
+            f"        listen 127.0.0.1:{self.port};\n"
+            '        location / { return 200 "hello\\n"; }\n'
+            "    }\n"
+            "}\n"
+        )
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(config), "-p", str(directory)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("nginx did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[_Nginx]:
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx is not installed (apt-get install nginx)")
+    server = _Nginx(tmp_path / "nginx")
+    yield server
+    server.stop()
+
+
+def test_curlsKeepAliveRequestsShareOneConnection(
+    gateway: Any,
+    nginx: _Nginx,
+    ca: CertificateAuthority,
+    gwCert: ServerCertificate,
+) -> None:
+    requireTools("curl")
+    gw = _startGateway(gateway, gwCert, {"servers": f"127.0.0.1:{nginx.port}"})
+    url = f"https://{GW_NAME}:{gw.port}/"
+    result = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "20",
+            "--resolve",
+            f"{GW_NAME}:{gw.port}:127.0.0.1",
+            "--cacert",
+            str(ca.pemPath),
+            "--write-out",
+            "[%{num_connects}]",
+            *[url] * 5,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stderr, gw.explain())
+    assert result.stdout == "hello\n[1]" + "hello\n[0]" * 4, result.stdout
+    (entry,) = gw.waitForEntries(1)
+    assert entry["status"] == "ok", entry
+    assert entry["upstream"] == f"127.0.0.1:{nginx.port}", entry
+    assert entry["bytes_in"] > 0, entry
+    assert entry["bytes_out"] > 5 * len("hello\n"), entry
+    _relayLine(gw, "plain")
+
+
+def test_opensslSClientsPipelinedRequestsAreAnswered(
+    gateway: Any,
+    nginx: _Nginx,
+    ca: CertificateAuthority,
+    gwCert: ServerCertificate,
+) -> None:
+    requireTools("openssl")
+    gw = _startGateway(gateway, gwCert, {"servers": f"127.0.0.1:{nginx.port}"})
+    request = f"GET / HTTP/1.1\r\nHost: {GW_NAME}\r\n\r\n"
+    last = f"GET / HTTP/1.1\r\nHost: {GW_NAME}\r\nConnection: close\r\n\r\n"
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-verify_return_error",
+            "-connect",
+            f"127.0.0.1:{gw.port}",
+            "-servername",
+            GW_NAME,
+            "-CAfile",
+            str(ca.pemPath),
+        ],
+        input=(request * 3 + last).encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    answers = result.stdout.split(b"HTTP/1.1 200 OK\r\n")
+    assert len(answers) == 5, (result.stdout, result.stderr, gw.explain())
+    assert all(answer.endswith(b"\r\n\r\nhello\n") for answer in answers[1:]), (
+        result.stdout
+    )
+    (entry,) = gw.waitForEntries(1)
+    assert entry["status"] == "ok", entry
+    _relayLine(gw, "plain")
