@@ -11,7 +11,9 @@ s_client}) in front of real servers (the test's echo server, NGINX).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import pytest
 
 from gateway.fast.portable import PORTABLE
 
-from .backends import Backend, TLSStream, tlsConnect
+from .backends import Backend, TLSStream, tlsConnect, waitUntil
 from .harness import (
     CertificateAuthority,
     Gateway,
@@ -309,3 +312,64 @@ def test_opensslSClientsPipelinedRequestsAreAnswered(
     (entry,) = gw.waitForEntries(1)
     assert entry["status"] == "ok", entry
     _relayLine(gw, "plain")
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/status.json", timeout=10
+    ) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    return result
+
+
+def test_activeCountsAndTheDrainHoldForTerminatedRelays(
+    gateway: Any, backend: Any, gwCert: ServerCertificate, client: ssl.SSLContext
+) -> None:
+    """
+    The status page counts the open terminated connections; on SIGTERM an
+    open one is still relayed while the drain lasts, then cut at its end
+    and logged C{shutdown}, and the process exits 0.
+    """
+    echo = backend("app", "echo", tls=False)
+    statusPort = freePort()
+    ini = terminatingIni(
+        freePort(),
+        certificate=gwCert,
+        upstream="app",
+        upstreams={"app": echo.address},
+    ).replace(
+        "[gateway]\n",
+        "[gateway]\n"
+        f"metrics = tcp:{statusPort}:interface=127.0.0.1\n"
+        "drain_timeout = 2s\n",
+        1,
+    )
+    gw: Gateway = gateway(ini)
+    first = tlsConnect(gw.port, client, GW_NAME)
+    second = tlsConnect(gw.port, client, GW_NAME)
+    for stream in (first, second):
+        stream.sock.settimeout(10)
+        stream.send(b"ping")
+        assert stream.recv() == b"ping"
+    assert _status(statusPort)["listeners"][0]["active"] == 2
+    _finish(first)
+    _assertCounted(gw, first, echo)
+    waitUntil(
+        lambda: _status(statusPort)["listeners"][0]["active"] == 1,
+        10,
+        "an ended terminated connection still counts as active",
+    )
+    started = time.monotonic()
+    gw.sendSignal(signal.SIGTERM)
+    gw.waitForOutput("received SIGTERM")
+    second.send(b"during the drain")
+    assert second.recv() == b"during the drain", gw.explain()
+    with contextlib.suppress(ConnectionResetError, ssl.SSLError, OSError):
+        while second.recv():
+            pass
+    cutAfter = time.monotonic() - started
+    second.close()
+    assert 1.5 <= cutAfter <= 6, f"cut {cutAfter:.2f}s after SIGTERM"
+    assert gw.waitForExit(10) == 0, gw.explain()
+    entries = gw.waitForEntries(2)
+    assert [entry["status"] for entry in entries] == ["ok", "shutdown"], entries
