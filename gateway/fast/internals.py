@@ -356,24 +356,6 @@ class DirectRecords:
         if count < len(data):
             self._connection.bio_write(data[count:] if count > 0 else data)
 
-    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
-        """
-        C{SSL_read} until it wants more.
-        """
-        ssl = self._ssl
-        chunks: list[bytes] = []
-        while True:
-            count = _SSL_read(ssl, _BUFFER, _RAW_CHUNK)
-            if count > 0:
-                chunks.append(_VIEW[:count])
-                continue
-            error = _SSL_get_error(ssl, count)
-            if error == _ZERO_RETURN:
-                return chunks, True, None
-            if error != _WANT_READ:
-                return chunks, False, _queuedReasons()
-            return chunks, False, None
-
     def drain(self) -> bytes | None:
         """
         A read shorter than the buffer emptied the BIO.
@@ -393,28 +375,11 @@ class DirectRecords:
             data = b"".join(chunks)
         return data
 
-    def write(self, data: bytes) -> None:
-        """
-        C{SSL_write}: a memory BIO never fills, so one call takes it all.
-        """
-        if type(data) is not bytes:
-            self._connection.sendall(data)
-            return
-        written = _SSL_write(self._ssl, data, len(data))
-        if written == len(data):
-            return
-        if written <= 0:
-            _ERR_clear_error()
-            self._connection.sendall(data)
-        else:
-            self._connection.sendall(data[written:])
-
     def decrypt(self, data: bytes) -> tuple[bytes, bool, str | None, bytes | None]:
         """
         C{BIO_write}, C{SSL_read} until it wants more, C{BIO_read}: a
-        relay's read in one Python call (L{feed}, L{readPlaintext} and
-        L{drain} inlined, since each call is a measurable share of a small
-        request).
+        relay's read in one Python call (L{feed} and L{drain} written out,
+        since each call is a measurable share of a small request).
         """
         if data:
             if type(data) is not bytes:
@@ -449,8 +414,10 @@ class DirectRecords:
 
     def encrypt(self, data: bytes) -> bytes | None:
         """
-        C{SSL_write} then C{BIO_read} (L{write} and L{drain}), in one call
-        from the TLS layer.
+        C{SSL_write} then C{BIO_read}, in one call from the TLS layer: a
+        memory BIO never fills, so one C{SSL_write} takes it all.  What a
+        direct call does not take (an error) goes to pyOpenSSL's
+        C{sendall}, which raises as it always did.
         """
         if type(data) is not bytes:
             self._connection.sendall(data)

@@ -143,7 +143,7 @@ class PublicRecords:
     def feed(self, data: bytes) -> None:
         self._connection.bio_write(data)
 
-    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
+    def _readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
         chunks: list[bytes] = []
         recv = self._connection.recv
         while True:
@@ -180,18 +180,15 @@ class PublicRecords:
                 break
         return b"".join(chunks)
 
-    def write(self, data: bytes) -> None:
-        self._connection.sendall(data)
-
     def decrypt(self, data: bytes) -> tuple[bytes, bool, str | None, bytes | None]:
         if data:
             self.feed(data)
-        chunks, ended, broken = self.readPlaintext()
+        chunks, ended, broken = self._readPlaintext()
         plaintext = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return plaintext, ended, broken, self.drain()
 
     def encrypt(self, data: bytes) -> bytes | None:
-        self.write(data)
+        self._connection.sendall(data)
         return self.drain()
 
 
