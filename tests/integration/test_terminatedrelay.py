@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -373,3 +374,72 @@ def test_activeCountsAndTheDrainHoldForTerminatedRelays(
     assert gw.waitForExit(10) == 0, gw.explain()
     entries = gw.waitForEntries(2)
     assert [entry["status"] for entry in entries] == ["ok", "shutdown"], entries
+
+
+def test_aKeyUpdateFromOpenSSLsClientIsAnsweredAndTheStreamGoesOn(
+    gateway: Any, backend: Any, ca: CertificateAuthority, gwCert: ServerCertificate
+) -> None:
+    """
+    C{openssl s_client}'s C{K} command: a TLS 1.3 C{KeyUpdate} asking the
+    gateway to update its keys too.  OpenSSL's answer goes out with the
+    relay's next read, and lines keep being echoed both ways.
+    """
+    requireTools("openssl")
+    echo = backend("app", "echo", tls=False)
+    gw = _startGateway(gateway, gwCert, {"servers": echo.address})
+    process = subprocess.Popen(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{gw.port}",
+            "-servername",
+            GW_NAME,
+            "-CAfile",
+            str(ca.pemPath),
+            "-verify_return_error",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    stdout = process.stdout.fileno()
+    output = b""
+
+    def waitFor(text: bytes, count: int = 1) -> None:
+        nonlocal output
+        deadline = time.monotonic() + 15
+        while output.count(text) < count:
+            assert time.monotonic() < deadline, (text, output)
+            ready, _, _ = select.select([stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(stdout, 65536)
+                assert chunk, (text, output)
+                output += chunk
+
+    try:
+        waitFor(b"---\n")  # the handshake's summary
+        updates = 0
+        for line in (b"before the update", b"K", b"after the update", b"K", b"last"):
+            process.stdin.write(line + b"\n")
+            process.stdin.flush()
+            if line == b"K":
+                # s_client takes a whole read of its input as the command:
+                # the next line goes once the update is done.
+                updates += 1
+                waitFor(b"KEYUPDATE", updates)
+            else:
+                waitFor(line + b"\n")
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(5)
+    assert output.count(b"KEYUPDATE") == 2, output
+    (entry,) = gw.waitForEntries(1)
+    assert entry["status"] == "ok", (entry, output)
+    _relayLine(gw, "plain")
