@@ -289,7 +289,8 @@ class TLSTransport:
             return
         self._handshake()
         if self.handshakeDone:
-            # What came with the handshake's end (early application data).
+            # Application data that came in the same read as the
+            # handshake's end.
             self.decryptTo(b"", deliver)
 
     def ciphertextEnded(self) -> None:
