@@ -443,3 +443,25 @@ def test_aKeyUpdateFromOpenSSLsClientIsAnsweredAndTheStreamGoesOn(
     (entry,) = gw.waitForEntries(1)
     assert entry["status"] == "ok", (entry, output)
     _relayLine(gw, "plain")
+
+
+def test_aReloadLeavesAnOpenTerminatedRelayRunning(
+    gateway: Any, backend: Any, gwCert: ServerCertificate, client: ssl.SSLContext
+) -> None:
+    """
+    SIGHUP while a terminated keep-alive connection is open: it goes on
+    under the configuration it started with, exact both ways, and is
+    logged once, counted on the client's socket.
+    """
+    echo = backend("app", "echo", tls=False)
+    gw = _startGateway(gateway, gwCert, {"servers": echo.address})
+    stream = tlsConnect(gw.port, client, GW_NAME)
+    stream.sock.settimeout(10)
+    stream.send(b"before the reload")
+    assert stream.recv() == b"before the reload"
+    gw.sendSignal(signal.SIGHUP)
+    gw.waitForOutput("#info] reloaded")
+    sent, received = _echoRounds(stream)
+    assert sent == received, gw.explain()
+    _finish(stream)
+    _assertCounted(gw, stream, echo)
