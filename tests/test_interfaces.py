@@ -35,6 +35,7 @@ from gateway.connection.session import Session, UpstreamProtocol, _Discard
 from gateway.connection.splicerelay import SpliceRelay
 from gateway.connection.strategy import IPreamble, IProtocolStrategy, IUpstreamOpening
 from gateway.connection.terminate import ITerminatedSession, TerminationStage
+from gateway.connection.terminatedrelay import TerminatedRelay
 from gateway.core.records import IRecordLayer
 from gateway.fast.internals import DirectRecords
 from gateway.protocols.mysql.connection import MySQLConnection, _TerminatedLogin
@@ -64,6 +65,7 @@ PROVIDERS: list[tuple[type[Interface], type]] = [
     (ITLSEvents, ChallengeStage),
     (IRelay, PortableRelay),
     (IRelay, CopyRelay),
+    (IRelay, TerminatedRelay),
     (IRelay, SpliceRelay),
     (IRelay, _Discard),
     (IUpstreamDialer, TwistedDialer),

@@ -82,7 +82,12 @@ class Reader(Protocol):
     """
     Reads a TCP socket for its transport in place of the reactor, and is
     the streaming producer a relay registers with the other side.
+
+    @ivar sink: takes what is read instead of the transport's protocol,
+        when a relay set it (L{gateway.fast.hub.HubReader.sink}).
     """
+
+    sink: Callable[[bytes], None] | None
 
     def start(self) -> None: ...
 

@@ -1,12 +1,16 @@
 """
 Which relay serves a connection: the one place that chooses.
 
-Three providers of L{IRelay} move a connection's bytes:
+Four providers of L{IRelay} move a connection's bytes:
 
   - L{SpliceRelay}: the kernel moves them between two TCP sockets
     (C{splice(2)}, through the splice hub); Linux, passthrough only;
-  - L{CopyRelay}: bytes pass through Python (TLS done by the gateway,
-    say), the hub reads both TCP sockets in place of the reactor;
+  - L{TerminatedRelay}: a terminated client's records go between its
+    socket and its TLS layer in the hub, the plaintext straight on to
+    the upstream (TLS or not), without the protocols in between;
+  - L{CopyRelay}: bytes pass through Python, the hub reads both TCP
+    sockets in place of the reactor and gives them to their protocols
+    (a passthrough that cannot be spliced);
   - L{PortableRelay}: Twisted's transports read and write; any reactor,
     any transport, and the only one with the fast paths off
     (L{gateway.fast.portable}).
@@ -32,6 +36,7 @@ from gateway.connection import spliceflow
 from gateway.connection.hubclient import HubClient
 from gateway.connection.relay import CopyRelay, IRelay, PortableRelay, Reader
 from gateway.connection.splicerelay import SpliceRelay
+from gateway.connection.terminatedrelay import TerminatedRelay
 from gateway.core import verbosity
 from gateway.core.transports import RelayTransport
 from gateway.fast.hub import HUBS, Hub, hubFor, hubReaders
@@ -40,6 +45,7 @@ from gateway.fast.portable import PORTABLE
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import ConnectionOwner
+from gateway.tls.transport import TLSTransport
 
 _log = Logger()
 
@@ -50,6 +56,7 @@ class Provider(enum.Enum):
     """
 
     SPLICE = "splice"
+    TERMINATED = "terminated"
     COPY = "copy"
     PORTABLE = "portable"
 
@@ -60,7 +67,8 @@ class RelayChoice:
     What L{chooseRelay} decided for one connection.
 
     @ivar why: why not splice, for the debug log; empty for splice.
-    @ivar readers: the hub's readers of the two sockets, for L{CopyRelay}.
+    @ivar readers: the hub's readers of the two sockets, for
+        L{TerminatedRelay} and L{CopyRelay}.
     """
 
     provider: Provider
@@ -140,8 +148,9 @@ def chooseRelay(
     """
     Choose the relay of a connection whose upstream is connected: splice
     where it moves the bytes correctly (L{spliceUnavailable}) and a hub
-    exists or can be made; else the copy relay where the hub can read both
-    sockets; else the portable relay.
+    exists or can be made; else, where the hub can read both sockets, the
+    terminated relay for a client whose TLS the gateway ends and the copy
+    relay for any other; else the portable relay.
 
     @param setting: the listener's C{relay} key.
     @param reactor: the reactor (an L{IReactorFDSet} for the hub).
@@ -159,6 +168,8 @@ def chooseRelay(
     readers = hubReaders(reactor, client, upstream)
     if readers is None:
         return RelayChoice(Provider.PORTABLE, why)
+    if isinstance(client, TLSTransport):
+        return RelayChoice(Provider.TERMINATED, why, readers)
     return RelayChoice(Provider.COPY, why, readers)
 
 
@@ -175,6 +186,7 @@ def startRelay(
     pending: Sequence[bytes],
     *,
     clientBytes: ClientBytes | None,
+    upstreamWatched: bool = False,
 ) -> IRelay:
     """
     Start relaying a connection whose upstream is ready, with the relay
@@ -183,6 +195,9 @@ def startRelay(
     @param pending: client bytes read before the relay, to go upstream first.
     @param clientBytes: what counts the bytes written to C{client}: see
         L{PortableRelay}.
+    @param upstreamWatched: something reads the upstream's bytes on their
+        way through its protocol (L{gateway.connection.session.Session.upstreamWatcher}),
+        so the terminated relay leaves that side to it.
     """
     choice = chooseRelay(setting, reactor, client, upstream)
     if choice.provider is Provider.SPLICE:
@@ -197,6 +212,19 @@ def startRelay(
             idleTimeout,
             done,
             pending,
+        )
+    if choice.provider is Provider.TERMINATED:
+        return _startTerminatedRelay(
+            choice,
+            clock,
+            client,
+            upstream,
+            record,
+            owner,
+            idleTimeout,
+            done,
+            pending,
+            upstreamWatched,
         )
     if verbosity.DEBUG:
         where = f"{record.client} -> {record.upstream}"
@@ -217,6 +245,55 @@ def startRelay(
         done,
         owner=owner,
         clientBytes=clientBytes,
+    )
+    relay.start()
+    return relay
+
+
+def _startTerminatedRelay(
+    choice: RelayChoice,
+    clock: IReactorTime,
+    client: RelayTransport,
+    upstream: RelayTransport,
+    record: ConnectionRecord,
+    owner: ConnectionOwner,
+    idleTimeout: float,
+    done: Callable[[], None],
+    pending: Sequence[bytes],
+    upstreamWatched: bool,
+) -> TerminatedRelay:
+    """
+    The terminated relay (L{chooseRelay} chose it), said in the debug log
+    with what takes the hub's short way: the client's records always, the
+    upstream's side unless it is watched.
+    """
+    assert isinstance(client, TLSTransport)
+    assert choice.readers is not None
+    if verbosity.DEBUG:
+        kind = "TLS" if isinstance(upstream, TLSTransport) else "plain"
+        side = (
+            f"upstream {kind}, read by its protocol: its bytes are watched"
+            if upstreamWatched
+            else f"upstream {kind} in the hub"
+        )
+        _log.debug(
+            "relay {where}: terminated (client TLS records in the hub; {side}; {why})",
+            where=f"{record.client} -> {record.upstream}",
+            side=side,
+            why=choice.why,
+        )
+    if pending:
+        send(upstream, pending[0] if len(pending) == 1 else b"".join(pending))
+    relay = TerminatedRelay(
+        client,
+        upstream,
+        record,
+        clock,
+        idleTimeout,
+        done,
+        owner=owner,
+        readers=choice.readers,
+        upstreamWatched=upstreamWatched,
     )
     relay.start()
     return relay

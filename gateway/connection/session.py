@@ -543,6 +543,7 @@ class Session:
             self._finish,
             pending,
             clientBytes=self._clientBytes,
+            upstreamWatched=self.upstreamWatcher is not None,
         )
         if self._clientEOF:
             self.relay.clientReadClosed()

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReadDescriptor,
 )
-from twisted.internet.main import CONNECTION_LOST
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -381,9 +381,14 @@ class HubReader:
     so a full write buffer there pauses reading here.
 
     @ivar reading: registered with the hub.
+    @ivar sink: where the bytes read go, set by a relay that takes them
+        itself (L{gateway.connection.terminatedrelay}), instead of the
+        transport's protocol (C{dataReceived}, through the stage and
+        session that own it); L{None} for the protocol.  The end of the
+        stream and errors go the transport's way in both cases.
     """
 
-    __slots__ = ("_hub", "_size", "fd", "reading", "side", "transport")
+    __slots__ = ("_hub", "_size", "fd", "reading", "side", "sink", "transport")
 
     #: The hub asks: a reader never waits to write.
     writing = False
@@ -397,6 +402,7 @@ class HubReader:
         self.fd = transport.fileno()
         self.side = side
         self.reading = False
+        self.sink: Callable[[bytes], None] | None = None
         self._size = transport.bufferSize
 
     def start(self) -> None:
@@ -455,7 +461,14 @@ class HubReader:
         else:
             if len(data) == self._size and self._size < _BULK_READ:
                 self._size = _BULK_READ
-            why = transport._dataReceived(data)
+            sink = self.sink
+            if sink is None:
+                why = transport._dataReceived(data)
+            elif data:
+                sink(data)
+                return
+            else:
+                why = CONNECTION_DONE
         if why is None:
             return
         self.stop()

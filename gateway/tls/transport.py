@@ -21,6 +21,7 @@ otherwise (L{PublicRecords}).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -142,7 +143,7 @@ class PublicRecords:
     def feed(self, data: bytes) -> None:
         self._connection.bio_write(data)
 
-    def readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
+    def _readPlaintext(self) -> tuple[list[bytes], bool, str | None]:
         chunks: list[bytes] = []
         recv = self._connection.recv
         while True:
@@ -179,8 +180,16 @@ class PublicRecords:
                 break
         return b"".join(chunks)
 
-    def write(self, data: bytes) -> None:
+    def decrypt(self, data: bytes) -> tuple[bytes, bool, str | None, bytes | None]:
+        if data:
+            self.feed(data)
+        chunks, ended, broken = self._readPlaintext()
+        plaintext = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return plaintext, ended, broken, self.drain()
+
+    def encrypt(self, data: bytes) -> bytes | None:
         self._connection.sendall(data)
+        return self.drain()
 
 
 def recordLayer(connection: SSL.Connection) -> IRecordLayer:
@@ -243,14 +252,46 @@ class TLSTransport:
         self._handshake()
 
     def ciphertextReceived(self, data: bytes) -> None:
+        self.decryptTo(data, self._events.tlsData)
+
+    def decryptTo(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        """
+        Ciphertext from the peer: its plaintext to C{deliver}, everything
+        else (the handshake, the peer's C{close_notify}, a broken record,
+        what OpenSSL answers) as L{ciphertextReceived} does it.
+
+        L{ciphertextReceived} gives the plaintext to the events' C{tlsData};
+        a relay that reads the socket itself
+        (L{gateway.connection.terminatedrelay}) gives its own sink, so a
+        request's plaintext reaches the other side without passing through
+        the stage and session that own the events.
+        """
+        if self.handshakeDone and not (self._failed or self._readClosed):
+            # The relayed stream, the hot path: one call into the record
+            # layer for the feed, the reads and what OpenSSL answers.
+            plaintext, ended, broken, out = self._records.decrypt(data)
+            if plaintext:
+                deliver(plaintext)
+            if out is not None:
+                self._sendOut(out)
+            if broken is not None:
+                self._broken(broken)
+            elif ended:
+                self._reportReadClosed()
+            return
         if self._failed:
             return
-        self._records.feed(data)
-        if not self.handshakeDone:
-            self._handshake()
-            if not self.handshakeDone:
-                return
-        self._readPlaintext()
+        if data:  # pyOpenSSL's bio_write refuses an empty write
+            self._records.feed(data)
+        if self.handshakeDone:
+            # After the peer's close_notify nothing more is read.
+            self._flush()
+            return
+        self._handshake()
+        if self.handshakeDone:
+            # Application data that came in the same read as the
+            # handshake's end.
+            self.decryptTo(b"", deliver)
 
     def ciphertextEnded(self) -> None:
         """
@@ -280,28 +321,6 @@ class TLSTransport:
     def _fail(self, reason: str) -> None:
         self._failed = True
         self._events.tlsHandshakeFailed(reason)
-
-    def _readPlaintext(self) -> None:
-        """
-        Decrypt everything the last ciphertext completed and hand it on in
-        one piece.
-
-        C{SSL_read} returns at most one record (16 KiB) per call, so a
-        64 KiB socket read is four of them; delivered one by one, each
-        would be a C{send} of its own upstream.  Joined, it is one.
-        """
-        if self._readClosed:
-            self._flush()
-            return
-        chunks, ended, broken = self._records.readPlaintext()
-        if chunks:
-            self._events.tlsData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if broken is not None:
-            self._broken(broken)
-            return
-        if ended:
-            self._reportReadClosed()
-        self._flush()
 
     def _broken(self, reason: str) -> None:
         """
@@ -335,8 +354,10 @@ class TLSTransport:
         Send what OpenSSL wrote to the memory BIO, in one C{send}.
         """
         data = self._records.drain()
-        if data is None:
-            return
+        if data is not None:
+            self._sendOut(data)
+
+    def _sendOut(self, data: bytes) -> None:
         if self._clientBytes is not None:
             self._clientBytes.sent(len(data))
         send(self._transport, data)
@@ -346,8 +367,12 @@ class TLSTransport:
     def write(self, data: bytes) -> None:
         if self._writeClosed or self._failed or not data:
             return
-        self._records.write(data)
-        self._flush()
+        out = self._records.encrypt(data)
+        if out is not None:
+            # _sendOut, written out: this runs once per relayed answer.
+            if self._clientBytes is not None:
+                self._clientBytes.sent(len(out))
+            send(self._transport, out)
 
     def writeSequence(self, data: list[bytes]) -> None:
         self.write(b"".join(data))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -26,10 +27,12 @@ from gateway.connection.relays import (
     startRelay,
 )
 from gateway.connection.splicerelay import SpliceRelay
+from gateway.connection.terminatedrelay import TerminatedRelay
 from gateway.fast import hub as fasthub
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.clientbytes import ClientBytes
 from gateway.rules.lifecycle import Event, State
+from gateway.tls.transport import ITLSEvents, TLSTransport
 from tests.helpers import appendingTo, fastPathOnly
 from tests.transports import HalfCloseableTransport, TableOwner
 
@@ -260,3 +263,71 @@ def test_startRelayStartsTheCopyRelayWithItsReaders(
     assert [reader.reading for reader in readers] == [True, True]
     relay.abort(Event.SHUT_DOWN, "test over")
     assert [reader.reading for reader in readers] == [False, False]
+
+
+def _tlsOver(wire: tcp.Connection) -> TLSTransport:
+    """A server TLS layer over C{wire}, fed nothing: only its type counts."""
+    events = cast(ITLSEvents, None)
+    return TLSTransport(
+        SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD)), wire, events
+    )
+
+
+def test_chooseTerminatedForATLSClientTheHubCanRead(
+    tcpPair: tuple[tcp.Connection, tcp.Connection],
+) -> None:
+    """
+    The client is a TLS layer over a TCP socket the hub can read: the
+    terminated relay, whatever the setting (nothing terminated is spliced).
+    """
+    client, upstream = tcpPair
+    tls = _tlsOver(client)
+    for setting in ("auto", "portable"):
+        choice = chooseRelay(setting, client.reactor, tls, upstream)
+        assert choice.provider is Provider.TERMINATED
+        assert choice.readers is not None
+        assert [getattr(r, "transport", None) for r in choice.readers] == [
+            client,
+            upstream,
+        ]
+
+
+def test_startRelaySaysWhichSidesTakeTheHubsWay(
+    tcpPair: tuple[tcp.Connection, tcp.Connection],
+) -> None:
+    """
+    The debug line of a terminated relay names it and what it does with
+    the upstream's side: here watched, so read by its protocol.
+    """
+    client, upstream = tcpPair
+    tls = _tlsOver(client)
+    record = ConnectionRecord("l", "127.0.0.1:1", 0.0, 0.0, upstream="u:1")
+    events: list[Any] = []
+    globalLogPublisher.addObserver(appendingTo(events))
+    try:
+        relay = startRelay(
+            "auto",
+            client.reactor,
+            Clock(),
+            tls,
+            upstream,
+            record,
+            TableOwner(record, State.RELAYING),
+            60.0,
+            lambda: None,
+            [],
+            clientBytes=None,
+            upstreamWatched=True,
+        )
+    finally:
+        globalLogPublisher.removeObserver(appendingTo(events))
+    assert isinstance(relay, TerminatedRelay)
+    client_, upstream_ = relay._readers
+    assert client_.sink is not None
+    assert upstream_.sink is None
+    (event,) = [
+        e for e in events if e.get("log_namespace") == "gateway.connection.relays"
+    ]
+    assert "terminated (client TLS records in the hub" in event["log_format"]
+    assert "read by its protocol" in event["side"]
+    relay.abort(Event.SHUT_DOWN, "test over")

@@ -3,15 +3,19 @@ The memory-BIO TLS layer, against a pyOpenSSL client in memory.
 """
 
 import contextlib
+import itertools
 import socket
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from gateway.core.records import IRecordLayer
 from gateway.fast import internals as fastpath
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.rules.clientbytes import ClientBytes
@@ -264,3 +268,81 @@ def test_aClientRejectingTheCertificateGaveUp() -> None:
         "certificate verify failed",
     ):
         assert clientGaveUp(refused) is None
+
+
+def _handshaken(direct: bool) -> tuple[SSL.Connection, SSL.Connection, IRecordLayer]:
+    """
+    A pyOpenSSL client and a server in memory, handshake done, and the
+    server's record layer: direct OpenSSL calls or pyOpenSSL's API.
+    """
+    client = clientConnection()
+    server = SSL.Connection(serverContext(), None)
+    server.set_accept_state()
+    for _ in range(10):
+        for connection in (client, server):
+            with contextlib.suppress(SSL.WantReadError):
+                connection.do_handshake()
+        for source, sink in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                sink.bio_write(source.bio_read(1 << 20))
+    records = fastpath.directRecords(server) if direct else None
+    return client, server, records or PublicRecords(server)
+
+
+@pytest.mark.parametrize("direct", [pytest.param(True, marks=fastPathOnly), False])
+@settings(max_examples=40, deadline=None)
+@given(
+    messages=st.lists(st.binary(min_size=1, max_size=40000), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=1, max_value=1 << 17), max_size=6),
+)
+def test_decryptAndEncryptMoveExactlyTheBytes(
+    direct: bool, messages: list[bytes], cuts: list[int]
+) -> None:
+    """
+    However the client's records are cut into reads, C{decrypt} gives the
+    plaintext exactly, joined, and no end or error; C{encrypt} gives
+    records the client reads back exactly.  Both record layers alike.
+    """
+    client, _server, records = _handshaken(direct)
+    for message in messages:
+        client.sendall(message)
+    wire = b""
+    with contextlib.suppress(SSL.WantReadError):
+        while chunk := client.bio_read(1 << 20):
+            wire += chunk
+    edges = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    plaintext = b""
+    for start, end in itertools.pairwise(edges):
+        got, ended, broken, out = records.decrypt(wire[start:end])
+        assert (ended, broken) == (False, None)
+        assert out is None or isinstance(out, bytes)
+        plaintext += got
+    assert plaintext == b"".join(messages)
+    answer = b"".join(reversed(messages))
+    out = records.encrypt(answer)
+    assert out is not None
+    client.bio_write(out)
+    echoed = b""
+    with contextlib.suppress(SSL.WantReadError):
+        while len(echoed) < len(answer):
+            echoed += client.recv(1 << 17)
+    assert echoed == answer
+
+
+@pytest.mark.parametrize("direct", [pytest.param(True, marks=fastPathOnly), False])
+def test_decryptSaysWhenTheStreamEndsOrBreaks(direct: bool) -> None:
+    """
+    The peer's C{close_notify} is an end; a record that fails to decrypt
+    is OpenSSL's reason, with the alert OpenSSL queued for the peer.
+    """
+    client, _server, records = _handshaken(direct)
+    client.sendall(b"last")
+    client.shutdown()
+    plaintext, ended, broken, _out = records.decrypt(client.bio_read(1 << 20))
+    assert (plaintext, ended, broken) == (b"last", True, None)
+    client, _server, records = _handshaken(direct)
+    plaintext, ended, broken, out = records.decrypt(b"\x17\x03\x03\x00\x20" + bytes(32))
+    assert (plaintext, ended) == (b"", False)
+    assert broken
+    assert out is not None
+    assert out[:1] in (b"\x15", b"\x17")  # the alert, in a record
