@@ -136,11 +136,12 @@ class SpliceRelay(RelayRules[SpliceEnd]):
         # The flows read and write the client's socket themselves: they
         # count its bytes with the owner's count.
         counted = owner.clientBytes
+        now = self._lastActivity
         self._toUpstream = Flow(
-            self, self._client, self._upstream, pipes, counted, clock.seconds, head
+            self, self._client, self._upstream, pipes, counted, clock, now, head
         )
         self._toClient = Flow(
-            self, self._upstream, self._client, pipes, counted, clock.seconds
+            self, self._upstream, self._client, pipes, counted, clock, now
         )
         self._client.connect(self._toUpstream, self._toClient)
         self._upstream.connect(self._toClient, self._toUpstream)
