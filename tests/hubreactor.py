@@ -11,6 +11,7 @@ calls the hub directly).
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -68,3 +69,15 @@ def turn(hub: fasthub.Hub) -> None:
     reactor = hub._reactor()
     assert reactor is not None
     reactor.doIteration(0)  # type: ignore[attr-defined]
+
+
+def socketPair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """
+    A connected pair of sockets, the first non-blocking (the one a hub's
+    end holds), closed afterwards (for a pytest fixture to yield from).
+    """
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    yield left, right
+    left.close()
+    right.close()

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
-from tests.hubreactor import KINDS, privateReactor, turn
+from tests.hubreactor import KINDS, privateReactor, socketPair, turn
 
 pytestmark = [
     pytest.mark.skipif(
@@ -62,11 +62,7 @@ def hub(request: pytest.FixtureRequest) -> Iterator[fasthub.Hub]:
 
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    left, right = socket.socketpair()
-    left.setblocking(False)
-    yield left, right
-    left.close()
-    right.close()
+    yield from socketPair()
 
 
 def test_theNextEndOfAReleasedSocketIsCalledForItsEvents(

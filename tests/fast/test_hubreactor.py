@@ -23,7 +23,7 @@ from zope.interface import provider
 
 from gateway.fast import hub as fasthub
 from gateway.fast.portable import PORTABLE
-from tests.hubreactor import KINDS, privateReactor, spinUntil
+from tests.hubreactor import KINDS, privateReactor, socketPair, spinUntil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,11 +66,7 @@ def reactor(request: pytest.FixtureRequest) -> Iterator[EPollReactor]:
 
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    left, right = socket.socketpair()
-    left.setblocking(False)
-    yield left, right
-    left.close()
-    right.close()
+    yield from socketPair()
 
 
 @fastOnly
