@@ -1,7 +1,7 @@
 """
 Tests for L{gateway.wire.helloreader}: every way TCP and the record layer
 can cut a ClientHello, and the bound on what the reader buffers.  The
-builders of hand-made hellos are those of L{tests.wire.test_clienthello}.
+builders of hand-made hellos are those of L{tests.wire.hellobuilders}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gateway.wire.clienthello import (
     NotTLS,
 )
 from gateway.wire.helloreader import ClientHelloReader
-from tests.wire.test_clienthello import (
+from tests.wire.hellobuilders import (
     FAST,
     HELLO,
     PARSED,
