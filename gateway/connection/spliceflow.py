@@ -391,7 +391,7 @@ class Flow:
         of what a keep-alive request costs).  What the sink does not take is
         held (C{head}) until it is writable, as a pipe's rest would be.
         C{recv} also reads past TCP urgent data, dropping the urgent byte as
-        the portable relay's reads do (see L{_readPastUrgentData}).
+        the portable relay's reads do (see L{_splice}).
         """
         if self._bulk:
             self._splice()
@@ -403,7 +403,6 @@ class Flow:
         except OSError as e:
             self._relay.broken(self._source, e)
             return
-        # What _received does, inline on this path (one call less per read).
         if not count:
             self.end()
             return
@@ -454,8 +453,15 @@ class Flow:
             self._pipe = None
             if moved == 0:
                 self.end()
-            else:
-                self._readPastUrgentData()
+                return
+            # Readable, but splice cannot move a byte: it stops at TCP
+            # urgent data (MSG_OOB) and, non-blocking, says "try again"
+            # while epoll keeps reporting the socket readable (left alone,
+            # a busy loop any client can start).  Less than a buffer's
+            # worth moved, so the flow copies again, as after any short
+            # splice: recv reads past the urgent byte.
+            self._bulk = False
+            self.sourceReadable()
             return
         self.buffered = moved
         if moved < _COPY_SIZE:
@@ -464,45 +470,6 @@ class Flow:
             self._counted.received(moved)
         self.activeAt = self._clock.seconds()
         self.sinkWritable()
-
-    def _readPastUrgentData(self) -> None:
-        """
-        The source is readable, but C{splice} cannot move a byte.
-
-        C{splice} stops at TCP urgent data (C{MSG_OOB}) and, non-blocking,
-        says "try again" while epoll keeps reporting the socket readable:
-        left alone, that is a busy loop any client can start.  C{recv} reads
-        past the urgent byte, dropping it as the portable relay's reads do,
-        and what it returns goes to the sink like any other byte; then
-        splicing resumes.
-        """
-        try:
-            data = self._source.socket.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            self._relay.broken(self._source, e)
-            return
-        if not self._received(len(data)):
-            return
-        self.hold(data)
-        self.sinkWritable()
-
-    def _received(self, count: int) -> bool:
-        """
-        A read of the source returned C{count} bytes: count them as the
-        flow's direction says, or end the flow at the source's EOF.
-        @return: whether there are bytes to pass on.
-        """
-        if not count:
-            self.end()
-            return False
-        if self._countIn:
-            self._counted.received(count)
-        if self._countOut:
-            self._counted.sent(count)
-        self.activeAt = self._clock.seconds()
-        return True
 
     def sinkWritable(self) -> None:
         assert splice is not None
