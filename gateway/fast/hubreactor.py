@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import select
 import sys
+from collections.abc import Mapping
 from typing import Final
 
 from twisted.logger import Logger
@@ -46,6 +47,9 @@ except ImportError:  # pragma: no cover - no epoll: Twisted's default runs
     EPollReactor = None  # type: ignore[assignment,misc]
 
 _IN: Final[int] = getattr(select, "EPOLLIN", 0)
+
+#: No sockets, for a poll before the hub is made.
+_NONE: Final[Mapping[int, object]] = {}
 
 #: What L{HubReactor} uses of Twisted's epoll reactor that is not public.
 _PRIVATE: Final = ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable")
@@ -92,10 +96,12 @@ if EPollReactor is not None:
                 timeout = -1
             selectables = self._selectables
             hub, hubFd = self._hub, self._hubFd
+            ends: Mapping[int, object]
+            released: Mapping[int, object]
             if hub is not None:
                 ends, released = hub._sockets, hub._released
             else:
-                ends, released = {}, {}
+                ends = released = _NONE
             try:
                 events = self._poller.poll(timeout, len(selectables) + len(ends) + 1)
             except InterruptedError:
@@ -118,7 +124,7 @@ if EPollReactor is not None:
                     and hub is not None
                     and selectable is hub
                 ):
-                    self._readHub(hub)
+                    self._turnHub(hub, None)
                 else:
                     log.callWithLogger(selectable, drdw, selectable, fd, event)
             if hubs is not None and hub is not None:
@@ -126,26 +132,19 @@ if EPollReactor is not None:
 
         doIteration = doPoll
 
-        def _turnHub(self, hub: Hub, events: list[tuple[int, int]]) -> None:
+        def _turnHub(self, hub: Hub, events: list[tuple[int, int]] | None) -> None:
             """
-            Events of sockets the hub registered in the reactor's set: the
-            hub's turn, under the rule of L{_readHub}.
-            """
-            try:
-                hub.turn(events)
-            except BaseException:  # noqa: BLE001 - as Twisted's _doReadOrWrite
-                why = sys.exc_info()[1]
-                _log.failure("splice hub")
-                self._disconnectSelectable(hub, why, True)  # type: ignore[no-untyped-call]
-
-        def _readHub(self, hub: Hub) -> None:
-            """
-            The hub is readable: its C{doRead}, with what Twisted does when
-            a reader raises (the exception logged, the reader disconnected
-            with it).
+            A turn of the hub: for C{events} of the sockets it registered in
+            the reactor's set, or, for L{None}, its own set being readable
+            (its C{doRead} polls it).  What Twisted does when a reader
+            raises is done here too: the exception logged, the hub
+            disconnected with it.
             """
             try:
-                hub.doRead()
+                if events is None:
+                    hub.doRead()
+                else:
+                    hub.turn(events)
             except BaseException:  # noqa: BLE001 - as Twisted's _doReadOrWrite
                 why = sys.exc_info()[1]
                 _log.failure("splice hub")
@@ -158,8 +157,8 @@ else:  # pragma: no cover - no epoll
 def install() -> bool:
     """
     Install L{HubReactor} as the global reactor, where there is epoll, the
-    fast paths are on and no reactor is installed yet (the global reactor's first import installs
-    Twisted's default for good).
+    fast paths are on and no reactor is installed yet (the global
+    reactor's first import installs Twisted's default for good).
 
     @return: whether it was installed.
     """
