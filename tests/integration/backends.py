@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import socket
 import ssl
@@ -268,6 +269,41 @@ def readUntilTcpEof(stream: Stream) -> bytes:
         if not extra:
             stream.tcpEof = True
     return bytes(received)
+
+
+def echoRounds(stream: TLSStream, rounds: int) -> tuple[str, str]:
+    """
+    C{rounds} messages of many sizes (one byte to a quarter of a MiB, about
+    record sizes), each echoed back whole before the next is sent, on one
+    connection to an echo server: the digests of what was sent and what
+    came back.
+    """
+    sent, received = hashlib.sha256(), hashlib.sha256()
+    for round_ in range(rounds):
+        size = (1, 6, 300, 4000, 16384, 16385, 70000, 250000)[round_ % 8] + round_
+        request = os.urandom(size)
+        sent.update(request)
+        stream.send(request)
+        got = 0
+        while got < size:
+            chunk = stream.recv(size - got)
+            assert chunk, f"closed after {got} of {size} bytes in round {round_}"
+            received.update(chunk)
+            got += len(chunk)
+    return sent.hexdigest(), received.hexdigest()
+
+
+def closeCleanly(stream: TLSStream) -> bytes:
+    """
+    C{close_notify} and FIN, then read to the peer's FIN (counting every
+    byte on the wire) and close: the application data that came after
+    ours (none, from an echo server that had answered everything).
+    """
+    stream.closeNotify()
+    stream.shutdownWrite()
+    rest = readUntilTcpEof(stream)
+    stream.close()
+    return rest
 
 
 @attrs.define

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.fast.portable import PORTABLE
 
-from .backends import Backend, TLSStream, readUntilTcpEof, tlsConnect
+from .backends import Backend, closeCleanly, echoRounds, tlsConnect
 from .harness import CertificateAuthority, Gateway, bySni, freePort
 from .test_operations import iniText, listen
 
@@ -29,27 +29,6 @@ GATEWAYS = "reactor: gateway.fast.hubreactor.HubReactor"
 TWISTEDS = "reactor: twisted.internet.epollreactor.EPollReactor"
 
 
-def exchanges(stream: TLSStream, count: int) -> None:
-    """
-    C{count} messages of growing sizes on one connection, each echoed back
-    whole before the next is sent, then a clean close both ways.
-    """
-    for number in range(count):
-        size = 7**number % 70001 + 1
-        message = bytes((index * 31 + number) % 251 for index in range(size))
-        stream.send(message)
-        echoed = b""
-        while len(echoed) < size:
-            chunk = stream.recv()
-            assert chunk, f"closed after {number} echoes"
-            echoed += chunk
-        assert echoed == message, f"echo {number} differs"
-    stream.closeNotify()
-    stream.shutdownWrite()
-    assert readUntilTcpEof(stream) == b""
-    stream.close()
-
-
 @pytest.mark.parametrize("command", ["module", "twistd", "twistd-epoll"])
 def test_theReactorIsTheGatewaysUnlessAnotherIsAskedFor(
     gateway: StartGateway,
@@ -58,8 +37,8 @@ def test_theReactorIsTheGatewaysUnlessAnotherIsAskedFor(
     command: str,
 ) -> None:
     """
-    Ten messages through a passthrough route and ten through a terminated
-    one, on one connection each, are echoed back whole, each connection logged once with the
+    Ten messages of many sizes through a passthrough route and ten through
+    a terminated one, on one connection each, are echoed back whole, each connection logged once with the
     bytes its client's socket carried; the debug log names the reactor:
     the gateway's, but with C{--reactor=epoll} or C{TLSGATEWAY_PORTABLE=1}.
     """
@@ -90,7 +69,9 @@ def test_theReactorIsTheGatewaysUnlessAnotherIsAskedFor(
     assert (TWISTEDS if expected == GATEWAYS else GATEWAYS) not in output
     for name in ("p.example.test", "t.example.test"):
         stream = tlsConnect(gw.port, ca.clientContext(), name)
-        exchanges(stream, 10)
+        sent, received = echoRounds(stream, 10)
+        assert sent == received, gw.explain()
+        assert closeCleanly(stream) == b""
         entry = gw.waitForLog(bySni(name))
         assert entry["status"] == "ok", entry
         assert (entry["bytes_in"], entry["bytes_out"]) == (

@@ -12,7 +12,6 @@ s_client}) in front of real servers (the test's echo server, NGINX).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
@@ -31,7 +30,14 @@ import pytest
 
 from gateway.fast.portable import PORTABLE
 
-from .backends import Backend, TLSStream, tlsConnect, waitUntil
+from .backends import (
+    Backend,
+    TLSStream,
+    closeCleanly,
+    echoRounds,
+    tlsConnect,
+    waitUntil,
+)
 from .harness import (
     CertificateAuthority,
     Gateway,
@@ -78,37 +84,6 @@ def _relayLine(gw: Gateway, upstreamKind: str) -> None:
         gw.waitForOutput(f"{TERMINATED}; upstream {upstreamKind} in the hub;")
 
 
-def _echoRounds(stream: TLSStream) -> tuple[str, str]:
-    """
-    Requests of many sizes, each answered (echoed) before the next, on one
-    connection; the digests of what was sent and what came back.
-    """
-    sent, received = hashlib.sha256(), hashlib.sha256()
-    for round_ in range(60):
-        size = (1, 6, 300, 4000, 16384, 16385, 70000, 250000)[round_ % 8] + round_
-        request = os.urandom(size)
-        sent.update(request)
-        stream.send(request)
-        got = 0
-        while got < size:
-            chunk = stream.recv(size - got)
-            assert chunk, f"closed after {got} of {size} bytes in round {round_}"
-            received.update(chunk)
-            got += len(chunk)
-    return sent.hexdigest(), received.hexdigest()
-
-
-def _finish(stream: TLSStream) -> None:
-    """close_notify and FIN; then the echo server ends, and the gateway too."""
-    stream.closeNotify()
-    stream.shutdownWrite()
-    while stream.recv():
-        pass
-    while not stream.tcpEof:
-        stream._fill()
-    stream.close()
-
-
 def _assertCounted(gw: Gateway, stream: TLSStream, echo: Backend) -> None:
     (entry,) = gw.waitForEntries(1)
     assert entry["status"] == "ok", entry
@@ -128,9 +103,9 @@ def test_keepAliveRoundsArriveExactAndAreCountedOnTheClientSocket(
     gw = _startGateway(gateway, gwCert, {"servers": echo.address})
     stream = tlsConnect(gw.port, client, GW_NAME)
     stream.sock.settimeout(10)
-    sent, received = _echoRounds(stream)
+    sent, received = echoRounds(stream, 60)
     assert sent == received, gw.explain()
-    _finish(stream)
+    assert closeCleanly(stream) == b""
     _assertCounted(gw, stream, echo)
     _relayLine(gw, "plain")
 
@@ -159,9 +134,9 @@ def test_aReencryptedUpstreamTakesTheSameWay(
     )
     stream = tlsConnect(gw.port, client, GW_NAME)
     stream.sock.settimeout(10)
-    sent, received = _echoRounds(stream)
+    sent, received = echoRounds(stream, 60)
     assert sent == received, gw.explain()
-    _finish(stream)
+    assert closeCleanly(stream) == b""
     _assertCounted(gw, stream, echo)
     _relayLine(gw, "TLS")
 
@@ -353,7 +328,7 @@ def test_activeCountsAndTheDrainHoldForTerminatedRelays(
         stream.send(b"ping")
         assert stream.recv() == b"ping"
     assert _status(statusPort)["listeners"][0]["active"] == 2
-    _finish(first)
+    assert closeCleanly(first) == b""
     _assertCounted(gw, first, echo)
     waitUntil(
         lambda: _status(statusPort)["listeners"][0]["active"] == 1,
@@ -461,7 +436,7 @@ def test_aReloadLeavesAnOpenTerminatedRelayRunning(
     assert stream.recv() == b"before the reload"
     gw.sendSignal(signal.SIGHUP)
     gw.waitForOutput("#info] reloaded")
-    sent, received = _echoRounds(stream)
+    sent, received = echoRounds(stream, 60)
     assert sent == received, gw.explain()
-    _finish(stream)
+    assert closeCleanly(stream) == b""
     _assertCounted(gw, stream, echo)
