@@ -150,7 +150,7 @@ class DirectConnect:
         if _connected(sock):
             # On loopback the handshake is over when connect() returns:
             # no registration, no deadline, no wait for the hub to wake.
-            self._hub.soon(self, self._done)
+            self._hub.soon(self, self._established)
             return
         self._timer = later(self._clock, timeout, self._timedOut)
         self.writing = True
@@ -188,6 +188,17 @@ class DirectConnect:
         if number:
             self._fail(Failure(getConnectError((number, os.strerror(number)))))
             return
+        self._succeed(sock)
+
+    def _established(self) -> None:
+        # Connected when start() looked (getpeername answered): the
+        # socket has no connect error to ask for.
+        sock = self._socket
+        if self._connected is not None and sock is not None:
+            self._succeed(sock)
+
+    def _succeed(self, sock: socket.socket) -> None:
+        assert self._connected is not None
         connected, self._connected = self._connected, None
         if self._handOver:
             cancel(self._timer)

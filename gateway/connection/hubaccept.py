@@ -45,7 +45,7 @@ from zope.interface import Interface, implementer
 from gateway.connection.hubclient import HubClient, ipAddress
 from gateway.fast.acceptwatch import listening
 from gateway.fast.hub import hubFor
-from gateway.fast.internals import acceptExclusively
+from gateway.fast.internals import acceptExclusively, acceptor
 from gateway.fast.portable import EPOLL
 
 _log = Logger()
@@ -130,6 +130,7 @@ class HubAcceptor:
         self._hub = hubFor(reactor)
         self.socket: socket.socket = port.socket
         self.fd: int = self.socket.fileno()
+        self._accept = acceptor(self.socket)
         self._family = self.socket.family
         self._exclusive = _EXCLUSIVE if shared else 0
         self.reading = False
@@ -159,7 +160,7 @@ class HubAcceptor:
         factory = self._factory()
         if factory is None:
             return
-        accept = self.socket.accept
+        accept = self._accept
         family = self._family
         hub = self._hub
         for _ in range(BATCH):

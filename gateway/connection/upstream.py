@@ -332,6 +332,16 @@ class Pool:
     def pick(
         self, clientKey: str, exclude: frozenset[ServerConfig]
     ) -> ServerConfig | None:
+        members = self._members
+        if len(members) == 1:
+            # One server (the common pool): usable when healthy and not
+            # tried yet, whatever its backup flag or the balancer, which
+            # has a single candidate to return.
+            only = members[0]
+            if not only.healthy or only.server in exclude:
+                return None
+            only.active += 1
+            return only.server
         now = self._clock.seconds()
         candidates: list[Member] = []
         for backup in (False, True):

@@ -27,6 +27,8 @@ them are here, in this one module, and nowhere else in L{gateway}:
   - L{acceptExclusively}: a worker's shared listening socket registered
     with C{EPOLLEXCLUSIVE} in the reactor's epoll set (C{_poller},
     C{_reads}, C{_writes}).
+  - L{acceptor}: the hub's accept through the standard library's C
+    C{socket._accept} (not Twisted's or pyOpenSSL's, but as private).
 
 Each has a fallback on public APIs only, taken when the internal is missing
 (another release) and whenever C{TLSGATEWAY_PORTABLE=1} is set
@@ -39,6 +41,8 @@ internals themselves.
 from __future__ import annotations
 
 import select
+import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet import tcp
@@ -479,6 +483,34 @@ def hasUnsentBytes(transport: tcp.Connection) -> bool:
 
 
 # --- shared listening sockets ---------------------------------------------
+
+
+def acceptor(
+    listening: socket.socket,
+) -> Callable[[], tuple[socket.socket, Any]]:
+    """
+    C{listening.accept}, without what it does per call that the hub does
+    not need: C{socket.accept} converts the listening socket's family and
+    type to enums for every connection it makes (ten Python calls, a
+    tenth of what the hub's accept of a connection runs), so this takes
+    the descriptor from the C method C{_accept} and makes the socket from
+    the family read once.
+
+    Fallback (the fast paths off, or a Python without C{_accept}):
+    C{listening.accept} itself.
+    """
+    raw = getattr(listening, "_accept", None)
+    if PORTABLE or raw is None:
+        return listening.accept
+    family = int(listening.family)
+    kind = socket.SOCK_STREAM
+    make = socket.socket
+
+    def accept() -> tuple[socket.socket, Any]:
+        fd, address = raw()
+        return make(family, kind, 0, fd), address
+
+    return accept
 
 
 #: C{EPOLLEXCLUSIVE} (Linux 4.5 and later), where Python has it.

@@ -697,8 +697,12 @@ class GatewayService(Service):
             self._drained.callback(None)
 
     def _maybeDrained(self) -> None:
-        self._retired = [g for g in self._retired if g.active]
-        self._maybeRetired()
+        # Called at the end of every connection: only the cheap checks
+        # when there is nothing retired, retiring or draining.
+        if self._retired:
+            self._retired = [g for g in self._retired if g.active]
+        if self._retiring:
+            self._maybeRetired()
         if self._drained is None or self._drained.called:
             return
         if not any(g.active for g in self._generations()):

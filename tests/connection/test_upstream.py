@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectBindError,
@@ -46,6 +48,7 @@ from gateway.connection.upstream import (
     Pool,
     localError,
 )
+from gateway.core.balancers import BALANCERS
 from gateway.rules.accesslog import ConnectionRecord
 from tests.transports import HalfCloseableTransport, TableOwner
 
@@ -160,6 +163,29 @@ class BackupTests(SynchronousTestCase):
         for member in self.pool.members():
             self.pool.setHealthy(member, False)
         self.assertIsNone(self.pool.pick("x", frozenset()))
+
+
+@given(
+    balance=st.sampled_from(sorted(BALANCERS)),
+    backup=st.booleans(),
+    healthy=st.booleans(),
+    tried=st.booleans(),
+)
+def test_aOneServerPoolPicksItWhenHealthyAndNotTried(
+    balance: str, backup: bool, healthy: bool, tried: bool
+) -> None:
+    """
+    A pool of one server (the common case, which C{pick} answers without
+    the balancer) picks it exactly when it is healthy and not yet tried,
+    whatever the policy and its backup flag, and counts it active.
+    """
+    only = server("192.0.2.1", backup=backup)
+    pool = Pool(upstream(only, balance=balance), Clock())
+    (member,) = pool.members()
+    pool.setHealthy(member, healthy)
+    picked = pool.pick("198.51.100.1", frozenset({only}) if tried else frozenset())
+    assert picked == (only if healthy and not tried else None)
+    assert member.active == (1 if picked else 0)
 
 
 class PassiveFailureTests(SynchronousTestCase):

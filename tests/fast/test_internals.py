@@ -262,3 +262,32 @@ def test_acceptExclusivelyFallsBackWithoutTheReactorsInternals(
     assert not fastpath.acceptExclusively(MemoryReactor(), port)
     monkeypatch.setattr(fastpath, "PORTABLE", True)
     assert not fastpath.acceptExclusively(EPollReactor(), port)
+
+
+@pytest.mark.parametrize(
+    ("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+)
+@pytest.mark.parametrize("portable", [False, True])
+def test_acceptorGivesWhatAcceptGives(
+    monkeypatch: pytest.MonkeyPatch, family: int, host: str, portable: bool
+) -> None:
+    """
+    The hub's accept (C{_accept} and a socket made from its descriptor) and
+    its fallback (C{socket.accept}, with the fast paths off) give the same:
+    a socket of the listening socket's family, connected to the client,
+    and the client's address.
+    """
+    monkeypatch.setattr(fastpath, "PORTABLE", portable)
+    with socket.socket(family, socket.SOCK_STREAM) as listening:
+        listening.bind((host, 0))
+        listening.listen()
+        accept = fastpath.acceptor(listening)
+        assert (accept == listening.accept) is portable
+        with socket.create_connection(listening.getsockname()[:2]) as client:
+            accepted, address = accept()
+            with accepted:
+                assert isinstance(accepted, socket.socket)
+                assert accepted.family == family
+                assert address[:2] == client.getsockname()[:2]
+                client.sendall(b"both ways")
+                assert accepted.recv(100) == b"both ways"
