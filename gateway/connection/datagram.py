@@ -38,7 +38,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.config import ListenerConfig
-from gateway.connection.quicflows import Address, Flow, FlowState, FlowTable
+from gateway.connection.quicflows import (
+    MAX_REFUSALS,
+    Address,
+    Flow,
+    FlowState,
+    FlowTable,
+)
 from gateway.connection.session import UpstreamRuntime
 from gateway.connection.upstream import isAddress
 from gateway.core.ratelimit import RateLimiter
@@ -55,6 +61,7 @@ from gateway.wire.quic import (
     PacketType,
     QuicError,
     UnsupportedVersion,
+    connectionRefused,
     isLongHeader,
     parseLongHeader,
     versionNegotiation,
@@ -345,7 +352,14 @@ class QuicEndpoint(DatagramProtocol):
             started=now,
             transport="udp",
         )
-        flow = Flow(listener, record, address, header.version, reader=reader)
+        flow = Flow(
+            listener,
+            record,
+            address,
+            header.version,
+            reader=reader,
+            initialCIDs=(header.dcid, header.scid),
+        )
         flow.packetsIn, record.bytesIn = 1, len(datagram)
         flow.buffer(datagram, config.preread_buffer_size)
         refused = listener.admit(address[0])
@@ -365,6 +379,8 @@ class QuicEndpoint(DatagramProtocol):
         state = flow.state
         if state is FlowState.REFUSED:
             self._drop("refused")
+            if len(datagram) >= MIN_INITIAL_DATAGRAM and isLongHeader(datagram):
+                self._sayRefused(flow)  # the first answer may have been lost
             return
         flow.packetsIn += 1
         flow.record.bytesIn += len(datagram)
@@ -430,7 +446,28 @@ class QuicEndpoint(DatagramProtocol):
         flow.state = FlowState.REFUSED
         flow.reader = None
         flow.dropBuffer()
+        self._sayRefused(flow)
         self._finish(flow)
+
+    def _sayRefused(self, flow: Flow) -> None:
+        """
+        Close the client's connection attempt as a refused TCP connection
+        is closed: a server Initial with C{CONNECTION_CLOSE}
+        (C{CONNECTION_REFUSED}), so that the client gives up at once
+        rather than when its handshake times out.  Only while no server
+        has answered it (its Initial keys are the client's then), and at
+        most L{MAX_REFUSALS} times.  The first one is counted in the
+        flow's line (C{bytes_out}, C{packets_out}); those answering
+        retransmissions come after the line and are not.
+        """
+        transport = self.transport
+        if transport is None or flow.packetsOut or flow.refusals >= MAX_REFUSALS:
+            return
+        dcid, scid = flow.initialCIDs
+        datagram = connectionRefused(dcid, scid, flow.version)
+        flow.refusals += 1
+        flow.record.bytesOut += len(datagram)
+        transport.write(datagram, flow.address)
 
     # server side
 
@@ -559,6 +596,8 @@ class QuicEndpoint(DatagramProtocol):
         if status is not Status.OK:
             flow.record.fail(status, reason)
         if flow.state is not FlowState.REFUSED:
+            if status is Status.UPSTREAM_UNAVAILABLE:
+                self._sayRefused(flow)
             flow.state = FlowState.REFUSED
             self._finish(flow)
 
@@ -569,7 +608,7 @@ class QuicEndpoint(DatagramProtocol):
         record.extra.update(
             {
                 "packets_in": flow.packetsIn,
-                "packets_out": flow.packetsOut,
+                "packets_out": flow.packetsOut + flow.refusals,
                 "quic_version": VERSION_NAMES.get(flow.version),
             }
         )

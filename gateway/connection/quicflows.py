@@ -55,6 +55,9 @@ MAX_ADDRESSES = 4
 
 #: Connection IDs remembered per flow: what a handshake shows is a few.
 MAX_CIDS = 8
+#: Refusals sent per refused flow: one, then one per retransmitted Initial
+#: while the flow is remembered, in case the first was lost.
+MAX_REFUSALS = 3
 
 
 class FlowState(enum.Enum):
@@ -83,6 +86,10 @@ class Flow:
     @ivar addresses: every address the table knows it by.
     @ivar cids: the connection IDs the table knows it by.
     @ivar version: the QUIC version of the client's first Initial.
+    @ivar initialCIDs: that Initial's Destination and Source Connection
+        IDs: what a refusal is encrypted with and sent to.
+    @ivar refusals: the refusals sent to the client (at most
+        L{MAX_REFUSALS}).
     @ivar reader: the Initial reader, while C{PENDING}.
     @ivar buffered: the client's datagrams before the server's first
         answer, in order: sent to the chosen server, and again to the next
@@ -115,6 +122,8 @@ class Flow:
     tried: frozenset[Any] = frozenset()
     packetsIn: int = 0
     packetsOut: int = 0
+    initialCIDs: tuple[bytes, bytes] = (b"", b"")
+    refusals: int = 0
 
     def buffer(self, datagram: bytes, limit: int) -> bool:
         """

@@ -22,7 +22,15 @@ from gateway.connection.upstream import FirstServer
 from gateway.rules.accesslog import ConnectionRecord
 from gateway.wire.clienthello import NEED_MORE
 from gateway.wire.ja4 import ja4
-from gateway.wire.quic import QUIC_V1, QUIC_V2, InitialReader, parseLongHeader
+from gateway.wire.quic import (
+    CONNECTION_REFUSED,
+    QUIC_V1,
+    QUIC_V2,
+    InitialReader,
+    initialKeys,
+    parseLongHeader,
+)
+from gateway.wire.quic.crypto import decryptInitial
 from tests.wire.test_quic import aioquicDatagrams
 
 CLIENT = ("198.51.100.7", 40000)
@@ -331,6 +339,81 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(self.drops, ["refused"])
         self.advance(5)
         self.assertEqual(len(self.endpoint.table), 0)
+
+    def assertRefusal(self, datagram: bytes, answer: bytes, address: Any) -> None:
+        """
+        C{answer} is the refusal of the flow C{datagram} (its first
+        Initial) started, sent to the client: CONNECTION_CLOSE with
+        CONNECTION_REFUSED under the server's Initial keys.
+        """
+        self.assertEqual(address, CLIENT)
+        sent = parseLongHeader(datagram)
+        header = parseLongHeader(answer)
+        self.assertEqual((header.dcid, header.scid), (sent.scid, sent.dcid))
+        keys = initialKeys(sent.dcid, sent.version, "server")
+        opened = decryptInitial(answer, header.headerLength, keys, 0)
+        self.assertEqual(opened.payload[:4], bytes([0x1C, CONNECTION_REFUSED, 0, 0]))
+
+    def test_aRefusedClientIsAnsweredConnectionRefused(self) -> None:
+        """
+        A refused flow's client gets a CONNECTION_CLOSE at once, counted in
+        the flow's line, and again for up to two retransmissions.
+        """
+        self.makeEndpoint(routes=(RouteConfig("one.example", "app", None, 1),))
+        datagrams = aioquicDatagrams("two.example", ["h3"])
+        self.send(datagrams[0])
+        [(answer, address)] = self.port.written
+        self.assertRefusal(datagrams[0], answer, address)
+        [record] = self.log.records
+        fields = record.fields()
+        self.assertEqual((fields["status"], fields["packets_out"]), ("no_route", 1))
+        self.assertEqual(fields["bytes_out"], len(answer))
+        for _ in range(4):
+            self.send(datagrams[0])
+        self.assertEqual(len(self.port.written), 3)
+        for again, address in self.port.written[1:]:
+            self.assertRefusal(datagrams[0], again, address)
+        self.assertEqual(self.drops, ["refused"] * 4)
+        self.assertEqual(len(self.log.records), 1)
+        # Nothing else answered: a short header of the refused flow.
+        self.send(b"\x41" + b"s" * 30)
+        self.assertEqual(len(self.port.written), 3)
+
+    def test_aDeniedOrLimitedClientIsAnsweredToo(self) -> None:
+        import ipaddress
+
+        self.makeEndpoint(deny=(ipaddress.ip_network("198.51.100.0/24"),))
+        datagram = aioquicDatagrams("one.example", ["h3"])[0]
+        self.send(datagram)
+        self.assertEqual(self.log.records[0].status, "denied")
+        [(answer, address)] = self.port.written
+        self.assertRefusal(datagram, answer, address)
+
+    def test_noServerAnsweringIsARefusal(self) -> None:
+        """
+        No server answered the flow (both timed out): its client never
+        heard from one, and is refused as at a refusal.
+        """
+        datagrams = aioquicDatagrams("one.example", ["h3"])
+        for datagram in datagrams:
+            self.send(datagram)
+        self.advance(2)
+        self.advance(2)
+        [record] = self.log.records
+        self.assertEqual(record.status, "upstream_unavailable")
+        [(answer, address)] = self.port.written
+        self.assertRefusal(datagrams[0], answer, address)
+
+    def test_aFlowAServerAnsweredIsNotRefused(self) -> None:
+        """
+        Once a server answered, the client's Initial keys are no longer the
+        only ones: the gateway never speaks for the server then.
+        """
+        self.establish()
+        self.advance(31)
+        [record] = self.log.records
+        self.assertEqual(record.fields()["status"], "ok")
+        self.assertEqual(len(self.port.written), 1)  # the server's datagram
 
     def test_quicMaxFlowsRefusesTheNextFlow(self) -> None:
         self.makeEndpoint(quic_max_flows=1)

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic.quic.crypto import CryptoPair
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.wire.quic import parseLongHeader
 from tests.integration.conftest import BackendStarter, GatewayStarter
 from tests.integration.harness import (
     CertificateAuthority,
@@ -640,26 +642,55 @@ def test_chromiumOverHTTP3(
     assert "h3" in entries[0]["alpn"]
 
 
-def test_aNameWithNoRouteIsLoggedOnceAndNotAnswered(
-    gateway: GatewayStarter, h3backend: H3Starter
+def test_aNameWithNoRouteIsLoggedOnceAndRefused(
+    gateway: GatewayStarter, h3backend: H3Starter, ca: CertificateAuthority
 ) -> None:
+    """
+    An Initial for a name with no route is logged once, however often it
+    is retransmitted, and answered with CONNECTION_CLOSE
+    (CONNECTION_REFUSED) under the server's Initial keys: the first
+    retransmissions are answered again, and a real HTTP/3 client gives up
+    at once instead of at its timeout.
+    """
     one = h3backend("one.example")
     port = freeUDPPort()
     running = gateway(
         quicIni(port, routes=[("one.example", "one")], upstreams={"one": one.address})
     )
     initial = realInitial("nobody.example")
+    sent = parseLongHeader(initial)
+    answers = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _ in range(3):  # the client's retransmissions
+        sock.settimeout(5)
+        for attempt in range(4):  # the client's retransmissions
             sock.sendto(initial, ("127.0.0.1", port))
+            if attempt < 3:
+                answers.append(sock.recv(2048))
         (entry,) = running.waitForEntries(1)
         sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # three answers, no more
             sock.recv(2048)
+    pair = CryptoPair()
+    pair.setup_initial(cid=sent.dcid, is_client=True, version=sent.version)
+    for answer in answers:
+        header = parseLongHeader(answer)
+        assert (header.dcid, header.scid) == (sent.scid, sent.dcid)
+        _, payload, _ = pair.decrypt_packet(answer, header.headerLength, 0)
+        assert payload[:4] == bytes([0x1C, 0x02, 0x00, 0x00])
     assert (entry["status"], entry["sni"], entry["transport"]) == (
         "no_route",
         "nobody.example",
         "udp",
     )
     assert entry["quic_version"] == "v1"
+    assert (entry["packets_out"], entry["bytes_out"]) == (1, len(answers[0]))
     assert len(running.accessLog()) == 1
+
+    started = time.monotonic()
+    result = h3Get(ca, port, "nobody.example", "--timeout", "10")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result
+    assert "ConnectionError" in result.stderr, result.stderr
+    assert elapsed < 5, f"the client waited {elapsed:.1f}s"
+    waitUntil(lambda: len(running.accessLog()) == 2)
+    assert running.accessLog()[1]["status"] == "no_route"

@@ -1,13 +1,13 @@
 """
 Tests for L{gateway.wire.quic}'s keys and headers: the RFC 9001 and RFC
 9369 known answers, header protection, long headers, short-header
-connection IDs and Version Negotiation.
+connection IDs, Version Negotiation and the refusal of a connection.
 
 This module also holds what the reader's tests (C{test_quic_reader.py})
 build their input with: a writer of protected client Initials, L{protect},
-which uses the module's own key functions (the known-answer tests show
-that keys and writer reproduce the RFCs' packets byte for byte), and real
-ClientHellos from aioquic.
+which uses the module's own key functions and packet protection
+(L{encryptInitial}; the known-answer tests show that they reproduce the
+RFCs' packets byte for byte), and real ClientHellos from aioquic.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from C
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.events import ConnectionTerminated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,10 +48,13 @@ from gateway.wire.quic import (
 from gateway.wire.quic.crypto import (
     decodePacketNumber,
     decryptInitial,
+    encryptInitial,
     headerProtectionMask,
     initialSecret,
 )
 from gateway.wire.quic.frames import cryptoFrames
+from gateway.wire.quic.packet import encodeVarint, readVarint
+from gateway.wire.quic.refusal import CONNECTION_REFUSED, connectionRefused
 from tests.helpers import frameworksImportedBy
 
 DATA = Path(__file__).parents[1] / "data" / "quic"
@@ -84,7 +88,8 @@ RFC9001_PACKET = rfcPacket("rfc9001-client-initial.hex")
 RFC9369_PACKET = rfcPacket("rfc9369-client-initial.hex")
 
 
-# A test-only writer of client Initials.
+# A writer of client Initials: the headers are the tests' own, the
+# protection the gateway's (which the RFC packets check byte for byte).
 
 
 def varint(value: int, size: int | None = None) -> bytes:
@@ -116,7 +121,7 @@ def protect(
 ) -> bytes:
     """
     Build a protected client Initial (RFC 9001 5.3 and 5.4) carrying
-    C{payload} as its frames.  The Length field is always two bytes, as in
+    C{payload} as its frames (the protection by L{encryptInitial}).  The Length field is always two bytes, as in
     the RFC's example.
     """
     if keys is None:
@@ -135,18 +140,7 @@ def protect(
         + token
         + varint(pnLength + len(payload) + 16, 2)
     )
-    headerLength = len(header)
-    pn = (packetNumber & ((1 << 8 * pnLength) - 1)).to_bytes(pnLength, "big")
-    nonce = (int.from_bytes(keys.iv, "big") ^ packetNumber).to_bytes(12, "big")
-    sealed = AESGCM(keys.key).encrypt(nonce, payload, header + pn)
-    sample = sealed[4 - pnLength : 20 - pnLength]
-    mask = headerProtectionMask(keys.hp, sample)
-    return (
-        bytes([first ^ (mask[0] & 0x0F)])
-        + header[1:headerLength]
-        + bytes(b ^ m for b, m in zip(pn, mask[1:], strict=False))
-        + sealed
-    )
+    return encryptInitial(header, packetNumber, pnLength, payload, keys)
 
 
 def initial(
@@ -537,3 +531,90 @@ def test_pureModule() -> None:
     The reader is usable without an event loop or a TLS library.
     """
     assert frameworksImportedBy("gateway.wire.quic") == []
+
+
+# The refusal of a connection (gateway.wire.quic.refusal).
+
+
+@FAST
+@given(
+    version=st.sampled_from(SUPPORTED_VERSIONS),
+    dcid=st.binary(min_size=8, max_size=20),
+    scid=st.binary(min_size=0, max_size=20),
+)
+def test_aRefusalOpensUnderTheServersInitialKeys(
+    version: int, dcid: bytes, scid: bytes
+) -> None:
+    """
+    The refusal is a server Initial to the client's Source Connection ID,
+    whose protection both the gateway's reader and aioquic's client
+    remove, and whose frames are one CONNECTION_CLOSE (0x1c) with
+    CONNECTION_REFUSED, no frame type, no reason, then PADDING.
+    """
+    datagram = connectionRefused(dcid, scid, version)
+    header = parseLongHeader(datagram)
+    assert header.packetType is PacketType.INITIAL
+    assert (header.version, header.dcid, header.scid) == (version, scid, dcid)
+    assert (header.token, header.length) == (b"", len(datagram))
+    opened = decryptInitial(
+        datagram, header.headerLength, initialKeys(dcid, version, "server"), 0
+    )
+    assert opened.packetNumber == 0
+    assert opened.firstByte & 0x0C == 0  # reserved bits
+    expected = bytes([0x1C, CONNECTION_REFUSED, 0, 0])
+    assert opened.payload.rstrip(b"\0") == expected.rstrip(b"\0")
+    assert opened.payload[:4] == expected
+    pair = CryptoPair()
+    pair.setup_initial(cid=dcid, is_client=True, version=version)
+    _, payload, packetNumber = pair.decrypt_packet(datagram, header.headerLength, 0)
+    assert (payload, packetNumber) == (opened.payload, 0)
+    # Far smaller than the 1,200-byte Initial it answers: no amplification.
+    assert len(datagram) < 100
+
+
+def test_aClientTakesTheRefusal() -> None:
+    """
+    aioquic's client, given the refusal of its first flight, ends its
+    connection with the error the gateway sent.
+    """
+    for version in SUPPORTED_VERSIONS:
+        connection = QuicConnection(
+            configuration=QuicConfiguration(
+                is_client=True,
+                server_name="nobody.example",
+                alpn_protocols=["h3"],
+                original_version=version,
+                supported_versions=[version],
+            )
+        )
+        now = time.monotonic()
+        connection.connect(("127.0.0.1", 4433), now=now)
+        (first, _), *_ = connection.datagrams_to_send(now=now)
+        sent = parseLongHeader(first)
+        answer = connectionRefused(sent.dcid, sent.scid, version)
+        connection.receive_datagram(answer, ("127.0.0.1", 4433), now=now)
+        # It drains (RFC 9000 10.2.2), then says it ended: at its next timer,
+        # not at its handshake timeout.
+        timer = connection.get_timer()
+        assert timer is not None
+        assert timer - now < 5
+        connection.handle_timer(now=timer)
+        events = iter(connection.next_event, None)
+        terminated = [e for e in events if isinstance(e, ConnectionTerminated)]
+        assert [(e.error_code, e.reason_phrase) for e in terminated] == [
+            (CONNECTION_REFUSED, "")
+        ]
+
+
+@FAST
+@given(st.integers(min_value=0, max_value=2**62 - 1))
+def test_varintsReadBack(value: int) -> None:
+    encoded = encodeVarint(value)
+    assert readVarint(encoded, 0, len(encoded), "value") == (value, len(encoded))
+    assert len(encoded) == min(s for s in (1, 2, 4, 8) if value < 1 << (8 * s - 2))
+
+
+@pytest.mark.parametrize("value", [-1, 2**62])
+def test_varintsOutOfRange(value: int) -> None:
+    with pytest.raises(ValueError, match="varint"):
+        encodeVarint(value)

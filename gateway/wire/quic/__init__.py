@@ -8,7 +8,9 @@ a passive observer can: long headers and connection IDs
 are public (L{gateway.wire.quic.crypto}), and their CRYPTO frames
 (L{gateway.wire.quic.frames}), reassembled into the ClientHello that
 L{gateway.wire.clienthello} parses (L{gateway.wire.quic.initial}).  No
-I/O, no clock, no Twisted: the UDP flows feed it datagrams.
+I/O, no clock, no Twisted: the UDP flows feed it datagrams.  The one
+packet it writes besides Version Negotiation is the refusal of a
+connection, under the server's Initial keys (L{gateway.wire.quic.refusal}).
 """
 
 from gateway.wire.clienthello import NEED_MORE
@@ -37,8 +39,10 @@ from gateway.wire.quic.packet import (
     shortHeaderDCID,
     versionNegotiation,
 )
+from gateway.wire.quic.refusal import CONNECTION_REFUSED, connectionRefused
 
 __all__ = [
+    "CONNECTION_REFUSED",
     "MIN_INITIAL_DATAGRAM",
     "NEED_MORE",
     "QUIC_V1",
@@ -56,6 +60,7 @@ __all__ = [
     "QuicError",
     "UndecryptableInitial",
     "UnsupportedVersion",
+    "connectionRefused",
     "initialKeys",
     "isLongHeader",
     "longHeaders",

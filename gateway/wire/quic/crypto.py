@@ -6,8 +6,9 @@ Initial packets are encrypted, but with keys anyone can derive from the
 client's first Destination Connection ID and a salt published in the RFC:
 the encryption keeps middleboxes from ossifying the handshake, not secrets
 from them.  The gateway derives the client's keys to read the ClientHello,
-exactly as the server behind it will.  It never encrypts: the only
-writer is the test suite, which builds its Initials with these keys.
+exactly as the server behind it will, and the server's keys for the one
+packet it writes itself: the refusal of a connection it will not pass on
+(L{gateway.wire.quic.refusal}).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "OpenedPacket",
     "decodePacketNumber",
     "decryptInitial",
+    "encryptInitial",
     "headerProtectionMask",
     "hkdfExpandLabel",
     "initialKeys",
@@ -211,3 +213,44 @@ def decryptInitial(
             f"packet {packetNumber} does not authenticate under the Initial keys"
         ) from None
     return OpenedPacket(packetNumber, payload, first)
+
+
+def encryptInitial(
+    header: bytes,
+    packetNumber: int,
+    packetNumberLength: int,
+    payload: bytes,
+    keys: InitialKeys,
+) -> bytes:
+    """
+    Apply the packet protection, then the header protection, to one long
+    header packet (RFC 9001 5.3 and 5.4): what L{decryptInitial} removes.
+
+    @param header: the header up to its packet number, its Length field
+        included (which counts the packet number, the payload and the
+        16-byte tag).
+    @param packetNumber: the full packet number (the nonce's); the header
+        carries its last C{packetNumberLength} bytes.
+    @param payload: its frames, long enough that 16 bytes of ciphertext
+        start 4 bytes after the packet number (the header protection's
+        sample).
+    @raise QuicError: the payload is too short to sample.
+    """
+    if packetNumberLength + len(payload) + _TAG_SIZE < 4 + SAMPLE_SIZE:
+        raise QuicError(
+            f"a payload of {len(payload)} bytes is too short for header protection"
+        )
+    truncated = packetNumber & ((1 << 8 * packetNumberLength) - 1)
+    numbered = header + truncated.to_bytes(packetNumberLength, "big")
+    nonce = (int.from_bytes(keys.iv, "big") ^ packetNumber).to_bytes(12, "big")
+    sealed = keys.aead.encrypt(nonce, payload, numbered)
+    sampleAt = 4 - packetNumberLength
+    mask = headerProtectionMask(keys.hp, sealed[sampleAt : sampleAt + SAMPLE_SIZE])
+    first = numbered[0] ^ (mask[0] & 0x0F)
+    protectedNumber = bytes(
+        b ^ m
+        for b, m in zip(
+            numbered[len(header) :], mask[1 : 1 + packetNumberLength], strict=True
+        )
+    )
+    return bytes([first]) + header[1:] + protectedNumber + sealed

@@ -27,8 +27,10 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "LongHeader",
     "PacketType",
+    "encodeVarint",
     "isLongHeader",
     "longHeaders",
+    "longPacketTypeBits",
     "parseLongHeader",
     "readVarint",
     "shortHeaderDCID",
@@ -117,6 +119,33 @@ class LongHeader:
     offset: int = 0
     headerLength: int = 0
     versions: tuple[int, ...] = ()
+
+
+def encodeVarint(value: int) -> bytes:
+    """
+    A QUIC variable-length integer (RFC 9000 section 16), shortest form.
+    """
+    if value < 0:
+        raise ValueError(f"varint {value} is negative")
+    if value < 1 << 6:
+        return value.to_bytes(1, "big")
+    if value < 1 << 14:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 1 << 30:
+        return (value | 0x8000_0000).to_bytes(4, "big")
+    if value < 1 << 62:
+        return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
+    raise ValueError(f"varint {value} needs more than 62 bits")
+
+
+def longPacketTypeBits(version: int, packetType: PacketType) -> int:
+    """
+    The two type bits of a long header of C{packetType} in C{version}.
+
+    @raise KeyError: a version other than v1 and v2.
+    @raise ValueError: a type without type bits (Version Negotiation).
+    """
+    return _TYPES[version].index(packetType)
 
 
 def readVarint(data: bytes, i: int, end: int, field: str) -> tuple[int, int]:
