@@ -691,6 +691,7 @@ def test_aNameWithNoRouteIsLoggedOnceAndRefused(
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result
     assert "ConnectionError" in result.stderr, result.stderr
-    assert elapsed < 5, f"the client waited {elapsed:.1f}s"
+    # Refused, not timed out (10 s): ConnectionError, well before then.
+    assert elapsed < 8, f"the client waited {elapsed:.1f}s"
     waitUntil(lambda: len(running.accessLog()) == 2)
     assert running.accessLog()[1]["status"] == "no_route"
