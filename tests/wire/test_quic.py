@@ -51,9 +51,10 @@ from gateway.wire.quic.crypto import (
     encryptInitial,
     headerProtectionMask,
     initialSecret,
+    minimumPayload,
 )
 from gateway.wire.quic.frames import cryptoFrames
-from gateway.wire.quic.packet import encodeVarint, readVarint
+from gateway.wire.quic.packet import encodeVarint, longPacketTypeBits, readVarint
 from gateway.wire.quic.refusal import CONNECTION_REFUSED, connectionRefused
 from tests.helpers import frameworksImportedBy
 
@@ -127,7 +128,7 @@ def protect(
     if keys is None:
         keys = initialKeys(dcid, version)
     if packetType is None:
-        packetType = {QUIC_V1: 0, QUIC_V2: 1}[version]
+        packetType = longPacketTypeBits(version, PacketType.INITIAL)
     first = 0xC0 | packetType << 4 | reserved << 2 | (pnLength - 1)
     header = (
         bytes([first])
@@ -618,3 +619,19 @@ def test_varintsReadBack(value: int) -> None:
 def test_varintsOutOfRange(value: int) -> None:
     with pytest.raises(ValueError, match="varint"):
         encodeVarint(value)
+
+
+@pytest.mark.parametrize("pnLength", [1, 2, 3, 4])
+def test_aPayloadTooShortToSampleIsRefused(pnLength: int) -> None:
+    """
+    Header protection samples 16 bytes of ciphertext from 4 bytes after
+    the packet number's start: a shorter payload cannot be protected.
+    """
+    keys = initialKeys(RFC_DCID, QUIC_V1, "server")
+    header = b"\xc0" + QUIC_V1.to_bytes(4, "big") + b"\x00\x00\x00\x40\x20"
+    fewest = minimumPayload(pnLength)
+    assert fewest == 4 - pnLength
+    encryptInitial(header, 0, pnLength, bytes(fewest), keys)
+    if fewest:
+        with pytest.raises(QuicError, match="too short for header protection"):
+            encryptInitial(header, 0, pnLength, bytes(fewest - 1), keys)

@@ -30,6 +30,7 @@ from gateway.wire.quic.packet import QUIC_V1, QUIC_V2
 __all__ = [
     "INITIAL_SALTS",
     "SAMPLE_SIZE",
+    "TAG_SIZE",
     "InitialKeys",
     "OpenedPacket",
     "decodePacketNumber",
@@ -39,6 +40,7 @@ __all__ = [
     "hkdfExpandLabel",
     "initialKeys",
     "initialSecret",
+    "minimumPayload",
 ]
 
 #: The salt of the Initial secret, per version.
@@ -58,7 +60,8 @@ _LABELS: Final = {
 #: RFC 9001 5.4.2: header protection samples 16 bytes of ciphertext,
 #: starting 4 bytes after the start of the packet number.
 SAMPLE_SIZE: Final = 16
-_TAG_SIZE: Final = 16
+#: The AEAD tag after every packet's payload (AES-128-GCM).
+TAG_SIZE: Final = 16
 _SENDER_LABELS: Final = {"client": b"client in", "server": b"server in"}
 
 
@@ -193,21 +196,15 @@ def decryptInitial(
     mask = headerProtectionMask(keys.hp, packet[sampleAt : sampleAt + SAMPLE_SIZE])
     first = packet[0] ^ (mask[0] & 0x0F)
     pnLength = (first & 0x03) + 1
-    pnBytes = bytes(
-        b ^ m
-        for b, m in zip(
-            packet[headerLength : headerLength + pnLength],
-            mask[1 : 1 + pnLength],
-            strict=True,
-        )
-    )
+    pnBytes = _maskNumber(packet[headerLength : headerLength + pnLength], mask)
     packetNumber = decodePacketNumber(
         int.from_bytes(pnBytes, "big"), pnLength * 8, expected
     )
     header = bytes([first]) + packet[1:headerLength] + pnBytes
-    nonce = (int.from_bytes(keys.iv, "big") ^ packetNumber).to_bytes(12, "big")
     try:
-        payload = keys.aead.decrypt(nonce, packet[headerLength + pnLength :], header)
+        payload = keys.aead.decrypt(
+            _nonce(keys, packetNumber), packet[headerLength + pnLength :], header
+        )
     except InvalidTag:
         raise UndecryptableInitial(
             f"packet {packetNumber} does not authenticate under the Initial keys"
@@ -236,21 +233,41 @@ def encryptInitial(
         sample).
     @raise QuicError: the payload is too short to sample.
     """
-    if packetNumberLength + len(payload) + _TAG_SIZE < 4 + SAMPLE_SIZE:
+    if len(payload) < minimumPayload(packetNumberLength):
         raise QuicError(
             f"a payload of {len(payload)} bytes is too short for header protection"
         )
     truncated = packetNumber & ((1 << 8 * packetNumberLength) - 1)
     numbered = header + truncated.to_bytes(packetNumberLength, "big")
-    nonce = (int.from_bytes(keys.iv, "big") ^ packetNumber).to_bytes(12, "big")
-    sealed = keys.aead.encrypt(nonce, payload, numbered)
+    sealed = keys.aead.encrypt(_nonce(keys, packetNumber), payload, numbered)
     sampleAt = 4 - packetNumberLength
     mask = headerProtectionMask(keys.hp, sealed[sampleAt : sampleAt + SAMPLE_SIZE])
     first = numbered[0] ^ (mask[0] & 0x0F)
-    protectedNumber = bytes(
-        b ^ m
-        for b, m in zip(
-            numbered[len(header) :], mask[1 : 1 + packetNumberLength], strict=True
-        )
-    )
+    protectedNumber = _maskNumber(numbered[len(header) :], mask)
     return bytes([first]) + header[1:] + protectedNumber + sealed
+
+
+def minimumPayload(packetNumberLength: int) -> int:
+    """
+    The fewest payload bytes a packet with a packet number of
+    C{packetNumberLength} bytes may carry: header protection samples 16
+    bytes of ciphertext starting 4 bytes after the packet number's start
+    (RFC 9001 5.4.2), and the tag counts.
+    """
+    return max(0, 4 + SAMPLE_SIZE - packetNumberLength - TAG_SIZE)
+
+
+def _nonce(keys: InitialKeys, packetNumber: int) -> bytes:
+    """
+    The AEAD nonce of a packet: the IV XORed with its full packet number
+    (RFC 9001 5.3).
+    """
+    return (int.from_bytes(keys.iv, "big") ^ packetNumber).to_bytes(12, "big")
+
+
+def _maskNumber(number: bytes, mask: bytes) -> bytes:
+    """
+    Add or remove the header protection of a packet number: the same XOR
+    with the mask's bytes after the first (RFC 9001 5.4.1).
+    """
+    return bytes(b ^ m for b, m in zip(number, mask[1 : 1 + len(number)], strict=True))

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from gateway.wire.quic.crypto import SAMPLE_SIZE, encryptInitial, initialKeys
+from gateway.wire.quic.crypto import (
+    TAG_SIZE,
+    encryptInitial,
+    initialKeys,
+    minimumPayload,
+)
 from gateway.wire.quic.packet import PacketType, encodeVarint, longPacketTypeBits
 
 __all__ = ["CONNECTION_REFUSED", "connectionRefused"]
@@ -56,11 +61,10 @@ def connectionRefused(clientDCID: bytes, clientSCID: bytes, version: int) -> byt
         + encodeVarint(0)  # the frame type that caused it: none
         + encodeVarint(0)  # no reason phrase
     )
-    # Header protection samples 16 bytes from 4 bytes after the packet
-    # number's start: PADDING frames make the ciphertext long enough.
-    minimum = 4 + SAMPLE_SIZE - _PACKET_NUMBER_LENGTH - 16
+    # PADDING frames make the ciphertext long enough for header protection.
+    minimum = minimumPayload(_PACKET_NUMBER_LENGTH)
     payload = frame + bytes(max(0, minimum - len(frame)))
-    length = _PACKET_NUMBER_LENGTH + len(payload) + 16
+    length = _PACKET_NUMBER_LENGTH + len(payload) + TAG_SIZE
     first = (
         0xC0
         | longPacketTypeBits(version, PacketType.INITIAL) << 4
